@@ -1,0 +1,92 @@
+"""The interfaces every tokenizer and generator implements (design.md, "Interfaces").
+
+Images cross these interfaces as float tensors in [0, 1], shape (B, 3, H, W); each model maps them
+to whatever range it trains in.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+
+
+@dataclass(frozen=True)
+class TokenSpec:
+    """What a generator must model for a tokenizer.
+
+    ``kind`` is ``discrete`` (integer ids below ``vocab_size``) or ``continuous`` (vectors of ``dim``).
+    ``shape`` is ``(K,)`` for a 1D sequence or ``(h, w)`` for a 2D grid. ``generated`` is how many
+    leading tokens a generator models (SelfBootTok: only the global ones; the rest are predicted
+    from them on decode); ``None`` means all.
+    """
+
+    kind: Literal["discrete", "continuous"]
+    shape: tuple[int, ...]
+    vocab_size: int | None = None
+    dim: int | None = None
+    generated: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind == "discrete" and not self.vocab_size:
+            raise ValueError("a discrete TokenSpec needs vocab_size")
+        if self.kind == "continuous" and not self.dim:
+            raise ValueError("a continuous TokenSpec needs dim")
+
+    @property
+    def num_tokens(self) -> int:
+        return math.prod(self.shape)
+
+    @property
+    def num_generated(self) -> int:
+        return self.num_tokens if self.generated is None else self.generated
+
+
+@dataclass
+class TokenizerOutput:
+    """A training forward pass: reconstruction, weighted loss terms (summed by the trainer) and the
+    tokens (code ids for discrete tokenizers, latents for continuous ones) for usage statistics."""
+
+    recon: Tensor
+    losses: dict[str, Tensor]
+    tokens: Tensor
+    logs: dict[str, Tensor] = field(default_factory=dict)
+
+
+class Tokenizer(nn.Module, ABC):
+    """An image tokenizer: ``encode`` images to tokens, ``decode`` tokens to images."""
+
+    token_spec: TokenSpec
+
+    @abstractmethod
+    def encode(self, images: Tensor) -> Tensor:
+        """Images (B, 3, H, W) in [0, 1] -> tokens: ids (B, *shape) or vectors (B, *shape, dim)."""
+
+    @abstractmethod
+    def decode(self, tokens: Tensor) -> Tensor:
+        """Tokens as returned by ``encode`` -> images (B, 3, H, W) in [0, 1]."""
+
+    @abstractmethod
+    def forward(self, images: Tensor) -> TokenizerOutput:
+        """One training pass: reconstruction and the named, already weighted, loss terms."""
+
+    @torch.no_grad()
+    def reconstruct(self, images: Tensor) -> Tensor:
+        return self.decode(self.encode(images))
+
+
+class Generator(nn.Module, ABC):
+    """A class-conditional generator over a tokenizer's tokens (``TokenSpec.num_generated`` of them)."""
+
+    @abstractmethod
+    def loss(self, tokens: Tensor, labels: Tensor) -> dict[str, Tensor]:
+        """Named loss terms for one batch of tokens and their class labels."""
+
+    @abstractmethod
+    def sample(self, labels: Tensor, cfg_scale: float = 1.0, steps: int | None = None,
+               generator: torch.Generator | None = None) -> Tensor:
+        """Tokens for ``labels`` in the layout ``encode`` returns."""

@@ -1,0 +1,296 @@
+"""Configuration: schemas, layered merging with provenance, and validation before anything runs.
+
+A cell's config is the merge, in this order (later wins), of
+    schema defaults ⊕ study ``config`` ⊕ profile file ⊕ study ``profiles.<profile>`` ⊕ cell ⊕ CLI.
+The profile comes after the study's base so that ``--profile smoke`` can shrink any study.
+Sections named by a registry (``tokenizer``, ``data``) take their keys from the registered
+class's constructor; when a layer switches a section to another registry name, that section
+starts afresh from the layer (the old entry's options would not fit the new one).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+from omegaconf import OmegaConf
+
+from benchmark.errors import ConfigError
+from benchmark.registry import DATASETS, TOKENIZERS, Registry
+
+
+@dataclass
+class TrainConfig:
+    """Tokenizer training (nanoGPT-style loop in benchmark/train.py)."""
+
+    steps: int = 1000
+    batch_size: int = 32
+    lr: float = 1e-4
+    weight_decay: float = 1e-4
+    beta1: float = 0.9
+    beta2: float = 0.99
+    warmup_steps: int = 0
+    schedule: str = "constant"
+    min_lr_ratio: float = 0.1
+    grad_clip: float = 1.0
+    checkpoint_every: int = 200
+    log_every: int = 10
+    precision: str = "bf16"
+
+
+@dataclass
+class EvalConfig:
+    """Tokenizer evaluation on the dataset's eval split."""
+
+    batch_size: int = 64
+    num_images: int | None = None
+    metrics: list[str] = field(default_factory=lambda: ["psnr", "ssim", "codebook_usage"])
+
+
+@dataclass
+class RuntimeConfig:
+    """How stages run; not part of any stage's identity (hash)."""
+
+    device: str = "auto"
+    num_workers: int = 0
+    compile: bool = False
+
+
+@dataclass
+class LauncherConfig:
+    """Where stages run: ``local`` (this process), ``slurm`` (submitit) or ``auto`` (Slurm when
+    ``sbatch`` is on PATH); not hashed."""
+
+    name: str = "auto"
+    partition: str | None = None
+    account: str | None = None
+    qos: str | None = None
+    gpus_per_node: int = 1
+    cpus_per_task: int = 8
+    mem_gb: int = 64
+    timeout_min: int = 2880
+    fail_fast: bool = False
+
+
+SCHEMAS: dict[str, type] = {
+    "train": TrainConfig, "eval": EvalConfig, "runtime": RuntimeConfig, "launcher": LauncherConfig,
+}
+REGISTRY_SECTIONS: dict[str, Registry] = {"tokenizer": TOKENIZERS, "data": DATASETS}
+# Constructor arguments the harness supplies itself, never the user.
+HARNESS_ARGS = {"self", "split", "image_size"}
+TOP_LEVEL: dict[str, Any] = {"seed": int, "plugins": list[str]}
+CHOICES = {"train.schedule": ("constant", "cosine"), "train.precision": ("bf16", "fp32"),
+           "launcher.name": ("auto", "local", "slurm")}
+
+
+def defaults() -> dict[str, Any]:
+    """The schema defaults: the lowest layer of every cell's config."""
+    out: dict[str, Any] = {"seed": 0, "plugins": []}
+    out.update({name: dataclasses.asdict(schema()) for name, schema in SCHEMAS.items()})
+    out["tokenizer"] = {"name": "titok"}
+    out["data"] = {"name": "procedural"}
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading and merging
+
+
+@dataclass
+class Layer:
+    """One source of settings: a nested mapping and where it came from (file, cell, command line)."""
+
+    source: str
+    values: dict[str, Any]
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    """A YAML mapping from ``path``; missing files and malformed YAML name the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such file")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: malformed YAML: {exc}") from exc
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
+    return data
+
+
+def nest(flat: Mapping[str, Any], source: str) -> dict[str, Any]:
+    """``{"a.b": 1}`` -> ``{"a": {"b": 1}}``; nested mappings are expanded recursively too."""
+    out: dict[str, Any] = {}
+    for key, value in flat.items():
+        if not isinstance(key, str) or not key:
+            raise ConfigError(f"{source}: bad key {key!r}")
+        parts = key.split(".")
+        node = out
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"{source}: key '{key}' conflicts with a value set for '{part}'")
+        leaf = nest(value, source) if isinstance(value, Mapping) else value
+        if isinstance(leaf, dict) and isinstance(node.get(parts[-1]), dict):
+            node[parts[-1]] = merge_dicts(node[parts[-1]], leaf)
+        else:
+            node[parts[-1]] = leaf
+    return out
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """Command-line ``key=value`` items (values parsed as YAML, as OmegaConf's dotlist does)."""
+    for item in items:
+        if "=" not in item or item.startswith("="):
+            raise ConfigError(f"command line: override '{item}' is not of the form key=value")
+    try:
+        conf = OmegaConf.from_dotlist(items)
+    except Exception as exc:
+        raise ConfigError(f"command line: cannot parse overrides {items}: {exc}") from exc
+    return OmegaConf.to_container(conf, resolve=False)  # type: ignore[return-value]
+
+
+def merge_dicts(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    """Deep merge (later wins) with OmegaConf's semantics, on plain containers."""
+    merged = OmegaConf.merge(OmegaConf.create(base), OmegaConf.create(dict(over)))
+    return OmegaConf.to_container(merged, resolve=False)  # type: ignore[return-value]
+
+
+def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in d.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, Mapping) and value and path.count(".") < 1:
+            out.update(flatten(value, path + "."))
+        else:
+            out[path] = value
+    return out
+
+
+def merge_layers(layers: list[Layer]) -> tuple[dict[str, Any], dict[str, str]]:
+    """Merge layers in order; return the config and, for each ``section.key``, the layer that set it."""
+    config: dict[str, Any] = {}
+    origin: dict[str, str] = {}
+    for layer in layers:
+        values = dict(layer.values)
+        for section in REGISTRY_SECTIONS:
+            new = values.get(section)
+            if isinstance(new, Mapping) and "name" in new and config.get(section, {}).get("name") != new["name"]:
+                config.pop(section, None)  # another registry entry: its options start afresh
+                origin = {k: v for k, v in origin.items() if not k.startswith(section + ".")}
+        config = merge_dicts(config, values)
+        origin.update({key: layer.source for key in flatten(values)})
+    return config, origin
+
+
+# ---------------------------------------------------------------------------------------------
+# Validation
+
+
+def registry_params(registry: Registry, name: str) -> dict[str, Any]:
+    """The user-settable constructor parameters of a registry entry and their type hints.
+
+    A constructor that passes ``**kwargs`` on to its base class also accepts the base's parameters.
+    """
+    out: dict[str, Any] = {}
+    for klass in registry.get(name).obj.__mro__:
+        init = klass.__dict__.get("__init__")
+        if init is None:
+            continue
+        hints = typing.get_type_hints(init)
+        params = inspect.signature(init).parameters
+        for p, param in params.items():
+            if p not in HARNESS_ARGS and param.kind not in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
+                out.setdefault(p, hints.get(p, Any))
+        if not any(p.kind == p.VAR_KEYWORD for p in params.values()):
+            break
+    return out
+
+
+def type_ok(value: Any, hint: Any) -> bool:
+    """Whether a YAML value fits a type hint (ints count as floats; bools are not ints)."""
+    if hint is Any:
+        return True
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(type_ok(value, h) for h in typing.get_args(hint))
+    if hint is type(None):
+        return value is None
+    if origin in (list, tuple):
+        args = typing.get_args(hint)
+        return isinstance(value, (list, tuple)) and all(type_ok(v, args[0]) for v in value) if args else \
+            isinstance(value, (list, tuple))
+    if origin is dict or hint is dict:
+        return isinstance(value, Mapping)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, hint)
+
+
+def hint_name(hint: Any) -> str:
+    return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
+
+
+def _unknown(key: str, allowed: list[str], where: str) -> ConfigError:
+    import difflib
+
+    close = difflib.get_close_matches(key.rsplit(".", 1)[-1], allowed, n=3, cutoff=0.5)
+    hint = f" Did you mean: {', '.join(close)}?" if close else ""
+    return ConfigError(f"{where}: unknown key '{key}'.{hint} Allowed: {', '.join(sorted(allowed))}.")
+
+
+def section_schema(config: Mapping[str, Any], section: str, origin: Mapping[str, str]) -> dict[str, Any]:
+    """Key -> type hint for one section of a merged config."""
+    if section in SCHEMAS:
+        return typing.get_type_hints(SCHEMAS[section])
+    registry = REGISTRY_SECTIONS[section]
+    name = config[section].get("name")
+    where = f"{origin.get(section + '.name', 'config')}: {section}.name"
+    if not isinstance(name, str):
+        raise ConfigError(f"{where}: expected a registry name, got {name!r}")
+    registry.get(name, where=where)
+    return {"name": str, **registry_params(registry, name)}
+
+
+def validate(config: Mapping[str, Any], origin: Mapping[str, str]) -> None:
+    """Check every key and value of a merged config; errors name the layer (file) and key."""
+    known = [*TOP_LEVEL, *SCHEMAS, *REGISTRY_SECTIONS]
+    for top, value in config.items():
+        where = origin.get(top, "config")
+        if top not in known:
+            raise _unknown(top, known, origin.get(top, next((v for k, v in origin.items()
+                                                             if k.startswith(top + ".")), "config")))
+        if top in TOP_LEVEL:
+            if not type_ok(value, TOP_LEVEL[top]):
+                raise ConfigError(f"{where}: {top} must be {hint_name(TOP_LEVEL[top])}, got {value!r}")
+            continue
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{where}: '{top}' must be a mapping, got {value!r}")
+        schema = section_schema(config, top, origin)
+        for key, item in value.items():
+            dotted = f"{top}.{key}"
+            where = origin.get(dotted, "config")
+            if key not in schema:
+                raise _unknown(dotted, list(schema), where)
+            if not type_ok(item, schema[key]):
+                raise ConfigError(f"{where}: {dotted} must be {hint_name(schema[key])}, got {item!r}")
+            if dotted in CHOICES and item not in CHOICES[dotted]:
+                raise ConfigError(f"{where}: {dotted} must be one of {', '.join(CHOICES[dotted])}, got {item!r}")
+
+
+def resolve(config: dict[str, Any], where: str) -> dict[str, Any]:
+    """Resolve OmegaConf interpolations (``${oc.env:BDD100K_ROOT}``, ``${data.resolution}``)."""
+    try:
+        return OmegaConf.to_container(OmegaConf.create(config), resolve=True)  # type: ignore[return-value]
+    except Exception as exc:
+        raise ConfigError(f"{where}: cannot resolve an interpolation: {exc}") from exc

@@ -1,0 +1,326 @@
+"""Datasets: a built-in procedural one, ImageNet-layout folders and BDD100K frames (design.md, "Interfaces").
+
+Every dataset is a ``torch.utils.data.Dataset`` of ``(image, label)`` pairs: ``image`` a float32
+tensor (3, resolution, resolution) in [0, 1], ``label`` an int below ``num_classes``. A registered
+class's ``__init__`` is its config schema: ``split`` ("train" or "eval") and keyword-only settings.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import math
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor
+from torch.utils.data import Dataset
+from torchvision.transforms import InterpolationMode
+from torchvision.transforms.v2 import functional as TF
+
+from benchmark.errors import ConfigError, DataError
+from benchmark.registry import DATASETS, register_dataset
+
+SPLITS = ("train", "eval")
+SUBSETS = ("day", "all")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+PROCEDURAL_KINDS = (
+    "circle", "square", "triangle", "ring", "cross", "stripes", "checkerboard", "dots", "blob", "noise",
+)
+# Per-channel colour ranges (background, foreground) of the procedural images.
+PALETTES = {
+    "day": ((0.6, 1.0), (0.0, 0.5)),
+    "wide_day": ((0.4, 1.0), (0.0, 0.75)),
+    "night": ((0.0, 0.25), (0.3, 1.0)),
+}
+
+
+def _check_choice(key: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ConfigError(f"{key}: '{value}' is not one of {', '.join(choices)}")
+
+
+def _check_positive(key: str, value: int | None) -> None:
+    if value is not None and value < 1:
+        raise ConfigError(f"{key}: must be at least 1, got {value}")
+
+
+# ----------------------------------------------------------------------------------------------
+# Procedural shapes
+# ----------------------------------------------------------------------------------------------
+
+def _coords(n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Pixel-centre coordinates in [-1, 1] of an n x n grid: y as a column (n, 1), x as a row (1, n)."""
+    t = (np.arange(n, dtype=np.float32) + 0.5) * (2.0 / n) - 1.0
+    return t[:, None], t[None, :]
+
+
+def _value_noise(lattice: np.ndarray, n: int) -> np.ndarray:
+    """A smooth random field in [0, 1] on an n x n grid: ``lattice`` values, smoothstep-interpolated."""
+    cells = lattice.shape[0] - 1
+    t = (np.arange(n, dtype=np.float32) + 0.5) * (cells / n)
+    f = t - np.floor(t)
+    i = t.astype(np.int64)
+    f = f * f * (3 - 2 * f)
+    rows = lattice[i] * (1 - f)[:, None] + lattice[i + 1] * f[:, None]
+    return rows[:, i] * (1 - f) + rows[:, i + 1] * f
+
+
+def _ramp(y: np.ndarray, x: np.ndarray, angle: float) -> np.ndarray:
+    """A linear ramp from 0 to 1 across the image along direction ``angle``."""
+    return (x * math.cos(angle) + y * math.sin(angle)) * (0.5 / math.sqrt(2)) + 0.5
+
+
+def _coverage(kind: str, u: np.ndarray, v: np.ndarray, ur: np.ndarray, vr: np.ndarray,
+              freq: float, noise: np.ndarray) -> np.ndarray:
+    """The foreground's opacity for one kind. (u, v): shape-local coordinates (unit = shape size);
+    (ur, vr): the same axes in image units, for the textures that fill the whole image."""
+    if kind == "circle":
+        mask = u * u + v * v <= 1
+    elif kind == "square":
+        mask = np.maximum(abs(u), abs(v)) <= 0.8
+    elif kind == "triangle":  # equilateral, inradius 0.5: three half-planes
+        s = math.sqrt(3) / 2
+        mask = (v >= -0.5) & (s * u + 0.5 * v <= 0.5) & (-s * u + 0.5 * v <= 0.5)
+    elif kind == "ring":
+        mask = (u * u + v * v <= 1) & (u * u + v * v >= 0.36)
+    elif kind == "cross":
+        mask = (np.minimum(abs(u), abs(v)) <= 0.3) & (np.maximum(abs(u), abs(v)) <= 1)
+    elif kind == "stripes":
+        mask = np.sin(2 * math.pi * freq * ur) > 0
+    elif kind == "checkerboard":
+        mask = (np.floor(freq * ur) + np.floor(freq * vr)) % 2 == 0
+    elif kind == "dots":
+        mask = (freq * ur % 1 - 0.5) ** 2 + (freq * vr % 1 - 0.5) ** 2 <= 0.09
+    elif kind == "blob":
+        return np.exp(-1.5 * (u * u + 3 * v * v))
+    elif kind == "noise":
+        return np.clip((noise - 0.5) * 5 + 0.5, 0, 1)
+    else:
+        raise ValueError(f"unknown procedural kind '{kind}'")
+    return mask.astype(np.float32)
+
+
+def render_procedural(kind: str, rng: np.random.Generator, resolution: int, palette: str) -> np.ndarray:
+    """One image (resolution, resolution, 3) in [0, 1]: a ``kind`` shape or texture with random colours,
+    position, size, rotation, fill (solid, gradient or noise) and gradient background.
+
+    The opacity is rendered at 2x and average-pooled, so edges are anti-aliased. Every random draw is
+    made whatever the kind and resolution, so one ``rng`` state gives the same picture at any size.
+    """
+    (bg_lo, bg_hi), (fg_lo, fg_hi) = PALETTES[palette]
+    bg = rng.uniform(bg_lo, bg_hi, 3).astype(np.float32)
+    bg2 = np.clip(bg + rng.uniform(-0.2, 0.2, 3), 0, 1).astype(np.float32)
+    fg = rng.uniform(fg_lo, fg_hi, 3).astype(np.float32)
+    fg2 = rng.uniform(fg_lo, fg_hi, 3).astype(np.float32)
+    cx, cy = rng.uniform(-0.4, 0.4, 2).tolist()
+    size = rng.uniform(0.35, 0.65)
+    angle, bg_angle, fg_angle = rng.uniform(0, 2 * math.pi, 3).tolist()
+    freq = rng.uniform(2.0, 4.0)
+    fill = rng.integers(3)
+    lattice = rng.random((7, 7), dtype=np.float32)
+
+    y, x = _coords(2 * resolution)
+    c, s = math.cos(angle), math.sin(angle)
+    ur = (x - cx) * c + (y - cy) * s
+    vr = (y - cy) * c - (x - cx) * s
+    noise = _value_noise(lattice, 2 * resolution)
+    alpha = _coverage(kind, ur / size, vr / size, ur, vr, freq, noise)
+    alpha = alpha.reshape(resolution, 2, resolution, 2).mean(axis=(1, 3))[..., None]
+
+    y, x = _coords(resolution)
+    back = bg + (bg2 - bg) * _ramp(y, x, bg_angle)[..., None]
+    if fill == 0:
+        t = np.zeros((resolution, resolution), np.float32)
+    elif fill == 1:
+        t = _ramp(y, x, fg_angle)
+    else:
+        t = noise.reshape(resolution, 2, resolution, 2).mean(axis=(1, 3))
+    front = fg + (fg2 - fg) * t[..., None]
+    return np.clip(back * (1 - alpha) + front * alpha, 0, 1)
+
+
+@register_dataset("procedural")
+class ProceduralShapes(Dataset):
+    """Built-in shapes and textures (circle, stripes, ...): any resolution, deterministic, no files.
+
+    Image ``i`` of a split is drawn from ``numpy.random.default_rng([seed, split, i])`` and its label
+    is ``i % num_classes``. ``subset`` mirrors the BDD100K thesis's two data configurations: ``day``
+    has bright backgrounds only; ``all`` adds dark "night" backgrounds and a wider colour range, and
+    its train split is three times ``train_size``.
+    """
+
+    def __init__(self, split: str, *, resolution: int = 32, num_classes: int = 8, train_size: int = 2048,
+                 eval_size: int = 256, seed: int = 0, subset: str = "day") -> None:
+        _check_choice("split", split, SPLITS)
+        _check_choice("data.subset", subset, SUBSETS)
+        if not 16 <= resolution <= 512:
+            raise ConfigError(f"data.resolution: {resolution} is outside 16..512 for the procedural dataset")
+        if not 1 <= num_classes <= len(PROCEDURAL_KINDS):
+            raise ConfigError(
+                f"data.num_classes: {num_classes} is outside 1..{len(PROCEDURAL_KINDS)} "
+                f"(kinds: {', '.join(PROCEDURAL_KINDS)})"
+            )
+        _check_positive("data.train_size", train_size)
+        _check_positive("data.eval_size", eval_size)
+        self.split, self.resolution, self.seed, self.subset = split, resolution, seed, subset
+        self.num_classes = num_classes
+        self.class_names = list(PROCEDURAL_KINDS[:num_classes])
+        if split == "train":
+            self.size = train_size * (3 if subset == "all" else 1)
+        else:
+            self.size = eval_size
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __getitem__(self, index: int) -> tuple[Tensor, int]:
+        if not 0 <= index < self.size:
+            raise IndexError(f"index {index} out of range for {self.size} procedural images")
+        rng = np.random.default_rng([self.seed, SPLITS.index(self.split), index])
+        palette = "day"
+        if self.subset == "all":
+            palette = "night" if rng.random() < 0.5 else "wide_day"
+        label = index % self.num_classes
+        image = render_procedural(PROCEDURAL_KINDS[label], rng, self.resolution, palette)
+        return torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))), label
+
+
+# ----------------------------------------------------------------------------------------------
+# Image files
+# ----------------------------------------------------------------------------------------------
+
+def list_images(folder: Path) -> list[Path]:
+    """The image files directly in ``folder`` (by suffix, case-insensitive), sorted by name."""
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+
+
+def load_image(path: Path, resolution: int) -> Tensor:
+    """ADM / TiTok preprocessing: RGB, shorter side resized to ``resolution`` (bicubic, antialiased),
+    centre crop to ``resolution`` x ``resolution``; a float32 tensor (3, H, W) in [0, 1]."""
+    try:
+        with Image.open(path) as img:
+            img = img.convert("RGB")
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+        raise DataError(f"cannot read image {path}: {type(exc).__name__}: {exc}") from exc
+    img = TF.resize(img, [resolution], interpolation=InterpolationMode.BICUBIC, antialias=True)
+    img = TF.center_crop(img, [resolution, resolution])
+    return TF.to_dtype(TF.pil_to_tensor(img), torch.float32, scale=True)
+
+
+def _data_root(root: str | None, layout: str) -> Path:
+    if root is None:
+        raise DataError(f"data.root is not set; set data.root=/path/to/dataset ({layout})")
+    path = Path(root).expanduser()
+    if not path.is_dir():
+        raise DataError(f"data.root: {path} does not exist; set data.root=/path/to/dataset ({layout})")
+    return path
+
+
+def _split_folder(parent: Path, split: str, train_dir: str, eval_dir: str) -> Path:
+    _check_choice("split", split, SPLITS)
+    key, name = ("data.train_dir", train_dir) if split == "train" else ("data.eval_dir", eval_dir)
+    folder = parent / name
+    if not folder.is_dir():
+        raise DataError(f"the {split} split folder {folder} does not exist; set {key} to its name")
+    return folder
+
+
+class _ImageFiles(Dataset):
+    """A list of (image file, label) pairs, loaded and preprocessed on access."""
+
+    samples: list[tuple[Path, int]]
+    resolution: int
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> tuple[Tensor, int]:
+        path, label = self.samples[index]
+        return load_image(path, self.resolution), label
+
+
+@register_dataset("imagefolder")
+class ImageFolderDataset(_ImageFiles):
+    """Images in ImageNet layout, root/<split_dir>/<class>/*.jpg, resized and centre-cropped.
+
+    Classes are the sorted sub-folders of the split folder; ``max_images`` keeps the first images in
+    (class, file name) order.
+    """
+
+    def __init__(self, split: str, *, root: str | None = None, resolution: int = 256,
+                 train_dir: str = "train", eval_dir: str = "val", max_images: int | None = None) -> None:
+        _check_positive("data.resolution", resolution)
+        _check_positive("data.max_images", max_images)
+        layout = "root/<split_dir>/<class>/*.jpg"
+        folder = _split_folder(_data_root(root, layout), split, train_dir, eval_dir)
+        classes = sorted(p for p in folder.iterdir() if p.is_dir())
+        if not classes:
+            raise DataError(f"{folder} holds no class folders; expected {folder}/<class>/*.jpg")
+        samples = [(path, label) for label, cls in enumerate(classes) for path in list_images(cls)]
+        if not samples:
+            raise DataError(f"no images ({', '.join(IMAGE_SUFFIXES)}) found in the class folders of {folder}")
+        self.folder, self.resolution = folder, resolution
+        self.class_names = [cls.name for cls in classes]
+        self.num_classes = len(classes)
+        self.samples = samples[:max_images]
+
+
+@register_dataset("bdd100k")
+class BDD100K(_ImageFiles):
+    """BDD100K frames, root/images/<split_dir>/*.jpg; subset "day" (daytime only) or "all".
+
+    ``day`` (the thesis's configuration 1) keeps the frames whose ``attributes.timeofday`` is
+    ``daytime`` in root/labels/bdd100k_labels_images_<split>.json, where <split> is the last part of
+    the split folder; ``all`` (configuration 2) keeps every frame. Unlabelled: every label is 0.
+    """
+
+    def __init__(self, split: str, *, root: str | None = None, resolution: int = 256,
+                 train_dir: str = "train", eval_dir: str = "val", subset: str = "day",
+                 max_images: int | None = None) -> None:
+        _check_choice("data.subset", subset, SUBSETS)
+        _check_positive("data.resolution", resolution)
+        _check_positive("data.max_images", max_images)
+        base = _data_root(root, "root/images/<split_dir>/*.jpg")
+        folder = _split_folder(base / "images", split, train_dir, eval_dir)
+        frames = list_images(folder)
+        if subset == "day":
+            labels = base / "labels" / f"bdd100k_labels_images_{folder.name}.json"
+            daytime = self._daytime_names(labels)
+            frames = [f for f in frames if f.name in daytime]
+        if not frames:
+            raise DataError(f"no {'daytime ' if subset == 'day' else ''}frames found in {folder}")
+        self.folder, self.resolution, self.subset = folder, resolution, subset
+        self.num_classes = 1
+        self.class_names = ["frame"]
+        self.samples = [(f, 0) for f in frames[:max_images]]
+
+    @staticmethod
+    def _daytime_names(labels: Path) -> set[str]:
+        """The frame names that ``labels`` (a BDD100K image-attribute JSON) marks as daytime."""
+        if not labels.is_file():
+            raise DataError(f"subset 'day' needs the labels file {labels}, which does not exist "
+                            f"(or set data.subset=all)")
+        try:
+            entries = json.loads(labels.read_text())
+            return {e["name"] for e in entries if e.get("attributes", {}).get("timeofday") == "daytime"}
+        except (OSError, ValueError, TypeError, KeyError, AttributeError) as exc:
+            raise DataError(f"cannot read BDD100K labels {labels}: {type(exc).__name__}: {exc}") from exc
+
+
+def build_dataset(data_cfg: Mapping[str, Any], split: str) -> Dataset:
+    """The dataset named by ``data_cfg["name"]``, built with the other keys as its settings."""
+    cfg = dict(data_cfg)
+    if "name" not in cfg:
+        raise ConfigError(f"data.name is missing; registered datasets: {', '.join(DATASETS.names())}")
+    cls = DATASETS.get(cfg.pop("name"), where="data.name").obj
+    try:
+        inspect.signature(cls).bind(split, **cfg)
+    except TypeError as exc:
+        accepted = [p for p in inspect.signature(cls).parameters if p != "split"]
+        raise ConfigError(f"data: {exc}; {cls.registry_name} accepts {', '.join(accepted)}") from exc
+    return cls(split, **cfg)

@@ -1,0 +1,17 @@
+"""The errors tok1d raises for bad input: each names the file, key or value at fault."""
+
+
+class Tok1dError(Exception):
+    """Base class: a user-facing error whose message says what to fix."""
+
+
+class ConfigError(Tok1dError, ValueError):
+    """A study, profile or command-line override is wrong (unknown key, bad type, bad name)."""
+
+
+class DataError(Tok1dError, FileNotFoundError):
+    """A dataset path is missing, empty or holds an unreadable image."""
+
+
+class StageError(Tok1dError, RuntimeError):
+    """A stage failed; the message carries the run directory and its log."""

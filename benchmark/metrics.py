@@ -1,0 +1,218 @@
+"""Streaming evaluation metrics: reconstruction quality (PSNR, SSIM) and codebook statistics.
+
+A metric sees the evaluation set one ``EvalBatch`` at a time through ``update`` and reports named
+values from ``compute``. Running sums are kept as float64 (or int64) on the CPU, so a result does
+not depend on how the set was split into batches. Register a new metric with
+``@register_metric("name")``; the first line of its docstring is its description in
+``python -m benchmark.list``.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from benchmark.base import TokenSpec
+from benchmark.errors import ConfigError
+from benchmark.registry import METRICS, register_metric
+
+
+@dataclass(frozen=True)
+class EvalBatch:
+    """One evaluation batch.
+
+    ``images`` and ``recons`` are (B, 3, H, W) in [0, 1]; ``tokens`` is what the tokenizer's
+    ``encode`` returned: int64 ids (B, *token_spec.shape) for a discrete spec, floats
+    (B, *token_spec.shape, dim) for a continuous one; ``labels`` are the (B,) class labels.
+    """
+
+    images: Tensor
+    recons: Tensor
+    tokens: Tensor
+    labels: Tensor
+
+
+class Metric(ABC):
+    """A streaming metric: ``update`` once per batch, then ``compute`` over everything seen.
+
+    Subclasses that take options add them as keyword-only, type-hinted ``__init__`` arguments.
+    """
+
+    registry_name: str
+
+    def __init__(self, token_spec: TokenSpec) -> None:
+        self.token_spec = token_spec
+
+    @abstractmethod
+    def update(self, batch: EvalBatch) -> None:
+        """Add one batch to the running statistics."""
+
+    @abstractmethod
+    def compute(self) -> dict[str, float]:
+        """Named results over all batches seen so far."""
+
+    def _name(self) -> str:
+        return getattr(self, "registry_name", type(self).__name__)
+
+
+class PerImageMean(Metric):
+    """The mean over images of a per-image score, summed in float64 on the CPU."""
+
+    key: str
+
+    def __init__(self, token_spec: TokenSpec) -> None:
+        super().__init__(token_spec)
+        self._total = 0.0
+        self._count = 0
+
+    @abstractmethod
+    def per_image(self, images: Tensor, recons: Tensor) -> Tensor:
+        """Scores of shape (B,) for images and reconstructions (B, 3, H, W) clamped to [0, 1]."""
+
+    @torch.no_grad()
+    def update(self, batch: EvalBatch) -> None:
+        images, recons = batch.images, batch.recons
+        if images.shape != recons.shape or images.ndim != 4:
+            raise ValueError(
+                f"metric {self._name()}: images {tuple(images.shape)} and reconstructions "
+                f"{tuple(recons.shape)} must have the same (B, C, H, W) shape"
+            )
+        scores = self.per_image(images.clamp(0, 1), recons.clamp(0, 1))
+        self._total += scores.detach().to("cpu", torch.float64).sum().item()
+        self._count += scores.numel()
+
+    def compute(self) -> dict[str, float]:
+        if self._count == 0:
+            raise RuntimeError(f"metric {self._name()}: compute() called before any update()")
+        return {self.key: self._total / self._count}
+
+
+@register_metric("psnr")
+class PSNR(PerImageMean):
+    """Peak signal-to-noise ratio in dB, mean over images of 10 log10(1 / MSE) (data range 1)."""
+
+    key = "psnr"
+    min_mse = 1e-10  # an exact reconstruction scores 100 dB instead of inf
+
+    def per_image(self, images: Tensor, recons: Tensor) -> Tensor:
+        """PSNR = 10 log10(MAX^2 / MSE) with MAX = 1 and MSE over all pixels and channels."""
+        diff = images.to(torch.float64) - recons.to(torch.float64)
+        mse = diff.square().mean(dim=(1, 2, 3)).clamp_min(self.min_mse)
+        return 10.0 * torch.log10(1.0 / mse)
+
+
+@register_metric("ssim")
+class SSIM(PerImageMean):
+    """Structural similarity (Wang et al. 2004): 11x11 Gaussian window, sigma 1.5, mean over RGB."""
+
+    # Hand written rather than a library call: it is small, runs batched on the GPU, adds no
+    # dependency, and tests/test_metrics.py checks it against scikit-image.
+    key = "ssim"
+    sigma = 1.5
+    radius = 5  # 11 taps, as scikit-image's int(3.5 * sigma + 0.5)
+    k1, k2 = 0.01, 0.03
+
+    def __init__(self, token_spec: TokenSpec) -> None:
+        super().__init__(token_spec)
+        x = torch.arange(-self.radius, self.radius + 1, dtype=torch.float64)
+        window = torch.exp(-(x**2) / (2 * self.sigma**2))
+        self._window = window / window.sum()
+
+    def _blur(self, x: Tensor) -> Tensor:
+        """Separable Gaussian filter per channel, 'valid' region only (no padding)."""
+        c = x.shape[1]
+        w = self._window.to(device=x.device, dtype=x.dtype)
+        x = F.conv2d(x, w.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
+        return F.conv2d(x, w.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
+
+    def per_image(self, images: Tensor, recons: Tensor) -> Tensor:
+        """Mean over channels and valid window positions of the SSIM map
+
+        SSIM = (2 mu_x mu_y + C1)(2 s_xy + C2) / ((mu_x^2 + mu_y^2 + C1)(s_x^2 + s_y^2 + C2)),
+        C1 = (0.01)^2, C2 = (0.03)^2, with Gaussian-weighted (population) moments.
+        """
+        size = 2 * self.radius + 1
+        if min(images.shape[-2:]) < size:
+            raise ValueError(
+                f"metric ssim needs images of at least {size}x{size}, got {tuple(images.shape[-2:])}"
+            )
+        dtype = torch.promote_types(images.dtype, torch.float32)
+        x, y = images.to(dtype), recons.to(dtype)
+        mu_x, mu_y = self._blur(x), self._blur(y)
+        var_x = self._blur(x * x) - mu_x**2
+        var_y = self._blur(y * y) - mu_y**2
+        cov = self._blur(x * y) - mu_x * mu_y
+        c1, c2 = self.k1**2, self.k2**2
+        ssim_map = ((2 * mu_x * mu_y + c1) * (2 * cov + c2)) / (
+            (mu_x**2 + mu_y**2 + c1) * (var_x + var_y + c2)
+        )
+        return ssim_map.mean(dim=(1, 2, 3))
+
+
+@register_metric("codebook_usage")
+class CodebookUsage(Metric):
+    """Share of codebook entries used (percent) and code perplexity exp(H) over the evaluation set."""
+
+    def __init__(self, token_spec: TokenSpec) -> None:
+        if token_spec.kind != "discrete":
+            raise ConfigError(
+                f"metric codebook_usage needs a discrete tokenizer (token_spec.kind={token_spec.kind})"
+            )
+        super().__init__(token_spec)
+        self.vocab_size: int = token_spec.vocab_size
+        self._counts = torch.zeros(self.vocab_size, dtype=torch.int64)
+
+    @torch.no_grad()
+    def update(self, batch: EvalBatch) -> None:
+        ids = batch.tokens.detach().reshape(-1).to("cpu", torch.int64)
+        if ids.numel() and (ids.min() < 0 or ids.max() >= self.vocab_size):
+            raise ValueError(
+                f"metric codebook_usage: token ids span [{ids.min().item()}, {ids.max().item()}], "
+                f"outside [0, {self.vocab_size})"
+            )
+        self._counts += torch.bincount(ids, minlength=self.vocab_size)
+
+    def histogram(self) -> Tensor:
+        """How many times each code was used: int64, length ``vocab_size``."""
+        return self._counts.clone()
+
+    def compute(self) -> dict[str, float]:
+        """usage = 100 * #{k : n_k > 0} / V; perplexity = exp(-sum_k p_k ln p_k), p_k = n_k / sum n."""
+        total = int(self._counts.sum())
+        if total == 0:
+            raise RuntimeError("metric codebook_usage: compute() called before any update()")
+        used = self._counts[self._counts > 0].to(torch.float64)
+        p = used / total
+        entropy = -(p * p.log()).sum().item()
+        return {
+            "codebook_usage": 100.0 * used.numel() / self.vocab_size,
+            "codebook_perplexity": math.exp(entropy),
+        }
+
+
+def build_metrics(names: list[str], token_spec: TokenSpec) -> list[Metric]:
+    """The metrics ``names`` (as in the study's ``eval.metrics``) for a tokenizer's token spec."""
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise ConfigError(f"eval.metrics: {', '.join(repeated)} listed more than once")
+    return [METRICS.get(name, where="eval.metrics").obj(token_spec) for name in names]
+
+
+def compute_all(metrics: list[Metric]) -> dict[str, float]:
+    """All metrics' results in one dict; two metrics reporting the same key is an error."""
+    results: dict[str, float] = {}
+    owner: dict[str, str] = {}
+    for metric in metrics:
+        for key, value in metric.compute().items():
+            if key in results:
+                raise ConfigError(
+                    f"metrics {owner[key]} and {metric._name()} both report '{key}'"
+                )
+            results[key] = value
+            owner[key] = metric._name()
+    return results

@@ -1,0 +1,140 @@
+"""Reports: pandas tables (markdown + CSV) and matplotlib figures, built from the run store alone.
+
+A study's ``report`` section declares its tables (which result keys, under which headers, and the
+seed paper's own numbers to show beside ours) and figures (a config key on x, result keys on y).
+Cells whose stages failed or have not run appear with their status; they are never dropped.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+from torchvision.utils import save_image
+
+from benchmark.store import RunStore, atomic_write
+from benchmark.study import Cell, Plan, _flat_all
+
+
+def save_image_grid(images: torch.Tensor, path: Path, nrow: int = 8) -> None:
+    atomic_write(path, lambda tmp: save_image(images.clamp(0, 1), tmp, nrow=nrow, padding=1, format="png"))
+
+
+def cell_results(plan: Plan, store: RunStore, cell: Cell) -> tuple[dict[str, Any], str]:
+    """A cell's results flattened into one mapping (evaluation metrics first), and its status."""
+    values: dict[str, Any] = {}
+    status = "ok"
+    for kind, h in cell.stages.items():
+        result = store.result(kind, h)
+        if result is None:
+            error = store.error(kind, h)
+            if error and status == "ok":
+                status = f"FAILED in {kind}: {error['error'].splitlines()[0][:160]} (log: {error['log']})"
+            elif status == "ok":
+                status = "not run"
+            continue
+        values.update({k: v for k, v in result.items() if not isinstance(v, dict)})
+        values.update(result.get("metrics", {}))
+        if "protocol" in result:
+            values["_protocol"] = result["protocol"]
+    return values, status
+
+
+def build_table(plan: Plan, store: RunStore, table: dict[str, Any]) -> pd.DataFrame:
+    """One declared table as a DataFrame: label, our columns, the paper's columns, status."""
+    columns: dict[str, str] = table.get("columns") or {}
+    ref = table.get("reference") or {}
+    ref_label = ref.get("label", "paper")
+    ref_cols: dict[str, str] = ref.get("columns") or {}
+    rows = []
+    for cell in plan.cells:
+        values, status = cell_results(plan, store, cell)
+        row: dict[str, Any] = {table.get("row_label", "cell"): cell.label}
+        for key, header in columns.items():
+            row[f"{header} (ours)" if key in ref_cols else header] = values.get(key)
+        paper = (ref.get("rows") or {}).get(cell.label, {})
+        for key, header in ref_cols.items():
+            row[f"{header} ({ref_label})"] = paper.get(key)
+        row["status"] = status
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def protocol_lines(plan: Plan, store: RunStore) -> list[str]:
+    seen: list[str] = []
+    for cell in plan.cells:
+        protocol = cell_results(plan, store, cell)[0].get("_protocol")
+        if protocol:
+            data = ", ".join(f"{k}={v}" for k, v in protocol.get("data", {}).items())
+            line = (f"- {cell.label}: {protocol['num_images']} images of the {protocol['split']} split "
+                    f"({data}); metrics: {', '.join(protocol['metrics'])}")
+            seen.append(line)
+    return seen
+
+
+def draw_figure(plan: Plan, store: RunStore, fig: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ys = fig["y"] if isinstance(fig["y"], list) else [fig["y"]]
+    points = []
+    for cell in plan.cells:
+        x = _flat_all(cell.config).get(fig["x"])
+        if fig["x"] in cell.overrides or fig.get("all_cells"):
+            points.append((x, cell_results(plan, store, cell)[0]))
+    figure, axes = plt.subplots(1, len(ys), figsize=(4.2 * len(ys), 3.4), squeeze=False)
+    for ax, y in zip(axes[0], ys):
+        pts = sorted((x, v[y]) for x, v in points if v.get(y) is not None)
+        if pts:
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=f"tok1d ({plan.profile})")
+        ax.set_xlabel(fig.get("xlabel", fig["x"]))
+        ax.set_ylabel(fig.get("labels", {}).get(y, y))
+        if fig.get("logx"):
+            ax.set_xscale("log", base=2)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    figure.suptitle(fig.get("title", plan.study))
+    figure.tight_layout()
+    atomic_write(path, lambda tmp: figure.savefig(tmp, dpi=120, format="png"))
+    plt.close(figure)
+
+
+def write_report(plan: Plan, store: RunStore, out_dir: Path) -> list[Path]:
+    """Render every table and figure of the study into ``out_dir``; returns the files written."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    spec = plan.spec.get("report") or {}
+    tables = spec.get("tables") or [{"name": "results", "columns": {}}]
+    written: list[Path] = []
+    md = [f"# {plan.spec.get('title', plan.study)}", ""]
+    if plan.spec.get("source"):
+        md += [f"Reproduces: {plan.spec['source']}", ""]
+    if plan.profile != "paper":
+        md += [f"**Profile `{plan.profile}`: these are {plan.profile}-scale numbers (tiny models, "
+               "built-in data), not comparable with the paper's; they prove the pipeline.**", ""]
+    for table in tables:
+        df = build_table(plan, store, table)
+        csv_path = out_dir / f"{table['name']}.csv"
+        atomic_write(csv_path, lambda tmp: df.to_csv(tmp, index=False))
+        written.append(csv_path)
+        md += [f"## {table.get('title', table['name'])}", "", df.to_markdown(index=False, floatfmt=".4g"), ""]
+    protocol = protocol_lines(plan, store)
+    if protocol:
+        md += ["## Protocol", "", *protocol, ""]
+    for fig in spec.get("figures") or []:
+        path = out_dir / f"{fig['name']}.png"
+        draw_figure(plan, store, fig, path)
+        written.append(path)
+        md += [f"![{fig.get('title', fig['name'])}]({path.name})", ""]
+    md_path = out_dir / "README.md"
+    atomic_write(md_path, lambda tmp: tmp.write_text("\n".join(md)))
+    return [md_path, *written]
+
+
+def results_dir(root: Path, plan: Plan) -> Path:
+    """``results/<study>/`` at paper scale; other profiles under ``results/<study>/_<profile>/``."""
+    base = root / plan.study
+    return base if plan.profile == "paper" else base / f"_{plan.profile}"
