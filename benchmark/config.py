@@ -176,7 +176,8 @@ def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def merge_layers(layers: list[Layer]) -> tuple[dict[str, Any], dict[str, str]]:
-    """Merge layers in order; return the config and, for each ``section.key``, the layer that set it."""
+    """Merge layers in order, validating after each one (so a value a later layer overrides is
+    still checked); return the resolved config and, for each ``section.key``, the layer that set it."""
     config: dict[str, Any] = {}
     origin: dict[str, str] = {}
     for layer in layers:
@@ -188,7 +189,9 @@ def merge_layers(layers: list[Layer]) -> tuple[dict[str, Any], dict[str, str]]:
                 origin = {k: v for k, v in origin.items() if not k.startswith(section + ".")}
         config = merge_dicts(config, values)
         origin.update({key: layer.source for key in flatten(values)})
-    return config, origin
+        if "defaults" != layer.source:
+            validate(resolve(config, layer.source), origin)
+    return resolve(config, layers[-1].source), origin
 
 
 # ---------------------------------------------------------------------------------------------

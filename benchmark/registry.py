@@ -50,7 +50,10 @@ class Registry:
         """Class decorator: ``@REGISTRY.register("name")``. The docstring's first line describes it."""
 
         def decorator(obj: type) -> type:
-            source = inspect.getsourcefile(obj) or getattr(obj, "__module__", "?")
+            try:
+                source = inspect.getsourcefile(obj) or obj.__module__
+            except TypeError:  # defined outside any file (e.g. built with type())
+                source = obj.__module__
             old = self._entries.get(name)
             if old is not None and old.source != source:
                 raise ConfigError(

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from benchmark import REPO_ROOT
-from benchmark.config import Layer, defaults, load_yaml, merge_layers, nest, parse_overrides, resolve, validate
+from benchmark.config import Layer, defaults, load_yaml, merge_layers, nest, parse_overrides
 from benchmark.errors import ConfigError
 from benchmark.registry import load_plugins
 from benchmark.stages import STAGES, stage_order
@@ -121,6 +121,9 @@ def load_study(path: str | Path) -> dict[str, Any]:
     unknown = set(spec) - STUDY_KEYS
     if unknown:
         raise ConfigError(f"{path}: unknown top-level keys {sorted(unknown)}; allowed: {sorted(STUDY_KEYS)}")
+    for key in ("config", "profiles", "axes", "report"):
+        if not isinstance(spec.get(key) or {}, dict):
+            raise ConfigError(f"{path}: '{key}' must be a mapping, got {type(spec[key]).__name__}")
     for kind in spec.get("stages", []):
         if kind not in STAGES:
             raise ConfigError(f"{path}: stages: unknown stage '{kind}'; known: {', '.join(STAGES)}")
@@ -147,8 +150,8 @@ def build_plan(path: str | Path, profile: str = "paper", overrides: list[str] | 
     cli = Layer("command line", nest(parse_overrides(overrides or []), "command line"))
     base = [Layer("defaults", defaults()), Layer(f"{path}: config", nest(spec.get("config") or {}, str(path))),
             *profile_layers(spec, path, profile)]
-    plugins = merge_layers(base + [cli])[0].get("plugins") or []
-    load_plugins(plugins)
+    plugins = [layer.values["plugins"] for layer in base + [cli] if layer.values.get("plugins")]
+    load_plugins(plugins[-1] if plugins else [])
 
     cell_specs = [(None, o) for o in expand_axes(spec.get("axes") or {}, str(path))]
     for i, extra in enumerate(spec.get("cells") or []):
@@ -161,9 +164,7 @@ def build_plan(path: str | Path, profile: str = "paper", overrides: list[str] | 
     for label, cell_overrides in cell_specs:
         source = f"{path}: cell {label or cell_overrides}"
         layers = base + [Layer(source, nest(cell_overrides, source)), cli]
-        merged, origin = merge_layers(layers)
-        config = resolve(merged, source)
-        validate(config, origin)
+        config, origin = merge_layers(layers)
         label = label or cell_label(spec.get("label"), cell_overrides, config)
         cell = Cell(label, cell_overrides, config, {})
         if only and not matches(only, cell):

@@ -1,0 +1,114 @@
+"""Config layering, validation errors, and study expansion into cells and shared stages."""
+
+from __future__ import annotations
+
+import pytest
+
+from benchmark.errors import ConfigError
+from benchmark.study import build_plan, expand_axes
+
+REPO_STUDY = "studies/thesis_table2_token_count.yaml"
+
+
+def test_table2_study_expands_into_five_cells_with_their_own_training():
+    plan = build_plan(REPO_STUDY, "smoke")
+    assert [c.label for c in plan.cells] == ["16", "32", "64", "128", "Big dataset"]
+    assert len(plan.stages) == 10
+    big = plan.cells[-1].config
+    assert big["tokenizer"]["num_latent_tokens"] == 64 and big["data"]["subset"] == "all"
+    # The smoke profile replaced the paper's BDD100K data section instead of merging into it.
+    assert big["data"]["name"] == "procedural" and "root" not in big["data"]
+    assert big["tokenizer"]["size"] == "tiny" and big["tokenizer"]["token_size"] == 16
+
+
+def test_paper_profile_keeps_the_studys_settings(monkeypatch):
+    monkeypatch.setenv("BDD100K_ROOT", "/data/somewhere")
+    cfg = build_plan(REPO_STUDY, "paper").cells[0].config
+    assert cfg["data"] == {"name": "bdd100k", "root": "/data/somewhere", "resolution": 256, "subset": "day"}
+    assert cfg["tokenizer"]["size"] == "B" and cfg["train"]["steps"] == 9700
+
+
+def test_cells_that_share_a_tokenizer_share_its_training(write_study):
+    study = write_study("""
+        config: {tokenizer: {name: titok}}
+        axes: {grid: {eval.batch_size: [8, 16]}}
+    """)
+    plan = build_plan(study, "smoke")
+    trains = {c.stages["train_tokenizer"] for c in plan.cells}
+    evals = {c.stages["evaluate_tokenizer"] for c in plan.cells}
+    assert len(trains) == 1 and len(evals) == 2
+    assert plan.stages[trains.pop()].cells == ["eval.batch_size=8", "eval.batch_size=16"]
+
+
+def test_runtime_and_launcher_do_not_change_hashes():
+    a = build_plan(REPO_STUDY, "smoke")
+    b = build_plan(REPO_STUDY, "smoke", ["runtime.num_workers=4", "launcher.mem_gb=8"])
+    assert set(a.stages) == set(b.stages)
+    c = build_plan(REPO_STUDY, "smoke", ["train.lr=0.01"])
+    assert not set(a.stages) & set(c.stages)
+
+
+def test_grid_and_zip_axes():
+    cells = expand_axes({"grid": {"a": [1, 2], "b": ["x", "y", "z"]}, "zip": {"c": [1, 2], "d": [3, 4]}}, "s")
+    assert len(cells) == 2 * 3 * 2
+    assert {(c["c"], c["d"]) for c in cells} == {(1, 3), (2, 4)}
+    with pytest.raises(ConfigError, match="one length"):
+        expand_axes({"zip": {"c": [1, 2], "d": [3]}}, "s")
+
+
+def test_command_line_overrides_win_and_name_switch_resets_section():
+    plan = build_plan(REPO_STUDY, "smoke", ["tokenizer.num_latent_tokens=8", "data.name=imagefolder",
+                                            "data.root=/x", "data.resolution=32"])
+    cfg = plan.cells[0].config
+    assert all(c.config["tokenizer"]["num_latent_tokens"] == 8 for c in plan.cells)
+    assert cfg["data"] == {"name": "imagefolder", "root": "/x", "resolution": 32}
+
+
+def test_only_filters_cells():
+    assert [c.label for c in build_plan(REPO_STUDY, "smoke", only="big").cells] == ["Big dataset"]
+    assert [c.label for c in build_plan(REPO_STUDY, "smoke", only="tokenizer.num_latent_tokens=32").cells] == ["32"]
+    with pytest.raises(ConfigError, match="matches no cell"):
+        build_plan(REPO_STUDY, "smoke", only="nothing-like-this")
+
+
+@pytest.mark.parametrize("text, pattern", [
+    ("config: {tokenizer: {name: titok, num_latent_tokns: 8}}",
+     r"mini\.yaml: config: unknown key 'tokenizer\.num_latent_tokns'\. Did you mean: num_latent_tokens"),
+    ("config: {train: {steps: many}}", r"mini\.yaml: config: train\.steps must be int, got 'many'"),
+    ("config: {tokenizer: {name: titoc}}", r"mini\.yaml: config: tokenizer\.name: unknown tokenizer 'titoc'.*titok"),
+    ("config: {data: {name: procedural, resolutoin: 8}}", r"unknown key 'data\.resolutoin'.*resolution"),
+    ("config: {trian: {steps: 3}}", r"mini\.yaml: config: unknown key 'trian'.*train"),
+    ("config: {train: {schedule: linear}}", r"train\.schedule must be one of constant, cosine"),
+    ("config: [1, 2]\n", r"mini\.yaml"),
+    ("config: {a: 1\n", r"mini\.yaml: malformed YAML"),
+    ("axis: {}", r"mini\.yaml: unknown top-level keys \['axis'\]"),
+    ("stages: [train_generatr]", r"unknown stage 'train_generatr'"),
+    ("axes: {grid: {tokenizer.num_latent_tokens: 8}}", r"axes\.grid\.tokenizer\.num_latent_tokens must be a non-empty list"),
+    ("cells: [{label: x, sett: {}}]", r"cells\[0\] must be a mapping with 'label' and 'set'"),
+])
+def test_bad_study_gives_one_clear_error(write_study, text, pattern):
+    with pytest.raises(ConfigError, match=pattern):
+        build_plan(write_study(text), "smoke")
+
+
+def test_bad_cell_value_names_the_cell(write_study):
+    study = write_study("axes: {grid: {tokenizer.codebook_size: [16, sixteen]}}")
+    with pytest.raises(ConfigError, match=r"cell \{'tokenizer.codebook_size': 'sixteen'\}: tokenizer\.codebook_size must be int"):
+        build_plan(study, "smoke")
+
+
+@pytest.mark.parametrize("override, pattern", [
+    ("train.steps", r"command line: override 'train\.steps' is not of the form key=value"),
+    ("train.stepz=3", r"command line: unknown key 'train\.stepz'"),
+    ("tokenizer.size=3.5", r"command line: tokenizer\.size must be str"),
+])
+def test_bad_override_names_the_command_line(override, pattern):
+    with pytest.raises(ConfigError, match=pattern):
+        build_plan(REPO_STUDY, "smoke", [override])
+
+
+def test_profile_errors(tmp_path):
+    with pytest.raises(ConfigError, match="known profiles: paper, smoke"):
+        build_plan(REPO_STUDY, "smok")
+    with pytest.raises(ConfigError, match="no such file"):
+        build_plan(tmp_path / "missing.yaml", "smoke")
