@@ -28,7 +28,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--runs", help="run store folder (default: $TOK1D_RUNS or ./runs)")
     p.add_argument("--results", default="results", help="results folder (default: ./results)")
     p.add_argument("--fail-fast", action="store_true", help="stop at the first failing stage")
-    return p.parse_args(argv)
+    return p.parse_intermixed_args(argv)
 
 
 def print_plan(plan: Plan, store: RunStore) -> None:

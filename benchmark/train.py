@@ -146,7 +146,7 @@ def fit(model: nn.Module, loss_fn: LossFn, dataset: Dataset, cfg: TrainConfig, s
             step += 1
             bar.update(1)
             if step % cfg.log_every == 0 or step == cfg.steps:
-                terms = {"loss": float(loss), **{k: float(v) for k, v in losses.items()}}
+                terms = {"loss": loss.item(), **{k: v.item() for k, v in losses.items()}}
                 if writer is None:
                     writer = csv.writer(fh)
                     if new_log:

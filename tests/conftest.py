@@ -17,7 +17,7 @@ torch.set_num_threads(2)
 
 # Overrides that shrink the smoke profile further, for tests.
 TINY = ["train.steps=24", "train.batch_size=16", "train.checkpoint_every=8", "train.log_every=4",
-        "data.train_size=64", "data.eval_size=32", "data.resolution=16", "tokenizer.patch_size=4"]
+        "data.train_size=64", "data.eval_size=32", "data.resolution=16"]
 
 
 @pytest.fixture

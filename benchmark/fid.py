@@ -1,0 +1,516 @@
+"""FID and Inception Score with torch-fidelity's Inception-v3, and the protocol behind each number.
+
+Features come from torch-fidelity's ``FeatureExtractorInceptionV3``: the TensorFlow 2015-12-05
+Inception graph ported to PyTorch (the weights of the original FID, ADM's evaluator and TiTok's
+numbers), fed uint8 images that it resizes to 299 x 299 with TensorFlow 1.x-exact bilinear
+interpolation. FID uses the 2048-d pool features, the Inception Score the 1008 unbiased logits.
+
+    FID = ||mu_1 - mu_2||^2 + Tr(Sigma_1 + Sigma_2 - 2 (Sigma_1 Sigma_2)^(1/2))     (Heusel et al. 2017)
+    IS  = exp(E_x KL(p(y|x) || p(y)))                                              (Salimans et al. 2016)
+
+Weights load from a path, ``$TOK1D_INCEPTION_WEIGHTS`` or torch's hub cache, never from the network.
+Reference statistics are cached per dataset config, split, size and weights; ADM reference batches
+(``VIRTUAL_imagenet256_labeled.npz``) load by path. Every result has a ``FIDProtocol`` record.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch_fidelity
+from PIL import Image
+from torch import Tensor
+from torch.utils.data import DataLoader, Subset
+from torch_fidelity.feature_extractor_inceptionv3 import URL_INCEPTION_V3, FeatureExtractorInceptionV3
+from torch_fidelity.metric_fid import KEY_METRIC_FID, fid_statistics_to_metric
+from torch_fidelity.metric_isc import KEY_METRIC_ISC_MEAN, KEY_METRIC_ISC_STD, isc_features_to_metric
+
+from benchmark.base import TokenSpec
+from benchmark.data import IMAGE_SUFFIXES, build_dataset, list_images
+from benchmark.errors import ConfigError, DataError, Tok1dError
+from benchmark.metrics import EvalBatch, Metric
+from benchmark.registry import register_metric
+
+WEIGHTS_ENV = "TOK1D_INCEPTION_WEIGHTS"
+WEIGHTS_FILE = URL_INCEPTION_V3.rsplit("/", 1)[-1]  # weights-inception-2015-12-05-6726825d.pth
+POOL, LOGITS = "2048", "logits_unbiased"
+FEATURE_DIM = 2048
+IS_SPLITS = 10
+IS_SHUFFLE_SEED = 2020  # torch-fidelity's default rng_seed: the split assignment is fixed
+RESIZE_POLICY = "torch-fidelity TF-compatible bilinear resize to 299"
+QUANTISATION = "[0, 1] floats -> uint8 by round(255 x), clamped"
+
+
+class InceptionWeightsError(Tok1dError, FileNotFoundError):
+    """The Inception-v3 weights file is missing or unreadable."""
+
+
+# ----------------------------------------------------------------------------------------------
+# Inception feature extractor
+# ----------------------------------------------------------------------------------------------
+
+def hub_weights_path() -> Path:
+    """Where torch-fidelity's download caches the weights: ``torch.hub.get_dir()/checkpoints/``."""
+    return Path(torch.hub.get_dir()) / "checkpoints" / WEIGHTS_FILE
+
+
+def _how_to_obtain(target: Path) -> str:
+    return (
+        f"Download {URL_INCEPTION_V3} on a machine with network access and either put it at {target} "
+        f"(torch's hub cache, where torch-fidelity itself caches it), or pass its path as the metric's "
+        f"'weights' option or in ${WEIGHTS_ENV}."
+    )
+
+
+def resolve_weights(weights: str | os.PathLike | None = None) -> Path:
+    """The weights file: ``weights`` if given, else ``$TOK1D_INCEPTION_WEIGHTS``, else the hub cache."""
+    for given, origin in ((weights, "the 'weights' option"), (os.environ.get(WEIGHTS_ENV), f"${WEIGHTS_ENV}")):
+        if given:
+            path = Path(given).expanduser()
+            if not path.is_file():
+                raise InceptionWeightsError(
+                    f"Inception weights {path} (from {origin}) do not exist. {_how_to_obtain(path)}"
+                )
+            return path
+    path = hub_weights_path()
+    if not path.is_file():
+        raise InceptionWeightsError(
+            f"Inception weights {WEIGHTS_FILE} not found: no 'weights' option, ${WEIGHTS_ENV} unset, and "
+            f"not in torch's hub cache ({path}); tok1d never downloads them. {_how_to_obtain(path)}"
+        )
+    return path
+
+
+def file_sha256(path: Path, length: int = 16) -> str:
+    """The first ``length`` hex digits of the file's sha256."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()[:length]
+
+
+@contextmanager
+def _exact_fp32(device: torch.device) -> Iterator[None]:
+    """No autocast, no TF32 in convolutions or matmuls, deterministic cuDNN: the reference precision."""
+    matmul = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("highest")
+    try:
+        with torch.autocast(device.type, enabled=False), torch.backends.cudnn.flags(
+            enabled=torch.backends.cudnn.enabled, benchmark=False, deterministic=True, allow_tf32=False
+        ):
+            yield
+    finally:
+        torch.set_float32_matmul_precision(matmul)
+
+
+def to_uint8(images: Tensor) -> Tensor:
+    """(B, 3, H, W) images as uint8: unchanged if uint8, else floats in [0, 1] rounded to 0..255."""
+    if images.ndim != 4 or images.shape[1] != 3:
+        raise ValueError(f"Inception expects images of shape (B, 3, H, W), got {tuple(images.shape)}")
+    if images.dtype == torch.uint8:
+        return images
+    if not images.is_floating_point():
+        raise ValueError(f"Inception expects uint8 or float images in [0, 1], got {images.dtype}")
+    return (images.clamp(0, 1) * 255).round().to(torch.uint8)
+
+
+class InceptionV3:
+    """torch-fidelity's Inception-v3 (2015-12-05 TF weights): pool features and unbiased logits.
+
+    Call it on (B, 3, H, W) images (floats in [0, 1] or uint8) of any size; it returns float32
+    ``(pool (B, 2048), logits (B, 1008))`` on its device. The last call's result is kept, so rFID and
+    IS sharing one extractor run Inception once per reconstruction batch.
+    """
+
+    def __init__(self, weights: str | os.PathLike | None = None, *, device: str = "cpu",
+                 dtype: str = "float32") -> None:
+        self.weights_path = resolve_weights(weights)
+        self.weights_sha256 = file_sha256(self.weights_path)
+        self.device = torch.device(device)
+        self.dtype = dtype
+        # torch-fidelity loads the path with weights_only=False; loading it first with
+        # weights_only=True refuses a file that holds anything but tensors.
+        try:
+            torch.load(self.weights_path, map_location="cpu", weights_only=True)
+            model = FeatureExtractorInceptionV3(
+                "inception-v3-compat", [POOL, LOGITS], feature_extractor_weights_path=str(self.weights_path),
+                feature_extractor_internal_dtype=dtype,
+            )
+        except (RuntimeError, OSError, EOFError, ValueError, KeyError) as exc:
+            raise InceptionWeightsError(
+                f"cannot load Inception weights {self.weights_path}: {type(exc).__name__}: {exc}. "
+                f"{_how_to_obtain(self.weights_path)}"
+            ) from exc
+        self.model = model.to(self.device)
+        self._last: tuple[Tensor, int, tuple[Tensor, Tensor]] | None = None
+
+    @torch.no_grad()
+    def __call__(self, images: Tensor) -> tuple[Tensor, Tensor]:
+        last = self._last
+        if last is not None and last[0] is images and last[1] == images._version:
+            return last[2]
+        x = to_uint8(images).to(self.device)
+        with _exact_fp32(self.device):
+            pool, logits = self.model(x)
+        self._last = (images, images._version, (pool, logits))
+        return pool, logits
+
+
+@functools.lru_cache(maxsize=4)
+def _shared_inception(path: str, device: str, dtype: str) -> InceptionV3:
+    return InceptionV3(path, device=device, dtype=dtype)
+
+
+def load_inception(weights: str | os.PathLike | None = None, *, device: str = "cpu",
+                   dtype: str = "float32") -> InceptionV3:
+    """One shared ``InceptionV3`` per (weights file, device, dtype), so metrics load it once."""
+    return _shared_inception(str(resolve_weights(weights).resolve()), device, dtype)
+
+
+# ----------------------------------------------------------------------------------------------
+# Statistics and the Fréchet distance
+# ----------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class FeatureStats:
+    """Mean ``mu`` (D,) and covariance ``sigma`` (D, D) (float64) of ``n`` feature vectors.
+
+    ``n`` is ``None`` for statistics that come without a count (ADM reference batches); ``source``
+    describes where they come from, for the protocol record.
+    """
+
+    mu: np.ndarray
+    sigma: np.ndarray
+    n: int | None
+    source: str
+
+    @classmethod
+    def from_features(cls, features: Tensor | np.ndarray, source: str = "") -> FeatureStats:
+        acc = FeatureAccumulator()
+        acc.update(torch.as_tensor(features))
+        return acc.stats(source)
+
+    def digest(self) -> str:
+        """First 16 hex digits of the sha256 of mu and sigma (float64, C order)."""
+        h = hashlib.sha256()
+        for a in (self.mu, self.sigma):
+            h.update(np.ascontiguousarray(a, dtype="<f8").tobytes())
+        return h.hexdigest()[:16]
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write ``mu``, ``sigma``, ``n`` and ``source`` to an .npz, atomically (temporary file + rename)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                np.savez(f, mu=self.mu, sigma=self.sigma, n=np.int64(-1 if self.n is None else self.n),
+                         source=np.str_(self.source))
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+
+class FeatureAccumulator:
+    """Streaming mean and covariance: float64 sums of x and x x^T, so batching does not matter.
+
+    mu = S_1 / n,  Sigma = (S_2 - n mu mu^T) / (n - 1)  (unbiased, as ``numpy.cov``).
+    Sums stay on the features' device (float64; on the CPU for MPS, which has no float64).
+    """
+
+    def __init__(self) -> None:
+        self.n = 0
+        self._sum: Tensor | None = None
+        self._outer: Tensor | None = None
+
+    @torch.no_grad()
+    def update(self, features: Tensor) -> None:
+        if features.ndim != 2:
+            raise ValueError(f"features must be (N, D), got {tuple(features.shape)}")
+        x = features.detach()
+        if x.device.type == "mps":
+            x = x.cpu()
+        x = x.to(torch.float64)
+        if self._sum is None:
+            self._sum = x.new_zeros(x.shape[1])
+            self._outer = x.new_zeros(x.shape[1], x.shape[1])
+        elif x.shape[1] != self._sum.shape[0]:
+            raise ValueError(f"features of dim {x.shape[1]} after features of dim {self._sum.shape[0]}")
+        self._sum += x.sum(dim=0)
+        self._outer += x.T @ x
+        self.n += x.shape[0]
+
+    def stats(self, source: str = "") -> FeatureStats:
+        if self.n < 2 or self._sum is None or self._outer is None:
+            raise ValueError(f"a covariance needs at least 2 feature vectors, got {self.n}")
+        mu = self._sum / self.n
+        sigma = (self._outer - self.n * torch.outer(mu, mu)) / (self.n - 1)
+        return FeatureStats(mu.cpu().numpy(), sigma.cpu().numpy(), self.n, source)
+
+
+def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray) -> float:
+    """||mu1 - mu2||^2 + Tr(sigma1) + Tr(sigma2) - 2 Tr((sigma1 sigma2)^(1/2)), by torch-fidelity.
+
+    torch-fidelity takes Tr((sigma1 sigma2)^(1/2)) as the sum of the square roots of the eigenvalues
+    of sigma1 sigma2 (real and >= 0 for covariance matrices), so no matrix square root is formed and
+    the eps * I offset that pytorch-fid adds when ``scipy.linalg.sqrtm`` fails on the singular
+    covariances of fewer than 2048 samples is not needed.
+    """
+    mu1, mu2 = np.asarray(mu1, np.float64), np.asarray(mu2, np.float64)
+    sigma1, sigma2 = np.asarray(sigma1, np.float64), np.asarray(sigma2, np.float64)
+    d = mu1.shape[0] if mu1.ndim == 1 else -1
+    if mu2.shape != (d,) or sigma1.shape != (d, d) or sigma2.shape != (d, d):
+        raise ValueError(
+            f"Fréchet distance needs mu (D,) and sigma (D, D): got mu {mu1.shape}, {mu2.shape}, "
+            f"sigma {sigma1.shape}, {sigma2.shape}"
+        )
+    out = fid_statistics_to_metric({"mu": mu1, "sigma": sigma1}, {"mu": mu2, "sigma": sigma2}, verbose=False)
+    return float(out[KEY_METRIC_FID])
+
+
+def stats_fid(a: FeatureStats, b: FeatureStats) -> float:
+    """The Fréchet distance between two sets of statistics."""
+    return frechet_distance(a.mu, a.sigma, b.mu, b.sigma)
+
+
+def inception_score(logits: Tensor, splits: int = IS_SPLITS) -> tuple[float, float]:
+    """Mean and std over ``splits`` groups of exp(mean_x KL(softmax(l_x) || mean_x softmax(l_x))).
+
+    torch-fidelity's computation: images shuffled with seed 2020 into ``splits`` groups, float64.
+    """
+    if logits.ndim != 2 or logits.shape[0] < splits:
+        raise ValueError(
+            f"the Inception Score over {splits} splits needs at least {splits} images, "
+            f"got logits of shape {tuple(logits.shape)}"
+        )
+    out = isc_features_to_metric(logits.detach().cpu(), splits=splits, shuffle=True, rng_seed=IS_SHUFFLE_SEED)
+    return out[KEY_METRIC_ISC_MEAN], out[KEY_METRIC_ISC_STD]
+
+
+# ----------------------------------------------------------------------------------------------
+# Image sources and reference statistics
+# ----------------------------------------------------------------------------------------------
+
+def stats_from_images(images: Iterable[Tensor], extractor: InceptionV3, source: str = "") -> FeatureStats:
+    """Pool-feature statistics of batches of (B, 3, H, W) images (floats in [0, 1] or uint8)."""
+    acc = FeatureAccumulator()
+    for batch in images:
+        acc.update(extractor(batch)[0])
+    if acc.n < 2:
+        raise DataError(f"FID statistics of {source or 'images'} need at least 2 images, got {acc.n}")
+    return acc.stats(source)
+
+
+def fid_from_images(images: Iterable[Tensor], reference: FeatureStats, extractor: InceptionV3) -> float:
+    """gFID: the Fréchet distance of generated image batches to reference statistics."""
+    return stats_fid(stats_from_images(images, extractor, "generated images"), reference)
+
+
+def array_images(array: np.ndarray, batch_size: int = 64, where: str = "array") -> Iterator[Tensor]:
+    """Batches (B, 3, H, W) uint8 of an (N, H, W, 3) uint8 array, as in ADM's sample .npz files."""
+    if array.dtype != np.uint8 or array.ndim != 4 or array.shape[-1] != 3:
+        raise DataError(f"{where}: expected images as an (N, H, W, 3) uint8 array, got {array.shape} {array.dtype}")
+    for start in range(0, len(array), batch_size):
+        yield torch.from_numpy(np.ascontiguousarray(array[start:start + batch_size].transpose(0, 3, 1, 2)))
+
+
+def folder_images(folder: str | os.PathLike, batch_size: int = 64) -> Iterator[Tensor]:
+    """Batches (B, 3, H, W) uint8 of the images directly in ``folder`` (sorted by name), as stored."""
+    folder = Path(folder).expanduser()
+    if not folder.is_dir():
+        raise DataError(f"image folder {folder} does not exist")
+    paths = list_images(folder)
+    if not paths:
+        raise DataError(f"no images ({', '.join(IMAGE_SUFFIXES)}) found in {folder} (sub-folders are not searched)")
+    for start in range(0, len(paths), batch_size):
+        batch = []
+        for path in paths[start:start + batch_size]:
+            try:
+                with Image.open(path) as img:
+                    array = np.asarray(img.convert("RGB"))
+            except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+                raise DataError(f"cannot read image {path}: {type(exc).__name__}: {exc}") from exc
+            if batch and array.shape != batch[0].shape:
+                raise DataError(f"image {path} is {array.shape[1]}x{array.shape[0]}, the images before it "
+                                f"{batch[0].shape[1]}x{batch[0].shape[0]}; the folder's images must share one size")
+            batch.append(array)
+        yield torch.from_numpy(np.stack(batch).transpose(0, 3, 1, 2).copy())
+
+
+def load_stats_npz(path: str | os.PathLike, extractor: InceptionV3 | None = None,
+                   batch_size: int = 64) -> FeatureStats:
+    """Reference statistics from an .npz: its ``mu`` (2048,) and ``sigma`` (2048, 2048) (an ADM
+    reference batch, or a tok1d cache file), else computed from its ``arr_0`` images (N, H, W, 3) uint8."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise DataError(f"reference statistics file {path} does not exist")
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            arrays = {k: npz[k] for k in npz.files if k in ("mu", "sigma", "n", "source", "arr_0")}
+    except (OSError, ValueError, EOFError) as exc:
+        raise DataError(f"cannot read {path} as an .npz: {type(exc).__name__}: {exc}") from exc
+    if "mu" in arrays or "sigma" in arrays:
+        for key, shape in (("mu", (FEATURE_DIM,)), ("sigma", (FEATURE_DIM, FEATURE_DIM))):
+            if key not in arrays:
+                raise DataError(f"{path}: has {'sigma' if key == 'mu' else 'mu'} but no '{key}' array")
+            if arrays[key].shape != shape:
+                raise DataError(f"{path}: '{key}' has shape {arrays[key].shape}, expected {shape}")
+            if not np.issubdtype(arrays[key].dtype, np.floating) or not np.isfinite(arrays[key]).all():
+                raise DataError(f"{path}: '{key}' must be finite floats ({arrays[key].dtype})")
+        n = int(arrays["n"]) if "n" in arrays and int(arrays["n"]) >= 0 else None
+        source = str(arrays["source"]) if "source" in arrays else f"{path.name} (mu, sigma)"
+        return FeatureStats(arrays["mu"].astype(np.float64), arrays["sigma"].astype(np.float64), n, source)
+    if "arr_0" in arrays:
+        if extractor is None:
+            raise ConfigError(f"{path} holds images (arr_0) but no mu/sigma: an Inception extractor is needed")
+        images = array_images(arrays["arr_0"], batch_size, where=f"{path}: 'arr_0'")
+        return stats_from_images(images, extractor, f"{path.name} (arr_0, {len(arrays['arr_0'])} images)")
+    raise DataError(f"{path}: no 'mu' and 'sigma' arrays (reference statistics) and no 'arr_0' images")
+
+
+def dataset_reference_stats(data_cfg: Mapping[str, Any], split: str, extractor: InceptionV3, *,
+                            cache_dir: str | os.PathLike, num_images: int | None = None,
+                            batch_size: int = 64, num_workers: int = 0) -> FeatureStats:
+    """Statistics of the first ``num_images`` (all if None) images of a dataset split, computed once.
+
+    Cached as ``cache_dir/<key>.npz``, the key hashing the dataset config, split, resolution, image
+    count and weights hash; the file is written atomically.
+    """
+    key = {"data": dict(data_cfg), "split": split, "resolution": data_cfg.get("resolution"),
+           "num_images": num_images, "weights_sha256": extractor.weights_sha256, "feature": POOL,
+           "quantisation": QUANTISATION}
+    text = json.dumps(key, sort_keys=True, default=str)
+    path = Path(cache_dir).expanduser() / f"{hashlib.sha256(text.encode()).hexdigest()[:16]}.npz"
+    if path.is_file():
+        return load_stats_npz(path)
+    dataset = build_dataset(data_cfg, split)
+    if num_images is not None:
+        if num_images > len(dataset):
+            raise ConfigError(f"reference statistics of {num_images} images, but the {split} split has {len(dataset)}")
+        dataset = Subset(dataset, range(num_images))
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
+    source = f"{data_cfg.get('name')} {split} split, {len(dataset)} images, {text}"
+    stats = stats_from_images((images for images, _ in loader), extractor, source)
+    stats.save(path)
+    return stats
+
+
+# ----------------------------------------------------------------------------------------------
+# Protocol record and streaming metrics
+# ----------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class FIDProtocol:
+    """How an FID / IS number was computed, stored beside it and printed under tables."""
+
+    metric: str
+    num_samples: int
+    weights_file: str
+    weights_sha256: str
+    reference: str | None = None
+    reference_stats_sha256: str | None = None
+    feature: str = POOL
+    details: str = ""
+    implementation: str = "tok1d benchmark.fid on torch_fidelity.FeatureExtractorInceptionV3"
+    torch_fidelity_version: str = torch_fidelity.__version__
+    resize: str = RESIZE_POLICY
+    quantisation: str = QUANTISATION
+    precision: str = "Inception float32 (no autocast, no TF32), statistics float64"
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def protocol_record(extractor: InceptionV3, *, metric: str, num_samples: int,
+                    reference: FeatureStats | None = None, feature: str = POOL,
+                    details: str = "") -> FIDProtocol:
+    """The protocol record of one evaluation with ``extractor`` against ``reference``."""
+    precision = f"Inception {extractor.dtype} (no autocast, no TF32), statistics float64"
+    return FIDProtocol(
+        metric=metric, num_samples=num_samples, weights_file=extractor.weights_path.name,
+        weights_sha256=extractor.weights_sha256, reference=None if reference is None else reference.source,
+        reference_stats_sha256=None if reference is None else reference.digest(), feature=feature,
+        details=details, precision=precision,
+    )
+
+
+@register_metric("rfid")
+class ReconstructionFID(Metric):
+    """Reconstruction FID: Inception pool features of reconstructions vs those of their originals.
+
+    With ``reference`` (``FeatureStats`` or an .npz path, e.g. a cached ``dataset_reference_stats`` of
+    the same split and count) the originals are not run through Inception.
+    """
+
+    def __init__(self, token_spec: TokenSpec, *, weights: str | None = None, device: str = "cpu",
+                 dtype: str = "float32", reference: FeatureStats | str | None = None) -> None:
+        super().__init__(token_spec)
+        self.extractor = load_inception(weights, device=device, dtype=dtype)
+        self.reference = load_stats_npz(reference) if isinstance(reference, (str, os.PathLike)) else reference
+        self._originals = FeatureAccumulator()
+        self._recons = FeatureAccumulator()
+
+    def update(self, batch: EvalBatch) -> None:
+        if batch.images.shape != batch.recons.shape:
+            raise ValueError(f"metric rfid: images {tuple(batch.images.shape)} and reconstructions "
+                             f"{tuple(batch.recons.shape)} differ in shape")
+        if self.reference is None:
+            self._originals.update(self.extractor(batch.images)[0])
+        self._recons.update(self.extractor(batch.recons)[0])
+
+    def _reference(self) -> FeatureStats:
+        if self.reference is None:
+            return self._originals.stats("originals of the evaluated batches")
+        if self.reference.n is not None and self.reference.n != self._recons.n:
+            raise ConfigError(f"metric rfid: reference statistics of {self.reference.n} images "
+                              f"({self.reference.source}) for {self._recons.n} reconstructions")
+        return self.reference
+
+    def compute(self) -> dict[str, float]:
+        if self._recons.n < 2:
+            raise RuntimeError(f"metric rfid needs at least 2 reconstructions, got {self._recons.n}")
+        return {"rfid": stats_fid(self._recons.stats("reconstructions"), self._reference())}
+
+    def protocol(self) -> FIDProtocol:
+        return protocol_record(self.extractor, metric="rfid", num_samples=self._recons.n,
+                               reference=self._reference())
+
+
+@register_metric("inception_score")
+class InceptionScore(Metric):
+    """Inception Score of the reconstructions (10 splits, torch-fidelity): is_mean and is_std."""
+
+    def __init__(self, token_spec: TokenSpec, *, weights: str | None = None, device: str = "cpu",
+                 dtype: str = "float32", splits: int = IS_SPLITS) -> None:
+        super().__init__(token_spec)
+        self.extractor = load_inception(weights, device=device, dtype=dtype)
+        self.splits = splits
+        self._logits: list[Tensor] = []
+
+    def update(self, batch: EvalBatch) -> None:
+        self._logits.append(self.extractor(batch.recons)[1].cpu())
+
+    def compute(self) -> dict[str, float]:
+        logits = torch.cat(self._logits) if self._logits else torch.zeros(0, 1008)
+        mean, std = inception_score(logits, self.splits)
+        return {"is_mean": mean, "is_std": std}
+
+    def protocol(self) -> FIDProtocol:
+        n = sum(len(x) for x in self._logits)
+        return protocol_record(self.extractor, metric="inception_score", num_samples=n, feature=LOGITS,
+                               details=f"{self.splits} splits, shuffled with seed {IS_SHUFFLE_SEED}")

@@ -1,0 +1,116 @@
+"""End to end through ``python -m benchmark.run``: reports, cache hits, failures, kill and resume."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from benchmark.run import main
+from conftest import MINI_STUDY, REPO, TINY
+
+pytestmark = pytest.mark.slow
+
+
+def run_cli(study: Path, tmp_path: Path, *extra: str) -> int:
+    return main([str(study), "--profile", "smoke", "--runs", str(tmp_path / "runs"),
+                 "--results", str(tmp_path / "results"), *TINY, *extra])
+
+
+def test_study_runs_reports_and_reruns_from_cache(tmp_path, write_study, capsys):
+    study = write_study(MINI_STUDY)
+    assert run_cli(study, tmp_path) == 0
+    out = tmp_path / "results" / "mini" / "_smoke"
+    assert "stages: 4 ran, 0 cached" in capsys.readouterr().out
+    table = pd.read_csv(out / "main.csv")
+    assert list(table["K"]) == [4, 8]
+    assert table["status"].tolist() == ["ok", "ok"]
+    assert table["PSNR"].between(5, 60).all()
+    assert table["CB usage (paper)"].tolist()[0] == 11.0
+    md = (out / "README.md").read_text()
+    assert "smoke-scale numbers" in md and "CB usage (paper)" in md and "![curve](curve.png)" in md
+    assert (out / "curve.png").stat().st_size > 1000
+
+    weights = sorted((tmp_path / "runs" / "train_tokenizer").glob("*/model.safetensors"))
+    assert len(weights) == 2
+    stamps = [w.stat().st_mtime_ns for w in weights]
+    assert run_cli(study, tmp_path) == 0
+    assert "stages: 0 ran, 4 cached" in capsys.readouterr().out
+    assert [w.stat().st_mtime_ns for w in weights] == stamps
+    assert pd.read_csv(out / "main.csv").equals(table)
+
+
+def test_failing_cell_is_reported_and_the_others_finish(tmp_path, write_study, capsys):
+    study = write_study("""
+        config: {tokenizer: {name: titok, size: tiny}}
+        axes: {grid: {tokenizer.patch_size: [4, 5]}}
+        label: "patch {tokenizer.patch_size}"
+        report: {tables: [{name: t, columns: {psnr: PSNR}}]}
+    """)
+    assert run_cli(study, tmp_path) == 1
+    assert "1 FAILED, 1 skipped after a failure" in capsys.readouterr().out
+    table = pd.read_csv(tmp_path / "results" / "mini" / "_smoke" / "t.csv")
+    ok, bad = table.to_dict("records")
+    assert ok["status"] == "ok" and ok["PSNR"] > 5
+    assert bad["status"].startswith("FAILED in train_tokenizer: ConfigError: tokenizer.patch_size 5 does not divide")
+    assert "log.txt" in bad["status"] and pd.isna(bad["PSNR"])
+    log = Path(bad["status"].split("(log: ")[1].rstrip(")"))
+    assert "Traceback" in log.read_text()
+
+
+def test_dry_run_plans_without_running(tmp_path, write_study, capsys):
+    study = write_study(MINI_STUDY)
+    assert run_cli(study, tmp_path, "--dry-run") == 0
+    out = capsys.readouterr().out
+    assert "2 cells, 4 stages" in out and out.count("to run") == 4
+    assert not (tmp_path / "runs").exists()
+
+
+def test_bad_input_exits_2_with_one_line(tmp_path, write_study, capsys):
+    study = write_study("config: {tokenizer: {name: titock}}")
+    assert run_cli(study, tmp_path) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "Did you mean: titok" in err and "Traceback" not in err
+
+
+def _cli(study: Path, runs: Path, *extra: str) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "benchmark.run", str(study), "--profile", "smoke", "--runs", str(runs),
+           "--results", str(runs.parent / "results"), *TINY, *extra]
+    env = {**os.environ, "OMP_NUM_THREADS": "2"}
+    return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def test_killed_training_resumes_to_the_same_weights(tmp_path, write_study):
+    study = write_study("config: {tokenizer: {name: titok, size: tiny, num_latent_tokens: 4}}")
+    steps = ["train.steps=300", "train.checkpoint_every=5"]
+    killed = tmp_path / "killed" / "runs"
+    proc = _cli(study, killed, *steps)
+    deadline = time.time() + 120
+    while not list(killed.glob("train_tokenizer/*/ckpt/last.pt")) and time.time() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    run_dir = next(killed.glob("train_tokenizer/*"))
+    assert not (run_dir / "result.json").exists(), "the run finished before it could be killed"
+    step = torch.load(run_dir / "ckpt" / "last.pt", weights_only=True)["step"]
+    assert 0 < step < 300
+
+    resumed = _cli(study, killed, *steps)
+    assert resumed.wait() == 0, resumed.stdout.read()
+    assert f"resumed from {run_dir / 'ckpt' / 'last.pt'} at step {step}" in (run_dir / "log.txt").read_text()
+    straight = _cli(study, tmp_path / "straight" / "runs", *steps)
+    assert straight.wait() == 0
+    a = load_file(run_dir / "model.safetensors")
+    b = load_file(next((tmp_path / "straight" / "runs").glob("train_tokenizer/*/model.safetensors")))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    rows = pd.read_csv(run_dir / "losses.csv")
+    assert rows["step"].is_unique and rows["step"].is_monotonic_increasing
