@@ -15,7 +15,7 @@ import torch
 from torchvision.utils import save_image
 
 from benchmark.store import RunStore, atomic_write
-from benchmark.study import Cell, Plan, _flat_all
+from benchmark.study import Cell, Plan, flat_config
 
 
 def save_image_grid(images: torch.Tensor, path: Path, nrow: int = 8) -> None:
@@ -83,7 +83,7 @@ def draw_figure(plan: Plan, store: RunStore, fig: dict[str, Any], path: Path) ->
     ys = fig["y"] if isinstance(fig["y"], list) else [fig["y"]]
     points = []
     for cell in plan.cells:
-        x = _flat_all(cell.config).get(fig["x"])
+        x = flat_config(cell.config).get(fig["x"])
         if fig["x"] in cell.overrides or fig.get("all_cells"):
             points.append((x, cell_results(plan, store, cell)[0]))
     figure, axes = plt.subplots(1, len(ys), figsize=(4.2 * len(ys), 3.4), squeeze=False)

@@ -98,18 +98,19 @@ def expand_axes(axes: Mapping[str, Any], where: str) -> list[dict[str, Any]]:
 def cell_label(template: str | None, overrides: Mapping[str, Any], config: Mapping[str, Any]) -> str:
     if template is None:
         return ", ".join(f"{k}={v}" for k, v in overrides.items()) or "base"
-    values = {k.replace(".", "_"): v for k, v in _flat_all(config).items()}
+    values = {k.replace(".", "_"): v for k, v in flat_config(config).items()}
     try:
         return template.replace(".", "_").format(**values)
     except (KeyError, IndexError) as exc:
         raise ConfigError(f"label '{template}' names {exc}, which the cell's config does not have") from exc
 
 
-def _flat_all(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+def flat_config(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Every leaf of a nested config under its dotted key: ``{"tokenizer.size": "B", ...}``."""
     out: dict[str, Any] = {}
     for k, v in d.items():
         if isinstance(v, Mapping):
-            out.update(_flat_all(v, f"{prefix}{k}."))
+            out.update(flat_config(v, f"{prefix}{k}."))
         else:
             out[f"{prefix}{k}"] = v
     return out
@@ -200,7 +201,7 @@ def matches(pattern: str, cell: Cell) -> bool:
 
     if "=" in pattern:
         key, value = pattern.split("=", 1)
-        return str(_flat_all(cell.config).get(key)) == value
+        return str(flat_config(cell.config).get(key)) == value
     if any(c in pattern for c in "*?["):
         return fnmatch.fnmatch(cell.label.lower(), pattern.lower())
     return pattern.lower() in cell.label.lower()
