@@ -30,6 +30,7 @@ class Outcome:
     failed: dict[str, str] = field(default_factory=dict)
     skipped: list[str] = field(default_factory=list)
     submitted: dict[str, str] = field(default_factory=dict)
+    queued: dict[str, str] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -159,7 +160,7 @@ class SlurmExecutor:
                 continue
             previous = read_json(d / "slurm.json")
             if previous and slurm_job_alive(previous["job_id"]):
-                jobs[stage.hash] = out.submitted[stage.hash] = previous["job_id"]
+                jobs[stage.hash] = out.queued[stage.hash] = previous["job_id"]
                 continue
             deps = [jobs[h] for h in stage.inputs.values() if h in jobs]
             executor = submitit.AutoExecutor(folder=store.root / "slurm" / "%j", cluster="slurm")

@@ -14,7 +14,7 @@ import pandas as pd
 import torch
 from torchvision.utils import save_image
 
-from benchmark.store import RunStore, atomic_write
+from benchmark.store import RunStore, atomic_write, read_json
 from benchmark.study import Cell, Plan, flat_config
 
 
@@ -30,8 +30,11 @@ def cell_results(plan: Plan, store: RunStore, cell: Cell) -> tuple[dict[str, Any
         result = store.result(kind, h)
         if result is None:
             error = store.error(kind, h)
+            slurm = read_json(store.dir(kind, h) / "slurm.json")
             if error and status == "ok":
                 status = f"FAILED in {kind}: {error['error'].splitlines()[0][:160]} (log: {error['log']})"
+            elif slurm and status == "ok":
+                status = f"submitted to Slurm (job {slurm['job_id']})"
             elif status == "ok":
                 status = "not run"
             continue

@@ -47,6 +47,8 @@ def summary(outcome: Outcome) -> str:
     parts = [f"{len(outcome.ran)} ran", f"{len(outcome.cached)} cached"]
     if outcome.submitted:
         parts.append(f"{len(outcome.submitted)} submitted to Slurm")
+    if outcome.queued:
+        parts.append(f"{len(outcome.queued)} still queued or running on Slurm")
     if outcome.failed:
         parts.append(f"{len(outcome.failed)} FAILED")
     if outcome.skipped:
@@ -72,8 +74,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(summary(outcome))
-    if outcome.submitted:
-        print("jobs: " + ", ".join(outcome.submitted.values()) + "; re-run this command when they end")
+    jobs = {**outcome.submitted, **outcome.queued}
+    if jobs:
+        print("Slurm jobs: " + ", ".join(jobs.values()) + "; re-run this command when they end")
     print(f"results: {files[0]}")
     return 0 if outcome.ok else 1
 

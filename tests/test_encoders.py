@@ -1,0 +1,247 @@
+"""Pretrained encoders (benchmark/encoders.py): every entry's library path, loaded from files the
+library itself saved (random weights, tiny shapes), into a tiny TiTok encoder; teachers; offline errors."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import open_clip
+import pytest
+import timm
+import torch
+import transformers
+from timm.layers import resample_abs_pos_embed, resample_patch_embed
+from torch import Tensor, nn
+
+from benchmark.encoders import PretrainedEncoder, WeightsError, build_encoder, initialize_encoder
+from benchmark.errors import ConfigError
+from benchmark.registry import ENCODERS, TOKENIZERS
+
+WIDTH, DEPTH, HEADS = 64, 2, 4  # the "tiny" TiTok encoder
+
+
+def titok_encoder(image_size: int = 32, patch_size: int = 16) -> nn.Module:
+    return TOKENIZERS.build("titok", image_size=image_size, size="tiny", patch_size=patch_size,
+                            num_latent_tokens=4).encoder
+
+
+def _randomize(model: nn.Module) -> nn.Module:
+    """Non-trivial values everywhere (zero biases and 1e-5 LayerScales would hide mapping mistakes)."""
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            scale = n.endswith("weight") and p.ndim == 1 and any(k in n for k in ("norm", "ln_"))
+            p.copy_(torch.randn_like(p) * 0.2 + float(scale))
+    return model
+
+
+@dataclass
+class Case:
+    """A saved random-weight source model, its trunk, and how to run one of its blocks."""
+
+    spec: dict
+    trunk: nn.Module
+    blocks: list[nn.Module]
+    run_block: Callable[[nn.Module, Tensor], Tensor]
+
+
+def timm_case(tmp: Path, name: str, arch: str, img: int, **kw) -> Case:
+    model = _randomize(timm.create_model(arch, pretrained=False, img_size=img, embed_dim=WIDTH, depth=DEPTH,
+                                         num_heads=HEADS, **kw))
+    timm.models.save_for_hf(model, tmp / name, safe_serialization=True)
+    spec = {"init": name, "weights": str(tmp / name), "size": next(iter(ENCODERS.get(name).obj.variants))}
+    return Case(spec, model, list(model.blocks), lambda b, x: b(x))
+
+
+def clip_case(tmp: Path) -> Case:
+    cfg = {"embed_dim": 32, "quick_gelu": True,
+           "vision_cfg": {"image_size": 32, "layers": DEPTH, "width": WIDTH, "head_width": WIDTH // HEADS,
+                          "patch_size": 16},
+           "text_cfg": {"context_length": 8, "vocab_size": 64, "width": 32, "heads": 2, "layers": 1}}
+    (tmp / "tok1d-tiny-clip.json").write_text(json.dumps(cfg))
+    open_clip.add_model_config(tmp / "tok1d-tiny-clip.json")
+    model = _randomize(open_clip.create_model("tok1d-tiny-clip"))
+    torch.save(model.state_dict(), tmp / "clip.pt")
+    v = model.visual
+    run = (lambda b, x: b(x)) if v.transformer.batch_first else (lambda b, x: b(x.transpose(0, 1)).transpose(0, 1))
+    return Case({"init": "clip", "model_id": "tok1d-tiny-clip", "weights": str(tmp / "clip.pt")}, v,
+                list(v.transformer.resblocks), run)
+
+
+def hf_case(tmp: Path, name: str, model: nn.Module, trunk: str | None, size: str) -> Case:
+    model = _randomize(model)
+    model.save_pretrained(tmp / name)
+    t = getattr(model, trunk) if trunk else model
+    layers = getattr(getattr(t, "encoder", t), "layer", None) or getattr(getattr(t, "encoder", t), "layers")
+
+    def run(block: nn.Module, x: Tensor) -> Tensor:
+        out = block(x, attention_mask=None) if "Siglip" in type(block).__name__ else block(x)
+        return out[0] if isinstance(out, tuple) else out
+
+    return Case({"init": name, "weights": str(tmp / name), "size": size}, t, list(layers), run)
+
+
+def dinov2_config(**kw) -> transformers.Dinov2Config:
+    return transformers.Dinov2Config(hidden_size=WIDTH, num_hidden_layers=DEPTH, num_attention_heads=HEADS,
+                                     intermediate_size=4 * WIDTH, image_size=28, patch_size=14, **kw)
+
+
+CASES: dict[str, Callable[[Path], Case]] = {
+    "mae": lambda t: timm_case(t, "mae", "vit_base_patch16_224", 32),
+    "dino": lambda t: timm_case(t, "dino", "vit_small_patch16_224", 32),
+    "dinov2": lambda t: timm_case(t, "dinov2", "vit_small_patch14_dinov2", 28),
+    "siglip": lambda t: timm_case(t, "siglip", "vit_base_patch16_siglip_224", 32),
+    "clip": clip_case,
+    "depth_anything_v2": lambda t: hf_case(t, "depth_anything_v2", transformers.DepthAnythingForDepthEstimation(
+        transformers.DepthAnythingConfig(backbone_config=dinov2_config(out_indices=[1, 2]),
+                                         neck_hidden_sizes=[8, 16], fusion_hidden_size=8,
+                                         reassemble_hidden_size=8, head_hidden_size=8)), "backbone", "S"),
+    "ijepa": lambda t: hf_case(t, "ijepa", transformers.IJepaModel(transformers.IJepaConfig(
+        hidden_size=WIDTH, num_hidden_layers=DEPTH, num_attention_heads=HEADS, intermediate_size=4 * WIDTH,
+        image_size=32, patch_size=16, layer_norm_eps=1e-6)), None, "H"),
+    "siglip2": lambda t: hf_case(t, "siglip2", transformers.SiglipModel(transformers.SiglipConfig(
+        vision_config=dict(hidden_size=WIDTH, num_hidden_layers=DEPTH, num_attention_heads=HEADS,
+                           intermediate_size=4 * WIDTH, image_size=32, patch_size=16),
+        text_config=dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
+                         vocab_size=64, max_position_embeddings=8))), "vision_model", "B"),
+}
+
+
+def test_every_pretrained_entry_has_a_case():
+    assert set(ENCODERS.names()) == {*CASES, "none"}
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_entry_loads_every_block_and_matches_source_activations(name, tmp_path):
+    case = CASES[name](tmp_path)
+    encoder = titok_encoder(patch_size=16)
+    report = initialize_encoder(encoder, case.spec)
+
+    # Every source parameter of the trunk is accounted for; every block parameter was used.
+    source_params = {n for n, _ in case.trunk.named_parameters()}
+    assert report.accounted_sources() == source_params
+    block_prefix = next(n for n, m in case.trunk.named_modules() if m is case.blocks[0])[:-1]
+    block_params = {n for n in source_params if n.startswith(block_prefix)}
+    used = {s for r in report.rows if r.status in ("copied", "adapted") for s in r.sources}
+    assert block_params <= used
+    # Every target parameter has a row; all block parameters were loaded, the latent ones are new.
+    statuses = {r.target: r.status for r in report.rows if r.target}
+    assert set(statuses) == {n for n, _ in encoder.named_parameters()}
+    assert all(statuses[n] in ("copied", "adapted") for n in statuses if n.startswith("transformer."))
+    assert statuses["latent_tokens"] == statuses["proj.weight"] == "new"
+    json.loads(report.to_json())
+    assert "transformer.0.attn.qkv.weight" in report.table()
+
+    # The copied blocks compute the same function as the source's.
+    torch.manual_seed(1)
+    x = torch.randn(2, 5, WIDTH)
+    with torch.no_grad():
+        for ours, theirs in zip(encoder.transformer, case.blocks, strict=True):
+            expected = case.run_block(theirs.eval(), x)
+            torch.testing.assert_close(ours(x), expected, rtol=1e-4, atol=1e-4)
+            x = expected
+
+
+def test_patch_resample_and_pos_interpolation_agree_with_timm(tmp_path):
+    """DINOv2 14 px patches, grid 2 -> a 16 px / grid 4 tokenizer, against timm's own loader adaptation."""
+    case = CASES["dinov2"](tmp_path)
+    encoder = titok_encoder(image_size=64, patch_size=16)
+    report = initialize_encoder(encoder, case.spec)
+    src = case.trunk
+    ref = timm.create_model(f"local-dir:{case.spec['weights']}", pretrained=True, img_size=64, patch_size=16)
+    torch.testing.assert_close(encoder.patch_embed.weight, ref.patch_embed.proj.weight)
+    torch.testing.assert_close(encoder.positional_embedding, ref.pos_embed)
+    torch.testing.assert_close(encoder.patch_embed.weight,
+                               resample_patch_embed(src.patch_embed.proj.weight.detach(), [16, 16]))
+    torch.testing.assert_close(encoder.positional_embedding,
+                               resample_abs_pos_embed(src.pos_embed.detach(), [4, 4], num_prefix_tokens=1))
+    statuses = {r.target: r.status for r in report.rows}
+    assert statuses["patch_embed.weight"] == statuses["positional_embedding"] == "adapted"
+
+
+def test_registers_are_reported_and_class_token_gets_no_position(tmp_path):
+    case = timm_case(tmp_path, "dinov2", "vit_small_patch14_reg4_dinov2", 28)
+    encoder = titok_encoder(patch_size=16)
+    report = initialize_encoder(encoder, {**case.spec, "registers": True})
+    ignored = {r.sources[0]: r.detail for r in report.rows if r.status == "ignored"}
+    assert "register" in ignored["reg_token"]
+    assert torch.equal(encoder.positional_embedding[0, 0], torch.zeros(WIDTH))
+    torch.testing.assert_close(encoder.positional_embedding[:, 1:], case.trunk.pos_embed)
+
+
+def test_width_or_depth_mismatch_refused_or_copied_with_report(tmp_path):
+    model = timm.create_model("vit_small_patch16_224", pretrained=False, img_size=32, embed_dim=WIDTH,
+                              depth=3, num_heads=HEADS)
+    timm.models.save_for_hf(model, tmp_path / "deep", safe_serialization=True)
+    spec = {"init": "dino", "size": "S", "weights": str(tmp_path / "deep")}
+    with pytest.raises(ConfigError, match="depth: source 3, target 2"):
+        initialize_encoder(titok_encoder(), spec)
+    report = initialize_encoder(titok_encoder(), {**spec, "strict": False})
+    ignored = [r.sources[0] for r in report.rows if r.status == "ignored"]
+    assert {n for n in ignored if n.startswith("blocks.")} == {n for n, _ in model.blocks[2].named_parameters(
+        prefix="blocks.2")}
+    assert report.accounted_sources() == {n for n, _ in model.named_parameters()}
+    wide = TOKENIZERS.build("titok", image_size=32, size="S", patch_size=16).encoder
+    with pytest.raises(ConfigError, match="width: source 64, target 512"):
+        initialize_encoder(wide, spec)
+
+
+def test_none_leaves_everything_new():
+    encoder = titok_encoder()
+    before = {k: v.clone() for k, v in encoder.state_dict().items()}
+    report = initialize_encoder(encoder, {"init": "none"})
+    assert report.counts()["new"] == len(list(encoder.parameters())) and report.counts()["copied"] == 0
+    assert all(torch.equal(before[k], v) for k, v in encoder.state_dict().items())
+
+
+@pytest.mark.parametrize("name", ["dinov2", "clip", "siglip2"])
+def test_teacher_features_shape_no_grad_deterministic(name, tmp_path):
+    case = CASES[name](tmp_path)
+    teacher = build_encoder({**case.spec, "layer": 1})
+    final = build_encoder(case.spec)
+    images = torch.rand(2, 3, 20, 20, requires_grad=True)
+    feats = teacher.teacher_features(images)
+    grid = teacher.resolution() // teacher.source().patch_size
+    assert feats.shape == (2, grid * grid, WIDTH)
+    assert not feats.requires_grad and feats.grad_fn is None
+    assert torch.equal(feats, teacher.teacher_features(images))
+    assert not torch.allclose(feats, final.teacher_features(images))
+
+
+def test_teacher_features_match_library_forward(tmp_path):
+    case = CASES["dinov2"](tmp_path)
+    teacher = build_encoder(case.spec)
+    images = torch.rand(2, 3, 28, 28)
+    mean, std = torch.tensor(teacher.mean).view(1, 3, 1, 1), torch.tensor(teacher.std).view(1, 3, 1, 1)
+    with torch.no_grad():
+        expected = case.trunk.eval().forward_features((images - mean) / std)[:, case.trunk.num_prefix_tokens:]
+    torch.testing.assert_close(teacher.teacher_features(images), expected)
+
+
+def test_missing_weights_offline_give_one_clear_error(monkeypatch, tmp_path):
+    import huggingface_hub.constants
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))
+    for spec, model_id in (({"init": "dino", "size": "S"}, "vit_small_patch16_224.dino"),
+                           ({"init": "ijepa", "model_id": "tok1d/no-such-model"}, "tok1d/no-such-model")):
+        with pytest.raises(WeightsError, match="fetch_weights") as err:
+            initialize_encoder(titok_encoder(), spec)
+        assert model_id in str(err.value) and "weights: /path" in str(err.value)
+    with pytest.raises(WeightsError, match="does not exist"):
+        initialize_encoder(titok_encoder(), {"init": "mae", "weights": str(tmp_path / "missing.safetensors")})
+
+
+def test_bad_encoder_config_names_the_key():
+    with pytest.raises(ConfigError, match="Did you mean: dinov2"):
+        build_encoder({"init": "dinov3"})
+    with pytest.raises(ConfigError, match="not a size"):
+        build_encoder({"init": "mae", "size": "S"})
+    with pytest.raises(ConfigError, match="tokenizer.encoder.layers"):
+        build_encoder({"init": "dinov2", "layers": 3})
+    assert isinstance(build_encoder({"init": "dinov2", "size": "S"}), PretrainedEncoder)

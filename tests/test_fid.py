@@ -1,0 +1,318 @@
+"""Tests of benchmark.fid with a randomly initialised torch-fidelity Inception (no network, no real weights).
+
+Inception costs about 6 GFLOPs per image on the CPU, so the features of a few small image sets are
+computed once per module and shared.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import scipy.linalg
+import scipy.special
+import torch
+from PIL import Image
+from torch import Tensor, nn
+from torch_fidelity import feature_extractor_inceptionv3 as tf_inception
+
+from benchmark.base import TokenSpec
+from benchmark.data import build_dataset
+from benchmark.errors import ConfigError, DataError
+from benchmark.fid import (
+    URL_INCEPTION_V3,
+    WEIGHTS_ENV,
+    WEIGHTS_FILE,
+    FeatureAccumulator,
+    FeatureStats,
+    InceptionScore,
+    InceptionV3,
+    InceptionWeightsError,
+    ReconstructionFID,
+    dataset_reference_stats,
+    fid_from_images,
+    folder_images,
+    frechet_distance,
+    inception_score,
+    load_inception,
+    load_stats_npz,
+    stats_fid,
+    stats_from_images,
+)
+from benchmark.metrics import EvalBatch, compute_all
+from benchmark.registry import METRICS
+
+SPEC = TokenSpec(kind="discrete", shape=(8,), vocab_size=16)
+NOISE_STDS = (0.0, 0.1, 0.2)
+N_IMAGES = 24
+PROCEDURAL = {"name": "procedural", "resolution": 32, "eval_size": N_IMAGES}
+
+
+def random_inception_state() -> dict[str, Tensor]:
+    """A state dict for torch-fidelity's Inception-v3 with random, variance-preserving conv weights.
+
+    The constructor always loads weights (downloading them when given no path), so it is built here
+    with the download and the load stubbed out, and its fresh initialisation is taken.
+    """
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(tf_inception, "load_state_dict_from_url", lambda *a, **k: {})
+        mp.setattr(tf_inception.FeatureExtractorInceptionV3, "load_state_dict", lambda self, *a, **k: None)
+        model = tf_inception.FeatureExtractorInceptionV3("random", ["2048"])
+    torch.manual_seed(0)
+    for module in model.modules():
+        if isinstance(module, nn.Conv2d):  # He init keeps activations O(1) through ~50 conv layers
+            nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
+    return model.state_dict()
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("inception") / "random-inception.pth"
+    torch.save(random_inception_state(), path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def extractor(weights: Path) -> InceptionV3:
+    return load_inception(weights)
+
+
+@pytest.fixture(scope="module")
+def images() -> Tensor:
+    dataset = build_dataset(PROCEDURAL, "eval")
+    return torch.stack([dataset[i][0] for i in range(N_IMAGES)])
+
+
+def noisy(images: Tensor, std: float) -> Tensor:
+    g = torch.Generator().manual_seed(1)
+    return (images + std * torch.randn(images.shape, generator=g)).clamp(0, 1)
+
+
+@pytest.fixture(scope="module")
+def features(extractor: InceptionV3, images: Tensor) -> dict[float, tuple[Tensor, Tensor]]:
+    """(pool, logits) of the images with Gaussian noise of each std added."""
+    return {std: extractor(noisy(images, std)) for std in NOISE_STDS}
+
+
+# ----------------------------------------------------------------------------------------------
+# Fréchet distance and statistics
+# ----------------------------------------------------------------------------------------------
+
+def test_frechet_distance_closed_form_diagonal() -> None:
+    """N(mu1, diag s1), N(mu2, diag s2): ||mu1 - mu2||^2 + sum(s1 + s2 - 2 sqrt(s1 s2))."""
+    rng = np.random.default_rng(0)
+    mu1, mu2 = rng.normal(size=16), rng.normal(size=16)
+    s1, s2 = rng.uniform(0.1, 3, 16), rng.uniform(0.1, 3, 16)
+    expected = np.sum((mu1 - mu2) ** 2) + np.sum(s1 + s2 - 2 * np.sqrt(s1 * s2))
+    assert frechet_distance(mu1, np.diag(s1), mu2, np.diag(s2)) == pytest.approx(expected, rel=1e-10)
+
+
+def test_frechet_distance_closed_form_scaled_covariance() -> None:
+    """Sigma2 = c^2 Sigma1 (full covariance): Tr(S1 + S2 - 2 (S1 S2)^(1/2)) = (1 - c)^2 Tr(S1)."""
+    rng = np.random.default_rng(1)
+    a = rng.normal(size=(12, 12))
+    sigma, mu, c = a @ a.T + 0.1 * np.eye(12), rng.normal(size=12), 1.7
+    expected = 12.0 + (1 - c) ** 2 * np.trace(sigma)  # ||(1, ..., 1)||^2 = 12
+    assert frechet_distance(mu, sigma, mu + 1.0, c**2 * sigma) == pytest.approx(expected, rel=1e-9)
+    assert frechet_distance(mu, sigma, mu, sigma) == pytest.approx(0.0, abs=1e-9)
+
+
+def test_frechet_distance_rejects_mismatched_shapes() -> None:
+    with pytest.raises(ValueError, match="sigma"):
+        frechet_distance(np.zeros(3), np.eye(3), np.zeros(3), np.eye(4))
+
+
+def test_frechet_distance_agrees_with_scipy_sqrtm(features: dict[float, tuple[Tensor, Tensor]]) -> None:
+    """Real Inception features (first 256 dims, for a fast sqrtm) vs pytorch-fid's sqrtm formula."""
+    a = FeatureStats.from_features(features[0.0][0][:, :256])
+    b = FeatureStats.from_features(features[0.1][0][:, :256])
+    covmean = scipy.linalg.sqrtm(a.sigma @ b.sigma).real
+    diff = a.mu - b.mu
+    expected = diff @ diff + np.trace(a.sigma) + np.trace(b.sigma) - 2 * np.trace(covmean)
+    assert expected > 0.1
+    assert stats_fid(a, b) == pytest.approx(expected, rel=1e-6)
+
+
+def test_streaming_stats_match_numpy_and_ignore_batching() -> None:
+    x = torch.randn(37, 20, dtype=torch.float64, generator=torch.Generator().manual_seed(0)) * 3 + 1
+    whole = FeatureStats.from_features(x)
+    np.testing.assert_allclose(whole.mu, x.numpy().mean(0), rtol=1e-12)
+    np.testing.assert_allclose(whole.sigma, np.cov(x.numpy(), rowvar=False), rtol=1e-10, atol=1e-12)
+    acc = FeatureAccumulator()
+    for part in torch.split(x, [1, 10, 3, 23]):
+        acc.update(part.float().double())
+    split = acc.stats()
+    assert split.n == whole.n == 37
+    np.testing.assert_allclose(split.mu, whole.mu, rtol=1e-13)
+    np.testing.assert_allclose(split.sigma, whole.sigma, rtol=1e-11, atol=1e-13)
+
+
+# ----------------------------------------------------------------------------------------------
+# FID and IS with the random-weight Inception
+# ----------------------------------------------------------------------------------------------
+
+def test_features_have_spread(features: dict[float, tuple[Tensor, Tensor]]) -> None:
+    pool, logits = features[0.0]
+    assert pool.shape == (N_IMAGES, 2048) and logits.shape == (N_IMAGES, 1008)
+    assert pool.dtype == torch.float32 and torch.isfinite(pool).all()
+    assert pool.std(dim=0).mean() > 1e-3  # the random network does not collapse the images
+
+
+def test_fid_zero_against_itself_and_grows_with_noise(features: dict[float, tuple[Tensor, Tensor]]) -> None:
+    clean = FeatureStats.from_features(features[0.0][0])
+    fids = [stats_fid(FeatureStats.from_features(features[std][0]), clean) for std in NOISE_STDS]
+    assert abs(fids[0]) < 1e-6 * np.trace(clean.sigma)
+    assert 0 < fids[1] < fids[2], fids
+
+
+def test_inception_score_matches_definition(features: dict[float, tuple[Tensor, Tensor]]) -> None:
+    """One split: IS = exp(mean_x sum_y p(y|x) (log p(y|x) - log p(y))), p(y) = mean_x p(y|x)."""
+    logits = features[0.1][1].double().numpy()
+    logp = logits - scipy.special.logsumexp(logits, axis=1, keepdims=True)
+    p = np.exp(logp)
+    expected = np.exp(np.mean(np.sum(p * (logp - np.log(p.mean(0))), axis=1)))
+    mean, std = inception_score(features[0.1][1], splits=1)
+    assert mean == pytest.approx(expected, rel=1e-10) and std == 0.0
+    mean10, std10 = inception_score(features[0.1][1])
+    assert mean10 >= 1.0 and std10 >= 0.0
+    with pytest.raises(ValueError, match="at least 10 images"):
+        inception_score(features[0.1][1][:9])
+
+
+def run_metrics(weights: Path, images: Tensor, recons: Tensor, sizes: list[int]) -> dict[str, float]:
+    metrics = [ReconstructionFID(SPEC, weights=str(weights)), InceptionScore(SPEC, weights=str(weights), splits=2)]
+    for x, y in zip(torch.split(images, sizes), torch.split(recons, sizes)):
+        batch = EvalBatch(x.clone(), y.clone(), torch.zeros(len(x), 8, dtype=torch.int64),
+                          torch.zeros(len(x), dtype=torch.int64))
+        for metric in metrics:
+            metric.update(batch)
+    results = compute_all(metrics)
+    protocol = metrics[0].protocol().as_dict()
+    assert protocol["num_samples"] == len(images) and protocol["reference"] == "originals of the evaluated batches"
+    assert len(protocol["weights_sha256"]) == 16 and protocol["reference_stats_sha256"]
+    assert protocol["resize"] == "torch-fidelity TF-compatible bilinear resize to 299"
+    assert metrics[1].protocol().feature == "logits_unbiased"
+    return results
+
+
+def test_streaming_metrics_registered_and_deterministic(weights: Path, images: Tensor) -> None:
+    assert {"rfid", "inception_score"} <= set(METRICS.names())
+    originals, recons = images[:8], noisy(images, 0.1)[:8]
+    first = run_metrics(weights, originals, recons, [3, 5])
+    second = run_metrics(weights, originals, recons, [3, 5])
+    assert first == second  # same inputs, same numbers, bit for bit
+    assert set(first) == {"rfid", "is_mean", "is_std"} and first["rfid"] > 0
+
+
+def test_rfid_reference_count_must_match(weights: Path, images: Tensor) -> None:
+    stats = FeatureStats(np.zeros(2048), np.eye(2048), 5, "five images")
+    metric = ReconstructionFID(SPEC, weights=str(weights), reference=stats)
+    metric._recons.update(torch.rand(8, 2048))
+    with pytest.raises(ConfigError, match="5 images"):
+        metric.compute()
+
+
+# ----------------------------------------------------------------------------------------------
+# Reference statistics: .npz files, folders, the dataset cache
+# ----------------------------------------------------------------------------------------------
+
+def test_folder_and_adm_arr0_npz_give_same_stats(tmp_path: Path, extractor: InceptionV3, images: Tensor) -> None:
+    arr = (images[:4] * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    for i, a in enumerate(arr):
+        Image.fromarray(a).save(tmp_path / f"{i:03d}.png")
+    np.savez(tmp_path / "samples.npz", arr_0=arr)
+    from_folder = stats_from_images(folder_images(tmp_path, batch_size=3), extractor, "folder")
+    from_npz = load_stats_npz(tmp_path / "samples.npz", extractor, batch_size=3)
+    assert from_npz.n == from_folder.n == 4
+    np.testing.assert_array_equal(from_npz.mu, from_folder.mu)
+    fid = fid_from_images(folder_images(tmp_path), from_npz, extractor)
+    assert abs(fid) < 1e-6 * np.trace(from_npz.sigma)
+
+
+def test_mu_sigma_npz_roundtrip(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    stats = FeatureStats(rng.normal(size=2048), np.eye(2048) * 2, 50, "test stats")
+    stats.save(tmp_path / "ref.npz")
+    loaded = load_stats_npz(tmp_path / "ref.npz")
+    assert loaded.digest() == stats.digest() and loaded.n == 50 and loaded.source == "test stats"
+    np.savez(tmp_path / "adm.npz", mu=stats.mu.astype(np.float32), sigma=stats.sigma.astype(np.float32))
+    adm = load_stats_npz(tmp_path / "adm.npz")
+    assert adm.n is None and adm.mu.dtype == np.float64 and "adm.npz" in adm.source
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+@pytest.mark.parametrize(
+    ("arrays", "message"),
+    [
+        ({"mu": np.zeros(2048)}, "no 'sigma'"),
+        ({"sigma": np.eye(2048)}, "no 'mu'"),
+        ({"mu": np.zeros(1000), "sigma": np.eye(2048)}, r"'mu' has shape \(1000,\)"),
+        ({"mu": np.zeros(2048), "sigma": np.zeros((2048, 100))}, r"'sigma' has shape \(2048, 100\)"),
+        ({"mu": np.full(2048, np.nan), "sigma": np.eye(2048)}, "finite"),
+        ({"images": np.zeros(3)}, "no 'mu' and 'sigma'"),
+        ({"arr_0": np.zeros((2, 8, 8), np.uint8)}, r"\(N, H, W, 3\) uint8"),
+    ],
+)
+def test_bad_npz_is_a_clear_error(tmp_path: Path, extractor: InceptionV3, arrays: dict, message: str) -> None:
+    path = tmp_path / "bad.npz"
+    np.savez(path, **arrays)
+    with pytest.raises(DataError, match=message) as info:
+        load_stats_npz(path, extractor)
+    assert str(path) in str(info.value)
+
+
+def test_unreadable_npz_and_empty_folder(tmp_path: Path) -> None:
+    (tmp_path / "junk.npz").write_text("not a zip")
+    with pytest.raises(DataError, match="junk.npz"):
+        load_stats_npz(tmp_path / "junk.npz")
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "notes.txt").write_text("no images here")
+    with pytest.raises(DataError, match="no images .* found in .*empty"):
+        list(folder_images(tmp_path / "empty"))
+
+
+def test_dataset_reference_stats_cached(tmp_path: Path, extractor: InceptionV3, monkeypatch: pytest.MonkeyPatch) -> None:
+    cache = tmp_path / "fid_stats"
+    stats = dataset_reference_stats(PROCEDURAL, "eval", extractor, cache_dir=cache, num_images=3, batch_size=2)
+    files = list(cache.glob("*.npz"))
+    assert stats.n == 3 and len(files) == 1 and "procedural eval split, 3 images" in stats.source
+    monkeypatch.setattr(InceptionV3, "__call__", lambda self, x: pytest.fail("cache not used"))
+    again = dataset_reference_stats(PROCEDURAL, "eval", extractor, cache_dir=cache, num_images=3)
+    assert again.digest() == stats.digest() and again.n == 3
+    with pytest.raises(ConfigError, match="100 images"):
+        dataset_reference_stats(PROCEDURAL, "eval", extractor, cache_dir=cache, num_images=100)
+
+
+# ----------------------------------------------------------------------------------------------
+# Weights
+# ----------------------------------------------------------------------------------------------
+
+def test_missing_weights_offline_is_one_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(WEIGHTS_ENV, raising=False)
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+    with pytest.raises(InceptionWeightsError) as info:
+        InceptionV3()
+    text = str(info.value)
+    assert WEIGHTS_FILE in text and URL_INCEPTION_V3 in text and WEIGHTS_ENV in text
+    assert str(tmp_path / "hub" / "checkpoints" / WEIGHTS_FILE) in text
+    monkeypatch.setenv(WEIGHTS_ENV, str(tmp_path / "nowhere.pth"))
+    with pytest.raises(InceptionWeightsError, match="nowhere.pth"):
+        InceptionV3()
+
+
+def test_weights_found_in_env_and_hub_cache(weights: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(WEIGHTS_ENV, str(weights))
+    assert load_inception().weights_path.resolve() == weights.resolve()
+    monkeypatch.delenv(WEIGHTS_ENV)
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / WEIGHTS_FILE).symlink_to(weights)
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
+    assert load_inception() is load_inception(weights)  # one shared model per file
+
+
+def test_corrupt_weights_name_the_file(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.pth"
+    torch.save({"conv.weight": torch.zeros(3)}, bad)
+    with pytest.raises(InceptionWeightsError, match="bad.pth"):
+        InceptionV3(bad)
