@@ -287,6 +287,10 @@ def validate(config: Mapping[str, Any], origin: Mapping[str, str]) -> None:
                 raise _unknown(dotted, list(schema), where)
             if not type_ok(item, schema[key]):
                 raise ConfigError(f"{where}: {dotted} must be {hint_name(schema[key])}, got {item!r}")
+            if dotted == "tokenizer.encoder" and item is not None:
+                from benchmark.encoders import build_encoder
+
+                build_encoder(item, where=f"{where}: {dotted}")
             if dotted in CHOICES and item not in CHOICES[dotted]:
                 raise ConfigError(f"{where}: {dotted} must be one of {', '.join(CHOICES[dotted])}, got {item!r}")
 

@@ -42,13 +42,20 @@ from benchmark.errors import ConfigError, Tok1dError
 from benchmark.registry import ENCODERS, register_encoder
 
 SIGLIP_MEAN = SIGLIP_STD = (0.5, 0.5, 0.5)
-FETCH_HINT = ("fetch them ahead of time on a machine with network access with "
+FETCH_HINT = ("Fetch them ahead of time on a machine with network access with "
               "`python -m benchmark.fetch_weights studies/<study>.yaml` (fills the library's cache), "
               "or set tokenizer.encoder.weights: /path/to/checkpoint")
 
 
 class WeightsError(Tok1dError, OSError):
-    """Pretrained weights are missing (offline, unknown id, bad path) or do not fit the mapping."""
+    """Pretrained weights are missing (offline, unknown id, bad path) or do not fit the mapping.
+
+    ``reason`` is the message without the how-to-fetch ``hint``.
+    """
+
+    def __init__(self, reason: str, hint: str = "") -> None:
+        super().__init__(f"{reason}. {hint}" if hint else reason)
+        self.reason = reason
 
 
 # ---------------------------------------------------------------------------------------------
@@ -231,9 +238,9 @@ def _block(block: nn.Module, prefix: str, index: int, out: SourceViT) -> None:
         if bias is None:
             bias = weight.new_zeros(weight.shape[0])
             how = "; ".join(x for x in (how, "source has no bias: zeros") if x)
-        for suffix, t in (("weight", weight), ("bias", bias)):
+        for suffix, other, t in (("weight", "bias", weight), ("bias", "weight", bias)):
             out.params[dst + name + "." + suffix] = t.clone()
-            out.sources[dst + name + "." + suffix] = sources
+            out.sources[dst + name + "." + suffix] = [s for s in sources if not s.endswith(other)]
             if how:
                 out.how[dst + name + "." + suffix] = how
 
@@ -350,8 +357,9 @@ class PretrainedEncoder(ABC):
         self._model: nn.Module | None = None
 
     def describe(self) -> str:
+        tag = f" pretrained={self.variant.tag}" if self.variant.tag and not self.weights else ""
         where = f" from {self.weights}" if self.weights else ""
-        return f"{self.registry_name} ViT-{self.size} ({self.library} {self.model_id}){where}"
+        return f"{self.registry_name} ViT-{self.size} ({self.library} {self.model_id}{tag}){where}"
 
     # -- loading -----------------------------------------------------------------------------
 
@@ -362,12 +370,12 @@ class PretrainedEncoder(ABC):
                 raise WeightsError(f"{self.describe()}: tokenizer.encoder.weights {self.weights} does not exist")
             try:
                 model = self._load()
-            except WeightsError:
+            except Tok1dError:
                 raise
             except (OSError, RuntimeError, ValueError, _hub_error()) as exc:
-                first = (str(exc).strip().splitlines() or [""])[0][:300]
-                raise WeightsError(f"cannot load the weights of {self.describe()}: {type(exc).__name__}: "
-                                   f"{first}. {FETCH_HINT}") from None
+                first = (str(exc).strip().splitlines() or [""])[0][:300].rstrip(". ")
+                raise WeightsError(f"cannot load the weights of {self.describe()}: {type(exc).__name__}: {first}",
+                                   FETCH_HINT) from None
             self._model = model.eval().requires_grad_(False)
         return self._model
 
@@ -499,7 +507,8 @@ class OpenClipEncoder(PretrainedEncoder):
         out.params["class_embedding"] = v.class_embedding.detach().view(1, 1, -1).clone()
         out.sources["class_embedding"] = ["class_embedding"]
         pos = v.positional_embedding.detach().unsqueeze(0)
-        out.pos_class, out.pos_patches, out.pos_sources = pos[:, :1].clone(), pos[:, 1:].clone(), ["positional_embedding"]
+        out.pos_class, out.pos_patches = pos[:, :1].clone(), pos[:, 1:].clone()
+        out.pos_sources = ["positional_embedding"]
         _put_affine(out, "ln_pre", v.ln_pre, "ln_pre")
         _blocks(out, v.transformer.resblocks, "transformer.resblocks")
         _put_affine(out, "ln_post", v.ln_post, "ln_post")
@@ -690,14 +699,16 @@ def build_encoder(spec: Mapping[str, Any], where: str = "tokenizer.encoder") -> 
     from benchmark.config import hint_name, registry_params, type_ok
 
     if not isinstance(spec, Mapping) or "init" not in spec:
-        raise ConfigError(f"{where}: expected a mapping with 'init' (one of {', '.join(ENCODERS.names())}), got {spec!r}")
+        raise ConfigError(f"{where}: expected a mapping with 'init' (one of {', '.join(ENCODERS.names())}), "
+                          f"got {spec!r}")
     name = spec["init"]
     ENCODERS.get(name, where=f"{where}.init")
     params = registry_params(ENCODERS, name)
     kwargs = {k: v for k, v in spec.items() if k != "init"}
     for key, value in kwargs.items():
         if key not in params:
-            raise ConfigError(f"{where}.{key}: not an option of encoder '{name}'; options: {', '.join(params) or 'none'}")
+            raise ConfigError(f"{where}.{key}: not an option of encoder '{name}'; "
+                              f"options: {', '.join(params) or 'none'}")
         if not type_ok(value, params[key]):
             raise ConfigError(f"{where}.{key} must be {hint_name(params[key])}, got {value!r}")
     return ENCODERS.build(name, **kwargs)
@@ -716,8 +727,8 @@ def _check_fit(src: SourceViT, width: int, depth: int, heads: int, strict: bool,
     problems = [f"{what}: source {a}, target {b}" for what, a, b in
                 (("width", src_width, width), ("depth", src.depth, depth), ("heads", src.heads, heads)) if a != b]
     if problems and strict:
-        raise ConfigError(f"tokenizer.encoder: {src.name} does not fit the tokenizer's encoder ({'; '.join(problems)}); "
-                          "pick a matching tokenizer.size / encoder size, or set tokenizer.encoder.strict: false "
+        raise ConfigError(f"tokenizer.encoder: {src.name} does not fit the tokenizer's encoder "
+                          f"({'; '.join(problems)}); pick a matching tokenizer.size / encoder size, or set tokenizer.encoder.strict: false "
                           "to copy what fits")
     report.notes += [f"mismatch ({p}): copying what fits" for p in problems]
 
@@ -750,9 +761,8 @@ def apply_source(encoder: nn.Module, src: SourceViT, encoder_name: str, strict: 
     if src.patch_size != p:
         tensors["patch_embed.weight"] = resample_patch_embed(tensors["patch_embed.weight"], [p, p])
         how["patch_embed.weight"] = f"patch {src.patch_size} -> {p} (resample_patch_embed)"
-    if hasattr(encoder, "positional_embedding"):
-        tensors["positional_embedding"], how["positional_embedding"] = _positional(
-            src, encoder.positional_embedding, grid)
+    pos, how["positional_embedding"] = _positional(src, encoder.positional_embedding, grid)
+    tensors["positional_embedding"] = pos
     sources = {**src.sources, "positional_embedding": src.pos_sources}
     taken: set[str] = set()
     with torch.no_grad():

@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader, Subset
 from benchmark.base import Tokenizer
 from benchmark.config import EvalConfig, TrainConfig
 from benchmark.registry import TOKENIZERS
-from benchmark.store import RunStore, atomic_write, read_json
+from benchmark.store import RunStore, atomic_write, read_json, write_json
 
 
 @dataclass
@@ -67,10 +67,34 @@ def build_tokenizer(config: dict[str, Any]) -> Tokenizer:
     return TOKENIZERS.build(config["tokenizer"]["name"], image_size=config["data"]["resolution"], **opts)
 
 
+def initialize_pretrained(model: Tokenizer, ctx: StageContext) -> None:
+    """Copy the pretrained weights named by ``tokenizer.encoder`` into ``model.encoder`` and store
+    the load report (copied / adapted / new / ignored parameters) as ``init_report.json``."""
+    from benchmark.encoders import initialize_encoder
+
+    report = initialize_encoder(model.encoder, model.encoder_init)
+    ctx.log.info("encoder initialisation:\n%s", report.table())
+    write_json(ctx.dir / "init_report.json", report.to_dict())
+
+
+def restore_architecture(model: Tokenizer, train_dir: Path) -> None:
+    """Re-apply what a pretrained initialisation changed outside the state dict (LayerNorm eps,
+    MLP activation of the copied blocks)."""
+    from benchmark.encoders import match_architecture
+
+    report = read_json(train_dir / "init_report.json")
+    if report and report.get("norm_eps") is not None:
+        copied = [int(r["target"].split(".")[1]) for r in report["rows"]
+                  if r["target"].startswith("transformer.") and r["status"] in ("copied", "adapted")]
+        match_architecture(model.encoder, report["norm_eps"], report["activation"], max(copied) + 1)
+
+
 def load_tokenizer(ctx: StageContext) -> Tokenizer:
     """The trained tokenizer of this stage's ``train_tokenizer`` input, in eval mode on the device."""
+    train_dir = ctx.input_dir("train_tokenizer")
     model = build_tokenizer(ctx.input_config("train_tokenizer"))
-    model.load_state_dict(load_file(ctx.input_dir("train_tokenizer") / "model.safetensors"))
+    restore_architecture(model, train_dir)
+    model.load_state_dict(load_file(train_dir / "model.safetensors"))
     return model.to(ctx.device).eval()
 
 
@@ -81,6 +105,11 @@ def train_tokenizer(ctx: StageContext) -> dict[str, Any]:
     cfg = ctx.config
     torch.manual_seed(cfg["seed"])
     model = build_tokenizer(cfg)
+    if getattr(model, "encoder_init", None):
+        if (ctx.dir / "init_report.json").is_file():  # resuming: the checkpoint holds the weights
+            restore_architecture(model, ctx.dir)
+        else:
+            initialize_pretrained(model, ctx)
     dataset = build_dataset(cfg["data"], "train")
     t0 = time.perf_counter()
     terms = fit(model, lambda batch: model(batch[0]).losses, dataset, TrainConfig(**cfg["train"]),

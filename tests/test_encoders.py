@@ -184,9 +184,15 @@ def test_width_or_depth_mismatch_refused_or_copied_with_report(tmp_path):
     assert {n for n in ignored if n.startswith("blocks.")} == {n for n, _ in model.blocks[2].named_parameters(
         prefix="blocks.2")}
     assert report.accounted_sources() == {n for n, _ in model.named_parameters()}
-    wide = TOKENIZERS.build("titok", image_size=32, size="S", patch_size=16).encoder
-    with pytest.raises(ConfigError, match="width: source 64, target 512"):
-        initialize_encoder(wide, spec)
+    narrow = timm.create_model("vit_small_patch16_224", pretrained=False, img_size=32, embed_dim=32, depth=DEPTH,
+                               num_heads=HEADS)
+    timm.models.save_for_hf(narrow, tmp_path / "narrow", safe_serialization=True)
+    spec = {**spec, "weights": str(tmp_path / "narrow")}
+    with pytest.raises(ConfigError, match="width: source 32, target 64"):
+        initialize_encoder(titok_encoder(), spec)
+    report = initialize_encoder(titok_encoder(), {**spec, "strict": False})
+    assert report.counts()["copied"] == report.counts()["adapted"] == 0
+    assert report.accounted_sources() == {n for n, _ in narrow.named_parameters()}
 
 
 def test_none_leaves_everything_new():
@@ -245,3 +251,29 @@ def test_bad_encoder_config_names_the_key():
     with pytest.raises(ConfigError, match="tokenizer.encoder.layers"):
         build_encoder({"init": "dinov2", "layers": 3})
     assert isinstance(build_encoder({"init": "dinov2", "size": "S"}), PretrainedEncoder)
+
+
+def test_fetch_weights_lists_distinct_encoders_and_reports_offline_failures(monkeypatch, tmp_path, capsys):
+    import huggingface_hub.constants
+
+    from benchmark import fetch_weights
+    from benchmark.study import Cell, Plan
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf"))
+    case = CASES["dino"](tmp_path)
+    configs = [{"tokenizer": {"name": "titok", "encoder": {"init": "dinov2", "size": "S", "layer": layer}}}
+               for layer in (4, 8)]
+    configs += [{"tokenizer": {"name": "titok", "encoder": case.spec}},
+                {"tokenizer": {"name": "titok", "encoder": {"init": "none"}}}]
+    plan = Plan("x", tmp_path / "x.yaml", "paper", {}, [Cell(str(i), {}, c, {}) for i, c in enumerate(configs)], {})
+    specs = fetch_weights.distinct_specs(plan)
+    assert [s for s, _ in specs.values()] == [{"init": "dinov2", "size": "S"}, case.spec, {"init": "none"}]
+    assert specs[json.dumps({"init": "dinov2", "size": "S"}, sort_keys=True)][1] == [
+        "0: tokenizer.encoder", "1: tokenizer.encoder"]
+
+    monkeypatch.setattr(fetch_weights, "build_plan", lambda *a, **k: plan)
+    assert fetch_weights.main(["x.yaml"]) == 1
+    out = capsys.readouterr().out
+    assert "could not fetch: cannot load the weights of dinov2 ViT-S (timm vit_small_patch14_dinov2.lvd142m)" in out
+    assert "local weights" in out and "2 of 3 encoder weights available; 1 could not be fetched" in out

@@ -96,7 +96,9 @@ class TiTok(Tokenizer):
     def __init__(self, *, image_size: int = 256, size: str = "B", patch_size: int = 16,
                  num_latent_tokens: int = 32, codebook_size: int = 4096, token_size: int = 12,
                  l2_norm: bool = True, commitment: float = 0.25, recon_weight: float = 1.0,
-                 quantizer_weight: float = 1.0) -> None:
+                 quantizer_weight: float = 1.0, encoder: dict | None = None) -> None:
+        """``encoder``: a pretrained initialisation of the ViT encoder, ``{init: mae, size: B, ...}``
+        (benchmark/encoders.py); the train stage copies it in before the first step."""
         super().__init__()
         if image_size % patch_size:
             raise ConfigError(f"tokenizer.patch_size {patch_size} does not divide the image size {image_size}")
@@ -107,6 +109,7 @@ class TiTok(Tokenizer):
         self.quantizer = VectorQuantizer(codebook_size, token_size, commitment, l2_norm)
         self.decoder = TiTokDecoder(**shape)
         self.recon_weight, self.quantizer_weight = recon_weight, quantizer_weight
+        self.encoder_init = encoder
         self.token_spec = TokenSpec("discrete", (num_latent_tokens,), vocab_size=codebook_size)
         self.encoder.apply(init_vit_weights)
         self.decoder.apply(init_vit_weights)

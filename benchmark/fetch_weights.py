@@ -1,0 +1,95 @@
+"""``python -m benchmark.fetch_weights studies/<study>.yaml [--profile paper] [k=v ...]``
+
+Downloads the weights of every pretrained encoder a study names (``tokenizer.encoder``, or any other
+``{init: <encoder>, ...}`` mapping of its cells) into each library's own cache (timm and transformers:
+the Hugging Face cache, ``$HF_HOME``; open_clip: its download cache), so that runs on compute nodes
+without network find them with ``HF_HUB_OFFLINE=1``. Run it on a login node.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any, Iterator, Mapping
+
+from benchmark.encoders import NoEncoder, WeightsError, build_encoder
+from benchmark.errors import Tok1dError
+from benchmark.registry import ENCODERS
+from benchmark.study import Plan, build_plan
+
+# Options that change how an encoder is used, not which weights it needs.
+USE_ONLY = ("layer", "strict")
+
+
+def encoder_specs(config: Mapping[str, Any], prefix: str = "") -> Iterator[tuple[str, dict[str, Any]]]:
+    """(dotted key, spec) of every mapping in a resolved config whose ``init`` names an encoder."""
+    for key, value in config.items():
+        if not isinstance(value, Mapping):
+            continue
+        if isinstance(value.get("init"), str) and value["init"] in ENCODERS:
+            yield f"{prefix}{key}", dict(value)
+        else:
+            yield from encoder_specs(value, f"{prefix}{key}.")
+
+
+def distinct_specs(plan: Plan) -> dict[str, tuple[dict[str, Any], list[str]]]:
+    """Each distinct weights spec of a plan, keyed by its JSON form, with the cells / keys that use it."""
+    out: dict[str, tuple[dict[str, Any], list[str]]] = {}
+    for cell in plan.cells:
+        for where, spec in encoder_specs(cell.config):
+            spec = {k: v for k, v in spec.items() if k not in USE_ONLY}
+            key = json.dumps(spec, sort_keys=True)
+            out.setdefault(key, (spec, []))[1].append(f"{cell.label}: {where}")
+    return out
+
+
+def fetch(spec: Mapping[str, Any]) -> str:
+    """Download (or, for a local ``weights`` path, check) one encoder's weights; returns what was done."""
+    entry = build_encoder(spec)
+    if isinstance(entry, NoEncoder):
+        return "random init: nothing to fetch"
+    if entry.weights is not None:
+        if not Path(entry.weights).expanduser().exists():
+            return f"MISSING local weights {entry.weights}"
+        return f"local weights {entry.weights}: nothing to fetch"
+    entry.model()
+    return f"fetched {entry.describe()} into the {entry.library} cache"
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m benchmark.fetch_weights", description=__doc__.split("\n\n")[1])
+    p.add_argument("study", help="a study YAML, e.g. studies/thesis_table4_init.yaml")
+    p.add_argument("overrides", nargs="*", help="config overrides, e.g. tokenizer.encoder.size=L")
+    p.add_argument("--profile", default="paper", help="studies/profiles/<name>.yaml (default: paper)")
+    return p.parse_intermixed_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        specs = distinct_specs(build_plan(args.study, args.profile, args.overrides))
+    except Tok1dError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if not specs:
+        print(f"{args.study}: no cell names a pretrained encoder; nothing to fetch")
+        return 0
+    failed = 0
+    for spec, users in specs.values():
+        try:
+            done = fetch(spec)
+        except WeightsError as exc:
+            done = f"could not fetch: {exc.reason}"
+        except Tok1dError as exc:
+            done = f"could not fetch: {exc}"
+        failed += done.startswith(("could not", "MISSING"))
+        print(f"{spec['init']} {json.dumps(spec, sort_keys=True)}\n  {done}\n  used by {', '.join(users)}")
+    print(f"{len(specs) - failed} of {len(specs)} encoder weights available" +
+          (f"; {failed} could not be fetched (see above)" if failed else ""))
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
