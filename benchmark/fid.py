@@ -38,7 +38,8 @@ from torch_fidelity.metric_isc import KEY_METRIC_ISC_MEAN, KEY_METRIC_ISC_STD, i
 
 from benchmark.base import TokenSpec
 from benchmark.data import IMAGE_SUFFIXES, build_dataset, list_images
-from benchmark.errors import ConfigError, DataError, Tok1dError
+from benchmark.encoders import WeightsError
+from benchmark.errors import ConfigError, DataError
 from benchmark.metrics import EvalBatch, Metric
 from benchmark.registry import register_metric
 
@@ -52,8 +53,8 @@ RESIZE_POLICY = "torch-fidelity TF-compatible bilinear resize to 299"
 QUANTISATION = "[0, 1] floats -> uint8 by round(255 x), clamped"
 
 
-class InceptionWeightsError(Tok1dError, FileNotFoundError):
-    """The Inception-v3 weights file is missing or unreadable."""
+class InceptionWeightsError(WeightsError):
+    """The Inception-v3 weights file is missing or unreadable (a ``WeightsError``, like the encoders')."""
 
 
 # ----------------------------------------------------------------------------------------------
@@ -136,6 +137,8 @@ class InceptionV3:
 
     def __init__(self, weights: str | os.PathLike | None = None, *, device: str = "cpu",
                  dtype: str = "float32") -> None:
+        if dtype not in ("float32", "float64"):
+            raise ConfigError(f"Inception dtype '{dtype}' is not one of float32, float64")
         self.weights_path = resolve_weights(weights)
         self.weights_sha256 = file_sha256(self.weights_path)
         self.device = torch.device(device)
@@ -153,7 +156,7 @@ class InceptionV3:
                 f"cannot load Inception weights {self.weights_path}: {type(exc).__name__}: {exc}. "
                 f"{_how_to_obtain(self.weights_path)}"
             ) from exc
-        self.model = model.to(self.device)
+        self.model = model.to(self.device, memory_format=torch.channels_last)
         self._last: tuple[Tensor, int, tuple[Tensor, Tensor]] | None = None
 
     @torch.no_grad()
@@ -183,7 +186,7 @@ def load_inception(weights: str | os.PathLike | None = None, *, device: str = "c
 # Statistics and the Fréchet distance
 # ----------------------------------------------------------------------------------------------
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class FeatureStats:
     """Mean ``mu`` (D,) and covariance ``sigma`` (D, D) (float64) of ``n`` feature vectors.
 
