@@ -255,25 +255,25 @@ def test_bad_encoder_config_names_the_key():
 
 def test_fetch_weights_lists_distinct_encoders_and_reports_offline_failures(monkeypatch, tmp_path, capsys):
     import huggingface_hub.constants
+    import yaml
 
     from benchmark import fetch_weights
-    from benchmark.study import Cell, Plan
+    from benchmark.study import build_plan
 
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf"))
     case = CASES["dino"](tmp_path)
-    configs = [{"tokenizer": {"name": "titok", "encoder": {"init": "dinov2", "size": "S", "layer": layer}}}
-               for layer in (4, 8)]
-    configs += [{"tokenizer": {"name": "titok", "encoder": case.spec}},
-                {"tokenizer": {"name": "titok", "encoder": {"init": "none"}}}]
-    plan = Plan("x", tmp_path / "x.yaml", "paper", {}, [Cell(str(i), {}, c, {}) for i, c in enumerate(configs)], {})
+    encoders = [{"init": "dinov2", "size": "S", "layer": 4}, {"init": "dinov2", "size": "S", "layer": 8},
+                case.spec, {"init": "none"}]
+    study = tmp_path / "study.yaml"
+    study.write_text(yaml.safe_dump({"config": {"tokenizer": {"name": "titok"}},
+                                     "axes": {"grid": {"tokenizer.encoder": encoders}}}))
+    plan = build_plan(study, "smoke")
     specs = fetch_weights.distinct_specs(plan)
     assert [s for s, _ in specs.values()] == [{"init": "dinov2", "size": "S"}, case.spec, {"init": "none"}]
-    assert specs[json.dumps({"init": "dinov2", "size": "S"}, sort_keys=True)][1] == [
-        "0: tokenizer.encoder", "1: tokenizer.encoder"]
+    assert len(specs[json.dumps({"init": "dinov2", "size": "S"}, sort_keys=True)][1]) == 2
 
-    monkeypatch.setattr(fetch_weights, "build_plan", lambda *a, **k: plan)
-    assert fetch_weights.main(["x.yaml"]) == 1
+    assert fetch_weights.main([str(study), "--profile", "smoke"]) == 1
     out = capsys.readouterr().out
     assert "could not fetch: cannot load the weights of dinov2 ViT-S (timm vit_small_patch14_dinov2.lvd142m)" in out
     assert "local weights" in out and "2 of 3 encoder weights available; 1 could not be fetched" in out

@@ -8,6 +8,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+import torch
 
 from benchmark.errors import ConfigError
 from benchmark.registry import TOKENIZERS, Registry, load_plugins
@@ -115,3 +116,28 @@ def test_list_command_prints_every_kind():
         assert heading in result.stdout
     for name in ("titok", "procedural", "imagefolder", "psnr", "ssim", "codebook_usage"):
         assert f"  {name}" in result.stdout
+
+
+def test_new_generator_file_is_found(tmp_path, monkeypatch):
+    """Generators are found the same way: one decorated file, nothing else edited."""
+    folder = tmp_path / "gens"
+    folder.mkdir()
+    (folder / "constant.py").write_text(textwrap.dedent('''
+        import torch
+        from benchmark.base import Generator
+        from benchmark.registry import register_generator
+
+        @register_generator("constant_test")
+        class Constant(Generator):
+            """Samples token 0 everywhere (a test plugin)."""
+            def loss(self, tokens, labels):
+                return {"zero": torch.zeros(())}
+            def sample(self, labels, cfg_scale=1.0, steps=None, generator=None):
+                return torch.zeros(len(labels), 4, dtype=torch.long)
+    '''))
+    monkeypatch.setenv("TOK1D_PLUGINS", str(folder))
+    load_plugins()
+    from benchmark.registry import GENERATORS
+
+    assert GENERATORS.get("constant_test").description == "Samples token 0 everywhere (a test plugin)."
+    assert GENERATORS.build("constant_test").sample(torch.tensor([1, 2])).shape == (2, 4)
