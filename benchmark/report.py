@@ -87,7 +87,7 @@ def draw_figure(plan: Plan, store: RunStore, fig: dict[str, Any], path: Path) ->
     points = []
     for cell in plan.cells:
         x = flat_config(cell.config).get(fig["x"])
-        if fig["x"] in cell.overrides or fig.get("all_cells"):
+        if (fig["x"] in cell.overrides and not cell.explicit) or fig.get("all_cells"):
             points.append((x, cell_results(plan, store, cell)[0]))
     figure, axes = plt.subplots(1, len(ys), figsize=(4.2 * len(ys), 3.4), squeeze=False)
     for ax, y in zip(axes[0], ys):

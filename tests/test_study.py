@@ -14,6 +14,7 @@ def test_table2_study_expands_into_five_cells_with_their_own_training():
     plan = build_plan(REPO_STUDY, "smoke")
     assert [c.label for c in plan.cells] == ["16", "32", "64", "128", "Big dataset"]
     assert len(plan.stages) == 10
+    assert [c.explicit for c in plan.cells] == [False] * 4 + [True]
     big = plan.cells[-1].config
     assert big["tokenizer"]["num_latent_tokens"] == 64 and big["data"]["subset"] == "all"
     # The smoke profile replaced the paper's BDD100K data section instead of merging into it.
