@@ -165,6 +165,8 @@ def merge_dicts(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]
 
 
 def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Keys down to ``section.key`` (not deeper: a key's value may itself be a mapping, such as
+    ``tokenizer.encoder``), the granularity at which provenance is tracked and validated."""
     out: dict[str, Any] = {}
     for key, value in d.items():
         path = f"{prefix}{key}"
