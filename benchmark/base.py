@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
@@ -54,7 +54,6 @@ class TokenizerOutput:
     recon: Tensor
     losses: dict[str, Tensor]
     tokens: Tensor
-    logs: dict[str, Tensor] = field(default_factory=dict)
 
 
 class Tokenizer(nn.Module, ABC):

@@ -177,11 +177,13 @@ def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def merge_layers(layers: list[Layer]) -> tuple[dict[str, Any], dict[str, str]]:
-    """Merge layers in order, validating after each one (so a value a later layer overrides is
-    still checked); return the resolved config and, for each ``section.key``, the layer that set it."""
-    config: dict[str, Any] = {}
-    origin: dict[str, str] = {}
+def merge_layers(layers: list[Layer], start: tuple[dict[str, Any], dict[str, str]] | None = None,
+                 ) -> tuple[dict[str, Any], dict[str, str]]:
+    """Merge layers in order onto ``start`` (an earlier result), validating after each one (so a
+    value a later layer overrides is still checked); return the config, its interpolations left
+    for :func:`resolve` (a later merge may change what they point at), and, for each
+    ``section.key``, the layer that set it."""
+    config, origin = (dict(start[0]), dict(start[1])) if start else ({}, {})
     for layer in layers:
         values = dict(layer.values)
         for section in REGISTRY_SECTIONS:
@@ -193,7 +195,7 @@ def merge_layers(layers: list[Layer]) -> tuple[dict[str, Any], dict[str, str]]:
         origin.update({key: layer.source for key in flatten(values)})
         if "defaults" != layer.source:
             validate(resolve(config, layer.source), origin)
-    return resolve(config, layers[-1].source), origin
+    return config, origin
 
 
 # ---------------------------------------------------------------------------------------------

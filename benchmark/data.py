@@ -199,14 +199,19 @@ def list_images(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
 
 
+def open_rgb(path: Path) -> Image.Image:
+    """An image file as RGB; an unreadable or corrupt file is a DataError naming it."""
+    try:
+        with Image.open(path) as img:
+            return img.convert("RGB")
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+        raise DataError(f"cannot read image {path}: {type(exc).__name__}: {exc}") from exc
+
+
 def load_image(path: Path, resolution: int) -> Tensor:
     """ADM / TiTok preprocessing: RGB, shorter side resized to ``resolution`` (bicubic, antialiased),
     centre crop to ``resolution`` x ``resolution``; a float32 tensor (3, H, W) in [0, 1]."""
-    try:
-        with Image.open(path) as img:
-            img = img.convert("RGB")
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
-        raise DataError(f"cannot read image {path}: {type(exc).__name__}: {exc}") from exc
+    img = open_rgb(path)
     img = TF.resize(img, [resolution], interpolation=InterpolationMode.BICUBIC, antialias=True)
     img = TF.center_crop(img, [resolution, resolution])
     return TF.to_dtype(TF.pil_to_tensor(img), torch.float32, scale=True)

@@ -19,7 +19,6 @@ import functools
 import hashlib
 import json
 import os
-import tempfile
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -37,11 +36,12 @@ from torch_fidelity.metric_fid import KEY_METRIC_FID, fid_statistics_to_metric
 from torch_fidelity.metric_isc import KEY_METRIC_ISC_MEAN, KEY_METRIC_ISC_STD, isc_features_to_metric
 
 from benchmark.base import TokenSpec
-from benchmark.data import IMAGE_SUFFIXES, build_dataset, list_images
+from benchmark.data import IMAGE_SUFFIXES, build_dataset, list_images, open_rgb
 from benchmark.encoders import WeightsError
 from benchmark.errors import ConfigError, DataError
 from benchmark.metrics import EvalBatch, Metric
 from benchmark.registry import register_metric
+from benchmark.store import atomic_write
 
 WEIGHTS_ENV = "TOK1D_INCEPTION_WEIGHTS"
 WEIGHTS_FILE = URL_INCEPTION_V3.rsplit("/", 1)[-1]  # weights-inception-2015-12-05-6726825d.pth
@@ -214,19 +214,12 @@ class FeatureStats:
 
     def save(self, path: str | os.PathLike) -> None:
         """Write ``mu``, ``sigma``, ``n`` and ``source`` to an .npz, atomically (temporary file + rename)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
+        def write(tmp: Path) -> None:
+            with tmp.open("wb") as f:  # a file object: np.savez would append .npz to a bare name
                 np.savez(f, mu=self.mu, sigma=self.sigma, n=np.int64(-1 if self.n is None else self.n),
                          source=np.str_(self.source))
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+
+        atomic_write(Path(path), write)
 
 
 class FeatureAccumulator:
@@ -343,11 +336,7 @@ def folder_images(folder: str | os.PathLike, batch_size: int = 64) -> Iterator[T
     for start in range(0, len(paths), batch_size):
         batch = []
         for path in paths[start:start + batch_size]:
-            try:
-                with Image.open(path) as img:
-                    array = np.asarray(img.convert("RGB"))
-            except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
-                raise DataError(f"cannot read image {path}: {type(exc).__name__}: {exc}") from exc
+            array = np.asarray(open_rgb(path))
             if batch and array.shape != batch[0].shape:
                 raise DataError(f"image {path} is {array.shape[1]}x{array.shape[0]}, the images before it "
                                 f"{batch[0].shape[1]}x{batch[0].shape[0]}; the folder's images must share one size")

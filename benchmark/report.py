@@ -7,6 +7,7 @@ Cells whose stages failed or have not run appear with their status; they are nev
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +23,17 @@ def save_image_grid(images: torch.Tensor, path: Path, nrow: int = 8) -> None:
     atomic_write(path, lambda tmp: save_image(images.clamp(0, 1), tmp, nrow=nrow, padding=1, format="png"))
 
 
-def cell_results(plan: Plan, store: RunStore, cell: Cell) -> tuple[dict[str, Any], str]:
-    """A cell's results flattened into one mapping (evaluation metrics first), and its status."""
+@dataclass
+class CellResults:
+    """One cell's results flattened into one mapping (metrics included), and its status."""
+
+    cell: Cell
+    values: dict[str, Any]
+    status: str
+
+
+def cell_results(store: RunStore, cell: Cell) -> CellResults:
+    """Read a cell's stage results (once per report) and say whether it finished, failed or waits."""
     values: dict[str, Any] = {}
     status = "ok"
     for kind, h in cell.stages.items():
@@ -42,42 +52,41 @@ def cell_results(plan: Plan, store: RunStore, cell: Cell) -> tuple[dict[str, Any
         values.update(result.get("metrics", {}))
         if "protocol" in result:
             values["_protocol"] = result["protocol"]
-    return values, status
+    return CellResults(cell, values, status)
 
 
-def build_table(plan: Plan, store: RunStore, table: dict[str, Any]) -> pd.DataFrame:
+def build_table(results: list[CellResults], table: dict[str, Any]) -> pd.DataFrame:
     """One declared table as a DataFrame: label, our columns, the paper's columns, status."""
     columns: dict[str, str] = table.get("columns") or {}
     ref = table.get("reference") or {}
     ref_label = ref.get("label", "paper")
     ref_cols: dict[str, str] = ref.get("columns") or {}
     rows = []
-    for cell in plan.cells:
-        values, status = cell_results(plan, store, cell)
-        row: dict[str, Any] = {table.get("row_label", "cell"): cell.label}
+    for r in results:
+        row: dict[str, Any] = {table.get("row_label", "cell"): r.cell.label}
         for key, header in columns.items():
-            row[f"{header} (ours)" if key in ref_cols else header] = values.get(key)
-        paper = (ref.get("rows") or {}).get(cell.label, {})
+            row[f"{header} (ours)" if key in ref_cols else header] = r.values.get(key)
+        paper = (ref.get("rows") or {}).get(r.cell.label, {})
         for key, header in ref_cols.items():
             row[f"{header} ({ref_label})"] = paper.get(key)
-        row["status"] = status
+        row["status"] = r.status
         rows.append(row)
     return pd.DataFrame(rows)
 
 
-def protocol_lines(plan: Plan, store: RunStore) -> list[str]:
+def protocol_lines(results: list[CellResults]) -> list[str]:
     seen: list[str] = []
-    for cell in plan.cells:
-        protocol = cell_results(plan, store, cell)[0].get("_protocol")
+    for r in results:
+        protocol = r.values.get("_protocol")
         if protocol:
             data = ", ".join(f"{k}={v}" for k, v in protocol.get("data", {}).items())
-            line = (f"- {cell.label}: {protocol['num_images']} images of the {protocol['split']} split "
+            line = (f"- {r.cell.label}: {protocol['num_images']} images of the {protocol['split']} split "
                     f"({data}); metrics: {', '.join(protocol['metrics'])}")
             seen.append(line)
     return seen
 
 
-def draw_figure(plan: Plan, store: RunStore, fig: dict[str, Any], path: Path) -> None:
+def draw_figure(plan: Plan, results: list[CellResults], fig: dict[str, Any], path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -85,10 +94,9 @@ def draw_figure(plan: Plan, store: RunStore, fig: dict[str, Any], path: Path) ->
 
     ys = fig["y"] if isinstance(fig["y"], list) else [fig["y"]]
     points = []
-    for cell in plan.cells:
-        x = flat_config(cell.config).get(fig["x"])
-        if (fig["x"] in cell.overrides and not cell.explicit) or fig.get("all_cells"):
-            points.append((x, cell_results(plan, store, cell)[0]))
+    for r in results:
+        if (fig["x"] in r.cell.overrides and not r.cell.explicit) or fig.get("all_cells"):
+            points.append((flat_config(r.cell.config).get(fig["x"]), r.values))
     figure, axes = plt.subplots(1, len(ys), figsize=(4.2 * len(ys), 3.4), squeeze=False)
     for ax, y in zip(axes[0], ys):
         pts = sorted((x, v[y]) for x, v in points if v.get(y) is not None)
@@ -111,6 +119,7 @@ def write_report(plan: Plan, store: RunStore, out_dir: Path) -> list[Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     spec = plan.spec.get("report") or {}
     tables = spec.get("tables") or [{"name": "results", "columns": {}}]
+    results = [cell_results(store, cell) for cell in plan.cells]
     written: list[Path] = []
     md = [f"# {plan.spec.get('title', plan.study)}", ""]
     if plan.spec.get("source"):
@@ -119,17 +128,17 @@ def write_report(plan: Plan, store: RunStore, out_dir: Path) -> list[Path]:
         md += [f"**Profile `{plan.profile}`: these are {plan.profile}-scale numbers (tiny models, "
                "built-in data), not comparable with the paper's; they prove the pipeline.**", ""]
     for table in tables:
-        df = build_table(plan, store, table)
+        df = build_table(results, table)
         csv_path = out_dir / f"{table['name']}.csv"
         atomic_write(csv_path, lambda tmp: df.to_csv(tmp, index=False))
         written.append(csv_path)
         md += [f"## {table.get('title', table['name'])}", "", df.to_markdown(index=False, floatfmt=".4g"), ""]
-    protocol = protocol_lines(plan, store)
+    protocol = protocol_lines(results)
     if protocol:
         md += ["## Protocol", "", *protocol, ""]
     for fig in spec.get("figures") or []:
         path = out_dir / f"{fig['name']}.png"
-        draw_figure(plan, store, fig, path)
+        draw_figure(plan, results, fig, path)
         written.append(path)
         md += [f"![{fig.get('title', fig['name'])}]({path.name})", ""]
     md_path = out_dir / "README.md"

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from benchmark import REPO_ROOT
-from benchmark.config import Layer, defaults, load_yaml, merge_layers, nest, parse_overrides
+from benchmark.config import Layer, defaults, load_yaml, merge_layers, nest, parse_overrides, resolve
 from benchmark.errors import ConfigError
 from benchmark.registry import load_plugins
 from benchmark.stages import STAGES, stage_order
@@ -154,6 +154,7 @@ def build_plan(path: str | Path, profile: str = "paper", overrides: list[str] | 
             *profile_layers(spec, path, profile)]
     plugins = [layer.values["plugins"] for layer in base + [cli] if layer.values.get("plugins")]
     load_plugins(plugins[-1] if plugins else [])
+    merged_base = merge_layers(base)
 
     cell_specs = [(None, o) for o in expand_axes(spec.get("axes") or {}, str(path))]
     for i, extra in enumerate(spec.get("cells") or []):
@@ -165,8 +166,8 @@ def build_plan(path: str | Path, profile: str = "paper", overrides: list[str] | 
     plan = Plan(path.stem, path, profile, spec, [], {})
     for label, cell_overrides in cell_specs:
         source = f"{path}: cell {label or cell_overrides}"
-        layers = base + [Layer(source, nest(cell_overrides, source)), cli]
-        config, origin = merge_layers(layers)
+        merged, _ = merge_layers([Layer(source, nest(cell_overrides, source)), cli], start=merged_base)
+        config = resolve(merged, source)
         explicit = label is not None
         label = label or cell_label(spec.get("label"), cell_overrides, config)
         cell = Cell(label, cell_overrides, config, {}, explicit=explicit)
