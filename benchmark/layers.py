@@ -82,46 +82,28 @@ def unpatchify(patches: Tensor, patch: int, grid: int, channels: int = 3) -> Ten
     return x.reshape(b, channels, grid * patch, grid * patch)
 
 
-class VectorQuantizer(nn.Module):
-    """Hard vector quantisation with a straight-through estimator (VQ-VAE, van den Oord et al. 2017).
+class Frozen(nn.Module):
+    """A frozen loss network (perceptual net, alignment teacher, 2D latent encoder) held by a model.
 
-    q(z) = e_k with k = argmin_j ||z - e_j||^2 (on the unit sphere when ``l2_norm``, as TiTok does).
-    Losses: codebook ||sg[z] - e_k||^2 and commitment beta * ||z - sg[e_k]||^2; the decoder sees
-    z + sg[e_k - z], so gradients pass straight through to the encoder.
+    The wrapped network follows the owner's ``.to()`` / ``.float()`` and is called like a function,
+    but it is not a registered child: its weights stay out of ``parameters()`` (so out of the
+    optimiser, EMA and parameter counts) and out of ``state_dict()`` (so out of checkpoints, which
+    hold only what training changes). It always runs in eval mode with gradients off for its own
+    weights; gradients still flow through it to its inputs.
     """
 
-    def __init__(self, codebook_size: int, dim: int, commitment: float = 0.25, l2_norm: bool = True) -> None:
+    def __init__(self, net: nn.Module) -> None:
         super().__init__()
-        self.codebook_size = codebook_size
-        self.commitment = commitment
-        self.l2_norm = l2_norm
-        self.embedding = nn.Embedding(codebook_size, dim)
-        nn.init.uniform_(self.embedding.weight, -1.0 / codebook_size, 1.0 / codebook_size)
+        self.__dict__["net"] = net.eval().requires_grad_(False)
 
-    def codebook(self) -> Tensor:
-        w = self.embedding.weight
-        return F.normalize(w, dim=-1) if self.l2_norm else w
+    def _apply(self, fn, recurse: bool = True):  # type: ignore[no-untyped-def]
+        self.__dict__["net"]._apply(fn)
+        return super()._apply(fn, recurse)
 
-    def indices(self, z: Tensor) -> Tensor:
-        """Nearest code ids for vectors z (..., dim)."""
-        if self.l2_norm:
-            z = F.normalize(z, dim=-1)
-        flat = z.reshape(-1, z.shape[-1]).float()
-        codes = self.codebook().float()
-        dist = flat.pow(2).sum(1, keepdim=True) - 2 * flat @ codes.t() + codes.pow(2).sum(1)[None]
-        return dist.argmin(1).view(z.shape[:-1])
+    def train(self, mode: bool = True) -> "Frozen":
+        super().train(mode)
+        self.__dict__["net"].eval()
+        return self
 
-    def lookup(self, ids: Tensor) -> Tensor:
-        return F.embedding(ids, self.codebook())
-
-    def forward(self, z: Tensor) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
-        """z (..., dim) -> (straight-through quantised z, code ids, {codebook, commitment} losses)."""
-        if self.l2_norm:
-            z = F.normalize(z, dim=-1)
-        ids = self.indices(z)
-        zq = self.lookup(ids).to(z.dtype)
-        losses = {
-            "codebook": F.mse_loss(zq, z.detach()),
-            "commitment": self.commitment * F.mse_loss(z, zq.detach()),
-        }
-        return z + (zq - z).detach(), ids, losses
+    def forward(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        return self.__dict__["net"](*args, **kwargs)

@@ -16,7 +16,8 @@ from torch import Tensor, nn
 
 from benchmark.base import Tokenizer, TokenizerOutput, TokenSpec
 from benchmark.errors import ConfigError
-from benchmark.layers import Transformer, VectorQuantizer, init_vit_weights, patchify, unpatchify
+from benchmark.layers import Transformer, init_vit_weights, unpatchify
+from benchmark.quantizers import VectorQuantizer
 from benchmark.registry import register_tokenizer
 
 # (width, depth, heads) of each ViT; S/B/L follow TiTok, "tiny" is the smoke-scale model.

@@ -1,0 +1,93 @@
+"""Quantisers and codebook regularisers against their closed forms."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from benchmark.quantizers import (DiagonalGaussian, SoftVectorQuantizer, VectorQuantizer, entropy_regularizer,
+                                  kl_to_uniform)
+
+
+def test_soft_vq_matches_closed_form_of_eq_2_3():
+    torch.manual_seed(0)
+    q = SoftVectorQuantizer(codebook_size=5, dim=3, tau=0.5, l2_norm=False)
+    z = torch.randn(2, 4, 3)
+    zq, probs = q(z)
+    codes = q.embedding[0]
+    for b in range(2):
+        for n in range(4):
+            logits = torch.stack([-(z[b, n] - codes[k]).norm() / 0.5 for k in range(5)])
+            p = torch.softmax(logits, 0)
+            torch.testing.assert_close(probs[b, n], p, rtol=1e-5, atol=1e-6)
+            torch.testing.assert_close(zq[b, n], (p[:, None] * codes).sum(0), rtol=1e-5, atol=1e-6)
+
+
+def test_soft_vq_tends_to_hard_vq_as_tau_goes_to_zero():
+    torch.manual_seed(1)
+    soft = SoftVectorQuantizer(codebook_size=16, dim=4, tau=1e-4, l2_norm=True)
+    z = torch.randn(3, 8, 4)
+    zq, probs = soft(z)
+    hard = VectorQuantizer(16, 4, l2_norm=True)
+    hard.embedding.weight.data.copy_(soft.embedding[0].data)
+    hq, ids, _ = hard(z)
+    assert torch.equal(probs.argmax(-1), ids)
+    torch.testing.assert_close(zq, hq, atol=1e-4, rtol=0)
+    gaps = []
+    for tau in (1.0, 0.1, 0.01, 1e-4):
+        soft.tau = tau
+        gaps.append((soft(z)[0] - hq).abs().max().item())
+    assert gaps == sorted(gaps, reverse=True) and gaps[0] > 100 * gaps[-1]
+
+
+def test_soft_vq_is_differentiable_and_splits_codebooks_along_the_sequence():
+    torch.manual_seed(2)
+    q = SoftVectorQuantizer(codebook_size=8, dim=4, tau=0.1, num_codebooks=2)
+    z = torch.randn(2, 6, 4, requires_grad=True)
+    zq, probs = q(z)
+    zq.pow(2).sum().backward()
+    assert z.grad.abs().sum() > 0 and q.embedding.grad[0].abs().sum() > 0 and q.embedding.grad[1].abs().sum() > 0
+    first = SoftVectorQuantizer(codebook_size=8, dim=4, tau=0.1)
+    first.embedding.data.copy_(q.embedding.data[:1])
+    torch.testing.assert_close(first(z[:, :3])[0], zq[:, :3])
+    with pytest.raises(ValueError, match="codebooks"):
+        q(torch.randn(1, 5, 4))
+
+
+def test_entropy_regularizer_extremes():
+    k = 8
+    one_hot_spread = torch.eye(k)  # confident tokens, every code used once: the minimum, -log K
+    assert entropy_regularizer(one_hot_spread).item() == pytest.approx(-math.log(k), abs=1e-5)
+    collapsed = F.one_hot(torch.zeros(k, dtype=torch.long), k).float()  # confident, all on one code
+    assert entropy_regularizer(collapsed).item() == pytest.approx(0.0, abs=1e-5)
+    uniform = torch.full((k, k), 1.0 / k)  # unconfident tokens: sample entropy log K = mean entropy
+    assert entropy_regularizer(uniform).item() == pytest.approx(0.0, abs=1e-5)
+
+
+def test_kl_to_uniform():
+    assert kl_to_uniform(torch.full((3, 4), 0.25)).item() == pytest.approx(0.0, abs=1e-6)
+    assert kl_to_uniform(torch.eye(4)).item() == pytest.approx(math.log(4), abs=1e-5)
+
+
+def test_hard_vq_entropy_term_is_optional_and_differentiable():
+    torch.manual_seed(3)
+    vq = VectorQuantizer(32, 4, l2_norm=False, entropy_weight=0.1)
+    z = torch.randn(2, 10, 4, requires_grad=True)
+    out, ids, losses = vq(z)
+    assert set(losses) == {"codebook", "commitment", "entropy"}
+    losses["entropy"].backward()
+    assert z.grad.abs().sum() > 0
+    assert "entropy" not in VectorQuantizer(32, 4)(z)[2]
+
+
+def test_diagonal_gaussian_kl_and_sampling():
+    mean, logvar = torch.zeros(2, 3), torch.zeros(2, 3)
+    assert DiagonalGaussian(torch.cat([mean, logvar], -1)).kl().item() == pytest.approx(0.0)
+    post = DiagonalGaussian(torch.cat([torch.ones(2, 3), torch.full((2, 3), math.log(4.0))], -1))
+    expected = 0.5 * 3 * (1 + 4 - 1 - math.log(4.0))
+    assert post.kl().item() == pytest.approx(expected, rel=1e-5)
+    torch.manual_seed(0)
+    big = DiagonalGaussian(torch.cat([torch.full((20000, 1), 2.0), torch.full((20000, 1), math.log(0.25))], -1))
+    s = big.sample()
+    assert s.mean().item() == pytest.approx(2.0, abs=0.02) and s.std().item() == pytest.approx(0.5, abs=0.02)
