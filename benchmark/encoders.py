@@ -335,6 +335,9 @@ class PretrainedEncoder(ABC):
     ``layer`` selects the teacher's block (1-based; ``None``: the last block, after the final norm).
     ``model_id`` replaces the size's id by another of the same library. ``strict`` refuses a width,
     depth or head-count mismatch with the target; otherwise what fits is copied and the rest reported.
+    ``stand_in`` builds the library's architecture with random weights, shrunk by these constructor
+    overrides (timm ``create_model`` kwargs or a transformers config's fields), instead of loading
+    weights: the smoke-scale alignment teacher, through the same feature-extraction path.
     """
 
     library: ClassVar[str]
@@ -345,7 +348,7 @@ class PretrainedEncoder(ABC):
     registry_name: ClassVar[str]
 
     def __init__(self, *, size: str | None = None, layer: int | None = None, weights: str | None = None,
-                 model_id: str | None = None, strict: bool = True) -> None:
+                 model_id: str | None = None, strict: bool = True, stand_in: dict | None = None) -> None:
         size = size or self.default_size
         if size not in self.variants:
             raise ConfigError(f"tokenizer.encoder.size: '{size}' is not a size of encoder "
@@ -354,11 +357,14 @@ class PretrainedEncoder(ABC):
         self.variant = self.variants[size]
         self.model_id = model_id or self.variant.model_id
         self.weights = weights
+        self.stand_in = stand_in
         self._model: nn.Module | None = None
 
     def describe(self) -> str:
         tag = f" pretrained={self.variant.tag}" if self.variant.tag and not self.weights else ""
         where = f" from {self.weights}" if self.weights else ""
+        if self.stand_in is not None:
+            tag, where = "", f" random-weight stand-in {self.stand_in}"
         return f"{self.registry_name} ViT-{self.size} ({self.library} {self.model_id}{tag}){where}"
 
     # -- loading -----------------------------------------------------------------------------
@@ -369,7 +375,7 @@ class PretrainedEncoder(ABC):
             if self.weights is not None and not Path(self.weights).expanduser().exists():
                 raise WeightsError(f"{self.describe()}: tokenizer.encoder.weights {self.weights} does not exist")
             try:
-                model = self._load()
+                model = self._load() if self.stand_in is None else self._stand_in(dict(self.stand_in))
             except Tok1dError:
                 raise
             except (OSError, RuntimeError, ValueError, _hub_error()) as exc:
@@ -382,6 +388,10 @@ class PretrainedEncoder(ABC):
     @abstractmethod
     def _load(self) -> nn.Module:
         """Build the library model from the hub / cache or the local weights."""
+
+    def _stand_in(self, overrides: dict) -> nn.Module:
+        raise ConfigError(f"tokenizer.encoder.stand_in: {self.library} encoders have no random-weight "
+                          f"stand-in; use a timm or transformers entry")
 
     @abstractmethod
     def source(self) -> SourceViT:
@@ -446,6 +456,11 @@ class TimmEncoder(PretrainedEncoder):
         if path.is_dir():
             return timm.create_model(f"local-dir:{path}", pretrained=True)
         return timm.create_model(self.model_id, pretrained=True, pretrained_cfg_overlay={"file": str(path)})
+
+    def _stand_in(self, overrides: dict) -> nn.Module:
+        import timm
+
+        return timm.create_model(self.model_id, pretrained=False, **overrides)
 
     def source(self) -> SourceViT:
         m = self.model()
@@ -538,6 +553,15 @@ class TransformersEncoder(PretrainedEncoder):
         model = getattr(transformers, self.model_class).from_pretrained(
             str(Path(self.weights).expanduser()) if self.weights else self.model_id)
         return getattr(model, self.trunk) if self.trunk else model
+
+    def _stand_in(self, overrides: dict) -> nn.Module:
+        import transformers
+
+        if self.trunk:
+            raise ConfigError(f"tokenizer.encoder.stand_in: {self.registry_name} has no stand-in "
+                              f"(its trunk sits inside {self.model_class})")
+        cls = getattr(transformers, self.model_class)
+        return cls(cls.config_class(**overrides))
 
     def _layers(self) -> nn.ModuleList:
         m = self.model()
@@ -632,8 +656,10 @@ class DINOv2(TimmEncoder):
                 "g": Variant("vit_giant_patch14_dinov2.lvd142m", 14, 1536, 40, 24, 518)}
 
     def __init__(self, *, size: str | None = None, layer: int | None = None, weights: str | None = None,
-                 model_id: str | None = None, strict: bool = True, registers: bool = False) -> None:
-        super().__init__(size=size, layer=layer, weights=weights, model_id=model_id, strict=strict)
+                 model_id: str | None = None, strict: bool = True, registers: bool = False,
+                 stand_in: dict | None = None) -> None:
+        super().__init__(size=size, layer=layer, weights=weights, model_id=model_id, strict=strict,
+                         stand_in=stand_in)
         self.registers = registers
         if registers and model_id is None:
             self.model_id = self.variant.model_id.replace("_dinov2", "_reg4_dinov2")

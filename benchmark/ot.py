@@ -12,7 +12,6 @@ from __future__ import annotations
 from typing import Literal
 
 import ot
-import torch
 from torch import Tensor
 
 Grad = Literal["envelope", "autodiff"]

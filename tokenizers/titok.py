@@ -10,84 +10,15 @@ decoder reads the quantised tokens back up to its width and predicts every patch
 
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 from benchmark.base import Tokenizer, TokenizerOutput, TokenSpec
 from benchmark.errors import ConfigError
-from benchmark.layers import Transformer, init_vit_weights, unpatchify
+from benchmark.layers import init_vit_weights
 from benchmark.quantizers import VectorQuantizer
 from benchmark.registry import register_tokenizer
-
-# (width, depth, heads) of each ViT; S/B/L follow TiTok, "tiny" is the smoke-scale model.
-SIZES: dict[str, tuple[int, int, int]] = {
-    "tiny": (64, 2, 4),
-    "S": (512, 8, 8),
-    "B": (768, 12, 12),
-    "L": (1024, 24, 16),
-}
-
-
-def vit_size(size: str) -> tuple[int, int, int]:
-    if size not in SIZES:
-        raise ConfigError(f"tokenizer.size: unknown size '{size}'; choose from {', '.join(SIZES)}")
-    return SIZES[size]
-
-
-class TiTokEncoder(nn.Module):
-    """ViT over [cls; patches + pos] ⊕ [latents + latent pos]; returns the K latent outputs."""
-
-    def __init__(self, image_size: int, patch_size: int, width: int, depth: int, heads: int,
-                 num_latent_tokens: int, token_size: int) -> None:
-        super().__init__()
-        self.grid = image_size // patch_size
-        scale = width**-0.5
-        self.patch_embed = nn.Conv2d(3, width, kernel_size=patch_size, stride=patch_size)
-        self.class_embedding = nn.Parameter(scale * torch.randn(1, 1, width))
-        self.positional_embedding = nn.Parameter(scale * torch.randn(1, self.grid**2 + 1, width))
-        self.latent_tokens = nn.Parameter(scale * torch.randn(1, num_latent_tokens, width))
-        self.latent_positional_embedding = nn.Parameter(scale * torch.randn(1, num_latent_tokens, width))
-        self.ln_pre = nn.LayerNorm(width)
-        self.transformer = Transformer(width, depth, heads)
-        self.ln_post = nn.LayerNorm(width)
-        self.proj = nn.Linear(width, token_size)
-
-    def forward(self, images: Tensor) -> Tensor:
-        b = images.shape[0]
-        x = self.patch_embed(images).flatten(2).transpose(1, 2)
-        x = torch.cat([self.class_embedding.expand(b, -1, -1), x], dim=1) + self.positional_embedding
-        latents = (self.latent_tokens + self.latent_positional_embedding).expand(b, -1, -1)
-        x = self.transformer(self.ln_pre(torch.cat([x, latents], dim=1)))
-        return self.proj(self.ln_post(x[:, -latents.shape[1]:]))
-
-
-class TiTokDecoder(nn.Module):
-    """ViT over [cls; mask tokens + pos] ⊕ [quantised latents + latent pos]; predicts patch pixels."""
-
-    def __init__(self, image_size: int, patch_size: int, width: int, depth: int, heads: int,
-                 num_latent_tokens: int, token_size: int) -> None:
-        super().__init__()
-        self.grid, self.patch_size = image_size // patch_size, patch_size
-        scale = width**-0.5
-        self.embed = nn.Linear(token_size, width)
-        self.class_embedding = nn.Parameter(scale * torch.randn(1, 1, width))
-        self.mask_token = nn.Parameter(scale * torch.randn(1, 1, width))
-        self.positional_embedding = nn.Parameter(scale * torch.randn(1, self.grid**2 + 1, width))
-        self.latent_positional_embedding = nn.Parameter(scale * torch.randn(1, num_latent_tokens, width))
-        self.ln_pre = nn.LayerNorm(width)
-        self.transformer = Transformer(width, depth, heads)
-        self.ln_post = nn.LayerNorm(width)
-        self.head = nn.Linear(width, patch_size * patch_size * 3)
-
-    def forward(self, tokens: Tensor) -> Tensor:
-        b = tokens.shape[0]
-        masks = self.mask_token.expand(b, self.grid**2, -1)
-        x = torch.cat([self.class_embedding.expand(b, -1, -1), masks], dim=1) + self.positional_embedding
-        x = torch.cat([x, self.embed(tokens) + self.latent_positional_embedding], dim=1)
-        x = self.ln_post(self.transformer(self.ln_pre(x)))
-        patches = self.head(x[:, 1 : 1 + self.grid**2])
-        return unpatchify(patches, self.patch_size, self.grid)
+from benchmark.vit import LatentViTEncoder, MaskTokenViTDecoder, vit_size
 
 
 @register_tokenizer("titok")
@@ -106,9 +37,9 @@ class TiTok(Tokenizer):
         width, depth, heads = vit_size(size)
         shape = dict(image_size=image_size, patch_size=patch_size, width=width, depth=depth, heads=heads,
                      num_latent_tokens=num_latent_tokens, token_size=token_size)
-        self.encoder = TiTokEncoder(**shape)
+        self.encoder = LatentViTEncoder(**shape)
         self.quantizer = VectorQuantizer(codebook_size, token_size, commitment, l2_norm)
-        self.decoder = TiTokDecoder(**shape)
+        self.decoder = MaskTokenViTDecoder(**shape)
         self.recon_weight, self.quantizer_weight = recon_weight, quantizer_weight
         self.encoder_init = encoder
         self.token_spec = TokenSpec("discrete", (num_latent_tokens,), vocab_size=codebook_size)
