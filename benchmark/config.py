@@ -22,12 +22,17 @@ import yaml
 from omegaconf import OmegaConf
 
 from benchmark.errors import ConfigError
-from benchmark.registry import DATASETS, TOKENIZERS, Registry
+from benchmark.registry import DATASETS, GENERATORS, TOKENIZERS, Registry
 
 
 @dataclass
 class TrainConfig:
-    """Tokenizer training (nanoGPT-style loop in benchmark/train.py)."""
+    """Training of a tokenizer or a generator (nanoGPT-style loop in benchmark/train.py).
+
+    ``ema_decay`` > 0 keeps an exponential moving average of the weights (with timm's warm-up
+    min(decay, (1 + step) / (10 + step))) and saves it as the trained model. ``disc_lr`` is the
+    discriminator's learning rate for adversarial tokenizers (default: ``lr``), on the same schedule.
+    """
 
     steps: int = 1000
     batch_size: int = 32
@@ -42,15 +47,50 @@ class TrainConfig:
     checkpoint_every: int = 200
     log_every: int = 10
     precision: str = "bf16"
+    ema_decay: float = 0.0
+    disc_lr: float | None = None
 
 
 @dataclass
 class EvalConfig:
-    """Tokenizer evaluation on the dataset's eval split."""
+    """Evaluation: tokenizers on the dataset's eval split (``metrics``), generators' samples
+    (``generation_metrics``). ``inception_weights``: the FID Inception file (default:
+    $TOK1D_INCEPTION_WEIGHTS or torch's hub cache); ``reference``: an ADM-style ``.npz`` of reference
+    statistics for gFID (default: the training split's statistics, computed once and cached)."""
 
     batch_size: int = 64
     num_images: int | None = None
     metrics: list[str] = field(default_factory=lambda: ["psnr", "ssim", "codebook_usage"])
+    generation_metrics: list[str] = field(default_factory=lambda: ["gfid", "inception_score"])
+    inception_weights: str | None = None
+    reference: str | None = None
+
+
+@dataclass
+class FinetuneConfig:
+    """A second training stage of a trained tokenizer (SelfBootTok Sec. 3.4: load the stage-1
+    checkpoint, freeze all but a larger local aligner, train that). ``tokenizer`` holds the tokenizer
+    options that change (e.g. ``{stage: 2, local2d_size: 400M}``), ``train`` the training options
+    that change; empty ``tokenizer``: no second stage. The tokens must not change (the stage checks):
+    generators trained on the stage-1 tokens are reused as they are."""
+
+    tokenizer: dict = field(default_factory=dict)
+    train: dict = field(default_factory=dict)
+
+
+@dataclass
+class SampleConfig:
+    """Generation for gFID: ``num_images`` samples with balanced class labels (image i has class
+    i mod C) from noise seeded by ``seed``; ``options`` are the generator's own sampler options
+    (keyword arguments of its ``sample``, e.g. MaskGIT's temperature, SiT's sampler / method /
+    guidance_interval)."""
+
+    num_images: int = 50000
+    batch_size: int = 125
+    cfg_scale: float = 1.0
+    steps: int | None = None
+    seed: int = 0
+    options: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -79,13 +119,16 @@ class LauncherConfig:
 
 
 SCHEMAS: dict[str, type] = {
-    "train": TrainConfig, "eval": EvalConfig, "runtime": RuntimeConfig, "launcher": LauncherConfig,
+    "train": TrainConfig, "eval": EvalConfig, "finetune": FinetuneConfig, "generator_train": TrainConfig,
+    "sample": SampleConfig, "runtime": RuntimeConfig, "launcher": LauncherConfig,
 }
-REGISTRY_SECTIONS: dict[str, Registry] = {"tokenizer": TOKENIZERS, "data": DATASETS}
-# Constructor arguments the harness supplies itself, never the user.
-HARNESS_ARGS = {"self", "split", "image_size"}
+REGISTRY_SECTIONS: dict[str, Registry] = {"tokenizer": TOKENIZERS, "data": DATASETS, "generator": GENERATORS}
+# Constructor arguments the harness supplies itself, never the user (per registry).
+HARNESS_ARGS: dict[str, set[str]] = {"dataset": {"split"}, "tokenizer": {"image_size"},
+                                     "generator": {"token_spec", "num_classes"}}
 TOP_LEVEL: dict[str, Any] = {"seed": int, "plugins": list[str]}
 CHOICES = {"train.schedule": ("constant", "cosine"), "train.precision": ("bf16", "fp32"),
+           "generator_train.schedule": ("constant", "cosine"), "generator_train.precision": ("bf16", "fp32"),
            "launcher.name": ("auto", "local", "slurm")}
 
 
@@ -95,6 +138,7 @@ def defaults() -> dict[str, Any]:
     out.update({name: dataclasses.asdict(schema()) for name, schema in SCHEMAS.items()})
     out["tokenizer"] = {"name": "titok"}
     out["data"] = {"name": "procedural"}
+    out["generator"] = {"name": "maskgit"}
     return out
 
 
@@ -215,7 +259,7 @@ def registry_params(registry: Registry, name: str) -> dict[str, Any]:
         hints = typing.get_type_hints(init)
         params = inspect.signature(init).parameters
         for p, param in params.items():
-            if p not in HARNESS_ARGS and param.kind not in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
+            if p != "self" and p not in HARNESS_ARGS.get(registry.kind, set()) and param.kind not in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
                 out.setdefault(p, hints.get(p, Any))
         if not any(p.kind == p.VAR_KEYWORD for p in params.values()):
             break
@@ -295,6 +339,10 @@ def validate(config: Mapping[str, Any], origin: Mapping[str, str]) -> None:
                 from benchmark.encoders import build_encoder
 
                 build_encoder(item, where=f"{where}: {dotted}")
+            if dotted in ("finetune.tokenizer", "finetune.train") and item:
+                _check_overrides(config, dotted, item, where)
+            if dotted == "sample.options" and item:
+                _check_sampler_options(config, item, where)
             if dotted in CHOICES and item not in CHOICES[dotted]:
                 raise ConfigError(f"{where}: {dotted} must be one of {', '.join(CHOICES[dotted])}, got {item!r}")
 
@@ -305,3 +353,24 @@ def resolve(config: dict[str, Any], where: str) -> dict[str, Any]:
         return OmegaConf.to_container(OmegaConf.create(config), resolve=True)  # type: ignore[return-value]
     except Exception as exc:
         raise ConfigError(f"{where}: cannot resolve an interpolation: {exc}") from exc
+
+
+def _check_overrides(config: Mapping[str, Any], dotted: str, overrides: Mapping[str, Any], where: str) -> None:
+    """``finetune.tokenizer`` / ``finetune.train`` may only change keys the target section has."""
+    target = dotted.split(".")[1]
+    schema = section_schema(config, target, {})
+    for key, value in overrides.items():
+        if key == "name" or key not in schema:
+            raise _unknown(f"{dotted}.{key}", [k for k in schema if k != "name"], where)
+        if not type_ok(value, schema[key]):
+            raise ConfigError(f"{where}: {dotted}.{key} must be {hint_name(schema[key])}, got {value!r}")
+
+
+def _check_sampler_options(config: Mapping[str, Any], options: Mapping[str, Any], where: str) -> None:
+    """``sample.options`` must be keyword-only arguments of the generator's ``sample``."""
+    name = config.get("generator", {}).get("name")
+    sample = GENERATORS.get(name, where=f"{where}: generator.name").obj.sample
+    params = {p: prm for p, prm in inspect.signature(sample).parameters.items() if prm.kind == prm.KEYWORD_ONLY}
+    for key in options:
+        if key not in params:
+            raise _unknown(f"sample.options.{key}", list(params), where)

@@ -28,7 +28,6 @@ from typing import Any
 import numpy as np
 import torch
 import torch_fidelity
-from PIL import Image
 from torch import Tensor
 from torch.utils.data import DataLoader, Subset
 from torch_fidelity.feature_extractor_inceptionv3 import URL_INCEPTION_V3, FeatureExtractorInceptionV3
@@ -506,3 +505,41 @@ class InceptionScore(Metric):
         n = sum(len(x) for x in self._logits)
         return protocol_record(self.extractor, metric="inception_score", num_samples=n, feature=LOGITS,
                                details=f"{self.splits} splits, shuffled with seed {IS_SHUFFLE_SEED}")
+
+
+GENERATION_METRICS = ("gfid", "inception_score")
+
+
+def generation_metrics(images: np.ndarray, cfg: Any, data_cfg: Mapping[str, Any], cache_dir: str | os.PathLike,
+                       device: torch.device | str = "cpu", num_workers: int = 0,
+                       batch_size: int = 64) -> tuple[dict[str, float], dict[str, Any]]:
+    """gFID and Inception Score of generated (N, H, W, 3) uint8 images, with their protocol records.
+
+    The reference is ``cfg.reference`` (an ADM-style .npz of ``mu`` / ``sigma``) or the statistics of
+    the dataset's whole training split (computed once, cached under ``cache_dir``). ``cfg`` is the
+    evaluation config (``generation_metrics``, ``inception_weights``, ``reference``).
+    """
+    unknown = [m for m in cfg.generation_metrics if m not in GENERATION_METRICS]
+    if unknown:
+        raise ConfigError(f"eval.generation_metrics: unknown {', '.join(unknown)}; "
+                          f"choose from {', '.join(GENERATION_METRICS)}")
+    extractor = load_inception(cfg.inception_weights, device=str(device))
+    features, logits = FeatureAccumulator(), []
+    for batch in array_images(images, batch_size, where="generated images"):
+        pool, logit = extractor(batch)
+        features.update(pool)
+        logits.append(logit.cpu())
+    n = features.n
+    results: dict[str, float] = {}
+    records = []
+    if "gfid" in cfg.generation_metrics:
+        reference = (load_stats_npz(cfg.reference, extractor) if cfg.reference else
+                     dataset_reference_stats(data_cfg, "train", extractor, cache_dir=cache_dir,
+                                             batch_size=batch_size, num_workers=num_workers))
+        results["gfid"] = stats_fid(features.stats("generated images"), reference)
+        records.append(protocol_record(extractor, metric="gfid", num_samples=n, reference=reference).as_dict())
+    if "inception_score" in cfg.generation_metrics:
+        results["is_mean"], results["is_std"] = inception_score(torch.cat(logits))
+        records.append(protocol_record(extractor, metric="inception_score", num_samples=n, feature=LOGITS,
+                                       details=f"{IS_SPLITS} splits, shuffled with seed {IS_SHUFFLE_SEED}").as_dict())
+    return results, {"metric_protocols": records}

@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -29,12 +30,16 @@ class EvalBatch:
     ``images`` and ``recons`` are (B, 3, H, W) in [0, 1]; ``tokens`` is what the tokenizer's
     ``encode`` returned: int64 ids (B, *token_spec.shape) for a discrete spec, floats
     (B, *token_spec.shape, dim) for a continuous one; ``labels`` are the (B,) class labels.
+    ``codes`` are the hard code ids per codebook of tokenizers that have ``code_ids`` (soft-VQ and
+    multi-codebook tokenizers), with each codebook's size in ``codebook_sizes``.
     """
 
     images: Tensor
     recons: Tensor
     tokens: Tensor
     labels: Tensor
+    codes: dict[str, Tensor] | None = None
+    codebook_sizes: dict[str, int] | None = None
 
 
 class Metric(ABC):
@@ -156,53 +161,76 @@ class SSIM(PerImageMean):
 
 @register_metric("codebook_usage")
 class CodebookUsage(Metric):
-    """Share of codebook entries used (percent) and code perplexity exp(H) over the evaluation set."""
+    """Share of codebook entries used (percent), code perplexity exp(H) and entropy H (nats) over the
+    evaluation set, per codebook.
+
+    A discrete tokenizer's ids are its one codebook; tokenizers with ``code_ids`` report every
+    codebook (``codebook_usage_<name>``, ...), and the plain ``codebook_usage`` is that of the first.
+    Usage counts per code are kept (:meth:`histogram`) for the codebook analyses.
+    """
 
     def __init__(self, token_spec: TokenSpec) -> None:
-        if token_spec.kind != "discrete":
-            raise ConfigError(
-                f"metric codebook_usage needs a discrete tokenizer (token_spec.kind={token_spec.kind})"
-            )
         super().__init__(token_spec)
-        self.vocab_size: int = token_spec.vocab_size
-        self._counts = torch.zeros(self.vocab_size, dtype=torch.int64)
+        self._counts: dict[str, Tensor] = {}
+
+    def _add(self, name: str, ids: Tensor, size: int) -> None:
+        ids = ids.detach().reshape(-1).to("cpu", torch.int64)
+        if ids.numel() and (ids.min() < 0 or ids.max() >= size):
+            raise ValueError(f"metric codebook_usage: {name} ids span [{ids.min().item()}, {ids.max().item()}], "
+                             f"outside [0, {size})")
+        counts = self._counts.setdefault(name, torch.zeros(size, dtype=torch.int64))
+        counts += torch.bincount(ids, minlength=size)
 
     @torch.no_grad()
     def update(self, batch: EvalBatch) -> None:
-        ids = batch.tokens.detach().reshape(-1).to("cpu", torch.int64)
-        if ids.numel() and (ids.min() < 0 or ids.max() >= self.vocab_size):
-            raise ValueError(
-                f"metric codebook_usage: token ids span [{ids.min().item()}, {ids.max().item()}], "
-                f"outside [0, {self.vocab_size})"
-            )
-        self._counts += torch.bincount(ids, minlength=self.vocab_size)
+        if batch.codes:
+            sizes = batch.codebook_sizes or {}
+            for name, ids in batch.codes.items():
+                if name not in sizes:
+                    raise ValueError(f"metric codebook_usage: no codebook size for '{name}'")
+                self._add(name, ids, sizes[name])
+        elif self.token_spec.kind == "discrete":
+            self._add("codes", batch.tokens, self.token_spec.vocab_size)
+        else:
+            raise ConfigError("metric codebook_usage needs discrete tokens or a tokenizer with code_ids "
+                              f"(token_spec.kind={self.token_spec.kind})")
 
-    def histogram(self) -> Tensor:
-        """How many times each code was used: int64, length ``vocab_size``."""
-        return self._counts.clone()
+    def histogram(self, name: str | None = None) -> Tensor:
+        """How many times each code of codebook ``name`` (default: the first) was used."""
+        return self._counts[name or next(iter(self._counts))].clone()
 
     def compute(self) -> dict[str, float]:
-        """usage = 100 * #{k : n_k > 0} / V; perplexity = exp(-sum_k p_k ln p_k), p_k = n_k / sum n."""
-        total = int(self._counts.sum())
-        if total == 0:
+        """usage = 100 * #{k : n_k > 0} / V; H = -sum_k p_k ln p_k, p_k = n_k / sum n; perplexity = exp(H)."""
+        if not self._counts:
             raise RuntimeError("metric codebook_usage: compute() called before any update()")
-        used = self._counts[self._counts > 0].to(torch.float64)
-        p = used / total
-        entropy = -(p * p.log()).sum().item()
-        return {
-            "codebook_usage": 100.0 * used.numel() / self.vocab_size,
-            "codebook_perplexity": math.exp(entropy),
-        }
+        out: dict[str, float] = {}
+        for i, (name, counts) in enumerate(self._counts.items()):
+            used = counts[counts > 0].to(torch.float64)
+            p = used / used.sum()
+            entropy = -(p * p.log()).sum().item()
+            values = {"codebook_usage": 100.0 * used.numel() / len(counts), "codebook_perplexity": math.exp(entropy),
+                      "code_entropy": entropy}
+            if i == 0:
+                out.update(values)
+            if len(self._counts) > 1 or name != "codes":
+                out.update({f"{k}_{name}": v for k, v in values.items()})
+        return out
 
 
-def build_metrics(names: list[str], token_spec: TokenSpec) -> list[Metric]:
-    """The metrics ``names`` (as in the study's ``eval.metrics``) for a tokenizer's token spec."""
+def build_metrics(names: list[str], token_spec: TokenSpec,
+                  options: dict[str, dict[str, Any]] | None = None) -> list[Metric]:
+    """The metrics ``names`` (as in the study's ``eval.metrics``) for a tokenizer's token spec;
+    ``options[name]`` are keyword arguments for the metrics that take them (e.g. Inception weights)."""
     repeated = sorted({n for n in names if names.count(n) > 1})
     if repeated:
         raise ConfigError(f"eval.metrics: {', '.join(repeated)} listed more than once")
-    return [METRICS.get(name, where="eval.metrics").obj(token_spec) for name in names]
+    options = options or {}
+    return [METRICS.get(name, where="eval.metrics").obj(token_spec, **options.get(name, {})) for name in names]
 
 
+def protocols(metrics: list[Metric]) -> list[dict[str, Any]]:
+    """The protocol records of the metrics that keep one (FID, IS)."""
+    return [m.protocol().as_dict() for m in metrics if hasattr(m, "protocol")]
 def compute_all(metrics: list[Metric]) -> dict[str, float]:
     """All metrics' results in one dict; two metrics reporting the same key is an error."""
     results: dict[str, float] = {}

@@ -50,8 +50,9 @@ def cell_results(store: RunStore, cell: Cell) -> CellResults:
             continue
         values.update({k: v for k, v in result.items() if not isinstance(v, dict)})
         values.update(result.get("metrics", {}))
+        values.update({f"{kind}.{k}": v for k, v in flat_config(result.get("cost", {})).items()})
         if "protocol" in result:
-            values["_protocol"] = result["protocol"]
+            values.setdefault("_protocols", {})[kind] = result["protocol"]
     return CellResults(cell, values, status)
 
 
@@ -75,14 +76,21 @@ def build_table(results: list[CellResults], table: dict[str, Any]) -> pd.DataFra
 
 
 def protocol_lines(results: list[CellResults]) -> list[str]:
+    """One line per cell and evaluation: what was measured, on what, and how (FID protocols in full)."""
     seen: list[str] = []
     for r in results:
-        protocol = r.values.get("_protocol")
-        if protocol:
-            data = ", ".join(f"{k}={v}" for k, v in protocol.get("data", {}).items())
-            line = (f"- {r.cell.label}: {protocol['num_images']} images of the {protocol['split']} split "
-                    f"({data}); metrics: {', '.join(protocol['metrics'])}")
-            seen.append(line)
+        for kind, protocol in r.values.get("_protocols", {}).items():
+            if kind == "evaluate_tokenizer":
+                data = ", ".join(f"{k}={v}" for k, v in protocol.get("data", {}).items())
+                seen.append(f"- {r.cell.label}: {protocol['num_images']} images of the {protocol['split']} split "
+                            f"({data}); metrics: {', '.join(protocol['metrics'])}")
+            elif kind == "evaluate_generator":
+                s = protocol.get("sampling", {})
+                seen.append(f"- {r.cell.label}: {s.get('num_images')} generated images, labels "
+                            f"{s.get('labels')}, seed {s.get('seed')}, cfg {s.get('cfg_scale')}, steps "
+                            f"{s.get('steps')}, sampler {s.get('sampler')}")
+            for metric in protocol.get("metric_protocols", []):
+                seen.append("  - " + "; ".join(f"{k}: {v}" for k, v in metric.items() if v not in (None, "")))
     return seen
 
 

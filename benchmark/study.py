@@ -173,9 +173,9 @@ def build_plan(path: str | Path, profile: str = "paper", overrides: list[str] | 
         cell = Cell(label, cell_overrides, config, {}, explicit=explicit)
         if only and not matches(only, cell):
             continue
-        for kind in closure(wanted):
+        for kind in closure(wanted, config):
             stage_cfg = STAGES[kind].select(config)
-            inputs = {need: cell.stages[need] for need in STAGES[kind].needs}
+            inputs = {need: cell.stages[need] for need in STAGES[kind].inputs(config)}
             h = stage_hash(kind, stage_cfg, inputs)
             stage = plan.stages.setdefault(h, Stage(kind, h, stage_cfg, inputs))
             stage.cells.append(label)
@@ -186,15 +186,15 @@ def build_plan(path: str | Path, profile: str = "paper", overrides: list[str] | 
     return plan
 
 
-def closure(kinds: list[str]) -> list[str]:
-    """The wanted stage kinds plus everything they need, in dependency order."""
+def closure(kinds: list[str], config: dict[str, Any]) -> list[str]:
+    """The wanted stage kinds plus everything they need for this cell's config, in dependency order."""
     out: set[str] = set()
     todo = list(kinds)
     while todo:
         kind = todo.pop()
         if kind not in out:
             out.add(kind)
-            todo.extend(STAGES[kind].needs)
+            todo.extend(STAGES[kind].inputs(config))
     return sorted(out, key=stage_order)
 
 

@@ -158,7 +158,7 @@ def test_codebook_uniform_over_four_codes():
     metric.update(codebook_batch(tokens[:1]))
     metric.update(codebook_batch(tokens[1:]))
     result = metric.compute()
-    assert result == pytest.approx({"codebook_usage": 25.0, "codebook_perplexity": 4.0})
+    assert result == pytest.approx({"codebook_usage": 25.0, "codebook_perplexity": 4.0, "code_entropy": math.log(4)})
     expected = torch.zeros(16, dtype=torch.int64)
     expected[codes] = 6
     histogram = metric.histogram()
@@ -171,7 +171,7 @@ def test_codebook_skewed_counts_on_a_grid():
     metric.update(codebook_batch(torch.tensor([[[3, 3], [3, 1]]])))  # p = (3/4, 1/4)
     entropy = -(0.75 * math.log(0.75) + 0.25 * math.log(0.25))
     assert metric.compute() == pytest.approx(
-        {"codebook_usage": 100 * 2 / 8, "codebook_perplexity": math.exp(entropy)}
+        {"codebook_usage": 100 * 2 / 8, "codebook_perplexity": math.exp(entropy), "code_entropy": entropy}
     )
     assert metric.histogram().tolist() == [0, 1, 0, 3, 0, 0, 0, 0]
 
@@ -182,11 +182,25 @@ def test_codebook_rejects_out_of_range_ids():
         metric.update(codebook_batch(torch.full((1, 8), 16)))
 
 
-def test_codebook_needs_discrete_spec():
+def test_codebook_needs_discrete_tokens_or_code_ids():
+    metric = CodebookUsage(CONTINUOUS)
+    floats = EvalBatch(images=torch.zeros(1, 3, 8, 8), recons=torch.zeros(1, 3, 8, 8),
+                       tokens=torch.zeros(1, 4, 2), labels=torch.zeros(1))
     with pytest.raises(ConfigError, match="kind=continuous"):
-        CodebookUsage(CONTINUOUS)
-    with pytest.raises(ConfigError, match="codebook_usage"):
-        build_metrics(["psnr", "codebook_usage"], CONTINUOUS)
+        metric.update(floats)
+
+
+def test_codebook_usage_per_codebook_from_code_ids():
+    metric = CodebookUsage(CONTINUOUS)
+    codes = {"global": torch.tensor([[0, 1, 2, 3]]), "local1d": torch.tensor([[5, 5, 5, 5]])}
+    batch = EvalBatch(images=torch.zeros(1, 3, 8, 8), recons=torch.zeros(1, 3, 8, 8), tokens=torch.zeros(1, 4, 2),
+                      labels=torch.zeros(1), codes=codes, codebook_sizes={"global": 8, "local1d": 16})
+    metric.update(batch)
+    out = metric.compute()
+    assert out["codebook_usage"] == out["codebook_usage_global"] == 50.0
+    assert out["codebook_perplexity_global"] == pytest.approx(4.0)
+    assert out["codebook_usage_local1d"] == 100 / 16 and out["code_entropy_local1d"] == 0.0
+    assert metric.histogram("local1d")[5] == 4
 
 
 def test_build_metrics_and_compute_all():
@@ -197,7 +211,7 @@ def test_build_metrics_and_compute_all():
     for m in metrics:
         m.update(batch(images, recons, tokens))
     results = compute_all(metrics)
-    assert set(results) == {"psnr", "ssim", "codebook_usage", "codebook_perplexity"}
+    assert set(results) == {"psnr", "ssim", "codebook_usage", "codebook_perplexity", "code_entropy"}
     assert results["codebook_usage"] == 100.0
     assert results["codebook_perplexity"] == pytest.approx(16.0)
 

@@ -1,0 +1,55 @@
+"""Compute accounting: parameters per component and GFLOPs per image, counted by
+``torch.utils.flop_counter`` on the real modules (matmuls / convs / SDPA, forward and backward)."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+
+def parameter_counts(model: nn.Module) -> dict[str, int]:
+    """Total and trainable parameters, and the total of each top-level child module."""
+    out = {"total": sum(p.numel() for p in model.parameters()),
+           "trainable": sum(p.numel() for p in model.parameters() if p.requires_grad)}
+    for name, child in model.named_children():
+        n = sum(p.numel() for p in child.parameters())
+        if n:
+            out[name] = n
+    return out
+
+
+def gflops(fn: Callable[[], Any]) -> float:
+    """GFLOPs of one call of ``fn`` (a multiply-add counts as two FLOPs)."""
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return counter.get_total_flops() / 1e9
+
+
+def tokenizer_cost(tokenizer: nn.Module, image_size: int, device: torch.device) -> dict[str, Any]:
+    """Parameters and GFLOPs per image of ``encode`` and ``decode``."""
+    images = torch.rand(1, 3, image_size, image_size, device=device)
+    with torch.no_grad():
+        tokens = tokenizer.encode(images)
+        return {"params": parameter_counts(tokenizer),
+                "encode_gflops": gflops(lambda: tokenizer.encode(images)),
+                "decode_gflops": gflops(lambda: tokenizer.decode(tokens))}
+
+
+def generator_cost(generator: nn.Module, tokens: torch.Tensor, labels: torch.Tensor,
+                   sample: Callable[[], Any] | None = None) -> dict[str, Any]:
+    """Parameters, GFLOPs per image of one training step (loss forward + backward) on ``tokens``
+    (a batch of one), and of one whole ``sample()`` call for one image when given."""
+
+    def train_step() -> None:
+        sum(generator.loss(tokens, labels).values()).backward()
+
+    out: dict[str, Any] = {"params": parameter_counts(generator), "train_step_gflops": gflops(train_step),
+                           "tokens": int(tokens.shape[1])}
+    generator.zero_grad(set_to_none=True)
+    if sample is not None:
+        with torch.no_grad():
+            out["sample_gflops"] = gflops(sample)
+    return out

@@ -1,0 +1,116 @@
+"""The latent cache: a frozen tokenizer's tokens for a whole training set, encoded once.
+
+    runs/cache_latents/<hash>/tokens.npy   (N, T) int64 ids, or (N, T, C) float32 normalised latents
+                              labels.npy   (N,) int64 class labels
+                              latents.json token spec, count, classes, per-token mean / std
+
+Both arrays are memory-mapped (``numpy.load(mmap_mode="r")``), so every generator run on the same
+tokenizer reads them without loading the set into memory. Only the ``TokenSpec.num_generated``
+leading tokens are kept (SelfBootTok's encoder already returns only its global tokens). Continuous
+latents are normalised per token position and channel: x' = (x - mean[t, c]) / std[t, c].
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+
+from benchmark.base import Tokenizer, TokenSpec
+from benchmark.store import write_json
+
+EPS = 1e-6
+
+
+@dataclass
+class LatentStats:
+    """Per-token normalisation of continuous latents, (T, C) each; identity for discrete ids."""
+
+    mean: Tensor | None
+    std: Tensor | None
+
+    def normalize(self, x: Tensor) -> Tensor:
+        return x if self.mean is None else (x - self.mean.to(x)) / self.std.to(x)
+
+    def denormalize(self, x: Tensor) -> Tensor:
+        return x if self.mean is None else x * self.std.to(x) + self.mean.to(x)
+
+
+def flat_tokens(tokens: Tensor, spec: TokenSpec) -> Tensor:
+    """Tokens in ``encode``'s layout -> the generated sequence: (B, T) ids or (B, T, C) vectors."""
+    b = tokens.shape[0]
+    flat = tokens.reshape(b, spec.num_tokens) if spec.kind == "discrete" else tokens.reshape(b, spec.num_tokens, -1)
+    return flat[:, : spec.num_generated]
+
+
+def unflat_tokens(seq: Tensor, spec: TokenSpec) -> Tensor:
+    """Inverse of :func:`flat_tokens` for fully generated sequences (num_generated == num_tokens)."""
+    if spec.num_generated != spec.num_tokens:
+        raise ValueError(f"{spec.num_generated} generated of {spec.num_tokens} tokens: the tokenizer must "
+                         f"predict the rest itself, so its encode must return only the generated ones")
+    b = seq.shape[0]
+    return seq.reshape(b, *spec.shape) if spec.kind == "discrete" else seq.reshape(b, *spec.shape, -1)
+
+
+@torch.no_grad()
+def write_cache(tokenizer: Tokenizer, dataset: Dataset, folder: Path, device: torch.device,
+                batch_size: int = 64, num_workers: int = 0) -> dict:
+    """Encode ``dataset`` once into ``folder`` (memory-mapped arrays written in place, then renamed)."""
+    spec = tokenizer.token_spec
+    n = len(dataset)  # type: ignore[arg-type]
+    shape = (n, spec.num_generated) if spec.kind == "discrete" else (n, spec.num_generated, spec.dim)
+    dtype = np.int64 if spec.kind == "discrete" else np.float32
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp_tokens, tmp_labels = folder / "tokens.tmp.npy", folder / "labels.tmp.npy"
+    tokens = np.lib.format.open_memmap(tmp_tokens, mode="w+", dtype=dtype, shape=shape)
+    labels = np.lib.format.open_memmap(tmp_labels, mode="w+", dtype=np.int64, shape=(n,))
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
+    i = 0
+    for images, y in loader:
+        seq = flat_tokens(tokenizer.encode(images.to(device)), spec).cpu()
+        tokens[i : i + len(seq)] = seq.numpy().astype(dtype)
+        labels[i : i + len(seq)] = y.numpy()
+        i += len(seq)
+    meta = {"token_spec": dataclasses.asdict(spec), "num_items": n,
+            "num_classes": int(getattr(dataset, "num_classes", int(labels.max()) + 1))}
+    if spec.kind == "continuous":
+        x = torch.from_numpy(np.asarray(tokens)).double()
+        mean, std = x.mean(0), x.std(0).clamp_min(EPS)
+        tokens[:] = ((x - mean) / std).float().numpy()
+        meta["mean"], meta["std"] = mean.float().tolist(), std.float().tolist()
+    tokens.flush()
+    labels.flush()
+    del tokens, labels
+    tmp_tokens.replace(folder / "tokens.npy")
+    tmp_labels.replace(folder / "labels.npy")
+    write_json(folder / "latents.json", meta)
+    return meta
+
+
+class LatentDataset(Dataset):
+    """(tokens, label) pairs read from a cache folder through memory maps."""
+
+    def __init__(self, folder: Path) -> None:
+        self.meta = json.loads((folder / "latents.json").read_text())
+        self.tokens = np.load(folder / "tokens.npy", mmap_mode="r")
+        self.labels = np.load(folder / "labels.npy", mmap_mode="r")
+        self.spec = TokenSpec(**{**self.meta["token_spec"], "shape": tuple(self.meta["token_spec"]["shape"])})
+        self.num_classes = int(self.meta["num_classes"])
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int) -> tuple[Tensor, Tensor]:
+        return torch.from_numpy(np.array(self.tokens[i])), torch.tensor(int(self.labels[i]))
+
+    def stats(self) -> LatentStats:
+        if "mean" not in self.meta:
+            return LatentStats(None, None)
+        return LatentStats(torch.tensor(self.meta["mean"]), torch.tensor(self.meta["std"]))
+

@@ -1,0 +1,120 @@
+"""LPIPS perceptual loss (Zhang et al. 2018) through the ``lpips`` package, for tokenizers and metrics.
+
+    d(x, y) = sum_l 1 / (H_l W_l) sum_{h,w} || w_l * (f^l_hw(x) - f^l_hw(y)) ||^2
+
+with f^l the unit-normalised (over channels) activations of layer l of a frozen ImageNet backbone
+(VGG-16, AlexNet or SqueezeNet 1.1) and w_l the calibrated linear heads. The heads are the weights
+shipped inside the ``lpips`` wheel; the backbone comes from torchvision's own pretrained file in the
+torch hub cache (never downloaded here), from a local torchvision state-dict file, or is random
+(``weights: random``, for smoke runs and tests).
+"""
+
+from __future__ import annotations
+
+import pickle
+import warnings
+from pathlib import Path
+
+import lpips
+import torch
+from torch import Tensor, nn
+from torchvision.models import get_weight
+
+from benchmark.encoders import WeightsError
+from benchmark.errors import ConfigError
+from benchmark.layers import Frozen
+
+# LPIPS network -> (torchvision builder, the torchvision weights lpips' trunks were built with)
+BACKBONES = {
+    "vgg": ("vgg16", "VGG16_Weights.IMAGENET1K_V1"),
+    "alex": ("alexnet", "AlexNet_Weights.IMAGENET1K_V1"),
+    "squeeze": ("squeezenet1_1", "SqueezeNet1_1_Weights.IMAGENET1K_V1"),
+}
+
+
+def hub_weights_path(net: str) -> Path:
+    """Where torchvision caches the backbone's ImageNet weights: ``torch.hub.get_dir()/checkpoints/<file>``."""
+    url = get_weight(BACKBONES[net][1]).url
+    return Path(torch.hub.get_dir()) / "checkpoints" / url.rsplit("/", 1)[-1]
+
+
+def _how_to_obtain(net: str, target: Path) -> str:
+    builder, enum = BACKBONES[net]
+    return (f"On a machine with network access run `python -c \"import torchvision; "
+            f"torchvision.models.{builder}(weights='{enum.split('.')[1]}')\"` (it downloads "
+            f"{get_weight(enum).url} into torch.hub.get_dir()/checkpoints/ on that machine) and copy the file "
+            f"to {target}, or set tokenizer.perceptual.weights: /path/to/{target.name} "
+            f"(a torchvision state dict), or weights: random for a random backbone")
+
+
+def backbone_state(net: str, weights: str | Path | None) -> dict[str, Tensor] | None:
+    """The torchvision state dict of the backbone (None for ``random``), loaded with weights_only=True."""
+    if weights == "random":
+        return None
+    if weights is None:
+        path = hub_weights_path(net)
+        if not path.is_file():
+            raise WeightsError(f"LPIPS {net} backbone weights not found: tokenizer.perceptual.weights is unset "
+                               f"and {path} is not in torch's hub cache; tok1d never downloads them",
+                               _how_to_obtain(net, path))
+    else:
+        path = Path(weights).expanduser()
+        if not path.is_file():
+            raise WeightsError(f"LPIPS {net} backbone: tokenizer.perceptual.weights {path} does not exist",
+                               _how_to_obtain(net, hub_weights_path(net)))
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, OSError, EOFError, ValueError, pickle.UnpicklingError) as exc:
+        first = (str(exc).strip().splitlines() or [""])[0][:300]
+        raise WeightsError(f"cannot load LPIPS {net} backbone weights {path}: {type(exc).__name__}: {first}",
+                           _how_to_obtain(net, path)) from None
+    if not isinstance(state, dict):
+        raise WeightsError(f"LPIPS {net} backbone weights {path} hold a {type(state).__name__}, "
+                           f"not a torchvision state dict", _how_to_obtain(net, path))
+    return state
+
+
+def load_backbone(trunk: nn.Module, state: dict[str, Tensor], source: str) -> None:
+    """Copy torchvision ``features.<i>.*`` tensors into lpips' trunk, whose slices keep the same indices
+    (``slice<k>.<i>.*``, see lpips/pretrained_networks.py); torchvision's classifier is not used."""
+    wanted = {name: "features." + name.split(".", 1)[1] for name in trunk.state_dict()}
+    missing = [src for src in wanted.values() if src not in state]
+    if missing:
+        raise WeightsError(f"{source} is not a torchvision state dict of this LPIPS backbone: it lacks "
+                           f"{', '.join(missing[:4])}{' ...' if len(missing) > 4 else ''}")
+    try:
+        trunk.load_state_dict({name: state[src] for name, src in wanted.items()})
+    except RuntimeError as exc:
+        raise WeightsError(f"{source} does not fit the LPIPS backbone: {str(exc).splitlines()[-1].strip()}") from None
+
+
+class PerceptualLoss(nn.Module):
+    """Mean LPIPS distance between images in [0, 1]; differentiable w.r.t. both.
+
+    The LPIPS network is held in :class:`benchmark.layers.Frozen`: the tokenizer that owns this loss
+    gets no parameters and no state-dict entries from it, and it always runs in eval mode.
+    """
+
+    def __init__(self, *, net: str = "vgg", weights: str | None = None) -> None:
+        super().__init__()
+        if net not in BACKBONES:
+            raise ConfigError(f"tokenizer.perceptual.net: unknown LPIPS network '{net}'; "
+                              f"choose from {', '.join(BACKBONES)}")
+        state = backbone_state(net, weights)
+        with warnings.catch_warnings():  # lpips builds its random trunk with torchvision's legacy `pretrained=`
+            warnings.filterwarnings("ignore", category=UserWarning, module="torchvision")
+            model = lpips.LPIPS(pretrained=True, net=net, pnet_rand=True, verbose=False)
+        if state is not None:
+            load_backbone(model.net, state, str(weights or hub_weights_path(net)))
+        self.net_name = net
+        self.lpips = Frozen(model)
+
+    def distance(self, x: Tensor, y: Tensor) -> Tensor:
+        """Per-image LPIPS distance (B,) between images x, y in [0, 1] of shape (B, 3, H, W), in float32
+        or wider (also under autocast)."""
+        d = self.lpips(x, y, normalize=True).flatten()
+        return d.to(torch.promote_types(d.dtype, torch.float32))
+
+    def forward(self, x: Tensor, y: Tensor) -> Tensor:
+        """The mean LPIPS distance over the batch (a scalar)."""
+        return self.distance(x, y).mean()
