@@ -24,9 +24,10 @@ SIZES: dict[str, tuple[int, int, int]] = {
 }
 
 
-def vit_size(size: str) -> tuple[int, int, int]:
+def vit_size(size: str, key: str = "tokenizer.size") -> tuple[int, int, int]:
+    """(width, depth, heads) of a size preset; an unknown size is a ConfigError naming ``key``."""
     if size not in SIZES:
-        raise ConfigError(f"tokenizer.size: unknown size '{size}'; choose from {', '.join(SIZES)}")
+        raise ConfigError(f"{key}: unknown size '{size}'; choose from {', '.join(SIZES)}")
     return SIZES[size]
 
 
