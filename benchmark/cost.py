@@ -38,10 +38,9 @@ def tokenizer_cost(tokenizer: nn.Module, image_size: int, device: torch.device) 
                 "decode_gflops": gflops(lambda: tokenizer.decode(tokens))}
 
 
-def generator_cost(generator: nn.Module, tokens: torch.Tensor, labels: torch.Tensor,
-                   sample: Callable[[], Any] | None = None) -> dict[str, Any]:
-    """Parameters, GFLOPs per image of one training step (loss forward + backward) on ``tokens``
-    (a batch of one), and of one whole ``sample()`` call for one image when given."""
+def generator_cost(generator: nn.Module, tokens: torch.Tensor, labels: torch.Tensor) -> dict[str, Any]:
+    """Parameters and GFLOPs per image of one training step (loss forward + backward) on ``tokens``
+    (a batch of one)."""
 
     def train_step() -> None:
         sum(generator.loss(tokens, labels).values()).backward()
@@ -49,7 +48,4 @@ def generator_cost(generator: nn.Module, tokens: torch.Tensor, labels: torch.Ten
     out: dict[str, Any] = {"params": parameter_counts(generator), "train_step_gflops": gflops(train_step),
                            "tokens": int(tokens.shape[1])}
     generator.zero_grad(set_to_none=True)
-    if sample is not None:
-        with torch.no_grad():
-            out["sample_gflops"] = gflops(sample)
     return out

@@ -349,7 +349,7 @@ def balanced_labels(n: int, num_classes: int) -> Tensor:
 def sample(ctx: StageContext) -> dict[str, Any]:
     """``sample.num_images`` generated images (uint8, memory-mapped ``images.npy``) and their labels,
     decoded through the cell's final tokenizer."""
-    from benchmark.cost import generator_cost
+    from benchmark.cost import gflops
     from benchmark.latents import LatentDataset, unflat_tokens
 
     cfg = SampleConfig(**ctx.config["sample"])
@@ -379,20 +379,14 @@ def sample(ctx: StageContext) -> dict[str, Any]:
 
     save_image_grid(first, ctx.dir / "samples.png", nrow=8)
     one = labels[:1].to(ctx.device)
-    cost = generator_cost(generator, *_cost_inputs(latents, ctx.device),
-                          sample=lambda: generator.sample(one, cfg_scale=cfg.cfg_scale, steps=cfg.steps,
-                                                          generator=torch.Generator(device=ctx.device).manual_seed(0),
-                                                          **cfg.options))
+    sample_gflops = gflops(lambda: generator.sample(one, cfg_scale=cfg.cfg_scale, steps=cfg.steps,
+                                                    generator=torch.Generator(device=ctx.device).manual_seed(0),
+                                                    **cfg.options))
     return {"num_images": cfg.num_images, "sample_seconds": seconds, "images_per_second": cfg.num_images / seconds,
-            "cost": {"sample_gflops": cost["sample_gflops"]},
+            "cost": {"sample_gflops": sample_gflops},
             "protocol": {"num_images": cfg.num_images, "labels": "balanced (i mod C)", "seed": cfg.seed,
                          "cfg_scale": cfg.cfg_scale, "steps": cfg.steps, "sampler": cfg.options,
                          "generator": read_json(ctx.input_dir("train_generator") / "stage.json")["config"]["generator"]}}
-
-
-def _cost_inputs(latents: Any, device: torch.device) -> tuple[Tensor, Tensor]:
-    tokens, label = latents[0]
-    return tokens[None].to(device), label[None].to(device)
 
 
 @torch.no_grad()

@@ -152,8 +152,9 @@ def fit(model: nn.Module, step_fn: StepFn, dataset: Dataset, cfg: TrainConfig, s
     disc_optimizer = (make_optimizer(list(adversary.named_parameters()), cfg, device, cfg.disc_lr)
                       if adversary is not None else None)
     ema = EMA(params, cfg.ema_decay) if cfg.ema_decay > 0 else None
+    run_dir.mkdir(parents=True, exist_ok=True)
     ckpt_path, log_path = run_dir / "ckpt" / "last.pt", run_dir / "losses.csv"
-    step = 0
+    step, rng = 0, None
     if ckpt_path.is_file():
         state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
         model.load_state_dict(state["model"])
@@ -162,7 +163,7 @@ def fit(model: nn.Module, step_fn: StepFn, dataset: Dataset, cfg: TrainConfig, s
             disc_optimizer.load_state_dict(state["disc_optimizer"])
         if ema is not None:
             ema.load_state_dict(state["ema"])
-        torch.set_rng_state(state["rng"])
+        rng = state["rng"]
         step = int(state["step"])
         _trim_log(log_path, step)
         log.info("resumed from %s at step %d", ckpt_path, step)
@@ -174,6 +175,9 @@ def fit(model: nn.Module, step_fn: StepFn, dataset: Dataset, cfg: TrainConfig, s
                         pin_memory=device.type == "cuda", persistent_workers=num_workers > 0)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16,
                               enabled=device.type == "cuda" and cfg.precision == "bf16")
+    batches = iter(loader)  # draws the loader's base seed from the global RNG, as a fresh run does
+    if rng is not None:
+        torch.set_rng_state(rng)
     trained = [p for _, p in params if p.requires_grad]
 
     def save_checkpoint() -> None:
@@ -192,7 +196,7 @@ def fit(model: nn.Module, step_fn: StepFn, dataset: Dataset, cfg: TrainConfig, s
     bar = tqdm(total=cfg.steps, initial=step, desc="train", leave=False, dynamic_ncols=True)
     with log_path.open("a", newline="") as fh:
         writer = None
-        for batch in loader:
+        for batch in batches:
             lr = learning_rate(cfg, step)
             for opt, base in ((optimizer, cfg.lr), (disc_optimizer, cfg.disc_lr or cfg.lr)):
                 for group in opt.param_groups if opt is not None else ():
