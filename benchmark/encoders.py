@@ -28,7 +28,7 @@ from __future__ import annotations
 import json
 import math
 from abc import ABC, abstractmethod
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, ClassVar, Mapping
 
@@ -336,8 +336,9 @@ class PretrainedEncoder(ABC):
     ``model_id`` replaces the size's id by another of the same library. ``strict`` refuses a width,
     depth or head-count mismatch with the target; otherwise what fits is copied and the rest reported.
     ``stand_in`` builds the library's architecture with random weights, shrunk by these constructor
-    overrides (timm ``create_model`` kwargs or a transformers config's fields), instead of loading
-    weights: the smoke-scale alignment teacher, through the same feature-extraction path.
+    overrides (timm ``create_model`` kwargs, open_clip ``vision_cfg`` fields, a transformers config's
+    fields; Depth-Anything: its DINOv2 backbone config's), instead of loading weights: the smoke-scale
+    alignment teacher or initialisation, through the same mapping and feature-extraction path.
     """
 
     library: ClassVar[str]
@@ -372,26 +373,39 @@ class PretrainedEncoder(ABC):
     def model(self) -> nn.Module:
         """The pretrained vision trunk, loaded once, in eval mode with gradients off."""
         if self._model is None:
-            if self.weights is not None and not Path(self.weights).expanduser().exists():
-                raise WeightsError(f"{self.describe()}: tokenizer.encoder.weights {self.weights} does not exist")
-            try:
-                model = self._load() if self.stand_in is None else self._stand_in(dict(self.stand_in))
-            except Tok1dError:
-                raise
-            except (OSError, RuntimeError, ValueError, _hub_error()) as exc:
-                first = (str(exc).strip().splitlines() or [""])[0][:300].rstrip(". ")
-                raise WeightsError(f"cannot load the weights of {self.describe()}: {type(exc).__name__}: {first}",
-                                   FETCH_HINT) from None
+            model = self._build_stand_in() if self.stand_in is not None else self._load_weights()
             self._model = model.eval().requires_grad_(False)
         return self._model
+
+    def _load_weights(self) -> nn.Module:
+        if self.weights is not None and not Path(self.weights).expanduser().exists():
+            raise WeightsError(f"{self.describe()}: tokenizer.encoder.weights {self.weights} does not exist")
+        try:
+            return self._load()
+        except Tok1dError:
+            raise
+        except (OSError, RuntimeError, ValueError, _hub_error()) as exc:
+            raise WeightsError(f"cannot load the weights of {self.describe()}: "
+                               f"{type(exc).__name__}: {_first_line(exc)}", FETCH_HINT) from None
+
+    def _build_stand_in(self) -> nn.Module:
+        from huggingface_hub.errors import StrictDataclassError
+
+        try:
+            return self._stand_in(dict(self.stand_in))
+        except Tok1dError:
+            raise
+        except (TypeError, ValueError, StrictDataclassError) as exc:
+            raise ConfigError(f"tokenizer.encoder.stand_in: cannot build {self.describe()}: "
+                              f"{type(exc).__name__}: {_first_line(exc)}") from None
 
     @abstractmethod
     def _load(self) -> nn.Module:
         """Build the library model from the hub / cache or the local weights."""
 
+    @abstractmethod
     def _stand_in(self, overrides: dict) -> nn.Module:
-        raise ConfigError(f"tokenizer.encoder.stand_in: {self.library} encoders have no random-weight "
-                          f"stand-in; use a timm or transformers entry")
+        """Build the library's architecture for ``model_id`` with random weights, shrunk by ``overrides``."""
 
     @abstractmethod
     def source(self) -> SourceViT:
@@ -434,6 +448,10 @@ class PretrainedEncoder(ABC):
     @abstractmethod
     def source_depth(self) -> int:
         """Number of transformer blocks of the loaded trunk."""
+
+
+def _first_line(exc: Exception) -> str:
+    return (str(exc).strip().splitlines() or [""])[0][:300].rstrip(". ")
 
 
 def _hub_error() -> type[Exception]:
@@ -495,6 +513,9 @@ class TimmEncoder(PretrainedEncoder):
                                                   intermediates_only=True)[0]
 
 
+TINY_TEXT_TOWER = {"context_length": 8, "vocab_size": 64, "width": 32, "heads": 2, "layers": 1}
+
+
 class OpenClipEncoder(PretrainedEncoder):
     """An encoder held by open_clip (its image tower; local: checkpoint file or ``local-dir`` folder)."""
 
@@ -511,6 +532,27 @@ class OpenClipEncoder(PretrainedEncoder):
         pretrained = str(path) if path is not None else self.variant.tag
         return open_clip.create_model(self.model_id, pretrained=pretrained, force_quick_gelu=self.quick_gelu,
                                       require_pretrained=True).visual
+
+    def _stand_in(self, overrides: dict) -> nn.Module:
+        """The image tower of ``model_id``'s open_clip config with ``overrides`` applied to its ``vision_cfg``.
+
+        The text tower, built with the CLIP model but never used here, is shrunk to
+        :data:`TINY_TEXT_TOWER` so that the build stays fast.
+        """
+        import open_clip
+
+        cfg = open_clip.get_model_config(self.model_id)
+        if cfg is None:
+            raise ConfigError(f"tokenizer.encoder.model_id: open_clip has no model config '{self.model_id}' "
+                              f"to build a stand-in from; choose one of open_clip.list_models()")
+        known = [f.name for f in fields(open_clip.CLIPVisionCfg)]
+        for key in overrides:
+            if key not in known:
+                raise ConfigError(f"tokenizer.encoder.stand_in.{key}: not a field of open_clip's vision_cfg; "
+                                  f"fields: {', '.join(known)}")
+        return open_clip.create_model(self.model_id, pretrained=None, force_quick_gelu=self.quick_gelu,
+                                      vision_cfg={**cfg["vision_cfg"], **overrides},
+                                      text_cfg=dict(TINY_TEXT_TOWER)).visual
 
     def source(self) -> SourceViT:
         v = self.model()
@@ -554,14 +596,17 @@ class TransformersEncoder(PretrainedEncoder):
             str(Path(self.weights).expanduser()) if self.weights else self.model_id)
         return getattr(model, self.trunk) if self.trunk else model
 
+    def stand_in_config(self, overrides: dict) -> Any:
+        """The transformers config of the random-weight stand-in: the model class's config with ``overrides``."""
+        import transformers
+
+        return getattr(transformers, self.model_class).config_class(**overrides)
+
     def _stand_in(self, overrides: dict) -> nn.Module:
         import transformers
 
-        if self.trunk:
-            raise ConfigError(f"tokenizer.encoder.stand_in: {self.registry_name} has no stand-in "
-                              f"(its trunk sits inside {self.model_class})")
-        cls = getattr(transformers, self.model_class)
-        return cls(cls.config_class(**overrides))
+        model = getattr(transformers, self.model_class)(self.stand_in_config(overrides))
+        return getattr(model, self.trunk) if self.trunk else model
 
     def _layers(self) -> nn.ModuleList:
         m = self.model()
@@ -682,6 +727,31 @@ class DepthAnythingV2(TransformersEncoder):
     variants = {"S": Variant("depth-anything/Depth-Anything-V2-Small-hf", 14, 384, 12, 6, 518),
                 "B": Variant("depth-anything/Depth-Anything-V2-Base-hf", 14, 768, 12, 12, 518),
                 "L": Variant("depth-anything/Depth-Anything-V2-Large-hf", 14, 1024, 24, 16, 518)}
+    reassemble_factors: ClassVar[tuple[float, ...]] = (4, 2, 1, 0.5)  # DPT's, one per fused feature map
+
+    def stand_in_config(self, overrides: dict) -> Any:
+        """A Depth-Anything config around a ``Dinov2Config(**overrides)`` backbone, its neck sized to fit.
+
+        The backbone hands the neck one token map per output stage (default: the last block of each of
+        min(4, depth) equal chunks, [3, 6, 9, 12] for 12 blocks as in ViT-S/B); the neck needs as many
+        reassemble factors (DPT's coarsest ones) and widths (the backbone's width halved per finer map,
+        ViT-S/B's 48, 96, 192, 384), a reassemble input width equal to the backbone's and its patch size.
+        """
+        import transformers
+
+        backbone = transformers.Dinov2Config(**{"reshape_hidden_states": False, **overrides})
+        if "out_indices" not in overrides and "out_features" not in overrides:
+            depth = backbone.num_hidden_layers
+            maps = min(len(self.reassemble_factors), depth)
+            backbone.out_indices = [depth * (i + 1) // maps for i in range(maps)]
+        maps, width = len(backbone.out_indices), backbone.hidden_size
+        if maps > len(self.reassemble_factors):
+            raise ConfigError(f"tokenizer.encoder.stand_in.out_indices: Depth-Anything's neck fuses at most "
+                              f"{len(self.reassemble_factors)} feature maps, got {backbone.out_indices}")
+        return transformers.DepthAnythingConfig(
+            backbone_config=backbone, patch_size=backbone.patch_size, reassemble_hidden_size=width,
+            reassemble_factors=list(self.reassemble_factors[-maps:]),
+            neck_hidden_sizes=[max(1, width >> (maps - 1 - i)) for i in range(maps)])
 
 
 @register_encoder("ijepa")

@@ -140,7 +140,8 @@ def _package_for(folder: Path) -> str:
 def _import_plugin(path: Path) -> types.ModuleType:
     package = _package_for(path.parent)
     name = f"{package}.{path.stem}"
-    if name in sys.modules:
+    if name in sys.modules:  # imported already, maybe relatively by another plugin (``from .softvq import``)
+        _pickle_by_value(sys.modules[name])
         return sys.modules[name]
     spec = importlib.util.spec_from_file_location(name, path)
     assert spec is not None and spec.loader is not None

@@ -51,6 +51,7 @@ def cell_results(store: RunStore, cell: Cell) -> CellResults:
         values.update({k: v for k, v in result.items() if not isinstance(v, dict)})
         values.update(result.get("metrics", {}))
         values.update({f"{kind}.{k}": v for k, v in flat_config(result.get("cost", {})).items()})
+        values.update({f"{kind}.final_loss_{k}": v for k, v in result.get("final_losses", {}).items()})
         if "protocol" in result:
             values.setdefault("_protocols", {})[kind] = result["protocol"]
     return CellResults(cell, values, status)
@@ -104,7 +105,10 @@ def draw_figure(plan: Plan, results: list[CellResults], fig: dict[str, Any], pat
     points = []
     for r in results:
         if (fig["x"] in r.cell.overrides and not r.cell.explicit) or fig.get("all_cells"):
-            points.append((flat_config(r.cell.config).get(fig["x"]), r.values))
+            # ``x_value``: plot against a measured value (e.g. a parameter count) instead of the axis
+            x = r.values.get(fig["x_value"]) if fig.get("x_value") else flat_config(r.cell.config).get(fig["x"])
+            if x is not None:
+                points.append((x, r.values))
     figure, axes = plt.subplots(1, len(ys), figsize=(4.2 * len(ys), 3.4), squeeze=False)
     for ax, y in zip(axes[0], ys):
         pts = sorted((x, v[y]) for x, v in points if v.get(y) is not None)

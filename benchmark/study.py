@@ -5,7 +5,7 @@ A study YAML holds::
     title: ...                 # shown above the tables
     source: ...                # which table / figure of which seed it reproduces
     config: {...}              # the base config (paper scale)
-    profiles: {smoke: {...}}   # optional per-profile adjustments for this study
+    profiles: {smoke: {..., cells: {<label>: {...}}}}  # per-profile adjustments (and per cell)
     axes:
       grid: {tokenizer.num_latent_tokens: [16, 32, 64, 128]}   # cartesian product
       zip: {a.b: [...], c.d: [...]}                             # advance together (one axis)
@@ -138,10 +138,20 @@ def profile_layers(spec: Mapping[str, Any], path: Path, profile: str) -> list[La
         known = sorted(p.stem for p in PROFILE_DIR.glob("*.yaml"))
         raise ConfigError(f"--profile {profile}: no file {profile_file}; known profiles: {', '.join(known)}")
     layers = [Layer(str(profile_file), nest(load_yaml(profile_file), str(profile_file)))]
-    extra = (spec.get("profiles") or {}).get(profile)
+    extra = {k: v for k, v in ((spec.get("profiles") or {}).get(profile) or {}).items() if k != "cells"}
     if extra:
         layers.append(Layer(f"{path}: profiles.{profile}", nest(extra, f"{path}: profiles.{profile}")))
     return layers
+
+
+def profile_cell_layer(spec: Mapping[str, Any], path: Path, profile: str, label: str) -> Layer | None:
+    """``profiles.<profile>.cells.<label>``: one cell's settings under a profile, applied after the
+    cell's own (e.g. the smoke-scale stand-in for the pretrained encoder a paper-scale cell names)."""
+    cells = ((spec.get("profiles") or {}).get(profile) or {}).get("cells") or {}
+    if label not in cells:
+        return None
+    source = f"{path}: profiles.{profile}.cells.{label}"
+    return Layer(source, nest(cells[label], source))
 
 
 def build_plan(path: str | Path, profile: str = "paper", overrides: list[str] | None = None,
@@ -156,7 +166,9 @@ def build_plan(path: str | Path, profile: str = "paper", overrides: list[str] | 
     load_plugins(plugins[-1] if plugins else [])
     merged_base = merge_layers(base)
 
-    cell_specs = [(None, o) for o in expand_axes(spec.get("axes") or {}, str(path))]
+    # Axis cells; a study with explicit cells but no axes has no extra "base" cell.
+    axis_cells = expand_axes(spec.get("axes") or {}, str(path)) if spec.get("axes") or not spec.get("cells") else []
+    cell_specs = [(None, o) for o in axis_cells]
     for i, extra in enumerate(spec.get("cells") or []):
         if not isinstance(extra, Mapping) or "label" not in extra or set(extra) - {"label", "set"}:
             raise ConfigError(f"{path}: cells[{i}] must be a mapping with 'label' and 'set'")
@@ -166,10 +178,15 @@ def build_plan(path: str | Path, profile: str = "paper", overrides: list[str] | 
     plan = Plan(path.stem, path, profile, spec, [], {})
     for label, cell_overrides in cell_specs:
         source = f"{path}: cell {label or cell_overrides}"
-        merged, _ = merge_layers([Layer(source, nest(cell_overrides, source)), cli], start=merged_base)
+        cell_layer = Layer(source, nest(cell_overrides, source))
+        merged, _ = merge_layers([cell_layer, cli], start=merged_base)
         config = resolve(merged, source)
         explicit = label is not None
         label = label or cell_label(spec.get("label"), cell_overrides, config)
+        extra = profile_cell_layer(spec, path, profile, label)
+        if extra is not None:
+            merged, _ = merge_layers([cell_layer, extra, cli], start=merged_base)
+            config = resolve(merged, source)
         cell = Cell(label, cell_overrides, config, {}, explicit=explicit)
         if only and not matches(only, cell):
             continue

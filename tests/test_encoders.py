@@ -277,3 +277,90 @@ def test_fetch_weights_lists_distinct_encoders_and_reports_offline_failures(monk
     out = capsys.readouterr().out
     assert "could not fetch: cannot load the weights of dinov2 ViT-S (timm vit_small_patch14_dinov2.lvd142m)" in out
     assert "local weights" in out and "2 of 3 encoder weights available; 1 could not be fetched" in out
+
+
+# ---------------------------------------------------------------------------------------------
+# Random-weight stand-ins: every library's architecture, shrunk, through the same mapping and features
+
+
+def stand_in(name: str, width: int, heads: int) -> dict:
+    """Overrides for a 2-block, patch-4, 32 px stand-in of this entry, in its library's own names."""
+    library = ENCODERS.get(name).obj.library
+    if library == "timm":
+        return {"img_size": 32, "patch_size": 4, "embed_dim": width, "depth": DEPTH, "num_heads": heads}
+    if library == "open_clip":
+        return {"image_size": 32, "patch_size": 4, "width": width, "layers": DEPTH, "head_width": width // heads}
+    return {"image_size": 32, "patch_size": 4, "hidden_size": width, "num_hidden_layers": DEPTH,
+            "num_attention_heads": heads, "intermediate_size": 4 * width}
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_stand_in_teacher_features(name):
+    spec = {"init": name, "stand_in": stand_in(name, 48, 2)}
+    final, first = build_encoder(spec), build_encoder({**spec, "layer": 1})
+    for entry in (final, first):  # the same random stand-in, read after its last block or its first
+        torch.manual_seed(0)
+        entry.model()
+    assert "random-weight stand-in" in final.describe() and final.resolution() == 32
+    images = torch.rand(2, 3, 32, 32, requires_grad=True)
+    feats, early = final.teacher_features(images), first.teacher_features(images)
+    assert feats.shape == early.shape == (2, 8 * 8, 48)  # (B, (32 / 4)^2, stand-in width)
+    assert torch.isfinite(feats).all() and feats.grad_fn is None
+    assert not torch.allclose(feats, early) and not torch.allclose(feats[0], feats[1])
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_stand_in_initialises_a_tiny_titok_encoder(name):
+    encoder = titok_encoder(patch_size=4)
+    spec = {"init": name, "stand_in": stand_in(name, WIDTH, HEADS)}
+    torch.manual_seed(0)
+    report = initialize_encoder(encoder, spec)
+    torch.manual_seed(0)
+    src = build_encoder(spec).source()  # the same random stand-in, mapped
+    statuses = {r.target: r.status for r in report.rows if r.target}
+    assert set(statuses) == {n for n, _ in encoder.named_parameters()}
+    blocks = [n for n in statuses if n.startswith("transformer.")]
+    assert len(blocks) == DEPTH * 12 and all(statuses[n] in ("copied", "adapted") for n in blocks)
+    assert report.names("copied") and statuses["patch_embed.weight"] == "copied"  # patch 4 -> 4
+    assert statuses["positional_embedding"] in ("copied", "adapted")  # 8x8 -> 8x8; class row per source
+    params = dict(encoder.named_parameters())
+    for n in blocks + ["patch_embed.weight"]:
+        assert torch.equal(params[n], src.params[n]), n
+    assert report.accounted_sources() >= {s for n in blocks for s in src.sources[n]}
+    assert report.activation == src.activation and report.norm_eps == src.eps
+
+
+def test_stand_in_clip_keeps_quick_gelu():
+    entry = build_encoder({"init": "clip", "stand_in": stand_in("clip", WIDTH, HEADS)})
+    assert type(entry.model().transformer.resblocks[0].mlp.gelu).__name__ == "QuickGELU"
+    assert entry.source().activation == "quick_gelu" and entry.source().heads == HEADS
+
+
+def test_stand_in_depth_anything_is_a_consistent_model_whose_backbone_is_the_teacher():
+    entry = build_encoder({"init": "depth_anything_v2", "stand_in": stand_in("depth_anything_v2", WIDTH, HEADS)})
+    config = entry.stand_in_config(stand_in("depth_anything_v2", WIDTH, HEADS))
+    assert config.backbone_config.out_indices == [1, 2] and config.neck_hidden_sizes == [WIDTH // 2, WIDTH]
+    torch.manual_seed(0)
+    model = transformers.DepthAnythingForDepthEstimation(config).eval()
+    images = torch.rand(2, 3, 32, 32)
+    mean, std = torch.tensor(entry.mean).view(1, 3, 1, 1), torch.tensor(entry.std).view(1, 3, 1, 1)
+    with torch.no_grad():
+        assert model(pixel_values=images).predicted_depth.shape == (2, 32, 32)  # neck and head fit the trunk
+        last = entry.model()(pixel_values=(images - mean) / std).feature_maps[-1]  # after the final norm
+    assert type(entry.model()).__name__ == "Dinov2Backbone"
+    torch.testing.assert_close(entry.teacher_features(images), last[:, 1:])
+    deep = entry.stand_in_config({"num_hidden_layers": 12, "hidden_size": 32, "num_attention_heads": 2})
+    assert deep.backbone_config.out_indices == [3, 6, 9, 12] and deep.neck_hidden_sizes == [4, 8, 16, 32]
+    assert deep.reassemble_factors == [4, 2, 1, 0.5] and deep.reassemble_hidden_size == 32
+
+
+def test_bad_stand_in_names_the_key():
+    with pytest.raises(ConfigError, match=r"tokenizer.encoder.stand_in.depth: not a field of open_clip's vision_cfg"):
+        build_encoder({"init": "clip", "stand_in": {"depth": 2}}).model()
+    with pytest.raises(ConfigError, match="tokenizer.encoder.model_id: open_clip has no model config"):
+        build_encoder({"init": "clip", "model_id": "tok1d-no-such-clip", "stand_in": {}}).model()
+    with pytest.raises(ConfigError, match="stand_in.out_indices: Depth-Anything's neck fuses at most 4"):
+        build_encoder({"init": "depth_anything_v2",
+                       "stand_in": {"num_hidden_layers": 5, "out_indices": [1, 2, 3, 4, 5]}}).model()
+    with pytest.raises(ConfigError, match="tokenizer.encoder.stand_in: cannot build mae .*TypeError"):
+        build_encoder({"init": "mae", "stand_in": {"img_size": 32, "layers": 2}}).model()
