@@ -523,6 +523,8 @@ def generation_metrics(images: np.ndarray, cfg: Any, data_cfg: Mapping[str, Any]
     if unknown:
         raise ConfigError(f"eval.generation_metrics: unknown {', '.join(unknown)}; "
                           f"choose from {', '.join(GENERATION_METRICS)}")
+    if not cfg.generation_metrics:
+        return {}, {"metric_protocols": []}
     extractor = load_inception(cfg.inception_weights, device=str(device))
     features, logits = FeatureAccumulator(), []
     for batch in array_images(images, batch_size, where="generated images"):

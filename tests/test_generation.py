@@ -150,3 +150,43 @@ def test_generator_training_resumes_to_identical_weights(tmp_path, name, spec):
     assert all(torch.equal(straight[k], resumed[k]) for k in straight)
     rows = pd.read_csv(tmp_path / "b" / "losses.csv")
     assert rows["step"].tolist() == [2, 4, 6, 8, 10]
+
+
+SCALING_STUDY = """
+title: Mini local-aligner scaling
+source: tests
+config:
+  tokenizer: {name: selfboottok, size: tiny, patch_size: 4, num_latent_tokens: 4, token_size: 4,
+              codebook_size: 32, local2d_size: tiny}
+  generator: {name: sit, size: tiny}
+  generator_train: {steps: 8, batch_size: 16, lr: 1.0e-3, checkpoint_every: 4, log_every: 4, precision: fp32}
+  finetune: {tokenizer: {stage: 2}, train: {steps: 8}}
+  sample: {num_images: 8, batch_size: 8, steps: 2, options: {sampler: ode, method: euler}}
+  eval: {generation_metrics: []}
+axes:
+  grid:
+    finetune.tokenizer.causal: [true, false]
+label: "causal {finetune.tokenizer.causal}"
+stages: [evaluate_tokenizer, evaluate_generator]
+"""
+
+
+@pytest.mark.slow
+def test_stage_two_reuses_stage_one_tokens_and_generator(tmp_path, write_study):
+    study = write_study(SCALING_STUDY, name="scaling.yaml")
+    assert main([str(study), "--profile", "smoke", "--runs", str(tmp_path / "runs"),
+                 "--results", str(tmp_path / "results"), *TINY]) == 0
+    runs = tmp_path / "runs"
+    counts = {kind: len(list((runs / kind).glob("*/result.json"))) for kind in
+              ("train_tokenizer", "finetune_tokenizer", "cache_latents", "train_generator", "sample")}
+    assert counts == {"train_tokenizer": 1, "finetune_tokenizer": 2, "cache_latents": 1, "train_generator": 1,
+                      "sample": 2}
+    from safetensors.torch import load_file
+
+    first = load_file(next((runs / "train_tokenizer").glob("*/model.safetensors")))
+    for folder in (runs / "finetune_tokenizer").glob("*/"):
+        second = load_file(folder / "model.safetensors")
+        frozen = [k for k in first if not k.startswith(("local2d.", "adversary."))]
+        assert frozen and all(torch.equal(first[k], second[k]) for k in frozen)
+        assert any(not torch.equal(first[k], second[k]) for k in second if k.startswith("local2d.")
+                   and k in first and first[k].shape == second[k].shape)
