@@ -199,6 +199,10 @@ class CodebookUsage(Metric):
         """How many times each code of codebook ``name`` (default: the first) was used."""
         return self._counts[name or next(iter(self._counts))].clone()
 
+    def histograms(self) -> dict[str, Tensor]:
+        """Usage counts of every codebook."""
+        return {name: counts.clone() for name, counts in self._counts.items()}
+
     def compute(self) -> dict[str, float]:
         """usage = 100 * #{k : n_k > 0} / V; H = -sum_k p_k ln p_k, p_k = n_k / sum n; perplexity = exp(H)."""
         if not self._counts:

@@ -246,10 +246,43 @@ def metric_options(cfg: EvalConfig, device: torch.device) -> dict[str, dict[str,
     return {"rfid": inception, "inception_score": inception, "gfid": inception}
 
 
+def evaluate_batch(model: Tokenizer, images: Tensor, labels: Tensor, metrics: list[Any]) -> Tensor:
+    """One batch of ``stages.evaluate_tokenizer``: encode, decode, every metric's update on the CPU
+    copies; returns the reconstructions (CPU, float32)."""
+    from benchmark.metrics import EvalBatch
+
+    tokens = model.encode(images)
+    recons = model.decode(tokens).float()
+    codes = getattr(model, "code_ids", None)
+    batch = EvalBatch(images=images.cpu(), recons=recons.cpu(), tokens=tokens.cpu(), labels=labels,
+                      codes={k: v.cpu() for k, v in codes(images).items()} if codes else None,
+                      codebook_sizes=model.codebook_sizes() if codes else None)
+    for metric in metrics:
+        metric.update(batch)
+    return batch.recons
+
+
+@torch.no_grad()
+def reconstruction_metrics(model: Tokenizer, dataset: Any, cfg: EvalConfig, device: torch.device,
+                           num_workers: int = 0) -> tuple[list[Any], Tensor]:
+    """``cfg.metrics`` of ``model`` over ``dataset`` in order (the metric objects, after every update),
+    and the first (up to) 8 originals over their reconstructions."""
+    from benchmark.metrics import build_metrics
+
+    metrics = build_metrics(cfg.metrics, model.token_spec, metric_options(cfg, device))
+    loader = DataLoader(dataset, batch_size=cfg.batch_size, shuffle=False, num_workers=num_workers)
+    preview = None
+    for images, labels in loader:
+        recons = evaluate_batch(model, images.to(device), labels, metrics)
+        if preview is None:
+            preview = torch.cat([images[:8], recons[:8]])
+    return metrics, preview
+
+
 @torch.no_grad()
 def evaluate_tokenizer(ctx: StageContext) -> dict[str, Any]:
     from benchmark.data import build_dataset
-    from benchmark.metrics import EvalBatch, build_metrics, compute_all, protocols
+    from benchmark.metrics import compute_all, protocols
     from benchmark.report import save_image_grid
 
     cfg = EvalConfig(**ctx.config["eval"])
@@ -257,26 +290,14 @@ def evaluate_tokenizer(ctx: StageContext) -> dict[str, Any]:
     dataset = build_dataset(ctx.config["data"], "eval")
     if cfg.num_images is not None:
         dataset = Subset(dataset, range(min(cfg.num_images, len(dataset))))
-    metrics = build_metrics(cfg.metrics, model.token_spec, metric_options(cfg, ctx.device))
-    loader = DataLoader(dataset, batch_size=cfg.batch_size, shuffle=False,
-                        num_workers=ctx.runtime.get("num_workers", 0))
-    codes = getattr(model, "code_ids", None)
-    first = None
     t0 = time.perf_counter()
-    for images, labels in loader:
-        images = images.to(ctx.device)
-        tokens = model.encode(images)
-        recons = model.decode(tokens).float()
-        batch = EvalBatch(images=images.cpu(), recons=recons.cpu(), tokens=tokens.cpu(), labels=labels,
-                          codes={k: v.cpu() for k, v in codes(images).items()} if codes else None,
-                          codebook_sizes=model.codebook_sizes() if codes else None)
-        for metric in metrics:
-            metric.update(batch)
-        if first is None:
-            first = torch.cat([images[:8].cpu(), recons[:8].cpu()])
+    metrics, preview = reconstruction_metrics(model, dataset, cfg, ctx.device, ctx.runtime.get("num_workers", 0))
     results = compute_all(metrics)
-    if first is not None:
-        save_image_grid(first, ctx.dir / "reconstructions.png", nrow=min(8, len(first) // 2))
+    for metric in metrics:  # per-code usage counts, kept for the codebook analyses (thesis Fig. 10)
+        if hasattr(metric, "histograms"):
+            write_json(ctx.dir / "codebook_counts.json", {k: v.tolist() for k, v in metric.histograms().items()})
+    if preview is not None:
+        save_image_grid(preview, ctx.dir / "reconstructions.png", nrow=len(preview) // 2)
     protocol = {"split": "eval", "num_images": len(dataset), "metrics": cfg.metrics,
                 "data": ctx.config["data"], "seed": None, "precision": "float32",
                 "metric_protocols": protocols(metrics)}
