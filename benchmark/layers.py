@@ -5,7 +5,6 @@ Transformer blocks use ``F.scaled_dot_product_attention`` (flash / memory-effici
 
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
