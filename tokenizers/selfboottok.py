@@ -1,0 +1,511 @@
+"""SelfBootTok: global tokens for the generator, local tokens bootstrapped from them (paper Sec. 3).
+
+    z_G   = Enc(I)                                            (Eq. 1: K_g global tokens, ViT encoder)
+    Z     = sum_k q(k | z) c_k,  q = softmax(-||z - C|| / tau) (Eq. 2-3, soft VQ; C_tot = {C_global,
+                                                               C_local1D, C_local2D}, Eq. 1)
+    z_L1  = MLP(Z_G)                                          (Eq. 8: per token, up to a wider space and back)
+    z_L2 ~ prod_i p(t_i | Z_G, t_<i)                          (Eq. 9: the causal local 2D aligner)
+    x_hat = Dec(Fuse(Z_G, Z_L1, Z_L2); Z_L1; Z_L2)            (Eq. 10: locals also read by cross-attention)
+    Fuse  = a Z_G + b Z_L1 + (1 - a - b) Z_L2  |  Concat[Z_G; Z_L1; Z_L2]      (Eq. 11)
+
+    L       = L_recon + l1 L_percep + l2 L_adv + l3 L_align + l4 L_KL          (Eq. 4)
+    L_align = m1 L_repa^global + m2 L_repa^local + m3 L_OT                      (Eq. 5)
+    L_repa^global = PatchwiseSim(z_G, f_global(I))                              (Eq. 6, DINOv2)
+    L_repa^local  = PatchwiseSim(z_L1 or z_L2, f_local(I))                      (Eq. 7, I-JEPA / DINOv2 / SigLIP)
+    L_OT    = <P*, C>,  C_ij = ||x_i - z_L2,j||^2,  P* = Sinkhorn(exp(-C / eps))  (Eq. 12-13)
+
+A generator models only Z_G: ``encode`` returns it and ``decode`` predicts the locals from it (Eq. 8-9)
+before fusing and decoding, which is how generated global tokens become images. The 2D latents x of
+the OT term come from the encoder of a frozen, registered 2D tokenizer (``latent_2d``); when their
+width C differs from the token width, a learned linear map takes z_L2 to C before the cost.
+
+Two-stage local scaling (Sec. 3.4): stage 1 trains everything with a small local 2D aligner; stage 2
+loads the stage-1 weights (:meth:`SelfBootTok.load_stage1`), enlarges the aligner and trains only it
+(:meth:`SelfBootTok.freeze_for_stage2`), so the generator trained on stage-1 global tokens is reused.
+
+The paper gives no values for the loss weights, the fusion coefficients or the KL weight; the
+defaults below are this implementation's choices (every alignment term weighted 1, KL 1e-4).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file
+from torch import Tensor, nn
+
+from benchmark.align import Projector, patchwise_similarity_loss
+from benchmark.base import Tokenizer, TokenizerOutput, TokenSpec
+from benchmark.config import hint_name, registry_params, type_ok
+from benchmark.encoders import NoEncoder, PretrainedEncoder, WeightsError, build_encoder
+from benchmark.errors import ConfigError
+from benchmark.layers import Attention, Block, Frozen, Mlp, init_vit_weights, unpatchify
+from benchmark.objectives import PixelObjective, build_adversary
+from benchmark.ot import ot_loss
+from benchmark.quantizers import SoftVectorQuantizer, kl_to_uniform
+from benchmark.registry import TOKENIZERS, register_tokenizer
+from benchmark.vit import LatentViTEncoder, MaskTokenViTDecoder, vit_size
+
+from .softvq import SOFTVQ_ADVERSARIAL
+
+# Token groups of each ablation (Table 3): G, G + L1, G + L1 + L2.
+BRANCHES: dict[str, tuple[str, ...]] = {
+    "G": ("global",),
+    "G+L1": ("global", "local1d"),
+    "G+L1+L2": ("global", "local1d", "local2d"),
+}
+FUSIONS = ("soft_residual", "concat")
+LOCAL_ALIGN_TOKENS = {"l1": "local1d", "l2": "local2d"}
+
+# (width, depth, heads) of the local 2D aligner, named by its parameter count at the paper's
+# K_g = N_l = 64 tokens of width 32 (Sec. 3.4 / Fig. 6 scales it from 10M to 600M); "tiny" is smoke scale.
+LOCAL2D_SIZES: dict[str, tuple[int, int, int]] = {
+    "tiny": (64, 2, 4),
+    "10M": (320, 8, 5),
+    "100M": (768, 14, 12),
+    "200M": (1024, 16, 16),
+    "400M": (1280, 20, 20),
+    "600M": (1280, 30, 20),
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# Attention with a mask (the causal aligner) and cross-attention (the decoder)
+
+
+class MaskedAttention(Attention):
+    """benchmark.layers.Attention with an SDPA boolean mask (True: query may attend to key)."""
+
+    def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
+        b, n, d = x.shape
+        q, k, v = self.qkv(x).view(b, n, 3, self.num_heads, d // self.num_heads).permute(2, 0, 3, 1, 4)
+        x = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        return self.proj(x.transpose(1, 2).reshape(b, n, d))
+
+
+class MaskedBlock(Block):
+    """Pre-norm ViT block whose self-attention takes a mask."""
+
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0) -> None:
+        super().__init__(dim, num_heads, mlp_ratio)
+        self.attn = MaskedAttention(dim, num_heads)
+
+    def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
+        x = x + self.attn(self.norm1(x), mask)
+        return x + self.mlp(self.norm2(x))
+
+
+class CrossAttention(nn.Module):
+    """Multi-head cross-attention softmax(Q(x) K(c)^T / sqrt(d)) V(c) through SDPA."""
+
+    def __init__(self, dim: int, num_heads: int) -> None:
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"width {dim} is not divisible by {num_heads} heads")
+        self.num_heads = num_heads
+        self.q = nn.Linear(dim, dim)
+        self.kv = nn.Linear(dim, 2 * dim)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: Tensor, context: Tensor) -> Tensor:
+        b, n, d = x.shape
+        h = self.num_heads
+        q = self.q(x).view(b, n, h, d // h).transpose(1, 2)
+        k, v = self.kv(context).view(b, context.shape[1], 2, h, d // h).permute(2, 0, 3, 1, 4)
+        x = F.scaled_dot_product_attention(q, k, v)
+        return self.proj(x.transpose(1, 2).reshape(b, n, d))
+
+
+class CrossAttentionBlock(Block):
+    """Decoder block of Eq. 10: x + SelfAttn(LN(x)), then x + CrossAttn(LN(x), c), then x + MLP(LN(x))."""
+
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0) -> None:
+        super().__init__(dim, num_heads, mlp_ratio)
+        self.norm_cross = nn.LayerNorm(dim)
+        self.cross = CrossAttention(dim, num_heads)
+
+    def forward(self, x: Tensor, context: Tensor) -> Tensor:
+        x = x + self.attn(self.norm1(x))
+        x = x + self.cross(self.norm_cross(x), context)
+        return x + self.mlp(self.norm2(x))
+
+
+# ---------------------------------------------------------------------------------------------
+# The local 2D aligner (Eq. 9) and the decoder (Eq. 10)
+
+
+def aligner_mask(num_global: int, num_local: int) -> Tensor:
+    """Attention mask over [Z_G; queries]: the K_g global tokens attend to one another only; query i
+    attends to every global token and to queries 0..i (Eq. 9's t_i | z_G, t_<i)."""
+    n = num_global + num_local
+    mask = torch.ones(n, n, dtype=torch.bool)
+    mask[:num_global, num_global:] = False
+    mask[num_global:, num_global:] = torch.ones(num_local, num_local, dtype=torch.bool).tril()
+    return mask
+
+
+class Local2DAligner(nn.Module):
+    """Eq. 9: p(z_L2 | z_G) = prod_i p(t_i | z_G, t_<i), as one parallel pass of transformer blocks.
+
+    Input: [Linear(Z_G) + global positions; N_l learned query tokens (one per position)]. With
+    ``causal`` the mask of :func:`aligner_mask` lets query i see all of Z_G and queries <= i, so output
+    i never depends on positions after i; without it every token attends to every other (Table 3's
+    "C" column off). The query outputs, normed and projected to the token width, are z_L2 (B, N_l, d).
+    """
+
+    def __init__(self, token_size: int, num_global: int, num_local: int, width: int, depth: int,
+                 heads: int, causal: bool = True) -> None:
+        super().__init__()
+        self.embed = nn.Linear(token_size, width)
+        self.global_positions = nn.Parameter(torch.zeros(1, num_global, width))
+        self.queries = nn.Parameter(torch.zeros(1, num_local, width))
+        self.blocks = nn.ModuleList(MaskedBlock(width, heads) for _ in range(depth))
+        self.norm = nn.LayerNorm(width)
+        self.head = nn.Linear(width, token_size)
+        self.register_buffer("mask", aligner_mask(num_global, num_local) if causal else None, persistent=False)
+        nn.init.trunc_normal_(self.global_positions, std=0.02)
+        nn.init.trunc_normal_(self.queries, std=0.02)
+
+    def forward(self, zq_global: Tensor) -> Tensor:
+        b = zq_global.shape[0]
+        x = torch.cat([self.embed(zq_global) + self.global_positions, self.queries.expand(b, -1, -1)], dim=1)
+        for block in self.blocks:
+            x = block(x, self.mask)
+        return self.head(self.norm(x[:, zq_global.shape[1]:]))
+
+
+class CrossAttentionViTDecoder(MaskTokenViTDecoder):
+    """Eq. 10's Dec(Fuse(z_G, z_L1, z_L2); z_L1; z_L2): the 1D ViT decoder over [cls; mask tokens] ⊕
+    [fused tokens], whose blocks also read the local tokens (one learned position per token and
+    group) through cross-attention. With no local group (branches "G") it is the plain decoder."""
+
+    def __init__(self, *, image_size: int, patch_size: int, width: int, depth: int, heads: int,
+                 num_latent_tokens: int, token_size: int, context_tokens: Mapping[str, int]) -> None:
+        super().__init__(image_size=image_size, patch_size=patch_size, width=width, depth=depth, heads=heads,
+                         num_latent_tokens=num_latent_tokens, token_size=token_size)
+        if context_tokens:
+            self.transformer = nn.ModuleList(CrossAttentionBlock(width, heads) for _ in range(depth))
+        self.context_embed = nn.ModuleDict({g: nn.Linear(token_size, width) for g in context_tokens})
+        self.context_positions = nn.ParameterDict(
+            {g: nn.Parameter(width**-0.5 * torch.randn(1, n, width)) for g, n in context_tokens.items()})
+        self.context_norm = nn.LayerNorm(width) if context_tokens else None
+
+    def forward(self, tokens: Tensor, context: Mapping[str, Tensor]) -> Tensor:
+        b = tokens.shape[0]
+        masks = self.mask_token.expand(b, self.grid**2, -1)
+        x = torch.cat([self.class_embedding.expand(b, -1, -1), masks], dim=1) + self.positional_embedding
+        x = self.ln_pre(torch.cat([x, self.embed(tokens) + self.latent_positional_embedding], dim=1))
+        if self.context_norm is None:
+            x = self.transformer(x)
+        else:
+            c = torch.cat([self.context_embed[g](z) + self.context_positions[g] for g, z in context.items()], 1)
+            c = self.context_norm(c)
+            for block in self.transformer:
+                x = block(x, c)
+        patches = self.head(self.ln_post(x)[:, 1 : 1 + self.grid**2])
+        return unpatchify(patches, self.patch_size, self.grid)
+
+
+# ---------------------------------------------------------------------------------------------
+# Frozen networks: alignment teachers and the 2D latent encoder of the OT term
+
+
+def build_teacher(spec: Mapping[str, Any], where: str, image_size: int) -> tuple[PretrainedEncoder, int]:
+    """A frozen alignment teacher (benchmark.encoders entry) and its feature width D, from one probe."""
+    teacher = build_encoder(spec, where=where)
+    if isinstance(teacher, NoEncoder):
+        raise ConfigError(f"{where}.init: 'none' has no features to align to; choose a pretrained encoder "
+                          f"or set {where}: null")
+    probe = teacher.teacher_features(torch.zeros(1, 3, image_size, image_size))
+    return teacher, probe.shape[-1]
+
+
+def build_latent_2d(spec: Mapping[str, Any], image_size: int) -> Frozen:
+    """The 2D tokenizer whose ``latent_grid(images) -> (B, h*w, C)`` gives the OT targets x (Sec. 3.3).
+
+    ``spec``: ``{tokenizer: <registered name>, checkpoint: /path/model.safetensors | null, **options}``;
+    the options are that tokenizer's own (checked against its constructor). Without a checkpoint the
+    weights are random (smoke scale). Held in :class:`Frozen`: no parameters, no checkpoint entries.
+    """
+    where = "tokenizer.latent_2d"
+    opts = dict(spec)
+    name, checkpoint = opts.pop("tokenizer", None), opts.pop("checkpoint", None)
+    if not isinstance(name, str):
+        raise ConfigError(f"{where}.tokenizer: expected the name of a registered 2D tokenizer (e.g. vqgan), "
+                          f"got {name!r}")
+    TOKENIZERS.get(name, where=f"{where}.tokenizer")
+    params = registry_params(TOKENIZERS, name)
+    for key, value in opts.items():
+        if key not in params:
+            raise ConfigError(f"{where}.{key}: not an option of tokenizer '{name}'; "
+                              f"options: tokenizer, checkpoint, {', '.join(params)}")
+        if not type_ok(value, params[key]):
+            raise ConfigError(f"{where}.{key} must be {hint_name(params[key])}, got {value!r}")
+    if "adversarial" in params:  # a frozen encoder needs no discriminator
+        opts.setdefault("adversarial", None)
+    model = TOKENIZERS.build(name, image_size=image_size, **opts)
+    if not callable(getattr(model, "latent_grid", None)):
+        raise ConfigError(f"{where}.tokenizer: '{name}' has no latent_grid(images) method; choose a 2D tokenizer")
+    if checkpoint is not None:
+        path = Path(checkpoint).expanduser()
+        hint = (f"train the '{name}' tokenizer first (its run folder holds model.safetensors) and point "
+                f"{where}.checkpoint at it, or set checkpoint: null for random weights (smoke scale)")
+        if not path.is_file():
+            raise WeightsError(f"{where}.checkpoint {path} does not exist", hint)
+        missing, unexpected = model.load_state_dict(load_file(str(path)), strict=False)
+        missing, unexpected = ([k for k in keys if not k.startswith("adversary.")]  # its training discriminator
+                               for keys in (missing, unexpected))
+        if missing or unexpected:
+            raise WeightsError(f"{where}.checkpoint {path} does not fit '{name}' with options {opts}: "
+                               f"missing {missing[:4]}, unexpected {unexpected[:4]}", hint)
+    return Frozen(model)
+
+
+# ---------------------------------------------------------------------------------------------
+# The tokenizer
+
+
+@register_tokenizer("selfboottok")
+class SelfBootTok(Tokenizer):
+    """SelfBootTok: global tokens from a ViT, local 1D / 2D tokens bootstrapped from them, soft VQ, OT."""
+
+    def __init__(self, *, image_size: int = 256, size: str = "B", patch_size: int = 16,
+                 num_latent_tokens: int = 64, token_size: int = 32, codebook_size: int = 8192,
+                 tau: float = 0.07, l2_norm: bool = True, shared_codebook: bool = False,
+                 branches: str = "G+L1+L2", local1d_hidden: int | None = None,
+                 local2d_size: str | None = None, num_local_tokens: int | None = None, causal: bool = True,
+                 fusion: str = "soft_residual", alpha: float = 0.5, beta: float = 0.25,
+                 recon_loss: str = "l2", recon_weight: float = 1.0, perceptual: dict | None = None,
+                 adversarial: dict | None = None, kl_weight: float = 1e-4, align_weight: float = 1.0,
+                 align_global: dict | None = None, repa_global_weight: float = 1.0,
+                 align_local: dict | None = None, repa_local_weight: float = 1.0,
+                 local_align_tokens: str = "l1", latent_2d: dict | None = None, ot_weight: float = 1.0,
+                 ot_epsilon: float = 0.05, stage: int = 1, encoder: dict | None = None) -> None:
+        """Options (paper symbols in brackets):
+
+        ``size``: ViT size of encoder and decoder; ``num_latent_tokens`` [K_g], ``token_size`` [d].
+        ``codebook_size``, ``tau``, ``l2_norm``: the soft VQ of Eq. 2-3, one codebook per token group
+        [C_global, C_local1D, C_local2D] unless ``shared_codebook`` (Table 3's "CB" column off).
+        ``branches``: "G", "G+L1" or "G+L1+L2" (Table 3 rows). ``local1d_hidden``: hidden width of the
+        Eq. 8 MLP (None: the encoder's width). ``local2d_size``: aligner preset, :data:`LOCAL2D_SIZES`
+        (None: "tiny" when ``size`` is tiny, else "10M", the small stage-1 aligner).
+        ``num_local_tokens`` [N_l] (None: K_g). ``causal``: Eq. 9's causal mask (Table 3's "C").
+        ``fusion``: Eq. 11, "soft_residual" with ``alpha``, ``beta`` (renormalised over the present
+        groups) or "concat". ``perceptual`` [lambda1 = its ``weight``]: options of PixelObjective.
+        ``adversarial`` [lambda2 = its ``weight``]: None for no GAN, else overrides of SoftVQ's setup
+        (StyleGAN discriminator, LeCAM, consistency). ``kl_weight`` [lambda4]: KL of every codebook's
+        posterior to a uniform prior. ``align_weight`` [lambda3] scales ``repa_global_weight`` [mu1],
+        ``repa_local_weight`` [mu2] and ``ot_weight`` [mu3]. ``align_global`` / ``align_local``:
+        frozen teachers (encoder specs of benchmark/encoders.py, with ``stand_in`` at smoke scale);
+        ``local_align_tokens``: "l1" or "l2", the tokens aligned to the local teacher (Eq. 7).
+        ``latent_2d``: the frozen 2D tokenizer of the OT term, ``{tokenizer: vqgan, checkpoint: ...,
+        **its options}``; ``ot_epsilon``: Sinkhorn's entropic regularisation, relative to the mean cost.
+        An alignment term whose tokens are absent under ``branches`` is off (so one base config serves
+        every Table 3 row). ``stage``: 1, or 2 to train only the local 2D aligner (Sec. 3.4).
+        ``encoder``: a pretrained initialisation of the ViT encoder, copied in by the train stage.
+        """
+        super().__init__()
+        if image_size % patch_size:
+            raise ConfigError(f"tokenizer.patch_size {patch_size} does not divide the image size {image_size}")
+        if branches not in BRANCHES:
+            raise ConfigError(f"tokenizer.branches: unknown branches '{branches}'; choose from {', '.join(BRANCHES)}")
+        if fusion not in FUSIONS:
+            raise ConfigError(f"tokenizer.fusion: unknown fusion '{fusion}'; choose from {', '.join(FUSIONS)}")
+        if local_align_tokens not in LOCAL_ALIGN_TOKENS:
+            raise ConfigError(f"tokenizer.local_align_tokens: '{local_align_tokens}' is not l1 or l2")
+        if stage not in (1, 2):
+            raise ConfigError(f"tokenizer.stage: {stage} is not 1 or 2")
+        if codebook_size < 2:
+            raise ConfigError(f"tokenizer.codebook_size: {codebook_size} codes; soft VQ needs at least 2")
+        if tau <= 0:
+            raise ConfigError(f"tokenizer.tau: the soft-VQ temperature must be > 0, got {tau}")
+        for name, value in (("recon_weight", recon_weight), ("kl_weight", kl_weight),
+                            ("align_weight", align_weight), ("repa_global_weight", repa_global_weight),
+                            ("repa_local_weight", repa_local_weight), ("ot_weight", ot_weight)):
+            if value < 0:
+                raise ConfigError(f"tokenizer.{name}: must be >= 0, got {value}")
+        local2d_size = local2d_size or ("tiny" if size == "tiny" else "10M")
+        if local2d_size not in LOCAL2D_SIZES:
+            raise ConfigError(f"tokenizer.local2d_size: unknown size '{local2d_size}'; "
+                              f"choose from {', '.join(LOCAL2D_SIZES)}")
+        num_local_tokens = num_local_tokens or num_latent_tokens
+        self.groups = BRANCHES[branches]
+        self.fusion = fusion
+        if fusion == "soft_residual":
+            if "local2d" in self.groups and num_local_tokens != num_latent_tokens:
+                raise ConfigError(f"tokenizer.num_local_tokens: soft residual fusion adds z_L2 to z_G token by "
+                                  f"token, so N_l ({num_local_tokens}) must equal num_latent_tokens "
+                                  f"({num_latent_tokens}); use fusion: concat")
+            if not (0 <= alpha <= 1 and 0 <= beta <= 1 and alpha + beta <= 1):
+                raise ConfigError(f"tokenizer.alpha / tokenizer.beta: soft residual fusion needs alpha, beta >= 0 "
+                                  f"and alpha + beta <= 1, got {alpha}, {beta}")
+            raw = {"global": alpha, "local1d": beta, "local2d": 1 - alpha - beta}
+            total = sum(raw[g] for g in self.groups)
+            if total <= 0:
+                raise ConfigError(f"tokenizer.alpha / tokenizer.beta: the fusion weights of the groups of "
+                                  f"branches '{branches}' sum to 0 (alpha {alpha}, beta {beta})")
+            self.fusion_weights = {g: raw[g] / total for g in self.groups}
+
+        # Eq. 1: the global tokens z_G.
+        width, depth, heads = vit_size(size)
+        shape = {"image_size": image_size, "patch_size": patch_size, "width": width, "depth": depth,
+                 "heads": heads, "token_size": token_size}
+        self.encoder = LatentViTEncoder(num_latent_tokens=num_latent_tokens, **shape)
+        # Eq. 8-9: the local tokens predicted from Z_G.
+        self.local1d = Mlp(token_size, local1d_hidden or width) if "local1d" in self.groups else None
+        a_width, a_depth, a_heads = LOCAL2D_SIZES[local2d_size]
+        self.local2d = (Local2DAligner(token_size, num_latent_tokens, num_local_tokens, a_width, a_depth, a_heads,
+                                       causal) if "local2d" in self.groups else None)
+        # Eq. 1-3: soft VQ, one codebook per group (C_tot) or one shared codebook.
+        books = ("shared",) if shared_codebook else self.groups
+        self.quantizers = nn.ModuleDict({g: SoftVectorQuantizer(codebook_size, token_size, tau, l2_norm)
+                                         for g in books})
+        # Eq. 10-11: the decoder over the fused tokens, reading the locals through cross-attention.
+        counts = {"global": num_latent_tokens, "local1d": num_latent_tokens, "local2d": num_local_tokens}
+        fused = sum(counts[g] for g in self.groups) if fusion == "concat" else num_latent_tokens
+        self.decoder = CrossAttentionViTDecoder(num_latent_tokens=fused, **shape,
+                                                context_tokens={g: counts[g] for g in self.groups[1:]})
+
+        # Eq. 5-7: REPA teachers (plain objects, not modules) and their trainable projectors.
+        self.align_weight = align_weight
+        self.repa_global_weight, self.repa_local_weight, self.ot_weight = (
+            repa_global_weight, repa_local_weight, ot_weight)
+        self.teacher_global = self.projector_global = None
+        if align_global is not None:
+            self.teacher_global, dim = build_teacher(align_global, "tokenizer.align_global", image_size)
+            self.projector_global = Projector(token_size, dim)
+        self.local_align_group = LOCAL_ALIGN_TOKENS[local_align_tokens]
+        self.teacher_local = self.projector_local = None
+        if align_local is not None and self.local_align_group in self.groups:
+            self.teacher_local, dim = build_teacher(align_local, "tokenizer.align_local", image_size)
+            self.projector_local = Projector(token_size, dim)
+        # Eq. 12-13: the frozen 2D latent encoder, and z_L2 -> C when the widths differ.
+        self.latent_2d, self.ot_proj, self.ot_epsilon = None, None, ot_epsilon
+        if latent_2d is not None and "local2d" in self.groups:
+            self.latent_2d = build_latent_2d(latent_2d, image_size)
+            with torch.no_grad():
+                channels = self.latent_2d.net.latent_grid(torch.zeros(1, 3, image_size, image_size)).shape[-1]
+            self.ot_proj = nn.Linear(token_size, channels) if channels != token_size else None
+        self.apply(init_vit_weights)
+
+        # Eq. 4's pixel terms and the adversary (which the trainer drives).
+        self.pixel = PixelObjective(recon_loss, recon_weight, perceptual)
+        self.kl_weight = kl_weight
+        self.adversary = None if adversarial is None else build_adversary(
+            {**SOFTVQ_ADVERSARIAL, **adversarial}, image_size)
+        self.encoder_init = encoder
+        self.token_spec = TokenSpec("continuous", (num_latent_tokens,), dim=token_size)
+        self.stage = stage
+        if stage == 2:
+            self.freeze_for_stage2()
+
+    # -- tokens -----------------------------------------------------------------------------------
+
+    def quantize_module(self, group: str) -> SoftVectorQuantizer:
+        """The soft quantiser of a token group: its own codebook, or the shared one."""
+        return self.quantizers["shared" if "shared" in self.quantizers else group]
+
+    def quantize(self, group: str, z: Tensor) -> tuple[Tensor, Tensor]:
+        """Eq. 2-3 with the group's codebook: (soft-quantised Z, code probabilities q)."""
+        return self.quantize_module(group)(z)
+
+    def global_tokens(self, images: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Eq. 1-3: (z_G, Z_G, q_G) for images in [0, 1]."""
+        z = self.encoder(images * 2 - 1)
+        return (z, *self.quantize("global", z))
+
+    def local_tokens(self, zq_global: Tensor) -> tuple[dict[str, Tensor], dict[str, Tensor], dict[str, Tensor]]:
+        """Eq. 8-9 then Eq. 2-3: the local tokens bootstrapped from Z_G, as (z, Z, q) per local group."""
+        z: dict[str, Tensor] = {}
+        if self.local1d is not None:
+            z["local1d"] = self.local1d(zq_global)
+        if self.local2d is not None:
+            z["local2d"] = self.local2d(zq_global)
+        quantized = {g: self.quantize(g, t) for g, t in z.items()}
+        return z, {g: zq for g, (zq, _) in quantized.items()}, {g: q for g, (_, q) in quantized.items()}
+
+    def fuse(self, tokens: Mapping[str, Tensor]) -> Tensor:
+        """Eq. 11 over the present groups: the soft residual sum, or the concatenation along the sequence."""
+        if self.fusion == "concat":
+            return torch.cat([tokens[g] for g in self.groups], dim=1)
+        return sum(self.fusion_weights[g] * tokens[g] for g in self.groups)
+
+    def reconstruct_from(self, zq_global: Tensor, zq_local: Mapping[str, Tensor]) -> Tensor:
+        """Eq. 10: Dec(Fuse(Z_G, Z_L1, Z_L2); Z_L1; Z_L2), images in [0, 1] (not clamped)."""
+        fused = self.fuse({"global": zq_global, **zq_local})
+        return (self.decoder(fused, zq_local) + 1) / 2
+
+    def encode(self, images: Tensor) -> Tensor:
+        """Images (B, 3, H, W) in [0, 1] -> the soft-quantised global tokens Z_G (B, K_g, d)."""
+        return self.global_tokens(images)[1]
+
+    def decode(self, tokens: Tensor) -> Tensor:
+        """Z_G (B, K_g, d) -> images: the locals are predicted from Z_G (Eq. 8-9), quantised, fused, decoded."""
+        return self.reconstruct_from(tokens, self.local_tokens(tokens)[1]).clamp(0, 1)
+
+    @torch.no_grad()
+    def code_ids(self, images: Tensor) -> dict[str, Tensor]:
+        """argmax_k q(k | z) per token of each group: {"global": (B, K_g), "local1d": ..., "local2d": ...}."""
+        _, zq_global, q_global = self.global_tokens(images)
+        q = {"global": q_global, **self.local_tokens(zq_global)[2]}
+        return {g: p.argmax(-1) for g, p in q.items()}
+
+    def codebook_sizes(self) -> dict[str, int]:
+        """The size of the codebook behind each key of :meth:`code_ids`."""
+        return {g: self.quantize_module(g).codebook_size for g in self.groups}
+
+    def last_layer(self) -> Tensor:
+        return self.decoder.head.weight
+
+    # -- training ---------------------------------------------------------------------------------
+
+    def forward(self, images: Tensor) -> TokenizerOutput:
+        """Eq. 4 without the adversarial term (the trainer adds it): recon, perceptual, kl, repa_global,
+        repa_local, ot, each already weighted."""
+        z_global, zq_global, q_global = self.global_tokens(images)
+        z_local, zq_local, q_local = self.local_tokens(zq_global)
+        recon = self.reconstruct_from(zq_global, zq_local)
+        losses = self.pixel(images, recon)
+        if self.kl_weight > 0:
+            probs = [q_global, *q_local.values()]
+            losses["kl"] = self.kl_weight * sum(kl_to_uniform(p) for p in probs)
+        if self.teacher_global is not None:  # Eq. 6
+            sim = patchwise_similarity_loss(self.projector_global(z_global), self.teacher_global.teacher_features(images))
+            losses["repa_global"] = self.align_weight * self.repa_global_weight * sim
+        if self.teacher_local is not None:  # Eq. 7
+            tokens = z_local[self.local_align_group]
+            sim = patchwise_similarity_loss(self.projector_local(tokens), self.teacher_local.teacher_features(images))
+            losses["repa_local"] = self.align_weight * self.repa_local_weight * sim
+        if self.latent_2d is not None:  # Eq. 12-13
+            with torch.no_grad():
+                grid = self.latent_2d.net.latent_grid(images)
+            z_l2 = z_local["local2d"] if self.ot_proj is None else self.ot_proj(z_local["local2d"])
+            losses["ot"] = self.align_weight * self.ot_weight * ot_loss(grid, z_l2, epsilon=self.ot_epsilon)
+        return TokenizerOutput(recon=recon, losses=losses, tokens=zq_global.detach())
+
+    # -- two-stage local scaling (Sec. 3.4) -------------------------------------------------------
+
+    def load_stage1(self, state_dict: Mapping[str, Tensor]) -> list[str]:
+        """Copy every tensor of a stage-1 checkpoint whose key and shape match this model's (all but a
+        resized local 2D aligner). Returns the keys not copied, sorted: this model's keys that keep
+        their initialisation and the checkpoint's keys that found no place (e.g. blocks of a deeper
+        stage-1 aligner)."""
+        own = self.state_dict()
+        take = {k: v for k, v in state_dict.items() if k in own and own[k].shape == v.shape}
+        self.load_state_dict(take, strict=False)
+        return sorted((set(own) | set(state_dict)) - set(take))
+
+    def freeze_for_stage2(self) -> None:
+        """Stage 2: gradients off everywhere except the local 2D aligner (encoder, codebooks, local 1D
+        MLP, decoder, projectors stay as stage 1 left them). The adversary's discriminator keeps
+        training: it is driven by its own optimiser and must keep up with the improving decoder output."""
+        if self.local2d is None:
+            raise ConfigError("tokenizer.stage: stage 2 scales the local 2D aligner; it needs branches G+L1+L2")
+        self.requires_grad_(False)
+        self.local2d.requires_grad_(True)
+        if self.adversary is not None:
+            self.adversary.requires_grad_(True)

@@ -1,0 +1,159 @@
+"""SoftVQ-VAE: Efficient 1-Dimensional Continuous Tokenizer (Chen et al. 2025), the SelfBootTok baseline.
+
+    z      = Enc(P ⊕ L)[latent part]                    (K learnable latent tokens, projected to token_size)
+    q(k|z) = softmax_k(-||z - c_k||_2 / tau)             (SelfBootTok Eq. 2)
+    Z      = sum_k q(k|z) c_k                            (Eq. 3: continuous, fully differentiable)
+    Î      = Dec(Z ⊕ M)                                  (M: one learned mask token per patch)
+
+    L = L_recon + λ1 L_percep + λ2 L_adv + λ3 L_align + λ4 L_KL  (+ SoftVQ's entropy term)   (Eq. 4)
+
+No straight-through estimator: the reconstruction loss trains the encoder and the codebook through
+Eq. 3. The tokens a generator models are Z itself, (B, K, token_size).
+
+Defaults follow SoftVQ's released training code (LlamaGen-style loss module): an L2 pixel loss and the
+quantiser's entropy term with weight 0.01 (its ``entropy_loss_ratio``); no separate KL term. The paper
+recipe adds ``perceptual: {weight: 1.0, net: vgg}``, ``align: {init: dinov2, size: B}`` with
+``align_weight: 0.1`` (SoftVQ's REPA weight) and ``adversarial: {}`` (:data:`SOFTVQ_ADVERSARIAL`).
+Those need pretrained weights or cost a discriminator, so a study turns them on.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from benchmark.align import Projector, patchwise_similarity_loss
+from benchmark.base import Tokenizer, TokenizerOutput, TokenSpec
+from benchmark.encoders import NoEncoder, build_encoder
+from benchmark.errors import ConfigError
+from benchmark.layers import init_vit_weights
+from benchmark.objectives import PixelObjective, build_adversary
+from benchmark.quantizers import SoftVectorQuantizer, entropy_regularizer, kl_to_uniform
+from benchmark.registry import register_tokenizer
+from benchmark.vit import SIZES, LatentViTEncoder, MaskTokenViTDecoder, vit_size
+
+# SoftVQ's discriminator setup (SelfBootTok Sec. 4.1): a StyleGAN-like discriminator with LeCAM and
+# consistency regularisation; hinge loss, adaptive weight, GAN weight 0.2 and LeCAM 0.001 as in SoftVQ's
+# configs; consistency weight 4.0 is our choice (bCR itself uses 10). `adversarial` overrides any key.
+SOFTVQ_ADVERSARIAL: dict = {"kind": "stylegan", "weight": 0.2, "loss": "hinge", "adaptive": True,
+                            "lecam_weight": 0.001, "consistency_weight": 4.0}
+
+
+@register_tokenizer("softvq")
+class SoftVQVAE(Tokenizer):
+    """SoftVQ-VAE: 1D ViT encoder, soft vector quantisation of the K latent tokens, 1D ViT decoder."""
+
+    def __init__(self, *, image_size: int = 256, size: str = "B", decoder_size: str | None = None,
+                 patch_size: int = 16, num_latent_tokens: int = 64, token_size: int = 32,
+                 codebook_size: int = 8192, num_codebooks: int = 1, tau: float = 0.07, l2_norm: bool = True,
+                 recon_loss: str = "l2", recon_weight: float = 1.0, perceptual: dict | None = None,
+                 kl_weight: float = 0.0, entropy_weight: float = 0.01, align: dict | None = None,
+                 align_weight: float = 0.1, adversarial: dict | None = None,
+                 encoder: dict | None = None) -> None:
+        """``size`` / ``decoder_size``: ViT sizes of encoder and decoder (the decoder follows the
+        encoder when None). ``num_codebooks`` splits the K tokens into that many consecutive groups,
+        each with its own codebook. ``kl_weight`` (λ4): KL of Eq. 2's posterior to a uniform prior;
+        off by default because SoftVQ's released quantiser regularises q only through the entropy
+        term (``entropy_weight``, its ``entropy_loss_ratio`` 0.01). ``align``: a frozen teacher for the
+        REPA term, an encoder spec of benchmark/encoders.py (``{init: dinov2, size: B}``, or with
+        ``stand_in`` at smoke scale). ``adversarial``: None for no GAN, else overrides of
+        :data:`SOFTVQ_ADVERSARIAL` (options of benchmark.gan.Adversary). ``encoder``: a pretrained
+        initialisation of the ViT encoder, copied in by the train stage before the first step."""
+        super().__init__()
+        if image_size % patch_size:
+            raise ConfigError(f"tokenizer.patch_size {patch_size} does not divide the image size {image_size}")
+        if decoder_size is not None and decoder_size not in SIZES:
+            raise ConfigError(f"tokenizer.decoder_size: unknown size '{decoder_size}'; "
+                              f"choose from {', '.join(SIZES)}")
+        if codebook_size < 2:
+            raise ConfigError(f"tokenizer.codebook_size: {codebook_size} codes; soft VQ needs at least 2")
+        if num_codebooks < 1 or num_latent_tokens % num_codebooks:
+            raise ConfigError(f"tokenizer.num_codebooks: {num_codebooks} does not split the "
+                              f"{num_latent_tokens} latent tokens into equal groups")
+        if tau <= 0:
+            raise ConfigError(f"tokenizer.tau: the soft-VQ temperature must be > 0, got {tau}")
+        for name, value in (("recon_weight", recon_weight), ("kl_weight", kl_weight),
+                            ("entropy_weight", entropy_weight), ("align_weight", align_weight)):
+            if value < 0:
+                raise ConfigError(f"tokenizer.{name}: must be >= 0, got {value}")
+        shape = {"image_size": image_size, "patch_size": patch_size, "num_latent_tokens": num_latent_tokens,
+                 "token_size": token_size}
+        enc_width, enc_depth, enc_heads = vit_size(size)
+        dec_width, dec_depth, dec_heads = vit_size(decoder_size or size)
+        self.encoder = LatentViTEncoder(width=enc_width, depth=enc_depth, heads=enc_heads, **shape)
+        self.quantizer = SoftVectorQuantizer(codebook_size, token_size, tau, l2_norm, num_codebooks)
+        self.decoder = MaskTokenViTDecoder(width=dec_width, depth=dec_depth, heads=dec_heads, **shape)
+        self.encoder.apply(init_vit_weights)
+        self.decoder.apply(init_vit_weights)
+        self.pixel = PixelObjective(recon_loss, recon_weight, perceptual)
+        self.kl_weight, self.entropy_weight = kl_weight, entropy_weight
+        self.teacher, self.projector, self.align_weight = None, None, align_weight
+        if align is not None and align_weight > 0:
+            self.teacher = build_encoder(align, where="tokenizer.align")
+            if isinstance(self.teacher, NoEncoder):
+                raise ConfigError("tokenizer.align.init: 'none' has no features to align to; "
+                                  "choose a pretrained encoder or drop tokenizer.align")
+            # The teacher is a plain object (not a module): its weights stay out of parameters() and
+            # checkpoints. One probe gives its feature width (and loads it once, as training would).
+            probe = self.teacher.teacher_features(torch.zeros(1, 3, image_size, image_size))
+            self.projector = Projector(token_size, probe.shape[-1])
+        self.adversary = (None if adversarial is None
+                          else build_adversary({**SOFTVQ_ADVERSARIAL, **adversarial}, image_size))
+        self.encoder_init = encoder
+        self.token_spec = TokenSpec("continuous", (num_latent_tokens,), dim=token_size)
+
+    @staticmethod
+    def _to_model_range(images: Tensor) -> Tensor:
+        return images * 2 - 1
+
+    def _quantize(self, images: Tensor) -> tuple[Tensor, Tensor]:
+        """Eq. 2-3 on the encoder's latent tokens: (soft-quantised tokens Z, code probabilities q)."""
+        return self.quantizer(self.encoder(self._to_model_range(images)))
+
+    def _decode_latents(self, tokens: Tensor) -> Tensor:
+        return (self.decoder(tokens) + 1) / 2
+
+    def encode(self, images: Tensor) -> Tensor:
+        """Images (B, 3, H, W) in [0, 1] -> soft-quantised tokens Z (B, K, token_size)."""
+        return self._quantize(images)[0]
+
+    def decode(self, tokens: Tensor) -> Tensor:
+        return self._decode_latents(tokens).clamp(0, 1)
+
+    @torch.no_grad()
+    def code_ids(self, images: Tensor) -> dict[str, Tensor]:
+        """The most probable code of each token, argmax_k q(k|z): {"codes": (B, K)}. With G codebooks
+        the ids index their concatenation (group g's code k is g * codebook_size + k), so usage
+        statistics never merge codes of different groups."""
+        ids = self._quantize(images)[1].argmax(-1)
+        groups = self.quantizer.num_codebooks
+        group = torch.arange(groups, device=ids.device).repeat_interleave(ids.shape[1] // groups)
+        return {"codes": ids + group * self.quantizer.codebook_size}
+
+    def codebook_sizes(self) -> dict[str, int]:
+        """The id range of each entry of :meth:`code_ids`."""
+        return {"codes": self.quantizer.num_codebooks * self.quantizer.codebook_size}
+
+    def last_layer(self) -> Tensor:
+        return self.decoder.head.weight
+
+    def codebook_entropy(self, probs: Tensor) -> Tensor:
+        """SoftVQ's codebook-usage term on Eq. 2's posterior, per codebook group, averaged over groups:
+        E[H(q)] - H(E[q]) (benchmark.quantizers.entropy_regularizer)."""
+        b, _, k = probs.shape
+        groups = probs.reshape(b, self.quantizer.num_codebooks, -1, k).transpose(0, 1)
+        return torch.stack([entropy_regularizer(g) for g in groups]).mean()
+
+    def forward(self, images: Tensor) -> TokenizerOutput:
+        """Eq. 4 without the adversarial term (the trainer adds it): recon, perceptual, kl, entropy, repa."""
+        tokens, probs = self._quantize(images)
+        recon = self._decode_latents(tokens)
+        losses = self.pixel(images, recon)
+        if self.kl_weight > 0:
+            losses["kl"] = self.kl_weight * kl_to_uniform(probs)
+        if self.entropy_weight > 0:
+            losses["entropy"] = self.entropy_weight * self.codebook_entropy(probs)
+        if self.teacher is not None:
+            features = self.teacher.teacher_features(images)
+            losses["repa"] = self.align_weight * patchwise_similarity_loss(self.projector(tokens), features)
+        return TokenizerOutput(recon=recon, losses=losses, tokens=tokens.detach())
