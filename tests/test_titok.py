@@ -1,14 +1,22 @@
-"""TiTok: interface shapes, gradients, and a smoke training that learns."""
+"""TiTok: interface shapes, the thesis's loss set and its gradients, the adversarial step, and a
+smoke training that learns."""
 
 from __future__ import annotations
 
+import pytest
 import torch
+import torch.nn.functional as F
 
 from benchmark.config import TrainConfig
 from benchmark.data import build_dataset
+from benchmark.errors import ConfigError
+from benchmark.gan import PatchGANDiscriminator
 from benchmark.metrics import PSNR, EvalBatch
 from benchmark.registry import TOKENIZERS
+from benchmark.stages import tokenizer_step
 from benchmark.train import fit
+
+LPIPS = {"weight": 1.0, "net": "alex", "weights": "random"}  # random backbone: offline, and cheap at 32 px
 
 
 def tiny_titok(**kw):
@@ -31,6 +39,13 @@ def test_shapes_dtypes_and_token_spec():
     assert torch.equal(fwd.tokens, ids)
     # The training pass decodes exactly what encode -> decode gives (up to the output clamp).
     assert torch.allclose(fwd.recon.clamp(0, 1), out, atol=1e-5)
+
+
+def grads_of(model, loss) -> set[str]:
+    """Names of the parameters that ``loss`` gives a non-zero gradient."""
+    model.zero_grad()
+    loss.backward(retain_graph=True)
+    return {n for n, p in model.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
 
 
 def test_every_loss_is_finite_and_reaches_its_parameters():
@@ -56,12 +71,13 @@ def test_l2_normalised_codes_live_on_the_unit_sphere():
     assert torch.allclose(z.norm(dim=-1), torch.ones(2, 8), atol=1e-5)
 
 
+@pytest.mark.slow
 def test_smoke_training_lowers_recon_loss_and_beats_the_mean_image(tmp_path):
     train = build_dataset({"name": "procedural", "resolution": 16, "train_size": 256}, "train")
     evals = build_dataset({"name": "procedural", "resolution": 16, "eval_size": 64}, "eval")
     model = tiny_titok(l2_norm=False, codebook_size=64)
     cfg = TrainConfig(steps=240, batch_size=32, lr=1e-3, warmup_steps=10, log_every=10, checkpoint_every=240)
-    fit(model, lambda b: model(b[0]).losses, train, cfg, 0, tmp_path, torch.device("cpu"))
+    fit(model, tokenizer_step(model), train, cfg, 0, tmp_path, torch.device("cpu"))
     log = [line.split(",") for line in (tmp_path / "losses.csv").read_text().splitlines()]
     recon = [float(r[log[0].index("recon")]) for r in log[1:]]
     assert sum(recon[-5:]) / 5 < 0.8 * sum(recon[:2]) / 2
@@ -74,3 +90,81 @@ def test_smoke_training_lowers_recon_loss_and_beats_the_mean_image(tmp_path):
     psnr_model.update(EvalBatch(images, model.reconstruct(images), model.encode(images), labels))
     psnr_mean.update(EvalBatch(images, mean_image.expand_as(images), model.encode(images), labels))
     assert psnr_model.compute()["psnr"] > psnr_mean.compute()["psnr"] + 0.5
+
+
+def test_thesis_loss_set_reaches_its_parameters():
+    """Perceptual and entropy terms (thesis Sec. 3.2.1) next to recon and the quantiser terms."""
+    opts = dict(image_size=32, patch_size=8, entropy_weight=0.1, l2_norm=True)
+    model = tiny_titok(perceptual=LPIPS, **opts)
+    plain = tiny_titok(**opts)
+    # The frozen LPIPS network adds no parameters and no checkpoint entries.
+    assert sum(p.numel() for p in model.parameters()) == sum(p.numel() for p in plain.parameters())
+    assert set(model.state_dict()) == set(plain.state_dict())
+    losses = model(torch.rand(4, 3, 32, 32)).losses
+    assert set(losses) == {"recon", "perceptual", "codebook", "commitment", "entropy"}
+    assert all(torch.isfinite(v) and v.dim() == 0 for v in losses.values())
+    grads = {name: grads_of(model, loss) for name, loss in losses.items()}
+    enc, dec, codes = "encoder.proj.weight", "decoder.head.weight", "quantizer.embedding.weight"
+    assert {enc, dec} <= grads["perceptual"] and codes not in grads["perceptual"]
+    assert {enc, codes} <= grads["entropy"] and not any(n.startswith("decoder.") for n in grads["entropy"])
+
+
+def test_recon_loss_options_and_weights():
+    images = torch.rand(2, 3, 16, 16)
+    model = tiny_titok(recon_loss="l1", recon_weight=2.0, quantizer_weight=0.5)
+    out = model(images)
+    assert torch.allclose(out.losses["recon"], 2.0 * F.l1_loss(out.recon, images))
+    _, _, q = model.quantizer(model.encoder(images * 2 - 1))
+    assert torch.allclose(out.losses["codebook"], 0.5 * q["codebook"])
+    assert torch.allclose(out.losses["commitment"], 0.5 * q["commitment"])
+
+
+def test_code_ids_and_any_token_count():
+    model = tiny_titok(num_latent_tokens=5, codebook_size=4096, token_size=16)
+    images = torch.rand(2, 3, 16, 16)
+    assert model.token_spec.shape == (5,) and model.token_spec.vocab_size == 4096
+    assert torch.equal(model.code_ids(images)["codes"], model.encode(images))
+    assert model.code_ids(images)["codes"].shape == (2, 5) and model.codebook_sizes() == {"codes": 4096}
+    assert model.adversary is None and model.last_layer() is model.decoder.head.weight
+
+
+@pytest.mark.parametrize("opts, key", [
+    ({"size": "XL"}, "tokenizer.size"),
+    ({"recon_loss": "l3"}, "tokenizer.recon_loss"),
+    ({"patch_size": 5}, "tokenizer.patch_size"),
+    ({"entropy_weight": -1.0}, "tokenizer.entropy_weight"),
+    ({"adversarial": {"kind": "mlp"}}, "tokenizer.adversarial.kind"),
+])
+def test_bad_config_names_its_key(opts, key):
+    with pytest.raises(ConfigError, match=key):
+        tiny_titok(**opts)
+
+
+def test_adversarial_generator_and_discriminator_steps():
+    """The trainer's step (tokenizer contract): G on the weighted losses + adversarial, then D."""
+    model = tiny_titok(image_size=32, patch_size=8,
+                       adversarial={"start": 0, "weight": 0.5, "num_layers": 2, "width": 16})
+    adversary = model.adversary
+    assert isinstance(adversary.discriminator, PatchGANDiscriminator) and adversary.loss_name == "hinge"
+    disc_ids = {id(p) for p in adversary.parameters()}
+    g_opt = torch.optim.Adam([p for p in model.parameters() if id(p) not in disc_ids], lr=1e-3)
+    d_opt = torch.optim.Adam(adversary.parameters(), lr=1e-3)
+    images = torch.rand(4, 3, 32, 32)
+    for step in range(2):
+        out = model(images)
+        losses = dict(out.losses)
+        losses["adversarial"] = adversary.generator_loss(out.recon, losses["recon"], model.last_layer(), step)
+        assert torch.isfinite(losses["adversarial"]) and losses["adversarial"].item() != 0
+        g_grads = grads_of(model, losses["adversarial"])
+        assert "decoder.head.weight" in g_grads and "encoder.patch_embed.weight" in g_grads
+        d_before = [p.detach().clone() for p in adversary.parameters()]
+        g_opt.zero_grad()
+        sum(losses.values()).backward()
+        g_opt.step()
+        assert all(torch.equal(a, p) for a, p in zip(d_before, adversary.parameters()))  # G leaves D alone
+        d = adversary.discriminator_loss(images, out.recon.detach(), step)
+        assert torch.isfinite(d["disc"]) and d["disc"].item() > 0
+        d_opt.zero_grad()
+        sum(d.values()).backward()
+        d_opt.step()
+        assert any(not torch.equal(a, p) for a, p in zip(d_before, adversary.parameters()))

@@ -6,16 +6,24 @@
 
 The latent outputs are projected to ``token_size`` and vector-quantised on the unit sphere; the
 decoder reads the quantised tokens back up to its width and predicts every patch's pixels.
+
+    L = L_rec + L_quant + L_percep + L_entropy (+ L_adv, added by the trainer)      (thesis Sec. 3.2.1)
+    L_entropy = E_r[H(p(q(z)))] - H(E_r[p(q(z))])                                    (thesis Sec. 3.1)
+
+Thesis setup (Sec. 4.3): width 768 (size B), token size 16, codebook 4096 with the entropy term.
+Perceptual, entropy and adversarial terms are opt-in (``perceptual``, ``entropy_weight``,
+``adversarial``): a study sets them.
 """
 
 from __future__ import annotations
 
-import torch.nn.functional as F
+import torch
 from torch import Tensor
 
 from benchmark.base import Tokenizer, TokenizerOutput, TokenSpec
 from benchmark.errors import ConfigError
 from benchmark.layers import init_vit_weights
+from benchmark.objectives import PixelObjective, build_adversary
 from benchmark.quantizers import VectorQuantizer
 from benchmark.registry import register_tokenizer
 from benchmark.vit import LatentViTEncoder, MaskTokenViTDecoder, vit_size
@@ -27,20 +35,34 @@ class TiTok(Tokenizer):
 
     def __init__(self, *, image_size: int = 256, size: str = "B", patch_size: int = 16,
                  num_latent_tokens: int = 32, codebook_size: int = 4096, token_size: int = 12,
-                 l2_norm: bool = True, commitment: float = 0.25, recon_weight: float = 1.0,
-                 quantizer_weight: float = 1.0, encoder: dict | None = None) -> None:
-        """``encoder``: a pretrained initialisation of the ViT encoder, ``{init: mae, size: B, ...}``
-        (benchmark/encoders.py); the train stage copies it in before the first step."""
+                 l2_norm: bool = True, commitment: float = 0.25, recon_loss: str = "l2",
+                 recon_weight: float = 1.0, quantizer_weight: float = 1.0, perceptual: dict | None = None,
+                 entropy_weight: float = 0.0, entropy_temperature: float = 0.01,
+                 adversarial: dict | None = None, encoder: dict | None = None) -> None:
+        """``recon_loss``: l2 (TiTok) or l1, weighted by ``recon_weight``. ``quantizer_weight`` scales
+        the codebook and commitment (beta = ``commitment``) terms. ``perceptual``: ``{weight, net,
+        weights}`` of benchmark.perceptual. ``entropy_weight``: the thesis's entropy regulariser on
+        softmax(-||z - c||^2 / entropy_temperature). ``adversarial``: options of benchmark.gan.Adversary
+        (``{weight, kind, start, ...}``), None for no discriminator. ``encoder``: a pretrained
+        initialisation of the ViT encoder, ``{init: mae, size: B, ...}`` (benchmark/encoders.py); the
+        train stage copies it in before the first step."""
         super().__init__()
         if image_size % patch_size:
             raise ConfigError(f"tokenizer.patch_size {patch_size} does not divide the image size {image_size}")
+        for name, value in (("recon_weight", recon_weight), ("quantizer_weight", quantizer_weight),
+                            ("commitment", commitment), ("entropy_weight", entropy_weight)):
+            if value < 0:
+                raise ConfigError(f"tokenizer.{name}: must be >= 0, got {value}")
         width, depth, heads = vit_size(size)
         shape = dict(image_size=image_size, patch_size=patch_size, width=width, depth=depth, heads=heads,
                      num_latent_tokens=num_latent_tokens, token_size=token_size)
         self.encoder = LatentViTEncoder(**shape)
-        self.quantizer = VectorQuantizer(codebook_size, token_size, commitment, l2_norm)
+        self.quantizer = VectorQuantizer(codebook_size, token_size, commitment, l2_norm, entropy_weight,
+                                         entropy_temperature)
         self.decoder = MaskTokenViTDecoder(**shape)
-        self.recon_weight, self.quantizer_weight = recon_weight, quantizer_weight
+        self.quantizer_weight = quantizer_weight
+        self.pixel = PixelObjective(recon_loss, recon_weight, perceptual)
+        self.adversary = build_adversary(adversarial, image_size)
         self.encoder_init = encoder
         self.token_spec = TokenSpec("discrete", (num_latent_tokens,), vocab_size=codebook_size)
         self.encoder.apply(init_vit_weights)
@@ -59,9 +81,25 @@ class TiTok(Tokenizer):
     def _decode_latents(self, z: Tensor) -> Tensor:
         return (self.decoder(z) + 1) / 2
 
+    @torch.no_grad()
+    def code_ids(self, images: Tensor) -> dict[str, Tensor]:
+        """{"codes": the code id of each latent token (B, K)}."""
+        return {"codes": self.encode(images)}
+
+    def codebook_sizes(self) -> dict[str, int]:
+        return {"codes": self.quantizer.codebook_size}
+
+    def last_layer(self) -> Tensor:
+        """The decoder's pixel head, for the adaptive adversarial weight (Esser et al. 2021, eq. 7)."""
+        return self.decoder.head.weight
+
     def forward(self, images: Tensor) -> TokenizerOutput:
+        """recon (+ perceptual), quantizer_weight * (codebook + commitment) (+ entropy); all weighted."""
         zq, ids, q_losses = self.quantizer(self.encoder(self._to_model_range(images)))
         recon = self._decode_latents(zq)
-        losses = {"recon": self.recon_weight * F.mse_loss(recon, images)}
-        losses.update({k: self.quantizer_weight * v for k, v in q_losses.items()})
+        losses = self.pixel(images, recon)
+        losses["codebook"] = self.quantizer_weight * q_losses["codebook"]
+        losses["commitment"] = self.quantizer_weight * q_losses["commitment"]
+        if "entropy" in q_losses:
+            losses["entropy"] = q_losses["entropy"]
         return TokenizerOutput(recon=recon, losses=losses, tokens=ids)
