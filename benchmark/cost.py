@@ -29,13 +29,24 @@ def gflops(fn: Callable[[], Any]) -> float:
 
 
 def tokenizer_cost(tokenizer: nn.Module, image_size: int, device: torch.device) -> dict[str, Any]:
-    """Parameters and GFLOPs per image of ``encode`` and ``decode``."""
+    """Parameters and GFLOPs per image of ``encode``, ``decode`` and one training step (forward and
+    backward of the tokenizer's own losses; the discriminator's step is not counted)."""
     images = torch.rand(1, 3, image_size, image_size, device=device)
+    was_training = tokenizer.training
+    tokenizer.train()
+    train = gflops(lambda: sum(tokenizer(images).losses.values()).backward())
+    tokenizer.zero_grad(set_to_none=True)
+    tokenizer.train(was_training)
     with torch.no_grad():
         tokens = tokenizer.encode(images)
-        return {"params": parameter_counts(tokenizer),
+        return {"params": parameter_counts(tokenizer), "train_step_gflops": train,
                 "encode_gflops": gflops(lambda: tokenizer.encode(images)),
                 "decode_gflops": gflops(lambda: tokenizer.decode(tokens))}
+
+
+def training_pflops(cost: dict[str, Any], steps: int, batch_size: int) -> float:
+    """Total training compute of a stage: GFLOPs per training image x images seen, in PFLOPs."""
+    return cost["train_step_gflops"] * steps * batch_size / 1e6
 
 
 def generator_cost(generator: nn.Module, tokens: torch.Tensor, labels: torch.Tensor) -> dict[str, Any]:

@@ -29,6 +29,12 @@ def kl_to_uniform(probs: Tensor, eps: float = 1e-8) -> Tensor:
     return math.log(p.shape[-1]) + (p * (p + eps).log()).sum(-1).mean()
 
 
+def scale_vq_losses(losses: dict[str, Tensor], weight: float) -> dict[str, Tensor]:
+    """A VQ's codebook and commitment terms scaled by the tokenizer's quantiser weight; the entropy
+    term keeps its own weight."""
+    return {k: v if k == "entropy" else weight * v for k, v in losses.items()}
+
+
 class VectorQuantizer(nn.Module):
     """Hard vector quantisation with a straight-through estimator (VQ-VAE, van den Oord et al. 2017).
 

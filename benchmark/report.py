@@ -76,6 +76,31 @@ def build_table(results: list[CellResults], table: dict[str, Any]) -> pd.DataFra
     return pd.DataFrame(rows)
 
 
+def compute_table(plan: Plan, store: RunStore) -> pd.DataFrame:
+    """Training compute per stage kind: as run (each shared stage once: cells that share a tokenizer,
+    a latent cache or a generator share its training) against every cell training its own."""
+    rows = []
+    for kind in ("train_tokenizer", "finetune_tokenizer", "train_generator"):
+        shared, per_cell = 0.0, 0.0
+        for stage in (s for s in plan.stages.values() if s.kind == kind):
+            result = store.result(kind, stage.hash) or {}
+            pflops = (result.get("cost") or {}).get("train_pflops")
+            if pflops is None:
+                continue
+            shared += pflops
+            per_cell += pflops * len(stage.cells)
+        if per_cell:
+            rows.append({"stage": kind, "PFLOPs as run": shared, "PFLOPs, one per cell": per_cell})
+    if rows:
+        total = {"stage": "total", "PFLOPs as run": sum(r["PFLOPs as run"] for r in rows),
+                 "PFLOPs, one per cell": sum(r["PFLOPs, one per cell"] for r in rows)}
+        rows.append(total)
+    df = pd.DataFrame(rows)
+    if rows:
+        df["saving (%)"] = 100 * (1 - df["PFLOPs as run"] / df["PFLOPs, one per cell"])
+    return df
+
+
 def protocol_lines(results: list[CellResults]) -> list[str]:
     """One line per cell and evaluation: what was measured, on what, and how (FID protocols in full)."""
     seen: list[str] = []
@@ -145,6 +170,14 @@ def write_report(plan: Plan, store: RunStore, out_dir: Path) -> list[Path]:
         atomic_write(csv_path, lambda tmp: df.to_csv(tmp, index=False))
         written.append(csv_path)
         md += [f"## {table.get('title', table['name'])}", "", df.to_markdown(index=False, floatfmt=".4g"), ""]
+    if spec.get("compute"):
+        df = compute_table(plan, store)
+        csv_path = out_dir / "compute.csv"
+        atomic_write(csv_path, lambda tmp: df.to_csv(tmp, index=False))
+        written.append(csv_path)
+        md += ["## Training compute", "", "GFLOPs per training image (torch.utils.flop_counter) x images "
+               "seen, summed over the study's stages: as run, where cells share stages by hash, and if "
+               "every cell trained its own.", "", df.to_markdown(index=False, floatfmt=".4g"), ""]
     protocol = protocol_lines(results)
     if protocol:
         md += ["## Protocol", "", *protocol, ""]

@@ -169,7 +169,7 @@ def preview_saver(model: Tokenizer, images: Tensor, folder: Path) -> Callable[[i
 
 
 def _train(model: Tokenizer, ctx: StageContext, cfg: dict[str, Any], train_cfg: TrainConfig) -> dict[str, Any]:
-    from benchmark.cost import tokenizer_cost
+    from benchmark.cost import tokenizer_cost, training_pflops
     from benchmark.data import build_dataset
     from benchmark.train import fit
 
@@ -184,9 +184,10 @@ def _train(model: Tokenizer, ctx: StageContext, cfg: dict[str, Any], train_cfg: 
     save_tokenizer(ctx.dir, cfg, weights)
     model.load_state_dict(weights)
     model.eval()
+    cost = tokenizer_cost(model, cfg["data"]["resolution"], ctx.device)
+    cost["train_pflops"] = training_pflops(cost, train_cfg.steps, train_cfg.batch_size)
     return {"final_losses": terms, "train_seconds": seconds, "train_images": len(dataset),
-            "params": sum(p.numel() for p in model.parameters()),
-            "cost": tokenizer_cost(model, cfg["data"]["resolution"], ctx.device)}
+            "params": sum(p.numel() for p in model.parameters()), "cost": cost}
 
 
 def train_tokenizer(ctx: StageContext) -> dict[str, Any]:
@@ -338,7 +339,7 @@ def load_generator(folder: Path, cache: Path, device: torch.device) -> Generator
 
 
 def train_generator(ctx: StageContext) -> dict[str, Any]:
-    from benchmark.cost import generator_cost
+    from benchmark.cost import generator_cost, training_pflops
     from benchmark.latents import LatentDataset
     from benchmark.train import fit
 
@@ -358,6 +359,8 @@ def train_generator(ctx: StageContext) -> dict[str, Any]:
     tokens, label = data[0]
     model.train()
     cost = generator_cost(model, tokens[None].to(ctx.device), label[None].to(ctx.device))
+    train_cfg = TrainConfig(**cfg["generator_train"])
+    cost["train_pflops"] = training_pflops(cost, train_cfg.steps, train_cfg.batch_size)
     return {"final_losses": terms, "train_seconds": seconds, "train_items": len(data), "cost": cost}
 
 

@@ -41,7 +41,7 @@ MINI_STUDY = """
 title: Mini token-count study
 source: tests
 config:
-  tokenizer: {name: titok, size: tiny, codebook_size: 64}
+  tokenizer: {name: titok, size: tiny, patch_size: 4, codebook_size: 64, l2_norm: false}
 axes:
   grid:
     tokenizer.num_latent_tokens: [4, 8]

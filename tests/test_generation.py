@@ -26,7 +26,9 @@ config:
   generator: {name: maskgit, size: tiny}
   generator_train: {steps: 12, batch_size: 16, lr: 1.0e-3, checkpoint_every: 4, log_every: 4, precision: fp32}
   sample: {num_images: 16, batch_size: 8, steps: 4}
-  eval: {generation_metrics: [gfid, inception_score], inception_weights: INCEPTION}
+profiles:
+  smoke:
+    eval: {generation_metrics: [gfid, inception_score], inception_weights: INCEPTION}
 axes:
   grid:
     sample.cfg_scale: [1.0, 2.0]
@@ -47,7 +49,7 @@ def test_generation_study_shares_cache_and_generator_and_reports_gfid(tmp_path, 
     torch.save(random_inception_state(), weights)
     study = write_study(GEN_STUDY.replace("INCEPTION", str(weights)), name="gen.yaml")
     assert main([str(study), "--profile", "smoke", "--runs", str(tmp_path / "runs"),
-                 "--results", str(tmp_path / "results"), *TINY]) == 0
+                 "--results", str(tmp_path / "results"), *TINY, "sample.num_images=16"]) == 0
     runs = tmp_path / "runs"
     # One tokenizer, one cache, one generator; one sampling and evaluation per CFG scale.
     counts = {kind: len(list((runs / kind).glob("*/result.json"))) for kind in
@@ -168,6 +170,7 @@ axes:
     finetune.tokenizer.causal: [true, false]
 label: "causal {finetune.tokenizer.causal}"
 stages: [evaluate_tokenizer, evaluate_generator]
+report: {compute: true}
 """
 
 
@@ -175,7 +178,7 @@ stages: [evaluate_tokenizer, evaluate_generator]
 def test_stage_two_reuses_stage_one_tokens_and_generator(tmp_path, write_study):
     study = write_study(SCALING_STUDY, name="scaling.yaml")
     assert main([str(study), "--profile", "smoke", "--runs", str(tmp_path / "runs"),
-                 "--results", str(tmp_path / "results"), *TINY]) == 0
+                 "--results", str(tmp_path / "results"), *TINY, "sample.num_images=8"]) == 0
     runs = tmp_path / "runs"
     counts = {kind: len(list((runs / kind).glob("*/result.json"))) for kind in
               ("train_tokenizer", "finetune_tokenizer", "cache_latents", "train_generator", "sample")}
@@ -190,3 +193,9 @@ def test_stage_two_reuses_stage_one_tokens_and_generator(tmp_path, write_study):
         assert frozen and all(torch.equal(first[k], second[k]) for k in frozen)
         assert any(not torch.equal(first[k], second[k]) for k in second if k.startswith("local2d.")
                    and k in first and first[k].shape == second[k].shape)
+    compute = pd.read_csv(tmp_path / "results" / "scaling" / "_smoke" / "compute.csv").set_index("stage")
+    # Two cells share one stage-1 tokenizer and one generator: half their compute is saved.
+    assert compute.loc["train_generator", "saving (%)"] == pytest.approx(50.0)
+    assert compute.loc["train_tokenizer", "saving (%)"] == pytest.approx(50.0)
+    assert compute.loc["finetune_tokenizer", "saving (%)"] == pytest.approx(0.0)
+    assert compute.loc["total", "PFLOPs as run"] > 0

@@ -9,8 +9,8 @@ from torch import nn
 
 from benchmark.errors import ConfigError
 from benchmark.run import main
-from benchmark.stages import StageContext, load_tokenizer
-from benchmark.store import RunStore, read_json
+from benchmark.stages import load_tokenizer_dir
+from benchmark.store import read_json
 from benchmark.study import build_plan
 from conftest import TINY
 
@@ -30,7 +30,7 @@ def test_study_initialises_from_mae_and_records_the_load_report(tmp_path, write_
     folder, source = mae_dir
     study = write_study(f"""
         config:
-          tokenizer: {{name: titok, size: tiny, num_latent_tokens: 4, encoder: {{init: mae, weights: "{folder}"}}}}
+          tokenizer: {{name: titok, size: tiny, patch_size: 4, num_latent_tokens: 4, encoder: {{init: mae, weights: "{folder}"}}}}
     """)
     runs = tmp_path / "runs"
     args = [str(study), "--profile", "smoke", "--runs", str(runs), "--results", str(tmp_path / "res"), *TINY]
@@ -42,11 +42,7 @@ def test_study_initialises_from_mae_and_records_the_load_report(tmp_path, write_
     assert {"patch_embed.weight", "positional_embedding"} <= adapted  # patch 16 -> 4, grid 2 -> 4
     assert "encoder initialisation" in (train_dir / "log.txt").read_text()
 
-    plan = build_plan(study, "smoke", TINY)
-    h = plan.cells[0].stages["evaluate_tokenizer"]
-    ctx = StageContext("evaluate_tokenizer", h, {}, plan.stages[h].inputs, {"device": "cpu"},
-                       runs / "evaluate_tokenizer" / h, RunStore(runs), None)
-    model = load_tokenizer(ctx)
+    model = load_tokenizer_dir(train_dir)
     eps = {m.eps for m in model.encoder.modules() if isinstance(m, nn.LayerNorm)}
     assert eps == {1e-6}  # the source's LayerNorm eps survives the reload
 

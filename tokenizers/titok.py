@@ -24,7 +24,7 @@ from benchmark.base import Tokenizer, TokenizerOutput, TokenSpec
 from benchmark.errors import ConfigError
 from benchmark.layers import init_vit_weights
 from benchmark.objectives import PixelObjective, build_adversary
-from benchmark.quantizers import VectorQuantizer
+from benchmark.quantizers import VectorQuantizer, scale_vq_losses
 from benchmark.registry import register_tokenizer
 from benchmark.vit import LatentViTEncoder, MaskTokenViTDecoder, vit_size
 
@@ -98,8 +98,5 @@ class TiTok(Tokenizer):
         zq, ids, q_losses = self.quantizer(self.encoder(self._to_model_range(images)))
         recon = self._decode_latents(zq)
         losses = self.pixel(images, recon)
-        losses["codebook"] = self.quantizer_weight * q_losses["codebook"]
-        losses["commitment"] = self.quantizer_weight * q_losses["commitment"]
-        if "entropy" in q_losses:
-            losses["entropy"] = q_losses["entropy"]
+        losses.update(scale_vq_losses(q_losses, self.quantizer_weight))
         return TokenizerOutput(recon=recon, losses=losses, tokens=ids)

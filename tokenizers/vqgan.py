@@ -30,7 +30,7 @@ from torch import Tensor, nn
 from benchmark.base import Tokenizer, TokenizerOutput, TokenSpec
 from benchmark.errors import ConfigError
 from benchmark.objectives import PixelObjective, build_adversary
-from benchmark.quantizers import DiagonalGaussian, VectorQuantizer
+from benchmark.quantizers import DiagonalGaussian, VectorQuantizer, scale_vq_losses
 from benchmark.registry import register_tokenizer
 
 # size -> (ch, ch_mult, num_res_blocks, embed_dim of "vq", embed_dim of "kl")
@@ -286,10 +286,7 @@ class VQGAN(Tokenizer):
             zq, ids, q_losses = self.quantizer(moments.permute(0, 2, 3, 1))
             recon = self._decode_latents(zq)
             losses = self.pixel(images, recon)
-            losses["codebook"] = self.quantizer_weight * q_losses["codebook"]
-            losses["commitment"] = self.quantizer_weight * q_losses["commitment"]
-            if "entropy" in q_losses:
-                losses["entropy"] = q_losses["entropy"]
+            losses.update(scale_vq_losses(q_losses, self.quantizer_weight))
             return TokenizerOutput(recon=recon, losses=losses, tokens=ids)
         posterior = DiagonalGaussian(moments.float(), dim=1)  # float32: the KL sums every latent
         recon = self._decode_latents(posterior.sample().permute(0, 2, 3, 1))
