@@ -161,7 +161,7 @@ config:
   tokenizer: {name: selfboottok, size: tiny, patch_size: 4, num_latent_tokens: 4, token_size: 4,
               codebook_size: 32, local2d_size: tiny}
   generator: {name: sit, size: tiny}
-  generator_train: {steps: 8, batch_size: 16, lr: 1.0e-3, checkpoint_every: 4, log_every: 4, precision: fp32}
+  generator_train: {steps: 60, batch_size: 16, lr: 2.0e-3, checkpoint_every: 60, log_every: 5, precision: fp32}
   finetune: {tokenizer: {stage: 2}, train: {steps: 8}}
   sample: {num_images: 8, batch_size: 8, steps: 2, options: {sampler: ode, method: euler}}
   eval: {generation_metrics: []}
@@ -193,9 +193,49 @@ def test_stage_two_reuses_stage_one_tokens_and_generator(tmp_path, write_study):
         assert frozen and all(torch.equal(first[k], second[k]) for k in frozen)
         assert any(not torch.equal(first[k], second[k]) for k in second if k.startswith("local2d.")
                    and k in first and first[k].shape == second[k].shape)
+    flow = pd.read_csv(next((runs / "train_generator").glob("*/losses.csv")))["flow"]
+    assert flow.iloc[-3:].mean() < 0.8 * flow.iloc[:3].mean()  # SiT learns the cached global tokens
+    assert np.load(next((runs / "sample").glob("*/images.npy"))).std() > 0  # its samples decode to images
     compute = pd.read_csv(tmp_path / "results" / "scaling" / "_smoke" / "compute.csv").set_index("stage")
     # Two cells share one stage-1 tokenizer and one generator: half their compute is saved.
     assert compute.loc["train_generator", "saving (%)"] == pytest.approx(50.0)
     assert compute.loc["train_tokenizer", "saving (%)"] == pytest.approx(50.0)
     assert compute.loc["finetune_tokenizer", "saving (%)"] == pytest.approx(0.0)
     assert compute.loc["total", "PFLOPs as run"] > 0
+
+
+def test_adversarial_tokenizer_training_resumes_to_identical_weights(tmp_path):
+    """Generator and discriminator optimisers, EMA and LeCAM state all come back from the checkpoint."""
+    from benchmark.data import build_dataset
+    from benchmark.registry import TOKENIZERS
+    from benchmark.stages import tokenizer_step
+
+    dataset = build_dataset({"name": "procedural", "resolution": 16, "train_size": 32}, "train")
+    cfg = TrainConfig(steps=6, batch_size=8, lr=1e-3, checkpoint_every=2, log_every=2, precision="fp32",
+                      ema_decay=0.9)
+
+    def run(folder: Path, stop_at: int | None = None) -> dict[str, torch.Tensor]:
+        torch.manual_seed(0)
+        model = TOKENIZERS.build("titok", image_size=16, size="tiny", patch_size=4, num_latent_tokens=4,
+                                 codebook_size=32, l2_norm=False, entropy_weight=0.01,
+                                 adversarial={"kind": "stylegan", "weight": 0.1, "start": 1, "lecam_weight": 0.01,
+                                              "consistency_weight": 1.0, "width": 8})
+        step_fn = tokenizer_step(model)
+
+        def step(batch, i):
+            if stop_at is not None and i == stop_at:
+                raise KeyboardInterrupt
+            return step_fn(batch, i)
+
+        return fit(model, step, dataset, cfg, seed=1, run_dir=folder, device=torch.device("cpu"),
+                   adversary=model.adversary)[1]
+
+    straight = run(tmp_path / "a")
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path / "b", stop_at=5)
+    resumed = run(tmp_path / "b")
+    assert any(k.startswith("adversary.") for k in straight)
+    assert all(torch.equal(straight[k], resumed[k]) for k in straight)
+    rows = pd.read_csv(tmp_path / "a" / "losses.csv")
+    assert {"adversarial", "d_disc", "d_lecam", "d_consistency"} <= set(rows.columns)
+    assert rows["d_disc"].iloc[-1] > 0
