@@ -60,8 +60,9 @@ def unflat_tokens(seq: Tensor, spec: TokenSpec) -> Tensor:
 
 @torch.no_grad()
 def write_cache(tokenizer: Tokenizer, dataset: Dataset, folder: Path, device: torch.device,
-                batch_size: int = 64, num_workers: int = 0) -> dict:
-    """Encode ``dataset`` once into ``folder`` (memory-mapped arrays written in place, then renamed)."""
+                batch_size: int = 64, num_workers: int = 0, data: dict | None = None) -> dict:
+    """Encode ``dataset`` once into ``folder`` (memory-mapped arrays written in place, then renamed);
+    ``data`` (its config) is recorded so that item i's image can be found again (REPA teachers)."""
     spec = tokenizer.token_spec
     n = len(dataset)  # type: ignore[arg-type]
     shape = (n, spec.num_generated) if spec.kind == "discrete" else (n, spec.num_generated, spec.dim)
@@ -77,7 +78,7 @@ def write_cache(tokenizer: Tokenizer, dataset: Dataset, folder: Path, device: to
         tokens[i : i + len(seq)] = seq.numpy().astype(dtype)
         labels[i : i + len(seq)] = y.numpy()
         i += len(seq)
-    meta = {"token_spec": dataclasses.asdict(spec), "num_items": n,
+    meta = {"token_spec": dataclasses.asdict(spec), "num_items": n, "data": data,
             "num_classes": int(getattr(dataset, "num_classes", int(labels.max()) + 1))}
     if spec.kind == "continuous":
         x = torch.from_numpy(np.asarray(tokens)).double()
@@ -94,20 +95,25 @@ def write_cache(tokenizer: Tokenizer, dataset: Dataset, folder: Path, device: to
 
 
 class LatentDataset(Dataset):
-    """(tokens, label) pairs read from a cache folder through memory maps."""
+    """(tokens, label) pairs read from a cache folder through memory maps; with ``images`` (the dataset
+    the cache was encoded from) (tokens, label, image) triples."""
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, images: Dataset | None = None) -> None:
         self.meta = json.loads((folder / "latents.json").read_text())
         self.tokens = np.load(folder / "tokens.npy", mmap_mode="r")
         self.labels = np.load(folder / "labels.npy", mmap_mode="r")
         self.spec = TokenSpec(**{**self.meta["token_spec"], "shape": tuple(self.meta["token_spec"]["shape"])})
         self.num_classes = int(self.meta["num_classes"])
+        self.images = images
+        if images is not None and len(images) != len(self.labels):  # type: ignore[arg-type]
+            raise ValueError(f"{folder}: {len(self.labels)} cached items but {len(images)} images")  # type: ignore[arg-type]
 
     def __len__(self) -> int:
         return len(self.labels)
 
-    def __getitem__(self, i: int) -> tuple[Tensor, Tensor]:
-        return torch.from_numpy(np.array(self.tokens[i])), torch.tensor(int(self.labels[i]))
+    def __getitem__(self, i: int) -> tuple[Tensor, ...]:
+        item = (torch.from_numpy(np.array(self.tokens[i])), torch.tensor(int(self.labels[i])))
+        return item if self.images is None else (*item, self.images[i][0])
 
     def stats(self) -> LatentStats:
         if "mean" not in self.meta:

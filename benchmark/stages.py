@@ -319,7 +319,7 @@ def cache_latents(ctx: StageContext) -> dict[str, Any]:
     data = read_json(folder / "tokenizer.json")["data"]
     dataset = build_dataset(data, "train")
     t0 = time.perf_counter()
-    meta = write_cache(model, dataset, ctx.dir, ctx.device, num_workers=ctx.runtime.get("num_workers", 0))
+    meta = write_cache(model, dataset, ctx.dir, ctx.device, num_workers=ctx.runtime.get("num_workers", 0), data=data)
     return {"num_items": meta["num_items"], "num_classes": meta["num_classes"],
             "token_spec": meta["token_spec"], "cache_seconds": time.perf_counter() - t0}
 
@@ -347,16 +347,23 @@ def train_generator(ctx: StageContext) -> dict[str, Any]:
     torch.manual_seed(cfg["seed"])
     data = LatentDataset(ctx.input_dir("cache_latents"))
     model = build_generator(cfg, data.spec, data.num_classes)
+    teacher = getattr(model, "repa_teacher", None)
+    if teacher is not None:  # REPA: the teacher sees the images the cached tokens came from
+        from benchmark.data import build_dataset
+
+        data = LatentDataset(ctx.input_dir("cache_latents"), build_dataset(data.meta["data"], "train"))
 
     def step(batch: tuple[Tensor, ...], i: int) -> tuple[dict[str, Tensor], None]:
-        return model.loss(batch[0], batch[1]), None
+        if teacher is None:
+            return model.loss(batch[0], batch[1]), None
+        return model.loss(batch[0], batch[1], features=teacher.teacher_features(batch[2])), None
 
     t0 = time.perf_counter()
     terms, weights = fit(model, step, data, TrainConfig(**cfg["generator_train"]), cfg["seed"], ctx.dir, ctx.device,
                          ctx.runtime.get("num_workers", 0), ctx.log, ctx.runtime.get("compile", False))
     seconds = time.perf_counter() - t0
     atomic_write(ctx.dir / "model.safetensors", lambda tmp: save_file(weights, str(tmp)))
-    tokens, label = data[0]
+    tokens, label = data[0][:2]
     model.train()
     cost = generator_cost(model, tokens[None].to(ctx.device), label[None].to(ctx.device))
     train_cfg = TrainConfig(**cfg["generator_train"])

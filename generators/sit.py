@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from benchmark.base import Generator, TokenSpec
+from benchmark.encoders import build_encoder
 from benchmark.errors import ConfigError
 from benchmark.layers import Attention, Mlp
 from benchmark.registry import register_generator
@@ -283,9 +284,12 @@ class SiT(Generator):
 
     def __init__(self, *, token_spec: TokenSpec, num_classes: int, size: str = "B", label_dropout: float = 0.1,
                  path_type: str = "linear", prediction: str = "velocity", repa_depth: int = 0,
-                 repa_dim: int = 0, repa_weight: float = 0.5, repa_projector_dim: int = 2048) -> None:
+                 repa_dim: int = 0, repa_weight: float = 0.5, repa_projector_dim: int = 2048,
+                 repa_teacher: dict | None = None) -> None:
         """``repa_depth`` (1-based) picks the block whose output REPA aligns with ``repa_dim``-dim
-        teacher features, through a 3-layer SiLU MLP of hidden width ``repa_projector_dim`` (REPA's 2048)."""
+        teacher features, through a 3-layer SiLU MLP of hidden width ``repa_projector_dim`` (REPA's 2048).
+        ``repa_teacher`` names the frozen encoder (benchmark/encoders.py, e.g. ``{init: dinov2, size: B}``)
+        whose patch features of the training images the harness passes to :meth:`loss`."""
         super().__init__()
         if token_spec.kind != "continuous":
             raise ConfigError(f"generator.name: sit models continuous tokens, but the tokenizer's token_spec.kind "
@@ -308,6 +312,10 @@ class SiT(Generator):
         self.interpolant = Interpolant(path_type)
         self.prediction = prediction
         self.repa_depth, self.repa_dim, self.repa_weight = repa_depth, repa_dim, repa_weight
+        if repa_teacher is not None and repa_dim <= 0:
+            raise ConfigError("generator.repa_teacher: set generator.repa_dim to the teacher's feature width "
+                              "(and generator.repa_depth) to align with it")
+        self.repa_teacher = build_encoder(repa_teacher, where="generator.repa_teacher") if repa_teacher else None
         # Noise and score models live on [EPS, 1 - EPS] (see EPS); velocity models on [0, 1].
         self.t_min, self.t_max = (0.0, 1.0) if prediction == "velocity" else (EPS, 1 - EPS)
 

@@ -239,3 +239,31 @@ def test_adversarial_tokenizer_training_resumes_to_identical_weights(tmp_path):
     rows = pd.read_csv(tmp_path / "a" / "losses.csv")
     assert {"adversarial", "d_disc", "d_lecam", "d_consistency"} <= set(rows.columns)
     assert rows["d_disc"].iloc[-1] > 0
+
+
+REPA_STUDY = """
+title: SiT with REPA on cached SoftVQ tokens
+source: tests
+config:
+  tokenizer: {name: softvq, size: tiny, patch_size: 4, num_latent_tokens: 4, token_size: 4, codebook_size: 32}
+  generator:
+    name: sit
+    size: tiny
+    repa_depth: 1
+    repa_dim: 48
+    repa_projector_dim: 32
+    repa_teacher: {init: dinov2, stand_in: {img_size: 16, patch_size: 4, embed_dim: 48, depth: 1, num_heads: 2}}
+  generator_train: {steps: 20, batch_size: 16, lr: 2.0e-3, checkpoint_every: 20, log_every: 5, precision: fp32}
+label: REPA
+stages: [train_generator]
+"""
+
+
+@pytest.mark.slow
+def test_sit_aligns_to_teacher_features_of_the_cached_images(tmp_path, write_study):
+    study = write_study(REPA_STUDY, name="repa.yaml")
+    assert main([str(study), "--profile", "smoke", "--runs", str(tmp_path / "runs"),
+                 "--results", str(tmp_path / "results"), *TINY]) == 0
+    losses = pd.read_csv(next((tmp_path / "runs" / "train_generator").glob("*/losses.csv")))
+    assert {"flow", "repa"} <= set(losses.columns)
+    assert losses["repa"].between(-1, 0.5).all() and losses["repa"].iloc[-1] < losses["repa"].iloc[0]
