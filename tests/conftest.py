@@ -25,6 +25,39 @@ TINY = ["train.steps=24", "train.batch_size=16", "train.checkpoint_every=8", "tr
         "data.train_size=64", "data.eval_size=32", "data.resolution=16"]
 
 
+def grads_of(model, loss) -> set[str]:
+    """Names of the parameters that ``loss`` gives a non-zero gradient."""
+    model.zero_grad()
+    loss.backward(retain_graph=True)
+    return {n for n, p in model.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
+
+
+def check_adversarial_steps(model, images: torch.Tensor, reaches: set[str], steps: int = 2) -> None:
+    """The trainer's step of the tokenizer contract, emulated: G on the weighted losses plus the
+    adversarial term (which must reach ``reaches`` and leave D unchanged), then D on real vs fake."""
+    adversary = model.adversary
+    disc_ids = {id(p) for p in adversary.parameters()}
+    g_opt = torch.optim.Adam([p for p in model.parameters() if id(p) not in disc_ids], lr=1e-3)
+    d_opt = torch.optim.Adam(adversary.parameters(), lr=1e-3)
+    for step in range(steps):
+        out = model(images)
+        losses = dict(out.losses)
+        losses["adversarial"] = adversary.generator_loss(out.recon, losses["recon"], model.last_layer(), step)
+        assert torch.isfinite(losses["adversarial"]) and losses["adversarial"].item() != 0
+        assert reaches <= grads_of(model, losses["adversarial"])
+        d_before = [p.detach().clone() for p in adversary.parameters()]
+        g_opt.zero_grad()
+        sum(losses.values()).backward()
+        g_opt.step()
+        assert all(torch.equal(a, p) for a, p in zip(d_before, adversary.parameters()))  # G leaves D alone
+        d = adversary.discriminator_loss(images, out.recon.detach(), step)
+        assert torch.isfinite(d["disc"]) and d["disc"].item() > 0
+        d_opt.zero_grad()
+        sum(d.values()).backward()
+        d_opt.step()
+        assert any(not torch.equal(a, p) for a, p in zip(d_before, adversary.parameters()))
+
+
 @pytest.fixture
 def write_study(tmp_path: Path):
     """Write a study YAML into tmp_path and return its path."""

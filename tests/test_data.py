@@ -11,7 +11,12 @@ import torch
 from PIL import Image
 
 from benchmark.data import (
-    PROCEDURAL_KINDS, BDD100K, ImageFolderDataset, ProceduralShapes, build_dataset, load_image,
+    BDD100K,
+    PROCEDURAL_KINDS,
+    ImageFolderDataset,
+    ProceduralShapes,
+    build_dataset,
+    load_image,
 )
 from benchmark.errors import ConfigError, DataError
 

@@ -16,7 +16,12 @@ import transformers
 from timm.layers import resample_abs_pos_embed, resample_patch_embed
 from torch import Tensor, nn
 
-from benchmark.encoders import PretrainedEncoder, WeightsError, build_encoder, initialize_encoder
+from benchmark.encoders import (
+    PretrainedEncoder,
+    WeightsError,
+    build_encoder,
+    initialize_encoder,
+)
 from benchmark.errors import ConfigError
 from benchmark.registry import ENCODERS, TOKENIZERS
 

@@ -17,6 +17,7 @@ import pytest
 import torch
 from PIL import Image
 from safetensors.torch import save_file
+from test_fid import random_inception_state
 
 from benchmark import bench, evaluate
 from benchmark.data import build_dataset
@@ -29,7 +30,6 @@ from benchmark.stages import (
     save_tokenizer,
 )
 from benchmark.store import RunStore, write_json
-from test_fid import random_inception_state
 
 DATA = {"name": "procedural", "resolution": 16, "num_classes": 8, "train_size": 12, "eval_size": 8}
 TOKENIZER = {"name": "titok", "size": "tiny", "patch_size": 4, "codebook_size": 64, "num_latent_tokens": 8}

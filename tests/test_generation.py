@@ -8,6 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import TINY
+from test_fid import random_inception_state
 
 from benchmark.base import Tokenizer, TokenizerOutput, TokenSpec
 from benchmark.config import TrainConfig
@@ -15,8 +17,6 @@ from benchmark.latents import LatentDataset, flat_tokens, unflat_tokens, write_c
 from benchmark.registry import GENERATORS
 from benchmark.run import main
 from benchmark.train import fit
-from conftest import TINY
-from test_fid import random_inception_state
 
 GEN_STUDY = """
 title: Mini generation study

@@ -12,10 +12,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
+from conftest import MINI_STUDY, REPO, TINY
 from safetensors.torch import load_file
 
 from benchmark.run import main
-from conftest import MINI_STUDY, REPO, TINY
 
 pytestmark = pytest.mark.slow
 

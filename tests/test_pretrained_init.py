@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import timm
 import torch
+from conftest import TINY
 from torch import nn
 
 from benchmark.errors import ConfigError
@@ -12,7 +13,6 @@ from benchmark.run import main
 from benchmark.stages import load_tokenizer_dir
 from benchmark.store import read_json
 from benchmark.study import build_plan
-from conftest import TINY
 
 pytestmark = pytest.mark.slow
 

@@ -6,8 +6,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from benchmark.quantizers import (DiagonalGaussian, SoftVectorQuantizer, VectorQuantizer, entropy_regularizer,
-                                  kl_to_uniform)
+from benchmark.quantizers import (
+    DiagonalGaussian,
+    SoftVectorQuantizer,
+    VectorQuantizer,
+    entropy_regularizer,
+    kl_to_uniform,
+)
 
 
 def test_soft_vq_matches_closed_form_of_eq_2_3():

@@ -8,6 +8,7 @@ import sys
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import grads_of
 from safetensors.torch import save_file
 
 from benchmark.data import build_dataset
@@ -44,11 +45,6 @@ def tiny(**kw):
 def images(n: int = 4, seed: int = 0) -> torch.Tensor:
     return torch.rand(n, 3, 32, 32, generator=torch.Generator().manual_seed(seed))
 
-
-def grads_of(model, loss) -> set[str]:
-    model.zero_grad(set_to_none=True)
-    loss.backward(retain_graph=True)
-    return {n for n, p in model.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
 
 
 def test_encode_decode_match_token_spec_and_the_training_pass():

@@ -11,9 +11,9 @@ import time
 
 import pandas as pd
 import pytest
+from conftest import MINI_STUDY, TINY
 
 from benchmark.run import main
-from conftest import MINI_STUDY, TINY
 
 
 def slurm_answers() -> bool:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import grads_of
 
 from benchmark.data import build_dataset
 from benchmark.encoders import initialize_encoder
@@ -29,11 +30,6 @@ def tiny_softvq(**kw):
 def images(n: int = 4, seed: int = 0) -> torch.Tensor:
     return torch.rand(n, 3, IMAGE, IMAGE, generator=torch.Generator().manual_seed(seed))
 
-
-def grads_of(model, loss) -> set[str]:
-    model.zero_grad()
-    loss.backward(retain_graph=True)
-    return {n for n, p in model.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
 
 
 def test_encode_decode_follow_the_continuous_token_spec():

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import check_adversarial_steps, grads_of
 
 from benchmark.data import build_dataset
 from benchmark.errors import ConfigError
@@ -21,12 +22,6 @@ def tiny_vqgan(**kw):
     opts = dict(image_size=32, size="tiny", codebook_size=64, adversarial=None)
     return TOKENIZERS.build("vqgan", **{**opts, **kw})
 
-
-def grads_of(model, loss) -> set[str]:
-    """Names of the parameters that ``loss`` gives a non-zero gradient."""
-    model.zero_grad()
-    loss.backward(retain_graph=True)
-    return {n for n, p in model.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
 
 
 def test_vq_shapes_dtypes_token_spec_and_latent_grid():
@@ -149,30 +144,7 @@ def test_bad_config_names_its_key(opts, key):
 def test_adversarial_generator_and_discriminator_steps():
     """The trainer's step (tokenizer contract): G on the weighted losses + adversarial, then D."""
     model = tiny_vqgan(adversarial={"start": 0, "weight": 0.5, "num_layers": 2, "width": 16})
-    adversary = model.adversary
-    disc_ids = {id(p) for p in adversary.parameters()}
-    g_opt = torch.optim.Adam([p for p in model.parameters() if id(p) not in disc_ids], lr=1e-3)
-    d_opt = torch.optim.Adam(adversary.parameters(), lr=1e-3)
-    images = torch.rand(4, 3, 32, 32)
-    for step in range(2):
-        out = model(images)
-        losses = dict(out.losses)
-        nll = losses["recon"]
-        losses["adversarial"] = adversary.generator_loss(out.recon, nll, model.last_layer(), step)
-        assert torch.isfinite(losses["adversarial"]) and losses["adversarial"].item() != 0
-        g_grads = grads_of(model, losses["adversarial"])
-        assert "decoder.conv_out.weight" in g_grads and "encoder.conv_in.weight" in g_grads
-        d_before = [p.detach().clone() for p in adversary.parameters()]
-        g_opt.zero_grad()
-        sum(losses.values()).backward()
-        g_opt.step()
-        assert all(torch.equal(a, p) for a, p in zip(d_before, adversary.parameters()))  # G leaves D alone
-        d = adversary.discriminator_loss(images, out.recon.detach(), step)
-        assert torch.isfinite(d["disc"]) and d["disc"].item() > 0
-        d_opt.zero_grad()
-        sum(d.values()).backward()
-        d_opt.step()
-        assert any(not torch.equal(a, p) for a, p in zip(d_before, adversary.parameters()))
+    check_adversarial_steps(model, torch.rand(4, 3, 32, 32), {"decoder.conv_out.weight", "encoder.conv_in.weight"})
 
 
 @pytest.mark.slow
