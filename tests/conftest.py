@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import textwrap
+from collections.abc import Iterator
 from pathlib import Path
 
 # Idle OpenMP threads sleep instead of spinning: on a loaded 2-core machine spinning threads made
@@ -12,6 +13,8 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
+from torch import Tensor, nn  # noqa: E402
+from torch_fidelity import feature_extractor_inceptionv3 as tf_inception  # noqa: E402
 
 from benchmark.registry import load_plugins  # noqa: E402
 
@@ -92,3 +95,38 @@ report:
   figures:
     - {name: curve, x: tokenizer.num_latent_tokens, y: [psnr]}
 """
+
+
+def random_inception_state() -> dict[str, Tensor]:
+    """A state dict for torch-fidelity's Inception-v3 with random, variance-preserving conv weights.
+
+    The constructor always loads weights (downloading them when given no path), so it is built here
+    with the download and the load stubbed out, and its fresh initialisation is taken.
+    """
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(tf_inception, "load_state_dict_from_url", lambda *a, **k: {})
+        mp.setattr(tf_inception.FeatureExtractorInceptionV3, "load_state_dict", lambda self, *a, **k: None)
+        model = tf_inception.FeatureExtractorInceptionV3("random", ["2048"])
+    torch.manual_seed(0)
+    for module in model.modules():
+        if isinstance(module, nn.Conv2d):  # He init keeps activations O(1) through ~50 conv layers
+            nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
+    return model.state_dict()
+
+
+@pytest.fixture(scope="module")
+def one_thread() -> Iterator[None]:
+    """On a shared 2-core CPU, two intra-op threads wait on each other at each of Inception's ~300
+    ops (measured: 3.8 s per call vs 0.15 s per image on one thread)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random-weight Inception saved as torch-fidelity saves its weights (no test needs the real ones)."""
+    path = tmp_path_factory.mktemp("inception") / "random-inception.pth"
+    torch.save(random_inception_state(), path)
+    return path

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import logging
 import re
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +16,6 @@ import pytest
 import torch
 from PIL import Image
 from safetensors.torch import save_file
-from test_fid import random_inception_state
 
 from benchmark import bench, evaluate
 from benchmark.data import build_dataset
@@ -35,21 +33,8 @@ DATA = {"name": "procedural", "resolution": 16, "num_classes": 8, "train_size": 
 TOKENIZER = {"name": "titok", "size": "tiny", "patch_size": 4, "codebook_size": 64, "num_latent_tokens": 8}
 GENERATOR = {"name": "maskgit", "size": "tiny"}
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.one_thread
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    """Inception on a shared 2-core CPU is faster on one thread (see tests/test_fid.py)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("inception") / "random-inception.pth"
-    torch.save(random_inception_state(), path)
-    return path
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,6 @@ computed once per module and shared.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -15,8 +14,7 @@ import scipy.linalg
 import scipy.special
 import torch
 from PIL import Image
-from torch import Tensor, nn
-from torch_fidelity import feature_extractor_inceptionv3 as tf_inception
+from torch import Tensor
 
 from benchmark.base import TokenSpec
 from benchmark.data import build_dataset
@@ -49,39 +47,8 @@ NOISE_STDS = (0.0, 0.1, 0.2)
 N_IMAGES = 12
 PROCEDURAL = {"name": "procedural", "resolution": 32, "eval_size": N_IMAGES}
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.one_thread
 
-def random_inception_state() -> dict[str, Tensor]:
-    """A state dict for torch-fidelity's Inception-v3 with random, variance-preserving conv weights.
-
-    The constructor always loads weights (downloading them when given no path), so it is built here
-    with the download and the load stubbed out, and its fresh initialisation is taken.
-    """
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(tf_inception, "load_state_dict_from_url", lambda *a, **k: {})
-        mp.setattr(tf_inception.FeatureExtractorInceptionV3, "load_state_dict", lambda self, *a, **k: None)
-        model = tf_inception.FeatureExtractorInceptionV3("random", ["2048"])
-    torch.manual_seed(0)
-    for module in model.modules():
-        if isinstance(module, nn.Conv2d):  # He init keeps activations O(1) through ~50 conv layers
-            nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
-    return model.state_dict()
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    """On a shared 2-core CPU, two intra-op threads wait on each other at each of Inception's ~300
-    ops (measured: 3.8 s per call vs 0.15 s per image on one thread)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("inception") / "random-inception.pth"
-    torch.save(random_inception_state(), path)
-    return path
 
 
 @pytest.fixture(scope="module")

@@ -8,8 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import TINY
-from test_fid import random_inception_state
+from conftest import TINY, random_inception_state
 
 from benchmark.base import Tokenizer, TokenizerOutput, TokenSpec
 from benchmark.config import TrainConfig
