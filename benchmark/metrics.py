@@ -161,8 +161,7 @@ class SSIM(PerImageMean):
 
 @register_metric("codebook_usage")
 class CodebookUsage(Metric):
-    """Share of codebook entries used (percent), code perplexity exp(H) and entropy H (nats) over the
-    evaluation set, per codebook.
+    """Codebook usage (percent of codes used), code perplexity exp(H) and entropy H, per codebook.
 
     A discrete tokenizer's ids are its one codebook; tokenizers with ``code_ids`` report every
     codebook (``codebook_usage_<name>``, ...), and the plain ``codebook_usage`` is that of the first.
