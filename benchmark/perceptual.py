@@ -20,9 +20,12 @@ import torch
 from torch import Tensor, nn
 from torchvision.models import get_weight
 
+from benchmark.base import TokenSpec
 from benchmark.encoders import WeightsError
 from benchmark.errors import ConfigError
 from benchmark.layers import Frozen
+from benchmark.metrics import PerImageMean
+from benchmark.registry import register_metric
 
 # LPIPS network -> (torchvision builder, the torchvision weights lpips' trunks were built with)
 BACKBONES = {
@@ -118,3 +121,19 @@ class PerceptualLoss(nn.Module):
     def forward(self, x: Tensor, y: Tensor) -> Tensor:
         """The mean LPIPS distance over the batch (a scalar)."""
         return self.distance(x, y).mean()
+
+
+@register_metric("lpips")
+class LPIPSMetric(PerImageMean):
+    """LPIPS (Zhang et al. 2018) between originals and reconstructions, VGG backbone (lower is better)."""
+
+    key = "lpips"
+
+    def __init__(self, token_spec: TokenSpec, *, net: str = "vgg", weights: str | None = None,
+                 device: str = "cpu") -> None:
+        super().__init__(token_spec)
+        self.device = torch.device(device)
+        self.loss = PerceptualLoss(net=net, weights=weights).to(self.device)
+
+    def per_image(self, images: Tensor, recons: Tensor) -> Tensor:
+        return self.loss.distance(recons.to(self.device), images.to(self.device)).cpu()

@@ -26,7 +26,7 @@ from benchmark.errors import ConfigError
 PLUGIN_PACKAGE = "tok1d_plugins"
 PLUGIN_ENV = "TOK1D_PLUGINS"
 BUILTIN_PLUGIN_DIRS = (REPO_ROOT / "tokenizers", REPO_ROOT / "generators")
-BUILTIN_MODULES = ("benchmark.data", "benchmark.metrics", "benchmark.encoders", "benchmark.fid")
+BUILTIN_MODULES = ("benchmark.data", "benchmark.metrics", "benchmark.encoders", "benchmark.fid", "benchmark.perceptual")
 
 
 @dataclass(frozen=True)

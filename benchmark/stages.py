@@ -242,9 +242,9 @@ def _check_same_tokens(before: Tokenizer, after: Tokenizer, cfg: dict[str, Any])
 
 
 def metric_options(cfg: EvalConfig, device: torch.device) -> dict[str, dict[str, Any]]:
-    """Options every Inception-based metric takes from the eval config."""
+    """Options the metrics that run a network (Inception, LPIPS) take from the eval config."""
     inception = {"weights": cfg.inception_weights, "device": str(device)}
-    return {"rfid": inception, "inception_score": inception, "gfid": inception}
+    return {"rfid": inception, "inception_score": inception, "gfid": inception, "lpips": {"device": str(device)}}
 
 
 def evaluate_batch(model: Tokenizer, images: Tensor, labels: Tensor, metrics: list[Any]) -> Tensor:

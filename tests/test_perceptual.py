@@ -153,3 +153,17 @@ def test_no_weights_loads_from_the_hub_cache(empty_hub: Path, alex_file) -> None
 def test_unknown_net_is_a_config_error() -> None:
     with pytest.raises(ConfigError, match=r"tokenizer\.perceptual\.net: unknown LPIPS network 'resnet'"):
         PerceptualLoss(net="resnet", weights="random")
+
+
+def test_lpips_metric_is_the_mean_per_image_distance():
+    from benchmark.base import TokenSpec
+    from benchmark.metrics import EvalBatch, build_metrics
+
+    torch.manual_seed(0)
+    images, recons = torch.rand(3, 3, 32, 32), torch.rand(3, 3, 32, 32)
+    spec = TokenSpec("discrete", (4,), vocab_size=8)
+    (metric,) = build_metrics(["lpips"], spec, {"lpips": {"net": "alex", "weights": "random"}})
+    metric.update(EvalBatch(images=images, recons=recons, tokens=torch.zeros(3, 4, dtype=torch.long),
+                            labels=torch.zeros(3)))
+    expected = metric.loss.distance(recons, images).mean().item()
+    assert metric.compute()["lpips"] == pytest.approx(expected, rel=1e-6) and expected > 0
