@@ -57,9 +57,20 @@ class TokenizerOutput:
 
 
 class Tokenizer(nn.Module, ABC):
-    """An image tokenizer: ``encode`` images to tokens, ``decode`` tokens to images."""
+    """An image tokenizer: ``encode`` images to tokens, ``decode`` tokens to images.
+
+    Optional parts the harness uses when present:
+
+    - ``adversary`` (benchmark.gan.Adversary) and ``last_layer()``: the trainer adds the adaptively
+      weighted adversarial term to ``forward``'s losses (balanced against ``recon`` + ``perceptual``)
+      and alternates a discriminator step;
+    - ``encoder`` / ``encoder_init``: a pretrained initialisation copied in before training;
+    - ``code_ids(images)`` and ``codebook_sizes()``: hard code ids per codebook, for usage metrics;
+    - ``load_stage1(state)``: how a ``finetune_tokenizer`` stage starts from the stage-1 weights.
+    """
 
     token_spec: TokenSpec
+    adversary: nn.Module | None = None
 
     @abstractmethod
     def encode(self, images: Tensor) -> Tensor:
