@@ -70,7 +70,6 @@ class Tokenizer(nn.Module, ABC):
     """
 
     token_spec: TokenSpec
-    adversary: nn.Module | None = None
 
     @abstractmethod
     def encode(self, images: Tensor) -> Tensor:
