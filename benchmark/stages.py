@@ -154,7 +154,7 @@ def tokenizer_step(model: Tokenizer) -> Callable:
 
 
 def preview_saver(model: Tokenizer, images: Tensor, folder: Path) -> Callable[[int], None]:
-    """Saves originals over reconstructions of a fixed batch as ``samples/step_XXXXXXX.png``."""
+    """Saves originals over reconstructions of a fixed batch as ``samples/step_<step>.png`` (seven digits)."""
     from benchmark.report import save_image_grid
 
     def save(step: int) -> None:

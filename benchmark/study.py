@@ -206,12 +206,12 @@ def build_plan(path: str | Path, profile: str = "paper", overrides: list[str] | 
 def closure(kinds: list[str], config: dict[str, Any]) -> list[str]:
     """The wanted stage kinds plus everything they need for this cell's config, in dependency order."""
     out: set[str] = set()
-    todo = list(kinds)
-    while todo:
-        kind = todo.pop()
+    pending = list(kinds)
+    while pending:
+        kind = pending.pop()
         if kind not in out:
             out.add(kind)
-            todo.extend(STAGES[kind].inputs(config))
+            pending.extend(STAGES[kind].inputs(config))
     return sorted(out, key=stage_order)
 
 

@@ -101,7 +101,7 @@ def random_inception_state() -> dict[str, Tensor]:
     """A state dict for torch-fidelity's Inception-v3 with random, variance-preserving conv weights.
 
     The constructor always loads weights (downloading them when given no path), so it is built here
-    with the download and the load stubbed out, and its fresh initialisation is taken.
+    with the download and the load replaced by no-ops, and its fresh initialisation is taken.
     """
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(tf_inception, "load_state_dict_from_url", lambda *a, **k: {})
