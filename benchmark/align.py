@@ -10,9 +10,23 @@ teacher's width D, ``y`` a frozen teacher's patch features (B, M, D) resampled t
 from __future__ import annotations
 
 import math
+from typing import Any, Mapping
 
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from benchmark.encoders import NoEncoder, PretrainedEncoder, build_encoder
+from benchmark.errors import ConfigError
+
+
+def build_teacher(spec: Mapping[str, Any], where: str) -> tuple[PretrainedEncoder, int]:
+    """A frozen alignment teacher (a benchmark.encoders entry, a plain object: its weights stay out of
+    the model's parameters and checkpoints) and its feature width D."""
+    teacher = build_encoder(spec, where=where)
+    if isinstance(teacher, NoEncoder):
+        raise ConfigError(f"{where}.init: 'none' has no features to align to; choose a pretrained encoder "
+                          f"or set {where}: null")
+    return teacher, teacher.feature_dim()
 
 
 class Projector(nn.Sequential):
@@ -24,22 +38,23 @@ class Projector(nn.Sequential):
                          nn.Linear(hidden, out_dim))
 
 
-def resample_tokens(features: Tensor, n: int) -> Tensor:
-    """Teacher features (B, M, D) at ``n`` positions: when M and n are both square the M patches are a
-    grid, average-pooled to a sqrt(n) x sqrt(n) grid (each token sees one image region); otherwise the
-    sequence is average-pooled in 1D. Identity when M == n."""
+def resample_tokens(features: Tensor, n: int, grid: bool = True) -> Tensor:
+    """Teacher features (B, M, D) at ``n`` positions. With ``grid``, when M and n are both square the M
+    patches are a grid, average-pooled to a sqrt(n) x sqrt(n) grid (each token sees one image
+    region); otherwise (or without ``grid``) contiguous runs of the raster-ordered patches are
+    average-pooled in 1D. Identity when M == n."""
     b, m, d = features.shape
     if m == n:
         return features
     gm, gn = math.isqrt(m), math.isqrt(n)
-    if gm * gm == m and gn * gn == n:
-        grid = features.transpose(1, 2).reshape(b, d, gm, gm)
-        return F.adaptive_avg_pool2d(grid, gn).flatten(2).transpose(1, 2)
+    if grid and gm * gm == m and gn * gn == n:
+        grid_features = features.transpose(1, 2).reshape(b, d, gm, gm)
+        return F.adaptive_avg_pool2d(grid_features, gn).flatten(2).transpose(1, 2)
     return F.adaptive_avg_pool1d(features.transpose(1, 2), n).transpose(1, 2)
 
 
-def patchwise_similarity_loss(projected: Tensor, features: Tensor) -> Tensor:
+def patchwise_similarity_loss(projected: Tensor, features: Tensor, grid: bool = True) -> Tensor:
     """PatchwiseSim of SelfBootTok Eq. 6-7 as a loss: mean negative cosine similarity between projected
-    tokens (B, N, D) and teacher features (B, M, D) resampled to N positions."""
-    target = resample_tokens(features.to(projected.dtype), projected.shape[1])
+    tokens (B, N, D) and teacher features (B, M, D) resampled to N positions (:func:`resample_tokens`)."""
+    target = resample_tokens(features.to(projected.dtype), projected.shape[1], grid)
     return -F.cosine_similarity(projected, target, dim=-1).mean()

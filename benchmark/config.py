@@ -246,24 +246,41 @@ def merge_layers(layers: list[Layer], start: tuple[dict[str, Any], dict[str, str
 # Validation
 
 
-def registry_params(registry: Registry, name: str) -> dict[str, Any]:
-    """The user-settable constructor parameters of a registry entry and their type hints.
-
-    A constructor that passes ``**kwargs`` on to its base class also accepts the base's parameters.
-    """
+def init_params(cls: type, harness: set[str] | frozenset[str] = frozenset()) -> dict[str, Any]:
+    """The user-settable constructor parameters of ``cls`` (those not in ``harness``) and their type
+    hints. A constructor that passes ``**kwargs`` on to its base class also accepts the base's."""
     out: dict[str, Any] = {}
-    for klass in registry.get(name).obj.__mro__:
+    for klass in cls.__mro__:
         init = klass.__dict__.get("__init__")
         if init is None:
             continue
         hints = typing.get_type_hints(init)
         params = inspect.signature(init).parameters
         for p, param in params.items():
-            if p != "self" and p not in HARNESS_ARGS.get(registry.kind, set()) and param.kind not in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
+            if p != "self" and p not in harness and param.kind not in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
                 out.setdefault(p, hints.get(p, Any))
         if not any(p.kind == p.VAR_KEYWORD for p in params.values()):
             break
     return out
+
+
+def registry_params(registry: Registry, name: str) -> dict[str, Any]:
+    """The user-settable constructor parameters of a registry entry and their type hints."""
+    return init_params(registry.get(name).obj, HARNESS_ARGS.get(registry.kind, set()))
+
+
+def check_options(options: Mapping[str, Any], params: Mapping[str, Any], where: str, what: str,
+                  extra: tuple[str, ...] = ()) -> None:
+    """A nested option mapping (``tokenizer.encoder``, ``tokenizer.adversarial``, ...): every key must
+    be a parameter of ``what`` (or one of ``extra``, handled by the caller) with a value of its type."""
+    for key, value in options.items():
+        if key in extra:
+            continue
+        if key not in params:
+            raise ConfigError(f"{where}.{key}: not an option of {what}; "
+                              f"options: {', '.join([*extra, *params]) or 'none'}")
+        if not type_ok(value, params[key]):
+            raise ConfigError(f"{where}.{key} must be {hint_name(params[key])}, got {value!r}")
 
 
 def type_ok(value: Any, hint: Any) -> bool:

@@ -34,7 +34,12 @@ from typing import Any, ClassVar, Mapping
 
 import torch
 import torch.nn.functional as F
-from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
+from timm.data import (
+    IMAGENET_DEFAULT_MEAN,
+    IMAGENET_DEFAULT_STD,
+    OPENAI_CLIP_MEAN,
+    OPENAI_CLIP_STD,
+)
 from timm.layers import resample_abs_pos_embed, resample_patch_embed
 from torch import Tensor, nn
 
@@ -449,6 +454,14 @@ class PretrainedEncoder(ABC):
     def source_depth(self) -> int:
         """Number of transformer blocks of the loaded trunk."""
 
+    def feature_dim(self) -> int:
+        """Width D of :meth:`teacher_features`: the variant's, without loading any weights, for the
+        entry's own model id; otherwise (a stand-in, another model id) from one probe."""
+        if self.stand_in is None and self.model_id == self.variant.model_id:
+            return self.variant.width
+        res = self.resolution()
+        return self.teacher_features(torch.zeros(1, 3, res, res)).shape[-1]
+
 
 def _first_line(exc: Exception) -> str:
     return (str(exc).strip().splitlines() or [""])[0][:300].rstrip(". ")
@@ -792,21 +805,15 @@ class SigLIP2(TransformersEncoder):
 
 def build_encoder(spec: Mapping[str, Any], where: str = "tokenizer.encoder") -> PretrainedEncoder | NoEncoder:
     """The entry for a config mapping ``{init: name, size: ..., ...}``; keys and types are checked."""
-    from benchmark.config import hint_name, registry_params, type_ok
+    from benchmark.config import check_options, registry_params
 
     if not isinstance(spec, Mapping) or "init" not in spec:
         raise ConfigError(f"{where}: expected a mapping with 'init' (one of {', '.join(ENCODERS.names())}), "
                           f"got {spec!r}")
     name = spec["init"]
     ENCODERS.get(name, where=f"{where}.init")
-    params = registry_params(ENCODERS, name)
     kwargs = {k: v for k, v in spec.items() if k != "init"}
-    for key, value in kwargs.items():
-        if key not in params:
-            raise ConfigError(f"{where}.{key}: not an option of encoder '{name}'; "
-                              f"options: {', '.join(params) or 'none'}")
-        if not type_ok(value, params[key]):
-            raise ConfigError(f"{where}.{key} must be {hint_name(params[key])}, got {value!r}")
+    check_options(kwargs, registry_params(ENCODERS, name), where, f"encoder '{name}'")
     return ENCODERS.build(name, **kwargs)
 
 

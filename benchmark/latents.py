@@ -72,18 +72,23 @@ def write_cache(tokenizer: Tokenizer, dataset: Dataset, folder: Path, device: to
     tokens = np.lib.format.open_memmap(tmp_tokens, mode="w+", dtype=dtype, shape=shape)
     labels = np.lib.format.open_memmap(tmp_labels, mode="w+", dtype=np.int64, shape=(n,))
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
+    total = total_sq = 0.0  # float64 running sums for the per-token statistics of continuous latents
     i = 0
     for images, y in loader:
         seq = flat_tokens(tokenizer.encode(images.to(device)), spec).cpu()
         tokens[i : i + len(seq)] = seq.numpy().astype(dtype)
         labels[i : i + len(seq)] = y.numpy()
         i += len(seq)
+        if spec.kind == "continuous":
+            total, total_sq = total + seq.double().sum(0), total_sq + seq.double().pow(2).sum(0)
     meta = {"token_spec": dataclasses.asdict(spec), "num_items": n, "data": data,
             "num_classes": int(getattr(dataset, "num_classes", int(labels.max()) + 1))}
-    if spec.kind == "continuous":
-        x = torch.from_numpy(np.asarray(tokens)).double()
-        mean, std = x.mean(0), x.std(0).clamp_min(EPS)
-        tokens[:] = ((x - mean) / std).float().numpy()
+    if spec.kind == "continuous":  # normalised in place, one chunk at a time: the set need not fit in memory
+        mean = total / n
+        std = ((total_sq - n * mean.pow(2)) / max(n - 1, 1)).clamp_min(0).sqrt().clamp_min(EPS)
+        for start in range(0, n, batch_size):
+            chunk = torch.from_numpy(np.array(tokens[start : start + batch_size])).double()
+            tokens[start : start + batch_size] = ((chunk - mean) / std).float().numpy()
         meta["mean"], meta["std"] = mean.float().tolist(), std.float().tolist()
     tokens.flush()
     labels.flush()

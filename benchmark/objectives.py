@@ -10,12 +10,12 @@ Config shapes (tokenizer section): ``perceptual: {weight: 1.0, net: vgg, weights
 
 from __future__ import annotations
 
-import inspect
 from typing import Any, Mapping
 
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from benchmark.config import check_options, init_params
 from benchmark.errors import ConfigError
 from benchmark.gan import Adversary
 from benchmark.perceptual import PerceptualLoss
@@ -24,12 +24,9 @@ NLL_TERMS = ("recon", "perceptual")  # what the adaptive adversarial weight bala
 
 
 def _options(spec: Mapping[str, Any] | None, cls: type, where: str, extra: tuple[str, ...] = ()) -> dict[str, Any]:
-    """Check a nested config mapping's keys against ``cls``'s keyword arguments."""
+    """A nested config mapping checked against ``cls``'s keyword arguments (plus ``extra`` keys)."""
     spec = dict(spec or {})
-    allowed = [p for p in inspect.signature(cls).parameters if p not in ("self", "image_size")] + list(extra)
-    for key in spec:
-        if key not in allowed:
-            raise ConfigError(f"{where}.{key}: not an option; options: {', '.join(allowed)}")
+    check_options(spec, init_params(cls, {"image_size"}), where, cls.__name__, extra)
     return spec
 
 

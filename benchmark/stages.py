@@ -329,10 +329,9 @@ def build_generator(config: dict[str, Any], token_spec: Any, num_classes: int) -
     return GENERATORS.build(config["generator"]["name"], token_spec=token_spec, num_classes=num_classes, **opts)
 
 
-def load_generator(folder: Path, cache: Path, device: torch.device) -> Generator:
-    from benchmark.latents import LatentDataset
-
-    latents = LatentDataset(cache)
+def load_generator(folder: Path, latents: Any, device: torch.device) -> Generator:
+    """The trained generator of a train_generator folder, for the latent cache (LatentDataset) it
+    was trained on."""
     model = build_generator(read_json(folder / "stage.json")["config"], latents.spec, latents.num_classes)
     model.load_state_dict(load_file(folder / "model.safetensors"))
     return model.to(device).eval()
@@ -382,12 +381,13 @@ def sample(ctx: StageContext) -> dict[str, Any]:
     decoded through the cell's final tokenizer."""
     from benchmark.cost import gflops
     from benchmark.latents import LatentDataset, unflat_tokens
+    from benchmark.report import save_image_grid
 
     cfg = SampleConfig(**ctx.config["sample"])
-    cache = ctx.store.dir("cache_latents", read_json(ctx.input_dir("train_generator") / "stage.json")["inputs"]["cache_latents"])
-    latents = LatentDataset(cache)
+    trained = read_json(ctx.input_dir("train_generator") / "stage.json")
+    latents = LatentDataset(ctx.store.dir("cache_latents", trained["inputs"]["cache_latents"]))
     stats = latents.stats()
-    generator = load_generator(ctx.input_dir("train_generator"), cache, ctx.device)
+    generator = load_generator(ctx.input_dir("train_generator"), latents, ctx.device)
     tokenizer = load_tokenizer_dir(ctx.tokenizer_dir(), ctx.device)
     labels = balanced_labels(cfg.num_images, latents.num_classes)
     res = read_json(ctx.tokenizer_dir() / "tokenizer.json")["data"]["resolution"]
@@ -402,12 +402,10 @@ def sample(ctx: StageContext) -> dict[str, Any]:
         images[start : start + len(y)] = (out.float().clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).cpu().numpy()
     seconds = time.perf_counter() - t0
     images.flush()
+    first = torch.from_numpy(np.array(images[:16])).permute(0, 3, 1, 2) / 255
     del images
     tmp.replace(ctx.dir / "images.npy")
     np.save(ctx.dir / "labels.npy", labels.numpy())
-    first = torch.from_numpy(np.load(ctx.dir / "images.npy", mmap_mode="r")[:16].copy()).permute(0, 3, 1, 2) / 255
-    from benchmark.report import save_image_grid
-
     save_image_grid(first, ctx.dir / "samples.png", nrow=8)
     one = labels[:1].to(ctx.device)
     sample_gflops = gflops(lambda: generator.sample(one, cfg_scale=cfg.cfg_scale, steps=cfg.steps,
@@ -417,7 +415,7 @@ def sample(ctx: StageContext) -> dict[str, Any]:
             "cost": {"sample_gflops": sample_gflops},
             "protocol": {"num_images": cfg.num_images, "labels": "balanced (i mod C)", "seed": cfg.seed,
                          "cfg_scale": cfg.cfg_scale, "steps": cfg.steps, "sampler": cfg.options,
-                         "generator": read_json(ctx.input_dir("train_generator") / "stage.json")["config"]["generator"]}}
+                         "generator": trained["config"]["generator"]}}
 
 
 @torch.no_grad()

@@ -25,7 +25,15 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from benchmark import REPO_ROOT
-from benchmark.config import Layer, defaults, load_yaml, merge_layers, nest, parse_overrides, resolve
+from benchmark.config import (
+    Layer,
+    defaults,
+    load_yaml,
+    merge_layers,
+    nest,
+    parse_overrides,
+    resolve,
+)
 from benchmark.errors import ConfigError
 from benchmark.registry import load_plugins
 from benchmark.stages import STAGES, stage_order

@@ -89,14 +89,14 @@ class EMA:
 
     def __init__(self, params: list[tuple[str, nn.Parameter]], decay: float) -> None:
         self.decay = decay
-        self.params = [(n, p) for n, p in params if p.requires_grad]
-        self.shadow = {n: p.detach().clone() for n, p in self.params}
+        trained = [(n, p) for n, p in params if p.requires_grad]
+        self.shadow = {n: p.detach().clone() for n, p in trained}
+        self._pairs = ([self.shadow[n] for n, _ in trained], [p.detach() for _, p in trained])
 
     @torch.no_grad()
     def update(self, step: int) -> None:
         decay = min(self.decay, (1 + step) / (10 + step))
-        names = [n for n, _ in self.params]
-        torch._foreach_lerp_([self.shadow[n] for n in names], [p.detach() for _, p in self.params], 1 - decay)
+        torch._foreach_lerp_(*self._pairs, 1 - decay)
 
     def state_dict(self) -> dict[str, Tensor]:
         return self.shadow

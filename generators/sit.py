@@ -33,8 +33,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from benchmark.align import Projector, build_teacher, patchwise_similarity_loss
 from benchmark.base import Generator, TokenSpec
-from benchmark.encoders import build_encoder
 from benchmark.errors import ConfigError
 from benchmark.layers import Attention, Mlp
 from benchmark.registry import register_generator
@@ -315,7 +315,12 @@ class SiT(Generator):
         if repa_teacher is not None and repa_dim <= 0:
             raise ConfigError("generator.repa_teacher: set generator.repa_dim to the teacher's feature width "
                               "(and generator.repa_depth) to align with it")
-        self.repa_teacher = build_encoder(repa_teacher, where="generator.repa_teacher") if repa_teacher else None
+        self.repa_teacher = None
+        if repa_teacher is not None:
+            self.repa_teacher, dim = build_teacher(repa_teacher, "generator.repa_teacher")
+            if dim != repa_dim:
+                raise ConfigError(f"generator.repa_dim: {repa_dim}, but generator.repa_teacher gives "
+                                  f"{dim}-dim features")
         # Noise and score models live on [EPS, 1 - EPS] (see EPS); velocity models on [0, 1].
         self.t_min, self.t_max = (0.0, 1.0) if prediction == "velocity" else (EPS, 1 - EPS)
 
@@ -325,13 +330,7 @@ class SiT(Generator):
         self.y_embedder = LabelEmbedder(num_classes, width)
         self.blocks = nn.ModuleList(SiTBlock(width, heads) for _ in range(depth))
         self.final_layer = FinalLayer(width, self.token_dim)
-        self.projector = None
-        if repa_dim > 0:
-            self.projector = nn.Sequential(
-                nn.Linear(width, repa_projector_dim), nn.SiLU(),
-                nn.Linear(repa_projector_dim, repa_projector_dim), nn.SiLU(),
-                nn.Linear(repa_projector_dim, repa_dim),
-            )
+        self.projector = Projector(width, repa_dim, repa_projector_dim) if repa_dim > 0 else None
         self.initialize_weights()
 
     def initialize_weights(self) -> None:
@@ -415,8 +414,7 @@ class SiT(Generator):
         if features.shape[-1] != self.repa_dim:
             raise ValueError(f"sit: teacher features have dim {features.shape[-1]}, "
                              f"generator.repa_dim is {self.repa_dim}")
-        target = F.adaptive_avg_pool1d(features.detach().transpose(1, 2).to(hidden.dtype), self.num_tokens)
-        return -F.cosine_similarity(self.projector(hidden), target.transpose(1, 2), dim=-1).mean()
+        return patchwise_similarity_loss(self.projector(hidden), features.detach(), grid=False)
 
     def guided_velocity(self, labels: Tensor, cfg_scale: float,
                         guidance_interval: tuple[float, float]) -> VelocityFn:

@@ -61,6 +61,14 @@ def check_adversarial_steps(model, images: torch.Tensor, reaches: set[str], step
         assert any(not torch.equal(a, p) for a, p in zip(d_before, adversary.parameters()))
 
 
+def run_cli(study: Path, tmp_path: Path, *extra: str) -> int:
+    """``python -m benchmark.run STUDY --profile smoke`` shrunk by TINY, into tmp_path's runs / results."""
+    from benchmark.run import main
+
+    return main([str(study), "--profile", "smoke", "--runs", str(tmp_path / "runs"),
+                 "--results", str(tmp_path / "results"), *TINY, *extra])
+
+
 @pytest.fixture
 def write_study(tmp_path: Path):
     """Write a study YAML into tmp_path and return its path."""

@@ -369,3 +369,11 @@ def test_bad_stand_in_names_the_key():
                        "stand_in": {"num_hidden_layers": 5, "out_indices": [1, 2, 3, 4, 5]}}).model()
     with pytest.raises(ConfigError, match="tokenizer.encoder.stand_in: cannot build mae .*TypeError"):
         build_encoder({"init": "mae", "stand_in": {"img_size": 32, "layers": 2}}).model()
+
+
+def test_feature_width_comes_from_the_variant_without_loading_weights():
+    entry = build_encoder({"init": "dinov2", "size": "B"})
+    assert entry.feature_dim() == 768 and entry._model is None  # offline: nothing was loaded
+    stand_in = build_encoder({"init": "dinov2", "stand_in": {"img_size": 32, "patch_size": 4, "embed_dim": 48,
+                                                             "depth": 1, "num_heads": 2}})
+    assert stand_in.feature_dim() == 48

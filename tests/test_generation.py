@@ -8,13 +8,12 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import TINY, random_inception_state
+from conftest import random_inception_state, run_cli
 
 from benchmark.base import Tokenizer, TokenizerOutput, TokenSpec
 from benchmark.config import TrainConfig
 from benchmark.latents import LatentDataset, flat_tokens, unflat_tokens, write_cache
 from benchmark.registry import GENERATORS
-from benchmark.run import main
 from benchmark.train import fit
 
 GEN_STUDY = """
@@ -47,8 +46,7 @@ def test_generation_study_shares_cache_and_generator_and_reports_gfid(tmp_path, 
     weights = tmp_path / "inception.pth"
     torch.save(random_inception_state(), weights)
     study = write_study(GEN_STUDY.replace("INCEPTION", str(weights)), name="gen.yaml")
-    assert main([str(study), "--profile", "smoke", "--runs", str(tmp_path / "runs"),
-                 "--results", str(tmp_path / "results"), *TINY, "sample.num_images=16"]) == 0
+    assert run_cli(study, tmp_path, "sample.num_images=16") == 0
     runs = tmp_path / "runs"
     # One tokenizer, one cache, one generator; one sampling and evaluation per CFG scale.
     counts = {kind: len(list((runs / kind).glob("*/result.json"))) for kind in
@@ -176,8 +174,7 @@ report: {compute: true}
 @pytest.mark.slow
 def test_stage_two_reuses_stage_one_tokens_and_generator(tmp_path, write_study):
     study = write_study(SCALING_STUDY, name="scaling.yaml")
-    assert main([str(study), "--profile", "smoke", "--runs", str(tmp_path / "runs"),
-                 "--results", str(tmp_path / "results"), *TINY, "sample.num_images=8"]) == 0
+    assert run_cli(study, tmp_path, "sample.num_images=8") == 0
     runs = tmp_path / "runs"
     counts = {kind: len(list((runs / kind).glob("*/result.json"))) for kind in
               ("train_tokenizer", "finetune_tokenizer", "cache_latents", "train_generator", "sample")}
@@ -261,8 +258,7 @@ stages: [train_generator]
 @pytest.mark.slow
 def test_sit_aligns_to_teacher_features_of_the_cached_images(tmp_path, write_study):
     study = write_study(REPA_STUDY, name="repa.yaml")
-    assert main([str(study), "--profile", "smoke", "--runs", str(tmp_path / "runs"),
-                 "--results", str(tmp_path / "results"), *TINY]) == 0
+    assert run_cli(study, tmp_path) == 0
     losses = pd.read_csv(next((tmp_path / "runs" / "train_generator").glob("*/losses.csv")))
     assert {"flow", "repa"} <= set(losses.columns)
     assert losses["repa"].between(-1, 0.5).all() and losses["repa"].iloc[-1] < losses["repa"].iloc[0]

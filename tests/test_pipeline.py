@@ -12,17 +12,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-from conftest import MINI_STUDY, REPO, TINY
+from conftest import MINI_STUDY, REPO, TINY, run_cli
 from safetensors.torch import load_file
 
-from benchmark.run import main
-
 pytestmark = pytest.mark.slow
-
-
-def run_cli(study: Path, tmp_path: Path, *extra: str) -> int:
-    return main([str(study), "--profile", "smoke", "--runs", str(tmp_path / "runs"),
-                 "--results", str(tmp_path / "results"), *TINY, *extra])
 
 
 def test_study_runs_reports_and_reruns_from_cache(tmp_path, write_study, capsys):

@@ -38,10 +38,10 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 from torch import Tensor, nn
 
-from benchmark.align import Projector, patchwise_similarity_loss
+from benchmark.align import Projector, build_teacher, patchwise_similarity_loss
 from benchmark.base import Tokenizer, TokenizerOutput, TokenSpec
-from benchmark.config import hint_name, registry_params, type_ok
-from benchmark.encoders import NoEncoder, PretrainedEncoder, WeightsError, build_encoder
+from benchmark.config import check_options, registry_params
+from benchmark.encoders import WeightsError
 from benchmark.errors import ConfigError
 from benchmark.layers import Attention, Block, Frozen, Mlp, init_vit_weights, unpatchify
 from benchmark.objectives import PixelObjective, build_adversary
@@ -214,16 +214,6 @@ class CrossAttentionViTDecoder(MaskTokenViTDecoder):
 # Frozen networks: alignment teachers and the 2D latent encoder of the OT term
 
 
-def build_teacher(spec: Mapping[str, Any], where: str, image_size: int) -> tuple[PretrainedEncoder, int]:
-    """A frozen alignment teacher (benchmark.encoders entry) and its feature width D, from one probe."""
-    teacher = build_encoder(spec, where=where)
-    if isinstance(teacher, NoEncoder):
-        raise ConfigError(f"{where}.init: 'none' has no features to align to; choose a pretrained encoder "
-                          f"or set {where}: null")
-    probe = teacher.teacher_features(torch.zeros(1, 3, image_size, image_size))
-    return teacher, probe.shape[-1]
-
-
 def build_latent_2d(spec: Mapping[str, Any], image_size: int) -> Frozen:
     """The 2D tokenizer whose ``latent_grid(images) -> (B, h*w, C)`` gives the OT targets x (Sec. 3.3).
 
@@ -239,12 +229,7 @@ def build_latent_2d(spec: Mapping[str, Any], image_size: int) -> Frozen:
                           f"got {name!r}")
     TOKENIZERS.get(name, where=f"{where}.tokenizer")
     params = registry_params(TOKENIZERS, name)
-    for key, value in opts.items():
-        if key not in params:
-            raise ConfigError(f"{where}.{key}: not an option of tokenizer '{name}'; "
-                              f"options: tokenizer, checkpoint, {', '.join(params)}")
-        if not type_ok(value, params[key]):
-            raise ConfigError(f"{where}.{key} must be {hint_name(params[key])}, got {value!r}")
+    check_options(opts, params, where, f"tokenizer '{name}'", extra=("tokenizer", "checkpoint"))
     if "adversarial" in params:  # a frozen encoder needs no discriminator
         opts.setdefault("adversarial", None)
     model = TOKENIZERS.build(name, image_size=image_size, **opts)
@@ -376,12 +361,12 @@ class SelfBootTok(Tokenizer):
             repa_global_weight, repa_local_weight, ot_weight)
         self.teacher_global = self.projector_global = None
         if align_global is not None:
-            self.teacher_global, dim = build_teacher(align_global, "tokenizer.align_global", image_size)
+            self.teacher_global, dim = build_teacher(align_global, "tokenizer.align_global")
             self.projector_global = Projector(token_size, dim)
         self.local_align_group = LOCAL_ALIGN_TOKENS[local_align_tokens]
         self.teacher_local = self.projector_local = None
         if align_local is not None and self.local_align_group in self.groups:
-            self.teacher_local, dim = build_teacher(align_local, "tokenizer.align_local", image_size)
+            self.teacher_local, dim = build_teacher(align_local, "tokenizer.align_local")
             self.projector_local = Projector(token_size, dim)
         # Eq. 12-13: the frozen 2D latent encoder, and z_L2 -> C when the widths differ.
         self.latent_2d, self.ot_proj, self.ot_epsilon = None, None, ot_epsilon

@@ -22,9 +22,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from benchmark.align import Projector, patchwise_similarity_loss
+from benchmark.align import Projector, build_teacher, patchwise_similarity_loss
 from benchmark.base import Tokenizer, TokenizerOutput, TokenSpec
-from benchmark.encoders import NoEncoder, build_encoder
 from benchmark.errors import ConfigError
 from benchmark.layers import init_vit_weights
 from benchmark.objectives import PixelObjective, build_adversary
@@ -89,14 +88,8 @@ class SoftVQVAE(Tokenizer):
         self.kl_weight, self.entropy_weight = kl_weight, entropy_weight
         self.teacher, self.projector, self.align_weight = None, None, align_weight
         if align is not None and align_weight > 0:
-            self.teacher = build_encoder(align, where="tokenizer.align")
-            if isinstance(self.teacher, NoEncoder):
-                raise ConfigError("tokenizer.align.init: 'none' has no features to align to; "
-                                  "choose a pretrained encoder or drop tokenizer.align")
-            # The teacher is a plain object (not a module): its weights stay out of parameters() and
-            # checkpoints. One probe gives its feature width (and loads it once, as training would).
-            probe = self.teacher.teacher_features(torch.zeros(1, 3, image_size, image_size))
-            self.projector = Projector(token_size, probe.shape[-1])
+            self.teacher, dim = build_teacher(align, "tokenizer.align")
+            self.projector = Projector(token_size, dim)
         self.adversary = (None if adversarial is None
                           else build_adversary({**SOFTVQ_ADVERSARIAL, **adversarial}, image_size))
         self.encoder_init = encoder
