@@ -15,7 +15,6 @@ import pickle
 import warnings
 from pathlib import Path
 
-import lpips
 import torch
 from torch import Tensor, nn
 from torchvision.models import get_weight
@@ -103,6 +102,8 @@ class PerceptualLoss(nn.Module):
         if net not in BACKBONES:
             raise ConfigError(f"tokenizer.perceptual.net: unknown LPIPS network '{net}'; "
                               f"choose from {', '.join(BACKBONES)}")
+        import lpips  # only when a perceptual loss is built: plugin loading registers the metric cheaply
+
         state = backbone_state(net, weights)
         with warnings.catch_warnings():  # lpips builds its random trunk with torchvision's legacy `pretrained=`
             warnings.filterwarnings("ignore", category=UserWarning, module="torchvision")
