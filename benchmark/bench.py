@@ -40,7 +40,7 @@ from benchmark.stages import (
     load_tokenizer_dir,
 )
 from benchmark.store import read_json
-from benchmark.train import make_optimizer, pick_device
+from benchmark.train import generator_parameters, make_optimizer, pick_device
 
 
 class PeakMemory:
@@ -81,13 +81,6 @@ def random_tokens(spec: TokenSpec, n: int, device: torch.device, rng: torch.Gene
     if spec.kind == "discrete":
         return torch.randint(spec.vocab_size, (n, spec.num_generated), generator=rng).to(device)
     return torch.randn(n, spec.num_generated, spec.dim, generator=rng).to(device)
-
-
-def trainable(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
-    """The parameters a training step updates: all but an adversary's (its discriminator has its own step)."""
-    adversary = getattr(model, "adversary", None)
-    disc = {id(p) for p in adversary.parameters()} if adversary is not None else set()
-    return [(n, p) for n, p in model.named_parameters() if id(p) not in disc]
 
 
 class Bench:
@@ -196,7 +189,7 @@ class Bench:
     def step(self, model: nn.Module, loss: Callable[[], Tensor]) -> Callable[[], None]:
         """One optimisation step: backward of ``loss()`` and an AdamW step (fused on CUDA, as
         benchmark.train) over the model's trainable parameters."""
-        optimizer = make_optimizer(trainable(model), TrainConfig(), self.device)
+        optimizer = make_optimizer(generator_parameters(model, getattr(model, "adversary", None)), TrainConfig(), self.device)
 
         def step() -> None:
             loss().backward()

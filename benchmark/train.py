@@ -80,6 +80,13 @@ def make_optimizer(params: list[tuple[str, nn.Parameter]], cfg: TrainConfig, dev
     return torch.optim.AdamW(groups, lr=lr or cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=device.type == "cuda")
 
 
+def generator_parameters(model: nn.Module, adversary: nn.Module | None) -> list[tuple[str, nn.Parameter]]:
+    """The ``(name, parameter)`` pairs the main optimiser owns: all but the adversary's (its
+    discriminator takes its own step)."""
+    disc_ids = {id(p) for p in adversary.parameters()} if adversary is not None else set()
+    return [(n, p) for n, p in model.named_parameters() if id(p) not in disc_ids]
+
+
 class EMA:
     """Exponential moving average of the trainable weights (Polyak averaging, as timm's ModelEmaV3).
 
@@ -146,8 +153,7 @@ def fit(model: nn.Module, step_fn: StepFn, dataset: Dataset, cfg: TrainConfig, s
     """
     log = log or logging.getLogger(__name__)
     model.to(device).train()
-    disc_ids = {id(p) for p in adversary.parameters()} if adversary is not None else set()
-    params = [(n, p) for n, p in model.named_parameters() if id(p) not in disc_ids]
+    params = generator_parameters(model, adversary)
     optimizer = make_optimizer(params, cfg, device)
     disc_optimizer = (make_optimizer(list(adversary.named_parameters()), cfg, device, cfg.disc_lr)
                       if adversary is not None else None)
