@@ -17,16 +17,26 @@ from torch import Tensor, nn
 
 from benchmark.encoders import NoEncoder, PretrainedEncoder, build_encoder
 from benchmark.errors import ConfigError
+from benchmark.options import nested
+
+
+def teacher_entry(spec: Mapping[str, Any], where: str) -> PretrainedEncoder:
+    """The encoder entry a teacher mapping names (checked; nothing loaded); 'none' is refused."""
+    teacher = build_encoder(spec, where=where)
+    if isinstance(teacher, NoEncoder):
+        raise ConfigError(f"{where}.init: 'none' has no features to align to; choose a pretrained encoder "
+                          f"or set {where}: null")
+    return teacher
 
 
 def build_teacher(spec: Mapping[str, Any], where: str) -> tuple[PretrainedEncoder, int]:
     """A frozen alignment teacher (a benchmark.encoders entry, a plain object: its weights stay out of
     the model's parameters and checkpoints) and its feature width D."""
-    teacher = build_encoder(spec, where=where)
-    if isinstance(teacher, NoEncoder):
-        raise ConfigError(f"{where}.init: 'none' has no features to align to; choose a pretrained encoder "
-                          f"or set {where}: null")
+    teacher = teacher_entry(spec, where)
     return teacher, teacher.feature_dim()
+
+
+TeacherOptions = nested(teacher_entry)
 
 
 class Projector(nn.Sequential):

@@ -65,7 +65,8 @@ class Tokenizer(nn.Module, ABC):
       weighted adversarial term to ``forward``'s losses (balanced against ``recon`` + ``perceptual``)
       and alternates a discriminator step;
     - ``encoder`` / ``encoder_init``: a pretrained initialisation copied in before training;
-    - ``code_ids(images)`` and ``codebook_sizes()``: hard code ids per codebook, for usage metrics;
+    - ``encode_with_codes(images)`` and ``codebook_sizes()``: the tokens and, from the same pass, the
+      hard code ids per codebook, for usage metrics (default: ``encode`` and no codebooks);
     - ``load_stage1(state)``: how a ``finetune_tokenizer`` stage starts from the stage-1 weights.
     """
 
@@ -82,6 +83,20 @@ class Tokenizer(nn.Module, ABC):
     @abstractmethod
     def forward(self, images: Tensor) -> TokenizerOutput:
         """One training pass: reconstruction and the named, already weighted, loss terms."""
+
+    def encode_with_codes(self, images: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        """``encode(images)`` and the hard code id of each token per codebook, from one encoder pass
+        ({name: ids}; empty for a tokenizer without codebooks)."""
+        return self.encode(images), {}
+
+    @torch.no_grad()
+    def code_ids(self, images: Tensor) -> dict[str, Tensor]:
+        """The hard code ids per codebook (:meth:`encode_with_codes` without the tokens)."""
+        return self.encode_with_codes(images)[1]
+
+    def codebook_sizes(self) -> dict[str, int]:
+        """The size of the codebook behind each key of :meth:`encode_with_codes`' codes."""
+        return {}
 
     @torch.no_grad()
     def reconstruct(self, images: Tensor) -> Tensor:

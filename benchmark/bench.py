@@ -33,12 +33,8 @@ from benchmark.cost import generator_cost, gflops, tokenizer_cost
 from benchmark.errors import ConfigError, Tok1dError
 from benchmark.metrics import build_metrics
 from benchmark.registry import GENERATORS, TOKENIZERS, Registry, load_plugins
-from benchmark.stages import (
-    build_generator,
-    build_tokenizer,
-    evaluate_batch,
-    load_tokenizer_dir,
-)
+from benchmark.checkpoints import build_generator, build_tokenizer, load_tokenizer
+from benchmark.tokenizer_eval import evaluate_batch
 from benchmark.store import read_json
 from benchmark.train import generator_parameters, make_optimizer, pick_device
 
@@ -247,7 +243,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     def stored(folder: Path) -> Callable[[], tuple[Tokenizer, int]]:
         def make() -> tuple[Tokenizer, int]:
-            return load_tokenizer_dir(folder, device), read_json(folder / "tokenizer.json")["data"]["resolution"]
+            return load_tokenizer(folder, device), read_json(folder / "tokenizer.json")["data"]["resolution"]
         return make
 
     makers = [(label(n, o), built(n, o)) for n, o in tokenizers]

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
-import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +21,7 @@ import yaml
 from omegaconf import OmegaConf
 
 from benchmark.errors import ConfigError
+from benchmark.options import check_value, hint_name, type_ok, unknown_key
 from benchmark.registry import DATASETS, GENERATORS, TOKENIZERS, Registry
 
 
@@ -123,9 +123,6 @@ SCHEMAS: dict[str, type] = {
     "sample": SampleConfig, "runtime": RuntimeConfig, "launcher": LauncherConfig,
 }
 REGISTRY_SECTIONS: dict[str, Registry] = {"tokenizer": TOKENIZERS, "data": DATASETS, "generator": GENERATORS}
-# Constructor arguments the harness supplies itself, never the user (per registry).
-HARNESS_ARGS: dict[str, set[str]] = {"dataset": {"split"}, "tokenizer": {"image_size"},
-                                     "generator": {"token_spec", "num_classes"}}
 TOP_LEVEL: dict[str, Any] = {"seed": int, "plugins": list[str]}
 CHOICES = {"train.schedule": ("constant", "cosine"), "train.precision": ("bf16", "fp32"),
            "generator_train.schedule": ("constant", "cosine"), "generator_train.precision": ("bf16", "fp32"),
@@ -246,77 +243,6 @@ def merge_layers(layers: list[Layer], start: tuple[dict[str, Any], dict[str, str
 # Validation
 
 
-def init_params(cls: type, harness: set[str] | frozenset[str] = frozenset()) -> dict[str, Any]:
-    """The user-settable constructor parameters of ``cls`` (those not in ``harness``) and their type
-    hints. A constructor that passes ``**kwargs`` on to its base class also accepts the base's."""
-    out: dict[str, Any] = {}
-    for klass in cls.__mro__:
-        init = klass.__dict__.get("__init__")
-        if init is None:
-            continue
-        hints = typing.get_type_hints(init)
-        params = inspect.signature(init).parameters
-        for p, param in params.items():
-            if p != "self" and p not in harness and param.kind not in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
-                out.setdefault(p, hints.get(p, Any))
-        if not any(p.kind == p.VAR_KEYWORD for p in params.values()):
-            break
-    return out
-
-
-def registry_params(registry: Registry, name: str) -> dict[str, Any]:
-    """The user-settable constructor parameters of a registry entry and their type hints."""
-    return init_params(registry.get(name).obj, HARNESS_ARGS.get(registry.kind, set()))
-
-
-def check_options(options: Mapping[str, Any], params: Mapping[str, Any], where: str, what: str,
-                  extra: tuple[str, ...] = ()) -> None:
-    """A nested option mapping (``tokenizer.encoder``, ``tokenizer.adversarial``, ...): every key must
-    be a parameter of ``what`` (or one of ``extra``, handled by the caller) with a value of its type."""
-    for key, value in options.items():
-        if key in extra:
-            continue
-        if key not in params:
-            raise ConfigError(f"{where}.{key}: not an option of {what}; "
-                              f"options: {', '.join([*extra, *params]) or 'none'}")
-        if not type_ok(value, params[key]):
-            raise ConfigError(f"{where}.{key} must be {hint_name(params[key])}, got {value!r}")
-
-
-def type_ok(value: Any, hint: Any) -> bool:
-    """Whether a YAML value fits a type hint (ints count as floats; bools are not ints)."""
-    if hint is Any:
-        return True
-    origin = typing.get_origin(hint)
-    if origin in (typing.Union, types.UnionType):
-        return any(type_ok(value, h) for h in typing.get_args(hint))
-    if hint is type(None):
-        return value is None
-    if origin in (list, tuple):
-        args = typing.get_args(hint)
-        return isinstance(value, (list, tuple)) and all(type_ok(v, args[0]) for v in value) if args else \
-            isinstance(value, (list, tuple))
-    if origin is dict or hint is dict:
-        return isinstance(value, Mapping)
-    if hint is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if hint is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    return isinstance(value, hint)
-
-
-def hint_name(hint: Any) -> str:
-    return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
-
-
-def _unknown(key: str, allowed: list[str], where: str) -> ConfigError:
-    import difflib
-
-    close = difflib.get_close_matches(key.rsplit(".", 1)[-1], allowed, n=3, cutoff=0.5)
-    hint = f" Did you mean: {', '.join(close)}?" if close else ""
-    return ConfigError(f"{where}: unknown key '{key}'.{hint} Allowed: {', '.join(sorted(allowed))}.")
-
-
 def section_schema(config: Mapping[str, Any], section: str, origin: Mapping[str, str]) -> dict[str, Any]:
     """Key -> type hint for one section of a merged config."""
     if section in SCHEMAS:
@@ -326,8 +252,7 @@ def section_schema(config: Mapping[str, Any], section: str, origin: Mapping[str,
     where = f"{origin.get(section + '.name', 'config')}: {section}.name"
     if not isinstance(name, str):
         raise ConfigError(f"{where}: expected a registry name, got {name!r}")
-    registry.get(name, where=where)
-    return {"name": str, **registry_params(registry, name)}
+    return {"name": str, **registry.params(name, where=where)}
 
 
 def validate(config: Mapping[str, Any], origin: Mapping[str, str]) -> None:
@@ -336,7 +261,7 @@ def validate(config: Mapping[str, Any], origin: Mapping[str, str]) -> None:
     for top, value in config.items():
         where = origin.get(top, "config")
         if top not in known:
-            raise _unknown(top, known, origin.get(top, next((v for k, v in origin.items()
+            raise unknown_key(top, known, origin.get(top, next((v for k, v in origin.items()
                                                              if k.startswith(top + ".")), "config")))
         if top in TOP_LEVEL:
             if not type_ok(value, TOP_LEVEL[top]):
@@ -349,13 +274,8 @@ def validate(config: Mapping[str, Any], origin: Mapping[str, str]) -> None:
             dotted = f"{top}.{key}"
             where = origin.get(dotted, "config")
             if key not in schema:
-                raise _unknown(dotted, list(schema), where)
-            if not type_ok(item, schema[key]):
-                raise ConfigError(f"{where}: {dotted} must be {hint_name(schema[key])}, got {item!r}")
-            if dotted == "tokenizer.encoder" and item is not None:
-                from benchmark.encoders import build_encoder
-
-                build_encoder(item, where=f"{where}: {dotted}")
+                raise unknown_key(dotted, list(schema), where)
+            check_value(item, schema[key], f"{where}: {dotted}")
             if dotted in ("finetune.tokenizer", "finetune.train") and item:
                 _check_overrides(config, dotted, item, where)
             if dotted == "sample.options" and item:
@@ -378,9 +298,8 @@ def _check_overrides(config: Mapping[str, Any], dotted: str, overrides: Mapping[
     schema = section_schema(config, target, {})
     for key, value in overrides.items():
         if key == "name" or key not in schema:
-            raise _unknown(f"{dotted}.{key}", [k for k in schema if k != "name"], where)
-        if not type_ok(value, schema[key]):
-            raise ConfigError(f"{where}: {dotted}.{key} must be {hint_name(schema[key])}, got {value!r}")
+            raise unknown_key(f"{dotted}.{key}", [k for k in schema if k != "name"], where)
+        check_value(value, schema[key], f"{where}: {dotted}.{key}")
 
 
 def _check_sampler_options(config: Mapping[str, Any], options: Mapping[str, Any], where: str) -> None:
@@ -390,4 +309,4 @@ def _check_sampler_options(config: Mapping[str, Any], options: Mapping[str, Any]
     params = {p: prm for p, prm in inspect.signature(sample).parameters.items() if prm.kind == prm.KEYWORD_ONLY}
     for key in options:
         if key not in params:
-            raise _unknown(f"sample.options.{key}", list(params), where)
+            raise unknown_key(f"sample.options.{key}", list(params), where)

@@ -15,3 +15,18 @@ class DataError(Tok1dError, FileNotFoundError):
 
 class StageError(Tok1dError, RuntimeError):
     """A stage failed; the message carries the run directory and its log."""
+
+
+class WeightsError(Tok1dError, OSError):
+    """Pretrained weights are missing (offline, unknown id, bad path) or do not fit the mapping.
+
+    ``reason`` is the message without the how-to-fetch ``hint``.
+    """
+
+    def __init__(self, reason: str, hint: str = "") -> None:
+        super().__init__(f"{reason}. {hint}" if hint else reason)
+        self.reason = reason
+
+
+class CheckpointError(Tok1dError, OSError):
+    """A model folder or checkpoint is missing, unreadable or does not fit the model its config builds."""

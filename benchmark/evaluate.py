@@ -30,10 +30,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-from torch.utils.data import Subset
 
+from benchmark.checkpoints import TOKENIZER_FILES, is_tokenizer_folder
 from benchmark.config import EvalConfig, SampleConfig, parse_overrides, validate
-from benchmark.data import build_dataset, list_images
+from benchmark.data import list_images
 from benchmark.errors import ConfigError, DataError, Tok1dError
 from benchmark.fid import (
     GENERATION_METRICS,
@@ -42,16 +42,11 @@ from benchmark.fid import (
     folder_images,
     generation_metrics,
 )
-from benchmark.metrics import compute_all, protocols
+from benchmark.image_grid import save_image_grid
 from benchmark.registry import METRICS, load_plugins
-from benchmark.report import CellResults, protocol_lines, save_image_grid
-from benchmark.stages import (
-    TOKENIZER_FILES,
-    StageContext,
-    load_tokenizer_dir,
-    reconstruction_metrics,
-    sample,
-)
+from benchmark.report import CellResults, protocol_lines
+from benchmark.stages import StageContext, sample
+from benchmark.tokenizer_eval import evaluate_tokenizer
 from benchmark.store import RunStore, read_json, write_json
 from benchmark.study import Cell
 from benchmark.train import pick_device
@@ -115,10 +110,6 @@ class FolderContext(StageContext):
 # What PATH is
 
 
-def is_tokenizer_dir(path: Path) -> bool:
-    return path.is_dir() and all((path / f).is_file() for f in TOKENIZER_FILES)
-
-
 def detect_mode(path: Path) -> str:
     """tokenizer, generator, samples, npz or images: what the path holds; anything else is a
     DataError naming it."""
@@ -127,7 +118,7 @@ def detect_mode(path: Path) -> str:
     if not path.is_dir():
         raise DataError(f"{path}: {'no such file or folder' if not path.exists() else 'not an .npz file'}; "
                         f"expected {WHAT_PATH_CAN_BE}")
-    if is_tokenizer_dir(path):
+    if is_tokenizer_folder(path):
         return "tokenizer"
     record = read_json(path / "stage.json")
     if record and record.get("kind") == "train_generator" and (path / "model.safetensors").is_file():
@@ -145,7 +136,7 @@ def checked_tokenizer_dir(given: str | None) -> Path:
     if given is None:
         raise ConfigError("--tokenizer DIR is required: the tokenizer folder whose decoder turns tokens into images")
     folder = Path(given).expanduser()
-    if not is_tokenizer_dir(folder):
+    if not is_tokenizer_folder(folder):
         raise DataError(f"--tokenizer {folder}: not a tokenizer folder (needs {' + '.join(TOKENIZER_FILES)})")
     return folder
 
@@ -177,22 +168,11 @@ def evaluate_tokenizer_dir(folder: Path, args: argparse.Namespace, out: Path | N
                      **({"metrics": args.metrics} if args.metrics else {}))
     for name in cfg.metrics:
         METRICS.get(name, where="--metrics")
-    try:
-        model = load_tokenizer_dir(folder, device)
-    except (RuntimeError, OSError) as exc:  # weights that do not fit the config, unreadable safetensors
-        raise DataError(f"{folder}: cannot load the tokenizer: {type(exc).__name__}: {exc}") from exc
-    dataset = build_dataset(data, args.split)
-    if cfg.num_images is not None:
-        dataset = Subset(dataset, range(min(cfg.num_images, len(dataset))))
-    if len(dataset) == 0:
-        raise DataError(f"the {args.split} split of {data} holds no images")
-    metrics, preview = reconstruction_metrics(model, dataset, cfg, device, args.num_workers)
-    results, records = compute_all(metrics), protocols(metrics)
-    if out is not None:
-        save_image_grid(preview, out / "reconstructions.png", nrow=len(preview) // 2)
-    protocol = {"split": args.split, "num_images": len(dataset), "metrics": cfg.metrics, "data": data,
-                "seed": args.seed, "precision": "float32", "metric_protocols": records, "checkpoint": str(folder)}
-    return Evaluation(folder, "tokenizer", results, protocol)
+    evaluation = evaluate_tokenizer(folder, data, cfg, device, split=args.split, num_workers=args.num_workers,
+                                    seed=args.seed)
+    if out is not None and evaluation.preview is not None:
+        save_image_grid(evaluation.preview, out / "reconstructions.png", nrow=len(evaluation.preview) // 2)
+    return Evaluation(folder, "tokenizer", evaluation.metrics, evaluation.protocol)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -203,7 +183,7 @@ def run_store_tokenizer(folder: Path) -> Path | None:
     """The final tokenizer of a stage folder inside a run store (``<runs>/<kind>/<hash>``), if any."""
     inputs = (read_json(folder / "stage.json") or {}).get("inputs", {})
     for kind in ("finetune_tokenizer", "train_tokenizer"):
-        if kind in inputs and is_tokenizer_dir(folder.parent.parent / kind / inputs[kind]):
+        if kind in inputs and is_tokenizer_folder(folder.parent.parent / kind / inputs[kind]):
             return folder.parent.parent / kind / inputs[kind]
     return None
 

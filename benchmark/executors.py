@@ -16,7 +16,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from benchmark.registry import load_plugins
-from benchmark.stages import STAGES, StageContext
+from benchmark.graph import STAGES
 from benchmark.store import RunStore, read_json, write_json
 from benchmark.study import Plan, Stage
 
@@ -52,6 +52,8 @@ def stage_logger(store: RunStore, kind: str, hash: str) -> logging.Logger:
 def run_stage(store_root: str, kind: str, hash: str) -> dict[str, Any]:
     """Run one recorded stage and store its result (or its error, then re-raise)."""
     store = RunStore(store_root)
+    from benchmark.stages import BODIES, StageContext
+
     record = read_json(store.dir(kind, hash) / "stage.json")
     load_plugins(record.get("plugins", []))
     log = stage_logger(store, kind, hash)
@@ -59,7 +61,7 @@ def run_stage(store_root: str, kind: str, hash: str) -> dict[str, Any]:
                        store.dir(kind, hash), store, log)
     log.info("stage %s %s for cells %s", kind, hash, record.get("cells"))
     try:
-        result = STAGES[kind].run(ctx)
+        result = BODIES[kind](ctx)
     except BaseException as exc:
         log.exception("stage failed")
         store.fail(kind, hash, exc)

@@ -14,8 +14,8 @@ import sys
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
-from benchmark.encoders import NoEncoder, WeightsError, build_encoder
-from benchmark.errors import Tok1dError
+from benchmark.encoders import NoEncoder, build_encoder
+from benchmark.errors import Tok1dError, WeightsError
 from benchmark.registry import ENCODERS
 from benchmark.study import Plan, build_plan
 

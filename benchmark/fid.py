@@ -43,8 +43,7 @@ from torch_fidelity.metric_isc import (
 
 from benchmark.base import TokenSpec
 from benchmark.data import IMAGE_SUFFIXES, build_dataset, list_images, open_rgb
-from benchmark.encoders import WeightsError
-from benchmark.errors import ConfigError, DataError
+from benchmark.errors import ConfigError, DataError, WeightsError
 from benchmark.metrics import EvalBatch, Metric
 from benchmark.registry import register_metric
 from benchmark.store import atomic_write

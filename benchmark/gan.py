@@ -16,12 +16,14 @@ Images cross the :class:`Adversary` API in [0, 1]; the discriminators see them m
 from __future__ import annotations
 
 import math
+from typing import Any, Mapping
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from benchmark.errors import ConfigError
+from benchmark.options import check_options, init_params, nested
 
 KINDS = ("patchgan", "stylegan")
 LOSSES = ("hinge", "non_saturating")
@@ -250,6 +252,28 @@ def adaptive_weight(nll: Tensor, g_loss: Tensor, last_layer: Tensor, max_weight:
 # What a tokenizer holds
 
 
+def check_values(options: Mapping[str, Any], where: str) -> None:
+    """The values of an ``adversarial`` mapping that need no image size: known kind and loss,
+    non-negative weights and start, positive widths and depths."""
+    for name, value in options.items():
+        if name == "kind" and value not in KINDS:
+            raise ConfigError(f"{where}.kind: unknown discriminator '{value}'; choose from {', '.join(KINDS)}")
+        if name == "loss" and value not in LOSSES:
+            raise ConfigError(f"{where}.loss: unknown GAN loss '{value}'; choose from {', '.join(LOSSES)}")
+        if name in ("weight", "start", "lecam_weight", "consistency_weight") and (
+                isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0):
+            raise ConfigError(f"{where}.{name}: must be a number >= 0, got {value!r}")
+        if name in ("width", "num_layers") and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ConfigError(f"{where}.{name}: must be an integer >= 1, got {value!r}")
+
+
+def check_adversarial(spec: Mapping[str, Any], where: str) -> None:
+    """A tokenizer's ``adversarial`` mapping: keys and types of :class:`Adversary`'s options and
+    :func:`check_values` (what depends on the image size is checked when the tokenizer is built)."""
+    check_options(spec, init_params(Adversary, {"image_size"}), where, "the adversary")
+    check_values(spec, where)
+
+
 class Adversary(nn.Module):
     """Everything a tokenizer needs for adversarial training: a discriminator, the GAN losses and the
     LeCAM / consistency regularisers.
@@ -265,17 +289,8 @@ class Adversary(nn.Module):
                  consistency_weight: float = 0.0, width: int = 64, num_layers: int = 3) -> None:
         super().__init__()
         key = "tokenizer.adversarial"
-        if kind not in KINDS:
-            raise ConfigError(f"{key}.kind: unknown discriminator '{kind}'; choose from {', '.join(KINDS)}")
-        if loss not in LOSSES:
-            raise ConfigError(f"{key}.loss: unknown GAN loss '{loss}'; choose from {', '.join(LOSSES)}")
-        for name, value in (("weight", weight), ("start", start), ("lecam_weight", lecam_weight),
-                            ("consistency_weight", consistency_weight)):
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-                raise ConfigError(f"{key}.{name}: must be a number >= 0, got {value!r}")
-        for name, value in (("width", width), ("num_layers", num_layers)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ConfigError(f"{key}.{name}: must be an integer >= 1, got {value!r}")
+        check_values({"kind": kind, "loss": loss, "weight": weight, "start": start, "lecam_weight": lecam_weight,
+                      "consistency_weight": consistency_weight, "width": width, "num_layers": num_layers}, key)
         if kind == "patchgan" and PatchGANDiscriminator.output_size(image_size, num_layers) < 1:
             raise ConfigError(f"{key}.num_layers: a {num_layers}-layer PatchGAN leaves no patch of a "
                               f"{image_size} px image; use num_layers <= {max(1, int(math.log2(image_size / 3)))}")
@@ -338,3 +353,6 @@ class Adversary(nn.Module):
             out["consistency"] = self.consistency_weight * consistency_loss(
                 self.discriminator, real, fake, real_logits=real_logits, fake_logits=fake_logits)
         return out
+
+
+AdversarialOptions = nested(check_adversarial)

@@ -10,7 +10,8 @@ from torch import Tensor, nn
 
 
 class Attention(nn.Module):
-    """Multi-head self-attention, softmax(QK^T / sqrt(d)) V, through SDPA."""
+    """Multi-head self-attention, softmax(QK^T / sqrt(d) + M) V, through SDPA; ``mask`` (optional) is
+    SDPA's boolean mask (True: the query may attend to the key)."""
 
     def __init__(self, dim: int, num_heads: int) -> None:
         super().__init__()
@@ -20,10 +21,10 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(dim, 3 * dim)
         self.proj = nn.Linear(dim, dim)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
         b, n, d = x.shape
         q, k, v = self.qkv(x).view(b, n, 3, self.num_heads, d // self.num_heads).permute(2, 0, 3, 1, 4)
-        x = F.scaled_dot_product_attention(q, k, v)
+        x = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         return self.proj(x.transpose(1, 2).reshape(b, n, d))
 
 
@@ -35,7 +36,7 @@ class Mlp(nn.Sequential):
 
 
 class Block(nn.Module):
-    """Pre-norm ViT block: x + Attn(LN(x)), then x + MLP(LN(x))."""
+    """Pre-norm ViT block: x + Attn(LN(x)), then x + MLP(LN(x)); ``mask`` goes to the attention."""
 
     def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0) -> None:
         super().__init__()
@@ -44,8 +45,8 @@ class Block(nn.Module):
         self.norm2 = nn.LayerNorm(dim)
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
 
-    def forward(self, x: Tensor) -> Tensor:
-        x = x + self.attn(self.norm1(x))
+    def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
+        x = x + self.attn(self.norm1(x), mask)
         return x + self.mlp(self.norm2(x))
 
 

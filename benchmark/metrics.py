@@ -31,7 +31,7 @@ class EvalBatch:
     ``encode`` returned: int64 ids (B, *token_spec.shape) for a discrete spec, floats
     (B, *token_spec.shape, dim) for a continuous one; ``labels`` are the (B,) class labels.
     ``codes`` are the hard code ids per codebook of tokenizers that have ``code_ids`` (soft-VQ and
-    multi-codebook tokenizers), with each codebook's size in ``codebook_sizes``.
+    multi-codebook tokenizers, from ``encode_with_codes``), with each codebook's size in ``codebook_sizes``.
     """
 
     images: Tensor
@@ -163,7 +163,7 @@ class SSIM(PerImageMean):
 class CodebookUsage(Metric):
     """Codebook usage (percent of codes used), code perplexity exp(H) and entropy H, per codebook.
 
-    A discrete tokenizer's ids are its one codebook; tokenizers with ``code_ids`` report every
+    A discrete tokenizer's ids are its one codebook; tokenizers with codebooks report every
     codebook (``codebook_usage_<name>``, ...), and the plain ``codebook_usage`` is that of the first.
     Usage counts per code are kept (:meth:`histogram`) for the codebook analyses.
     """

@@ -15,31 +15,25 @@ from typing import Any, Mapping
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from benchmark.config import check_options, init_params
 from benchmark.errors import ConfigError
-from benchmark.gan import Adversary
-from benchmark.perceptual import PerceptualLoss
+from benchmark.gan import Adversary, AdversarialOptions, check_adversarial
+from benchmark.perceptual import PerceptualLoss, PerceptualOptions, check_perceptual
 
 NLL_TERMS = ("recon", "perceptual")  # what the adaptive adversarial weight balances against
-
-
-def _options(spec: Mapping[str, Any] | None, cls: type, where: str, extra: tuple[str, ...] = ()) -> dict[str, Any]:
-    """A nested config mapping checked against ``cls``'s keyword arguments (plus ``extra`` keys)."""
-    spec = dict(spec or {})
-    check_options(spec, init_params(cls, {"image_size"}), where, cls.__name__, extra)
-    return spec
+__all__ = ["NLL_TERMS", "AdversarialOptions", "PerceptualOptions", "PixelObjective", "build_adversary"]
 
 
 class PixelObjective(nn.Module):
     """Reconstruction (L1 or L2) and LPIPS perceptual terms, already weighted."""
 
     def __init__(self, recon_loss: str = "l2", recon_weight: float = 1.0,
-                 perceptual: Mapping[str, Any] | None = None) -> None:
+                 perceptual: PerceptualOptions | None = None) -> None:
         super().__init__()
         if recon_loss not in ("l1", "l2"):
             raise ConfigError(f"tokenizer.recon_loss: '{recon_loss}' is not l1 or l2")
         self.recon_loss, self.recon_weight = recon_loss, recon_weight
-        opts = _options(perceptual, PerceptualLoss, "tokenizer.perceptual", extra=("weight",))
+        opts = dict(perceptual or {})
+        check_perceptual(opts, "tokenizer.perceptual")
         self.perceptual_weight = float(opts.pop("weight", 1.0)) if perceptual else 0.0
         self.perceptual = PerceptualLoss(**opts) if self.perceptual_weight > 0 else None
 
@@ -55,7 +49,8 @@ def build_adversary(spec: Mapping[str, Any] | None, image_size: int) -> Adversar
     """The tokenizer's adversary from its ``adversarial`` config, or None when absent / weight 0."""
     if not spec:
         return None
-    opts = _options(spec, Adversary, "tokenizer.adversarial")
+    opts = dict(spec)
+    check_adversarial(opts, "tokenizer.adversarial")
     if float(opts.get("weight", 0.1)) <= 0:
         return None
     return Adversary(image_size=image_size, **opts)

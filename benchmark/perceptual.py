@@ -14,15 +14,16 @@ from __future__ import annotations
 import pickle
 import warnings
 from pathlib import Path
+from typing import Any, Mapping
 
 import torch
 from torch import Tensor, nn
 from torchvision.models import get_weight
 
 from benchmark.base import TokenSpec
-from benchmark.encoders import WeightsError
-from benchmark.errors import ConfigError
+from benchmark.errors import ConfigError, WeightsError
 from benchmark.layers import Frozen
+from benchmark.options import check_options, check_value, init_params, nested
 from benchmark.metrics import PerImageMean
 from benchmark.registry import register_metric
 
@@ -90,6 +91,18 @@ def load_backbone(trunk: nn.Module, state: dict[str, Tensor], source: str) -> No
         raise WeightsError(f"{source} does not fit the LPIPS backbone: {str(exc).splitlines()[-1].strip()}") from None
 
 
+def check_perceptual(spec: Mapping[str, Any], where: str) -> None:
+    """A ``perceptual`` mapping: a numeric ``weight`` plus :class:`PerceptualLoss`'s options, a known net."""
+    check_options(spec, init_params(PerceptualLoss), where, "the LPIPS loss", extra=("weight",))
+    if "weight" in spec:
+        check_value(spec["weight"], float, f"{where}.weight")
+    if "net" in spec and spec["net"] not in BACKBONES:
+        raise ConfigError(f"{where}.net: unknown LPIPS network '{spec['net']}'; choose from {', '.join(BACKBONES)}")
+
+
+PerceptualOptions = nested(check_perceptual)
+
+
 class PerceptualLoss(nn.Module):
     """Mean LPIPS distance between images in [0, 1]; differentiable w.r.t. both.
 
@@ -99,9 +112,7 @@ class PerceptualLoss(nn.Module):
 
     def __init__(self, *, net: str = "vgg", weights: str | None = None) -> None:
         super().__init__()
-        if net not in BACKBONES:
-            raise ConfigError(f"tokenizer.perceptual.net: unknown LPIPS network '{net}'; "
-                              f"choose from {', '.join(BACKBONES)}")
+        check_perceptual({"net": net}, "tokenizer.perceptual")
         import lpips  # only when a perceptual loss is built: plugin loading registers the metric cheaply
 
         state = backbone_state(net, weights)

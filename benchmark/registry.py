@@ -22,6 +22,7 @@ from typing import Any, Callable, Iterable
 
 from benchmark import REPO_ROOT
 from benchmark.errors import ConfigError
+from benchmark.options import init_params
 
 PLUGIN_PACKAGE = "tok1d_plugins"
 PLUGIN_ENV = "TOK1D_PLUGINS"
@@ -42,8 +43,9 @@ class Entry:
 class Registry:
     """A name -> class table for one kind of component (tokenizer, generator, ...)."""
 
-    def __init__(self, kind: str) -> None:
+    def __init__(self, kind: str, harness_args: frozenset[str] = frozenset()) -> None:
         self.kind = kind
+        self.harness_args = harness_args  # constructor arguments the harness supplies, never the user
         self._entries: dict[str, Entry] = {}
 
     def register(self, name: str, description: str | None = None) -> Callable[[type], type]:
@@ -90,11 +92,15 @@ class Registry:
     def build(self, name: str, **kwargs: Any) -> Any:
         return self.get(name).obj(**kwargs)
 
+    def params(self, name: str, where: str = "") -> dict[str, Any]:
+        """The user-settable constructor parameters of an entry and their type hints."""
+        return init_params(self.get(name, where).obj, self.harness_args)
 
-TOKENIZERS = Registry("tokenizer")
-GENERATORS = Registry("generator")
+
+TOKENIZERS = Registry("tokenizer", frozenset({"image_size"}))
+GENERATORS = Registry("generator", frozenset({"token_spec", "num_classes"}))
 ENCODERS = Registry("encoder")
-DATASETS = Registry("dataset")
+DATASETS = Registry("dataset", frozenset({"split"}))
 METRICS = Registry("metric")
 ALL = {r.kind: r for r in (TOKENIZERS, GENERATORS, ENCODERS, DATASETS, METRICS)}
 

@@ -12,16 +12,9 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import torch
-from torchvision.utils import save_image
 
 from benchmark.store import RunStore, atomic_write, read_json
 from benchmark.study import Cell, Plan, flat_config
-
-
-def save_image_grid(images: torch.Tensor, path: Path, nrow: int = 8) -> None:
-    atomic_write(path, lambda tmp: save_image(images.clamp(0, 1), tmp, nrow=nrow, padding=1, format="png"))
-
 
 @dataclass
 class CellResults:

@@ -1,15 +1,13 @@
-"""Stage kinds: what each depends on (config sections and upstream stages) and what it does.
+"""Stage bodies: what each kind of stage does (the graph of kinds and their dependencies is in
+benchmark/graph.py). Each body takes a :class:`StageContext` and returns the stage's result record.
 
-    train_tokenizer ─► finetune_tokenizer (optional, SelfBootTok stage 2) ─► evaluate_tokenizer
-          └──────► cache_latents ─► train_generator ─► sample ─► evaluate_generator
-                                                       (decodes through the final tokenizer)
-
-A stage's hash covers exactly ``select(config)`` and its inputs' hashes, so cells that share a
-tokenizer share its training and its latent cache, and a finished stage is never run twice. The
-need ``tokenizer`` means the cell's final tokenizer: ``finetune_tokenizer`` when the cell has a
-``finetune`` stage, else ``train_tokenizer``. Latents always come from ``train_tokenizer``: a
-finetune stage must leave the tokens unchanged (it checks), so one generator serves every finetuned
-variant (the SelfBootTok paper's Fig. 6 trains its generator once for five local-aligner sizes).
+    train_tokenizer      build (pretrained init), train, save the tokenizer folder
+    finetune_tokenizer   SelfBootTok stage 2: start from stage 1, train what it leaves trainable
+    evaluate_tokenizer   reconstruction metrics on the eval split (benchmark/tokenizer_eval.py)
+    cache_latents        encode the training split once (benchmark/latents.py)
+    train_generator      train a generator on the cached latents
+    sample               generate images with balanced labels, decoded by the final tokenizer
+    evaluate_generator   gFID / IS of the samples (benchmark/fid.py)
 """
 
 from __future__ import annotations
@@ -22,17 +20,23 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import Tensor
-from torch.utils.data import DataLoader, Subset
 
-from benchmark.base import Generator, Tokenizer
+from benchmark.base import Tokenizer
+from benchmark.checkpoints import (
+    build_generator,
+    build_tokenizer,
+    load_generator,
+    load_tokenizer,
+    restore_architecture,
+    save_tokenizer,
+    save_weights,
+)
 from benchmark.config import EvalConfig, SampleConfig, TrainConfig
 from benchmark.errors import StageError
-from benchmark.registry import GENERATORS, TOKENIZERS
-from benchmark.store import RunStore, atomic_write, read_json, write_json
-
-TOKENIZER_FILES = ("tokenizer.json", "model.safetensors")
+from benchmark.image_grid import save_image_grid
+from benchmark.store import RunStore, read_json, write_json
 
 
 @dataclass
@@ -62,36 +66,8 @@ class StageContext:
         return pick_device(self.runtime.get("device", "auto"))
 
 
-@dataclass(frozen=True)
-class StageKind:
-    name: str
-    sections: tuple[str, ...]
-    needs: tuple[str, ...]
-    run: Callable[[StageContext], dict[str, Any]]
-    version: int = 1
-    gpu: bool = True
-
-    def select(self, config: dict[str, Any]) -> dict[str, Any]:
-        return {s: config[s] for s in self.sections}
-
-    def inputs(self, config: dict[str, Any]) -> tuple[str, ...]:
-        """The stage kinds this one reads, with ``tokenizer`` resolved for this config."""
-        final = "finetune_tokenizer" if has_finetune(config) else "train_tokenizer"
-        return tuple(final if n == "tokenizer" else n for n in self.needs)
-
-
-def has_finetune(config: dict[str, Any]) -> bool:
-    return bool(config.get("finetune", {}).get("tokenizer"))
-
-
 # ---------------------------------------------------------------------------------------------
-# Tokenizers: build, store, load
-
-
-def build_tokenizer(config: dict[str, Any]) -> Tokenizer:
-    """The tokenizer named by ``config['tokenizer']`` at the data's resolution."""
-    opts = {k: v for k, v in config["tokenizer"].items() if k != "name"}
-    return TOKENIZERS.build(config["tokenizer"]["name"], image_size=config["data"]["resolution"], **opts)
+# Tokenizers: train, finetune, evaluate
 
 
 def initialize_pretrained(model: Tokenizer, ctx: StageContext) -> None:
@@ -102,35 +78,6 @@ def initialize_pretrained(model: Tokenizer, ctx: StageContext) -> None:
     report = initialize_encoder(model.encoder, model.encoder_init)
     ctx.log.info("encoder initialisation:\n%s", report.table())
     write_json(ctx.dir / "init_report.json", report.to_dict())
-
-
-def restore_architecture(model: Tokenizer, folder: Path) -> None:
-    """Re-apply what a pretrained initialisation changed outside the state dict (LayerNorm eps,
-    MLP activation of the copied blocks)."""
-    from benchmark.encoders import match_architecture
-
-    report = read_json(folder / "init_report.json")
-    if report and report.get("norm_eps") is not None:
-        copied = [int(r["target"].split(".")[1]) for r in report["rows"]
-                  if r["target"].startswith("transformer.") and r["status"] in ("copied", "adapted")]
-        match_architecture(model.encoder, report["norm_eps"], report["activation"], max(copied) + 1)
-
-
-def save_tokenizer(folder: Path, config: dict[str, Any], weights: dict[str, Tensor]) -> None:
-    """A self-contained tokenizer folder: ``tokenizer.json`` (data + tokenizer config) and weights."""
-    atomic_write(folder / "model.safetensors", lambda tmp: save_file(weights, str(tmp)))
-    write_json(folder / "tokenizer.json", {"data": config["data"], "tokenizer": config["tokenizer"]})
-
-
-def load_tokenizer_dir(folder: Path, device: torch.device | str = "cpu") -> Tokenizer:
-    """The trained tokenizer stored in ``folder`` (a train / finetune stage folder), in eval mode."""
-    missing = [f for f in TOKENIZER_FILES if not (folder / f).is_file()]
-    if missing:
-        raise StageError(f"{folder}: not a trained tokenizer folder (missing {', '.join(missing)})")
-    model = build_tokenizer(read_json(folder / "tokenizer.json"))
-    restore_architecture(model, folder)
-    model.load_state_dict(load_file(folder / "model.safetensors"))
-    return model.to(device).eval()
 
 
 def tokenizer_step(model: Tokenizer) -> Callable:
@@ -155,8 +102,6 @@ def tokenizer_step(model: Tokenizer) -> Callable:
 
 def preview_saver(model: Tokenizer, images: Tensor, folder: Path) -> Callable[[int], None]:
     """Saves originals over reconstructions of a fixed batch as ``samples/step_<step>.png`` (seven digits)."""
-    from benchmark.report import save_image_grid
-
     def save(step: int) -> None:
         was_training = model.training
         model.eval()
@@ -222,7 +167,7 @@ def finetune_tokenizer(ctx: StageContext) -> dict[str, Any]:
     if (first_dir / "init_report.json").is_file():  # the finetuned folder must restore the same architecture
         write_json(ctx.dir / "init_report.json", read_json(first_dir / "init_report.json"))
     result = _train(model, ctx, cfg, TrainConfig(**{**base_train, **ctx.config["finetune"]["train"]}))
-    _check_same_tokens(load_tokenizer_dir(first_dir, ctx.device), model, cfg)
+    _check_same_tokens(load_tokenizer(first_dir, ctx.device), model, cfg)
     return result
 
 
@@ -241,68 +186,19 @@ def _check_same_tokens(before: Tokenizer, after: Tokenizer, cfg: dict[str, Any])
 # Tokenizer evaluation
 
 
-def metric_options(cfg: EvalConfig, device: torch.device) -> dict[str, dict[str, Any]]:
-    """Options the metrics that run a network (Inception, LPIPS) take from the eval config."""
-    inception = {"weights": cfg.inception_weights, "device": str(device)}
-    return {"rfid": inception, "inception_score": inception, "gfid": inception, "lpips": {"device": str(device)}}
-
-
-def evaluate_batch(model: Tokenizer, images: Tensor, labels: Tensor, metrics: list[Any]) -> Tensor:
-    """One batch of ``stages.evaluate_tokenizer``: encode, decode, every metric's update on the CPU
-    copies; returns the reconstructions (CPU, float32)."""
-    from benchmark.metrics import EvalBatch
-
-    tokens = model.encode(images)
-    recons = model.decode(tokens).float()
-    codes = getattr(model, "code_ids", None)
-    batch = EvalBatch(images=images.cpu(), recons=recons.cpu(), tokens=tokens.cpu(), labels=labels,
-                      codes={k: v.cpu() for k, v in codes(images).items()} if codes else None,
-                      codebook_sizes=model.codebook_sizes() if codes else None)
-    for metric in metrics:
-        metric.update(batch)
-    return batch.recons
-
-
-@torch.no_grad()
-def reconstruction_metrics(model: Tokenizer, dataset: Any, cfg: EvalConfig, device: torch.device,
-                           num_workers: int = 0) -> tuple[list[Any], Tensor]:
-    """``cfg.metrics`` of ``model`` over ``dataset`` in order (the metric objects, after every update),
-    and the first (up to) 8 originals over their reconstructions."""
-    from benchmark.metrics import build_metrics
-
-    metrics = build_metrics(cfg.metrics, model.token_spec, metric_options(cfg, device))
-    loader = DataLoader(dataset, batch_size=cfg.batch_size, shuffle=False, num_workers=num_workers)
-    preview = None
-    for images, labels in loader:
-        recons = evaluate_batch(model, images.to(device), labels, metrics)
-        if preview is None:
-            preview = torch.cat([images[:8], recons[:8]])
-    return metrics, preview
-
-
-@torch.no_grad()
 def evaluate_tokenizer(ctx: StageContext) -> dict[str, Any]:
-    from benchmark.data import build_dataset
-    from benchmark.metrics import compute_all, protocols
-    from benchmark.report import save_image_grid
+    """Reconstruction metrics of the cell's final tokenizer on the eval split; keeps the preview grid
+    and the per-code usage counts (for the codebook analyses, thesis Fig. 10)."""
+    from benchmark.tokenizer_eval import evaluate_tokenizer as evaluate
 
-    cfg = EvalConfig(**ctx.config["eval"])
-    model = load_tokenizer_dir(ctx.tokenizer_dir(), ctx.device)
-    dataset = build_dataset(ctx.config["data"], "eval")
-    if cfg.num_images is not None:
-        dataset = Subset(dataset, range(min(cfg.num_images, len(dataset))))
     t0 = time.perf_counter()
-    metrics, preview = reconstruction_metrics(model, dataset, cfg, ctx.device, ctx.runtime.get("num_workers", 0))
-    results = compute_all(metrics)
-    for metric in metrics:  # per-code usage counts, kept for the codebook analyses (thesis Fig. 10)
-        if hasattr(metric, "histograms"):
-            write_json(ctx.dir / "codebook_counts.json", {k: v.tolist() for k, v in metric.histograms().items()})
-    if preview is not None:
-        save_image_grid(preview, ctx.dir / "reconstructions.png", nrow=len(preview) // 2)
-    protocol = {"split": "eval", "num_images": len(dataset), "metrics": cfg.metrics,
-                "data": ctx.config["data"], "seed": None, "precision": "float32",
-                "metric_protocols": protocols(metrics)}
-    return {"metrics": results, "protocol": protocol, "eval_seconds": time.perf_counter() - t0}
+    evaluation = evaluate(ctx.tokenizer_dir(), ctx.config["data"], EvalConfig(**ctx.config["eval"]), ctx.device,
+                          num_workers=ctx.runtime.get("num_workers", 0))
+    if evaluation.histograms:
+        write_json(ctx.dir / "codebook_counts.json", evaluation.histograms)
+    if evaluation.preview is not None:
+        save_image_grid(evaluation.preview, ctx.dir / "reconstructions.png", nrow=len(evaluation.preview) // 2)
+    return {"metrics": evaluation.metrics, "protocol": evaluation.protocol, "eval_seconds": time.perf_counter() - t0}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -315,26 +211,13 @@ def cache_latents(ctx: StageContext) -> dict[str, Any]:
     from benchmark.latents import write_cache
 
     folder = ctx.input_dir("train_tokenizer")
-    model = load_tokenizer_dir(folder, ctx.device)
+    model = load_tokenizer(folder, ctx.device)
     data = read_json(folder / "tokenizer.json")["data"]
     dataset = build_dataset(data, "train")
     t0 = time.perf_counter()
     meta = write_cache(model, dataset, ctx.dir, ctx.device, num_workers=ctx.runtime.get("num_workers", 0), data=data)
     return {"num_items": meta["num_items"], "num_classes": meta["num_classes"],
             "token_spec": meta["token_spec"], "cache_seconds": time.perf_counter() - t0}
-
-
-def build_generator(config: dict[str, Any], token_spec: Any, num_classes: int) -> Generator:
-    opts = {k: v for k, v in config["generator"].items() if k != "name"}
-    return GENERATORS.build(config["generator"]["name"], token_spec=token_spec, num_classes=num_classes, **opts)
-
-
-def load_generator(folder: Path, latents: Any, device: torch.device) -> Generator:
-    """The trained generator of a train_generator folder, for the latent cache (LatentDataset) it
-    was trained on."""
-    model = build_generator(read_json(folder / "stage.json")["config"], latents.spec, latents.num_classes)
-    model.load_state_dict(load_file(folder / "model.safetensors"))
-    return model.to(device).eval()
 
 
 def train_generator(ctx: StageContext) -> dict[str, Any]:
@@ -361,7 +244,7 @@ def train_generator(ctx: StageContext) -> dict[str, Any]:
     terms, weights = fit(model, step, data, TrainConfig(**cfg["generator_train"]), cfg["seed"], ctx.dir, ctx.device,
                          ctx.runtime.get("num_workers", 0), ctx.log, ctx.runtime.get("compile", False))
     seconds = time.perf_counter() - t0
-    atomic_write(ctx.dir / "model.safetensors", lambda tmp: save_file(weights, str(tmp)))
+    save_weights(ctx.dir, weights)
     tokens, label = data[0][:2]
     model.train()
     cost = generator_cost(model, tokens[None].to(ctx.device), label[None].to(ctx.device))
@@ -381,14 +264,13 @@ def sample(ctx: StageContext) -> dict[str, Any]:
     decoded through the cell's final tokenizer."""
     from benchmark.cost import gflops
     from benchmark.latents import LatentDataset, unflat_tokens
-    from benchmark.report import save_image_grid
 
     cfg = SampleConfig(**ctx.config["sample"])
     trained = read_json(ctx.input_dir("train_generator") / "stage.json")
     latents = LatentDataset(ctx.store.dir("cache_latents", trained["inputs"]["cache_latents"]))
     stats = latents.stats()
-    generator = load_generator(ctx.input_dir("train_generator"), latents, ctx.device)
-    tokenizer = load_tokenizer_dir(ctx.tokenizer_dir(), ctx.device)
+    generator = load_generator(ctx.input_dir("train_generator"), latents.spec, latents.num_classes, ctx.device)
+    tokenizer = load_tokenizer(ctx.tokenizer_dir(), ctx.device)
     labels = balanced_labels(cfg.num_images, latents.num_classes)
     res = read_json(ctx.tokenizer_dir() / "tokenizer.json")["data"]["resolution"]
     tmp = ctx.dir / "images.tmp.npy"
@@ -432,19 +314,8 @@ def evaluate_generator(ctx: StageContext) -> dict[str, Any]:
     return {"metrics": results, "protocol": protocol}
 
 
-STAGES: dict[str, StageKind] = {
-    kind.name: kind
-    for kind in (
-        StageKind("train_tokenizer", ("seed", "data", "tokenizer", "train"), (), train_tokenizer),
-        StageKind("finetune_tokenizer", ("seed", "finetune"), ("train_tokenizer",), finetune_tokenizer),
-        StageKind("evaluate_tokenizer", ("data", "eval"), ("tokenizer",), evaluate_tokenizer),
-        StageKind("cache_latents", (), ("train_tokenizer",), cache_latents),
-        StageKind("train_generator", ("seed", "generator", "generator_train"), ("cache_latents",), train_generator),
-        StageKind("sample", ("sample",), ("train_generator", "tokenizer"), sample),
-        StageKind("evaluate_generator", ("data", "eval"), ("sample",), evaluate_generator),
-    )
+BODIES: dict[str, Callable[[StageContext], dict[str, Any]]] = {
+    "train_tokenizer": train_tokenizer, "finetune_tokenizer": finetune_tokenizer,
+    "evaluate_tokenizer": evaluate_tokenizer, "cache_latents": cache_latents, "train_generator": train_generator,
+    "sample": sample, "evaluate_generator": evaluate_generator,
 }
-
-
-def stage_order(kind: str) -> int:
-    return list(STAGES).index(kind)

@@ -36,7 +36,7 @@ from benchmark.config import (
 )
 from benchmark.errors import ConfigError
 from benchmark.registry import load_plugins
-from benchmark.stages import STAGES, stage_order
+from benchmark.graph import STAGES, closure, stage_order
 
 STUDY_KEYS = {"title", "source", "description", "config", "profiles", "axes", "cells", "label", "stages", "report"}
 PROFILE_DIR = REPO_ROOT / "studies" / "profiles"
@@ -209,18 +209,6 @@ def build_plan(path: str | Path, profile: str = "paper", overrides: list[str] | 
     if only and not plan.cells:
         raise ConfigError(f"--only {only}: matches no cell of {path}")
     return plan
-
-
-def closure(kinds: list[str], config: dict[str, Any]) -> list[str]:
-    """The wanted stage kinds plus everything they need for this cell's config, in dependency order."""
-    out: set[str] = set()
-    pending = list(kinds)
-    while pending:
-        kind = pending.pop()
-        if kind not in out:
-            out.add(kind)
-            pending.extend(STAGES[kind].inputs(config))
-    return sorted(out, key=stage_order)
 
 
 def matches(pattern: str, cell: Cell) -> bool:

@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from benchmark.align import Projector, build_teacher, patchwise_similarity_loss
+from benchmark.align import Projector, TeacherOptions, build_teacher, patchwise_similarity_loss
 from benchmark.base import Generator, TokenSpec
 from benchmark.errors import ConfigError
 from benchmark.layers import Attention, Mlp
@@ -285,7 +285,7 @@ class SiT(Generator):
     def __init__(self, *, token_spec: TokenSpec, num_classes: int, size: str = "B", label_dropout: float = 0.1,
                  path_type: str = "linear", prediction: str = "velocity", repa_depth: int = 0,
                  repa_dim: int = 0, repa_weight: float = 0.5, repa_projector_dim: int = 2048,
-                 repa_teacher: dict | None = None) -> None:
+                 repa_teacher: TeacherOptions | None = None) -> None:
         """``repa_depth`` (1-based) picks the block whose output REPA aligns with ``repa_dim``-dim
         teacher features, through a 3-layer SiLU MLP of hidden width ``repa_projector_dim`` (REPA's 2048).
         ``repa_teacher`` names the frozen encoder (benchmark/encoders.py, e.g. ``{init: dinov2, size: B}``)

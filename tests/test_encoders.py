@@ -16,13 +16,9 @@ import transformers
 from timm.layers import resample_abs_pos_embed, resample_patch_embed
 from torch import Tensor, nn
 
-from benchmark.encoders import (
-    PretrainedEncoder,
-    WeightsError,
-    build_encoder,
-    initialize_encoder,
-)
-from benchmark.errors import ConfigError
+from benchmark.encoder_backends import PretrainedEncoder
+from benchmark.encoders import build_encoder, initialize_encoder
+from benchmark.errors import ConfigError, WeightsError
 from benchmark.registry import ENCODERS, TOKENIZERS
 
 WIDTH, DEPTH, HEADS = 64, 2, 4  # the "tiny" TiTok encoder

@@ -20,13 +20,8 @@ from safetensors.torch import save_file
 from benchmark import bench, evaluate
 from benchmark.data import build_dataset
 from benchmark.latents import write_cache
-from benchmark.stages import (
-    StageContext,
-    build_generator,
-    build_tokenizer,
-    evaluate_tokenizer,
-    save_tokenizer,
-)
+from benchmark.checkpoints import build_generator, build_tokenizer, save_tokenizer
+from benchmark.stages import StageContext, evaluate_tokenizer
 from benchmark.store import RunStore, write_json
 
 DATA = {"name": "procedural", "resolution": 16, "num_classes": 8, "train_size": 12, "eval_size": 8}

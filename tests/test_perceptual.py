@@ -9,7 +9,7 @@ import torch
 import torchvision
 from torch import nn
 
-from benchmark.encoders import WeightsError
+from benchmark.errors import WeightsError
 from benchmark.errors import ConfigError
 from benchmark.perceptual import PerceptualLoss, hub_weights_path
 

@@ -10,7 +10,7 @@ from torch import nn
 
 from benchmark.errors import ConfigError
 from benchmark.run import main
-from benchmark.stages import load_tokenizer_dir
+from benchmark.checkpoints import load_tokenizer
 from benchmark.store import read_json
 from benchmark.study import build_plan
 
@@ -42,7 +42,7 @@ def test_study_initialises_from_mae_and_records_the_load_report(tmp_path, write_
     assert {"patch_embed.weight", "positional_embedding"} <= adapted  # patch 16 -> 4, grid 2 -> 4
     assert "encoder initialisation" in (train_dir / "log.txt").read_text()
 
-    model = load_tokenizer_dir(train_dir)
+    model = load_tokenizer(train_dir)
     eps = {m.eps for m in model.encoder.modules() if isinstance(m, nn.LayerNorm)}
     assert eps == {1e-6}  # the source's LayerNorm eps survives the reload
 

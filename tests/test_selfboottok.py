@@ -12,7 +12,7 @@ from conftest import grads_of
 from safetensors.torch import save_file
 
 from benchmark.data import build_dataset
-from benchmark.encoders import WeightsError
+from benchmark.errors import WeightsError
 from benchmark.errors import ConfigError
 from benchmark.registry import TOKENIZERS
 

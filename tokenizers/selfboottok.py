@@ -38,13 +38,13 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 from torch import Tensor, nn
 
-from benchmark.align import Projector, build_teacher, patchwise_similarity_loss
+from benchmark.align import Projector, TeacherOptions, build_teacher, patchwise_similarity_loss
 from benchmark.base import Tokenizer, TokenizerOutput, TokenSpec
-from benchmark.config import check_options, registry_params
-from benchmark.encoders import WeightsError
-from benchmark.errors import ConfigError
-from benchmark.layers import Attention, Block, Frozen, Mlp, init_vit_weights, unpatchify
-from benchmark.objectives import PixelObjective, build_adversary
+from benchmark.encoders import EncoderOptions
+from benchmark.errors import ConfigError, WeightsError
+from benchmark.layers import Block, Frozen, Mlp, init_vit_weights, unpatchify
+from benchmark.objectives import AdversarialOptions, PerceptualOptions, PixelObjective, build_adversary
+from benchmark.options import check_options, nested
 from benchmark.ot import ot_loss
 from benchmark.quantizers import SoftVectorQuantizer, kl_to_uniform
 from benchmark.registry import TOKENIZERS, register_tokenizer
@@ -74,29 +74,7 @@ LOCAL2D_SIZES: dict[str, tuple[int, int, int]] = {
 
 
 # ---------------------------------------------------------------------------------------------
-# Attention with a mask (the causal aligner) and cross-attention (the decoder)
-
-
-class MaskedAttention(Attention):
-    """benchmark.layers.Attention with an SDPA boolean mask (True: query may attend to key)."""
-
-    def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
-        b, n, d = x.shape
-        q, k, v = self.qkv(x).view(b, n, 3, self.num_heads, d // self.num_heads).permute(2, 0, 3, 1, 4)
-        x = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-        return self.proj(x.transpose(1, 2).reshape(b, n, d))
-
-
-class MaskedBlock(Block):
-    """Pre-norm ViT block whose self-attention takes a mask."""
-
-    def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0) -> None:
-        super().__init__(dim, num_heads, mlp_ratio)
-        self.attn = MaskedAttention(dim, num_heads)
-
-    def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
-        x = x + self.attn(self.norm1(x), mask)
-        return x + self.mlp(self.norm2(x))
+# Cross-attention (the decoder)
 
 
 class CrossAttention(nn.Module):
@@ -163,7 +141,7 @@ class Local2DAligner(nn.Module):
         self.embed = nn.Linear(token_size, width)
         self.global_positions = nn.Parameter(torch.zeros(1, num_global, width))
         self.queries = nn.Parameter(torch.zeros(1, num_local, width))
-        self.blocks = nn.ModuleList(MaskedBlock(width, heads) for _ in range(depth))
+        self.blocks = nn.ModuleList(Block(width, heads) for _ in range(depth))
         self.norm = nn.LayerNorm(width)
         self.head = nn.Linear(width, token_size)
         self.register_buffer("mask", aligner_mask(num_global, num_local) if causal else None, persistent=False)
@@ -214,6 +192,22 @@ class CrossAttentionViTDecoder(MaskTokenViTDecoder):
 # Frozen networks: alignment teachers and the 2D latent encoder of the OT term
 
 
+def check_latent_2d(spec: Mapping[str, Any], where: str) -> None:
+    """A ``latent_2d`` mapping: a registered tokenizer name, an optional checkpoint path, that
+    tokenizer's own options."""
+    opts = dict(spec)
+    name, checkpoint = opts.pop("tokenizer", None), opts.pop("checkpoint", None)
+    if not isinstance(name, str):
+        raise ConfigError(f"{where}.tokenizer: expected the name of a registered 2D tokenizer (e.g. vqgan), "
+                          f"got {name!r}")
+    if checkpoint is not None and not isinstance(checkpoint, str):
+        raise ConfigError(f"{where}.checkpoint must be a path or null, got {checkpoint!r}")
+    check_options(opts, TOKENIZERS.params(name, where=f"{where}.tokenizer"), where, f"tokenizer '{name}'")
+
+
+Latent2DOptions = nested(check_latent_2d)
+
+
 def build_latent_2d(spec: Mapping[str, Any], image_size: int) -> Frozen:
     """The 2D tokenizer whose ``latent_grid(images) -> (B, h*w, C)`` gives the OT targets x (Sec. 3.3).
 
@@ -222,15 +216,10 @@ def build_latent_2d(spec: Mapping[str, Any], image_size: int) -> Frozen:
     weights are random (smoke scale). Held in :class:`Frozen`: no parameters, no checkpoint entries.
     """
     where = "tokenizer.latent_2d"
+    check_latent_2d(spec, where)
     opts = dict(spec)
-    name, checkpoint = opts.pop("tokenizer", None), opts.pop("checkpoint", None)
-    if not isinstance(name, str):
-        raise ConfigError(f"{where}.tokenizer: expected the name of a registered 2D tokenizer (e.g. vqgan), "
-                          f"got {name!r}")
-    TOKENIZERS.get(name, where=f"{where}.tokenizer")
-    params = registry_params(TOKENIZERS, name)
-    check_options(opts, params, where, f"tokenizer '{name}'", extra=("tokenizer", "checkpoint"))
-    if "adversarial" in params:  # a frozen encoder needs no discriminator
+    name, checkpoint = opts.pop("tokenizer"), opts.pop("checkpoint", None)
+    if "adversarial" in TOKENIZERS.params(name):  # a frozen encoder needs no discriminator
         opts.setdefault("adversarial", None)
     model = TOKENIZERS.build(name, image_size=image_size, **opts)
     if not callable(getattr(model, "latent_grid", None)):
@@ -264,12 +253,12 @@ class SelfBootTok(Tokenizer):
                  branches: str = "G+L1+L2", local1d_hidden: int | None = None,
                  local2d_size: str | None = None, num_local_tokens: int | None = None, causal: bool = True,
                  fusion: str = "soft_residual", alpha: float = 0.5, beta: float = 0.25,
-                 recon_loss: str = "l2", recon_weight: float = 1.0, perceptual: dict | None = None,
-                 adversarial: dict | None = None, kl_weight: float = 1e-4, align_weight: float = 1.0,
-                 align_global: dict | None = None, repa_global_weight: float = 1.0,
-                 align_local: dict | None = None, repa_local_weight: float = 1.0,
-                 local_align_tokens: str = "l1", latent_2d: dict | None = None, ot_weight: float = 1.0,
-                 ot_epsilon: float = 0.05, stage: int = 1, encoder: dict | None = None) -> None:
+                 recon_loss: str = "l2", recon_weight: float = 1.0, perceptual: PerceptualOptions | None = None,
+                 adversarial: AdversarialOptions | None = None, kl_weight: float = 1e-4, align_weight: float = 1.0,
+                 align_global: TeacherOptions | None = None, repa_global_weight: float = 1.0,
+                 align_local: TeacherOptions | None = None, repa_local_weight: float = 1.0,
+                 local_align_tokens: str = "l1", latent_2d: Latent2DOptions | None = None, ot_weight: float = 1.0,
+                 ot_epsilon: float = 0.05, stage: int = 1, encoder: EncoderOptions | None = None) -> None:
         """Options (paper symbols in brackets):
 
         ``size``: ViT size of encoder and decoder; ``num_latent_tokens`` [K_g], ``token_size`` [d].
@@ -432,15 +421,14 @@ class SelfBootTok(Tokenizer):
         """Z_G (B, K_g, d) -> images: the locals are predicted from Z_G (Eq. 8-9), quantised, fused, decoded."""
         return self.reconstruct_from(tokens, self.local_tokens(tokens)[1]).clamp(0, 1)
 
-    @torch.no_grad()
-    def code_ids(self, images: Tensor) -> dict[str, Tensor]:
-        """argmax_k q(k | z) per token of each group: {"global": (B, K_g), "local1d": ..., "local2d": ...}."""
+    def encode_with_codes(self, images: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        """Z_G and argmax_k q(k | z) per token of each group: {"global": (B, K_g), "local1d": ..., "local2d": ...}."""
         _, zq_global, q_global = self.global_tokens(images)
         q = {"global": q_global, **self.local_tokens(zq_global)[2]}
-        return {g: p.argmax(-1) for g, p in q.items()}
+        return zq_global, {g: p.argmax(-1) for g, p in q.items()}
 
     def codebook_sizes(self) -> dict[str, int]:
-        """The size of the codebook behind each key of :meth:`code_ids`."""
+        """The size of the codebook behind each key of :meth:`encode_with_codes`' codes."""
         return {g: self.quantize_module(g).codebook_size for g in self.groups}
 
     def last_layer(self) -> Tensor:

@@ -22,11 +22,12 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from benchmark.align import Projector, build_teacher, patchwise_similarity_loss
+from benchmark.align import Projector, TeacherOptions, build_teacher, patchwise_similarity_loss
 from benchmark.base import Tokenizer, TokenizerOutput, TokenSpec
+from benchmark.encoders import EncoderOptions
 from benchmark.errors import ConfigError
 from benchmark.layers import init_vit_weights
-from benchmark.objectives import PixelObjective, build_adversary
+from benchmark.objectives import AdversarialOptions, PerceptualOptions, PixelObjective, build_adversary
 from benchmark.quantizers import SoftVectorQuantizer, entropy_regularizer, kl_to_uniform
 from benchmark.registry import register_tokenizer
 from benchmark.vit import SIZES, LatentViTEncoder, MaskTokenViTDecoder, vit_size
@@ -45,10 +46,10 @@ class SoftVQVAE(Tokenizer):
     def __init__(self, *, image_size: int = 256, size: str = "B", decoder_size: str | None = None,
                  patch_size: int = 16, num_latent_tokens: int = 64, token_size: int = 32,
                  codebook_size: int = 8192, num_codebooks: int = 1, tau: float = 0.07, l2_norm: bool = True,
-                 recon_loss: str = "l2", recon_weight: float = 1.0, perceptual: dict | None = None,
-                 kl_weight: float = 0.0, entropy_weight: float = 0.01, align: dict | None = None,
-                 align_weight: float = 0.1, adversarial: dict | None = None,
-                 encoder: dict | None = None) -> None:
+                 recon_loss: str = "l2", recon_weight: float = 1.0, perceptual: PerceptualOptions | None = None,
+                 kl_weight: float = 0.0, entropy_weight: float = 0.01, align: TeacherOptions | None = None,
+                 align_weight: float = 0.1, adversarial: AdversarialOptions | None = None,
+                 encoder: EncoderOptions | None = None) -> None:
         """``size`` / ``decoder_size``: ViT sizes of encoder and decoder (the decoder follows the
         encoder when None). ``num_codebooks`` splits the K tokens into that many consecutive groups,
         each with its own codebook. ``kl_weight`` (λ4): KL of Eq. 2's posterior to a uniform prior;
@@ -113,18 +114,18 @@ class SoftVQVAE(Tokenizer):
     def decode(self, tokens: Tensor) -> Tensor:
         return self._decode_latents(tokens).clamp(0, 1)
 
-    @torch.no_grad()
-    def code_ids(self, images: Tensor) -> dict[str, Tensor]:
-        """The most probable code of each token, argmax_k q(k|z): {"codes": (B, K)}. With G codebooks
-        the ids index their concatenation (group g's code k is g * codebook_size + k), so usage
-        statistics never merge codes of different groups."""
-        ids = self._quantize(images)[1].argmax(-1)
+    def encode_with_codes(self, images: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        """The soft-quantised tokens Z and the most probable code of each token, argmax_k q(k|z):
+        {"codes": (B, K)}. With G codebooks the ids index their concatenation (group g's code k is
+        g * codebook_size + k), so usage statistics never merge codes of different groups."""
+        tokens, q = self._quantize(images)[:2]
+        ids = q.argmax(-1)
         groups = self.quantizer.num_codebooks
         group = torch.arange(groups, device=ids.device).repeat_interleave(ids.shape[1] // groups)
-        return {"codes": ids + group * self.quantizer.codebook_size}
+        return tokens, {"codes": ids + group * self.quantizer.codebook_size}
 
     def codebook_sizes(self) -> dict[str, int]:
-        """The id range of each entry of :meth:`code_ids`."""
+        """The id range of each entry of :meth:`encode_with_codes`' codes."""
         return {"codes": self.quantizer.num_codebooks * self.quantizer.codebook_size}
 
     def last_layer(self) -> Tensor:

@@ -17,13 +17,13 @@ Perceptual, entropy and adversarial terms are opt-in (``perceptual``, ``entropy_
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor
 
 from benchmark.base import Tokenizer, TokenizerOutput, TokenSpec
+from benchmark.encoders import EncoderOptions
 from benchmark.errors import ConfigError
 from benchmark.layers import init_vit_weights
-from benchmark.objectives import PixelObjective, build_adversary
+from benchmark.objectives import AdversarialOptions, PerceptualOptions, PixelObjective, build_adversary
 from benchmark.quantizers import VectorQuantizer, scale_vq_losses
 from benchmark.registry import register_tokenizer
 from benchmark.vit import LatentViTEncoder, MaskTokenViTDecoder, vit_size
@@ -36,9 +36,9 @@ class TiTok(Tokenizer):
     def __init__(self, *, image_size: int = 256, size: str = "B", patch_size: int = 16,
                  num_latent_tokens: int = 32, codebook_size: int = 4096, token_size: int = 12,
                  l2_norm: bool = True, commitment: float = 0.25, recon_loss: str = "l2",
-                 recon_weight: float = 1.0, quantizer_weight: float = 1.0, perceptual: dict | None = None,
+                 recon_weight: float = 1.0, quantizer_weight: float = 1.0, perceptual: PerceptualOptions | None = None,
                  entropy_weight: float = 0.0, entropy_temperature: float = 0.01,
-                 adversarial: dict | None = None, encoder: dict | None = None) -> None:
+                 adversarial: AdversarialOptions | None = None, encoder: EncoderOptions | None = None) -> None:
         """``recon_loss``: l2 (TiTok) or l1, weighted by ``recon_weight``. ``quantizer_weight`` scales
         the codebook and commitment (beta = ``commitment``) terms. ``perceptual``: ``{weight, net,
         weights}`` of benchmark.perceptual. ``entropy_weight``: the thesis's entropy regulariser on
@@ -81,10 +81,10 @@ class TiTok(Tokenizer):
     def _decode_latents(self, z: Tensor) -> Tensor:
         return (self.decoder(z) + 1) / 2
 
-    @torch.no_grad()
-    def code_ids(self, images: Tensor) -> dict[str, Tensor]:
-        """{"codes": the code id of each latent token (B, K)}."""
-        return {"codes": self.encode(images)}
+    def encode_with_codes(self, images: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        """The ids (B, K) are the tokens and the codes: {"codes": ids}."""
+        ids = self.encode(images)
+        return ids, {"codes": ids}
 
     def codebook_sizes(self) -> dict[str, int]:
         return {"codes": self.quantizer.codebook_size}

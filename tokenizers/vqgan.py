@@ -23,13 +23,12 @@ from __future__ import annotations
 
 import math
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from benchmark.base import Tokenizer, TokenizerOutput, TokenSpec
 from benchmark.errors import ConfigError
-from benchmark.objectives import PixelObjective, build_adversary
+from benchmark.objectives import AdversarialOptions, PerceptualOptions, PixelObjective, build_adversary
 from benchmark.quantizers import DiagonalGaussian, VectorQuantizer, scale_vq_losses
 from benchmark.registry import register_tokenizer
 
@@ -175,8 +174,8 @@ class VQGAN(Tokenizer):
                  codebook_size: int = 1024, embed_dim: int | None = None, commitment: float = 0.25,
                  l2_norm: bool = False, entropy_weight: float = 0.0, entropy_temperature: float = 0.01,
                  kl_weight: float = 1e-6, recon_loss: str = "l2", recon_weight: float = 1.0,
-                 quantizer_weight: float = 1.0, perceptual: dict | None = None,
-                 adversarial: dict | None = VQGAN_ADVERSARIAL) -> None:
+                 quantizer_weight: float = 1.0, perceptual: PerceptualOptions | None = None,
+                 adversarial: AdversarialOptions | None = VQGAN_ADVERSARIAL) -> None:
         """``size``: tiny or base (see the module docstring). ``bottleneck``: ``vq`` (hard VQ with the
         codebook + beta-commitment loss, ``commitment`` = beta, and the thesis's entropy term when
         ``entropy_weight`` > 0, on softmax(-||z - c||^2 / entropy_temperature)) or ``kl`` (diagonal
@@ -250,10 +249,10 @@ class VQGAN(Tokenizer):
             return self.quantizer.indices(self._grid(images))
         return self.latent_grid(images)
 
-    @torch.no_grad()
-    def code_ids(self, images: Tensor) -> dict[str, Tensor]:
-        """{"codes": ids (B, h, w)} for vq; a kl VQGAN has no codebook: {}."""
-        return {"codes": self.encode(images)} if self.quantizer is not None else {}
+    def encode_with_codes(self, images: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        """vq: the ids (B, h, w) and {"codes": ids}; a kl VQGAN has no codebook: {}."""
+        tokens = self.encode(images)
+        return tokens, ({"codes": tokens} if self.quantizer is not None else {})
 
     def codebook_sizes(self) -> dict[str, int]:
         return {"codes": self.quantizer.codebook_size} if self.quantizer is not None else {}

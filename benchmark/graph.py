@@ -1,0 +1,82 @@
+"""The stage graph: the kinds of stage, what each reads from a cell's config and from upstream stages.
+
+    train_tokenizer ─► finetune_tokenizer (optional, SelfBootTok stage 2) ─► evaluate_tokenizer
+          └──────► cache_latents ─► train_generator ─► sample ─► evaluate_generator
+                                                       (decodes through the final tokenizer)
+
+A stage's hash covers exactly ``select(config)`` and its inputs' hashes, so cells that share a
+tokenizer share its training and its latent cache, and a finished stage is never run twice. The
+need ``tokenizer`` means the cell's final tokenizer: ``finetune_tokenizer`` when the cell has a
+``finetune`` stage, else ``train_tokenizer``. Latents always come from ``train_tokenizer``: a
+finetune stage must leave the tokens unchanged (it checks), so one generator serves every finetuned
+variant (the SelfBootTok paper's Fig. 6 trains its generator once for five local-aligner sizes).
+
+No torch here: the planner, ``--dry-run``, ``status`` and ``report`` read the graph without loading
+any model; the stage bodies are in benchmark/stages.py.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class StageKind:
+    """One kind of stage: the config sections and upstream kinds it depends on.
+
+    ``gpu``: whether it asks a cluster for GPUs; ``trains``: a training loop (data-parallel, checkpointed,
+    requeued on a time limit); ``version`` is part of the hash (bump it when a body's outputs change).
+    """
+
+    name: str
+    sections: tuple[str, ...]
+    needs: tuple[str, ...]
+    version: int = 1
+    gpu: bool = True
+    trains: bool = False
+
+    def select(self, config: dict[str, Any]) -> dict[str, Any]:
+        """The part of a cell's config this stage's hash covers."""
+        return {s: config[s] for s in self.sections}
+
+    def inputs(self, config: dict[str, Any]) -> tuple[str, ...]:
+        """The stage kinds this one reads, with ``tokenizer`` resolved for this config."""
+        final = "finetune_tokenizer" if has_finetune(config) else "train_tokenizer"
+        return tuple(final if n == "tokenizer" else n for n in self.needs)
+
+
+def has_finetune(config: dict[str, Any]) -> bool:
+    """Whether a cell has a second tokenizer stage (``finetune.tokenizer`` is set)."""
+    return bool(config.get("finetune", {}).get("tokenizer"))
+
+
+STAGES: dict[str, StageKind] = {
+    kind.name: kind
+    for kind in (
+        StageKind("train_tokenizer", ("seed", "data", "tokenizer", "train"), (), trains=True),
+        StageKind("finetune_tokenizer", ("seed", "finetune"), ("train_tokenizer",), trains=True),
+        StageKind("evaluate_tokenizer", ("data", "eval"), ("tokenizer",)),
+        StageKind("cache_latents", (), ("train_tokenizer",)),
+        StageKind("train_generator", ("seed", "generator", "generator_train"), ("cache_latents",), trains=True),
+        StageKind("sample", ("sample",), ("train_generator", "tokenizer")),
+        StageKind("evaluate_generator", ("data", "eval"), ("sample",)),
+    )
+}
+
+
+def stage_order(kind: str) -> int:
+    """Position of a kind in dependency order (upstream kinds first)."""
+    return list(STAGES).index(kind)
+
+
+def closure(kinds: list[str], config: dict[str, Any]) -> list[str]:
+    """The wanted stage kinds plus everything they need for this cell's config, in dependency order."""
+    out: set[str] = set()
+    pending = list(kinds)
+    while pending:
+        kind = pending.pop()
+        if kind not in out:
+            out.add(kind)
+            pending.extend(STAGES[kind].inputs(config))
+    return sorted(out, key=stage_order)
