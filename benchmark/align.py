@@ -10,7 +10,8 @@ teacher's width D, ``y`` a frozen teacher's patch features (B, M, D) resampled t
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -24,8 +25,9 @@ def teacher_entry(spec: Mapping[str, Any], where: str) -> PretrainedEncoder:
     """The encoder entry a teacher mapping names (checked; nothing loaded); 'none' is refused."""
     teacher = build_encoder(spec, where=where)
     if isinstance(teacher, NoEncoder):
-        raise ConfigError(f"{where}.init: 'none' has no features to align to; choose a pretrained encoder "
-                          f"or set {where}: null")
+        raise ConfigError(
+            f"{where}.init: 'none' has no features to align to; choose a pretrained encoder or set {where}: null"
+        )
     return teacher
 
 
@@ -44,8 +46,9 @@ class Projector(nn.Sequential):
 
     def __init__(self, in_dim: int, out_dim: int, hidden: int | None = None) -> None:
         hidden = hidden or max(in_dim, out_dim) * 4
-        super().__init__(nn.Linear(in_dim, hidden), nn.SiLU(), nn.Linear(hidden, hidden), nn.SiLU(),
-                         nn.Linear(hidden, out_dim))
+        super().__init__(
+            nn.Linear(in_dim, hidden), nn.SiLU(), nn.Linear(hidden, hidden), nn.SiLU(), nn.Linear(hidden, out_dim)
+        )
 
 
 def resample_tokens(features: Tensor, n: int, grid: bool = True) -> Tensor:

@@ -111,6 +111,7 @@ class Generator(nn.Module, ABC):
         """Named loss terms for one batch of tokens and their class labels."""
 
     @abstractmethod
-    def sample(self, labels: Tensor, cfg_scale: float = 1.0, steps: int | None = None,
-               generator: torch.Generator | None = None) -> Tensor:
+    def sample(
+        self, labels: Tensor, cfg_scale: float = 1.0, steps: int | None = None, generator: torch.Generator | None = None
+    ) -> Tensor:
         """Tokens for ``labels`` in the layout ``encode`` returns."""

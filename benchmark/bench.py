@@ -21,21 +21,22 @@ import platform
 import resource
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from benchmark.base import Generator, Tokenizer, TokenSpec
+from benchmark.checkpoints import build_generator, build_tokenizer, load_tokenizer
 from benchmark.config import TrainConfig, parse_overrides, validate
 from benchmark.cost import generator_cost, gflops, tokenizer_cost
 from benchmark.errors import ConfigError, Tok1dError
 from benchmark.metrics import build_metrics
 from benchmark.registry import GENERATORS, TOKENIZERS, Registry, load_plugins
-from benchmark.checkpoints import build_generator, build_tokenizer, load_tokenizer
-from benchmark.tokenizer_eval import evaluate_batch
 from benchmark.store import read_json
+from benchmark.tokenizer_eval import evaluate_batch
 from benchmark.train import generator_parameters, make_optimizer, pick_device
 
 
@@ -51,8 +52,10 @@ class PeakMemory:
     def description(self) -> str:
         if self.device.type == "cuda":
             return "cuda: torch.cuda.max_memory_allocated during the op (warm-up included), MiB"
-        return ("cpu: growth of the process's peak RSS (resource.getrusage ru_maxrss) during the op (warm-up "
-                "included), MiB; 0 when an earlier op had already reached a higher peak")
+        return (
+            "cpu: growth of the process's peak RSS (resource.getrusage ru_maxrss) during the op (warm-up "
+            "included), MiB; 0 when an earlier op had already reached a higher peak"
+        )
 
     @staticmethod
     def _max_rss_mb() -> float:
@@ -94,24 +97,42 @@ class Bench:
 
     def call(self, fn: Callable[[], Any], grad: bool = False) -> Callable[[], Any]:
         """``fn`` under bf16 autocast (on CUDA with --bf16) and, unless ``grad``, without autograd."""
+
         def run() -> Any:
-            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16), \
-                    torch.set_grad_enabled(grad):
+            with (
+                torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16),
+                torch.set_grad_enabled(grad),
+            ):
                 return fn()
+
         return run
 
     def synchronize(self) -> None:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
 
-    def measure(self, base: dict[str, Any], op: str, fn: Callable[[], Any], tokens_per_image: int,
-                gflops_per_image: float, **extra: Any) -> dict[str, Any]:
+    def measure(
+        self,
+        base: dict[str, Any],
+        op: str,
+        fn: Callable[[], Any],
+        tokens_per_image: int,
+        gflops_per_image: float,
+        **extra: Any,
+    ) -> dict[str, Any]:
         """Run ``fn`` (one batch) --warmup times, then --iters times on the clock: the result row, with
         images/s, tokens/s, ms per batch and peak memory (an ``error`` instead on CUDA out-of-memory)."""
         print(f"bench: {base['component']} {base['name']}: {op}", file=sys.stderr)
         batch, iters = self.args.batch_size, self.args.iters
-        row = {"component": base["component"], "name": base["name"], "op": op, **base, "batch_size": batch,
-               "gflops_per_image": gflops_per_image, **extra}
+        row = {
+            "component": base["component"],
+            "name": base["name"],
+            "op": op,
+            **base,
+            "batch_size": batch,
+            "gflops_per_image": gflops_per_image,
+            **extra,
+        }
         self.memory.reset()
         try:
             for _ in range(self.args.warmup):
@@ -125,8 +146,13 @@ class Bench:
         except torch.cuda.OutOfMemoryError as exc:
             torch.cuda.empty_cache()
             return {**row, "error": f"CUDA out of memory at batch size {batch}: {str(exc).splitlines()[0]}"}
-        return {**row, "images_per_s": batch / seconds, "tokens_per_s": batch * tokens_per_image / seconds,
-                "ms_per_batch": 1e3 * seconds, "peak_mem_mb": self.memory.peak_mb()}
+        return {
+            **row,
+            "images_per_s": batch / seconds,
+            "tokens_per_s": batch * tokens_per_image / seconds,
+            "ms_per_batch": 1e3 * seconds,
+            "peak_mem_mb": self.memory.peak_mb(),
+        }
 
     def tokenizer(self, model: Tokenizer, name: str, image_size: int) -> list[dict[str, Any]]:
         """encode, decode, evaluate (eval mode) and train_step rows of one tokenizer."""
@@ -145,9 +171,13 @@ class Bench:
         rows = [
             self.measure(base, "encode", self.call(lambda: encode(x)), k, cost["encode_gflops"]),
             self.measure(base, "decode", self.call(lambda: decode(tokens)), k, cost["decode_gflops"]),
-            self.measure(base, "evaluate", self.call(lambda: evaluate_batch(model, images.to(self.device), labels,
-                                                                            metrics)),
-                         k, cost["encode_gflops"] + cost["decode_gflops"]),
+            self.measure(
+                base,
+                "evaluate",
+                self.call(lambda: evaluate_batch(model, images.to(self.device), labels, metrics)),
+                k,
+                cost["encode_gflops"] + cost["decode_gflops"],
+            ),
         ]
         model.train()
         step_gflops = gflops(lambda: sum(model(x[:1]).losses.values()).backward())
@@ -167,8 +197,9 @@ class Bench:
         n = spec.num_generated
         base = {"component": "generator", "name": name, "tokens_of": tokens_of, "params": cost["params"]["total"]}
         loss = self.compiled(lambda: sum(model.loss(tokens, labels).values()))
-        rows = [self.measure(base, "train_step", self.step(model, self.call(loss, grad=True)), n,
-                             cost["train_step_gflops"])]
+        rows = [
+            self.measure(base, "train_step", self.step(model, self.call(loss, grad=True)), n, cost["train_step_gflops"])
+        ]
         model.eval()
         options = {"cfg_scale": self.args.cfg_scale, "steps": self.args.steps}
 
@@ -178,14 +209,24 @@ class Bench:
         with torch.no_grad():
             sample_gflops = gflops(lambda: model.sample(labels[:1], generator=seeded(), **options))
         sample = self.compiled(model.sample)
-        rows.append(self.measure(base, "sample", self.call(lambda: sample(labels, generator=seeded(), **options)), n,
-                                 sample_gflops, **options))
+        rows.append(
+            self.measure(
+                base,
+                "sample",
+                self.call(lambda: sample(labels, generator=seeded(), **options)),
+                n,
+                sample_gflops,
+                **options,
+            )
+        )
         return rows
 
     def step(self, model: nn.Module, loss: Callable[[], Tensor]) -> Callable[[], None]:
         """One optimisation step: backward of ``loss()`` and an AdamW step (fused on CUDA, as
         benchmark.train) over the model's trainable parameters."""
-        optimizer = make_optimizer(generator_parameters(model, getattr(model, "adversary", None)), TrainConfig(), self.device)
+        optimizer = make_optimizer(
+            generator_parameters(model, getattr(model, "adversary", None)), TrainConfig(), self.device
+        )
 
         def step() -> None:
             loss().backward()
@@ -227,8 +268,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         if getattr(args, key) < low:
             raise ConfigError(f"--{key.replace('_', '-')}: must be at least {low}, got {getattr(args, key)}")
     if not args.tokenizer and not args.tokenizer_dir:
-        raise ConfigError("give at least one --tokenizer NAME [key=value ...] or --tokenizer-dir PATH "
-                          "(generators are benchmarked on a tokenizer's tokens)")
+        raise ConfigError(
+            "give at least one --tokenizer NAME [key=value ...] or --tokenizer-dir PATH "
+            "(generators are benchmarked on a tokenizer's tokens)"
+        )
     tokenizers = [parse_entry(words, TOKENIZERS, "tokenizer") for words in args.tokenizer]
     generators = [parse_entry(words, GENERATORS, "generator") for words in args.generator]
     bench = Bench(args)
@@ -239,11 +282,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             torch.manual_seed(args.seed)
             config = {"tokenizer": {"name": name, **options}, "data": {"resolution": args.image_size}}
             return build_tokenizer(config).to(device), args.image_size
+
         return make
 
     def stored(folder: Path) -> Callable[[], tuple[Tokenizer, int]]:
         def make() -> tuple[Tokenizer, int]:
             return load_tokenizer(folder, device), read_json(folder / "tokenizer.json")["data"]["resolution"]
+
         return make
 
     makers = [(label(n, o), built(n, o)) for n, o in tokenizers]
@@ -266,25 +311,52 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             rows += bench.generator(generator.to(device), gen_label, spec, tok_label)
             del generator
             free(device)
-    settings = {k: getattr(args, k) for k in ("image_size", "batch_size", "warmup", "iters", "steps", "cfg_scale",
-                                              "num_classes", "seed", "compile")}
+    settings = {
+        k: getattr(args, k)
+        for k in ("image_size", "batch_size", "warmup", "iters", "steps", "cfg_scale", "num_classes", "seed", "compile")
+    }
     settings["bf16_autocast"] = bench.bf16
-    return {"device": device_name(device), "torch": torch.__version__, "settings": settings,
-            "memory": bench.memory.description, "timing": "time.perf_counter over --iters calls after --warmup "
-            "calls" + (", torch.cuda.synchronize before each clock read" if device.type == "cuda" else ""),
-            "results": rows}
+    return {
+        "device": device_name(device),
+        "torch": torch.__version__,
+        "settings": settings,
+        "memory": bench.memory.description,
+        "timing": "time.perf_counter over --iters calls after --warmup "
+        "calls" + (", torch.cuda.synchronize before each clock read" if device.type == "cuda" else ""),
+        "results": rows,
+    }
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m benchmark.bench", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog=__doc__.split("\n\n", 1)[1])
-    p.add_argument("--tokenizer", nargs="+", action="append", default=[], metavar="NAME [KEY=VALUE]",
-                   help="a registered tokenizer and its options (random weights); repeatable")
-    p.add_argument("--tokenizer-dir", action="append", default=[], metavar="PATH",
-                   help="a trained tokenizer folder (tokenizer.json + model.safetensors); repeatable")
-    p.add_argument("--generator", nargs="+", action="append", default=[], metavar="NAME [KEY=VALUE]",
-                   help="a registered generator and its options, run on every tokenizer's tokens; repeatable")
+    p = argparse.ArgumentParser(
+        prog="python -m benchmark.bench",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=__doc__.split("\n\n", 1)[1],
+    )
+    p.add_argument(
+        "--tokenizer",
+        nargs="+",
+        action="append",
+        default=[],
+        metavar="NAME [KEY=VALUE]",
+        help="a registered tokenizer and its options (random weights); repeatable",
+    )
+    p.add_argument(
+        "--tokenizer-dir",
+        action="append",
+        default=[],
+        metavar="PATH",
+        help="a trained tokenizer folder (tokenizer.json + model.safetensors); repeatable",
+    )
+    p.add_argument(
+        "--generator",
+        nargs="+",
+        action="append",
+        default=[],
+        metavar="NAME [KEY=VALUE]",
+        help="a registered generator and its options, run on every tokenizer's tokens; repeatable",
+    )
     p.add_argument("--image-size", type=int, default=256, help="for --tokenizer (a --tokenizer-dir keeps its own)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--num-classes", type=int, default=1000, help="generators' classes")
@@ -292,10 +364,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--cfg-scale", type=float, default=1.0, help="sampling guidance scale")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     p.add_argument("--bf16", action="store_true", help="bf16 autocast (CUDA only; ignored on the CPU)")
-    p.add_argument("--compile", action="store_true", help="torch.compile encode, decode, the training losses and "
-                   "sample (evaluate runs uncompiled, as benchmark.evaluate does)")
-    p.add_argument("--warmup", type=int, default=3, help="untimed calls per op; with --compile, enough for every "
-                   "(re)compilation, e.g. MaskGIT's dynamic mask counts recompile on the second call")
+    p.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile encode, decode, the training losses and "
+        "sample (evaluate runs uncompiled, as benchmark.evaluate does)",
+    )
+    p.add_argument(
+        "--warmup",
+        type=int,
+        default=3,
+        help="untimed calls per op; with --compile, enough for every "
+        "(re)compilation, e.g. MaskGIT's dynamic mask counts recompile on the second call",
+    )
     p.add_argument("--iters", type=int, default=10, help="timed calls per op")
     p.add_argument("--seed", type=int, default=0)
     return p.parse_args(argv)

@@ -14,8 +14,9 @@ all go through here.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -48,8 +49,11 @@ def restore_architecture(model: Tokenizer, folder: Path) -> None:
     if report and report.get("norm_eps") is not None:
         from benchmark.weight_transfer import match_architecture
 
-        copied = [int(r["target"].split(".")[1]) for r in report["rows"]
-                  if r["target"].startswith("transformer.") and r["status"] in ("copied", "adapted")]
+        copied = [
+            int(r["target"].split(".")[1])
+            for r in report["rows"]
+            if r["target"].startswith("transformer.") and r["status"] in ("copied", "adapted")
+        ]
         match_architecture(model.encoder, report["norm_eps"], report["activation"], max(copied) + 1)
 
 
@@ -72,8 +76,10 @@ def _weights(folder: Path) -> dict[str, Tensor]:
     try:
         return load_file(folder / "model.safetensors")
     except (OSError, RuntimeError, ValueError) as exc:  # safetensors raises its own SafetensorError (a ValueError)
-        raise CheckpointError(f"{folder / 'model.safetensors'}: unreadable weights: {type(exc).__name__}: "
-                              f"{str(exc).splitlines()[0] if str(exc) else ''}") from None
+        raise CheckpointError(
+            f"{folder / 'model.safetensors'}: unreadable weights: {type(exc).__name__}: "
+            f"{str(exc).splitlines()[0] if str(exc) else ''}"
+        ) from None
 
 
 def _load_state(model: torch.nn.Module, state: dict[str, Tensor], folder: Path) -> None:
@@ -81,8 +87,9 @@ def _load_state(model: torch.nn.Module, state: dict[str, Tensor], folder: Path) 
         model.load_state_dict(state)
     except RuntimeError as exc:
         detail = " ".join(line.strip() for line in str(exc).splitlines()[1:3])
-        raise CheckpointError(f"{folder / 'model.safetensors'} does not fit the model its config builds: "
-                              f"{detail[:400]}") from None
+        raise CheckpointError(
+            f"{folder / 'model.safetensors'} does not fit the model its config builds: {detail[:400]}"
+        ) from None
 
 
 def load_tokenizer(folder: str | Path, device: torch.device | str = "cpu") -> Tokenizer:
@@ -101,8 +108,9 @@ def load_tokenizer(folder: str | Path, device: torch.device | str = "cpu") -> To
     return model.to(device).eval()
 
 
-def load_generator(folder: Path, token_spec: TokenSpec, num_classes: int,
-                   device: torch.device | str = "cpu") -> Generator:
+def load_generator(
+    folder: Path, token_spec: TokenSpec, num_classes: int, device: torch.device | str = "cpu"
+) -> Generator:
     """The trained generator of a train_generator folder, for the token spec and classes of the latent
     cache it was trained on, in eval mode on ``device``."""
     record = read_json(folder / "stage.json")

@@ -13,9 +13,10 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import yaml
 from omegaconf import OmegaConf
@@ -119,14 +120,23 @@ class LauncherConfig:
 
 
 SCHEMAS: dict[str, type] = {
-    "train": TrainConfig, "eval": EvalConfig, "finetune": FinetuneConfig, "generator_train": TrainConfig,
-    "sample": SampleConfig, "runtime": RuntimeConfig, "launcher": LauncherConfig,
+    "train": TrainConfig,
+    "eval": EvalConfig,
+    "finetune": FinetuneConfig,
+    "generator_train": TrainConfig,
+    "sample": SampleConfig,
+    "runtime": RuntimeConfig,
+    "launcher": LauncherConfig,
 }
 REGISTRY_SECTIONS: dict[str, Registry] = {"tokenizer": TOKENIZERS, "data": DATASETS, "generator": GENERATORS}
 TOP_LEVEL: dict[str, Any] = {"seed": int, "plugins": list[str]}
-CHOICES = {"train.schedule": ("constant", "cosine"), "train.precision": ("bf16", "fp32"),
-           "generator_train.schedule": ("constant", "cosine"), "generator_train.precision": ("bf16", "fp32"),
-           "launcher.name": ("auto", "local", "slurm")}
+CHOICES = {
+    "train.schedule": ("constant", "cosine"),
+    "train.precision": ("bf16", "fp32"),
+    "generator_train.schedule": ("constant", "cosine"),
+    "generator_train.precision": ("bf16", "fp32"),
+    "launcher.name": ("auto", "local", "slurm"),
+}
 
 
 def defaults() -> dict[str, Any]:
@@ -218,8 +228,10 @@ def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def merge_layers(layers: list[Layer], start: tuple[dict[str, Any], dict[str, str]] | None = None,
-                 ) -> tuple[dict[str, Any], dict[str, str]]:
+def merge_layers(
+    layers: list[Layer],
+    start: tuple[dict[str, Any], dict[str, str]] | None = None,
+) -> tuple[dict[str, Any], dict[str, str]]:
     """Merge layers in order onto ``start`` (an earlier result), validating after each one (so a
     value a later layer overrides is still checked); return the config, its interpolations left
     for :func:`resolve` (a later merge may change what they point at), and, for each
@@ -233,7 +245,7 @@ def merge_layers(layers: list[Layer], start: tuple[dict[str, Any], dict[str, str
                 config.pop(section, None)  # another registry entry: its options start afresh
                 origin = {k: v for k, v in origin.items() if not k.startswith(section + ".")}
         config = merge_dicts(config, values)
-        origin.update({key: layer.source for key in flatten(values)})
+        origin.update(dict.fromkeys(flatten(values), layer.source))
         if "defaults" != layer.source:
             validate(resolve(config, layer.source), origin)
     return config, origin
@@ -261,8 +273,9 @@ def validate(config: Mapping[str, Any], origin: Mapping[str, str]) -> None:
     for top, value in config.items():
         where = origin.get(top, "config")
         if top not in known:
-            raise unknown_key(top, known, origin.get(top, next((v for k, v in origin.items()
-                                                             if k.startswith(top + ".")), "config")))
+            raise unknown_key(
+                top, known, origin.get(top, next((v for k, v in origin.items() if k.startswith(top + ".")), "config"))
+            )
         if top in TOP_LEVEL:
             if not type_ok(value, TOP_LEVEL[top]):
                 raise ConfigError(f"{where}: {top} must be {hint_name(TOP_LEVEL[top])}, got {value!r}")

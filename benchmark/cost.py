@@ -3,7 +3,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -12,8 +13,10 @@ from torch.utils.flop_counter import FlopCounterMode
 
 def parameter_counts(model: nn.Module) -> dict[str, int]:
     """Total and trainable parameters, and the total of each top-level child module."""
-    out = {"total": sum(p.numel() for p in model.parameters()),
-           "trainable": sum(p.numel() for p in model.parameters() if p.requires_grad)}
+    out = {
+        "total": sum(p.numel() for p in model.parameters()),
+        "trainable": sum(p.numel() for p in model.parameters() if p.requires_grad),
+    }
     for name, child in model.named_children():
         n = sum(p.numel() for p in child.parameters())
         if n:
@@ -39,9 +42,12 @@ def tokenizer_cost(tokenizer: nn.Module, image_size: int, device: torch.device) 
     tokenizer.train(was_training)
     with torch.no_grad():
         tokens = tokenizer.encode(images)
-        return {"params": parameter_counts(tokenizer), "train_step_gflops": train,
-                "encode_gflops": gflops(lambda: tokenizer.encode(images)),
-                "decode_gflops": gflops(lambda: tokenizer.decode(tokens))}
+        return {
+            "params": parameter_counts(tokenizer),
+            "train_step_gflops": train,
+            "encode_gflops": gflops(lambda: tokenizer.encode(images)),
+            "decode_gflops": gflops(lambda: tokenizer.decode(tokens)),
+        }
 
 
 def training_pflops(cost: dict[str, Any], steps: int, batch_size: int) -> float:
@@ -56,7 +62,10 @@ def generator_cost(generator: nn.Module, tokens: torch.Tensor, labels: torch.Ten
     def train_step() -> None:
         sum(generator.loss(tokens, labels).values()).backward()
 
-    out: dict[str, Any] = {"params": parameter_counts(generator), "train_step_gflops": gflops(train_step),
-                           "tokens": int(tokens.shape[1])}
+    out: dict[str, Any] = {
+        "params": parameter_counts(generator),
+        "train_step_gflops": gflops(train_step),
+        "tokens": int(tokens.shape[1]),
+    }
     generator.zero_grad(set_to_none=True)
     return out

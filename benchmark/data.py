@@ -29,7 +29,16 @@ SPLITS = ("train", "eval")
 SUBSETS = ("day", "all")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 PROCEDURAL_KINDS = (
-    "circle", "square", "triangle", "ring", "cross", "stripes", "checkerboard", "dots", "blob", "noise",
+    "circle",
+    "square",
+    "triangle",
+    "ring",
+    "cross",
+    "stripes",
+    "checkerboard",
+    "dots",
+    "blob",
+    "noise",
 )
 # Per-channel colour ranges (background, foreground) of the procedural images.
 PALETTES = {
@@ -53,6 +62,7 @@ def _check_positive(key: str, value: int | None) -> None:
 # Procedural shapes
 # ----------------------------------------------------------------------------------------------
 
+
 def _coords(n: int) -> tuple[np.ndarray, np.ndarray]:
     """Pixel-centre coordinates in [-1, 1] of an n x n grid: y as a column (n, 1), x as a row (1, n)."""
     t = (np.arange(n, dtype=np.float32) + 0.5) * (2.0 / n) - 1.0
@@ -75,8 +85,9 @@ def _ramp(y: np.ndarray, x: np.ndarray, angle: float) -> np.ndarray:
     return (x * math.cos(angle) + y * math.sin(angle)) * (0.5 / math.sqrt(2)) + 0.5
 
 
-def _coverage(kind: str, u: np.ndarray, v: np.ndarray, ur: np.ndarray, vr: np.ndarray,
-              freq: float, noise: np.ndarray) -> np.ndarray:
+def _coverage(
+    kind: str, u: np.ndarray, v: np.ndarray, ur: np.ndarray, vr: np.ndarray, freq: float, noise: np.ndarray
+) -> np.ndarray:
     """The foreground's opacity for one kind. (u, v): shape-local coordinates (unit = shape size);
     (ur, vr): the same axes in image units, for the textures that fill the whole image."""
     if kind == "circle":
@@ -154,8 +165,17 @@ class ProceduralShapes(Dataset):
     its train split is three times ``train_size``.
     """
 
-    def __init__(self, split: str, *, resolution: int = 32, num_classes: int = 8, train_size: int = 2048,
-                 eval_size: int = 256, seed: int = 0, subset: str = "day") -> None:
+    def __init__(
+        self,
+        split: str,
+        *,
+        resolution: int = 32,
+        num_classes: int = 8,
+        train_size: int = 2048,
+        eval_size: int = 256,
+        seed: int = 0,
+        subset: str = "day",
+    ) -> None:
         _check_choice("split", split, SPLITS)
         _check_choice("data.subset", subset, SUBSETS)
         if not 16 <= resolution <= 512:
@@ -193,6 +213,7 @@ class ProceduralShapes(Dataset):
 # ----------------------------------------------------------------------------------------------
 # Image files
 # ----------------------------------------------------------------------------------------------
+
 
 def list_images(folder: Path) -> list[Path]:
     """The image files directly in ``folder`` (by suffix, case-insensitive), sorted by name."""
@@ -257,8 +278,16 @@ class ImageFolderDataset(_ImageFiles):
     (class, file name) order.
     """
 
-    def __init__(self, split: str, *, root: str | None = None, resolution: int = 256,
-                 train_dir: str = "train", eval_dir: str = "val", max_images: int | None = None) -> None:
+    def __init__(
+        self,
+        split: str,
+        *,
+        root: str | None = None,
+        resolution: int = 256,
+        train_dir: str = "train",
+        eval_dir: str = "val",
+        max_images: int | None = None,
+    ) -> None:
         _check_positive("data.resolution", resolution)
         _check_positive("data.max_images", max_images)
         layout = "root/<split_dir>/<class>/*.jpg"
@@ -284,9 +313,17 @@ class BDD100K(_ImageFiles):
     the split folder; ``all`` (configuration 2) keeps every frame. Unlabelled: every label is 0.
     """
 
-    def __init__(self, split: str, *, root: str | None = None, resolution: int = 256,
-                 train_dir: str = "train", eval_dir: str = "val", subset: str = "day",
-                 max_images: int | None = None) -> None:
+    def __init__(
+        self,
+        split: str,
+        *,
+        root: str | None = None,
+        resolution: int = 256,
+        train_dir: str = "train",
+        eval_dir: str = "val",
+        subset: str = "day",
+        max_images: int | None = None,
+    ) -> None:
         _check_choice("data.subset", subset, SUBSETS)
         _check_positive("data.resolution", resolution)
         _check_positive("data.max_images", max_images)
@@ -308,8 +345,9 @@ class BDD100K(_ImageFiles):
     def _daytime_names(labels: Path) -> set[str]:
         """The frame names that ``labels`` (a BDD100K image-attribute JSON) marks as daytime."""
         if not labels.is_file():
-            raise DataError(f"subset 'day' needs the labels file {labels}, which does not exist "
-                            f"(or set data.subset=all)")
+            raise DataError(
+                f"subset 'day' needs the labels file {labels}, which does not exist (or set data.subset=all)"
+            )
         try:
             entries = json.loads(labels.read_text())
             return {e["name"] for e in entries if e.get("attributes", {}).get("timeofday") == "daytime"}

@@ -40,9 +40,11 @@ from benchmark.weight_transfer import (
 )
 
 SIGLIP_MEAN = SIGLIP_STD = (0.5, 0.5, 0.5)
-FETCH_HINT = ("Fetch them ahead of time on a machine with network access with "
-              "`python -m benchmark.fetch_weights studies/<study>.yaml` (fills the library's cache), "
-              "or set tokenizer.encoder.weights: /path/to/checkpoint")
+FETCH_HINT = (
+    "Fetch them ahead of time on a machine with network access with "
+    "`python -m benchmark.fetch_weights studies/<study>.yaml` (fills the library's cache), "
+    "or set tokenizer.encoder.weights: /path/to/checkpoint"
+)
 
 
 @dataclass(frozen=True)
@@ -78,12 +80,22 @@ class PretrainedEncoder(ABC):
     default_size: ClassVar[str] = "B"
     registry_name: ClassVar[str]
 
-    def __init__(self, *, size: str | None = None, layer: int | None = None, weights: str | None = None,
-                 model_id: str | None = None, strict: bool = True, stand_in: dict | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        size: str | None = None,
+        layer: int | None = None,
+        weights: str | None = None,
+        model_id: str | None = None,
+        strict: bool = True,
+        stand_in: dict | None = None,
+    ) -> None:
         size = size or self.default_size
         if size not in self.variants:
-            raise ConfigError(f"tokenizer.encoder.size: '{size}' is not a size of encoder "
-                              f"'{self.registry_name}'; choose from {', '.join(self.variants)}")
+            raise ConfigError(
+                f"tokenizer.encoder.size: '{size}' is not a size of encoder "
+                f"'{self.registry_name}'; choose from {', '.join(self.variants)}"
+            )
         self.size, self.layer, self.strict = size, layer, strict
         self.variant = self.variants[size]
         self.model_id = model_id or self.variant.model_id
@@ -115,8 +127,9 @@ class PretrainedEncoder(ABC):
         except Tok1dError:
             raise
         except (OSError, RuntimeError, ValueError, _hub_error()) as exc:
-            raise WeightsError(f"cannot load the weights of {self.describe()}: "
-                               f"{type(exc).__name__}: {_first_line(exc)}", FETCH_HINT) from None
+            raise WeightsError(
+                f"cannot load the weights of {self.describe()}: {type(exc).__name__}: {_first_line(exc)}", FETCH_HINT
+            ) from None
 
     def _build_stand_in(self) -> nn.Module:
         from huggingface_hub.errors import StrictDataclassError
@@ -126,8 +139,9 @@ class PretrainedEncoder(ABC):
         except Tok1dError:
             raise
         except (TypeError, ValueError, StrictDataclassError) as exc:
-            raise ConfigError(f"tokenizer.encoder.stand_in: cannot build {self.describe()}: "
-                              f"{type(exc).__name__}: {_first_line(exc)}") from None
+            raise ConfigError(
+                f"tokenizer.encoder.stand_in: cannot build {self.describe()}: {type(exc).__name__}: {_first_line(exc)}"
+            ) from None
 
     @abstractmethod
     def _load(self) -> nn.Module:
@@ -221,8 +235,15 @@ class TimmEncoder(PretrainedEncoder):
     def source(self) -> SourceViT:
         m = self.model()
         b0 = m.blocks[0]
-        out = new_source(self.describe(), m, tuple(m.patch_embed.grid_size), m.patch_embed.patch_size[0],
-                     b0.attn.num_heads, b0.norm1.eps, activation_name(b0.mlp.act))
+        out = new_source(
+            self.describe(),
+            m,
+            tuple(m.patch_embed.grid_size),
+            m.patch_embed.patch_size[0],
+            b0.attn.num_heads,
+            b0.norm1.eps,
+            activation_name(b0.mlp.act),
+        )
         put_affine(out, "patch_embed", m.patch_embed.proj, "patch_embed.proj")
         prefix = 0 if m.no_embed_class else m.num_prefix_tokens
         pos = m.pos_embed.detach()
@@ -247,8 +268,9 @@ class TimmEncoder(PretrainedEncoder):
         return len(self.model().blocks)
 
     def _hidden(self, x: Tensor, block: int, final_norm: bool) -> Tensor:
-        return self.model().forward_intermediates(x, indices=[block], norm=final_norm, output_fmt="NLC",
-                                                  intermediates_only=True)[0]
+        return self.model().forward_intermediates(
+            x, indices=[block], norm=final_norm, output_fmt="NLC", intermediates_only=True
+        )[0]
 
 
 TINY_TEXT_TOWER = {"context_length": 8, "vocab_size": 64, "width": 32, "heads": 2, "layers": 1}
@@ -268,8 +290,9 @@ class OpenClipEncoder(PretrainedEncoder):
         if path is not None and path.is_dir():
             return open_clip.create_model(f"local-dir:{path}").visual
         pretrained = str(path) if path is not None else self.variant.tag
-        return open_clip.create_model(self.model_id, pretrained=pretrained, force_quick_gelu=self.quick_gelu,
-                                      require_pretrained=True).visual
+        return open_clip.create_model(
+            self.model_id, pretrained=pretrained, force_quick_gelu=self.quick_gelu, require_pretrained=True
+        ).visual
 
     def _stand_in(self, overrides: dict) -> nn.Module:
         """The image tower of ``model_id``'s open_clip config with ``overrides`` applied to its ``vision_cfg``.
@@ -281,22 +304,37 @@ class OpenClipEncoder(PretrainedEncoder):
 
         cfg = open_clip.get_model_config(self.model_id)
         if cfg is None:
-            raise ConfigError(f"tokenizer.encoder.model_id: open_clip has no model config '{self.model_id}' "
-                              f"to build a stand-in from; choose one of open_clip.list_models()")
+            raise ConfigError(
+                f"tokenizer.encoder.model_id: open_clip has no model config '{self.model_id}' "
+                f"to build a stand-in from; choose one of open_clip.list_models()"
+            )
         known = [f.name for f in fields(open_clip.CLIPVisionCfg)]
         for key in overrides:
             if key not in known:
-                raise ConfigError(f"tokenizer.encoder.stand_in.{key}: not a field of open_clip's vision_cfg; "
-                                  f"fields: {', '.join(known)}")
-        return open_clip.create_model(self.model_id, pretrained=None, force_quick_gelu=self.quick_gelu,
-                                      vision_cfg={**cfg["vision_cfg"], **overrides},
-                                      text_cfg=dict(TINY_TEXT_TOWER)).visual
+                raise ConfigError(
+                    f"tokenizer.encoder.stand_in.{key}: not a field of open_clip's vision_cfg; "
+                    f"fields: {', '.join(known)}"
+                )
+        return open_clip.create_model(
+            self.model_id,
+            pretrained=None,
+            force_quick_gelu=self.quick_gelu,
+            vision_cfg={**cfg["vision_cfg"], **overrides},
+            text_cfg=dict(TINY_TEXT_TOWER),
+        ).visual
 
     def source(self) -> SourceViT:
         v = self.model()
         b0 = v.transformer.resblocks[0]
-        out = new_source(self.describe(), v, tuple(v.grid_size), v.patch_size[0], b0.attn.num_heads, b0.ln_1.eps,
-                     activation_name(b0.mlp.gelu))
+        out = new_source(
+            self.describe(),
+            v,
+            tuple(v.grid_size),
+            v.patch_size[0],
+            b0.attn.num_heads,
+            b0.ln_1.eps,
+            activation_name(b0.mlp.gelu),
+        )
         put_affine(out, "patch_embed", v.conv1, "conv1")
         out.has_class_token = True
         out.params["class_embedding"] = v.class_embedding.detach().view(1, 1, -1).clone()
@@ -316,8 +354,9 @@ class OpenClipEncoder(PretrainedEncoder):
         return len(self.model().transformer.resblocks)
 
     def _hidden(self, x: Tensor, block: int, final_norm: bool) -> Tensor:
-        return self.model().forward_intermediates(x, indices=[block], normalize_intermediates=final_norm,
-                                                  intermediates_only=True, output_fmt="NLC")["image_intermediates"][0]
+        return self.model().forward_intermediates(
+            x, indices=[block], normalize_intermediates=final_norm, intermediates_only=True, output_fmt="NLC"
+        )["image_intermediates"][0]
 
 
 class TransformersEncoder(PretrainedEncoder):
@@ -331,7 +370,8 @@ class TransformersEncoder(PretrainedEncoder):
         import transformers
 
         model = getattr(transformers, self.model_class).from_pretrained(
-            str(Path(self.weights).expanduser()) if self.weights else self.model_id)
+            str(Path(self.weights).expanduser()) if self.weights else self.model_id
+        )
         return getattr(model, self.trunk) if self.trunk else model
 
     def stand_in_config(self, overrides: dict) -> Any:
@@ -360,8 +400,15 @@ class TransformersEncoder(PretrainedEncoder):
         emb = m.embeddings
         conv_name, conv = next((n, c) for n, c in emb.named_modules() if isinstance(c, nn.Conv2d))
         grid = cfg.image_size // cfg.patch_size
-        out = new_source(self.describe(), m, (grid, grid), cfg.patch_size, cfg.num_attention_heads,
-                     cfg.layer_norm_eps, activation_name(cfg.hidden_act))
+        out = new_source(
+            self.describe(),
+            m,
+            (grid, grid),
+            cfg.patch_size,
+            cfg.num_attention_heads,
+            cfg.layer_norm_eps,
+            activation_name(cfg.hidden_act),
+        )
         put_affine(out, "patch_embed", conv, f"embeddings.{conv_name}")
         if isinstance(getattr(emb, "position_embedding", None), nn.Embedding):
             pos, pos_name = emb.position_embedding.weight.detach().unsqueeze(0), "embeddings.position_embedding.weight"
@@ -381,9 +428,14 @@ class TransformersEncoder(PretrainedEncoder):
         map_blocks(out, layers, layers_prefix)
         norm_name, norm = self._final_norm()
         put_affine(out, "ln_post", norm, norm_name)
-        return finish_source(out, {"embeddings.mask_token": "mask token (masked-image modelling only)",
-                             "embeddings.register_tokens": "register tokens: the target has no register slots",
-                             "head.": "attention-pooling head"})
+        return finish_source(
+            out,
+            {
+                "embeddings.mask_token": "mask token (masked-image modelling only)",
+                "embeddings.register_tokens": "register tokens: the target has no register slots",
+                "head.": "attention-pooling head",
+            },
+        )
 
     def resolution(self) -> int:
         return self.model().config.image_size
@@ -396,4 +448,4 @@ class TransformersEncoder(PretrainedEncoder):
         hidden = m(pixel_values=x, output_hidden_states=True).hidden_states[block + 1]
         if final_norm:
             hidden = self._final_norm()[1](hidden)
-        return hidden[:, hidden.shape[1] - grid * grid:]
+        return hidden[:, hidden.shape[1] - grid * grid :]

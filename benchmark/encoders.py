@@ -9,7 +9,8 @@ like name a frozen teacher. Both option mappings are checked at plan time (:data
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Mapping
+from collections.abc import Mapping
+from typing import Any, ClassVar
 
 from torch import Tensor, nn
 
@@ -43,35 +44,48 @@ class NoEncoder:
 class MAE(TimmEncoder):
     """MAE (He et al. 2022) ViT-B/L/H pretrained on ImageNet-1k, from timm."""
 
-    variants = {"B": Variant("vit_base_patch16_224.mae", 16, 768, 12, 12, 224),
-                "L": Variant("vit_large_patch16_224.mae", 16, 1024, 24, 16, 224),
-                "H": Variant("vit_huge_patch14_224.mae", 14, 1280, 32, 16, 224)}
+    variants = {
+        "B": Variant("vit_base_patch16_224.mae", 16, 768, 12, 12, 224),
+        "L": Variant("vit_large_patch16_224.mae", 16, 1024, 24, 16, 224),
+        "H": Variant("vit_huge_patch14_224.mae", 14, 1280, 32, 16, 224),
+    }
 
 
 @register_encoder("dino")
 class DINO(TimmEncoder):
     """DINO (Caron et al. 2021) ViT-S/B (patch 16, or 8 for S8 / B8), from timm."""
 
-    variants = {"S": Variant("vit_small_patch16_224.dino", 16, 384, 12, 6, 224),
-                "B": Variant("vit_base_patch16_224.dino", 16, 768, 12, 12, 224),
-                "S8": Variant("vit_small_patch8_224.dino", 8, 384, 12, 6, 224),
-                "B8": Variant("vit_base_patch8_224.dino", 8, 768, 12, 12, 224)}
+    variants = {
+        "S": Variant("vit_small_patch16_224.dino", 16, 384, 12, 6, 224),
+        "B": Variant("vit_base_patch16_224.dino", 16, 768, 12, 12, 224),
+        "S8": Variant("vit_small_patch8_224.dino", 8, 384, 12, 6, 224),
+        "B8": Variant("vit_base_patch8_224.dino", 8, 768, 12, 12, 224),
+    }
 
 
 @register_encoder("dinov2")
 class DINOv2(TimmEncoder):
     """DINOv2 (Oquab et al. 2024) ViT-S/B/L/g, patch 14, optionally with 4 registers, from timm."""
 
-    variants = {"S": Variant("vit_small_patch14_dinov2.lvd142m", 14, 384, 12, 6, 518),
-                "B": Variant("vit_base_patch14_dinov2.lvd142m", 14, 768, 12, 12, 518),
-                "L": Variant("vit_large_patch14_dinov2.lvd142m", 14, 1024, 24, 16, 518),
-                "g": Variant("vit_giant_patch14_dinov2.lvd142m", 14, 1536, 40, 24, 518)}
+    variants = {
+        "S": Variant("vit_small_patch14_dinov2.lvd142m", 14, 384, 12, 6, 518),
+        "B": Variant("vit_base_patch14_dinov2.lvd142m", 14, 768, 12, 12, 518),
+        "L": Variant("vit_large_patch14_dinov2.lvd142m", 14, 1024, 24, 16, 518),
+        "g": Variant("vit_giant_patch14_dinov2.lvd142m", 14, 1536, 40, 24, 518),
+    }
 
-    def __init__(self, *, size: str | None = None, layer: int | None = None, weights: str | None = None,
-                 model_id: str | None = None, strict: bool = True, registers: bool = False,
-                 stand_in: dict | None = None) -> None:
-        super().__init__(size=size, layer=layer, weights=weights, model_id=model_id, strict=strict,
-                         stand_in=stand_in)
+    def __init__(
+        self,
+        *,
+        size: str | None = None,
+        layer: int | None = None,
+        weights: str | None = None,
+        model_id: str | None = None,
+        strict: bool = True,
+        registers: bool = False,
+        stand_in: dict | None = None,
+    ) -> None:
+        super().__init__(size=size, layer=layer, weights=weights, model_id=model_id, strict=strict, stand_in=stand_in)
         self.registers = registers
         if registers and model_id is None:
             self.model_id = self.variant.model_id.replace("_dinov2", "_reg4_dinov2")
@@ -82,8 +96,10 @@ class CLIP(OpenClipEncoder):
     """OpenAI CLIP (Radford et al. 2021) image tower ViT-B/16, ViT-L/14, from open_clip (QuickGELU)."""
 
     quick_gelu = True
-    variants = {"B": Variant("ViT-B-16", 16, 768, 12, 12, 224, tag="openai"),
-                "L": Variant("ViT-L-14", 14, 1024, 24, 16, 224, tag="openai")}
+    variants = {
+        "B": Variant("ViT-B-16", 16, 768, 12, 12, 224, tag="openai"),
+        "L": Variant("ViT-L-14", 14, 1024, 24, 16, 224, tag="openai"),
+    }
 
 
 @register_encoder("depth_anything_v2")
@@ -91,9 +107,11 @@ class DepthAnythingV2(TransformersEncoder):
     """Depth-Anything-V2 (Yang et al. 2024) DINOv2 backbone ViT-S/B/L, from transformers."""
 
     model_class, trunk = "DepthAnythingForDepthEstimation", "backbone"
-    variants = {"S": Variant("depth-anything/Depth-Anything-V2-Small-hf", 14, 384, 12, 6, 518),
-                "B": Variant("depth-anything/Depth-Anything-V2-Base-hf", 14, 768, 12, 12, 518),
-                "L": Variant("depth-anything/Depth-Anything-V2-Large-hf", 14, 1024, 24, 16, 518)}
+    variants = {
+        "S": Variant("depth-anything/Depth-Anything-V2-Small-hf", 14, 384, 12, 6, 518),
+        "B": Variant("depth-anything/Depth-Anything-V2-Base-hf", 14, 768, 12, 12, 518),
+        "L": Variant("depth-anything/Depth-Anything-V2-Large-hf", 14, 1024, 24, 16, 518),
+    }
     reassemble_factors: ClassVar[tuple[float, ...]] = (4, 2, 1, 0.5)  # DPT's, one per fused feature map
 
     def stand_in_config(self, overrides: dict) -> Any:
@@ -113,12 +131,17 @@ class DepthAnythingV2(TransformersEncoder):
             backbone.out_indices = [depth * (i + 1) // maps for i in range(maps)]
         maps, width = len(backbone.out_indices), backbone.hidden_size
         if maps > len(self.reassemble_factors):
-            raise ConfigError(f"tokenizer.encoder.stand_in.out_indices: Depth-Anything's neck fuses at most "
-                              f"{len(self.reassemble_factors)} feature maps, got {backbone.out_indices}")
+            raise ConfigError(
+                f"tokenizer.encoder.stand_in.out_indices: Depth-Anything's neck fuses at most "
+                f"{len(self.reassemble_factors)} feature maps, got {backbone.out_indices}"
+            )
         return transformers.DepthAnythingConfig(
-            backbone_config=backbone, patch_size=backbone.patch_size, reassemble_hidden_size=width,
+            backbone_config=backbone,
+            patch_size=backbone.patch_size,
+            reassemble_hidden_size=width,
             reassemble_factors=list(self.reassemble_factors[-maps:]),
-            neck_hidden_sizes=[max(1, width >> (maps - 1 - i)) for i in range(maps)])
+            neck_hidden_sizes=[max(1, width >> (maps - 1 - i)) for i in range(maps)],
+        )
 
 
 @register_encoder("ijepa")
@@ -126,10 +149,12 @@ class IJEPA(TransformersEncoder):
     """I-JEPA (Assran et al. 2023) ViT-H/14 (IN-1k or IN-22k), ViT-H/16-448, ViT-g/16, from transformers."""
 
     model_class, default_size = "IJepaModel", "H"
-    variants = {"H": Variant("facebook/ijepa_vith14_1k", 14, 1280, 32, 16, 224),
-                "H22k": Variant("facebook/ijepa_vith14_22k", 14, 1280, 32, 16, 224),
-                "H16": Variant("facebook/ijepa_vith16_1k", 16, 1280, 32, 16, 448),
-                "g": Variant("facebook/ijepa_vitg16_22k", 16, 1408, 40, 16, 224)}
+    variants = {
+        "H": Variant("facebook/ijepa_vith14_1k", 14, 1280, 32, 16, 224),
+        "H22k": Variant("facebook/ijepa_vith14_22k", 14, 1280, 32, 16, 224),
+        "H16": Variant("facebook/ijepa_vith16_1k", 16, 1280, 32, 16, 448),
+        "g": Variant("facebook/ijepa_vitg16_22k", 16, 1408, 40, 16, 224),
+    }
 
 
 @register_encoder("siglip")
@@ -137,9 +162,11 @@ class SigLIP(TimmEncoder):
     """SigLIP (Zhai et al. 2023) image tower ViT-B/16, ViT-L/16-256, So400m/14, from timm."""
 
     mean, std = SIGLIP_MEAN, SIGLIP_STD
-    variants = {"B": Variant("vit_base_patch16_siglip_224.webli", 16, 768, 12, 12, 224),
-                "L": Variant("vit_large_patch16_siglip_256.webli", 16, 1024, 24, 16, 256),
-                "So400m": Variant("vit_so400m_patch14_siglip_224.webli", 14, 1152, 27, 16, 224)}
+    variants = {
+        "B": Variant("vit_base_patch16_siglip_224.webli", 16, 768, 12, 12, 224),
+        "L": Variant("vit_large_patch16_siglip_256.webli", 16, 1024, 24, 16, 256),
+        "So400m": Variant("vit_so400m_patch14_siglip_224.webli", 14, 1152, 27, 16, 224),
+    }
 
 
 @register_encoder("siglip2")
@@ -148,9 +175,11 @@ class SigLIP2(TransformersEncoder):
 
     mean, std = SIGLIP_MEAN, SIGLIP_STD
     model_class = "SiglipVisionModel"
-    variants = {"B": Variant("google/siglip2-base-patch16-224", 16, 768, 12, 12, 224),
-                "L": Variant("google/siglip2-large-patch16-256", 16, 1024, 24, 16, 256),
-                "So400m": Variant("google/siglip2-so400m-patch14-224", 14, 1152, 27, 16, 224)}
+    variants = {
+        "B": Variant("google/siglip2-base-patch16-224", 16, 768, 12, 12, 224),
+        "L": Variant("google/siglip2-large-patch16-256", 16, 1024, 24, 16, 256),
+        "So400m": Variant("google/siglip2-so400m-patch14-224", 14, 1152, 27, 16, 224),
+    }
 
 
 # ---------------------------------------------------------------------------------------------
@@ -160,8 +189,9 @@ class SigLIP2(TransformersEncoder):
 def build_encoder(spec: Mapping[str, Any], where: str = "tokenizer.encoder") -> PretrainedEncoder | NoEncoder:
     """The entry for a config mapping ``{init: name, size: ..., ...}``; keys and types are checked."""
     if not isinstance(spec, Mapping) or "init" not in spec:
-        raise ConfigError(f"{where}: expected a mapping with 'init' (one of {', '.join(ENCODERS.names())}), "
-                          f"got {spec!r}")
+        raise ConfigError(
+            f"{where}: expected a mapping with 'init' (one of {', '.join(ENCODERS.names())}), got {spec!r}"
+        )
     name = spec["init"]
     ENCODERS.get(name, where=f"{where}.init")
     kwargs = {k: v for k, v in spec.items() if k != "init"}

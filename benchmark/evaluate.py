@@ -46,17 +46,22 @@ from benchmark.image_grid import save_image_grid
 from benchmark.registry import METRICS, load_plugins
 from benchmark.report import CellResults, protocol_lines
 from benchmark.stages import StageContext, sample
-from benchmark.tokenizer_eval import evaluate_tokenizer
 from benchmark.store import RunStore, read_json, write_json
 from benchmark.study import Cell
+from benchmark.tokenizer_eval import evaluate_tokenizer
 from benchmark.train import pick_device
 
 DEFAULT_CACHE = "~/.cache/tok1d/fid_stats"
-SOURCES = {"samples": "images.npy of a sample folder", "npz": "arr_0 of an .npz (ADM sample batch)",
-           "images": "image files of a folder, as stored"}
-WHAT_PATH_CAN_BE = ("a tokenizer folder (tokenizer.json + model.safetensors), a train_generator folder "
-                    "(stage.json + model.safetensors), a sample folder (images.npy), an .npz of samples "
-                    "(arr_0) or a folder of images")
+SOURCES = {
+    "samples": "images.npy of a sample folder",
+    "npz": "arr_0 of an .npz (ADM sample batch)",
+    "images": "image files of a folder, as stored",
+}
+WHAT_PATH_CAN_BE = (
+    "a tokenizer folder (tokenizer.json + model.safetensors), a train_generator folder "
+    "(stage.json + model.safetensors), a sample folder (images.npy), an .npz of samples "
+    "(arr_0) or a folder of images"
+)
 
 
 @dataclass
@@ -87,8 +92,13 @@ class Evaluation:
         return "\n".join(lines)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"path": str(self.path), "mode": self.mode, "metrics": self.metrics, "protocol": self.protocol,
-                **self.details}
+        return {
+            "path": str(self.path),
+            "mode": self.mode,
+            "metrics": self.metrics,
+            "protocol": self.protocol,
+            **self.details,
+        }
 
 
 @dataclass
@@ -116,8 +126,10 @@ def detect_mode(path: Path) -> str:
     if path.is_file() and path.suffix == ".npz":
         return "npz"
     if not path.is_dir():
-        raise DataError(f"{path}: {'no such file or folder' if not path.exists() else 'not an .npz file'}; "
-                        f"expected {WHAT_PATH_CAN_BE}")
+        raise DataError(
+            f"{path}: {'no such file or folder' if not path.exists() else 'not an .npz file'}; "
+            f"expected {WHAT_PATH_CAN_BE}"
+        )
     if is_tokenizer_folder(path):
         return "tokenizer"
     record = read_json(path / "stage.json")
@@ -161,15 +173,21 @@ def evaluate_tokenizer_dir(folder: Path, args: argparse.Namespace, out: Path | N
     trained_on = read_json(folder / "tokenizer.json")["data"]
     data = data_config(trained_on, args.data)
     if data.get("resolution") != trained_on.get("resolution"):
-        raise ConfigError(f"--data resolution={data.get('resolution')}: the tokenizer in {folder} was trained "
-                          f"at {trained_on.get('resolution')} px")
-    cfg = EvalConfig(batch_size=args.batch_size, num_images=args.num_images,
-                     inception_weights=args.inception_weights,
-                     **({"metrics": args.metrics} if args.metrics else {}))
+        raise ConfigError(
+            f"--data resolution={data.get('resolution')}: the tokenizer in {folder} was trained "
+            f"at {trained_on.get('resolution')} px"
+        )
+    cfg = EvalConfig(
+        batch_size=args.batch_size,
+        num_images=args.num_images,
+        inception_weights=args.inception_weights,
+        **({"metrics": args.metrics} if args.metrics else {}),
+    )
     for name in cfg.metrics:
         METRICS.get(name, where="--metrics")
-    evaluation = evaluate_tokenizer(folder, data, cfg, device, split=args.split, num_workers=args.num_workers,
-                                    seed=args.seed)
+    evaluation = evaluate_tokenizer(
+        folder, data, cfg, device, split=args.split, num_workers=args.num_workers, seed=args.seed
+    )
     if out is not None and evaluation.preview is not None:
         save_image_grid(evaluation.preview, out / "reconstructions.png", nrow=len(evaluation.preview) // 2)
     return Evaluation(folder, "tokenizer", evaluation.metrics, evaluation.protocol)
@@ -192,16 +210,23 @@ def generation_cfg(args: argparse.Namespace) -> EvalConfig:
     metrics = args.metrics or list(GENERATION_METRICS)
     unknown = [m for m in metrics if m not in GENERATION_METRICS]
     if unknown:
-        raise ConfigError(f"--metrics: {', '.join(unknown)} cannot be computed from generated images; "
-                          f"choose from {', '.join(GENERATION_METRICS)}")
-    return EvalConfig(batch_size=args.batch_size, generation_metrics=metrics,
-                      inception_weights=args.inception_weights, reference=args.reference)
+        raise ConfigError(
+            f"--metrics: {', '.join(unknown)} cannot be computed from generated images; "
+            f"choose from {', '.join(GENERATION_METRICS)}"
+        )
+    return EvalConfig(
+        batch_size=args.batch_size,
+        generation_metrics=metrics,
+        inception_weights=args.inception_weights,
+        reference=args.reference,
+    )
 
 
 def min_images(cfg: EvalConfig) -> int:
     """The fewest images the generation metrics accept: 2 for a covariance, one per IS split."""
-    return max(2 if "gfid" in cfg.generation_metrics else 0,
-               IS_SPLITS if "inception_score" in cfg.generation_metrics else 0)
+    return max(
+        2 if "gfid" in cfg.generation_metrics else 0, IS_SPLITS if "inception_score" in cfg.generation_metrics else 0
+    )
 
 
 def reference_data(args: argparse.Namespace, tokenizer: Path | None) -> dict[str, Any]:
@@ -209,14 +234,17 @@ def reference_data(args: argparse.Namespace, tokenizer: Path | None) -> dict[str
     base = read_json(tokenizer / "tokenizer.json")["data"] if tokenizer is not None else None
     data = data_config(base, args.data)
     if data is None and not args.reference and "gfid" in (args.metrics or GENERATION_METRICS):
-        raise ConfigError("gFID needs reference statistics: pass --reference NPZ (mu / sigma, e.g. ADM's "
-                          "VIRTUAL_imagenet256_labeled.npz), or --tokenizer DIR or --data name=... to use the "
-                          "statistics of a dataset's train split")
+        raise ConfigError(
+            "gFID needs reference statistics: pass --reference NPZ (mu / sigma, e.g. ADM's "
+            "VIRTUAL_imagenet256_labeled.npz), or --tokenizer DIR or --data name=... to use the "
+            "statistics of a dataset's train split"
+        )
     return data or {}
 
 
-def evaluate_images(images: np.ndarray, where: Path, mode: str, args: argparse.Namespace,
-                    tokenizer: Path | None) -> Evaluation:
+def evaluate_images(
+    images: np.ndarray, where: Path, mode: str, args: argparse.Namespace, tokenizer: Path | None
+) -> Evaluation:
     """gFID / IS of (N, H, W, 3) uint8 ``images`` read from ``where``; the reference dataset, if
     needed, is that of ``tokenizer`` (with --data overrides)."""
     cfg = generation_cfg(args)
@@ -225,8 +253,9 @@ def evaluate_images(images: np.ndarray, where: Path, mode: str, args: argparse.N
     if len(images) < need:
         raise DataError(f"{where}: {len(images)} images; {' and '.join(cfg.generation_metrics)} need at least {need}")
     data = reference_data(args, tokenizer)
-    results, protocol = generation_metrics(images, cfg, data, Path(args.cache).expanduser(),
-                                           pick_device(args.device), args.num_workers, args.batch_size)
+    results, protocol = generation_metrics(
+        images, cfg, data, Path(args.cache).expanduser(), pick_device(args.device), args.num_workers, args.batch_size
+    )
     protocol["num_images"] = len(images)
     return Evaluation(where, mode, results, protocol)
 
@@ -249,17 +278,22 @@ def load_images(path: Path, mode: str, limit: int | None, scratch: Path, batch_s
             raise DataError(f"cannot read {path} as an .npz: {type(exc).__name__}: {exc}") from exc
         if "mu" in names and "sigma" in names:
             raise DataError(f"{path} holds reference statistics (mu, sigma), not images: pass it as --reference")
-        raise DataError(f"{path}: no 'arr_0' array of images (N, H, W, 3) uint8; it holds {', '.join(names) or 'nothing'}")
+        raise DataError(
+            f"{path}: no 'arr_0' array of images (N, H, W, 3) uint8; it holds {', '.join(names) or 'nothing'}"
+        )
     n = min(len(list_images(path)), limit or sys.maxsize)
     array, i = None, 0
     for batch in folder_images(path, batch_size):
         batch = batch[: n - i].permute(0, 2, 3, 1).numpy()
         if array is None:
-            array = np.lib.format.open_memmap(scratch / "images.npy", mode="w+", dtype=np.uint8,
-                                              shape=(n, *batch.shape[1:]))
+            array = np.lib.format.open_memmap(
+                scratch / "images.npy", mode="w+", dtype=np.uint8, shape=(n, *batch.shape[1:])
+            )
         elif batch.shape[1:] != array.shape[1:]:
-            raise DataError(f"{path}: images of {batch.shape[2]}x{batch.shape[1]} after images of "
-                            f"{array.shape[2]}x{array.shape[1]}; the folder's images must share one size")
+            raise DataError(
+                f"{path}: images of {batch.shape[2]}x{batch.shape[1]} after images of "
+                f"{array.shape[2]}x{array.shape[1]}; the folder's images must share one size"
+            )
         array[i : i + len(batch)] = batch
         i += len(batch)
         if i == n:
@@ -281,34 +315,54 @@ def evaluate_generator_dir(folder: Path, args: argparse.Namespace, out: Path) ->
     runs = folder.parent.parent
     cache = runs / "cache_latents" / record["inputs"]["cache_latents"]
     if not (cache / "latents.json").is_file():
-        raise DataError(f"{folder}: its latent cache {cache} is missing; the generator folder must stay in its "
-                        f"run store (<runs>/train_generator/<hash>, latents in <runs>/cache_latents/<hash>)")
+        raise DataError(
+            f"{folder}: its latent cache {cache} is missing; the generator folder must stay in its "
+            f"run store (<runs>/train_generator/<hash>, latents in <runs>/cache_latents/<hash>)"
+        )
     trained = run_store_tokenizer(cache)
     if trained is not None and not same_lineage(tokenizer, trained):
-        print(f"warning: --tokenizer {tokenizer} is not the tokenizer whose latents trained {folder} ({trained}) "
-              f"nor a finetuned version of it", file=sys.stderr)
-    sample_cfg = {**asdict(SampleConfig(seed=args.seed, cfg_scale=args.cfg_scale, steps=args.steps,
-                                        batch_size=args.batch_size)),
-                  "options": parse_overrides(args.sampler) if args.sampler else {}}
+        print(
+            f"warning: --tokenizer {tokenizer} is not the tokenizer whose latents trained {folder} ({trained}) "
+            f"nor a finetuned version of it",
+            file=sys.stderr,
+        )
+    sample_cfg = {
+        **asdict(SampleConfig(seed=args.seed, cfg_scale=args.cfg_scale, steps=args.steps, batch_size=args.batch_size)),
+        "options": parse_overrides(args.sampler) if args.sampler else {},
+    }
     if args.num_images is not None:
         sample_cfg["num_images"] = args.num_images
-    validate({"generator": record["config"]["generator"], "sample": sample_cfg},
-             {"sample.options": "--sampler", "sample.num_images": "--num-images", "sample.steps": "--steps"})
+    validate(
+        {"generator": record["config"]["generator"], "sample": sample_cfg},
+        {"sample.options": "--sampler", "sample.num_images": "--num-images", "sample.steps": "--steps"},
+    )
     reference_data(args, tokenizer)  # fail before sampling when gFID has no reference
     cfg = generation_cfg(args)
     if sample_cfg["num_images"] < min_images(cfg):
-        raise ConfigError(f"--num-images {sample_cfg['num_images']}: {' and '.join(cfg.generation_metrics)} "
-                          f"need at least {min_images(cfg)} images")
-    ctx = FolderContext("sample", folder.name, {"sample": sample_cfg}, {}, {"device": args.device}, out,
-                        RunStore(runs), logging.getLogger("tok1d.evaluate"),
-                        folders={"train_generator": folder, "tokenizer": tokenizer})
+        raise ConfigError(
+            f"--num-images {sample_cfg['num_images']}: {' and '.join(cfg.generation_metrics)} "
+            f"need at least {min_images(cfg)} images"
+        )
+    ctx = FolderContext(
+        "sample",
+        folder.name,
+        {"sample": sample_cfg},
+        {},
+        {"device": args.device},
+        out,
+        RunStore(runs),
+        logging.getLogger("tok1d.evaluate"),
+        folders={"train_generator": folder, "tokenizer": tokenizer},
+    )
     sampled = sample(ctx)
     write_json(out / "result.json", sampled)  # --out is then a sample folder with its protocol
     images = np.load(out / "images.npy", mmap_mode="r")
     evaluation = evaluate_images(images, folder, "generator", args, tokenizer)
     evaluation.protocol["sampling"] = sampled["protocol"]
-    evaluation.details = {"sample_result": {k: sampled[k] for k in ("sample_seconds", "images_per_second", "cost")},
-                          "tokenizer": str(tokenizer)}
+    evaluation.details = {
+        "sample_result": {k: sampled[k] for k in ("sample_seconds", "images_per_second", "cost")},
+        "tokenizer": str(tokenizer),
+    }
     return evaluation
 
 
@@ -317,26 +371,53 @@ def evaluate_generator_dir(folder: Path, args: argparse.Namespace, out: Path) ->
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m benchmark.evaluate", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog=__doc__.split("\n\n", 1)[1])
+    p = argparse.ArgumentParser(
+        prog="python -m benchmark.evaluate",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=__doc__.split("\n\n", 1)[1],
+    )
     p.add_argument("path", help="a tokenizer / train_generator / sample folder, an .npz of samples or an image folder")
-    p.add_argument("--metrics", nargs="+", help="tokenizers: psnr ssim codebook_usage rfid inception_score ... "
-                   "(default: psnr ssim codebook_usage); images: gfid inception_score (default: both)")
-    p.add_argument("--num-images", type=int, help="images to evaluate (default: the whole split / every "
-                   "image; a generator: 50000 samples)")
+    p.add_argument(
+        "--metrics",
+        nargs="+",
+        help="tokenizers: psnr ssim codebook_usage rfid inception_score ... "
+        "(default: psnr ssim codebook_usage); images: gfid inception_score (default: both)",
+    )
+    p.add_argument(
+        "--num-images",
+        type=int,
+        help="images to evaluate (default: the whole split / every image; a generator: 50000 samples)",
+    )
     p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--data", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
-                   help="data config overrides, e.g. eval_size=500 or name=imagefolder root=/data/imagenet")
+    p.add_argument(
+        "--data",
+        nargs="+",
+        action="extend",
+        default=[],
+        metavar="KEY=VALUE",
+        help="data config overrides, e.g. eval_size=500 or name=imagefolder root=/data/imagenet",
+    )
     p.add_argument("--split", choices=("eval", "train"), default="eval", help="tokenizers: the split evaluated")
-    p.add_argument("--inception-weights", help="Inception file (default: $TOK1D_INCEPTION_WEIGHTS or torch's hub cache)")
-    p.add_argument("--tokenizer", help="generators: the tokenizer folder that decodes the samples; sample "
-                   "folders / images: its data's train split is gFID's reference")
+    p.add_argument(
+        "--inception-weights", help="Inception file (default: $TOK1D_INCEPTION_WEIGHTS or torch's hub cache)"
+    )
+    p.add_argument(
+        "--tokenizer",
+        help="generators: the tokenizer folder that decodes the samples; sample "
+        "folders / images: its data's train split is gFID's reference",
+    )
     p.add_argument("--seed", type=int, default=0, help="generators: sampling seed")
     p.add_argument("--cfg-scale", type=float, default=1.0, help="generators: classifier-free guidance scale")
     p.add_argument("--steps", type=int, help="generators: sampling steps (default: the generator's)")
-    p.add_argument("--sampler", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
-                   help="generators: options of the generator's sample(), e.g. temperature=1.2")
+    p.add_argument(
+        "--sampler",
+        nargs="+",
+        action="extend",
+        default=[],
+        metavar="KEY=VALUE",
+        help="generators: options of the generator's sample(), e.g. temperature=1.2",
+    )
     p.add_argument("--reference", help="gFID reference statistics: an .npz of mu / sigma (or arr_0 images)")
     p.add_argument("--cache", default=DEFAULT_CACHE, help=f"reference statistics cache (default: {DEFAULT_CACHE})")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
@@ -365,8 +446,11 @@ def evaluate(args: argparse.Namespace) -> Evaluation:
         if mode == "generator":
             return evaluate_generator_dir(path, args, out or Path(tmp))
         images = load_images(path, mode, args.num_images, Path(tmp), args.batch_size)
-        tokenizer = checked_tokenizer_dir(args.tokenizer) if args.tokenizer else (
-            run_store_tokenizer(path) if mode == "samples" else None)
+        tokenizer = (
+            checked_tokenizer_dir(args.tokenizer)
+            if args.tokenizer
+            else (run_store_tokenizer(path) if mode == "samples" else None)
+        )
         evaluation = evaluate_images(images, path, mode, args, tokenizer)
         sampling = read_json(path / "result.json") if mode == "samples" else None
         if sampling and "protocol" in sampling:

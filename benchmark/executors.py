@@ -15,8 +15,8 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from benchmark.registry import load_plugins
 from benchmark.graph import STAGES
+from benchmark.registry import load_plugins
 from benchmark.store import RunStore, read_json, write_json
 from benchmark.study import Plan, Stage
 
@@ -57,8 +57,9 @@ def run_stage(store_root: str, kind: str, hash: str) -> dict[str, Any]:
     record = read_json(store.dir(kind, hash) / "stage.json")
     load_plugins(record.get("plugins", []))
     log = stage_logger(store, kind, hash)
-    ctx = StageContext(kind, hash, record["config"], record["inputs"], record["runtime"],
-                       store.dir(kind, hash), store, log)
+    ctx = StageContext(
+        kind, hash, record["config"], record["inputs"], record["runtime"], store.dir(kind, hash), store, log
+    )
     log.info("stage %s %s for cells %s", kind, hash, record.get("cells"))
     try:
         result = BODIES[kind](ctx)
@@ -73,9 +74,17 @@ def run_stage(store_root: str, kind: str, hash: str) -> dict[str, Any]:
 
 def stage_record(plan: Plan, stage: Stage) -> dict[str, Any]:
     cell = next(c for c in plan.cells if c.stages.get(stage.kind) == stage.hash)
-    return {"kind": stage.kind, "hash": stage.hash, "config": stage.config, "inputs": stage.inputs,
-            "runtime": cell.config["runtime"], "plugins": cell.config["plugins"],
-            "study": str(plan.path), "profile": plan.profile, "cells": stage.cells}
+    return {
+        "kind": stage.kind,
+        "hash": stage.hash,
+        "config": stage.config,
+        "inputs": stage.inputs,
+        "runtime": cell.config["runtime"],
+        "plugins": cell.config["plugins"],
+        "study": str(plan.path),
+        "profile": plan.profile,
+        "cells": stage.cells,
+    }
 
 
 class LocalExecutor:
@@ -106,8 +115,10 @@ class LocalExecutor:
             except Exception as exc:
                 out.failed[stage.hash] = f"{type(exc).__name__}: {exc}"
                 broken.add(stage.hash)
-                tqdm.write(f"FAILED {name} (cells {', '.join(stage.cells)}): {exc}\n"
-                           f"  log: {store.dir(stage.kind, stage.hash) / 'log.txt'}")
+                tqdm.write(
+                    f"FAILED {name} (cells {', '.join(stage.cells)}): {exc}\n"
+                    f"  log: {store.dir(stage.kind, stage.hash) / 'log.txt'}"
+                )
                 if self.fail_fast:
                     break
         return out
@@ -130,8 +141,9 @@ class SlurmExecutor:
         if shutil.which("sbatch") is None:
             from benchmark.errors import ConfigError
 
-            raise ConfigError("launcher.name=slurm: no 'sbatch' on PATH; run on a Slurm login node "
-                              "or use launcher.name=local")
+            raise ConfigError(
+                "launcher.name=slurm: no 'sbatch' on PATH; run on a Slurm login node or use launcher.name=local"
+            )
         self.launcher = launcher
 
     def parameters(self, stage: Stage, deps: list[str]) -> dict[str, Any]:
@@ -141,8 +153,10 @@ class SlurmExecutor:
             extra["dependency"] = "afterok:" + ":".join(deps)
             extra["kill-on-invalid-dep"] = "yes"
         params: dict[str, Any] = {
-            "name": f"tok1d-{stage.kind}-{stage.hash[:8]}", "timeout_min": p["timeout_min"],
-            "cpus_per_task": p["cpus_per_task"], "mem_gb": p["mem_gb"],
+            "name": f"tok1d-{stage.kind}-{stage.hash[:8]}",
+            "timeout_min": p["timeout_min"],
+            "cpus_per_task": p["cpus_per_task"],
+            "mem_gb": p["mem_gb"],
             "gpus_per_node": p["gpus_per_node"] if STAGES[stage.kind].gpu else 0,
             "slurm_additional_parameters": extra,
         }

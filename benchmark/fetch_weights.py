@@ -11,8 +11,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any
 
 from benchmark.encoders import NoEncoder, build_encoder
 from benchmark.errors import Tok1dError, WeightsError
@@ -86,8 +87,10 @@ def main(argv: list[str] | None = None) -> int:
             done = f"could not fetch: {exc}"
         failed += done.startswith(("could not", "MISSING"))
         print(f"{spec['init']} {json.dumps(spec, sort_keys=True)}\n  {done}\n  used by {', '.join(users)}")
-    print(f"{len(specs) - failed} of {len(specs)} encoder weights available" +
-          (f"; {failed} could not be fetched (see above)" if failed else ""))
+    print(
+        f"{len(specs) - failed} of {len(specs)} encoder weights available"
+        + (f"; {failed} could not be fetched (see above)" if failed else "")
+    )
     return 1 if failed else 0
 
 

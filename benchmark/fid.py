@@ -66,6 +66,7 @@ class InceptionWeightsError(WeightsError):
 # Inception feature extractor
 # ----------------------------------------------------------------------------------------------
 
+
 def hub_weights_path() -> Path:
     """Where torch-fidelity's download caches the weights: ``torch.hub.get_dir()/checkpoints/``."""
     return Path(torch.hub.get_dir()) / "checkpoints" / WEIGHTS_FILE
@@ -113,8 +114,11 @@ def _exact_fp32(device: torch.device) -> Iterator[None]:
     matmul = torch.get_float32_matmul_precision()
     torch.set_float32_matmul_precision("highest")
     try:
-        with torch.autocast(device.type, enabled=False), torch.backends.cudnn.flags(
-            enabled=torch.backends.cudnn.enabled, benchmark=False, deterministic=True, allow_tf32=False
+        with (
+            torch.autocast(device.type, enabled=False),
+            torch.backends.cudnn.flags(
+                enabled=torch.backends.cudnn.enabled, benchmark=False, deterministic=True, allow_tf32=False
+            ),
         ):
             yield
     finally:
@@ -140,8 +144,9 @@ class InceptionV3:
     IS sharing one extractor run Inception once per reconstruction batch.
     """
 
-    def __init__(self, weights: str | os.PathLike | None = None, *, device: str = "cpu",
-                 dtype: str = "float32") -> None:
+    def __init__(
+        self, weights: str | os.PathLike | None = None, *, device: str = "cpu", dtype: str = "float32"
+    ) -> None:
         if dtype not in ("float32", "float64"):
             raise ConfigError(f"Inception dtype '{dtype}' is not one of float32, float64")
         self.weights_path = resolve_weights(weights)
@@ -153,7 +158,9 @@ class InceptionV3:
         try:
             torch.load(self.weights_path, map_location="cpu", weights_only=True)
             model = FeatureExtractorInceptionV3(
-                "inception-v3-compat", [POOL, LOGITS], feature_extractor_weights_path=str(self.weights_path),
+                "inception-v3-compat",
+                [POOL, LOGITS],
+                feature_extractor_weights_path=str(self.weights_path),
                 feature_extractor_internal_dtype=dtype,
             )
         except (RuntimeError, OSError, EOFError, ValueError, KeyError) as exc:
@@ -181,8 +188,9 @@ def _shared_inception(path: str, device: str, dtype: str) -> InceptionV3:
     return InceptionV3(path, device=device, dtype=dtype)
 
 
-def load_inception(weights: str | os.PathLike | None = None, *, device: str = "cpu",
-                   dtype: str = "float32") -> InceptionV3:
+def load_inception(
+    weights: str | os.PathLike | None = None, *, device: str = "cpu", dtype: str = "float32"
+) -> InceptionV3:
     """One shared ``InceptionV3`` per (weights file, device, dtype), so metrics load it once."""
     return _shared_inception(str(resolve_weights(weights).resolve()), device, dtype)
 
@@ -190,6 +198,7 @@ def load_inception(weights: str | os.PathLike | None = None, *, device: str = "c
 # ----------------------------------------------------------------------------------------------
 # Statistics and the Fréchet distance
 # ----------------------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True, eq=False)
 class FeatureStats:
@@ -219,10 +228,16 @@ class FeatureStats:
 
     def save(self, path: str | os.PathLike) -> None:
         """Write ``mu``, ``sigma``, ``n`` and ``source`` to an .npz, atomically (temporary file + rename)."""
+
         def write(tmp: Path) -> None:
             with tmp.open("wb") as f:  # a file object: np.savez would append .npz to a bare name
-                np.savez(f, mu=self.mu, sigma=self.sigma, n=np.int64(-1 if self.n is None else self.n),
-                         source=np.str_(self.source))
+                np.savez(
+                    f,
+                    mu=self.mu,
+                    sigma=self.sigma,
+                    n=np.int64(-1 if self.n is None else self.n),
+                    source=np.str_(self.source),
+                )
 
         atomic_write(Path(path), write)
 
@@ -307,6 +322,7 @@ def inception_score(logits: Tensor, splits: int = IS_SPLITS) -> tuple[float, flo
 # Image sources and reference statistics
 # ----------------------------------------------------------------------------------------------
 
+
 def stats_from_images(images: Iterable[Tensor], extractor: InceptionV3, source: str = "") -> FeatureStats:
     """Pool-feature statistics of batches of (B, 3, H, W) images (floats in [0, 1] or uint8)."""
     acc = FeatureAccumulator()
@@ -327,7 +343,7 @@ def array_images(array: np.ndarray, batch_size: int = 64, where: str = "array") 
     if array.dtype != np.uint8 or array.ndim != 4 or array.shape[-1] != 3:
         raise DataError(f"{where}: expected images as an (N, H, W, 3) uint8 array, got {array.shape} {array.dtype}")
     for start in range(0, len(array), batch_size):
-        yield torch.from_numpy(np.ascontiguousarray(array[start:start + batch_size].transpose(0, 3, 1, 2)))
+        yield torch.from_numpy(np.ascontiguousarray(array[start : start + batch_size].transpose(0, 3, 1, 2)))
 
 
 def folder_images(folder: str | os.PathLike, batch_size: int = 64) -> Iterator[Tensor]:
@@ -340,17 +356,18 @@ def folder_images(folder: str | os.PathLike, batch_size: int = 64) -> Iterator[T
         raise DataError(f"no images ({', '.join(IMAGE_SUFFIXES)}) found in {folder} (sub-folders are not searched)")
     for start in range(0, len(paths), batch_size):
         batch = []
-        for path in paths[start:start + batch_size]:
+        for path in paths[start : start + batch_size]:
             array = np.asarray(open_rgb(path))
             if batch and array.shape != batch[0].shape:
-                raise DataError(f"image {path} is {array.shape[1]}x{array.shape[0]}, the images before it "
-                                f"{batch[0].shape[1]}x{batch[0].shape[0]}; the folder's images must share one size")
+                raise DataError(
+                    f"image {path} is {array.shape[1]}x{array.shape[0]}, the images before it "
+                    f"{batch[0].shape[1]}x{batch[0].shape[0]}; the folder's images must share one size"
+                )
             batch.append(array)
         yield torch.from_numpy(np.stack(batch).transpose(0, 3, 1, 2).copy())
 
 
-def load_stats_npz(path: str | os.PathLike, extractor: InceptionV3 | None = None,
-                   batch_size: int = 64) -> FeatureStats:
+def load_stats_npz(path: str | os.PathLike, extractor: InceptionV3 | None = None, batch_size: int = 64) -> FeatureStats:
     """Reference statistics from an .npz: its ``mu`` (2048,) and ``sigma`` (2048, 2048) (an ADM
     reference batch, or a tok1d cache file), else computed from its ``arr_0`` images (N, H, W, 3) uint8."""
     path = Path(path).expanduser()
@@ -380,17 +397,30 @@ def load_stats_npz(path: str | os.PathLike, extractor: InceptionV3 | None = None
     raise DataError(f"{path}: no 'mu' and 'sigma' arrays (reference statistics) and no 'arr_0' images")
 
 
-def dataset_reference_stats(data_cfg: Mapping[str, Any], split: str, extractor: InceptionV3, *,
-                            cache_dir: str | os.PathLike, num_images: int | None = None,
-                            batch_size: int = 64, num_workers: int = 0) -> FeatureStats:
+def dataset_reference_stats(
+    data_cfg: Mapping[str, Any],
+    split: str,
+    extractor: InceptionV3,
+    *,
+    cache_dir: str | os.PathLike,
+    num_images: int | None = None,
+    batch_size: int = 64,
+    num_workers: int = 0,
+) -> FeatureStats:
     """Statistics of the first ``num_images`` (all if None) images of a dataset split, computed once.
 
     Cached as ``cache_dir/<key>.npz``, the key hashing the dataset config, split, resolution, image
     count and weights hash; the file is written atomically.
     """
-    key = {"data": dict(data_cfg), "split": split, "resolution": data_cfg.get("resolution"),
-           "num_images": num_images, "weights_sha256": extractor.weights_sha256, "feature": POOL,
-           "quantisation": QUANTISATION}
+    key = {
+        "data": dict(data_cfg),
+        "split": split,
+        "resolution": data_cfg.get("resolution"),
+        "num_images": num_images,
+        "weights_sha256": extractor.weights_sha256,
+        "feature": POOL,
+        "quantisation": QUANTISATION,
+    }
     text = json.dumps(key, sort_keys=True, default=str)
     path = Path(cache_dir).expanduser() / f"{hashlib.sha256(text.encode()).hexdigest()[:16]}.npz"
     if path.is_file():
@@ -410,6 +440,7 @@ def dataset_reference_stats(data_cfg: Mapping[str, Any], split: str, extractor: 
 # ----------------------------------------------------------------------------------------------
 # Protocol record and streaming metrics
 # ----------------------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class FIDProtocol:
@@ -433,16 +464,27 @@ class FIDProtocol:
         return asdict(self)
 
 
-def protocol_record(extractor: InceptionV3, *, metric: str, num_samples: int,
-                    reference: FeatureStats | None = None, feature: str = POOL,
-                    details: str = "") -> FIDProtocol:
+def protocol_record(
+    extractor: InceptionV3,
+    *,
+    metric: str,
+    num_samples: int,
+    reference: FeatureStats | None = None,
+    feature: str = POOL,
+    details: str = "",
+) -> FIDProtocol:
     """The protocol record of one evaluation with ``extractor`` against ``reference``."""
     precision = f"Inception {extractor.dtype} (no autocast, no TF32), statistics float64"
     return FIDProtocol(
-        metric=metric, num_samples=num_samples, weights_file=extractor.weights_path.name,
-        weights_sha256=extractor.weights_sha256, reference=None if reference is None else reference.source,
-        reference_stats_sha256=None if reference is None else reference.digest(), feature=feature,
-        details=details, precision=precision,
+        metric=metric,
+        num_samples=num_samples,
+        weights_file=extractor.weights_path.name,
+        weights_sha256=extractor.weights_sha256,
+        reference=None if reference is None else reference.source,
+        reference_stats_sha256=None if reference is None else reference.digest(),
+        feature=feature,
+        details=details,
+        precision=precision,
     )
 
 
@@ -454,8 +496,15 @@ class ReconstructionFID(Metric):
     the same split and count) the originals are not run through Inception.
     """
 
-    def __init__(self, token_spec: TokenSpec, *, weights: str | None = None, device: str = "cpu",
-                 dtype: str = "float32", reference: FeatureStats | str | None = None) -> None:
+    def __init__(
+        self,
+        token_spec: TokenSpec,
+        *,
+        weights: str | None = None,
+        device: str = "cpu",
+        dtype: str = "float32",
+        reference: FeatureStats | str | None = None,
+    ) -> None:
         super().__init__(token_spec)
         self.extractor = load_inception(weights, device=device, dtype=dtype)
         self.reference = load_stats_npz(reference) if isinstance(reference, (str, os.PathLike)) else reference
@@ -464,8 +513,10 @@ class ReconstructionFID(Metric):
 
     def update(self, batch: EvalBatch) -> None:
         if batch.images.shape != batch.recons.shape:
-            raise ValueError(f"metric rfid: images {tuple(batch.images.shape)} and reconstructions "
-                             f"{tuple(batch.recons.shape)} differ in shape")
+            raise ValueError(
+                f"metric rfid: images {tuple(batch.images.shape)} and reconstructions "
+                f"{tuple(batch.recons.shape)} differ in shape"
+            )
         if self.reference is None:
             self._originals.update(self.extractor(batch.images)[0])
         self._recons.update(self.extractor(batch.recons)[0])
@@ -474,8 +525,10 @@ class ReconstructionFID(Metric):
         if self.reference is None:
             return self._originals.stats("originals of the evaluated batches")
         if self.reference.n is not None and self.reference.n != self._recons.n:
-            raise ConfigError(f"metric rfid: reference statistics of {self.reference.n} images "
-                              f"({self.reference.source}) for {self._recons.n} reconstructions")
+            raise ConfigError(
+                f"metric rfid: reference statistics of {self.reference.n} images "
+                f"({self.reference.source}) for {self._recons.n} reconstructions"
+            )
         return self.reference
 
     def compute(self) -> dict[str, float]:
@@ -484,16 +537,22 @@ class ReconstructionFID(Metric):
         return {"rfid": stats_fid(self._recons.stats("reconstructions"), self._reference())}
 
     def protocol(self) -> FIDProtocol:
-        return protocol_record(self.extractor, metric="rfid", num_samples=self._recons.n,
-                               reference=self._reference())
+        return protocol_record(self.extractor, metric="rfid", num_samples=self._recons.n, reference=self._reference())
 
 
 @register_metric("inception_score")
 class InceptionScore(Metric):
     """Inception Score of the reconstructions (10 splits, torch-fidelity): is_mean and is_std."""
 
-    def __init__(self, token_spec: TokenSpec, *, weights: str | None = None, device: str = "cpu",
-                 dtype: str = "float32", splits: int = IS_SPLITS) -> None:
+    def __init__(
+        self,
+        token_spec: TokenSpec,
+        *,
+        weights: str | None = None,
+        device: str = "cpu",
+        dtype: str = "float32",
+        splits: int = IS_SPLITS,
+    ) -> None:
         super().__init__(token_spec)
         self.extractor = load_inception(weights, device=device, dtype=dtype)
         self.splits = splits
@@ -509,16 +568,27 @@ class InceptionScore(Metric):
 
     def protocol(self) -> FIDProtocol:
         n = sum(len(x) for x in self._logits)
-        return protocol_record(self.extractor, metric="inception_score", num_samples=n, feature=LOGITS,
-                               details=f"{self.splits} splits, shuffled with seed {IS_SHUFFLE_SEED}")
+        return protocol_record(
+            self.extractor,
+            metric="inception_score",
+            num_samples=n,
+            feature=LOGITS,
+            details=f"{self.splits} splits, shuffled with seed {IS_SHUFFLE_SEED}",
+        )
 
 
 GENERATION_METRICS = ("gfid", "inception_score")
 
 
-def generation_metrics(images: np.ndarray, cfg: Any, data_cfg: Mapping[str, Any], cache_dir: str | os.PathLike,
-                       device: torch.device | str = "cpu", num_workers: int = 0,
-                       batch_size: int = 64) -> tuple[dict[str, float], dict[str, Any]]:
+def generation_metrics(
+    images: np.ndarray,
+    cfg: Any,
+    data_cfg: Mapping[str, Any],
+    cache_dir: str | os.PathLike,
+    device: torch.device | str = "cpu",
+    num_workers: int = 0,
+    batch_size: int = 64,
+) -> tuple[dict[str, float], dict[str, Any]]:
     """gFID and Inception Score of generated (N, H, W, 3) uint8 images, with their protocol records.
 
     The reference is ``cfg.reference`` (an ADM-style .npz of ``mu`` / ``sigma``) or the statistics of
@@ -527,8 +597,9 @@ def generation_metrics(images: np.ndarray, cfg: Any, data_cfg: Mapping[str, Any]
     """
     unknown = [m for m in cfg.generation_metrics if m not in GENERATION_METRICS]
     if unknown:
-        raise ConfigError(f"eval.generation_metrics: unknown {', '.join(unknown)}; "
-                          f"choose from {', '.join(GENERATION_METRICS)}")
+        raise ConfigError(
+            f"eval.generation_metrics: unknown {', '.join(unknown)}; choose from {', '.join(GENERATION_METRICS)}"
+        )
     if not cfg.generation_metrics:
         return {}, {"metric_protocols": []}
     extractor = load_inception(cfg.inception_weights, device=str(device))
@@ -541,13 +612,24 @@ def generation_metrics(images: np.ndarray, cfg: Any, data_cfg: Mapping[str, Any]
     results: dict[str, float] = {}
     records = []
     if "gfid" in cfg.generation_metrics:
-        reference = (load_stats_npz(cfg.reference, extractor) if cfg.reference else
-                     dataset_reference_stats(data_cfg, "train", extractor, cache_dir=cache_dir,
-                                             batch_size=batch_size, num_workers=num_workers))
+        reference = (
+            load_stats_npz(cfg.reference, extractor)
+            if cfg.reference
+            else dataset_reference_stats(
+                data_cfg, "train", extractor, cache_dir=cache_dir, batch_size=batch_size, num_workers=num_workers
+            )
+        )
         results["gfid"] = stats_fid(features.stats("generated images"), reference)
         records.append(protocol_record(extractor, metric="gfid", num_samples=n, reference=reference).as_dict())
     if "inception_score" in cfg.generation_metrics:
         results["is_mean"], results["is_std"] = inception_score(torch.cat(logits))
-        records.append(protocol_record(extractor, metric="inception_score", num_samples=n, feature=LOGITS,
-                                       details=f"{IS_SPLITS} splits, shuffled with seed {IS_SHUFFLE_SEED}").as_dict())
+        records.append(
+            protocol_record(
+                extractor,
+                metric="inception_score",
+                num_samples=n,
+                feature=LOGITS,
+                details=f"{IS_SPLITS} splits, shuffled with seed {IS_SHUFFLE_SEED}",
+            ).as_dict()
+        )
     return results, {"metric_protocols": records}

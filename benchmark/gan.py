@@ -16,7 +16,8 @@ Images cross the :class:`Adversary` API in [0, 1]; the discriminators see them m
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -47,8 +48,11 @@ class PatchGANDiscriminator(nn.Sequential):
         for n in range(1, num_layers + 1):
             prev, mult = mult, min(2**n, 8)
             stride = 2 if n < num_layers else 1
-            layers += [nn.Conv2d(width * prev, width * mult, 4, stride=stride, padding=1, bias=False),
-                       nn.BatchNorm2d(width * mult), nn.LeakyReLU(0.2)]
+            layers += [
+                nn.Conv2d(width * prev, width * mult, 4, stride=stride, padding=1, bias=False),
+                nn.BatchNorm2d(width * mult),
+                nn.LeakyReLU(0.2),
+            ]
         layers.append(nn.Conv2d(width * mult, 1, 4, stride=1, padding=1))
         super().__init__(*layers)
         for module in self.modules():
@@ -107,11 +111,13 @@ class StyleGANDiscriminator(nn.Module):
         super().__init__()
         if image_size < 8 or image_size & (image_size - 1):
             raise ValueError(f"StyleGANDiscriminator needs a power-of-two image size >= 8, got {image_size}")
-        channels = {res: min(width * image_size // res, max_width) for res in (2**i for i in range(2, 20))
-                    if res <= image_size}
+        channels = {
+            res: min(width * image_size // res, max_width) for res in (2**i for i in range(2, 20)) if res <= image_size
+        }
         self.from_rgb = nn.Conv2d(3, channels[image_size], 1)
-        self.blocks = nn.Sequential(*(StyleGANResBlock(channels[res], channels[res // 2])
-                                      for res in sorted(channels, reverse=True) if res > 4))
+        self.blocks = nn.Sequential(
+            *(StyleGANResBlock(channels[res], channels[res // 2]) for res in sorted(channels, reverse=True) if res > 4)
+        )
         top = channels[4]
         self.conv = nn.Conv2d(top + 1, top, 3, padding=1)
         self.fc = nn.Linear(top * 4 * 4, top)
@@ -182,8 +188,10 @@ class LeCAM(nn.Module):
     def loss(self, real_logits: Tensor, fake_logits: Tensor) -> Tensor:
         if self.training:
             self.update(real_logits, fake_logits)
-        return (F.relu(real_logits.float() - self.ema_fake).pow(2).mean()
-                + F.relu(self.ema_real - fake_logits.float()).pow(2).mean())
+        return (
+            F.relu(real_logits.float() - self.ema_fake).pow(2).mean()
+            + F.relu(self.ema_real - fake_logits.float()).pow(2).mean()
+        )
 
 
 def augment(images: Tensor, generator: torch.Generator | None = None) -> Tensor:
@@ -222,9 +230,15 @@ def augment(images: Tensor, generator: torch.Generator | None = None) -> Tensor:
     return x * keep[:, None].to(x.dtype)
 
 
-def consistency_loss(discriminator: nn.Module, real: Tensor, fake: Tensor, *,
-                     real_logits: Tensor | None = None, fake_logits: Tensor | None = None,
-                     generator: torch.Generator | None = None) -> Tensor:
+def consistency_loss(
+    discriminator: nn.Module,
+    real: Tensor,
+    fake: Tensor,
+    *,
+    real_logits: Tensor | None = None,
+    fake_logits: Tensor | None = None,
+    generator: torch.Generator | None = None,
+) -> Tensor:
     """Balanced consistency regularisation (bCR, Zhang et al. 2019, Alg. 1):
 
         L = ||D(T(x)) - D(x)||^2 + ||D(T(G(z))) - D(G(z))||^2   (mean squared errors)
@@ -233,8 +247,9 @@ def consistency_loss(discriminator: nn.Module, real: Tensor, fake: Tensor, *,
     """
     real_logits = discriminator(real) if real_logits is None else real_logits
     fake_logits = discriminator(fake) if fake_logits is None else fake_logits
-    return (F.mse_loss(discriminator(augment(real, generator)).float(), real_logits.float())
-            + F.mse_loss(discriminator(augment(fake, generator)).float(), fake_logits.float()))
+    return F.mse_loss(discriminator(augment(real, generator)).float(), real_logits.float()) + F.mse_loss(
+        discriminator(augment(fake, generator)).float(), fake_logits.float()
+    )
 
 
 def adaptive_weight(nll: Tensor, g_loss: Tensor, last_layer: Tensor, max_weight: float = 1e4) -> Tensor:
@@ -261,7 +276,8 @@ def check_values(options: Mapping[str, Any], where: str) -> None:
         if name == "loss" and value not in LOSSES:
             raise ConfigError(f"{where}.loss: unknown GAN loss '{value}'; choose from {', '.join(LOSSES)}")
         if name in ("weight", "start", "lecam_weight", "consistency_weight") and (
-                isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0):
+            isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0
+        ):
             raise ConfigError(f"{where}.{name}: must be a number >= 0, got {value!r}")
         if name in ("width", "num_layers") and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
             raise ConfigError(f"{where}.{name}: must be an integer >= 1, got {value!r}")
@@ -284,25 +300,53 @@ class Adversary(nn.Module):
     Images are in [0, 1]; they are mapped to [-1, 1] before the discriminator.
     """
 
-    def __init__(self, *, kind: str = "patchgan", image_size: int, weight: float = 0.1, start: int = 0,
-                 adaptive: bool = True, loss: str = "hinge", lecam_weight: float = 0.0,
-                 consistency_weight: float = 0.0, width: int = 64, num_layers: int = 3) -> None:
+    def __init__(
+        self,
+        *,
+        kind: str = "patchgan",
+        image_size: int,
+        weight: float = 0.1,
+        start: int = 0,
+        adaptive: bool = True,
+        loss: str = "hinge",
+        lecam_weight: float = 0.0,
+        consistency_weight: float = 0.0,
+        width: int = 64,
+        num_layers: int = 3,
+    ) -> None:
         super().__init__()
         key = "tokenizer.adversarial"
-        check_values({"kind": kind, "loss": loss, "weight": weight, "start": start, "lecam_weight": lecam_weight,
-                      "consistency_weight": consistency_weight, "width": width, "num_layers": num_layers}, key)
+        check_values(
+            {
+                "kind": kind,
+                "loss": loss,
+                "weight": weight,
+                "start": start,
+                "lecam_weight": lecam_weight,
+                "consistency_weight": consistency_weight,
+                "width": width,
+                "num_layers": num_layers,
+            },
+            key,
+        )
         if kind == "patchgan" and PatchGANDiscriminator.output_size(image_size, num_layers) < 1:
-            raise ConfigError(f"{key}.num_layers: a {num_layers}-layer PatchGAN leaves no patch of a "
-                              f"{image_size} px image; use num_layers <= {max(1, int(math.log2(image_size / 3)))}")
+            raise ConfigError(
+                f"{key}.num_layers: a {num_layers}-layer PatchGAN leaves no patch of a "
+                f"{image_size} px image; use num_layers <= {max(1, int(math.log2(image_size / 3)))}"
+            )
         if kind == "stylegan" and (image_size < 8 or image_size & (image_size - 1)):
-            raise ConfigError(f"{key}.kind: the stylegan discriminator needs a power-of-two image size "
-                              f">= 8, got {image_size} px; use kind: patchgan")
+            raise ConfigError(
+                f"{key}.kind: the stylegan discriminator needs a power-of-two image size "
+                f">= 8, got {image_size} px; use kind: patchgan"
+            )
         self.kind, self.loss_name, self.adaptive = kind, loss, adaptive
         self.weight, self.start = float(weight), int(start)
         self.lecam_weight, self.consistency_weight = float(lecam_weight), float(consistency_weight)
         self.discriminator: nn.Module = (
-            PatchGANDiscriminator(3, width, num_layers) if kind == "patchgan"
-            else StyleGANDiscriminator(image_size, width))
+            PatchGANDiscriminator(3, width, num_layers)
+            if kind == "patchgan"
+            else StyleGANDiscriminator(image_size, width)
+        )
         self.lecam = LeCAM()
         self.d_loss, self.g_loss = D_LOSSES[loss], G_LOSSES[loss]
 
@@ -328,8 +372,13 @@ class Adversary(nn.Module):
             return torch.zeros((), device=fake.device, dtype=torch.float32)
         g_loss = self.g_loss(self.logits(fake)).float()
         w = torch.ones((), device=fake.device)
-        if (self.adaptive and last_layer is not None and torch.is_grad_enabled()
-                and nll.requires_grad and g_loss.requires_grad):
+        if (
+            self.adaptive
+            and last_layer is not None
+            and torch.is_grad_enabled()
+            and nll.requires_grad
+            and g_loss.requires_grad
+        ):
             w = adaptive_weight(nll, g_loss, last_layer)
         return self.weight * w * g_loss
 
@@ -351,7 +400,8 @@ class Adversary(nn.Module):
             out["lecam"] = self.lecam_weight * self.lecam.loss(real_logits, fake_logits)
         if self.consistency_weight > 0:
             out["consistency"] = self.consistency_weight * consistency_loss(
-                self.discriminator, real, fake, real_logits=real_logits, fake_logits=fake_logits)
+                self.discriminator, real, fake, real_logits=real_logits, fake_logits=fake_logits
+            )
         return out
 
 

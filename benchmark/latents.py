@@ -52,15 +52,24 @@ def flat_tokens(tokens: Tensor, spec: TokenSpec) -> Tensor:
 def unflat_tokens(seq: Tensor, spec: TokenSpec) -> Tensor:
     """Inverse of :func:`flat_tokens` for fully generated sequences (num_generated == num_tokens)."""
     if spec.num_generated != spec.num_tokens:
-        raise ValueError(f"{spec.num_generated} generated of {spec.num_tokens} tokens: the tokenizer must "
-                         f"predict the rest itself, so its encode must return only the generated ones")
+        raise ValueError(
+            f"{spec.num_generated} generated of {spec.num_tokens} tokens: the tokenizer must "
+            f"predict the rest itself, so its encode must return only the generated ones"
+        )
     b = seq.shape[0]
     return seq.reshape(b, *spec.shape) if spec.kind == "discrete" else seq.reshape(b, *spec.shape, -1)
 
 
 @torch.no_grad()
-def write_cache(tokenizer: Tokenizer, dataset: Dataset, folder: Path, device: torch.device,
-                batch_size: int = 64, num_workers: int = 0, data: dict | None = None) -> dict:
+def write_cache(
+    tokenizer: Tokenizer,
+    dataset: Dataset,
+    folder: Path,
+    device: torch.device,
+    batch_size: int = 64,
+    num_workers: int = 0,
+    data: dict | None = None,
+) -> dict:
     """Encode ``dataset`` once into ``folder`` (memory-mapped arrays written in place, then renamed);
     ``data`` (its config) is recorded so that item i's image can be found again (REPA teachers)."""
     spec = tokenizer.token_spec
@@ -81,8 +90,12 @@ def write_cache(tokenizer: Tokenizer, dataset: Dataset, folder: Path, device: to
         i += len(seq)
         if spec.kind == "continuous":
             total, total_sq = total + seq.double().sum(0), total_sq + seq.double().pow(2).sum(0)
-    meta = {"token_spec": dataclasses.asdict(spec), "num_items": n, "data": data,
-            "num_classes": int(getattr(dataset, "num_classes", int(labels.max()) + 1))}
+    meta = {
+        "token_spec": dataclasses.asdict(spec),
+        "num_items": n,
+        "data": data,
+        "num_classes": int(getattr(dataset, "num_classes", int(labels.max()) + 1)),
+    }
     if spec.kind == "continuous":  # normalised in place, one chunk at a time: the set need not fit in memory
         mean = total / n
         std = ((total_sq - n * mean.pow(2)) / max(n - 1, 1)).clamp_min(0).sqrt().clamp_min(EPS)
@@ -124,4 +137,3 @@ class LatentDataset(Dataset):
         if "mean" not in self.meta:
             return LatentStats(None, None)
         return LatentStats(torch.tensor(self.meta["mean"]), torch.tensor(self.meta["std"]))
-

@@ -100,7 +100,7 @@ class Frozen(nn.Module):
         self.__dict__["net"]._apply(fn)
         return super()._apply(fn, recurse)
 
-    def train(self, mode: bool = True) -> "Frozen":
+    def train(self, mode: bool = True) -> Frozen:
         super().train(mode)
         self.__dict__["net"].eval()
         return self

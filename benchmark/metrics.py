@@ -143,9 +143,7 @@ class SSIM(PerImageMean):
         """
         size = 2 * self.radius + 1
         if min(images.shape[-2:]) < size:
-            raise ValueError(
-                f"metric ssim needs images of at least {size}x{size}, got {tuple(images.shape[-2:])}"
-            )
+            raise ValueError(f"metric ssim needs images of at least {size}x{size}, got {tuple(images.shape[-2:])}")
         dtype = torch.promote_types(images.dtype, torch.float32)
         x, y = images.to(dtype), recons.to(dtype)
         mu_x, mu_y = self._blur(x), self._blur(y)
@@ -153,9 +151,7 @@ class SSIM(PerImageMean):
         var_y = self._blur(y * y) - mu_y**2
         cov = self._blur(x * y) - mu_x * mu_y
         c1, c2 = self.k1**2, self.k2**2
-        ssim_map = ((2 * mu_x * mu_y + c1) * (2 * cov + c2)) / (
-            (mu_x**2 + mu_y**2 + c1) * (var_x + var_y + c2)
-        )
+        ssim_map = ((2 * mu_x * mu_y + c1) * (2 * cov + c2)) / ((mu_x**2 + mu_y**2 + c1) * (var_x + var_y + c2))
         return ssim_map.mean(dim=(1, 2, 3))
 
 
@@ -175,8 +171,9 @@ class CodebookUsage(Metric):
     def _add(self, name: str, ids: Tensor, size: int) -> None:
         ids = ids.detach().reshape(-1).to("cpu", torch.int64)
         if ids.numel() and (ids.min() < 0 or ids.max() >= size):
-            raise ValueError(f"metric codebook_usage: {name} ids span [{ids.min().item()}, {ids.max().item()}], "
-                             f"outside [0, {size})")
+            raise ValueError(
+                f"metric codebook_usage: {name} ids span [{ids.min().item()}, {ids.max().item()}], outside [0, {size})"
+            )
         counts = self._counts.setdefault(name, torch.zeros(size, dtype=torch.int64))
         counts += torch.bincount(ids, minlength=size)
 
@@ -191,8 +188,10 @@ class CodebookUsage(Metric):
         elif self.token_spec.kind == "discrete":
             self._add("codes", batch.tokens, self.token_spec.vocab_size)
         else:
-            raise ConfigError("metric codebook_usage needs discrete tokens or a tokenizer with code_ids "
-                              f"(token_spec.kind={self.token_spec.kind})")
+            raise ConfigError(
+                "metric codebook_usage needs discrete tokens or a tokenizer with code_ids "
+                f"(token_spec.kind={self.token_spec.kind})"
+            )
 
     def histogram(self, name: str | None = None) -> Tensor:
         """How many times each code of codebook ``name`` (default: the first) was used."""
@@ -211,8 +210,11 @@ class CodebookUsage(Metric):
             used = counts[counts > 0].to(torch.float64)
             p = used / used.sum()
             entropy = -(p * p.log()).sum().item()
-            values = {"codebook_usage": 100.0 * used.numel() / len(counts), "codebook_perplexity": math.exp(entropy),
-                      "code_entropy": entropy}
+            values = {
+                "codebook_usage": 100.0 * used.numel() / len(counts),
+                "codebook_perplexity": math.exp(entropy),
+                "code_entropy": entropy,
+            }
             if i == 0:
                 out.update(values)
             if len(self._counts) > 1 or name != "codes":
@@ -220,8 +222,9 @@ class CodebookUsage(Metric):
         return out
 
 
-def build_metrics(names: list[str], token_spec: TokenSpec,
-                  options: dict[str, dict[str, Any]] | None = None) -> list[Metric]:
+def build_metrics(
+    names: list[str], token_spec: TokenSpec, options: dict[str, dict[str, Any]] | None = None
+) -> list[Metric]:
     """The metrics ``names`` (as in the study's ``eval.metrics``) for a tokenizer's token spec;
     ``options[name]`` are keyword arguments for the metrics that take them (e.g. Inception weights)."""
     repeated = sorted({n for n in names if names.count(n) > 1})
@@ -234,6 +237,8 @@ def build_metrics(names: list[str], token_spec: TokenSpec,
 def protocols(metrics: list[Metric]) -> list[dict[str, Any]]:
     """The protocol records of the metrics that keep one (FID, IS)."""
     return [m.protocol().as_dict() for m in metrics if hasattr(m, "protocol")]
+
+
 def compute_all(metrics: list[Metric]) -> dict[str, float]:
     """All metrics' results in one dict; two metrics reporting the same key is an error."""
     results: dict[str, float] = {}
@@ -241,9 +246,7 @@ def compute_all(metrics: list[Metric]) -> dict[str, float]:
     for metric in metrics:
         for key, value in metric.compute().items():
             if key in results:
-                raise ConfigError(
-                    f"metrics {owner[key]} and {metric._name()} both report '{key}'"
-                )
+                raise ConfigError(f"metrics {owner[key]} and {metric._name()} both report '{key}'")
             results[key] = value
             owner[key] = metric._name()
     return results

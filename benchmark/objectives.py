@@ -10,13 +10,14 @@ Config shapes (tokenizer section): ``perceptual: {weight: 1.0, net: vgg, weights
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from benchmark.errors import ConfigError
-from benchmark.gan import Adversary, AdversarialOptions, check_adversarial
+from benchmark.gan import AdversarialOptions, Adversary, check_adversarial
 from benchmark.perceptual import PerceptualLoss, PerceptualOptions, check_perceptual
 
 NLL_TERMS = ("recon", "perceptual")  # what the adaptive adversarial weight balances against
@@ -26,8 +27,9 @@ __all__ = ["NLL_TERMS", "AdversarialOptions", "PerceptualOptions", "PixelObjecti
 class PixelObjective(nn.Module):
     """Reconstruction (L1 or L2) and LPIPS perceptual terms, already weighted."""
 
-    def __init__(self, recon_loss: str = "l2", recon_weight: float = 1.0,
-                 perceptual: PerceptualOptions | None = None) -> None:
+    def __init__(
+        self, recon_loss: str = "l2", recon_weight: float = 1.0, perceptual: PerceptualOptions | None = None
+    ) -> None:
         super().__init__()
         if recon_loss not in ("l1", "l2"):
             raise ConfigError(f"tokenizer.recon_loss: '{recon_loss}' is not l1 or l2")

@@ -16,8 +16,9 @@ import difflib
 import inspect
 import types
 import typing
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Annotated, Callable, Mapping
+from typing import Annotated, Any
 
 from benchmark.errors import ConfigError
 
@@ -60,8 +61,9 @@ def unknown_key(key: str, allowed: list[str], where: str) -> ConfigError:
     return ConfigError(f"{where}: unknown key '{key}'.{hint} Allowed: {', '.join(sorted(allowed)) or 'none'}.")
 
 
-def check_options(options: Mapping[str, Any], params: Mapping[str, Any], where: str, what: str,
-                  extra: tuple[str, ...] = ()) -> None:
+def check_options(
+    options: Mapping[str, Any], params: Mapping[str, Any], where: str, what: str, extra: tuple[str, ...] = ()
+) -> None:
     """A nested option mapping (``tokenizer.encoder``, ``tokenizer.adversarial``, ...): every key must
     be a parameter of ``what`` (or one of ``extra``, handled by the caller) with a value of its type;
     nested mappings with a :class:`Checked` hint are checked in turn."""
@@ -71,8 +73,9 @@ def check_options(options: Mapping[str, Any], params: Mapping[str, Any], where: 
         if key in extra:
             continue
         if key not in params:
-            raise ConfigError(f"{where}.{key}: not an option of {what}; "
-                              f"options: {', '.join([*extra, *params]) or 'none'}")
+            raise ConfigError(
+                f"{where}.{key}: not an option of {what}; options: {', '.join([*extra, *params]) or 'none'}"
+            )
         check_value(value, params[key], f"{where}.{key}")
 
 

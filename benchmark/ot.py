@@ -17,8 +17,9 @@ from torch import Tensor
 Grad = Literal["envelope", "autodiff"]
 
 
-def ot_loss(x: Tensor, z: Tensor, epsilon: float = 0.05, max_iter: int = 100, tol: float = 1e-6,
-            grad: Grad = "envelope") -> Tensor:
+def ot_loss(
+    x: Tensor, z: Tensor, epsilon: float = 0.05, max_iter: int = 100, tol: float = 1e-6, grad: Grad = "envelope"
+) -> Tensor:
     """Mean over the batch of <P*, C> between 2D latents ``x`` and 1D tokens ``z`` (Eq. 13).
 
     ``grad`` selects how gradients reach ``z`` (and ``x``): ``envelope`` treats P* as a constant, so
@@ -29,9 +30,7 @@ def ot_loss(x: Tensor, z: Tensor, epsilon: float = 0.05, max_iter: int = 100, to
     cost = ot.batch.dist_batch(x.float(), z.float(), metric="sqeuclidean")  # (B, Nx, Nz)
     reg = epsilon * cost.detach().mean().clamp_min(1e-12).item()
     if grad == "envelope":
-        res = ot.solve_batch(cost.detach(), reg=reg, max_iter=max_iter, tol=tol, method="log_sinkhorn",
-                             grad="detach")
+        res = ot.solve_batch(cost.detach(), reg=reg, max_iter=max_iter, tol=tol, method="log_sinkhorn", grad="detach")
         return (res.plan * cost).sum((1, 2)).mean()
     res = ot.solve_batch(cost, reg=reg, max_iter=max_iter, tol=tol, method="log_sinkhorn", grad=grad)
     return res.value_linear.mean()
-

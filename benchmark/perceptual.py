@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import pickle
 import warnings
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -23,8 +24,8 @@ from torchvision.models import get_weight
 from benchmark.base import TokenSpec
 from benchmark.errors import ConfigError, WeightsError
 from benchmark.layers import Frozen
-from benchmark.options import check_options, check_value, init_params, nested
 from benchmark.metrics import PerImageMean
+from benchmark.options import check_options, check_value, init_params, nested
 from benchmark.registry import register_metric
 
 # LPIPS network -> (torchvision builder, the torchvision weights lpips' trunks were built with)
@@ -43,11 +44,13 @@ def hub_weights_path(net: str) -> Path:
 
 def _how_to_obtain(net: str, target: Path) -> str:
     builder, enum = BACKBONES[net]
-    return (f"On a machine with network access run `python -c \"import torchvision; "
-            f"torchvision.models.{builder}(weights='{enum.split('.')[1]}')\"` (it downloads "
-            f"{get_weight(enum).url} into torch.hub.get_dir()/checkpoints/ on that machine) and copy the file "
-            f"to {target}, or set tokenizer.perceptual.weights: /path/to/{target.name} "
-            f"(a torchvision state dict), or weights: random for a random backbone")
+    return (
+        f'On a machine with network access run `python -c "import torchvision; '
+        f"torchvision.models.{builder}(weights='{enum.split('.')[1]}')\"` (it downloads "
+        f"{get_weight(enum).url} into torch.hub.get_dir()/checkpoints/ on that machine) and copy the file "
+        f"to {target}, or set tokenizer.perceptual.weights: /path/to/{target.name} "
+        f"(a torchvision state dict), or weights: random for a random backbone"
+    )
 
 
 def backbone_state(net: str, weights: str | Path | None) -> dict[str, Tensor] | None:
@@ -57,23 +60,30 @@ def backbone_state(net: str, weights: str | Path | None) -> dict[str, Tensor] | 
     if weights is None:
         path = hub_weights_path(net)
         if not path.is_file():
-            raise WeightsError(f"LPIPS {net} backbone weights not found: tokenizer.perceptual.weights is unset "
-                               f"and {path} is not in torch's hub cache; tok1d never downloads them",
-                               _how_to_obtain(net, path))
+            raise WeightsError(
+                f"LPIPS {net} backbone weights not found: tokenizer.perceptual.weights is unset "
+                f"and {path} is not in torch's hub cache; tok1d never downloads them",
+                _how_to_obtain(net, path),
+            )
     else:
         path = Path(weights).expanduser()
         if not path.is_file():
-            raise WeightsError(f"LPIPS {net} backbone: tokenizer.perceptual.weights {path} does not exist",
-                               _how_to_obtain(net, hub_weights_path(net)))
+            raise WeightsError(
+                f"LPIPS {net} backbone: tokenizer.perceptual.weights {path} does not exist",
+                _how_to_obtain(net, hub_weights_path(net)),
+            )
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except (RuntimeError, OSError, EOFError, ValueError, pickle.UnpicklingError) as exc:
         first = (str(exc).strip().splitlines() or [""])[0][:300]
-        raise WeightsError(f"cannot load LPIPS {net} backbone weights {path}: {type(exc).__name__}: {first}",
-                           _how_to_obtain(net, path)) from None
+        raise WeightsError(
+            f"cannot load LPIPS {net} backbone weights {path}: {type(exc).__name__}: {first}", _how_to_obtain(net, path)
+        ) from None
     if not isinstance(state, dict):
-        raise WeightsError(f"LPIPS {net} backbone weights {path} hold a {type(state).__name__}, "
-                           f"not a torchvision state dict", _how_to_obtain(net, path))
+        raise WeightsError(
+            f"LPIPS {net} backbone weights {path} hold a {type(state).__name__}, not a torchvision state dict",
+            _how_to_obtain(net, path),
+        )
     return state
 
 
@@ -83,8 +93,10 @@ def load_backbone(trunk: nn.Module, state: dict[str, Tensor], source: str) -> No
     wanted = {name: "features." + name.split(".", 1)[1] for name in trunk.state_dict()}
     missing = [src for src in wanted.values() if src not in state]
     if missing:
-        raise WeightsError(f"{source} is not a torchvision state dict of this LPIPS backbone: it lacks "
-                           f"{', '.join(missing[:4])}{' ...' if len(missing) > 4 else ''}")
+        raise WeightsError(
+            f"{source} is not a torchvision state dict of this LPIPS backbone: it lacks "
+            f"{', '.join(missing[:4])}{' ...' if len(missing) > 4 else ''}"
+        )
     try:
         trunk.load_state_dict({name: state[src] for name, src in wanted.items()})
     except RuntimeError as exc:
@@ -141,8 +153,9 @@ class LPIPSMetric(PerImageMean):
 
     key = "lpips"
 
-    def __init__(self, token_spec: TokenSpec, *, net: str = "vgg", weights: str | None = None,
-                 device: str = "cpu") -> None:
+    def __init__(
+        self, token_spec: TokenSpec, *, net: str = "vgg", weights: str | None = None, device: str = "cpu"
+    ) -> None:
         super().__init__(token_spec)
         self.device = torch.device(device)
         self.loss = PerceptualLoss(net=net, weights=weights).to(self.device)

@@ -44,8 +44,15 @@ class VectorQuantizer(nn.Module):
     the thesis's entropy regulariser is added on softmax(-||z - e||^2 / entropy_temperature).
     """
 
-    def __init__(self, codebook_size: int, dim: int, commitment: float = 0.25, l2_norm: bool = True,
-                 entropy_weight: float = 0.0, entropy_temperature: float = 0.01) -> None:
+    def __init__(
+        self,
+        codebook_size: int,
+        dim: int,
+        commitment: float = 0.25,
+        l2_norm: bool = True,
+        entropy_weight: float = 0.0,
+        entropy_temperature: float = 0.01,
+    ) -> None:
         super().__init__()
         self.codebook_size = codebook_size
         self.commitment = commitment
@@ -101,8 +108,9 @@ class SoftVectorQuantizer(nn.Module):
     token sequence into that many consecutive segments, each with its own codebook (as SoftVQ does).
     """
 
-    def __init__(self, codebook_size: int, dim: int, tau: float = 0.07, l2_norm: bool = True,
-                 num_codebooks: int = 1) -> None:
+    def __init__(
+        self, codebook_size: int, dim: int, tau: float = 0.07, l2_norm: bool = True, num_codebooks: int = 1
+    ) -> None:
         super().__init__()
         self.codebook_size, self.tau, self.l2_norm = codebook_size, tau, l2_norm
         self.num_codebooks = num_codebooks

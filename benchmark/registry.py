@@ -16,9 +16,10 @@ import inspect
 import os
 import sys
 import types
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
 from benchmark import REPO_ROOT
 from benchmark.errors import ConfigError
@@ -58,9 +59,7 @@ class Registry:
                 source = obj.__module__
             old = self._entries.get(name)
             if old is not None and old.source != source:
-                raise ConfigError(
-                    f"{self.kind} '{name}' is registered twice: in {old.source} and in {source}"
-                )
+                raise ConfigError(f"{self.kind} '{name}' is registered twice: in {old.source} and in {source}")
             doc = description or (inspect.getdoc(obj) or "").strip().splitlines()[:1]
             text = doc if isinstance(doc, str) else (doc[0] if doc else "")
             self._entries[name] = Entry(name, obj, text, source)

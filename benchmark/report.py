@@ -16,6 +16,7 @@ import pandas as pd
 from benchmark.store import RunStore, atomic_write, read_json
 from benchmark.study import Cell, Plan, flat_config
 
+
 @dataclass
 class CellResults:
     """One cell's results flattened into one mapping (metrics included), and its status."""
@@ -85,8 +86,11 @@ def compute_table(plan: Plan, store: RunStore) -> pd.DataFrame:
         if per_cell:
             rows.append({"stage": kind, "PFLOPs as run": shared, "PFLOPs, one per cell": per_cell})
     if rows:
-        total = {"stage": "total", "PFLOPs as run": sum(r["PFLOPs as run"] for r in rows),
-                 "PFLOPs, one per cell": sum(r["PFLOPs, one per cell"] for r in rows)}
+        total = {
+            "stage": "total",
+            "PFLOPs as run": sum(r["PFLOPs as run"] for r in rows),
+            "PFLOPs, one per cell": sum(r["PFLOPs, one per cell"] for r in rows),
+        }
         rows.append(total)
     df = pd.DataFrame(rows)
     if rows:
@@ -101,13 +105,17 @@ def protocol_lines(results: list[CellResults]) -> list[str]:
         for kind, protocol in r.values.get("_protocols", {}).items():
             if kind == "evaluate_tokenizer":
                 data = ", ".join(f"{k}={v}" for k, v in protocol.get("data", {}).items())
-                seen.append(f"- {r.cell.label}: {protocol['num_images']} images of the {protocol['split']} split "
-                            f"({data}); metrics: {', '.join(protocol['metrics'])}")
+                seen.append(
+                    f"- {r.cell.label}: {protocol['num_images']} images of the {protocol['split']} split "
+                    f"({data}); metrics: {', '.join(protocol['metrics'])}"
+                )
             elif kind == "evaluate_generator":
                 s = protocol.get("sampling", {})
-                seen.append(f"- {r.cell.label}: {s.get('num_images')} generated images, labels "
-                            f"{s.get('labels')}, seed {s.get('seed')}, cfg {s.get('cfg_scale')}, steps "
-                            f"{s.get('steps')}, sampler {s.get('sampler')}")
+                seen.append(
+                    f"- {r.cell.label}: {s.get('num_images')} generated images, labels "
+                    f"{s.get('labels')}, seed {s.get('seed')}, cfg {s.get('cfg_scale')}, steps "
+                    f"{s.get('steps')}, sampler {s.get('sampler')}"
+                )
             for metric in protocol.get("metric_protocols", []):
                 seen.append("  - " + "; ".join(f"{k}: {v}" for k, v in metric.items() if v not in (None, "")))
     return seen
@@ -155,12 +163,15 @@ def write_report(plan: Plan, store: RunStore, out_dir: Path) -> list[Path]:
     if plan.spec.get("source"):
         md += [f"Reproduces: {plan.spec['source']}", ""]
     if plan.profile != "paper":
-        md += [f"**Profile `{plan.profile}`: these are {plan.profile}-scale numbers (tiny models, "
-               "built-in data), not comparable with the paper's; they prove the pipeline.**", ""]
+        md += [
+            f"**Profile `{plan.profile}`: these are {plan.profile}-scale numbers (tiny models, "
+            "built-in data), not comparable with the paper's; they prove the pipeline.**",
+            "",
+        ]
     for table in tables:
         df = build_table(results, table)
         csv_path = out_dir / f"{table['name']}.csv"
-        atomic_write(csv_path, lambda tmp: df.to_csv(tmp, index=False))
+        atomic_write(csv_path, lambda tmp, df=df: df.to_csv(tmp, index=False))
         written.append(csv_path)
         md += [f"## {table.get('title', table['name'])}", "", df.to_markdown(index=False, floatfmt=".4g"), ""]
     if spec.get("compute"):
@@ -168,9 +179,16 @@ def write_report(plan: Plan, store: RunStore, out_dir: Path) -> list[Path]:
         csv_path = out_dir / "compute.csv"
         atomic_write(csv_path, lambda tmp: df.to_csv(tmp, index=False))
         written.append(csv_path)
-        md += ["## Training compute", "", "GFLOPs per training image (torch.utils.flop_counter) x images "
-               "seen, summed over the study's stages: as run, where cells share stages by hash, and if "
-               "every cell trained its own.", "", df.to_markdown(index=False, floatfmt=".4g"), ""]
+        md += [
+            "## Training compute",
+            "",
+            "GFLOPs per training image (torch.utils.flop_counter) x images "
+            "seen, summed over the study's stages: as run, where cells share stages by hash, and if "
+            "every cell trained its own.",
+            "",
+            df.to_markdown(index=False, floatfmt=".4g"),
+            "",
+        ]
     protocol = protocol_lines(results)
     if protocol:
         md += ["## Protocol", "", *protocol, ""]

@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -102,6 +103,7 @@ def tokenizer_step(model: Tokenizer) -> Callable:
 
 def preview_saver(model: Tokenizer, images: Tensor, folder: Path) -> Callable[[int], None]:
     """Saves originals over reconstructions of a fixed batch as ``samples/step_<step>.png`` (seven digits)."""
+
     def save(step: int) -> None:
         was_training = model.training
         model.eval()
@@ -121,18 +123,33 @@ def _train(model: Tokenizer, ctx: StageContext, cfg: dict[str, Any], train_cfg: 
     dataset = build_dataset(cfg["data"], "train")
     preview = torch.stack([dataset[i][0] for i in range(min(8, len(dataset)))])
     t0 = time.perf_counter()
-    terms, weights = fit(model, tokenizer_step(model), dataset, train_cfg, cfg["seed"], ctx.dir, ctx.device,
-                         ctx.runtime.get("num_workers", 0), ctx.log, ctx.runtime.get("compile", False),
-                         adversary=getattr(model, "adversary", None),
-                         on_checkpoint=preview_saver(model, preview, ctx.dir))
+    terms, weights = fit(
+        model,
+        tokenizer_step(model),
+        dataset,
+        train_cfg,
+        cfg["seed"],
+        ctx.dir,
+        ctx.device,
+        ctx.runtime.get("num_workers", 0),
+        ctx.log,
+        ctx.runtime.get("compile", False),
+        adversary=getattr(model, "adversary", None),
+        on_checkpoint=preview_saver(model, preview, ctx.dir),
+    )
     seconds = time.perf_counter() - t0
     save_tokenizer(ctx.dir, cfg, weights)
     model.load_state_dict(weights)
     model.eval()
     cost = tokenizer_cost(model, cfg["data"]["resolution"], ctx.device)
     cost["train_pflops"] = training_pflops(cost, train_cfg.steps, train_cfg.batch_size)
-    return {"final_losses": terms, "train_seconds": seconds, "train_images": len(dataset),
-            "params": sum(p.numel() for p in model.parameters()), "cost": cost}
+    return {
+        "final_losses": terms,
+        "train_seconds": seconds,
+        "train_images": len(dataset),
+        "params": sum(p.numel() for p in model.parameters()),
+        "cost": cost,
+    }
 
 
 def train_tokenizer(ctx: StageContext) -> dict[str, Any]:
@@ -153,8 +170,11 @@ def finetune_tokenizer(ctx: StageContext) -> dict[str, Any]:
     first_dir = ctx.input_dir("train_tokenizer")
     first = read_json(first_dir / "tokenizer.json")
     base_train = read_json(first_dir / "stage.json")["config"]["train"]
-    cfg = {"seed": ctx.config["seed"], "data": first["data"],
-           "tokenizer": {**first["tokenizer"], **ctx.config["finetune"]["tokenizer"]}}
+    cfg = {
+        "seed": ctx.config["seed"],
+        "data": first["data"],
+        "tokenizer": {**first["tokenizer"], **ctx.config["finetune"]["tokenizer"]},
+    }
     torch.manual_seed(cfg["seed"])
     model = build_tokenizer(cfg)
     restore_architecture(model, first_dir)
@@ -178,8 +198,10 @@ def _check_same_tokens(before: Tokenizer, after: Tokenizer, cfg: dict[str, Any])
     dataset = build_dataset(cfg["data"], "eval")
     images = torch.stack([dataset[i][0] for i in range(min(8, len(dataset)))]).to(next(after.parameters()).device)
     if not torch.equal(before.encode(images), after.encode(images)):
-        raise StageError("finetune_tokenizer changed the tokens: a finetune stage must freeze the encoder "
-                         "(generators trained on the stage-1 tokens would no longer match)")
+        raise StageError(
+            "finetune_tokenizer changed the tokens: a finetune stage must freeze the encoder "
+            "(generators trained on the stage-1 tokens would no longer match)"
+        )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -192,8 +214,13 @@ def evaluate_tokenizer(ctx: StageContext) -> dict[str, Any]:
     from benchmark.tokenizer_eval import evaluate_tokenizer as evaluate
 
     t0 = time.perf_counter()
-    evaluation = evaluate(ctx.tokenizer_dir(), ctx.config["data"], EvalConfig(**ctx.config["eval"]), ctx.device,
-                          num_workers=ctx.runtime.get("num_workers", 0))
+    evaluation = evaluate(
+        ctx.tokenizer_dir(),
+        ctx.config["data"],
+        EvalConfig(**ctx.config["eval"]),
+        ctx.device,
+        num_workers=ctx.runtime.get("num_workers", 0),
+    )
     if evaluation.histograms:
         write_json(ctx.dir / "codebook_counts.json", evaluation.histograms)
     if evaluation.preview is not None:
@@ -216,8 +243,12 @@ def cache_latents(ctx: StageContext) -> dict[str, Any]:
     dataset = build_dataset(data, "train")
     t0 = time.perf_counter()
     meta = write_cache(model, dataset, ctx.dir, ctx.device, num_workers=ctx.runtime.get("num_workers", 0), data=data)
-    return {"num_items": meta["num_items"], "num_classes": meta["num_classes"],
-            "token_spec": meta["token_spec"], "cache_seconds": time.perf_counter() - t0}
+    return {
+        "num_items": meta["num_items"],
+        "num_classes": meta["num_classes"],
+        "token_spec": meta["token_spec"],
+        "cache_seconds": time.perf_counter() - t0,
+    }
 
 
 def train_generator(ctx: StageContext) -> dict[str, Any]:
@@ -241,8 +272,18 @@ def train_generator(ctx: StageContext) -> dict[str, Any]:
         return model.loss(batch[0], batch[1], features=teacher.teacher_features(batch[2])), None
 
     t0 = time.perf_counter()
-    terms, weights = fit(model, step, data, TrainConfig(**cfg["generator_train"]), cfg["seed"], ctx.dir, ctx.device,
-                         ctx.runtime.get("num_workers", 0), ctx.log, ctx.runtime.get("compile", False))
+    terms, weights = fit(
+        model,
+        step,
+        data,
+        TrainConfig(**cfg["generator_train"]),
+        cfg["seed"],
+        ctx.dir,
+        ctx.device,
+        ctx.runtime.get("num_workers", 0),
+        ctx.log,
+        ctx.runtime.get("compile", False),
+    )
     seconds = time.perf_counter() - t0
     save_weights(ctx.dir, weights)
     tokens, label = data[0][:2]
@@ -281,7 +322,9 @@ def sample(ctx: StageContext) -> dict[str, Any]:
         y = labels[start : start + cfg.batch_size].to(ctx.device)
         seq = generator.sample(y, cfg_scale=cfg.cfg_scale, steps=cfg.steps, generator=rng, **cfg.options)
         out = tokenizer.decode(unflat_tokens(stats.denormalize(seq), latents.spec))
-        images[start : start + len(y)] = (out.float().clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).cpu().numpy()
+        images[start : start + len(y)] = (
+            (out.float().clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).cpu().numpy()
+        )
     seconds = time.perf_counter() - t0
     images.flush()
     first = torch.from_numpy(np.array(images[:16])).permute(0, 3, 1, 2) / 255
@@ -290,14 +333,30 @@ def sample(ctx: StageContext) -> dict[str, Any]:
     np.save(ctx.dir / "labels.npy", labels.numpy())
     save_image_grid(first, ctx.dir / "samples.png", nrow=8)
     one = labels[:1].to(ctx.device)
-    sample_gflops = gflops(lambda: generator.sample(one, cfg_scale=cfg.cfg_scale, steps=cfg.steps,
-                                                    generator=torch.Generator(device=ctx.device).manual_seed(0),
-                                                    **cfg.options))
-    return {"num_images": cfg.num_images, "sample_seconds": seconds, "images_per_second": cfg.num_images / seconds,
-            "cost": {"sample_gflops": sample_gflops},
-            "protocol": {"num_images": cfg.num_images, "labels": "balanced (i mod C)", "seed": cfg.seed,
-                         "cfg_scale": cfg.cfg_scale, "steps": cfg.steps, "sampler": cfg.options,
-                         "generator": trained["config"]["generator"]}}
+    sample_gflops = gflops(
+        lambda: generator.sample(
+            one,
+            cfg_scale=cfg.cfg_scale,
+            steps=cfg.steps,
+            generator=torch.Generator(device=ctx.device).manual_seed(0),
+            **cfg.options,
+        )
+    )
+    return {
+        "num_images": cfg.num_images,
+        "sample_seconds": seconds,
+        "images_per_second": cfg.num_images / seconds,
+        "cost": {"sample_gflops": sample_gflops},
+        "protocol": {
+            "num_images": cfg.num_images,
+            "labels": "balanced (i mod C)",
+            "seed": cfg.seed,
+            "cfg_scale": cfg.cfg_scale,
+            "steps": cfg.steps,
+            "sampler": cfg.options,
+            "generator": trained["config"]["generator"],
+        },
+    }
 
 
 @torch.no_grad()
@@ -308,14 +367,19 @@ def evaluate_generator(ctx: StageContext) -> dict[str, Any]:
     cfg = EvalConfig(**ctx.config["eval"])
     folder = ctx.input_dir("sample")
     images = np.load(folder / "images.npy", mmap_mode="r")
-    results, protocol = generation_metrics(images, cfg, ctx.config["data"], ctx.store.root / "fid_stats",
-                                           ctx.device, ctx.runtime.get("num_workers", 0))
+    results, protocol = generation_metrics(
+        images, cfg, ctx.config["data"], ctx.store.root / "fid_stats", ctx.device, ctx.runtime.get("num_workers", 0)
+    )
     protocol["sampling"] = read_json(folder / "result.json")["protocol"]
     return {"metrics": results, "protocol": protocol}
 
 
 BODIES: dict[str, Callable[[StageContext], dict[str, Any]]] = {
-    "train_tokenizer": train_tokenizer, "finetune_tokenizer": finetune_tokenizer,
-    "evaluate_tokenizer": evaluate_tokenizer, "cache_latents": cache_latents, "train_generator": train_generator,
-    "sample": sample, "evaluate_generator": evaluate_generator,
+    "train_tokenizer": train_tokenizer,
+    "finetune_tokenizer": finetune_tokenizer,
+    "evaluate_tokenizer": evaluate_tokenizer,
+    "cache_latents": cache_latents,
+    "train_generator": train_generator,
+    "sample": sample,
+    "evaluate_generator": evaluate_generator,
 }

@@ -20,9 +20,10 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from benchmark import REPO_ROOT
 from benchmark.config import (
@@ -35,8 +36,8 @@ from benchmark.config import (
     resolve,
 )
 from benchmark.errors import ConfigError
-from benchmark.registry import load_plugins
 from benchmark.graph import STAGES, closure, stage_order
+from benchmark.registry import load_plugins
 
 STUDY_KEYS = {"title", "source", "description", "config", "profiles", "axes", "cells", "label", "stages", "report"}
 PROFILE_DIR = REPO_ROOT / "studies" / "profiles"
@@ -162,14 +163,18 @@ def profile_cell_layer(spec: Mapping[str, Any], path: Path, profile: str, label:
     return Layer(source, nest(cells[label], source))
 
 
-def build_plan(path: str | Path, profile: str = "paper", overrides: list[str] | None = None,
-               only: str | None = None) -> Plan:
+def build_plan(
+    path: str | Path, profile: str = "paper", overrides: list[str] | None = None, only: str | None = None
+) -> Plan:
     """Expand a study into cells and their stages; every cell is validated before anything runs."""
     path = Path(path)
     spec = load_study(path)
     cli = Layer("command line", nest(parse_overrides(overrides or []), "command line"))
-    base = [Layer("defaults", defaults()), Layer(f"{path}: config", nest(spec.get("config") or {}, str(path))),
-            *profile_layers(spec, path, profile)]
+    base = [
+        Layer("defaults", defaults()),
+        Layer(f"{path}: config", nest(spec.get("config") or {}, str(path))),
+        *profile_layers(spec, path, profile),
+    ]
     plugins = [layer.values["plugins"] for layer in base + [cli] if layer.values.get("plugins")]
     load_plugins(plugins[-1] if plugins else [])
     merged_base = merge_layers(base)

@@ -7,9 +7,10 @@ numbers and the same protocol record.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -46,17 +47,23 @@ def evaluate_batch(model: Tokenizer, images: Tensor, labels: Tensor, metrics: li
     copies; returns the reconstructions (CPU, float32)."""
     tokens, codes = model.encode_with_codes(images)
     recons = model.decode(tokens).float()
-    batch = EvalBatch(images=images.cpu(), recons=recons.cpu(), tokens=tokens.cpu(), labels=labels,
-                      codes={k: v.cpu() for k, v in codes.items()} or None,
-                      codebook_sizes=model.codebook_sizes() if codes else None)
+    batch = EvalBatch(
+        images=images.cpu(),
+        recons=recons.cpu(),
+        tokens=tokens.cpu(),
+        labels=labels,
+        codes={k: v.cpu() for k, v in codes.items()} or None,
+        codebook_sizes=model.codebook_sizes() if codes else None,
+    )
     for metric in metrics:
         metric.update(batch)
     return batch.recons
 
 
 @torch.no_grad()
-def reconstruction_metrics(model: Tokenizer, dataset: Dataset, cfg: EvalConfig, device: torch.device,
-                           num_workers: int = 0) -> tuple[list[Metric], Tensor | None]:
+def reconstruction_metrics(
+    model: Tokenizer, dataset: Dataset, cfg: EvalConfig, device: torch.device, num_workers: int = 0
+) -> tuple[list[Metric], Tensor | None]:
     """``cfg.metrics`` of ``model`` over ``dataset`` in order (the metric objects, after every update),
     and the first (up to) 8 originals over their reconstructions."""
     metrics = build_metrics(cfg.metrics, model.token_spec, metric_options(cfg, device))
@@ -69,8 +76,16 @@ def reconstruction_metrics(model: Tokenizer, dataset: Dataset, cfg: EvalConfig, 
     return metrics, preview
 
 
-def evaluate_tokenizer(folder: Path, data: Mapping[str, Any], cfg: EvalConfig, device: torch.device, *,
-                       split: str = "eval", num_workers: int = 0, seed: int = 0) -> TokenizerEvaluation:
+def evaluate_tokenizer(
+    folder: Path,
+    data: Mapping[str, Any],
+    cfg: EvalConfig,
+    device: torch.device,
+    *,
+    split: str = "eval",
+    num_workers: int = 0,
+    seed: int = 0,
+) -> TokenizerEvaluation:
     """``cfg.metrics`` of the tokenizer stored in ``folder`` on ``split`` of the dataset ``data``
     (its first ``cfg.num_images`` images), with the protocol record the reports print."""
     from benchmark.data import build_dataset
@@ -83,9 +98,17 @@ def evaluate_tokenizer(folder: Path, data: Mapping[str, Any], cfg: EvalConfig, d
     if len(dataset) == 0:
         raise DataError(f"the {split} split of {dict(data)} holds no images")
     metrics, preview = reconstruction_metrics(model, dataset, cfg, device, num_workers)
-    histograms = {name: counts.tolist() for m in metrics if hasattr(m, "histograms")
-                  for name, counts in m.histograms().items()}
-    protocol = {"split": split, "num_images": len(dataset), "metrics": cfg.metrics, "data": dict(data),
-                "seed": seed, "precision": "float32", "metric_protocols": protocols(metrics),
-                "checkpoint": str(folder)}
+    histograms = {
+        name: counts.tolist() for m in metrics if hasattr(m, "histograms") for name, counts in m.histograms().items()
+    }
+    protocol = {
+        "split": split,
+        "num_images": len(dataset),
+        "metrics": cfg.metrics,
+        "data": dict(data),
+        "seed": seed,
+        "precision": "float32",
+        "metric_protocols": protocols(metrics),
+        "checkpoint": str(folder),
+    }
     return TokenizerEvaluation(compute_all(metrics), protocol, preview, histograms)

@@ -14,8 +14,8 @@ import csv
 import logging
 import math
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator
 
 import torch
 from torch import Tensor, nn
@@ -71,8 +71,9 @@ def learning_rate(cfg: TrainConfig, step: int) -> float:
     return floor + 0.5 * (cfg.lr - floor) * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
-def make_optimizer(params: list[tuple[str, nn.Parameter]], cfg: TrainConfig, device: torch.device,
-                   lr: float | None = None) -> torch.optim.AdamW:
+def make_optimizer(
+    params: list[tuple[str, nn.Parameter]], cfg: TrainConfig, device: torch.device, lr: float | None = None
+) -> torch.optim.AdamW:
     """AdamW over the trainable ``(name, parameter)`` pairs; no weight decay on tensors below 2D."""
     decay = [p for _, p in params if p.requires_grad and p.ndim >= 2]
     no_decay = [p for _, p in params if p.requires_grad and p.ndim < 2]
@@ -138,10 +139,20 @@ def _tensorboard(run_dir: Path):  # type: ignore[no-untyped-def]
 StepFn = Callable[[tuple[Tensor, ...], int], tuple[dict[str, Tensor], "tuple[Tensor, Tensor] | None"]]
 
 
-def fit(model: nn.Module, step_fn: StepFn, dataset: Dataset, cfg: TrainConfig, seed: int, run_dir: Path,
-        device: torch.device, num_workers: int = 0, log: logging.Logger | None = None,
-        compile: bool = False, adversary: nn.Module | None = None,
-        on_checkpoint: Callable[[int], None] | None = None) -> tuple[dict[str, float], dict[str, Tensor]]:
+def fit(
+    model: nn.Module,
+    step_fn: StepFn,
+    dataset: Dataset,
+    cfg: TrainConfig,
+    seed: int,
+    run_dir: Path,
+    device: torch.device,
+    num_workers: int = 0,
+    log: logging.Logger | None = None,
+    compile: bool = False,
+    adversary: nn.Module | None = None,
+    on_checkpoint: Callable[[int], None] | None = None,
+) -> tuple[dict[str, float], dict[str, Tensor]]:
     """Train ``model`` for ``cfg.steps`` steps, resuming from ``run_dir/ckpt/last.pt`` if present.
 
     ``step_fn(batch, step)`` returns the named loss terms (their sum is minimised by AdamW over every
@@ -155,8 +166,9 @@ def fit(model: nn.Module, step_fn: StepFn, dataset: Dataset, cfg: TrainConfig, s
     model.to(device).train()
     params = generator_parameters(model, adversary)
     optimizer = make_optimizer(params, cfg, device)
-    disc_optimizer = (make_optimizer(list(adversary.named_parameters()), cfg, device, cfg.disc_lr)
-                      if adversary is not None else None)
+    disc_optimizer = (
+        make_optimizer(list(adversary.named_parameters()), cfg, device, cfg.disc_lr) if adversary is not None else None
+    )
     ema = EMA(params, cfg.ema_decay) if cfg.ema_decay > 0 else None
     run_dir.mkdir(parents=True, exist_ok=True)
     ckpt_path, log_path = run_dir / "ckpt" / "last.pt", run_dir / "losses.csv"
@@ -177,18 +189,26 @@ def fit(model: nn.Module, step_fn: StepFn, dataset: Dataset, cfg: TrainConfig, s
         log_path.unlink(missing_ok=True)  # rows of an attempt that never reached a checkpoint
     run_step = torch.compile(step_fn) if compile else step_fn
     sampler = StepBatchSampler(len(dataset), cfg.batch_size, seed, step, cfg.steps)  # type: ignore[arg-type]
-    loader = DataLoader(dataset, batch_sampler=sampler, num_workers=num_workers,
-                        pin_memory=device.type == "cuda", persistent_workers=num_workers > 0)
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16,
-                              enabled=device.type == "cuda" and cfg.precision == "bf16")
+    loader = DataLoader(
+        dataset,
+        batch_sampler=sampler,
+        num_workers=num_workers,
+        pin_memory=device.type == "cuda",
+        persistent_workers=num_workers > 0,
+    )
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda" and cfg.precision == "bf16")
     batches = iter(loader)  # draws the loader's base seed from the global RNG, as a fresh run does
     if rng is not None:
         torch.set_rng_state(rng)
     trained = [p for _, p in params if p.requires_grad]
 
     def save_checkpoint() -> None:
-        state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                 "rng": torch.get_rng_state(), "step": step}
+        state = {
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "rng": torch.get_rng_state(),
+            "step": step,
+        }
         if disc_optimizer is not None:
             state["disc_optimizer"] = disc_optimizer.state_dict()
         if ema is not None:

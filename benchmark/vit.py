@@ -36,8 +36,16 @@ class LatentViTEncoder(nn.Module):
     outputs projected to ``token_size``. Parameter names follow OpenAI CLIP / TiTok: the layout the
     pretrained initialisations of benchmark/encoders.py copy into."""
 
-    def __init__(self, image_size: int, patch_size: int, width: int, depth: int, heads: int,
-                 num_latent_tokens: int, token_size: int) -> None:
+    def __init__(
+        self,
+        image_size: int,
+        patch_size: int,
+        width: int,
+        depth: int,
+        heads: int,
+        num_latent_tokens: int,
+        token_size: int,
+    ) -> None:
         super().__init__()
         self.grid = image_size // patch_size
         scale = width**-0.5
@@ -57,14 +65,22 @@ class LatentViTEncoder(nn.Module):
         x = torch.cat([self.class_embedding.expand(b, -1, -1), x], dim=1) + self.positional_embedding
         latents = (self.latent_tokens + self.latent_positional_embedding).expand(b, -1, -1)
         x = self.transformer(self.ln_pre(torch.cat([x, latents], dim=1)))
-        return self.proj(self.ln_post(x[:, -latents.shape[1]:]))
+        return self.proj(self.ln_post(x[:, -latents.shape[1] :]))
 
 
 class MaskTokenViTDecoder(nn.Module):
     """The 1D decoder: ViT over [cls; mask tokens + pos] ⊕ [latents + latent pos]; predicts patch pixels."""
 
-    def __init__(self, image_size: int, patch_size: int, width: int, depth: int, heads: int,
-                 num_latent_tokens: int, token_size: int) -> None:
+    def __init__(
+        self,
+        image_size: int,
+        patch_size: int,
+        width: int,
+        depth: int,
+        heads: int,
+        num_latent_tokens: int,
+        token_size: int,
+    ) -> None:
         super().__init__()
         self.grid, self.patch_size = image_size // patch_size, patch_size
         scale = width**-0.5

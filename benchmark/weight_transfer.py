@@ -19,15 +19,15 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 from timm.layers import resample_abs_pos_embed, resample_patch_embed
 from torch import Tensor, nn
 
 from benchmark.errors import ConfigError, WeightsError
-
 
 # ---------------------------------------------------------------------------------------------
 # Canonical form and load report
@@ -119,10 +119,17 @@ class LoadReport:
 
 
 ACTIVATIONS: dict[str, str] = {
-    "gelu": "gelu", "geluactivation": "gelu",
-    "gelu_tanh": "gelu_tanh", "gelutanh": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh",
-    "pytorchgelutanh": "gelu_tanh", "gelu_new": "gelu_tanh", "newgeluactivation": "gelu_tanh",
-    "quick_gelu": "quick_gelu", "quickgelu": "quick_gelu", "quickgeluactivation": "quick_gelu",
+    "gelu": "gelu",
+    "geluactivation": "gelu",
+    "gelu_tanh": "gelu_tanh",
+    "gelutanh": "gelu_tanh",
+    "gelu_pytorch_tanh": "gelu_tanh",
+    "pytorchgelutanh": "gelu_tanh",
+    "gelu_new": "gelu_tanh",
+    "newgeluactivation": "gelu_tanh",
+    "quick_gelu": "quick_gelu",
+    "quickgelu": "quick_gelu",
+    "quickgeluactivation": "quick_gelu",
 }
 
 
@@ -132,8 +139,10 @@ def activation_name(act: nn.Module | str) -> str:
         return "gelu_tanh" if act.approximate == "tanh" else "gelu"
     key = act if isinstance(act, str) else type(act).__name__
     if key.lower() not in ACTIVATIONS:
-        raise WeightsError(f"MLP activation {key!r} has no counterpart in the tokenizer's blocks; "
-                           f"supported: {', '.join(sorted(set(ACTIVATIONS.values())))}")
+        raise WeightsError(
+            f"MLP activation {key!r} has no counterpart in the tokenizer's blocks; "
+            f"supported: {', '.join(sorted(set(ACTIVATIONS.values())))}"
+        )
     return ACTIVATIONS[key.lower()]
 
 
@@ -143,8 +152,9 @@ def make_activation(name: str) -> nn.Module:
     return {"gelu": nn.GELU, "gelu_tanh": lambda: nn.GELU(approximate="tanh"), "quick_gelu": QuickGELU}[name]()
 
 
-def match_architecture(encoder: nn.Module, eps: float | None, activation: str | None,
-                       blocks: int | None = None) -> None:
+def match_architecture(
+    encoder: nn.Module, eps: float | None, activation: str | None, blocks: int | None = None
+) -> None:
     """Set the LayerNorm eps and MLP activation of an encoder to a source's (not part of a state dict).
 
     Call it again with the values of the :class:`LoadReport` when rebuilding a tokenizer from config.
@@ -217,8 +227,10 @@ def _block(block: nn.Module, prefix: str, index: int, out: SourceViT) -> None:
 
     def need(found: Any, what: str) -> Any:
         if found is None:
-            raise WeightsError(f"{out.name}: block {index} ({type(block).__name__}) has no {what} under any "
-                               f"known name; its parameters: {', '.join(take.params)}")
+            raise WeightsError(
+                f"{out.name}: block {index} ({type(block).__name__}) has no {what} under any "
+                f"known name; its parameters: {', '.join(take.params)}"
+            )
         return found
 
     for name, cands in (("norm1", NORM1), ("norm2", NORM2), ("mlp.0", FC1)):
@@ -241,16 +253,33 @@ def _block(block: nn.Module, prefix: str, index: int, out: SourceViT) -> None:
             bias = bias if bias is not None else weight.new_zeros(weight.shape[0])
             put(name, weight * gamma[:, None], bias * gamma, [*sources, scale_name], "LayerScale folded in")
     if take.left():
-        raise WeightsError(f"{out.name}: block {index} has parameters the block mapping does not know: "
-                           f"{', '.join(prefix + n for n in take.left())}; refusing a partial load")
+        raise WeightsError(
+            f"{out.name}: block {index} has parameters the block mapping does not know: "
+            f"{', '.join(prefix + n for n in take.left())}; refusing a partial load"
+        )
 
 
-def new_source(name: str, model: nn.Module, grid: tuple[int, int], patch_size: int, heads: int, eps: float,
-           activation: str) -> SourceViT:
-    return SourceViT(name=name, params={}, sources={}, how={}, unused={},
-                     all_params=[n for n, _ in model.named_parameters()], pos_patches=torch.empty(0),
-                     pos_sources=[], pos_class=None, has_class_token=False, grid=grid, patch_size=patch_size,
-                     depth=0, heads=heads, eps=eps, activation=activation)
+def new_source(
+    name: str, model: nn.Module, grid: tuple[int, int], patch_size: int, heads: int, eps: float, activation: str
+) -> SourceViT:
+    return SourceViT(
+        name=name,
+        params={},
+        sources={},
+        how={},
+        unused={},
+        all_params=[n for n, _ in model.named_parameters()],
+        pos_patches=torch.empty(0),
+        pos_sources=[],
+        pos_class=None,
+        has_class_token=False,
+        grid=grid,
+        patch_size=patch_size,
+        depth=0,
+        heads=heads,
+        eps=eps,
+        activation=activation,
+    )
 
 
 def put_affine(out: SourceViT, dst: str, module: nn.Module, src: str) -> None:
@@ -296,12 +325,17 @@ def _target_shape(encoder: nn.Module) -> tuple[int, int, int, int]:
 
 def _check_fit(src: SourceViT, width: int, depth: int, heads: int, strict: bool, report: LoadReport) -> None:
     src_width = src.params["patch_embed.weight"].shape[0]
-    problems = [f"{what}: source {a}, target {b}" for what, a, b in
-                (("width", src_width, width), ("depth", src.depth, depth), ("heads", src.heads, heads)) if a != b]
+    problems = [
+        f"{what}: source {a}, target {b}"
+        for what, a, b in (("width", src_width, width), ("depth", src.depth, depth), ("heads", src.heads, heads))
+        if a != b
+    ]
     if problems and strict:
-        raise ConfigError(f"tokenizer.encoder: {src.name} does not fit the tokenizer's encoder "
-                          f"({'; '.join(problems)}); pick a matching tokenizer.size / encoder size, or set tokenizer.encoder.strict: false "
-                          "to copy what fits")
+        raise ConfigError(
+            f"tokenizer.encoder: {src.name} does not fit the tokenizer's encoder "
+            f"({'; '.join(problems)}); pick a matching tokenizer.size / encoder size, or set tokenizer.encoder.strict: false "
+            "to copy what fits"
+        )
     report.notes += [f"mismatch ({p}): copying what fits" for p in problems]
 
 
@@ -343,8 +377,9 @@ def apply_source(encoder: nn.Module, src: SourceViT, encoder_name: str, strict: 
             if value is None:
                 report.rows.append(Row("new", name, [], "no source counterpart: kept its initialisation"))
             elif value.shape != param.shape:
-                report.rows.append(Row("new", name, [], f"shape {tuple(value.shape)} != {tuple(param.shape)}: "
-                                                        "kept its initialisation"))
+                report.rows.append(
+                    Row("new", name, [], f"shape {tuple(value.shape)} != {tuple(param.shape)}: kept its initialisation")
+                )
             else:
                 param.copy_(value.to(param.dtype))
                 taken.add(name)
@@ -362,9 +397,11 @@ def apply_source(encoder: nn.Module, src: SourceViT, encoder_name: str, strict: 
     if copied_blocks and any(n.startswith("transformer.") for n in taken):
         match_architecture(encoder, src.eps, src.activation, copied_blocks)
         report.norm_eps, report.activation = src.eps, src.activation
-        report.notes.append(f"LayerNorm eps set to the source's {src.eps:g}; MLP activation of blocks "
-                            f"0..{copied_blocks - 1} set to {src.activation} (not in the state dict: "
-                            "match_architecture re-applies them)")
+        report.notes.append(
+            f"LayerNorm eps set to the source's {src.eps:g}; MLP activation of blocks "
+            f"0..{copied_blocks - 1} set to {src.activation} (not in the state dict: "
+            "match_architecture re-applies them)"
+        )
     if "ln_pre.weight" in dict(encoder.named_parameters()) and "ln_pre.weight" not in src.params:
         report.notes.append("the source has no pre-norm: the target's ln_pre stays at its initialisation")
     return report

@@ -75,9 +75,16 @@ def gumbel_noise(shape: torch.Size, generator: torch.Generator | None, device: t
 class MaskGIT(Generator):
     """MaskGIT: class-conditional bidirectional transformer over token ids, iterative masked decoding."""
 
-    def __init__(self, *, token_spec: TokenSpec, num_classes: int, size: str = "B",
-                 label_dropout: float = 0.1, mask_schedule: str = "arccos",
-                 label_smoothing: float = 0.1) -> None:
+    def __init__(
+        self,
+        *,
+        token_spec: TokenSpec,
+        num_classes: int,
+        size: str = "B",
+        label_dropout: float = 0.1,
+        mask_schedule: str = "arccos",
+        label_smoothing: float = 0.1,
+    ) -> None:
         super().__init__()
         if token_spec.kind != "discrete":
             raise ConfigError(
@@ -135,10 +142,18 @@ class MaskGIT(Generator):
         return uncond + scale * (cond - uncond)
 
     @torch.no_grad()
-    def sample_steps(self, labels: Tensor, cfg_scale: float = 1.0, steps: int | None = None,
-                     generator: torch.Generator | None = None, *, temperature: float = 1.0,
-                     gumbel_temperature: float = 4.5, cfg_schedule: str = "constant",
-                     schedule: str | None = None) -> Iterator[Tensor]:
+    def sample_steps(
+        self,
+        labels: Tensor,
+        cfg_scale: float = 1.0,
+        steps: int | None = None,
+        generator: torch.Generator | None = None,
+        *,
+        temperature: float = 1.0,
+        gumbel_temperature: float = 4.5,
+        cfg_schedule: str = "constant",
+        schedule: str | None = None,
+    ) -> Iterator[Tensor]:
         """Confidence-based iterative decoding; yields the (B, N) token state after each of T steps.
 
         Step i: s_i = cfg_scale ("constant") or 1 + (cfg_scale - 1)(i + 1)/T ("linear"); draw
@@ -169,13 +184,27 @@ class MaskGIT(Generator):
             tokens = sampled.scatter(1, lowest, self.mask_id)
             yield tokens
 
-    def sample(self, labels: Tensor, cfg_scale: float = 1.0, steps: int | None = None,
-               generator: torch.Generator | None = None, *, temperature: float = 1.0,
-               gumbel_temperature: float = 4.5, cfg_schedule: str = "constant",
-               schedule: str | None = None) -> Tensor:
+    def sample(
+        self,
+        labels: Tensor,
+        cfg_scale: float = 1.0,
+        steps: int | None = None,
+        generator: torch.Generator | None = None,
+        *,
+        temperature: float = 1.0,
+        gumbel_temperature: float = 4.5,
+        cfg_schedule: str = "constant",
+        schedule: str | None = None,
+    ) -> Tensor:
         """Token ids (B, N) for ``labels`` after T = ``steps`` decoding steps (see ``sample_steps``)."""
-        for tokens in self.sample_steps(labels, cfg_scale, steps, generator, temperature=temperature,
-                                        gumbel_temperature=gumbel_temperature, cfg_schedule=cfg_schedule,
-                                        schedule=schedule):
-            pass
+        *_, tokens = self.sample_steps(
+            labels,
+            cfg_scale,
+            steps,
+            generator,
+            temperature=temperature,
+            gumbel_temperature=gumbel_temperature,
+            cfg_schedule=cfg_schedule,
+            schedule=schedule,
+        )
         return tokens

@@ -137,8 +137,9 @@ class Interpolant:
         return self.velocity_from_noise(self.noise_from_score(score, x, t), x, t)
 
 
-def ode_sample(velocity_fn: VelocityFn, x1: Tensor, steps: int, method: str = "heun",
-               t_max: float = 1.0, t_min: float = 0.0) -> Tensor:
+def ode_sample(
+    velocity_fn: VelocityFn, x1: Tensor, steps: int, method: str = "heun", t_max: float = 1.0, t_min: float = 0.0
+) -> Tensor:
     """Integrate the probability-flow ODE dx/dt = v(x, t) from x1 at t_max down to t_min.
 
     ``steps`` uniform steps of h = t_next - t < 0. Euler: x <- x + h v(x, t). Heun (2nd order):
@@ -156,9 +157,16 @@ def ode_sample(velocity_fn: VelocityFn, x1: Tensor, steps: int, method: str = "h
     return x
 
 
-def sde_sample(velocity_fn: VelocityFn, interpolant: Interpolant, x1: Tensor, steps: int,
-               diffusion_norm: float = 1.0, generator: torch.Generator | None = None,
-               t_max: float = 1.0, last_step: float = LAST_STEP) -> Tensor:
+def sde_sample(
+    velocity_fn: VelocityFn,
+    interpolant: Interpolant,
+    x1: Tensor,
+    steps: int,
+    diffusion_norm: float = 1.0,
+    generator: torch.Generator | None = None,
+    t_max: float = 1.0,
+    last_step: float = LAST_STEP,
+) -> Tensor:
     """Euler-Maruyama on the reverse SDE dx = [v - w s] dt + sqrt(2 w) dW from x1 at t_max to 0.
 
     s = score_from_velocity(v) and w(t) = diffusion_norm * sigma(t). The ``steps`` times run
@@ -206,8 +214,9 @@ class TimestepEmbedder(nn.Module):
     def __init__(self, hidden_size: int, frequency_embedding_size: int = 256) -> None:
         super().__init__()
         self.frequency_embedding_size = frequency_embedding_size
-        self.mlp = nn.Sequential(nn.Linear(frequency_embedding_size, hidden_size), nn.SiLU(),
-                                 nn.Linear(hidden_size, hidden_size))
+        self.mlp = nn.Sequential(
+            nn.Linear(frequency_embedding_size, hidden_size), nn.SiLU(), nn.Linear(hidden_size, hidden_size)
+        )
 
     @staticmethod
     def timestep_embedding(t: Tensor, dim: int, max_period: float = 10000.0) -> Tensor:
@@ -282,29 +291,45 @@ class FinalLayer(nn.Module):
 class SiT(Generator):
     """SiT: a DiT with adaLN-Zero trained on a linear / GVP interpolant, ODE or SDE sampling, optional REPA."""
 
-    def __init__(self, *, token_spec: TokenSpec, num_classes: int, size: str = "B", label_dropout: float = 0.1,
-                 path_type: str = "linear", prediction: str = "velocity", repa_depth: int = 0,
-                 repa_dim: int = 0, repa_weight: float = 0.5, repa_projector_dim: int = 2048,
-                 repa_teacher: TeacherOptions | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        token_spec: TokenSpec,
+        num_classes: int,
+        size: str = "B",
+        label_dropout: float = 0.1,
+        path_type: str = "linear",
+        prediction: str = "velocity",
+        repa_depth: int = 0,
+        repa_dim: int = 0,
+        repa_weight: float = 0.5,
+        repa_projector_dim: int = 2048,
+        repa_teacher: TeacherOptions | None = None,
+    ) -> None:
         """``repa_depth`` (1-based) picks the block whose output REPA aligns with ``repa_dim``-dim
         teacher features, through a 3-layer SiLU MLP of hidden width ``repa_projector_dim`` (REPA's 2048).
         ``repa_teacher`` names the frozen encoder (benchmark/encoders.py, e.g. ``{init: dinov2, size: B}``)
         whose patch features of the training images the harness passes to :meth:`loss`."""
         super().__init__()
         if token_spec.kind != "continuous":
-            raise ConfigError(f"generator.name: sit models continuous tokens, but the tokenizer's token_spec.kind "
-                              f"is '{token_spec.kind}'; use a discrete-token generator (e.g. maskgit)")
+            raise ConfigError(
+                f"generator.name: sit models continuous tokens, but the tokenizer's token_spec.kind "
+                f"is '{token_spec.kind}'; use a discrete-token generator (e.g. maskgit)"
+            )
         if size not in SIZES:
             raise ConfigError(f"generator.size: unknown size '{size}'; choose from {', '.join(SIZES)}")
         if prediction not in PREDICTIONS:
-            raise ConfigError(f"generator.prediction: unknown prediction '{prediction}'; "
-                              f"choose from {', '.join(PREDICTIONS)}")
+            raise ConfigError(
+                f"generator.prediction: unknown prediction '{prediction}'; choose from {', '.join(PREDICTIONS)}"
+            )
         if not 0 <= label_dropout < 1:
             raise ConfigError(f"generator.label_dropout: {label_dropout} is not in [0, 1)")
         width, depth, heads = SIZES[size]
         if repa_dim > 0 and not 1 <= repa_depth <= depth:
-            raise ConfigError(f"generator.repa_depth: {repa_depth} is not a block of SiT-{size} (1 to {depth}); "
-                              "REPA is on because generator.repa_dim > 0")
+            raise ConfigError(
+                f"generator.repa_depth: {repa_depth} is not a block of SiT-{size} (1 to {depth}); "
+                "REPA is on because generator.repa_dim > 0"
+            )
         self.token_spec = token_spec
         self.num_classes = num_classes
         self.num_tokens, self.token_dim = token_spec.num_generated, int(token_spec.dim)
@@ -313,14 +338,17 @@ class SiT(Generator):
         self.prediction = prediction
         self.repa_depth, self.repa_dim, self.repa_weight = repa_depth, repa_dim, repa_weight
         if repa_teacher is not None and repa_dim <= 0:
-            raise ConfigError("generator.repa_teacher: set generator.repa_dim to the teacher's feature width "
-                              "(and generator.repa_depth) to align with it")
+            raise ConfigError(
+                "generator.repa_teacher: set generator.repa_dim to the teacher's feature width "
+                "(and generator.repa_depth) to align with it"
+            )
         self.repa_teacher = None
         if repa_teacher is not None:
             self.repa_teacher, dim = build_teacher(repa_teacher, "generator.repa_teacher")
             if dim != repa_dim:
-                raise ConfigError(f"generator.repa_dim: {repa_dim}, but generator.repa_teacher gives "
-                                  f"{dim}-dim features")
+                raise ConfigError(
+                    f"generator.repa_dim: {repa_dim}, but generator.repa_teacher gives {dim}-dim features"
+                )
         # Noise and score models live on [EPS, 1 - EPS] (see EPS); velocity models on [0, 1].
         self.t_min, self.t_max = (0.0, 1.0) if prediction == "velocity" else (EPS, 1 - EPS)
 
@@ -352,8 +380,7 @@ class SiT(Generator):
             nn.init.zeros_(layer.weight)
             nn.init.zeros_(layer.bias)
 
-    def forward(self, x: Tensor, t: Tensor, y: Tensor, return_hidden: bool = False
-                ) -> Tensor | tuple[Tensor, Tensor]:
+    def forward(self, x: Tensor, t: Tensor, y: Tensor, return_hidden: bool = False) -> Tensor | tuple[Tensor, Tensor]:
         """x (B, N, C) at times t (B,) with labels y (B,) -> the prediction (B, N, C); with
         ``return_hidden`` also the hidden states (B, N, width) after block ``repa_depth``."""
         h = self.x_embedder(x) + self.pos_embed
@@ -384,8 +411,10 @@ class SiT(Generator):
         """
         b = tokens.shape[0]
         if tuple(tokens.shape[1:]) != (self.num_tokens, self.token_dim):
-            raise ValueError(f"sit: tokens of shape {tuple(tokens.shape)}, expected (B, {self.num_tokens}, "
-                             f"{self.token_dim}) from the token_spec")
+            raise ValueError(
+                f"sit: tokens of shape {tuple(tokens.shape)}, expected (B, {self.num_tokens}, "
+                f"{self.token_dim}) from the token_spec"
+            )
         if self.training and self.label_dropout > 0:
             labels = self.y_embedder.drop(labels, self.label_dropout)
         t = torch.rand(b, device=tokens.device) * (self.t_max - self.t_min) + self.t_min
@@ -412,12 +441,12 @@ class SiT(Generator):
         raster-ordered patches is the simplest order-preserving match.
         """
         if features.shape[-1] != self.repa_dim:
-            raise ValueError(f"sit: teacher features have dim {features.shape[-1]}, "
-                             f"generator.repa_dim is {self.repa_dim}")
+            raise ValueError(
+                f"sit: teacher features have dim {features.shape[-1]}, generator.repa_dim is {self.repa_dim}"
+            )
         return patchwise_similarity_loss(self.projector(hidden), features.detach(), grid=False)
 
-    def guided_velocity(self, labels: Tensor, cfg_scale: float,
-                        guidance_interval: tuple[float, float]) -> VelocityFn:
+    def guided_velocity(self, labels: Tensor, cfg_scale: float, guidance_interval: tuple[float, float]) -> VelocityFn:
         """v(x, t) with classifier-free guidance, v = v_uncond + s (v_cond - v_uncond) on all channels,
         when guidance_interval[0] <= t <= guidance_interval[1]; the conditional v elsewhere and at s = 1."""
         null = torch.full_like(labels, self.num_classes)
@@ -433,9 +462,18 @@ class SiT(Generator):
         return velocity_fn
 
     @torch.no_grad()
-    def sample(self, labels: Tensor, cfg_scale: float = 1.0, steps: int | None = None,
-               generator: torch.Generator | None = None, *, sampler: str = "ode", method: str = "heun",
-               guidance_interval: tuple[float, float] = (0.0, 1.0), diffusion_norm: float = 1.0) -> Tensor:
+    def sample(
+        self,
+        labels: Tensor,
+        cfg_scale: float = 1.0,
+        steps: int | None = None,
+        generator: torch.Generator | None = None,
+        *,
+        sampler: str = "ode",
+        method: str = "heun",
+        guidance_interval: tuple[float, float] = (0.0, 1.0),
+        diffusion_norm: float = 1.0,
+    ) -> Tensor:
         """Tokens (B, N, C) for ``labels`` (B,): eps ~ N(0, I) at t = 1 (drawn with ``generator``),
         integrated to t = 0 by the ODE (``method`` euler / heun, 50 steps by default) or the SDE
         (Euler-Maruyama, 250 steps by default)."""

@@ -11,12 +11,12 @@ from pathlib import Path
 # small CPU ops up to 60x slower (measured).
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-import pytest  # noqa: E402
-import torch  # noqa: E402
-from torch import Tensor, nn  # noqa: E402
-from torch_fidelity import feature_extractor_inceptionv3 as tf_inception  # noqa: E402
+import pytest
+import torch
+from torch import Tensor, nn
+from torch_fidelity import feature_extractor_inceptionv3 as tf_inception
 
-from benchmark.registry import load_plugins  # noqa: E402
+from benchmark.registry import load_plugins
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -24,8 +24,15 @@ load_plugins()
 torch.set_num_threads(2)
 
 # Overrides that shrink the smoke profile further, for tests.
-TINY = ["train.steps=24", "train.batch_size=16", "train.checkpoint_every=8", "train.log_every=4",
-        "data.train_size=64", "data.eval_size=32", "data.resolution=16"]
+TINY = [
+    "train.steps=24",
+    "train.batch_size=16",
+    "train.checkpoint_every=8",
+    "train.log_every=4",
+    "data.train_size=64",
+    "data.eval_size=32",
+    "data.resolution=16",
+]
 
 
 def grads_of(model, loss) -> set[str]:
@@ -65,8 +72,19 @@ def run_cli(study: Path, tmp_path: Path, *extra: str) -> int:
     """``python -m benchmark.run STUDY --profile smoke`` shrunk by TINY, into tmp_path's runs / results."""
     from benchmark.run import main
 
-    return main([str(study), "--profile", "smoke", "--runs", str(tmp_path / "runs"),
-                 "--results", str(tmp_path / "results"), *TINY, *extra])
+    return main(
+        [
+            str(study),
+            "--profile",
+            "smoke",
+            "--runs",
+            str(tmp_path / "runs"),
+            "--results",
+            str(tmp_path / "results"),
+            *TINY,
+            *extra,
+        ]
+    )
 
 
 @pytest.fixture

@@ -28,6 +28,7 @@ def stack(ds, n: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
 
 # ---------------------------------------------------------------------------------------------- procedural
 
+
 def test_procedural_images_are_rgb_float_in_unit_range():
     ds = ProceduralShapes("train", train_size=64)
     images, labels = stack(ds)
@@ -100,6 +101,7 @@ def test_procedural_rejects_bad_settings():
 
 
 # ---------------------------------------------------------------------------------------------- image folders
+
 
 def write_image(path: Path, size: tuple[int, int], colour: tuple[int, int, int]) -> None:
     """A ``size`` (w, h) image of ``colour`` with a 4-px white border on its left and right edges."""
@@ -187,14 +189,17 @@ def test_imagefolder_corrupt_image_names_the_file(imagenet: Path):
 
 # ---------------------------------------------------------------------------------------------- BDD100K
 
+
 @pytest.fixture
 def bdd(tmp_path: Path) -> Path:
     times = {"a.jpg": "daytime", "b.jpg": "night", "c.jpg": "daytime", "d.jpg": "dawn/dusk"}
     for split in ("train", "val"):
         for name in times:
             write_image(tmp_path / "images" / split / name, (64, 36), (90, 90, 200))
-        labels = [{"name": n, "attributes": {"timeofday": t, "weather": "clear", "scene": "city street"}}
-                  for n, t in times.items()]
+        labels = [
+            {"name": n, "attributes": {"timeofday": t, "weather": "clear", "scene": "city street"}}
+            for n, t in times.items()
+        ]
         labels.append({"name": "unlisted.jpg", "attributes": {"timeofday": "daytime"}})
         (tmp_path / "labels").mkdir(exist_ok=True)
         (tmp_path / "labels" / f"bdd100k_labels_images_{split}.json").write_text(json.dumps(labels))
@@ -235,6 +240,7 @@ def test_bdd100k_labels_follow_the_split_folder_name(bdd: Path):
 
 
 # ---------------------------------------------------------------------------------------------- builder
+
 
 def test_build_dataset_passes_settings():
     ds = build_dataset({"name": "procedural", "resolution": 16, "eval_size": 10}, "eval")

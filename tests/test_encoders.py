@@ -4,9 +4,9 @@ library itself saved (random weights, tiny shapes), into a tiny TiTok encoder; t
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import open_clip
 import pytest
@@ -25,8 +25,9 @@ WIDTH, DEPTH, HEADS = 64, 2, 4  # the "tiny" TiTok encoder
 
 
 def titok_encoder(image_size: int = 32, patch_size: int = 16) -> nn.Module:
-    return TOKENIZERS.build("titok", image_size=image_size, size="tiny", patch_size=patch_size,
-                            num_latent_tokens=4).encoder
+    return TOKENIZERS.build(
+        "titok", image_size=image_size, size="tiny", patch_size=patch_size, num_latent_tokens=4
+    ).encoder
 
 
 def _randomize(model: nn.Module) -> nn.Module:
@@ -50,33 +51,46 @@ class Case:
 
 
 def timm_case(tmp: Path, name: str, arch: str, img: int, **kw) -> Case:
-    model = _randomize(timm.create_model(arch, pretrained=False, img_size=img, embed_dim=WIDTH, depth=DEPTH,
-                                         num_heads=HEADS, **kw))
+    model = _randomize(
+        timm.create_model(arch, pretrained=False, img_size=img, embed_dim=WIDTH, depth=DEPTH, num_heads=HEADS, **kw)
+    )
     timm.models.save_for_hf(model, tmp / name, safe_serialization=True)
     spec = {"init": name, "weights": str(tmp / name), "size": next(iter(ENCODERS.get(name).obj.variants))}
     return Case(spec, model, list(model.blocks), lambda b, x: b(x))
 
 
 def clip_case(tmp: Path) -> Case:
-    cfg = {"embed_dim": 32, "quick_gelu": True,
-           "vision_cfg": {"image_size": 32, "layers": DEPTH, "width": WIDTH, "head_width": WIDTH // HEADS,
-                          "patch_size": 16},
-           "text_cfg": {"context_length": 8, "vocab_size": 64, "width": 32, "heads": 2, "layers": 1}}
+    cfg = {
+        "embed_dim": 32,
+        "quick_gelu": True,
+        "vision_cfg": {
+            "image_size": 32,
+            "layers": DEPTH,
+            "width": WIDTH,
+            "head_width": WIDTH // HEADS,
+            "patch_size": 16,
+        },
+        "text_cfg": {"context_length": 8, "vocab_size": 64, "width": 32, "heads": 2, "layers": 1},
+    }
     (tmp / "tok1d-tiny-clip.json").write_text(json.dumps(cfg))
     open_clip.add_model_config(tmp / "tok1d-tiny-clip.json")
     model = _randomize(open_clip.create_model("tok1d-tiny-clip"))
     torch.save(model.state_dict(), tmp / "clip.pt")
     v = model.visual
     run = (lambda b, x: b(x)) if v.transformer.batch_first else (lambda b, x: b(x.transpose(0, 1)).transpose(0, 1))
-    return Case({"init": "clip", "model_id": "tok1d-tiny-clip", "weights": str(tmp / "clip.pt")}, v,
-                list(v.transformer.resblocks), run)
+    return Case(
+        {"init": "clip", "model_id": "tok1d-tiny-clip", "weights": str(tmp / "clip.pt")},
+        v,
+        list(v.transformer.resblocks),
+        run,
+    )
 
 
 def hf_case(tmp: Path, name: str, model: nn.Module, trunk: str | None, size: str) -> Case:
     model = _randomize(model)
     model.save_pretrained(tmp / name)
     t = getattr(model, trunk) if trunk else model
-    layers = getattr(getattr(t, "encoder", t), "layer", None) or getattr(getattr(t, "encoder", t), "layers")
+    layers = getattr(getattr(t, "encoder", t), "layer", None) or getattr(t, "encoder", t).layers
 
     def run(block: nn.Module, x: Tensor) -> Tensor:
         out = block(x, attention_mask=None) if "Siglip" in type(block).__name__ else block(x)
@@ -86,8 +100,15 @@ def hf_case(tmp: Path, name: str, model: nn.Module, trunk: str | None, size: str
 
 
 def dinov2_config(**kw) -> transformers.Dinov2Config:
-    return transformers.Dinov2Config(hidden_size=WIDTH, num_hidden_layers=DEPTH, num_attention_heads=HEADS,
-                                     intermediate_size=4 * WIDTH, image_size=28, patch_size=14, **kw)
+    return transformers.Dinov2Config(
+        hidden_size=WIDTH,
+        num_hidden_layers=DEPTH,
+        num_attention_heads=HEADS,
+        intermediate_size=4 * WIDTH,
+        image_size=28,
+        patch_size=14,
+        **kw,
+    )
 
 
 CASES: dict[str, Callable[[Path], Case]] = {
@@ -96,18 +117,64 @@ CASES: dict[str, Callable[[Path], Case]] = {
     "dinov2": lambda t: timm_case(t, "dinov2", "vit_small_patch14_dinov2", 28),
     "siglip": lambda t: timm_case(t, "siglip", "vit_base_patch16_siglip_224", 32),
     "clip": clip_case,
-    "depth_anything_v2": lambda t: hf_case(t, "depth_anything_v2", transformers.DepthAnythingForDepthEstimation(
-        transformers.DepthAnythingConfig(backbone_config=dinov2_config(out_indices=[1, 2]),
-                                         neck_hidden_sizes=[8, 16], fusion_hidden_size=8,
-                                         reassemble_hidden_size=8, head_hidden_size=8)), "backbone", "S"),
-    "ijepa": lambda t: hf_case(t, "ijepa", transformers.IJepaModel(transformers.IJepaConfig(
-        hidden_size=WIDTH, num_hidden_layers=DEPTH, num_attention_heads=HEADS, intermediate_size=4 * WIDTH,
-        image_size=32, patch_size=16, layer_norm_eps=1e-6)), None, "H"),
-    "siglip2": lambda t: hf_case(t, "siglip2", transformers.SiglipModel(transformers.SiglipConfig(
-        vision_config=dict(hidden_size=WIDTH, num_hidden_layers=DEPTH, num_attention_heads=HEADS,
-                           intermediate_size=4 * WIDTH, image_size=32, patch_size=16),
-        text_config=dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
-                         vocab_size=64, max_position_embeddings=8))), "vision_model", "B"),
+    "depth_anything_v2": lambda t: hf_case(
+        t,
+        "depth_anything_v2",
+        transformers.DepthAnythingForDepthEstimation(
+            transformers.DepthAnythingConfig(
+                backbone_config=dinov2_config(out_indices=[1, 2]),
+                neck_hidden_sizes=[8, 16],
+                fusion_hidden_size=8,
+                reassemble_hidden_size=8,
+                head_hidden_size=8,
+            )
+        ),
+        "backbone",
+        "S",
+    ),
+    "ijepa": lambda t: hf_case(
+        t,
+        "ijepa",
+        transformers.IJepaModel(
+            transformers.IJepaConfig(
+                hidden_size=WIDTH,
+                num_hidden_layers=DEPTH,
+                num_attention_heads=HEADS,
+                intermediate_size=4 * WIDTH,
+                image_size=32,
+                patch_size=16,
+                layer_norm_eps=1e-6,
+            )
+        ),
+        None,
+        "H",
+    ),
+    "siglip2": lambda t: hf_case(
+        t,
+        "siglip2",
+        transformers.SiglipModel(
+            transformers.SiglipConfig(
+                vision_config=dict(
+                    hidden_size=WIDTH,
+                    num_hidden_layers=DEPTH,
+                    num_attention_heads=HEADS,
+                    intermediate_size=4 * WIDTH,
+                    image_size=32,
+                    patch_size=16,
+                ),
+                text_config=dict(
+                    hidden_size=32,
+                    num_hidden_layers=1,
+                    num_attention_heads=2,
+                    intermediate_size=64,
+                    vocab_size=64,
+                    max_position_embeddings=8,
+                ),
+            )
+        ),
+        "vision_model",
+        "B",
+    ),
 }
 
 
@@ -155,10 +222,12 @@ def test_patch_resample_and_pos_interpolation_agree_with_timm(tmp_path):
     ref = timm.create_model(f"local-dir:{case.spec['weights']}", pretrained=True, img_size=64, patch_size=16)
     torch.testing.assert_close(encoder.patch_embed.weight, ref.patch_embed.proj.weight)
     torch.testing.assert_close(encoder.positional_embedding, ref.pos_embed)
-    torch.testing.assert_close(encoder.patch_embed.weight,
-                               resample_patch_embed(src.patch_embed.proj.weight.detach(), [16, 16]))
-    torch.testing.assert_close(encoder.positional_embedding,
-                               resample_abs_pos_embed(src.pos_embed.detach(), [4, 4], num_prefix_tokens=1))
+    torch.testing.assert_close(
+        encoder.patch_embed.weight, resample_patch_embed(src.patch_embed.proj.weight.detach(), [16, 16])
+    )
+    torch.testing.assert_close(
+        encoder.positional_embedding, resample_abs_pos_embed(src.pos_embed.detach(), [4, 4], num_prefix_tokens=1)
+    )
     statuses = {r.target: r.status for r in report.rows}
     assert statuses["patch_embed.weight"] == statuses["positional_embedding"] == "adapted"
 
@@ -174,19 +243,22 @@ def test_registers_are_reported_and_class_token_gets_no_position(tmp_path):
 
 
 def test_width_or_depth_mismatch_refused_or_copied_with_report(tmp_path):
-    model = timm.create_model("vit_small_patch16_224", pretrained=False, img_size=32, embed_dim=WIDTH,
-                              depth=3, num_heads=HEADS)
+    model = timm.create_model(
+        "vit_small_patch16_224", pretrained=False, img_size=32, embed_dim=WIDTH, depth=3, num_heads=HEADS
+    )
     timm.models.save_for_hf(model, tmp_path / "deep", safe_serialization=True)
     spec = {"init": "dino", "size": "S", "weights": str(tmp_path / "deep")}
     with pytest.raises(ConfigError, match="depth: source 3, target 2"):
         initialize_encoder(titok_encoder(), spec)
     report = initialize_encoder(titok_encoder(), {**spec, "strict": False})
     ignored = [r.sources[0] for r in report.rows if r.status == "ignored"]
-    assert {n for n in ignored if n.startswith("blocks.")} == {n for n, _ in model.blocks[2].named_parameters(
-        prefix="blocks.2")}
+    assert {n for n in ignored if n.startswith("blocks.")} == {
+        n for n, _ in model.blocks[2].named_parameters(prefix="blocks.2")
+    }
     assert report.accounted_sources() == {n for n, _ in model.named_parameters()}
-    narrow = timm.create_model("vit_small_patch16_224", pretrained=False, img_size=32, embed_dim=32, depth=DEPTH,
-                               num_heads=HEADS)
+    narrow = timm.create_model(
+        "vit_small_patch16_224", pretrained=False, img_size=32, embed_dim=32, depth=DEPTH, num_heads=HEADS
+    )
     timm.models.save_for_hf(narrow, tmp_path / "narrow", safe_serialization=True)
     spec = {**spec, "weights": str(tmp_path / "narrow")}
     with pytest.raises(ConfigError, match="width: source 32, target 64"):
@@ -224,7 +296,7 @@ def test_teacher_features_match_library_forward(tmp_path):
     images = torch.rand(2, 3, 28, 28)
     mean, std = torch.tensor(teacher.mean).view(1, 3, 1, 1), torch.tensor(teacher.std).view(1, 3, 1, 1)
     with torch.no_grad():
-        expected = case.trunk.eval().forward_features((images - mean) / std)[:, case.trunk.num_prefix_tokens:]
+        expected = case.trunk.eval().forward_features((images - mean) / std)[:, case.trunk.num_prefix_tokens :]
     torch.testing.assert_close(teacher.teacher_features(images), expected)
 
 
@@ -235,8 +307,10 @@ def test_missing_weights_offline_give_one_clear_error(monkeypatch, tmp_path):
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))
-    for spec, model_id in (({"init": "dino", "size": "S"}, "vit_small_patch16_224.dino"),
-                           ({"init": "ijepa", "model_id": "tok1d/no-such-model"}, "tok1d/no-such-model")):
+    for spec, model_id in (
+        ({"init": "dino", "size": "S"}, "vit_small_patch16_224.dino"),
+        ({"init": "ijepa", "model_id": "tok1d/no-such-model"}, "tok1d/no-such-model"),
+    ):
         with pytest.raises(WeightsError, match="fetch_weights") as err:
             initialize_encoder(titok_encoder(), spec)
         assert model_id in str(err.value) and "weights: /path" in str(err.value)
@@ -264,11 +338,16 @@ def test_fetch_weights_lists_distinct_encoders_and_reports_offline_failures(monk
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf"))
     case = CASES["dino"](tmp_path)
-    encoders = [{"init": "dinov2", "size": "S", "layer": 4}, {"init": "dinov2", "size": "S", "layer": 8},
-                case.spec, {"init": "none"}]
+    encoders = [
+        {"init": "dinov2", "size": "S", "layer": 4},
+        {"init": "dinov2", "size": "S", "layer": 8},
+        case.spec,
+        {"init": "none"},
+    ]
     study = tmp_path / "study.yaml"
-    study.write_text(yaml.safe_dump({"config": {"tokenizer": {"name": "titok"}},
-                                     "axes": {"grid": {"tokenizer.encoder": encoders}}}))
+    study.write_text(
+        yaml.safe_dump({"config": {"tokenizer": {"name": "titok"}}, "axes": {"grid": {"tokenizer.encoder": encoders}}})
+    )
     plan = build_plan(study, "smoke")
     specs = fetch_weights.distinct_specs(plan)
     assert [s for s, _ in specs.values()] == [{"init": "dinov2", "size": "S"}, case.spec, {"init": "none"}]
@@ -291,8 +370,14 @@ def stand_in(name: str, width: int, heads: int) -> dict:
         return {"img_size": 32, "patch_size": 4, "embed_dim": width, "depth": DEPTH, "num_heads": heads}
     if library == "open_clip":
         return {"image_size": 32, "patch_size": 4, "width": width, "layers": DEPTH, "head_width": width // heads}
-    return {"image_size": 32, "patch_size": 4, "hidden_size": width, "num_hidden_layers": DEPTH,
-            "num_attention_heads": heads, "intermediate_size": 4 * width}
+    return {
+        "image_size": 32,
+        "patch_size": 4,
+        "hidden_size": width,
+        "num_hidden_layers": DEPTH,
+        "num_attention_heads": heads,
+        "intermediate_size": 4 * width,
+    }
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
@@ -361,8 +446,9 @@ def test_bad_stand_in_names_the_key():
     with pytest.raises(ConfigError, match="tokenizer.encoder.model_id: open_clip has no model config"):
         build_encoder({"init": "clip", "model_id": "tok1d-no-such-clip", "stand_in": {}}).model()
     with pytest.raises(ConfigError, match="stand_in.out_indices: Depth-Anything's neck fuses at most 4"):
-        build_encoder({"init": "depth_anything_v2",
-                       "stand_in": {"num_hidden_layers": 5, "out_indices": [1, 2, 3, 4, 5]}}).model()
+        build_encoder(
+            {"init": "depth_anything_v2", "stand_in": {"num_hidden_layers": 5, "out_indices": [1, 2, 3, 4, 5]}}
+        ).model()
     with pytest.raises(ConfigError, match="tokenizer.encoder.stand_in: cannot build mae .*TypeError"):
         build_encoder({"init": "mae", "stand_in": {"img_size": 32, "layers": 2}}).model()
 
@@ -370,6 +456,7 @@ def test_bad_stand_in_names_the_key():
 def test_feature_width_comes_from_the_variant_without_loading_weights():
     entry = build_encoder({"init": "dinov2", "size": "B"})
     assert entry.feature_dim() == 768 and entry._model is None  # offline: nothing was loaded
-    stand_in = build_encoder({"init": "dinov2", "stand_in": {"img_size": 32, "patch_size": 4, "embed_dim": 48,
-                                                             "depth": 1, "num_heads": 2}})
+    stand_in = build_encoder(
+        {"init": "dinov2", "stand_in": {"img_size": 32, "patch_size": 4, "embed_dim": 48, "depth": 1, "num_heads": 2}}
+    )
     assert stand_in.feature_dim() == 48

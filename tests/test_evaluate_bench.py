@@ -18,9 +18,9 @@ from PIL import Image
 from safetensors.torch import save_file
 
 from benchmark import bench, evaluate
+from benchmark.checkpoints import build_generator, build_tokenizer, save_tokenizer
 from benchmark.data import build_dataset
 from benchmark.latents import write_cache
-from benchmark.checkpoints import build_generator, build_tokenizer, save_tokenizer
 from benchmark.stages import StageContext, evaluate_tokenizer
 from benchmark.store import RunStore, write_json
 
@@ -29,7 +29,6 @@ TOKENIZER = {"name": "titok", "size": "tiny", "patch_size": 4, "codebook_size": 
 GENERATOR = {"name": "maskgit", "size": "tiny"}
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.one_thread
-
 
 
 @pytest.fixture(scope="module")
@@ -42,13 +41,16 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     tokenizer = build_tokenizer(config).eval()
     save_tokenizer(root / "train_tokenizer" / "tok", config, tokenizer.state_dict())
     meta = write_cache(tokenizer, build_dataset(DATA, "train"), root / "cache_latents" / "lat", torch.device("cpu"))
-    write_json(root / "cache_latents" / "lat" / "stage.json", {"kind": "cache_latents", "inputs": {"train_tokenizer": "tok"}})
+    write_json(
+        root / "cache_latents" / "lat" / "stage.json", {"kind": "cache_latents", "inputs": {"train_tokenizer": "tok"}}
+    )
     generator = build_generator({"generator": GENERATOR}, tokenizer.token_spec, meta["num_classes"])
     (root / "train_generator" / "gen").mkdir(parents=True)
     save_file(generator.state_dict(), str(root / "train_generator" / "gen" / "model.safetensors"))
-    write_json(root / "train_generator" / "gen" / "stage.json",
-               {"kind": "train_generator", "config": {"seed": 0, "generator": GENERATOR},
-                "inputs": {"cache_latents": "lat"}})
+    write_json(
+        root / "train_generator" / "gen" / "stage.json",
+        {"kind": "train_generator", "config": {"seed": 0, "generator": GENERATOR}, "inputs": {"cache_latents": "lat"}},
+    )
     return root
 
 
@@ -69,11 +71,24 @@ def sample_images(n: int = 10) -> np.ndarray:
 
 
 @pytest.mark.slow
-def test_tokenizer_folder_deterministic_same_as_stage_and_printed(runs: Path, weights: Path, tmp_path: Path,
-                                                                   capsys: pytest.CaptureFixture) -> None:
+def test_tokenizer_folder_deterministic_same_as_stage_and_printed(
+    runs: Path, weights: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     folder = runs / "train_tokenizer" / "tok"
-    argv = [str(folder), "--metrics", "psnr", "ssim", "codebook_usage", "rfid", "--inception-weights", str(weights),
-            "--num-images", "6", "--batch-size", "4"]
+    argv = [
+        str(folder),
+        "--metrics",
+        "psnr",
+        "ssim",
+        "codebook_usage",
+        "rfid",
+        "--inception-weights",
+        str(weights),
+        "--num-images",
+        "6",
+        "--batch-size",
+        "4",
+    ]
     first = run_json(argv, tmp_path / "a.json")
     printed = capsys.readouterr().out
     second = run_json([*argv, "--out", str(tmp_path / "out")], tmp_path / "b.json")
@@ -90,9 +105,16 @@ def test_tokenizer_folder_deterministic_same_as_stage_and_printed(runs: Path, we
     assert f"{metrics['psnr']:.4g}" in printed and "## Protocol" in printed
     assert "6 images of the eval split" in printed and "weights_sha256" in printed
     # The study's evaluate_tokenizer stage gives the same numbers.
-    ctx = StageContext("evaluate_tokenizer", "h", {"data": DATA, "eval": {
-        "metrics": ["psnr", "ssim", "codebook_usage"], "num_images": 6, "batch_size": 4}},
-        {"train_tokenizer": "tok"}, {"device": "cpu"}, tmp_path / "stage", RunStore(runs), logging.getLogger("test"))
+    ctx = StageContext(
+        "evaluate_tokenizer",
+        "h",
+        {"data": DATA, "eval": {"metrics": ["psnr", "ssim", "codebook_usage"], "num_images": 6, "batch_size": 4}},
+        {"train_tokenizer": "tok"},
+        {"device": "cpu"},
+        tmp_path / "stage",
+        RunStore(runs),
+        logging.getLogger("test"),
+    )
     stage = evaluate_tokenizer(ctx)["metrics"]
     assert stage == {k: metrics[k] for k in stage}
 
@@ -113,12 +135,28 @@ def test_tokenizer_split_and_data_overrides(runs: Path, tmp_path: Path, capsys: 
 
 
 @pytest.mark.slow
-def test_generator_folder_samples_deterministically(runs: Path, weights: Path, tmp_path: Path,
-                                                    capsys: pytest.CaptureFixture) -> None:
+def test_generator_folder_samples_deterministically(
+    runs: Path, weights: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     folder, tokenizer = runs / "train_generator" / "gen", runs / "train_tokenizer" / "tok"
     cache = tmp_path / "fid_stats"
-    argv = [str(folder), "--tokenizer", str(tokenizer), "--num-images", "10", "--batch-size", "4", "--steps", "2",
-            "--seed", "3", "--inception-weights", str(weights), "--cache", str(cache)]
+    argv = [
+        str(folder),
+        "--tokenizer",
+        str(tokenizer),
+        "--num-images",
+        "10",
+        "--batch-size",
+        "4",
+        "--steps",
+        "2",
+        "--seed",
+        "3",
+        "--inception-weights",
+        str(weights),
+        "--cache",
+        str(cache),
+    ]
     first = run_json([*argv, "--out", str(tmp_path / "a")], tmp_path / "a.json")
     printed = capsys.readouterr().out
     assert first["metrics"]["gfid"] > 0 and first["metrics"]["is_mean"] >= 1
@@ -149,33 +187,41 @@ def test_sample_folder_npz_and_image_folder(weights: Path, tmp_path: Path) -> No
         Image.fromarray(image).save(tmp_path / "pngs" / f"{i:02d}.png")
     # The three sources give the same images (--num-images: the first ones) ...
     for limit in (None, 4):
-        loaded = [evaluate.load_images(tmp_path / name, evaluate.detect_mode(tmp_path / name), limit, tmp_path, 3)
-                  for name in ("samples", "samples.npz", "pngs")]
+        loaded = [
+            evaluate.load_images(tmp_path / name, evaluate.detect_mode(tmp_path / name), limit, tmp_path, 3)
+            for name in ("samples", "samples.npz", "pngs")
+        ]
         for array in loaded:
             np.testing.assert_array_equal(array, images[:limit])
     # ... and gFID / IS of an ADM-style sample batch against ADM-style reference statistics.
     rng = np.random.default_rng(0)
     np.savez(tmp_path / "ref.npz", mu=rng.normal(size=2048), sigma=np.eye(2048))
-    result = run_json([str(tmp_path / "samples.npz"), "--inception-weights", str(weights),
-                       "--reference", str(tmp_path / "ref.npz")], tmp_path / "r.json")
+    result = run_json(
+        [str(tmp_path / "samples.npz"), "--inception-weights", str(weights), "--reference", str(tmp_path / "ref.npz")],
+        tmp_path / "r.json",
+    )
     assert result["mode"] == "npz" and result["protocol"]["num_images"] == 10
     assert result["metrics"]["gfid"] > 0 and result["metrics"]["is_mean"] >= 1
     assert "ref.npz (mu, sigma)" == result["protocol"]["metric_protocols"][0]["reference"]
 
 
-@pytest.mark.parametrize("case, message", [
-    ("missing", "no such file or folder"),
-    ("empty", "an empty folder"),
-    ("junk_folder", "none of the expected files"),
-    ("junk.npz", "cannot read .* as an .npz"),
-    ("stats.npz", r"holds reference statistics \(mu, sigma\), not images: pass it as --reference"),
-    ("gray.npz", r"expected images as an \(N, H, W, 3\) uint8 array"),
-    ("no_reference", "gFID needs reference statistics"),
-    ("few", "2 images; gfid and inception_score need at least 10"),
-    ("generator", "--tokenizer DIR is required"),
-])
-def test_bad_input_is_one_clear_error(case: str, message: str, runs: Path, tmp_path: Path,
-                                      capsys: pytest.CaptureFixture) -> None:
+@pytest.mark.parametrize(
+    "case, message",
+    [
+        ("missing", "no such file or folder"),
+        ("empty", "an empty folder"),
+        ("junk_folder", "none of the expected files"),
+        ("junk.npz", "cannot read .* as an .npz"),
+        ("stats.npz", r"holds reference statistics \(mu, sigma\), not images: pass it as --reference"),
+        ("gray.npz", r"expected images as an \(N, H, W, 3\) uint8 array"),
+        ("no_reference", "gFID needs reference statistics"),
+        ("few", "2 images; gfid and inception_score need at least 10"),
+        ("generator", "--tokenizer DIR is required"),
+    ],
+)
+def test_bad_input_is_one_clear_error(
+    case: str, message: str, runs: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     path = tmp_path / case
     if case in ("empty", "junk_folder", "no_reference", "few"):
         path.mkdir()
@@ -204,10 +250,33 @@ def test_bad_input_is_one_clear_error(case: str, message: str, runs: Path, tmp_p
 
 
 def test_bench_reports_every_op_as_json(runs: Path, capsys: pytest.CaptureFixture) -> None:
-    argv = ["--tokenizer", "titok", "size=tiny", "patch_size=4", "codebook_size=64", "num_latent_tokens=8",
-            "--tokenizer-dir", str(runs / "train_tokenizer" / "tok"), "--generator", "maskgit", "size=tiny",
-            "--image-size", "16", "--batch-size", "2", "--iters", "1", "--warmup", "0", "--steps", "2",
-            "--num-classes", "8", "--device", "cpu"]
+    argv = [
+        "--tokenizer",
+        "titok",
+        "size=tiny",
+        "patch_size=4",
+        "codebook_size=64",
+        "num_latent_tokens=8",
+        "--tokenizer-dir",
+        str(runs / "train_tokenizer" / "tok"),
+        "--generator",
+        "maskgit",
+        "size=tiny",
+        "--image-size",
+        "16",
+        "--batch-size",
+        "2",
+        "--iters",
+        "1",
+        "--warmup",
+        "0",
+        "--steps",
+        "2",
+        "--num-classes",
+        "8",
+        "--device",
+        "cpu",
+    ]
     assert bench.main(argv) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["device"].startswith("cpu") and report["torch"] == torch.__version__
@@ -224,7 +293,8 @@ def test_bench_reports_every_op_as_json(runs: Path, capsys: pytest.CaptureFixtur
         assert row["params"] > 0 and row["gflops_per_image"] > 0 and row["peak_mem_mb"] >= 0
     by_op = {(r["component"], r["op"]): r for r in rows[:6]}
     assert by_op["tokenizer", "evaluate"]["gflops_per_image"] == pytest.approx(
-        by_op["tokenizer", "encode"]["gflops_per_image"] + by_op["tokenizer", "decode"]["gflops_per_image"])
+        by_op["tokenizer", "encode"]["gflops_per_image"] + by_op["tokenizer", "decode"]["gflops_per_image"]
+    )
     assert by_op["tokenizer", "train_step"]["gflops_per_image"] > 2 * by_op["tokenizer", "encode"]["gflops_per_image"]
     assert rows[6]["name"] == str(runs / "train_tokenizer" / "tok") and rows[6]["params"] == rows[0]["params"]
 

@@ -50,7 +50,6 @@ PROCEDURAL = {"name": "procedural", "resolution": 32, "eval_size": N_IMAGES}
 pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.one_thread
 
 
-
 @pytest.fixture(scope="module")
 def extractor(weights: Path) -> InceptionV3:
     return load_inception(weights)
@@ -76,6 +75,7 @@ def features(extractor: InceptionV3, images: Tensor) -> dict[float, tuple[Tensor
 # ----------------------------------------------------------------------------------------------
 # Fréchet distance and statistics
 # ----------------------------------------------------------------------------------------------
+
 
 def test_frechet_distance_closed_form_diagonal() -> None:
     """N(mu1, diag s1), N(mu2, diag s2): ||mu1 - mu2||^2 + sum(s1 + s2 - 2 sqrt(s1 s2))."""
@@ -131,6 +131,7 @@ def test_streaming_stats_match_numpy_and_ignore_batching() -> None:
 # FID and IS with the random-weight Inception
 # ----------------------------------------------------------------------------------------------
 
+
 def test_features_have_spread(features: dict[float, tuple[Tensor, Tensor]]) -> None:
     pool, logits = features[0.0]
     assert pool.shape == (N_IMAGES, 2048) and logits.shape == (N_IMAGES, 1008)
@@ -165,8 +166,9 @@ def run_metrics(weights: Path, images: Tensor, recons: Tensor, sizes: list[int])
     """rfid and inception_score (2 splits) over an EvalBatch stream; checks their protocol records."""
     metrics = [ReconstructionFID(SPEC, weights=str(weights)), InceptionScore(SPEC, weights=str(weights), splits=2)]
     for x, y in zip(torch.split(images, sizes), torch.split(recons, sizes)):
-        batch = EvalBatch(x.clone(), y.clone(), torch.zeros(len(x), 8, dtype=torch.int64),
-                          torch.zeros(len(x), dtype=torch.int64))
+        batch = EvalBatch(
+            x.clone(), y.clone(), torch.zeros(len(x), 8, dtype=torch.int64), torch.zeros(len(x), dtype=torch.int64)
+        )
         for metric in metrics:
             metric.update(batch)
     results = compute_all(metrics)
@@ -204,6 +206,7 @@ def test_rfid_reference_count_must_match(weights: Path, images: Tensor) -> None:
 # ----------------------------------------------------------------------------------------------
 # Reference statistics: .npz files, folders, the dataset cache
 # ----------------------------------------------------------------------------------------------
+
 
 def test_folder_and_adm_arr0_npz_give_same_stats(tmp_path: Path, extractor: InceptionV3, images: Tensor) -> None:
     arr = (images[:3] * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
@@ -259,7 +262,9 @@ def test_unreadable_npz_and_empty_folder(tmp_path: Path) -> None:
         list(folder_images(tmp_path / "empty"))
 
 
-def test_dataset_reference_stats_cached(tmp_path: Path, extractor: InceptionV3, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_dataset_reference_stats_cached(
+    tmp_path: Path, extractor: InceptionV3, monkeypatch: pytest.MonkeyPatch
+) -> None:
     cache = tmp_path / "fid_stats"
     stats = dataset_reference_stats(PROCEDURAL, "eval", extractor, cache_dir=cache, num_images=2)
     files = list(cache.glob("*.npz"))
@@ -274,6 +279,7 @@ def test_dataset_reference_stats_cached(tmp_path: Path, extractor: InceptionV3, 
 # ----------------------------------------------------------------------------------------------
 # Weights
 # ----------------------------------------------------------------------------------------------
+
 
 def test_missing_weights_offline_is_one_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(WEIGHTS_ENV, raising=False)

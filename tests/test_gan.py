@@ -300,14 +300,17 @@ def test_toy_discriminator_separates_real_from_fixed_fakes() -> None:
         assert real_logits.flatten(1).mean(1).min() > fake_logits.flatten(1).mean(1).max()
 
 
-@pytest.mark.parametrize("kwargs, option", [
-    ({"kind": "biggan"}, "tokenizer.adversarial.kind"),
-    ({"loss": "wasserstein"}, "tokenizer.adversarial.loss"),
-    ({"weight": -1.0}, "tokenizer.adversarial.weight"),
-    ({"lecam_weight": "a"}, "tokenizer.adversarial.lecam_weight"),
-    ({"num_layers": 4, "image_size": 16}, "tokenizer.adversarial.num_layers"),
-    ({"kind": "stylegan", "image_size": 48}, "tokenizer.adversarial.kind"),
-])
+@pytest.mark.parametrize(
+    "kwargs, option",
+    [
+        ({"kind": "biggan"}, "tokenizer.adversarial.kind"),
+        ({"loss": "wasserstein"}, "tokenizer.adversarial.loss"),
+        ({"weight": -1.0}, "tokenizer.adversarial.weight"),
+        ({"lecam_weight": "a"}, "tokenizer.adversarial.lecam_weight"),
+        ({"num_layers": 4, "image_size": 16}, "tokenizer.adversarial.num_layers"),
+        ({"kind": "stylegan", "image_size": 48}, "tokenizer.adversarial.kind"),
+    ],
+)
 def test_adversary_config_errors_name_the_option(kwargs: dict, option: str) -> None:
     with pytest.raises(ConfigError, match=option.replace(".", r"\.")):
         Adversary(**{"image_size": 32, **kwargs})

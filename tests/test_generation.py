@@ -49,10 +49,17 @@ def test_generation_study_shares_cache_and_generator_and_reports_gfid(tmp_path, 
     assert run_cli(study, tmp_path, "sample.num_images=16") == 0
     runs = tmp_path / "runs"
     # One tokenizer, one cache, one generator; one sampling and evaluation per CFG scale.
-    counts = {kind: len(list((runs / kind).glob("*/result.json"))) for kind in
-              ("train_tokenizer", "cache_latents", "train_generator", "sample", "evaluate_generator")}
-    assert counts == {"train_tokenizer": 1, "cache_latents": 1, "train_generator": 1, "sample": 2,
-                      "evaluate_generator": 2}
+    counts = {
+        kind: len(list((runs / kind).glob("*/result.json")))
+        for kind in ("train_tokenizer", "cache_latents", "train_generator", "sample", "evaluate_generator")
+    }
+    assert counts == {
+        "train_tokenizer": 1,
+        "cache_latents": 1,
+        "train_generator": 1,
+        "sample": 2,
+        "evaluate_generator": 2,
+    }
     sample_dir = next((runs / "sample").glob("*/"))
     images, labels = np.load(sample_dir / "images.npy"), np.load(sample_dir / "labels.npy")
     assert images.shape == (16, 16, 16, 3) and images.dtype == np.uint8 and images.std() > 0
@@ -117,18 +124,20 @@ def test_token_layouts_flatten_and_back():
         unflat_tokens(torch.zeros(1, 2, 4), partial)
 
 
-@pytest.mark.parametrize("name, spec", [
-    ("maskgit", TokenSpec("discrete", (6,), vocab_size=16)),
-    ("sit", TokenSpec("continuous", (6,), dim=4)),
-])
+@pytest.mark.parametrize(
+    "name, spec",
+    [
+        ("maskgit", TokenSpec("discrete", (6,), vocab_size=16)),
+        ("sit", TokenSpec("continuous", (6,), dim=4)),
+    ],
+)
 def test_generator_training_resumes_to_identical_weights(tmp_path, name, spec):
     torch.manual_seed(0)
     n = 48
     tokens = torch.randint(0, 16, (n, 6)) if spec.kind == "discrete" else torch.randn(n, 6, 4)
     labels = torch.arange(n) % 3
     dataset = torch.utils.data.TensorDataset(tokens, labels)
-    cfg = TrainConfig(steps=10, batch_size=8, lr=1e-3, checkpoint_every=4, log_every=2, precision="fp32",
-                      ema_decay=0.9)
+    cfg = TrainConfig(steps=10, batch_size=8, lr=1e-3, checkpoint_every=4, log_every=2, precision="fp32", ema_decay=0.9)
 
     def run(folder: Path, stop_at: int | None = None) -> dict[str, torch.Tensor]:
         torch.manual_seed(1)
@@ -176,10 +185,17 @@ def test_stage_two_reuses_stage_one_tokens_and_generator(tmp_path, write_study):
     study = write_study(SCALING_STUDY, name="scaling.yaml")
     assert run_cli(study, tmp_path, "sample.num_images=8") == 0
     runs = tmp_path / "runs"
-    counts = {kind: len(list((runs / kind).glob("*/result.json"))) for kind in
-              ("train_tokenizer", "finetune_tokenizer", "cache_latents", "train_generator", "sample")}
-    assert counts == {"train_tokenizer": 1, "finetune_tokenizer": 2, "cache_latents": 1, "train_generator": 1,
-                      "sample": 2}
+    counts = {
+        kind: len(list((runs / kind).glob("*/result.json")))
+        for kind in ("train_tokenizer", "finetune_tokenizer", "cache_latents", "train_generator", "sample")
+    }
+    assert counts == {
+        "train_tokenizer": 1,
+        "finetune_tokenizer": 2,
+        "cache_latents": 1,
+        "train_generator": 1,
+        "sample": 2,
+    }
     from safetensors.torch import load_file
 
     first = load_file(next((runs / "train_tokenizer").glob("*/model.safetensors")))
@@ -187,8 +203,11 @@ def test_stage_two_reuses_stage_one_tokens_and_generator(tmp_path, write_study):
         second = load_file(folder / "model.safetensors")
         frozen = [k for k in first if not k.startswith(("local2d.", "adversary."))]
         assert frozen and all(torch.equal(first[k], second[k]) for k in frozen)
-        assert any(not torch.equal(first[k], second[k]) for k in second if k.startswith("local2d.")
-                   and k in first and first[k].shape == second[k].shape)
+        assert any(
+            not torch.equal(first[k], second[k])
+            for k in second
+            if k.startswith("local2d.") and k in first and first[k].shape == second[k].shape
+        )
     flow = pd.read_csv(next((runs / "train_generator").glob("*/losses.csv")))["flow"]
     assert flow.iloc[-3:].mean() < 0.8 * flow.iloc[:3].mean()  # SiT learns the cached global tokens
     assert np.load(next((runs / "sample").glob("*/images.npy"))).std() > 0  # its samples decode to images
@@ -207,15 +226,28 @@ def test_adversarial_tokenizer_training_resumes_to_identical_weights(tmp_path):
     from benchmark.stages import tokenizer_step
 
     dataset = build_dataset({"name": "procedural", "resolution": 16, "train_size": 32}, "train")
-    cfg = TrainConfig(steps=6, batch_size=8, lr=1e-3, checkpoint_every=2, log_every=2, precision="fp32",
-                      ema_decay=0.9)
+    cfg = TrainConfig(steps=6, batch_size=8, lr=1e-3, checkpoint_every=2, log_every=2, precision="fp32", ema_decay=0.9)
 
     def run(folder: Path, stop_at: int | None = None) -> dict[str, torch.Tensor]:
         torch.manual_seed(0)
-        model = TOKENIZERS.build("titok", image_size=16, size="tiny", patch_size=4, num_latent_tokens=4,
-                                 codebook_size=32, l2_norm=False, entropy_weight=0.01,
-                                 adversarial={"kind": "stylegan", "weight": 0.1, "start": 1, "lecam_weight": 0.01,
-                                              "consistency_weight": 1.0, "width": 8})
+        model = TOKENIZERS.build(
+            "titok",
+            image_size=16,
+            size="tiny",
+            patch_size=4,
+            num_latent_tokens=4,
+            codebook_size=32,
+            l2_norm=False,
+            entropy_weight=0.01,
+            adversarial={
+                "kind": "stylegan",
+                "weight": 0.1,
+                "start": 1,
+                "lecam_weight": 0.01,
+                "consistency_weight": 1.0,
+                "width": 8,
+            },
+        )
         step_fn = tokenizer_step(model)
 
         def step(batch, i):
@@ -223,8 +255,9 @@ def test_adversarial_tokenizer_training_resumes_to_identical_weights(tmp_path):
                 raise KeyboardInterrupt
             return step_fn(batch, i)
 
-        return fit(model, step, dataset, cfg, seed=1, run_dir=folder, device=torch.device("cpu"),
-                   adversary=model.adversary)[1]
+        return fit(
+            model, step, dataset, cfg, seed=1, run_dir=folder, device=torch.device("cpu"), adversary=model.adversary
+        )[1]
 
     straight = run(tmp_path / "a")
     with pytest.raises(KeyboardInterrupt):

@@ -52,8 +52,9 @@ def test_masked_counts_follow_floor_schedule_and_always_progress():
     assert masked_counts("square", 8, 1) == [0]
 
 
-@pytest.mark.parametrize("schedule,steps,shape", [("arccos", 8, (16,)), ("linear", 5, (4, 4)),
-                                                   ("cosine", 20, (12,)), ("square", 3, (16,))])
+@pytest.mark.parametrize(
+    "schedule,steps,shape", [("arccos", 8, (16,)), ("linear", 5, (4, 4)), ("cosine", 20, (12,)), ("square", 3, (16,))]
+)
 def test_sampling_unmasks_the_scheduled_number_each_step(schedule, steps, shape):
     spec = TokenSpec("discrete", shape, vocab_size=32)
     model = tiny_maskgit(spec).eval()
@@ -74,8 +75,9 @@ def test_sampling_unmasks_the_scheduled_number_each_step(schedule, steps, shape)
         assert (state[~still] < spec.vocab_size).all()
         prev = state
     assert not (states[-1] == model.mask_id).any()
-    final = model.sample(labels, cfg_scale=2.0, steps=steps, generator=torch.Generator().manual_seed(1),
-                         schedule=schedule)
+    final = model.sample(
+        labels, cfg_scale=2.0, steps=steps, generator=torch.Generator().manual_seed(1), schedule=schedule
+    )
     assert torch.equal(final, states[-1])
 
 
@@ -185,8 +187,9 @@ def test_registry_builds_and_rejects_bad_config():
     assert isinstance(model, MASKGIT) and model.mask_id == 32 and model.null_class == 10
     assert model.class_embed.num_embeddings == 11 and model.token_embed.num_embeddings == 33
     assert model.pos_embed.shape == (1, 17, 64)
-    grid = GENERATORS.build("maskgit", token_spec=TokenSpec("discrete", (4, 4), vocab_size=8, generated=6),
-                            num_classes=2, size="tiny")
+    grid = GENERATORS.build(
+        "maskgit", token_spec=TokenSpec("discrete", (4, 4), vocab_size=8, generated=6), num_classes=2, size="tiny"
+    )
     assert grid.logits(torch.zeros(3, 6, dtype=torch.long), torch.zeros(3, dtype=torch.long)).shape == (3, 6, 8)
     with pytest.raises(ConfigError, match="discrete.*continuous"):
         GENERATORS.build("maskgit", token_spec=TokenSpec("continuous", (16,), dim=8), num_classes=10)

@@ -121,8 +121,9 @@ def test_independent_of_batch_split(cls):
 def test_ssim_matches_skimage(h, w):
     images, recons = image_pairs(np.random.default_rng(h * w), h, w, 6)
     reference = [
-        structural_similarity(a, b, channel_axis=-1, data_range=1.0, gaussian_weights=True,
-                              sigma=1.5, use_sample_covariance=False)
+        structural_similarity(
+            a, b, channel_axis=-1, data_range=1.0, gaussian_weights=True, sigma=1.5, use_sample_covariance=False
+        )
         for a, b in zip(images, recons)
     ]
     # the pairs cover a useful range of similarity, not just near-identical images
@@ -184,8 +185,12 @@ def test_codebook_rejects_out_of_range_ids():
 
 def test_codebook_needs_discrete_tokens_or_code_ids():
     metric = CodebookUsage(CONTINUOUS)
-    floats = EvalBatch(images=torch.zeros(1, 3, 8, 8), recons=torch.zeros(1, 3, 8, 8),
-                       tokens=torch.zeros(1, 4, 2), labels=torch.zeros(1))
+    floats = EvalBatch(
+        images=torch.zeros(1, 3, 8, 8),
+        recons=torch.zeros(1, 3, 8, 8),
+        tokens=torch.zeros(1, 4, 2),
+        labels=torch.zeros(1),
+    )
     with pytest.raises(ConfigError, match="kind=continuous"):
         metric.update(floats)
 
@@ -193,8 +198,14 @@ def test_codebook_needs_discrete_tokens_or_code_ids():
 def test_codebook_usage_per_codebook_from_code_ids():
     metric = CodebookUsage(CONTINUOUS)
     codes = {"global": torch.tensor([[0, 1, 2, 3]]), "local1d": torch.tensor([[5, 5, 5, 5]])}
-    batch = EvalBatch(images=torch.zeros(1, 3, 8, 8), recons=torch.zeros(1, 3, 8, 8), tokens=torch.zeros(1, 4, 2),
-                      labels=torch.zeros(1), codes=codes, codebook_sizes={"global": 8, "local1d": 16})
+    batch = EvalBatch(
+        images=torch.zeros(1, 3, 8, 8),
+        recons=torch.zeros(1, 3, 8, 8),
+        tokens=torch.zeros(1, 4, 2),
+        labels=torch.zeros(1),
+        codes=codes,
+        codebook_sizes={"global": 8, "local1d": 16},
+    )
     metric.update(batch)
     out = metric.compute()
     assert out["codebook_usage"] == out["codebook_usage_global"] == 50.0

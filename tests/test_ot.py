@@ -39,4 +39,3 @@ def test_ot_loss_is_zero_when_tokens_sit_on_the_latents_and_falls_under_descent(
         ot_loss(x, z).backward()
         opt.step()
     assert ot_loss(x, z).item() < 0.5 * first
-

@@ -9,8 +9,7 @@ import torch
 import torchvision
 from torch import nn
 
-from benchmark.errors import WeightsError
-from benchmark.errors import ConfigError
+from benchmark.errors import ConfigError, WeightsError
 from benchmark.perceptual import PerceptualLoss, hub_weights_path
 
 ALEX_FILE = "alexnet-owt-7be5be79.pth"  # torchvision's AlexNet_Weights.IMAGENET1K_V1
@@ -163,7 +162,8 @@ def test_lpips_metric_is_the_mean_per_image_distance():
     images, recons = torch.rand(3, 3, 32, 32), torch.rand(3, 3, 32, 32)
     spec = TokenSpec("discrete", (4,), vocab_size=8)
     (metric,) = build_metrics(["lpips"], spec, {"lpips": {"net": "alex", "weights": "random"}})
-    metric.update(EvalBatch(images=images, recons=recons, tokens=torch.zeros(3, 4, dtype=torch.long),
-                            labels=torch.zeros(3)))
+    metric.update(
+        EvalBatch(images=images, recons=recons, tokens=torch.zeros(3, 4, dtype=torch.long), labels=torch.zeros(3))
+    )
     expected = metric.loss.distance(recons, images).mean().item()
     assert metric.compute()["lpips"] == pytest.approx(expected, rel=1e-6) and expected > 0

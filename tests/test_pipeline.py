@@ -75,8 +75,20 @@ def test_bad_input_exits_2_with_one_line(tmp_path, write_study, capsys):
 
 
 def _cli(study: Path, runs: Path, *extra: str) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "benchmark.run", str(study), "--profile", "smoke", "--runs", str(runs),
-           "--results", str(runs.parent / "results"), *TINY, *extra]
+    cmd = [
+        sys.executable,
+        "-m",
+        "benchmark.run",
+        str(study),
+        "--profile",
+        "smoke",
+        "--runs",
+        str(runs),
+        "--results",
+        str(runs.parent / "results"),
+        *TINY,
+        *extra,
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "2"}
     return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 

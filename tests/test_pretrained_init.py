@@ -8,9 +8,9 @@ import torch
 from conftest import TINY
 from torch import nn
 
+from benchmark.checkpoints import load_tokenizer
 from benchmark.errors import ConfigError
 from benchmark.run import main
-from benchmark.checkpoints import load_tokenizer
 from benchmark.store import read_json
 from benchmark.study import build_plan
 
@@ -20,8 +20,7 @@ pytestmark = pytest.mark.slow
 @pytest.fixture
 def mae_dir(tmp_path):
     torch.manual_seed(0)
-    model = timm.create_model("vit_base_patch16_224", pretrained=False, img_size=32, embed_dim=64, depth=2,
-                              num_heads=4)
+    model = timm.create_model("vit_base_patch16_224", pretrained=False, img_size=32, embed_dim=64, depth=2, num_heads=4)
     timm.models.save_for_hf(model, tmp_path / "mae", safe_serialization=True)
     return tmp_path / "mae", model
 

@@ -48,7 +48,8 @@ def test_new_tokenizer_file_is_found_and_usable(tmp_path, monkeypatch, write_stu
     folder = tmp_path / "my_plugins"
     folder.mkdir()
     (folder / "helper.py").write_text("SCALE = 0.5\n")
-    (folder / "halfres.py").write_text(textwrap.dedent("""
+    (folder / "halfres.py").write_text(
+        textwrap.dedent("""
         from benchmark.registry import TOKENIZERS, register_tokenizer
         from .helper import SCALE
 
@@ -60,7 +61,8 @@ def test_new_tokenizer_file_is_found_and_usable(tmp_path, monkeypatch, write_stu
             def __init__(self, *, scale: float = SCALE, **kw):
                 super().__init__(**kw)
                 self.scale = scale
-    """))
+    """)
+    )
     monkeypatch.setenv("TOK1D_PLUGINS", str(folder))
     load_plugins()
     entry = TOKENIZERS.get("titok_plugin_test")
@@ -122,7 +124,8 @@ def test_new_generator_file_is_found(tmp_path, monkeypatch):
     """Generators are found the same way: one decorated file, nothing else edited."""
     folder = tmp_path / "gens"
     folder.mkdir()
-    (folder / "constant.py").write_text(textwrap.dedent('''
+    (folder / "constant.py").write_text(
+        textwrap.dedent('''
         import torch
         from benchmark.base import Generator
         from benchmark.registry import register_generator
@@ -134,7 +137,8 @@ def test_new_generator_file_is_found(tmp_path, monkeypatch):
                 return {"zero": torch.zeros(())}
             def sample(self, labels, cfg_scale=1.0, steps=None, generator=None):
                 return torch.zeros(len(labels), 4, dtype=torch.long)
-    '''))
+    ''')
+    )
     monkeypatch.setenv("TOK1D_PLUGINS", str(folder))
     load_plugins()
     from benchmark.registry import GENERATORS

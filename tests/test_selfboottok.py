@@ -12,18 +12,36 @@ from conftest import grads_of
 from safetensors.torch import save_file
 
 from benchmark.data import build_dataset
-from benchmark.errors import WeightsError
-from benchmark.errors import ConfigError
+from benchmark.errors import ConfigError, WeightsError
 from benchmark.registry import TOKENIZERS
 
 MODULE = sys.modules[TOKENIZERS.get("selfboottok").obj.__module__]
 
-TINY = {"image_size": 32, "size": "tiny", "patch_size": 4, "num_latent_tokens": 16, "token_size": 8,
-        "codebook_size": 64, "local2d_size": "tiny"}
-DINOV2 = {"init": "dinov2", "size": "S",
-          "stand_in": {"img_size": 32, "patch_size": 4, "embed_dim": 48, "depth": 2, "num_heads": 2}}
-IJEPA = {"init": "ijepa", "stand_in": {"image_size": 32, "patch_size": 4, "hidden_size": 40, "num_hidden_layers": 2,
-                                       "num_attention_heads": 2, "intermediate_size": 80}}
+TINY = {
+    "image_size": 32,
+    "size": "tiny",
+    "patch_size": 4,
+    "num_latent_tokens": 16,
+    "token_size": 8,
+    "codebook_size": 64,
+    "local2d_size": "tiny",
+}
+DINOV2 = {
+    "init": "dinov2",
+    "size": "S",
+    "stand_in": {"img_size": 32, "patch_size": 4, "embed_dim": 48, "depth": 2, "num_heads": 2},
+}
+IJEPA = {
+    "init": "ijepa",
+    "stand_in": {
+        "image_size": 32,
+        "patch_size": 4,
+        "hidden_size": 40,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 2,
+        "intermediate_size": 80,
+    },
+}
 SIGLIP = {"init": "siglip", "stand_in": {"img_size": 32, "patch_size": 4, "embed_dim": 32, "depth": 2, "num_heads": 2}}
 VQGAN = {"tokenizer": "vqgan", "size": "tiny", "bottleneck": "kl", "checkpoint": None}
 
@@ -44,7 +62,6 @@ def tiny(**kw):
 
 def images(n: int = 4, seed: int = 0) -> torch.Tensor:
     return torch.rand(n, 3, 32, 32, generator=torch.Generator().manual_seed(seed))
-
 
 
 def test_encode_decode_match_token_spec_and_the_training_pass():
@@ -69,8 +86,13 @@ def test_encode_decode_match_token_spec_and_the_training_pass():
 
 
 def test_every_loss_is_finite_and_reaches_its_parameters():
-    model = tiny(perceptual={"weight": 1.0, "net": "alex", "weights": "random"},
-                 adversarial={"width": 8, "start": 0}, align_global=DINOV2, align_local=IJEPA, latent_2d=VQGAN)
+    model = tiny(
+        perceptual={"weight": 1.0, "net": "alex", "weights": "random"},
+        adversarial={"width": 8, "start": 0},
+        align_global=DINOV2,
+        align_local=IJEPA,
+        latent_2d=VQGAN,
+    )
     x = images(4)
     out = model(x)
     assert set(out.losses) == {"recon", "perceptual", "kl", "repa_global", "repa_local", "ot"}
@@ -83,13 +105,24 @@ def test_every_loss_is_finite_and_reaches_its_parameters():
         return any(p.startswith(prefix) for p in grads[name])
 
     for term in ("recon", "perceptual"):
-        for part in ("encoder.", "local1d.", "local2d.", "decoder.head", "decoder.transformer.0.cross",
-                     "decoder.context_embed.local2d", "quantizers.global", "quantizers.local1d", "quantizers.local2d"):
+        for part in (
+            "encoder.",
+            "local1d.",
+            "local2d.",
+            "decoder.head",
+            "decoder.transformer.0.cross",
+            "decoder.context_embed.local2d",
+            "quantizers.global",
+            "quantizers.local1d",
+            "quantizers.local2d",
+        ):
             assert reaches(term, part), (term, part)
     assert not reaches("recon", "adversary.") and not reaches("recon", "projector_")
     # KL to a uniform prior: the encoder, the locals' predictors and every codebook; not the decoder.
-    assert all(reaches("kl", p) for p in ("encoder.", "local1d.", "local2d.", "quantizers.global",
-                                          "quantizers.local1d", "quantizers.local2d"))
+    assert all(
+        reaches("kl", p)
+        for p in ("encoder.", "local1d.", "local2d.", "quantizers.global", "quantizers.local1d", "quantizers.local2d")
+    )
     assert not reaches("kl", "decoder.")
     # Eq. 6 on z_G: the encoder and its projector only.
     assert reaches("repa_global", "encoder.") and reaches("repa_global", "projector_global.")
@@ -128,13 +161,13 @@ def test_local2d_aligner_is_causal_over_its_queries(i: int):
         aligner = MODULE.Local2DAligner(8, 12, 16, 32, 2, 2, causal=causal)
         before = aligner(zq)
         with torch.no_grad():
-            aligner.queries[:, i + 1:] += torch.randn_like(aligner.queries[:, i + 1:])
+            aligner.queries[:, i + 1 :] += torch.randn_like(aligner.queries[:, i + 1 :])
         outputs[causal] = before, aligner(zq)
     before, after = outputs[True]
     assert before.shape == (2, 16, 8)
     # Token i (and every earlier one) ignores the queries after it; later tokens see the change.
     assert torch.equal(before[:, : i + 1], after[:, : i + 1])
-    assert not torch.allclose(before[:, i + 1:], after[:, i + 1:])
+    assert not torch.allclose(before[:, i + 1 :], after[:, i + 1 :])
     # Without the mask every token reads every query.
     before, after = outputs[False]
     assert not torch.allclose(before[:, : i + 1], after[:, : i + 1])
@@ -192,21 +225,44 @@ def test_local2d_presets_have_their_parameter_count(preset: str):
     assert abs(count - target) <= 0.1 * target, (preset, count)
 
 
-@pytest.mark.parametrize("options, check", [
-    ({"branches": "G"}, lambda m: m.local1d is None and m.local2d is None and set(m.quantizers) == {"global"}
-     and not m.decoder.context_embed and set(m.code_ids(images(1))) == {"global"}),
-    ({"branches": "G+L1", "alpha": 0.5, "beta": 0.25},
-     lambda m: m.local2d is None and m.fusion_weights == pytest.approx({"global": 2 / 3, "local1d": 1 / 3})
-     and set(m.decoder.context_embed) == {"local1d"}),
-    ({"branches": "G+L1+L2"}, lambda m: m.fusion_weights == {"global": 0.5, "local1d": 0.25, "local2d": 0.25}
-     and m.local2d.mask is not None),
-    ({"causal": False}, lambda m: m.local2d.mask is None),
-    ({"shared_codebook": True}, lambda m: set(m.quantizers) == {"shared"}),
-    ({"fusion": "concat", "num_local_tokens": 8},
-     lambda m: m.decoder.latent_positional_embedding.shape[1] == 16 + 16 + 8 and m.local2d.queries.shape[1] == 8),
-    ({"align_local": SIGLIP, "local_align_tokens": "l2"}, lambda m: m.projector_local[-1].out_features == 32),
-    ({"align_local": DINOV2}, lambda m: m.projector_local[-1].out_features == 48),
-], ids=["G", "G+L1", "G+L1+L2", "non-causal", "shared-codebook", "concat", "siglip-on-l2", "dinov2-on-l1"])
+@pytest.mark.parametrize(
+    "options, check",
+    [
+        (
+            {"branches": "G"},
+            lambda m: (
+                m.local1d is None
+                and m.local2d is None
+                and set(m.quantizers) == {"global"}
+                and not m.decoder.context_embed
+                and set(m.code_ids(images(1))) == {"global"}
+            ),
+        ),
+        (
+            {"branches": "G+L1", "alpha": 0.5, "beta": 0.25},
+            lambda m: (
+                m.local2d is None
+                and m.fusion_weights == pytest.approx({"global": 2 / 3, "local1d": 1 / 3})
+                and set(m.decoder.context_embed) == {"local1d"}
+            ),
+        ),
+        (
+            {"branches": "G+L1+L2"},
+            lambda m: (
+                m.fusion_weights == {"global": 0.5, "local1d": 0.25, "local2d": 0.25} and m.local2d.mask is not None
+            ),
+        ),
+        ({"causal": False}, lambda m: m.local2d.mask is None),
+        ({"shared_codebook": True}, lambda m: set(m.quantizers) == {"shared"}),
+        (
+            {"fusion": "concat", "num_local_tokens": 8},
+            lambda m: m.decoder.latent_positional_embedding.shape[1] == 16 + 16 + 8 and m.local2d.queries.shape[1] == 8,
+        ),
+        ({"align_local": SIGLIP, "local_align_tokens": "l2"}, lambda m: m.projector_local[-1].out_features == 32),
+        ({"align_local": DINOV2}, lambda m: m.projector_local[-1].out_features == 48),
+    ],
+    ids=["G", "G+L1", "G+L1+L2", "non-causal", "shared-codebook", "concat", "siglip-on-l2", "dinov2-on-l1"],
+)
 def test_ablations_build_and_train_a_step(options, check):
     model = tiny(**options)
     assert check(model)
@@ -274,19 +330,22 @@ def test_smoke_training_lowers_the_reconstruction_loss():
     assert err_model < 0.9 * err_mean, (float(err_model), float(err_mean))
 
 
-@pytest.mark.parametrize("options, key", [
-    ({"branches": "G+L2"}, "tokenizer.branches"),
-    ({"fusion": "sum"}, "tokenizer.fusion"),
-    ({"local2d_size": "50M"}, "tokenizer.local2d_size"),
-    ({"local_align_tokens": "l3"}, "tokenizer.local_align_tokens"),
-    ({"alpha": 0.8, "beta": 0.4}, "tokenizer.alpha"),
-    ({"num_local_tokens": 8}, "tokenizer.num_local_tokens"),
-    ({"stage": 3}, "tokenizer.stage"),
-    ({"stage": 2, "branches": "G+L1"}, "tokenizer.stage"),
-    ({"align_global": {"init": "none"}}, "tokenizer.align_global.init"),
-    ({"latent_2d": {"tokenizer": "vqgann"}}, "tokenizer.latent_2d.tokenizer"),
-    ({"latent_2d": {"tokenizer": "vqgan", "no_such_option": 1}}, "tokenizer.latent_2d.no_such_option"),
-])
+@pytest.mark.parametrize(
+    "options, key",
+    [
+        ({"branches": "G+L2"}, "tokenizer.branches"),
+        ({"fusion": "sum"}, "tokenizer.fusion"),
+        ({"local2d_size": "50M"}, "tokenizer.local2d_size"),
+        ({"local_align_tokens": "l3"}, "tokenizer.local_align_tokens"),
+        ({"alpha": 0.8, "beta": 0.4}, "tokenizer.alpha"),
+        ({"num_local_tokens": 8}, "tokenizer.num_local_tokens"),
+        ({"stage": 3}, "tokenizer.stage"),
+        ({"stage": 2, "branches": "G+L1"}, "tokenizer.stage"),
+        ({"align_global": {"init": "none"}}, "tokenizer.align_global.init"),
+        ({"latent_2d": {"tokenizer": "vqgann"}}, "tokenizer.latent_2d.tokenizer"),
+        ({"latent_2d": {"tokenizer": "vqgan", "no_such_option": 1}}, "tokenizer.latent_2d.no_such_option"),
+    ],
+)
 def test_bad_config_raises_a_config_error_naming_the_key(options, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         tiny(**options)

@@ -41,8 +41,11 @@ def randomise_zero_init(model: SiT) -> SiT:
     """Fill the adaLN-Zero / output layers with small noise so the prediction depends on x, t and y."""
     torch.manual_seed(1)
     with torch.no_grad():
-        for module in [*(b.adaLN_modulation[-1] for b in model.blocks), model.final_layer.adaLN_modulation[-1],
-                       model.final_layer.linear]:
+        for module in [
+            *(b.adaLN_modulation[-1] for b in model.blocks),
+            model.final_layer.adaLN_modulation[-1],
+            model.final_layer.linear,
+        ]:
             module.weight.normal_(0, 0.1)
             module.bias.normal_(0, 0.1)
     return model
@@ -206,8 +209,9 @@ def test_each_prediction_converts_to_the_true_velocity(prediction):
     interp = model.interpolant
     torch.manual_seed(0)
     x0, eps, t = torch.randn(4, 8, 4), torch.randn(4, 8, 4), torch.rand(4) * 0.9 + 0.05
-    target = {"velocity": interp.velocity(x0, eps, t), "noise": eps,
-              "score": -eps / interp.sigma(t)[:, None, None]}[prediction]
+    target = {"velocity": interp.velocity(x0, eps, t), "noise": eps, "score": -eps / interp.sigma(t)[:, None, None]}[
+        prediction
+    ]
     model.forward = lambda x, t, y: target
     v = model.velocity(interp.x_t(x0, eps, t), t, torch.zeros(4, dtype=torch.long))
     assert torch.allclose(v, interp.velocity(x0, eps, t), atol=1e-4)
@@ -340,14 +344,17 @@ def test_registry_builds_sit_with_its_sizes():
     assert sit.SIZES["XL"] == (1152, 28, 16) and sit.SIZES["B"] == (768, 12, 12)
 
 
-@pytest.mark.parametrize("kwargs, key", [
-    ({"token_spec": TokenSpec("discrete", (8,), vocab_size=16)}, "token_spec.kind"),
-    ({"size": "XXL"}, "generator.size"),
-    ({"path_type": "cosine"}, "generator.path_type"),
-    ({"prediction": "x0"}, "generator.prediction"),
-    ({"repa_dim": 8}, "generator.repa_depth"),
-    ({"label_dropout": 1.0}, "generator.label_dropout"),
-])
+@pytest.mark.parametrize(
+    "kwargs, key",
+    [
+        ({"token_spec": TokenSpec("discrete", (8,), vocab_size=16)}, "token_spec.kind"),
+        ({"size": "XXL"}, "generator.size"),
+        ({"path_type": "cosine"}, "generator.path_type"),
+        ({"prediction": "x0"}, "generator.prediction"),
+        ({"repa_dim": 8}, "generator.repa_depth"),
+        ({"label_dropout": 1.0}, "generator.label_dropout"),
+    ],
+)
 def test_bad_config_raises_config_error(kwargs, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         GENERATORS.build("sit", **{"token_spec": SPEC, "num_classes": 3, "size": "tiny", **kwargs})

@@ -27,8 +27,20 @@ pytestmark = [pytest.mark.slow, pytest.mark.skipif(not slurm_answers(), reason="
 
 def test_slurm_submits_chained_jobs_and_collects_later(tmp_path, write_study, capsys):
     study = write_study(MINI_STUDY)
-    args = [str(study), "--profile", "smoke", "--runs", str(tmp_path / "runs"), "--results", str(tmp_path / "res"),
-            *TINY, "launcher.name=slurm", "launcher.gpus_per_node=0", "launcher.mem_gb=1", "launcher.cpus_per_task=1"]
+    args = [
+        str(study),
+        "--profile",
+        "smoke",
+        "--runs",
+        str(tmp_path / "runs"),
+        "--results",
+        str(tmp_path / "res"),
+        *TINY,
+        "launcher.name=slurm",
+        "launcher.gpus_per_node=0",
+        "launcher.mem_gb=1",
+        "launcher.cpus_per_task=1",
+    ]
     assert main(args) == 0
     out = capsys.readouterr().out
     assert "4 submitted to Slurm" in out

@@ -15,21 +15,25 @@ from benchmark.gan import StyleGANDiscriminator
 from benchmark.registry import TOKENIZERS
 
 IMAGE = 32
-TEACHER = {"init": "dinov2", "stand_in": {"img_size": 32, "patch_size": 4, "embed_dim": 48, "depth": 2,
-                                          "num_heads": 2}}
+TEACHER = {"init": "dinov2", "stand_in": {"img_size": 32, "patch_size": 4, "embed_dim": 48, "depth": 2, "num_heads": 2}}
 PERCEPTUAL = {"weight": 1.0, "net": "alex", "weights": "random"}
 
 
 def tiny_softvq(**kw):
     torch.manual_seed(0)
-    opts = {"image_size": IMAGE, "size": "tiny", "patch_size": 8, "num_latent_tokens": 8, "token_size": 8,
-            "codebook_size": 64}
+    opts = {
+        "image_size": IMAGE,
+        "size": "tiny",
+        "patch_size": 8,
+        "num_latent_tokens": 8,
+        "token_size": 8,
+        "codebook_size": 64,
+    }
     return TOKENIZERS.build("softvq", **{**opts, **kw})
 
 
 def images(n: int = 4, seed: int = 0) -> torch.Tensor:
     return torch.rand(n, 3, IMAGE, IMAGE, generator=torch.Generator().manual_seed(seed))
-
 
 
 def test_encode_decode_follow_the_continuous_token_spec():
@@ -168,8 +172,13 @@ def test_adversary_is_off_without_the_option_or_at_weight_zero():
 
 
 def test_encoder_and_decoder_sizes_and_pretrained_encoder_init():
-    model = tiny_softvq(decoder_size="S", encoder={"init": "dinov2", "stand_in": {
-        "img_size": 32, "patch_size": 8, "embed_dim": 64, "depth": 2, "num_heads": 4}})
+    model = tiny_softvq(
+        decoder_size="S",
+        encoder={
+            "init": "dinov2",
+            "stand_in": {"img_size": 32, "patch_size": 8, "embed_dim": 64, "depth": 2, "num_heads": 4},
+        },
+    )
     assert model.encoder.patch_embed.out_channels == 64 and model.decoder.embed.out_features == 512
     assert len(model.encoder.transformer) == 2 and len(model.decoder.transformer) == 8
     assert model.decode(model.encode(images(2))).shape == (2, 3, IMAGE, IMAGE)
@@ -180,22 +189,25 @@ def test_encoder_and_decoder_sizes_and_pretrained_encoder_init():
     assert not torch.equal(before, model.encoder.transformer[0].attn.qkv.weight)
 
 
-@pytest.mark.parametrize("options, key", [
-    ({"size": "huge"}, "tokenizer.size"),
-    ({"decoder_size": "XL"}, "tokenizer.decoder_size"),
-    ({"patch_size": 5}, "tokenizer.patch_size"),
-    ({"num_codebooks": 3}, "tokenizer.num_codebooks"),
-    ({"codebook_size": 1}, "tokenizer.codebook_size"),
-    ({"tau": 0.0}, "tokenizer.tau"),
-    ({"kl_weight": -1.0}, "tokenizer.kl_weight"),
-    ({"recon_loss": "l3"}, "tokenizer.recon_loss"),
-    ({"perceptual": {"weight": 1.0, "net": "resnet"}}, "tokenizer.perceptual.net"),
-    ({"adversarial": {"kind": "bogus"}}, "tokenizer.adversarial.kind"),
-    ({"adversarial": {"lecam": 0.1}}, "tokenizer.adversarial.lecam"),
-    ({"align": {"init": "none"}}, "tokenizer.align.init"),
-    ({"align": {"init": "dinov2", "sise": "B"}}, "tokenizer.align.sise"),
-    ({"align": {"init": "dinov3"}}, "tokenizer.align.init"),
-])
+@pytest.mark.parametrize(
+    "options, key",
+    [
+        ({"size": "huge"}, "tokenizer.size"),
+        ({"decoder_size": "XL"}, "tokenizer.decoder_size"),
+        ({"patch_size": 5}, "tokenizer.patch_size"),
+        ({"num_codebooks": 3}, "tokenizer.num_codebooks"),
+        ({"codebook_size": 1}, "tokenizer.codebook_size"),
+        ({"tau": 0.0}, "tokenizer.tau"),
+        ({"kl_weight": -1.0}, "tokenizer.kl_weight"),
+        ({"recon_loss": "l3"}, "tokenizer.recon_loss"),
+        ({"perceptual": {"weight": 1.0, "net": "resnet"}}, "tokenizer.perceptual.net"),
+        ({"adversarial": {"kind": "bogus"}}, "tokenizer.adversarial.kind"),
+        ({"adversarial": {"lecam": 0.1}}, "tokenizer.adversarial.lecam"),
+        ({"align": {"init": "none"}}, "tokenizer.align.init"),
+        ({"align": {"init": "dinov2", "sise": "B"}}, "tokenizer.align.sise"),
+        ({"align": {"init": "dinov3"}}, "tokenizer.align.init"),
+    ],
+)
 def test_bad_options_raise_config_errors_naming_the_key(options, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         tiny_softvq(**options)

@@ -58,8 +58,11 @@ def test_grid_and_zip_axes():
 
 
 def test_command_line_overrides_win_and_name_switch_resets_section():
-    plan = build_plan(REPO_STUDY, "smoke", ["tokenizer.num_latent_tokens=8", "data.name=imagefolder",
-                                            "data.root=/x", "data.resolution=32"])
+    plan = build_plan(
+        REPO_STUDY,
+        "smoke",
+        ["tokenizer.num_latent_tokens=8", "data.name=imagefolder", "data.root=/x", "data.resolution=32"],
+    )
     cfg = plan.cells[0].config
     assert all(c.config["tokenizer"]["num_latent_tokens"] == 8 for c in plan.cells)
     assert cfg["data"] == {"name": "imagefolder", "root": "/x", "resolution": 32}
@@ -72,21 +75,32 @@ def test_only_filters_cells():
         build_plan(REPO_STUDY, "smoke", only="nothing-like-this")
 
 
-@pytest.mark.parametrize("text, pattern", [
-    ("config: {tokenizer: {name: titok, num_latent_tokns: 8}}",
-     r"mini\.yaml: config: unknown key 'tokenizer\.num_latent_tokns'\. Did you mean: num_latent_tokens"),
-    ("config: {train: {steps: many}}", r"mini\.yaml: config: train\.steps must be int, got 'many'"),
-    ("config: {tokenizer: {name: titoc}}", r"mini\.yaml: config: tokenizer\.name: unknown tokenizer 'titoc'.*titok"),
-    ("config: {data: {name: procedural, resolutoin: 8}}", r"unknown key 'data\.resolutoin'.*resolution"),
-    ("config: {trian: {steps: 3}}", r"mini\.yaml: config: unknown key 'trian'.*train"),
-    ("config: {train: {schedule: linear}}", r"train\.schedule must be one of constant, cosine"),
-    ("config: [1, 2]\n", r"mini\.yaml"),
-    ("config: {a: 1\n", r"mini\.yaml: malformed YAML"),
-    ("axis: {}", r"mini\.yaml: unknown top-level keys \['axis'\]"),
-    ("stages: [train_generatr]", r"unknown stage 'train_generatr'"),
-    ("axes: {grid: {tokenizer.num_latent_tokens: 8}}", r"axes\.grid\.tokenizer\.num_latent_tokens must be a non-empty list"),
-    ("cells: [{label: x, sett: {}}]", r"cells\[0\] must be a mapping with 'label' and 'set'"),
-])
+@pytest.mark.parametrize(
+    "text, pattern",
+    [
+        (
+            "config: {tokenizer: {name: titok, num_latent_tokns: 8}}",
+            r"mini\.yaml: config: unknown key 'tokenizer\.num_latent_tokns'\. Did you mean: num_latent_tokens",
+        ),
+        ("config: {train: {steps: many}}", r"mini\.yaml: config: train\.steps must be int, got 'many'"),
+        (
+            "config: {tokenizer: {name: titoc}}",
+            r"mini\.yaml: config: tokenizer\.name: unknown tokenizer 'titoc'.*titok",
+        ),
+        ("config: {data: {name: procedural, resolutoin: 8}}", r"unknown key 'data\.resolutoin'.*resolution"),
+        ("config: {trian: {steps: 3}}", r"mini\.yaml: config: unknown key 'trian'.*train"),
+        ("config: {train: {schedule: linear}}", r"train\.schedule must be one of constant, cosine"),
+        ("config: [1, 2]\n", r"mini\.yaml"),
+        ("config: {a: 1\n", r"mini\.yaml: malformed YAML"),
+        ("axis: {}", r"mini\.yaml: unknown top-level keys \['axis'\]"),
+        ("stages: [train_generatr]", r"unknown stage 'train_generatr'"),
+        (
+            "axes: {grid: {tokenizer.num_latent_tokens: 8}}",
+            r"axes\.grid\.tokenizer\.num_latent_tokens must be a non-empty list",
+        ),
+        ("cells: [{label: x, sett: {}}]", r"cells\[0\] must be a mapping with 'label' and 'set'"),
+    ],
+)
 def test_bad_study_gives_one_clear_error(write_study, text, pattern):
     with pytest.raises(ConfigError, match=pattern):
         build_plan(write_study(text), "smoke")
@@ -94,15 +108,20 @@ def test_bad_study_gives_one_clear_error(write_study, text, pattern):
 
 def test_bad_cell_value_names_the_cell(write_study):
     study = write_study("axes: {grid: {tokenizer.codebook_size: [16, sixteen]}}")
-    with pytest.raises(ConfigError, match=r"cell \{'tokenizer.codebook_size': 'sixteen'\}: tokenizer\.codebook_size must be int"):
+    with pytest.raises(
+        ConfigError, match=r"cell \{'tokenizer.codebook_size': 'sixteen'\}: tokenizer\.codebook_size must be int"
+    ):
         build_plan(study, "smoke")
 
 
-@pytest.mark.parametrize("override, pattern", [
-    ("train.steps", r"command line: override 'train\.steps' is not of the form key=value"),
-    ("train.stepz=3", r"command line: unknown key 'train\.stepz'"),
-    ("tokenizer.size=3.5", r"command line: tokenizer\.size must be str"),
-])
+@pytest.mark.parametrize(
+    "override, pattern",
+    [
+        ("train.steps", r"command line: override 'train\.steps' is not of the form key=value"),
+        ("train.stepz=3", r"command line: unknown key 'train\.stepz'"),
+        ("tokenizer.size=3.5", r"command line: tokenizer\.size must be str"),
+    ],
+)
 def test_bad_override_names_the_command_line(override, pattern):
     with pytest.raises(ConfigError, match=pattern):
         build_plan(REPO_STUDY, "smoke", [override])

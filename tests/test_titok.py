@@ -42,7 +42,6 @@ def test_shapes_dtypes_and_token_spec():
     assert torch.allclose(fwd.recon.clamp(0, 1), out, atol=1e-5)
 
 
-
 def test_every_loss_is_finite_and_reaches_its_parameters():
     model = tiny_titok()
     losses = model(torch.rand(4, 3, 16, 16)).losses
@@ -123,13 +122,16 @@ def test_code_ids_and_any_token_count():
     assert model.adversary is None and model.last_layer() is model.decoder.head.weight
 
 
-@pytest.mark.parametrize("opts, key", [
-    ({"size": "XL"}, "tokenizer.size"),
-    ({"recon_loss": "l3"}, "tokenizer.recon_loss"),
-    ({"patch_size": 5}, "tokenizer.patch_size"),
-    ({"entropy_weight": -1.0}, "tokenizer.entropy_weight"),
-    ({"adversarial": {"kind": "mlp"}}, "tokenizer.adversarial.kind"),
-])
+@pytest.mark.parametrize(
+    "opts, key",
+    [
+        ({"size": "XL"}, "tokenizer.size"),
+        ({"recon_loss": "l3"}, "tokenizer.recon_loss"),
+        ({"patch_size": 5}, "tokenizer.patch_size"),
+        ({"entropy_weight": -1.0}, "tokenizer.entropy_weight"),
+        ({"adversarial": {"kind": "mlp"}}, "tokenizer.adversarial.kind"),
+    ],
+)
 def test_bad_config_names_its_key(opts, key):
     with pytest.raises(ConfigError, match=key):
         tiny_titok(**opts)
@@ -137,8 +139,9 @@ def test_bad_config_names_its_key(opts, key):
 
 def test_adversarial_generator_and_discriminator_steps():
     """The trainer's step (tokenizer contract): G on the weighted losses + adversarial, then D."""
-    model = tiny_titok(image_size=32, patch_size=8,
-                       adversarial={"start": 0, "weight": 0.5, "num_layers": 2, "width": 16})
+    model = tiny_titok(
+        image_size=32, patch_size=8, adversarial={"start": 0, "weight": 0.5, "num_layers": 2, "width": 16}
+    )
     adversary = model.adversary
     assert isinstance(adversary.discriminator, PatchGANDiscriminator) and adversary.loss_name == "hinge"
     check_adversarial_steps(model, torch.rand(4, 3, 32, 32), {"decoder.head.weight", "encoder.patch_embed.weight"})

@@ -23,7 +23,6 @@ def tiny_vqgan(**kw):
     return TOKENIZERS.build("vqgan", **{**opts, **kw})
 
 
-
 def test_vq_shapes_dtypes_token_spec_and_latent_grid():
     model = tiny_vqgan()
     spec = model.token_spec
@@ -128,14 +127,17 @@ def test_kl_bottleneck_has_continuous_tokens_and_a_weighted_kl_term():
     assert tiny_vqgan(bottleneck="kl", embed_dim=4).encode(images).shape == (2, 64, 4)
 
 
-@pytest.mark.parametrize("opts, key", [
-    ({"size": "huge"}, "tokenizer.size"),
-    ({"bottleneck": "fsq"}, "tokenizer.bottleneck"),
-    ({"image_size": 34}, "tokenizer.size"),
-    ({"recon_loss": "l3"}, "tokenizer.recon_loss"),
-    ({"entropy_weight": -1.0}, "tokenizer.entropy_weight"),
-    ({"adversarial": {"kind": "mlp"}}, "tokenizer.adversarial.kind"),
-])
+@pytest.mark.parametrize(
+    "opts, key",
+    [
+        ({"size": "huge"}, "tokenizer.size"),
+        ({"bottleneck": "fsq"}, "tokenizer.bottleneck"),
+        ({"image_size": 34}, "tokenizer.size"),
+        ({"recon_loss": "l3"}, "tokenizer.recon_loss"),
+        ({"entropy_weight": -1.0}, "tokenizer.entropy_weight"),
+        ({"adversarial": {"kind": "mlp"}}, "tokenizer.adversarial.kind"),
+    ],
+)
 def test_bad_config_names_its_key(opts, key):
     with pytest.raises(ConfigError, match=key):
         tiny_vqgan(**opts)

@@ -135,8 +135,9 @@ class Local2DAligner(nn.Module):
     "C" column off). The query outputs, normed and projected to the token width, are z_L2 (B, N_l, d).
     """
 
-    def __init__(self, token_size: int, num_global: int, num_local: int, width: int, depth: int,
-                 heads: int, causal: bool = True) -> None:
+    def __init__(
+        self, token_size: int, num_global: int, num_local: int, width: int, depth: int, heads: int, causal: bool = True
+    ) -> None:
         super().__init__()
         self.embed = nn.Linear(token_size, width)
         self.global_positions = nn.Parameter(torch.zeros(1, num_global, width))
@@ -153,7 +154,7 @@ class Local2DAligner(nn.Module):
         x = torch.cat([self.embed(zq_global) + self.global_positions, self.queries.expand(b, -1, -1)], dim=1)
         for block in self.blocks:
             x = block(x, self.mask)
-        return self.head(self.norm(x[:, zq_global.shape[1]:]))
+        return self.head(self.norm(x[:, zq_global.shape[1] :]))
 
 
 class CrossAttentionViTDecoder(MaskTokenViTDecoder):
@@ -161,15 +162,33 @@ class CrossAttentionViTDecoder(MaskTokenViTDecoder):
     [fused tokens], whose blocks also read the local tokens (one learned position per token and
     group) through cross-attention. With no local group (branches "G") it is the plain decoder."""
 
-    def __init__(self, *, image_size: int, patch_size: int, width: int, depth: int, heads: int,
-                 num_latent_tokens: int, token_size: int, context_tokens: Mapping[str, int]) -> None:
-        super().__init__(image_size=image_size, patch_size=patch_size, width=width, depth=depth, heads=heads,
-                         num_latent_tokens=num_latent_tokens, token_size=token_size)
+    def __init__(
+        self,
+        *,
+        image_size: int,
+        patch_size: int,
+        width: int,
+        depth: int,
+        heads: int,
+        num_latent_tokens: int,
+        token_size: int,
+        context_tokens: Mapping[str, int],
+    ) -> None:
+        super().__init__(
+            image_size=image_size,
+            patch_size=patch_size,
+            width=width,
+            depth=depth,
+            heads=heads,
+            num_latent_tokens=num_latent_tokens,
+            token_size=token_size,
+        )
         if context_tokens:
             self.transformer = nn.ModuleList(CrossAttentionBlock(width, heads) for _ in range(depth))
         self.context_embed = nn.ModuleDict({g: nn.Linear(token_size, width) for g in context_tokens})
         self.context_positions = nn.ParameterDict(
-            {g: nn.Parameter(width**-0.5 * torch.randn(1, n, width)) for g, n in context_tokens.items()})
+            {g: nn.Parameter(width**-0.5 * torch.randn(1, n, width)) for g, n in context_tokens.items()}
+        )
         self.context_norm = nn.LayerNorm(width) if context_tokens else None
 
     def forward(self, tokens: Tensor, context: Mapping[str, Tensor]) -> Tensor:
@@ -198,8 +217,9 @@ def check_latent_2d(spec: Mapping[str, Any], where: str) -> None:
     opts = dict(spec)
     name, checkpoint = opts.pop("tokenizer", None), opts.pop("checkpoint", None)
     if not isinstance(name, str):
-        raise ConfigError(f"{where}.tokenizer: expected the name of a registered 2D tokenizer (e.g. vqgan), "
-                          f"got {name!r}")
+        raise ConfigError(
+            f"{where}.tokenizer: expected the name of a registered 2D tokenizer (e.g. vqgan), got {name!r}"
+        )
     if checkpoint is not None and not isinstance(checkpoint, str):
         raise ConfigError(f"{where}.checkpoint must be a path or null, got {checkpoint!r}")
     check_options(opts, TOKENIZERS.params(name, where=f"{where}.tokenizer"), where, f"tokenizer '{name}'")
@@ -226,16 +246,23 @@ def build_latent_2d(spec: Mapping[str, Any], image_size: int) -> Frozen:
         raise ConfigError(f"{where}.tokenizer: '{name}' has no latent_grid(images) method; choose a 2D tokenizer")
     if checkpoint is not None:
         path = Path(checkpoint).expanduser()
-        hint = (f"train the '{name}' tokenizer first (its run folder holds model.safetensors) and point "
-                f"{where}.checkpoint at it, or set checkpoint: null for random weights (smoke scale)")
+        hint = (
+            f"train the '{name}' tokenizer first (its run folder holds model.safetensors) and point "
+            f"{where}.checkpoint at it, or set checkpoint: null for random weights (smoke scale)"
+        )
         if not path.is_file():
             raise WeightsError(f"{where}.checkpoint {path} does not exist", hint)
         missing, unexpected = model.load_state_dict(load_file(str(path)), strict=False)
-        missing, unexpected = ([k for k in keys if not k.startswith("adversary.")]  # its training discriminator
-                               for keys in (missing, unexpected))
+        missing, unexpected = (
+            [k for k in keys if not k.startswith("adversary.")]  # its training discriminator
+            for keys in (missing, unexpected)
+        )
         if missing or unexpected:
-            raise WeightsError(f"{where}.checkpoint {path} does not fit '{name}' with options {opts}: "
-                               f"missing {missing[:4]}, unexpected {unexpected[:4]}", hint)
+            raise WeightsError(
+                f"{where}.checkpoint {path} does not fit '{name}' with options {opts}: "
+                f"missing {missing[:4]}, unexpected {unexpected[:4]}",
+                hint,
+            )
     return Frozen(model)
 
 
@@ -247,18 +274,43 @@ def build_latent_2d(spec: Mapping[str, Any], image_size: int) -> Frozen:
 class SelfBootTok(Tokenizer):
     """SelfBootTok: global tokens from a ViT, local 1D / 2D tokens bootstrapped from them, soft VQ, OT."""
 
-    def __init__(self, *, image_size: int = 256, size: str = "B", patch_size: int = 16,
-                 num_latent_tokens: int = 64, token_size: int = 32, codebook_size: int = 8192,
-                 tau: float = 0.07, l2_norm: bool = True, shared_codebook: bool = False,
-                 branches: str = "G+L1+L2", local1d_hidden: int | None = None,
-                 local2d_size: str | None = None, num_local_tokens: int | None = None, causal: bool = True,
-                 fusion: str = "soft_residual", alpha: float = 0.5, beta: float = 0.25,
-                 recon_loss: str = "l2", recon_weight: float = 1.0, perceptual: PerceptualOptions | None = None,
-                 adversarial: AdversarialOptions | None = None, kl_weight: float = 1e-4, align_weight: float = 1.0,
-                 align_global: TeacherOptions | None = None, repa_global_weight: float = 1.0,
-                 align_local: TeacherOptions | None = None, repa_local_weight: float = 1.0,
-                 local_align_tokens: str = "l1", latent_2d: Latent2DOptions | None = None, ot_weight: float = 1.0,
-                 ot_epsilon: float = 0.05, stage: int = 1, encoder: EncoderOptions | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        image_size: int = 256,
+        size: str = "B",
+        patch_size: int = 16,
+        num_latent_tokens: int = 64,
+        token_size: int = 32,
+        codebook_size: int = 8192,
+        tau: float = 0.07,
+        l2_norm: bool = True,
+        shared_codebook: bool = False,
+        branches: str = "G+L1+L2",
+        local1d_hidden: int | None = None,
+        local2d_size: str | None = None,
+        num_local_tokens: int | None = None,
+        causal: bool = True,
+        fusion: str = "soft_residual",
+        alpha: float = 0.5,
+        beta: float = 0.25,
+        recon_loss: str = "l2",
+        recon_weight: float = 1.0,
+        perceptual: PerceptualOptions | None = None,
+        adversarial: AdversarialOptions | None = None,
+        kl_weight: float = 1e-4,
+        align_weight: float = 1.0,
+        align_global: TeacherOptions | None = None,
+        repa_global_weight: float = 1.0,
+        align_local: TeacherOptions | None = None,
+        repa_local_weight: float = 1.0,
+        local_align_tokens: str = "l1",
+        latent_2d: Latent2DOptions | None = None,
+        ot_weight: float = 1.0,
+        ot_epsilon: float = 0.05,
+        stage: int = 1,
+        encoder: EncoderOptions | None = None,
+    ) -> None:
         """Options (paper symbols in brackets):
 
         ``size``: ViT size of encoder and decoder; ``num_latent_tokens`` [K_g], ``token_size`` [d].
@@ -297,57 +349,83 @@ class SelfBootTok(Tokenizer):
             raise ConfigError(f"tokenizer.codebook_size: {codebook_size} codes; soft VQ needs at least 2")
         if tau <= 0:
             raise ConfigError(f"tokenizer.tau: the soft-VQ temperature must be > 0, got {tau}")
-        for name, value in (("recon_weight", recon_weight), ("kl_weight", kl_weight),
-                            ("align_weight", align_weight), ("repa_global_weight", repa_global_weight),
-                            ("repa_local_weight", repa_local_weight), ("ot_weight", ot_weight)):
+        for name, value in (
+            ("recon_weight", recon_weight),
+            ("kl_weight", kl_weight),
+            ("align_weight", align_weight),
+            ("repa_global_weight", repa_global_weight),
+            ("repa_local_weight", repa_local_weight),
+            ("ot_weight", ot_weight),
+        ):
             if value < 0:
                 raise ConfigError(f"tokenizer.{name}: must be >= 0, got {value}")
         local2d_size = local2d_size or ("tiny" if size == "tiny" else "10M")
         if local2d_size not in LOCAL2D_SIZES:
-            raise ConfigError(f"tokenizer.local2d_size: unknown size '{local2d_size}'; "
-                              f"choose from {', '.join(LOCAL2D_SIZES)}")
+            raise ConfigError(
+                f"tokenizer.local2d_size: unknown size '{local2d_size}'; choose from {', '.join(LOCAL2D_SIZES)}"
+            )
         num_local_tokens = num_local_tokens or num_latent_tokens
         self.groups = BRANCHES[branches]
         self.fusion = fusion
         if fusion == "soft_residual":
             if "local2d" in self.groups and num_local_tokens != num_latent_tokens:
-                raise ConfigError(f"tokenizer.num_local_tokens: soft residual fusion adds z_L2 to z_G token by "
-                                  f"token, so N_l ({num_local_tokens}) must equal num_latent_tokens "
-                                  f"({num_latent_tokens}); use fusion: concat")
+                raise ConfigError(
+                    f"tokenizer.num_local_tokens: soft residual fusion adds z_L2 to z_G token by "
+                    f"token, so N_l ({num_local_tokens}) must equal num_latent_tokens "
+                    f"({num_latent_tokens}); use fusion: concat"
+                )
             if not (0 <= alpha <= 1 and 0 <= beta <= 1 and alpha + beta <= 1):
-                raise ConfigError(f"tokenizer.alpha / tokenizer.beta: soft residual fusion needs alpha, beta >= 0 "
-                                  f"and alpha + beta <= 1, got {alpha}, {beta}")
+                raise ConfigError(
+                    f"tokenizer.alpha / tokenizer.beta: soft residual fusion needs alpha, beta >= 0 "
+                    f"and alpha + beta <= 1, got {alpha}, {beta}"
+                )
             raw = {"global": alpha, "local1d": beta, "local2d": 1 - alpha - beta}
             total = sum(raw[g] for g in self.groups)
             if total <= 0:
-                raise ConfigError(f"tokenizer.alpha / tokenizer.beta: the fusion weights of the groups of "
-                                  f"branches '{branches}' sum to 0 (alpha {alpha}, beta {beta})")
+                raise ConfigError(
+                    f"tokenizer.alpha / tokenizer.beta: the fusion weights of the groups of "
+                    f"branches '{branches}' sum to 0 (alpha {alpha}, beta {beta})"
+                )
             self.fusion_weights = {g: raw[g] / total for g in self.groups}
 
         # Eq. 1: the global tokens z_G.
         width, depth, heads = vit_size(size)
-        shape = {"image_size": image_size, "patch_size": patch_size, "width": width, "depth": depth,
-                 "heads": heads, "token_size": token_size}
+        shape = {
+            "image_size": image_size,
+            "patch_size": patch_size,
+            "width": width,
+            "depth": depth,
+            "heads": heads,
+            "token_size": token_size,
+        }
         self.encoder = LatentViTEncoder(num_latent_tokens=num_latent_tokens, **shape)
         # Eq. 8-9: the local tokens predicted from Z_G.
         self.local1d = Mlp(token_size, local1d_hidden or width) if "local1d" in self.groups else None
         a_width, a_depth, a_heads = LOCAL2D_SIZES[local2d_size]
-        self.local2d = (Local2DAligner(token_size, num_latent_tokens, num_local_tokens, a_width, a_depth, a_heads,
-                                       causal) if "local2d" in self.groups else None)
+        self.local2d = (
+            Local2DAligner(token_size, num_latent_tokens, num_local_tokens, a_width, a_depth, a_heads, causal)
+            if "local2d" in self.groups
+            else None
+        )
         # Eq. 1-3: soft VQ, one codebook per group (C_tot) or one shared codebook.
         books = ("shared",) if shared_codebook else self.groups
-        self.quantizers = nn.ModuleDict({g: SoftVectorQuantizer(codebook_size, token_size, tau, l2_norm)
-                                         for g in books})
+        self.quantizers = nn.ModuleDict(
+            {g: SoftVectorQuantizer(codebook_size, token_size, tau, l2_norm) for g in books}
+        )
         # Eq. 10-11: the decoder over the fused tokens, reading the locals through cross-attention.
         counts = {"global": num_latent_tokens, "local1d": num_latent_tokens, "local2d": num_local_tokens}
         fused = sum(counts[g] for g in self.groups) if fusion == "concat" else num_latent_tokens
-        self.decoder = CrossAttentionViTDecoder(num_latent_tokens=fused, **shape,
-                                                context_tokens={g: counts[g] for g in self.groups[1:]})
+        self.decoder = CrossAttentionViTDecoder(
+            num_latent_tokens=fused, **shape, context_tokens={g: counts[g] for g in self.groups[1:]}
+        )
 
         # Eq. 5-7: REPA teachers (plain objects, not modules) and their trainable projectors.
         self.align_weight = align_weight
         self.repa_global_weight, self.repa_local_weight, self.ot_weight = (
-            repa_global_weight, repa_local_weight, ot_weight)
+            repa_global_weight,
+            repa_local_weight,
+            ot_weight,
+        )
         self.teacher_global = self.projector_global = None
         if align_global is not None:
             self.teacher_global, dim = build_teacher(align_global, "tokenizer.align_global")
@@ -369,8 +447,9 @@ class SelfBootTok(Tokenizer):
         # Eq. 4's pixel terms and the adversary (which the trainer drives).
         self.pixel = PixelObjective(recon_loss, recon_weight, perceptual)
         self.kl_weight = kl_weight
-        self.adversary = None if adversarial is None else build_adversary(
-            {**SOFTVQ_ADVERSARIAL, **adversarial}, image_size)
+        self.adversary = (
+            None if adversarial is None else build_adversary({**SOFTVQ_ADVERSARIAL, **adversarial}, image_size)
+        )
         self.encoder_init = encoder
         self.token_spec = TokenSpec("continuous", (num_latent_tokens,), dim=token_size)
         self.stage = stage
@@ -447,7 +526,9 @@ class SelfBootTok(Tokenizer):
             probs = [q_global, *q_local.values()]
             losses["kl"] = self.kl_weight * sum(kl_to_uniform(p) for p in probs)
         if self.teacher_global is not None:  # Eq. 6
-            sim = patchwise_similarity_loss(self.projector_global(z_global), self.teacher_global.teacher_features(images))
+            sim = patchwise_similarity_loss(
+                self.projector_global(z_global), self.teacher_global.teacher_features(images)
+            )
             losses["repa_global"] = self.align_weight * self.repa_global_weight * sim
         if self.teacher_local is not None:  # Eq. 7
             tokens = z_local[self.local_align_group]

@@ -35,21 +35,43 @@ from benchmark.vit import SIZES, LatentViTEncoder, MaskTokenViTDecoder, vit_size
 # SoftVQ's discriminator setup (SelfBootTok Sec. 4.1): a StyleGAN-like discriminator with LeCAM and
 # consistency regularisation; hinge loss, adaptive weight, GAN weight 0.2 and LeCAM 0.001 as in SoftVQ's
 # configs; consistency weight 4.0 is our choice (bCR itself uses 10). `adversarial` overrides any key.
-SOFTVQ_ADVERSARIAL: dict = {"kind": "stylegan", "weight": 0.2, "loss": "hinge", "adaptive": True,
-                            "lecam_weight": 0.001, "consistency_weight": 4.0}
+SOFTVQ_ADVERSARIAL: dict = {
+    "kind": "stylegan",
+    "weight": 0.2,
+    "loss": "hinge",
+    "adaptive": True,
+    "lecam_weight": 0.001,
+    "consistency_weight": 4.0,
+}
 
 
 @register_tokenizer("softvq")
 class SoftVQVAE(Tokenizer):
     """SoftVQ-VAE: 1D ViT encoder, soft vector quantisation of the K latent tokens, 1D ViT decoder."""
 
-    def __init__(self, *, image_size: int = 256, size: str = "B", decoder_size: str | None = None,
-                 patch_size: int = 16, num_latent_tokens: int = 64, token_size: int = 32,
-                 codebook_size: int = 8192, num_codebooks: int = 1, tau: float = 0.07, l2_norm: bool = True,
-                 recon_loss: str = "l2", recon_weight: float = 1.0, perceptual: PerceptualOptions | None = None,
-                 kl_weight: float = 0.0, entropy_weight: float = 0.01, align: TeacherOptions | None = None,
-                 align_weight: float = 0.1, adversarial: AdversarialOptions | None = None,
-                 encoder: EncoderOptions | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        image_size: int = 256,
+        size: str = "B",
+        decoder_size: str | None = None,
+        patch_size: int = 16,
+        num_latent_tokens: int = 64,
+        token_size: int = 32,
+        codebook_size: int = 8192,
+        num_codebooks: int = 1,
+        tau: float = 0.07,
+        l2_norm: bool = True,
+        recon_loss: str = "l2",
+        recon_weight: float = 1.0,
+        perceptual: PerceptualOptions | None = None,
+        kl_weight: float = 0.0,
+        entropy_weight: float = 0.01,
+        align: TeacherOptions | None = None,
+        align_weight: float = 0.1,
+        adversarial: AdversarialOptions | None = None,
+        encoder: EncoderOptions | None = None,
+    ) -> None:
         """``size`` / ``decoder_size``: ViT sizes of encoder and decoder (the decoder follows the
         encoder when None). ``num_codebooks`` splits the K tokens into that many consecutive groups,
         each with its own codebook. ``kl_weight`` (λ4): KL of Eq. 2's posterior to a uniform prior;
@@ -63,21 +85,30 @@ class SoftVQVAE(Tokenizer):
         if image_size % patch_size:
             raise ConfigError(f"tokenizer.patch_size {patch_size} does not divide the image size {image_size}")
         if decoder_size is not None and decoder_size not in SIZES:
-            raise ConfigError(f"tokenizer.decoder_size: unknown size '{decoder_size}'; "
-                              f"choose from {', '.join(SIZES)}")
+            raise ConfigError(f"tokenizer.decoder_size: unknown size '{decoder_size}'; choose from {', '.join(SIZES)}")
         if codebook_size < 2:
             raise ConfigError(f"tokenizer.codebook_size: {codebook_size} codes; soft VQ needs at least 2")
         if num_codebooks < 1 or num_latent_tokens % num_codebooks:
-            raise ConfigError(f"tokenizer.num_codebooks: {num_codebooks} does not split the "
-                              f"{num_latent_tokens} latent tokens into equal groups")
+            raise ConfigError(
+                f"tokenizer.num_codebooks: {num_codebooks} does not split the "
+                f"{num_latent_tokens} latent tokens into equal groups"
+            )
         if tau <= 0:
             raise ConfigError(f"tokenizer.tau: the soft-VQ temperature must be > 0, got {tau}")
-        for name, value in (("recon_weight", recon_weight), ("kl_weight", kl_weight),
-                            ("entropy_weight", entropy_weight), ("align_weight", align_weight)):
+        for name, value in (
+            ("recon_weight", recon_weight),
+            ("kl_weight", kl_weight),
+            ("entropy_weight", entropy_weight),
+            ("align_weight", align_weight),
+        ):
             if value < 0:
                 raise ConfigError(f"tokenizer.{name}: must be >= 0, got {value}")
-        shape = {"image_size": image_size, "patch_size": patch_size, "num_latent_tokens": num_latent_tokens,
-                 "token_size": token_size}
+        shape = {
+            "image_size": image_size,
+            "patch_size": patch_size,
+            "num_latent_tokens": num_latent_tokens,
+            "token_size": token_size,
+        }
         enc_width, enc_depth, enc_heads = vit_size(size)
         dec_width, dec_depth, dec_heads = vit_size(decoder_size or size)
         self.encoder = LatentViTEncoder(width=enc_width, depth=enc_depth, heads=enc_heads, **shape)
@@ -91,8 +122,9 @@ class SoftVQVAE(Tokenizer):
         if align is not None and align_weight > 0:
             self.teacher, dim = build_teacher(align, "tokenizer.align")
             self.projector = Projector(token_size, dim)
-        self.adversary = (None if adversarial is None
-                          else build_adversary({**SOFTVQ_ADVERSARIAL, **adversarial}, image_size))
+        self.adversary = (
+            None if adversarial is None else build_adversary({**SOFTVQ_ADVERSARIAL, **adversarial}, image_size)
+        )
         self.encoder_init = encoder
         self.token_spec = TokenSpec("continuous", (num_latent_tokens,), dim=token_size)
 

@@ -33,12 +33,26 @@ from benchmark.vit import LatentViTEncoder, MaskTokenViTDecoder, vit_size
 class TiTok(Tokenizer):
     """TiTok 1D tokenizer: ViT encoder with K latent tokens, VQ codebook, ViT decoder from mask tokens."""
 
-    def __init__(self, *, image_size: int = 256, size: str = "B", patch_size: int = 16,
-                 num_latent_tokens: int = 32, codebook_size: int = 4096, token_size: int = 12,
-                 l2_norm: bool = True, commitment: float = 0.25, recon_loss: str = "l2",
-                 recon_weight: float = 1.0, quantizer_weight: float = 1.0, perceptual: PerceptualOptions | None = None,
-                 entropy_weight: float = 0.0, entropy_temperature: float = 0.01,
-                 adversarial: AdversarialOptions | None = None, encoder: EncoderOptions | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        image_size: int = 256,
+        size: str = "B",
+        patch_size: int = 16,
+        num_latent_tokens: int = 32,
+        codebook_size: int = 4096,
+        token_size: int = 12,
+        l2_norm: bool = True,
+        commitment: float = 0.25,
+        recon_loss: str = "l2",
+        recon_weight: float = 1.0,
+        quantizer_weight: float = 1.0,
+        perceptual: PerceptualOptions | None = None,
+        entropy_weight: float = 0.0,
+        entropy_temperature: float = 0.01,
+        adversarial: AdversarialOptions | None = None,
+        encoder: EncoderOptions | None = None,
+    ) -> None:
         """``recon_loss``: l2 (TiTok) or l1, weighted by ``recon_weight``. ``quantizer_weight`` scales
         the codebook and commitment (beta = ``commitment``) terms. ``perceptual``: ``{weight, net,
         weights}`` of benchmark.perceptual. ``entropy_weight``: the thesis's entropy regulariser on
@@ -49,16 +63,28 @@ class TiTok(Tokenizer):
         super().__init__()
         if image_size % patch_size:
             raise ConfigError(f"tokenizer.patch_size {patch_size} does not divide the image size {image_size}")
-        for name, value in (("recon_weight", recon_weight), ("quantizer_weight", quantizer_weight),
-                            ("commitment", commitment), ("entropy_weight", entropy_weight)):
+        for name, value in (
+            ("recon_weight", recon_weight),
+            ("quantizer_weight", quantizer_weight),
+            ("commitment", commitment),
+            ("entropy_weight", entropy_weight),
+        ):
             if value < 0:
                 raise ConfigError(f"tokenizer.{name}: must be >= 0, got {value}")
         width, depth, heads = vit_size(size)
-        shape = dict(image_size=image_size, patch_size=patch_size, width=width, depth=depth, heads=heads,
-                     num_latent_tokens=num_latent_tokens, token_size=token_size)
+        shape = dict(
+            image_size=image_size,
+            patch_size=patch_size,
+            width=width,
+            depth=depth,
+            heads=heads,
+            num_latent_tokens=num_latent_tokens,
+            token_size=token_size,
+        )
         self.encoder = LatentViTEncoder(**shape)
-        self.quantizer = VectorQuantizer(codebook_size, token_size, commitment, l2_norm, entropy_weight,
-                                         entropy_temperature)
+        self.quantizer = VectorQuantizer(
+            codebook_size, token_size, commitment, l2_norm, entropy_weight, entropy_temperature
+        )
         self.decoder = MaskTokenViTDecoder(**shape)
         self.quantizer_weight = quantizer_weight
         self.pixel = PixelObjective(recon_loss, recon_weight, perceptual)

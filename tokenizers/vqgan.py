@@ -170,12 +170,25 @@ class Decoder(nn.Module):
 class VQGAN(Tokenizer):
     """VQGAN 2D tokenizer: conv encoder, a vector-quantised (or KL) latent grid, conv decoder, PatchGAN."""
 
-    def __init__(self, *, image_size: int = 256, size: str = "base", bottleneck: str = "vq",
-                 codebook_size: int = 1024, embed_dim: int | None = None, commitment: float = 0.25,
-                 l2_norm: bool = False, entropy_weight: float = 0.0, entropy_temperature: float = 0.01,
-                 kl_weight: float = 1e-6, recon_loss: str = "l2", recon_weight: float = 1.0,
-                 quantizer_weight: float = 1.0, perceptual: PerceptualOptions | None = None,
-                 adversarial: AdversarialOptions | None = VQGAN_ADVERSARIAL) -> None:
+    def __init__(
+        self,
+        *,
+        image_size: int = 256,
+        size: str = "base",
+        bottleneck: str = "vq",
+        codebook_size: int = 1024,
+        embed_dim: int | None = None,
+        commitment: float = 0.25,
+        l2_norm: bool = False,
+        entropy_weight: float = 0.0,
+        entropy_temperature: float = 0.01,
+        kl_weight: float = 1e-6,
+        recon_loss: str = "l2",
+        recon_weight: float = 1.0,
+        quantizer_weight: float = 1.0,
+        perceptual: PerceptualOptions | None = None,
+        adversarial: AdversarialOptions | None = VQGAN_ADVERSARIAL,
+    ) -> None:
         """``size``: tiny or base (see the module docstring). ``bottleneck``: ``vq`` (hard VQ with the
         codebook + beta-commitment loss, ``commitment`` = beta, and the thesis's entropy term when
         ``entropy_weight`` > 0, on softmax(-||z - c||^2 / entropy_temperature)) or ``kl`` (diagonal
@@ -190,21 +203,28 @@ class VQGAN(Tokenizer):
         if size not in SIZES:
             raise ConfigError(f"tokenizer.size: unknown size '{size}'; choose from {', '.join(SIZES)}")
         if bottleneck not in BOTTLENECKS:
-            raise ConfigError(f"tokenizer.bottleneck: unknown bottleneck '{bottleneck}'; "
-                              f"choose from {', '.join(BOTTLENECKS)}")
+            raise ConfigError(
+                f"tokenizer.bottleneck: unknown bottleneck '{bottleneck}'; choose from {', '.join(BOTTLENECKS)}"
+            )
         ch, ch_mult, num_res_blocks, vq_dim, kl_dim = SIZES[size]
         factor = 2 ** (len(ch_mult) - 1)
         if image_size % factor:
-            raise ConfigError(f"tokenizer.size: the {size} VQGAN downsamples by {factor}, which does not "
-                              f"divide the image size {image_size}")
+            raise ConfigError(
+                f"tokenizer.size: the {size} VQGAN downsamples by {factor}, which does not "
+                f"divide the image size {image_size}"
+            )
         if embed_dim is None:
             embed_dim = vq_dim if bottleneck == "vq" else kl_dim
         for name, value in (("codebook_size", codebook_size), ("embed_dim", embed_dim)):
             if value < 1:
                 raise ConfigError(f"tokenizer.{name}: must be >= 1, got {value}")
-        for name, value in (("commitment", commitment), ("entropy_weight", entropy_weight),
-                            ("kl_weight", kl_weight), ("recon_weight", recon_weight),
-                            ("quantizer_weight", quantizer_weight)):
+        for name, value in (
+            ("commitment", commitment),
+            ("entropy_weight", entropy_weight),
+            ("kl_weight", kl_weight),
+            ("recon_weight", recon_weight),
+            ("quantizer_weight", quantizer_weight),
+        ):
             if value < 0:
                 raise ConfigError(f"tokenizer.{name}: must be >= 0, got {value}")
         self.bottleneck, self.embed_dim = bottleneck, embed_dim
@@ -214,12 +234,16 @@ class VQGAN(Tokenizer):
         self.quant_conv = nn.Conv2d(moments * embed_dim, moments * embed_dim, 1)
         self.post_quant_conv = nn.Conv2d(embed_dim, embed_dim, 1)
         self.decoder = Decoder(ch, ch_mult, num_res_blocks, embed_dim)
-        self.quantizer = (VectorQuantizer(codebook_size, embed_dim, commitment, l2_norm, entropy_weight,
-                                          entropy_temperature) if bottleneck == "vq" else None)
+        self.quantizer = (
+            VectorQuantizer(codebook_size, embed_dim, commitment, l2_norm, entropy_weight, entropy_temperature)
+            if bottleneck == "vq"
+            else None
+        )
         self.quantizer_weight, self.kl_weight = quantizer_weight, kl_weight
         self.pixel = PixelObjective(recon_loss, recon_weight, perceptual)
-        self.adversary = (None if adversarial is None
-                          else build_adversary({**VQGAN_ADVERSARIAL, **adversarial}, image_size))
+        self.adversary = (
+            None if adversarial is None else build_adversary({**VQGAN_ADVERSARIAL, **adversarial}, image_size)
+        )
         if bottleneck == "vq":
             self.token_spec = TokenSpec("discrete", (self.grid, self.grid), vocab_size=codebook_size)
         else:
@@ -291,5 +315,6 @@ class VQGAN(Tokenizer):
         recon = self._decode_latents(posterior.sample().permute(0, 2, 3, 1))
         losses = self.pixel(images, recon)
         losses["kl"] = self.kl_weight * posterior.kl()
-        return TokenizerOutput(recon=recon, losses=losses,
-                               tokens=posterior.mean.detach().permute(0, 2, 3, 1).flatten(1, 2))
+        return TokenizerOutput(
+            recon=recon, losses=losses, tokens=posterior.mean.detach().permute(0, 2, 3, 1).flatten(1, 2)
+        )
