@@ -1,5 +1,6 @@
-"""SelfBootTok: interface, every loss term's gradient path, the causal local 2D aligner, two-stage
-scaling, aligner presets, the Table 2 / 3 ablations, a smoke training that learns, config errors."""
+"""SelfBootTok: interface, every loss term's gradient path, the autoregressive (and query) local 2D
+aligner with its KV-cached decoding, the wide local 1D tokens, two-stage scaling, aligner presets, the
+Table 2 / 3 ablations, a smoke training that learns, config errors."""
 
 from __future__ import annotations
 
@@ -108,7 +109,9 @@ def test_every_loss_is_finite_and_reaches_its_parameters():
         for part in (
             "encoder.",
             "local1d.",
-            "local2d.",
+            "local1d_fuse.",
+            "local2d.feedback.",
+            "local2d.queries",
             "decoder.head",
             "decoder.transformer.0.cross",
             "decoder.context_embed.local2d",
@@ -131,7 +134,7 @@ def test_every_loss_is_finite_and_reaches_its_parameters():
     assert all(reaches("repa_local", p) for p in ("local1d.", "encoder.", "quantizers.global", "projector_local."))
     assert not any(reaches("repa_local", p) for p in ("local2d.", "decoder.", "projector_global."))
     # Eq. 13 on z_L2: the local 2D aligner (and through Z_G the encoder), plus the width map to C.
-    assert all(reaches("ot", p) for p in ("local2d.", "local2d.queries", "encoder."))
+    assert all(reaches("ot", p) for p in ("local2d.queries", "local2d.feedback.", "local2d.blocks.", "encoder."))
     assert not any(reaches("ot", p) for p in ("local1d.", "decoder.", "quantizers.local"))
     if model.ot_proj is not None:
         assert reaches("ot", "ot_proj.")
@@ -151,18 +154,80 @@ def test_every_loss_is_finite_and_reaches_its_parameters():
     assert g and all(n.startswith("adversary.discriminator.") for n in g)
 
 
+def aligner(**kw):
+    """A local 2D aligner over K_g = 12 global tokens of width 8, N_l = 16 local tokens."""
+    torch.manual_seed(1)
+    return MODULE.Local2DAligner(8, 12, 16, 32, 2, 2, **kw)
+
+
+@pytest.mark.parametrize("j", [0, 5, 14])
+def test_autoregressive_token_i_reads_the_previous_tokens_and_never_the_later_ones(j: int):
+    """Eq. 9: t_i = f(z_G, t_<i). Changing t_j of the teacher-forcing prefix leaves t_0..t_j exactly as
+    they were and changes every t_i with i > j."""
+    model = aligner()
+    zq, prefix = torch.randn(2, 12, 8), torch.randn(2, 16, 8)
+    changed = prefix.clone()
+    changed[:, j] += torch.randn(2, 8)
+    before, after = model(zq, prefix), model(zq, changed)
+    assert before.shape == (2, 16, 8)
+    assert torch.equal(before[:, : j + 1], after[:, : j + 1])
+    assert all(not torch.allclose(before[:, i], after[:, i]) for i in range(j + 1, 16))
+    # The last token is never read: it has no position after it.
+    changed = prefix.clone()
+    changed[:, -1] += 1.0
+    assert torch.equal(model(zq, changed), before)
+
+
+def test_kv_cached_decoding_equals_the_teacher_forced_pass_on_its_own_prefix():
+    model = aligner()
+    zq = torch.randn(3, 12, 8)
+    decoded = model.generate(zq)
+    assert decoded.shape == (3, 16, 8) and not decoded.requires_grad
+    # One parallel pass fed the decoded tokens as t_<i reproduces them: the cache changes nothing.
+    assert torch.allclose(model(zq, decoded), decoded, atol=1e-5)
+    # Each decoded token depends on the ones before it: feeding other tokens changes what follows.
+    assert not torch.allclose(model(zq, torch.zeros_like(decoded))[:, 1:], decoded[:, 1:], atol=1e-3)
+    # predict: the decoded tokens; with gradients on, the same values from the teacher-forced pass.
+    with torch.no_grad():
+        assert torch.equal(model.predict(zq), decoded)
+    trained = model.predict(zq)
+    assert trained.requires_grad and torch.allclose(trained, decoded, atol=1e-5)
+    trained.sum().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
+
+
+def test_encode_and_decode_use_the_kv_cached_decoder():
+    model = tiny().eval()
+    calls = {"generate": 0, "parallel": 0}
+    generate = model.local2d.generate
+
+    def counting_generate(zq):
+        calls["generate"] += 1
+        return generate(zq)
+
+    model.local2d.generate = counting_generate
+    model.local2d.register_forward_hook(lambda *_: calls.__setitem__("parallel", calls["parallel"] + 1))
+    x = images(2)
+    with torch.no_grad():
+        tokens = model.encode(x)
+        out = model.decode(tokens)
+        model.code_ids(x)
+    assert calls == {"generate": 2, "parallel": 0}
+    zq_local = model.local_tokens(tokens)[1]  # with gradients on: decoded, then the teacher-forced pass
+    assert calls == {"generate": 3, "parallel": 1}
+    assert torch.allclose(model.reconstruct_from(tokens, zq_local).clamp(0, 1), out, atol=1e-5)
+
+
 @pytest.mark.parametrize("i", [0, 5, 14])
-def test_local2d_aligner_is_causal_over_its_queries(i: int):
-    torch.manual_seed(0)
-    zq = torch.randn(2, 12, 8)
+def test_query_aligner_is_causal_over_its_queries(i: int):
     outputs = {}
     for causal in (True, False):
-        torch.manual_seed(1)
-        aligner = MODULE.Local2DAligner(8, 12, 16, 32, 2, 2, causal=causal)
-        before = aligner(zq)
+        model = aligner(form="queries", causal=causal)
+        zq = torch.randn(2, 12, 8)
+        before = model(zq)
         with torch.no_grad():
-            aligner.queries[:, i + 1 :] += torch.randn_like(aligner.queries[:, i + 1 :])
-        outputs[causal] = before, aligner(zq)
+            model.queries[:, i + 1 :] += torch.randn_like(model.queries[:, i + 1 :])
+        outputs[causal] = before, model(zq)
     before, after = outputs[True]
     assert before.shape == (2, 16, 8)
     # Token i (and every earlier one) ignores the queries after it; later tokens see the change.
@@ -171,23 +236,48 @@ def test_local2d_aligner_is_causal_over_its_queries(i: int):
     # Without the mask every token reads every query.
     before, after = outputs[False]
     assert not torch.allclose(before[:, : i + 1], after[:, : i + 1])
+    with pytest.raises(ValueError, match="causal by construction"):
+        aligner(causal=False)
 
 
-def test_local2d_aligner_reads_every_global_token():
-    torch.manual_seed(0)
-    aligner = MODULE.Local2DAligner(8, 12, 16, 32, 2, 2)
+@pytest.mark.parametrize("form", ["autoregressive", "queries"])
+def test_local2d_aligner_reads_every_global_token(form: str):
+    model = aligner(form=form)
     zq = torch.randn(1, 12, 8)
     perturbed = zq.clone()
     perturbed[:, -1] += 1.0  # the last global token
-    assert not torch.allclose(aligner(zq)[:, 0], aligner(perturbed)[:, 0])
+    assert not torch.allclose(model.predict(zq)[:, 0], model.predict(perturbed)[:, 0])
     mask = MODULE.aligner_mask(3, 4)
     assert mask[:3, :3].all() and not mask[:3, 3:].any() and mask[3:, :3].all()
     assert torch.equal(mask[3:, 3:], torch.ones(4, 4, dtype=torch.bool).tril())
 
 
+def test_local1d_tokens_live_in_a_wider_token_space():
+    """Eq. 8: z_L1 = MLP(z_G) of width 2 d by default, with its own codebook of that width, read by the
+    decoder's cross-attention at that width and mapped to d for Eq. 11's fusion."""
+    model = tiny(align_local=DINOV2)
+    tokens = model.encode(images(2))
+    z, zq, q = model.local_tokens(tokens)
+    assert z["local1d"].shape == zq["local1d"].shape == (2, 16, 16) and z["local2d"].shape == (2, 16, 8)
+    assert q["local1d"].shape == (2, 16, 64)
+    assert model.quantizers["local1d"].embedding.shape[-1] == 16
+    assert model.decoder.context_embed["local1d"].in_features == 16
+    assert (model.local1d_fuse.in_features, model.local1d_fuse.out_features) == (16, 8)
+    assert model.projector_local[0].in_features == 16
+    assert model.fuse({"global": tokens, **zq}).shape == (2, 16, 8)
+    # Another width on request; the token width needs no map; a shared codebook shares its width.
+    assert tiny(local1d_dim=40).quantizers["local1d"].embedding.shape[-1] == 40
+    assert tiny(local1d_dim=8).local1d_fuse is None
+    shared = tiny(shared_codebook=True)
+    assert shared.local1d[-1].out_features == 8 and shared.local1d_fuse is None
+
+
 def test_stage2_trains_only_the_local2d_aligner():
     stage1 = tiny()
     state = {k: v.clone() for k, v in stage1.state_dict().items()}
+    x = images(2, seed=9)
+    with torch.no_grad():
+        tokens = stage1.encode(x)
     model = tiny(stage=2, local2d_size="10M")
     assert not any(p.requires_grad for n, p in model.named_parameters() if not n.startswith("local2d."))
     assert tiny(stage=2).load_stage1(state) == []  # same aligner: every tensor copied
@@ -213,14 +303,19 @@ def test_stage2_trains_only_the_local2d_aligner():
         assert torch.equal(p.detach(), state[name]), name
     changed = [n for n, p in model.local2d.named_parameters() if not torch.equal(p.detach(), aligner_before[n])]
     assert len(changed) == len(aligner_before)
+    # The generator's tokens are those of stage 1: one latent cache serves every aligner size.
+    with torch.no_grad():
+        assert torch.equal(model.encode(x), tokens)
+        assert model.decode(tokens).shape == x.shape
 
 
+@pytest.mark.parametrize("form", ["autoregressive", "queries"])
 @pytest.mark.parametrize("preset", ["10M", "100M", "200M", "400M", "600M"])
-def test_local2d_presets_have_their_parameter_count(preset: str):
+def test_local2d_presets_have_their_parameter_count(preset: str, form: str):
     width, depth, heads = MODULE.LOCAL2D_SIZES[preset]
     with torch.device("meta"):  # shapes only: no memory for the 600M weights
-        aligner = MODULE.Local2DAligner(32, 64, 64, width, depth, heads)
-    count = sum(p.numel() for p in aligner.parameters())
+        model = MODULE.Local2DAligner(32, 64, 64, width, depth, heads, form)
+    count = sum(p.numel() for p in model.parameters())
     target = float(preset.rstrip("M")) * 1e6
     assert abs(count - target) <= 0.1 * target, (preset, count)
 
@@ -249,10 +344,13 @@ def test_local2d_presets_have_their_parameter_count(preset: str):
         (
             {"branches": "G+L1+L2"},
             lambda m: (
-                m.fusion_weights == {"global": 0.5, "local1d": 0.25, "local2d": 0.25} and m.local2d.mask is not None
+                m.fusion_weights == {"global": 0.5, "local1d": 0.25, "local2d": 0.25}
+                and m.local2d.mask is not None
+                and m.local2d.feedback is not None
             ),
         ),
-        ({"causal": False}, lambda m: m.local2d.mask is None),
+        ({"local2d_form": "queries"}, lambda m: m.local2d.feedback is None and m.local2d.mask is not None),
+        ({"local2d_form": "queries", "causal": False}, lambda m: m.local2d.mask is None),
         ({"shared_codebook": True}, lambda m: set(m.quantizers) == {"shared"}),
         (
             {"fusion": "concat", "num_local_tokens": 8},
@@ -261,7 +359,17 @@ def test_local2d_presets_have_their_parameter_count(preset: str):
         ({"align_local": SIGLIP, "local_align_tokens": "l2"}, lambda m: m.projector_local[-1].out_features == 32),
         ({"align_local": DINOV2}, lambda m: m.projector_local[-1].out_features == 48),
     ],
-    ids=["G", "G+L1", "G+L1+L2", "non-causal", "shared-codebook", "concat", "siglip-on-l2", "dinov2-on-l1"],
+    ids=[
+        "G",
+        "G+L1",
+        "G+L1+L2",
+        "queries",
+        "non-causal-queries",
+        "shared-codebook",
+        "concat",
+        "siglip-on-l2",
+        "dinov2-on-l1",
+    ],
 )
 def test_ablations_build_and_train_a_step(options, check):
     model = tiny(**options)
@@ -337,6 +445,10 @@ def test_smoke_training_lowers_the_reconstruction_loss():
         ({"fusion": "sum"}, "tokenizer.fusion"),
         ({"local2d_size": "50M"}, "tokenizer.local2d_size"),
         ({"local_align_tokens": "l3"}, "tokenizer.local_align_tokens"),
+        ({"local2d_form": "parallel"}, "tokenizer.local2d_form"),
+        ({"causal": False}, "tokenizer.causal"),
+        ({"local1d_dim": 0}, "tokenizer.local1d_dim"),
+        ({"shared_codebook": True, "local1d_dim": 16}, "tokenizer.local1d_dim"),
         ({"alpha": 0.8, "beta": 0.4}, "tokenizer.alpha"),
         ({"num_local_tokens": 8}, "tokenizer.num_local_tokens"),
         ({"stage": 3}, "tokenizer.stage"),

@@ -3,10 +3,10 @@
     z_G   = Enc(I)                                            (Eq. 1: K_g global tokens, ViT encoder)
     Z     = sum_k q(k | z) c_k,  q = softmax(-||z - C|| / tau) (Eq. 2-3, soft VQ; C_tot = {C_global,
                                                                C_local1D, C_local2D}, Eq. 1)
-    z_L1  = MLP(Z_G)                                          (Eq. 8: per token, up to a wider space and back)
-    z_L2 ~ prod_i p(t_i | Z_G, t_<i)                          (Eq. 9: the causal local 2D aligner)
+    z_L1  = MLP(Z_G)                                          (Eq. 8: per token, into a wider token space)
+    z_L2 ~ prod_i p(t_i | Z_G, t_<i)                          (Eq. 9: the autoregressive local 2D aligner)
     x_hat = Dec(Fuse(Z_G, Z_L1, Z_L2); Z_L1; Z_L2)            (Eq. 10: locals also read by cross-attention)
-    Fuse  = a Z_G + b Z_L1 + (1 - a - b) Z_L2  |  Concat[Z_G; Z_L1; Z_L2]      (Eq. 11)
+    Fuse  = a Z_G + b W Z_L1 + (1 - a - b) Z_L2  |  Concat[Z_G; W Z_L1; Z_L2]  (Eq. 11; W: wide z_L1 -> d)
 
     L       = L_recon + l1 L_percep + l2 L_adv + l3 L_align + l4 L_KL          (Eq. 4)
     L_align = m1 L_repa^global + m2 L_repa^local + m3 L_OT                      (Eq. 5)
@@ -14,8 +14,9 @@
     L_repa^local  = PatchwiseSim(z_L1 or z_L2, f_local(I))                      (Eq. 7, I-JEPA / DINOv2 / SigLIP)
     L_OT    = <P*, C>,  C_ij = ||x_i - z_L2,j||^2,  P* = Sinkhorn(exp(-C / eps))  (Eq. 12-13)
 
-A generator models only Z_G: ``encode`` returns it and ``decode`` predicts the locals from it (Eq. 8-9)
-before fusing and decoding, which is how generated global tokens become images. The 2D latents x of
+A generator models only Z_G: ``encode`` returns it and ``decode`` predicts the locals from it (Eq. 8-9;
+the local 2D tokens decoded one by one with a KV cache) before fusing and decoding, which is how
+generated global tokens become images. The 2D latents x of
 the OT term come from the encoder of a frozen, registered 2D tokenizer (``latent_2d``); when their
 width C differs from the token width, a learned linear map takes z_L2 to C before the cost.
 
@@ -42,7 +43,7 @@ from benchmark.align import Projector, TeacherOptions, build_teacher, patchwise_
 from benchmark.base import Tokenizer, TokenizerOutput, TokenSpec
 from benchmark.encoders import EncoderOptions
 from benchmark.errors import ConfigError, WeightsError
-from benchmark.layers import Block, Frozen, Mlp, init_vit_weights, unpatchify
+from benchmark.layers import Block, Frozen, init_vit_weights, unpatchify
 from benchmark.objectives import AdversarialOptions, PerceptualOptions, PixelObjective, build_adversary
 from benchmark.options import check_options, nested
 from benchmark.ot import ot_loss
@@ -59,6 +60,7 @@ BRANCHES: dict[str, tuple[str, ...]] = {
     "G+L1+L2": ("global", "local1d", "local2d"),
 }
 FUSIONS = ("soft_residual", "concat")
+LOCAL2D_FORMS = ("autoregressive", "queries")
 LOCAL_ALIGN_TOKENS = {"l1": "local1d", "l2": "local2d"}
 
 # (width, depth, heads) of the local 2D aligner, named by its parameter count at the paper's
@@ -117,8 +119,8 @@ class CrossAttentionBlock(Block):
 
 
 def aligner_mask(num_global: int, num_local: int) -> Tensor:
-    """Attention mask over [Z_G; queries]: the K_g global tokens attend to one another only; query i
-    attends to every global token and to queries 0..i (Eq. 9's t_i | z_G, t_<i)."""
+    """Attention mask over [Z_G; local inputs]: the K_g global tokens attend to one another only; local
+    position i attends to every global token and to local positions 0..i (Eq. 9's t_i | z_G, t_<i)."""
     n = num_global + num_local
     mask = torch.ones(n, n, dtype=torch.bool)
     mask[:num_global, num_global:] = False
@@ -126,22 +128,74 @@ def aligner_mask(num_global: int, num_local: int) -> Tensor:
     return mask
 
 
-class Local2DAligner(nn.Module):
-    """Eq. 9: p(z_L2 | z_G) = prod_i p(t_i | z_G, t_<i), as one parallel pass of transformer blocks.
+def cached_block(
+    block: Block, x: Tensor, cache: tuple[Tensor, Tensor] | None, mask: Tensor | None = None
+) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+    """``block`` (a benchmark.layers.Block, its own weights) on new tokens x (B, n, W) that attend to the
+    keys / values of the m tokens before them (``cache``, each (B, heads, m, W / heads)) and to their
+    own; ``mask``: SDPA's boolean (n, m + n) mask, None: every key. Returns the block's output and the
+    cache with the new keys / values appended: one step of KV-cached decoding."""
+    attn = block.attn
+    b, n, d = x.shape
+    q, k, v = attn.qkv(block.norm1(x)).view(b, n, 3, attn.num_heads, d // attn.num_heads).permute(2, 0, 3, 1, 4)
+    if cache is not None:
+        k, v = torch.cat([cache[0], k], dim=2), torch.cat([cache[1], v], dim=2)
+    y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    x = x + attn.proj(y.transpose(1, 2).reshape(b, n, d))
+    return x + block.mlp(block.norm2(x)), (k, v)
 
-    Input: [Linear(Z_G) + global positions; N_l learned query tokens (one per position)]. With
-    ``causal`` the mask of :func:`aligner_mask` lets query i see all of Z_G and queries <= i, so output
-    i never depends on positions after i; without it every token attends to every other (Table 3's
-    "C" column off). The query outputs, normed and projected to the token width, are z_L2 (B, N_l, d).
+
+class Local2DAligner(nn.Module):
+    """Eq. 9, p(z_L2 | z_G) = prod_i p(t_i | z_G, t_<i): transformer blocks over [Linear(Z_G) + global
+    positions; N_l local inputs], read out (norm, linear) at the local positions as t_i of width d.
+
+    ``form="autoregressive"`` (the paper's): local input i is a learned position embedding plus
+    Linear(t_{i-1}) (nothing at i = 0), under the causal mask of :func:`aligner_mask`, so t_i is a
+    function of z_G and of the previous tokens t_<i themselves. At inference (:meth:`generate`) the
+    tokens are decoded one at a time, each fed back as the next input, with a KV cache.
+
+    Teacher forcing (:meth:`forward` with ``prefix``): what are the "true" t_<i in training? The paper
+    trains z_L2 only through the reconstruction (Eq. 10) and the OT alignment to the 2D latents
+    (Eq. 12-13). Neither gives a target per position: the OT cost <P*, C> is invariant to a
+    permutation of the N_l positions, so the sequence "transported from the 2D VAE latents" has no
+    order of its own but the one the predictions give it, and feeding those transported latents would
+    hand position i image information (the 2D latents) that inference never has, with copying the
+    previous transported latent scoring as well as predicting under a permutation-invariant loss. What
+    Eq. 9 conditions on at inference is the aligner's own previous tokens, so those are the
+    teacher-forcing inputs: :meth:`predict` decodes them without gradient (KV cache), then one parallel
+    pass teacher-forced on that detached prefix recomputes the same tokens (equal to the decoded ones
+    up to float rounding) with gradients at every position. Training thus sees exactly the tokens
+    decoding gives, and the gradient through the fed-back inputs is truncated, as teacher forcing does.
+    The fed-back t_i are the raw tokens (Eq. 9's z_L2), not their soft-quantised Z_L2: quantisation
+    follows the aligner (Sec. 3.2, "after the soft quantization of z_G, z_L1, and z_L2").
+
+    ``form="queries"``: local input i is a learned query token alone, one parallel pass, so t_i is a
+    function of z_G only; ``causal`` picks the causal mask or full attention (Table 3's "C" column).
+    The autoregressive form is causal by construction.
     """
 
     def __init__(
-        self, token_size: int, num_global: int, num_local: int, width: int, depth: int, heads: int, causal: bool = True
+        self,
+        token_size: int,
+        num_global: int,
+        num_local: int,
+        width: int,
+        depth: int,
+        heads: int,
+        form: str = "autoregressive",
+        causal: bool = True,
     ) -> None:
         super().__init__()
+        if form not in LOCAL2D_FORMS:
+            raise ValueError(f"unknown local 2D aligner form '{form}'; choose from {', '.join(LOCAL2D_FORMS)}")
+        if form == "autoregressive" and not causal:
+            raise ValueError("the autoregressive local 2D aligner is causal by construction")
+        self.num_global, self.num_local = num_global, num_local
         self.embed = nn.Linear(token_size, width)
         self.global_positions = nn.Parameter(torch.zeros(1, num_global, width))
+        # The query tokens (queries form) or the position embeddings the fed-back tokens add to (autoregressive).
         self.queries = nn.Parameter(torch.zeros(1, num_local, width))
+        self.feedback = nn.Linear(token_size, width) if form == "autoregressive" else None
         self.blocks = nn.ModuleList(Block(width, heads) for _ in range(depth))
         self.norm = nn.LayerNorm(width)
         self.head = nn.Linear(width, token_size)
@@ -149,18 +203,56 @@ class Local2DAligner(nn.Module):
         nn.init.trunc_normal_(self.global_positions, std=0.02)
         nn.init.trunc_normal_(self.queries, std=0.02)
 
-    def forward(self, zq_global: Tensor) -> Tensor:
+    def forward(self, zq_global: Tensor, prefix: Tensor | None = None) -> Tensor:
+        """One parallel pass: Z_G (B, K_g, d) -> z_L2 (B, N_l, d). The autoregressive form is teacher
+        forced on ``prefix`` (B, N_l, d): output i reads prefix tokens 0..i-1 (never i or later)."""
         b = zq_global.shape[0]
-        x = torch.cat([self.embed(zq_global) + self.global_positions, self.queries.expand(b, -1, -1)], dim=1)
+        local = self.queries.expand(b, -1, -1)
+        if self.feedback is not None:
+            if prefix is None:
+                raise ValueError("the autoregressive aligner's parallel pass is teacher forced: give the prefix")
+            local = local + F.pad(self.feedback(prefix[:, :-1]), (0, 0, 1, 0))  # input i: t_{i-1}
+        x = torch.cat([self.embed(zq_global) + self.global_positions, local], dim=1)
         for block in self.blocks:
             x = block(x, self.mask)
-        return self.head(self.norm(x[:, zq_global.shape[1] :]))
+        return self.head(self.norm(x[:, self.num_global :]))
+
+    @torch.no_grad()
+    def generate(self, zq_global: Tensor) -> Tensor:
+        """Eq. 9 decoded token by token with a KV cache (autoregressive form): step 0 runs [Z_G; input 0]
+        under the causal mask, step i > 0 only input i = position i + Linear(t_{i-1}), attending to the
+        cached keys / values of Z_G and of inputs < i. Returns z_L2 (B, N_l, d), without gradient."""
+        if self.feedback is None:
+            raise ValueError("the queries form of the local 2D aligner is one parallel pass; call it directly")
+        x = torch.cat(
+            [self.embed(zq_global) + self.global_positions, self.queries[:, :1].expand(len(zq_global), -1, -1)], 1
+        )
+        mask: Tensor | None = aligner_mask(self.num_global, 1).to(x.device)
+        caches: list[tuple[Tensor, Tensor] | None] = [None] * len(self.blocks)
+        tokens = []
+        for i in range(self.num_local):
+            for j, block in enumerate(self.blocks):
+                x, caches[j] = cached_block(block, x, caches[j], mask)
+            tokens.append(self.head(self.norm(x[:, -1:])))
+            if i + 1 < self.num_local:
+                x, mask = self.queries[:, i + 1 : i + 2] + self.feedback(tokens[-1]), None
+        return torch.cat(tokens, dim=1)
+
+    def predict(self, zq_global: Tensor) -> Tensor:
+        """z_L2 as encode / decode / training use it. Queries form: the parallel pass. Autoregressive
+        form: :meth:`generate` (KV cache); with gradients enabled, the same tokens recomputed by the
+        parallel pass teacher forced on the decoded (detached) prefix, so every position has a gradient."""
+        if self.feedback is None:
+            return self(zq_global)
+        tokens = self.generate(zq_global)
+        return self(zq_global, tokens) if torch.is_grad_enabled() else tokens
 
 
 class CrossAttentionViTDecoder(MaskTokenViTDecoder):
     """Eq. 10's Dec(Fuse(z_G, z_L1, z_L2); z_L1; z_L2): the 1D ViT decoder over [cls; mask tokens] ⊕
     [fused tokens], whose blocks also read the local tokens (one learned position per token and
-    group) through cross-attention. With no local group (branches "G") it is the plain decoder."""
+    group) through cross-attention; ``context_tokens`` gives each local group's (count, width). With no
+    local group (branches "G") it is the plain decoder."""
 
     def __init__(
         self,
@@ -172,7 +264,7 @@ class CrossAttentionViTDecoder(MaskTokenViTDecoder):
         heads: int,
         num_latent_tokens: int,
         token_size: int,
-        context_tokens: Mapping[str, int],
+        context_tokens: Mapping[str, tuple[int, int]],
     ) -> None:
         super().__init__(
             image_size=image_size,
@@ -185,9 +277,9 @@ class CrossAttentionViTDecoder(MaskTokenViTDecoder):
         )
         if context_tokens:
             self.transformer = nn.ModuleList(CrossAttentionBlock(width, heads) for _ in range(depth))
-        self.context_embed = nn.ModuleDict({g: nn.Linear(token_size, width) for g in context_tokens})
+        self.context_embed = nn.ModuleDict({g: nn.Linear(dim, width) for g, (_, dim) in context_tokens.items()})
         self.context_positions = nn.ParameterDict(
-            {g: nn.Parameter(width**-0.5 * torch.randn(1, n, width)) for g, n in context_tokens.items()}
+            {g: nn.Parameter(width**-0.5 * torch.randn(1, n, width)) for g, (n, _) in context_tokens.items()}
         )
         self.context_norm = nn.LayerNorm(width) if context_tokens else None
 
@@ -288,7 +380,9 @@ class SelfBootTok(Tokenizer):
         shared_codebook: bool = False,
         branches: str = "G+L1+L2",
         local1d_hidden: int | None = None,
+        local1d_dim: int | None = None,
         local2d_size: str | None = None,
+        local2d_form: str = "autoregressive",
         num_local_tokens: int | None = None,
         causal: bool = True,
         fusion: str = "soft_residual",
@@ -317,9 +411,18 @@ class SelfBootTok(Tokenizer):
         ``codebook_size``, ``tau``, ``l2_norm``: the soft VQ of Eq. 2-3, one codebook per token group
         [C_global, C_local1D, C_local2D] unless ``shared_codebook`` (Table 3's "CB" column off).
         ``branches``: "G", "G+L1" or "G+L1+L2" (Table 3 rows). ``local1d_hidden``: hidden width of the
-        Eq. 8 MLP (None: the encoder's width). ``local2d_size``: aligner preset, :data:`LOCAL2D_SIZES`
-        (None: "tiny" when ``size`` is tiny, else "10M", the small stage-1 aligner).
-        ``num_local_tokens`` [N_l] (None: K_g). ``causal``: Eq. 9's causal mask (Table 3's "C").
+        Eq. 8 MLP (None: the encoder's width). ``local1d_dim``: the width of z_L1, the "higher-dimensional
+        token space" Eq. 8 projects z_G into (Sec. 3.2). The paper gives no number; None is 2 d, the
+        smallest doubling (64 at the paper's d = 32), or d with ``shared_codebook`` (one codebook holds
+        every group's tokens, so they share its width; an explicit other width is an error there).
+        z_L1 has its own codebook C_local1D of that width, the decoder's cross-attention reads it through
+        its own linear embedding, and Eq. 11 (which adds or concatenates tokens of width d) takes it
+        through a learned linear map W to d. ``local2d_size``: aligner preset, :data:`LOCAL2D_SIZES`
+        (None: "tiny" when ``size`` is tiny, else "10M", the small stage-1 aligner). ``local2d_form``:
+        "autoregressive" (Eq. 9 as written: previous tokens as inputs, KV-cached decoding) or "queries"
+        (learned query tokens, t_i a function of z_G alone); see :class:`Local2DAligner`.
+        ``num_local_tokens`` [N_l] (None: K_g). ``causal``: the queries form's causal mask (Table 3's
+        "C"); the autoregressive form is causal by construction (``causal: false`` needs "queries").
         ``fusion``: Eq. 11, "soft_residual" with ``alpha``, ``beta`` (renormalised over the present
         groups) or "concat". ``perceptual`` [lambda1 = its ``weight``]: options of PixelObjective.
         ``adversarial`` [lambda2 = its ``weight``]: None for no GAN, else overrides of SoftVQ's setup
@@ -341,6 +444,15 @@ class SelfBootTok(Tokenizer):
             raise ConfigError(f"tokenizer.branches: unknown branches '{branches}'; choose from {', '.join(BRANCHES)}")
         if fusion not in FUSIONS:
             raise ConfigError(f"tokenizer.fusion: unknown fusion '{fusion}'; choose from {', '.join(FUSIONS)}")
+        if local2d_form not in LOCAL2D_FORMS:
+            raise ConfigError(
+                f"tokenizer.local2d_form: unknown form '{local2d_form}'; choose from {', '.join(LOCAL2D_FORMS)}"
+            )
+        if local2d_form == "autoregressive" and not causal:
+            raise ConfigError(
+                "tokenizer.causal: the autoregressive local 2D aligner (Eq. 9) is causal by construction; "
+                "causal: false needs tokenizer.local2d_form: queries"
+            )
         if local_align_tokens not in LOCAL_ALIGN_TOKENS:
             raise ConfigError(f"tokenizer.local_align_tokens: '{local_align_tokens}' is not l1 or l2")
         if stage not in (1, 2):
@@ -366,6 +478,16 @@ class SelfBootTok(Tokenizer):
             )
         num_local_tokens = num_local_tokens or num_latent_tokens
         self.groups = BRANCHES[branches]
+        if local1d_dim is None:
+            local1d_dim = token_size if shared_codebook else 2 * token_size
+        if local1d_dim < 1:
+            raise ConfigError(f"tokenizer.local1d_dim: the width of z_L1 must be >= 1, got {local1d_dim}")
+        if shared_codebook and local1d_dim != token_size and "local1d" in self.groups:
+            raise ConfigError(
+                f"tokenizer.local1d_dim: a shared codebook holds every group's tokens, so z_L1 must have "
+                f"the token width {token_size}, got {local1d_dim}; set it to null or use separate codebooks"
+            )
+        dims = {"global": token_size, "local1d": local1d_dim, "local2d": token_size}
         self.fusion = fusion
         if fusion == "soft_residual":
             if "local2d" in self.groups and num_local_tokens != num_latent_tokens:
@@ -399,24 +521,30 @@ class SelfBootTok(Tokenizer):
             "token_size": token_size,
         }
         self.encoder = LatentViTEncoder(num_latent_tokens=num_latent_tokens, **shape)
-        # Eq. 8-9: the local tokens predicted from Z_G.
-        self.local1d = Mlp(token_size, local1d_hidden or width) if "local1d" in self.groups else None
+        # Eq. 8-9: the local tokens predicted from Z_G; z_L1 in the wider token space of width local1d_dim.
+        self.local1d = self.local1d_fuse = None
+        if "local1d" in self.groups:
+            hidden = local1d_hidden or width
+            self.local1d = nn.Sequential(nn.Linear(token_size, hidden), nn.GELU(), nn.Linear(hidden, local1d_dim))
+            self.local1d_fuse = nn.Linear(local1d_dim, token_size) if local1d_dim != token_size else None
         a_width, a_depth, a_heads = LOCAL2D_SIZES[local2d_size]
         self.local2d = (
-            Local2DAligner(token_size, num_latent_tokens, num_local_tokens, a_width, a_depth, a_heads, causal)
+            Local2DAligner(
+                token_size, num_latent_tokens, num_local_tokens, a_width, a_depth, a_heads, local2d_form, causal
+            )
             if "local2d" in self.groups
             else None
         )
-        # Eq. 1-3: soft VQ, one codebook per group (C_tot) or one shared codebook.
-        books = ("shared",) if shared_codebook else self.groups
+        # Eq. 1-3: soft VQ, one codebook per group (C_tot, each of its group's width) or one shared codebook.
+        books = {"shared": token_size} if shared_codebook else {g: dims[g] for g in self.groups}
         self.quantizers = nn.ModuleDict(
-            {g: SoftVectorQuantizer(codebook_size, token_size, tau, l2_norm) for g in books}
+            {g: SoftVectorQuantizer(codebook_size, dim, tau, l2_norm) for g, dim in books.items()}
         )
         # Eq. 10-11: the decoder over the fused tokens, reading the locals through cross-attention.
         counts = {"global": num_latent_tokens, "local1d": num_latent_tokens, "local2d": num_local_tokens}
         fused = sum(counts[g] for g in self.groups) if fusion == "concat" else num_latent_tokens
         self.decoder = CrossAttentionViTDecoder(
-            num_latent_tokens=fused, **shape, context_tokens={g: counts[g] for g in self.groups[1:]}
+            num_latent_tokens=fused, **shape, context_tokens={g: (counts[g], dims[g]) for g in self.groups[1:]}
         )
 
         # Eq. 5-7: REPA teachers (plain objects, not modules) and their trainable projectors.
@@ -434,7 +562,7 @@ class SelfBootTok(Tokenizer):
         self.teacher_local = self.projector_local = None
         if align_local is not None and self.local_align_group in self.groups:
             self.teacher_local, dim = build_teacher(align_local, "tokenizer.align_local")
-            self.projector_local = Projector(token_size, dim)
+            self.projector_local = Projector(dims[self.local_align_group], dim)
         # Eq. 12-13: the frozen 2D latent encoder, and z_L2 -> C when the widths differ.
         self.latent_2d, self.ot_proj, self.ot_epsilon = None, None, ot_epsilon
         if latent_2d is not None and "local2d" in self.groups:
@@ -477,12 +605,15 @@ class SelfBootTok(Tokenizer):
         if self.local1d is not None:
             z["local1d"] = self.local1d(zq_global)
         if self.local2d is not None:
-            z["local2d"] = self.local2d(zq_global)
+            z["local2d"] = self.local2d.predict(zq_global)
         quantized = {g: self.quantize(g, t) for g, t in z.items()}
         return z, {g: zq for g, (zq, _) in quantized.items()}, {g: q for g, (_, q) in quantized.items()}
 
     def fuse(self, tokens: Mapping[str, Tensor]) -> Tensor:
-        """Eq. 11 over the present groups: the soft residual sum, or the concatenation along the sequence."""
+        """Eq. 11 over the present groups: the soft residual sum, or the concatenation along the sequence;
+        a z_L1 wider than the tokens (Eq. 8) enters through its linear map to the token width."""
+        if self.local1d_fuse is not None:
+            tokens = {**tokens, "local1d": self.local1d_fuse(tokens["local1d"])}
         if self.fusion == "concat":
             return torch.cat([tokens[g] for g in self.groups], dim=1)
         return sum(self.fusion_weights[g] * tokens[g] for g in self.groups)
