@@ -8,7 +8,8 @@ A bidirectional transformer over discrete token ids, trained as a masked-token m
 
 and sampled by confidence-based iterative decoding (Sec. 3.2, as TiTok's generator runs it): start
 from all [MASK]; at step i of T sample every masked id, score it by its log-probability plus
-annealed Gumbel noise, and re-mask the floor(N * gamma((i+1)/T)) least confident ones. The class
+annealed Gumbel noise, and re-mask the max(1, floor(N * gamma((i+1)/T))) least confident ones (at
+least one stays masked until the last step, which unmasks all; see ``masked_counts``). The class
 enters as a prefix token; a "null" class serves label dropout and the unconditional branch of
 classifier-free guidance, logits = l_uncond + s * (l_cond - l_uncond).
 """
@@ -53,13 +54,16 @@ def mask_ratio(schedule: str, r: Tensor) -> Tensor:
 def masked_counts(schedule: str, num_tokens: int, steps: int) -> list[int]:
     """How many tokens stay masked after each of ``steps`` decoding steps.
 
-    n_i = floor(N * gamma((i + 1) / T)), forced strictly below n_{i-1} (so every step unmasks at least
-    one token while any remain) and to 0 after the last step.
+    n_i = max(1, min(n_{i-1} - 1, floor(N * gamma((i + 1) / T)))) with n_{-1} = N, and 0 after the last
+    step: every step unmasks at least one token while more than one remain, and at least one token
+    stays masked until the last step, which unmasks all. This is the original MaskGIT sampler's rule
+    (maskgit/libml/parallel_decode.py: mask_len = maximum(1, minimum(unknown - 1, floor(N * ratio))),
+    the last step's sampled ids kept whole), which TiTok's generator follows.
     """
     progress = torch.arange(1, steps + 1, dtype=torch.float64) / steps
     counts, prev = [], num_tokens
     for i, ratio in enumerate(mask_ratio(schedule, progress).tolist()):
-        n = 0 if i == steps - 1 else max(0, min(math.floor(num_tokens * ratio), prev - 1))
+        n = 0 if i == steps - 1 else max(1, min(math.floor(num_tokens * ratio), prev - 1))
         counts.append(n)
         prev = n
     return counts
@@ -159,7 +163,8 @@ class MaskGIT(Generator):
         Step i: s_i = cfg_scale ("constant") or 1 + (cfg_scale - 1)(i + 1)/T ("linear"); draw
         x ~ softmax(l / temperature) at masked positions (Gumbel-max); confidence = log p(x) +
         g_i * Gumbel with g_i = gumbel_temperature * (1 - (i + 1)/T), +inf where already known;
-        the floor(N * gamma((i + 1)/T)) least confident positions are masked again.
+        the ``masked_counts`` n_i least confident positions (at least one before the last step) are
+        masked again.
         """
         steps = 8 if steps is None else steps
         if steps < 1:

@@ -42,14 +42,22 @@ def test_schedule_values():
     assert mask_ratio("square", half).item() == pytest.approx(0.75)
 
 
-def test_masked_counts_follow_floor_schedule_and_always_progress():
+def test_masked_counts_follow_floor_schedule_and_keep_one_masked_until_the_last_step():
     # N = 16, T = 4, linear: floor(16 * (1 - k/4)) = 12, 8, 4, 0.
     assert masked_counts("linear", 16, 4) == [12, 8, 4, 0]
     # arccos: floor(16 * 2/pi * arccos(k/4)) = 13, 10, 7, 0.
     assert masked_counts("arccos", 16, 4) == [13, 10, 7, 0]
-    # More steps than tokens: one token per step until none remain, then nothing.
-    assert masked_counts("cosine", 4, 6) == [3, 2, 1, 0, 0, 0]
+    # More steps than tokens: one token per step while more than one remain; the last masked token
+    # stays masked until the final step (MaskGIT's max(1, ...)), which unmasks it.
+    assert masked_counts("cosine", 4, 6) == [3, 2, 1, 1, 1, 0]
+    # The schedule itself reaches floor(N gamma) = 0 before the end (2 * 0.5 = 1, 2 * 0.25 = 0.5).
+    assert masked_counts("linear", 2, 4) == [1, 1, 1, 0]
     assert masked_counts("square", 8, 1) == [0]
+    for schedule in MASK_SCHEDULES:
+        for n, steps in [(1, 3), (5, 12), (16, 8), (64, 64)]:
+            counts = masked_counts(schedule, n, steps)
+            assert min(counts[:-1], default=1) >= 1 and counts[-1] == 0, (schedule, n, steps)
+            assert all(b < a or a == 1 for a, b in zip([n, *counts[:-1]], counts[:-1])), (schedule, n, steps)
 
 
 @pytest.mark.parametrize(
@@ -68,7 +76,7 @@ def test_sampling_unmasks_the_scheduled_number_each_step(schedule, steps, shape)
     for state, count in zip(states, expected):
         assert state.shape == (5, n) and state.dtype == torch.long
         still = state == model.mask_id
-        assert (still.sum(1) == count).all()
+        assert (still.sum(1) == count).all() and (count >= 1 or state is states[-1])
         # Tokens fixed at an earlier step are kept; new ones are real ids below the vocabulary size.
         known = prev != model.mask_id
         assert torch.equal(state[known], prev[known])
