@@ -19,6 +19,19 @@ with the probability-flow ODE dx = v dt (Euler or Heun) or the reverse SDE
 2 w(t)). REPA (Yu et al. 2024) optionally aligns a projection of the hidden states after block
 ``repa_depth`` with a frozen teacher's features by cosine similarity.
 
+REG (Wu et al. 2025, Representation Entanglement for Generation; the SiT of the SelfBootTok paper,
+Sec. 4.1) entangles the REPA teacher's class token c (its final-normed [CLS] output, width D) with
+the tokens, as one extra token denoised jointly (official code, Martinser/REG):
+
+    c_t      = alpha(t) c + sigma(t) eps_c                 (same t as the tokens, its own noise)
+    sequence = [LN(Linear(c_t)) + 0 ; Linear(x_t) + pos]   (the class slot has a zero position)
+    L        = L_flow + reg_weight ||f_c(.) - target(c)||^2 + repa_weight L_repa(h, [c; y])
+
+with f_c a zero-initialised linear read-out of the class slot after the final adaLN layer, and REPA
+aligning all N + 1 hidden states (the class slot's with c itself). Sampling draws c from noise too
+and integrates it jointly with the tokens; classifier-free guidance applies to it with its own scale
+(``cls_cfg_scale``, the token scale by default) and the generated class token is discarded.
+
 Where a formula divides by alpha(1) = 0 or sigma(0) = 0, the time range stops short as SiT does
 (``EPS``, ``LAST_STEP``); velocity models on the linear and GVP paths need no truncation.
 """
@@ -33,7 +46,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from benchmark.align import Projector, TeacherOptions, build_teacher, patchwise_similarity_loss
+from benchmark.align import Projector, TeacherOptions, build_teacher, patchwise_similarity_loss, resample_tokens
 from benchmark.base import Generator, TokenSpec
 from benchmark.errors import ConfigError
 from benchmark.layers import Attention, Mlp
@@ -274,22 +287,27 @@ class SiTBlock(nn.Module):
 
 
 class FinalLayer(nn.Module):
-    """modulate(LN(x), shift, scale) -> Linear to the token dimension C."""
+    """modulate(LN(x), shift, scale) -> Linear to the token dimension C; with ``class_dim`` (REG) the
+    first position is the class slot, read out by its own Linear to the class token's width D."""
 
-    def __init__(self, hidden_size: int, out_channels: int) -> None:
+    def __init__(self, hidden_size: int, out_channels: int, class_dim: int = 0) -> None:
         super().__init__()
         self.norm_final = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=1e-6)
         self.linear = nn.Linear(hidden_size, out_channels)
+        self.linear_cls = nn.Linear(hidden_size, class_dim) if class_dim else None
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(hidden_size, 2 * hidden_size))
 
-    def forward(self, x: Tensor, c: Tensor) -> Tensor:
+    def forward(self, x: Tensor, c: Tensor) -> tuple[Tensor, Tensor | None]:
         shift, scale = self.adaLN_modulation(c).chunk(2, dim=1)
-        return self.linear(modulate(self.norm_final(x), shift, scale))
+        x = modulate(self.norm_final(x), shift, scale)
+        if self.linear_cls is None:
+            return self.linear(x), None
+        return self.linear(x[:, 1:]), self.linear_cls(x[:, 0])
 
 
 @register_generator("sit")
 class SiT(Generator):
-    """SiT: a DiT with adaLN-Zero trained on a linear / GVP interpolant, ODE or SDE sampling, optional REPA."""
+    """SiT: a DiT with adaLN-Zero trained on a linear / GVP interpolant, ODE or SDE sampling, optional REPA / REG."""
 
     def __init__(
         self,
@@ -305,11 +323,17 @@ class SiT(Generator):
         repa_weight: float = 0.5,
         repa_projector_dim: int = 2048,
         repa_teacher: TeacherOptions | None = None,
+        reg: bool = False,
+        reg_weight: float = 0.03,
     ) -> None:
         """``repa_depth`` (1-based) picks the block whose output REPA aligns with ``repa_dim``-dim
         teacher features, through a 3-layer SiLU MLP of hidden width ``repa_projector_dim`` (REPA's 2048).
         ``repa_teacher`` names the frozen encoder (benchmark/encoders.py, e.g. ``{init: dinov2, size: B}``)
-        whose patch features of the training images the harness passes to :meth:`loss`."""
+        whose patch features of the training images the harness passes to :meth:`loss`.
+        ``reg``: REG, the teacher's class token (width ``repa_dim``) entangled as an extra token, its
+        denoising loss weighted by ``reg_weight`` (REG's ``--cls 0.03``); it needs REPA on (REG trains
+        with REPA: ``--proj-coeff 0.5``, ``--encoder-depth 8`` for SiT-L / XL, 4 for SiT-B) and the
+        teacher's class token of each training image in :meth:`loss`."""
         super().__init__()
         if token_spec.kind != "continuous":
             raise ConfigError(
@@ -337,6 +361,14 @@ class SiT(Generator):
         self.interpolant = Interpolant(path_type)
         self.prediction = prediction
         self.repa_depth, self.repa_dim, self.repa_weight = repa_depth, repa_dim, repa_weight
+        if reg and repa_dim <= 0:
+            raise ConfigError(
+                "generator.reg: REG entangles the class token of the REPA teacher; set generator.repa_teacher, "
+                "generator.repa_dim (its width) and generator.repa_depth"
+            )
+        if reg_weight < 0:
+            raise ConfigError(f"generator.reg_weight: must be >= 0, got {reg_weight}")
+        self.reg, self.reg_weight = reg, reg_weight
         if repa_teacher is not None and repa_dim <= 0:
             raise ConfigError(
                 "generator.repa_teacher: set generator.repa_dim to the teacher's feature width "
@@ -353,11 +385,16 @@ class SiT(Generator):
         self.t_min, self.t_max = (0.0, 1.0) if prediction == "velocity" else (EPS, 1 - EPS)
 
         self.x_embedder = nn.Linear(self.token_dim, width)
-        self.register_buffer("pos_embed", sincos_pos_embed_1d(width, self.num_tokens)[None], persistent=False)
+        pos_embed = sincos_pos_embed_1d(width, self.num_tokens)
+        if reg:  # REG: the class slot comes first, with a zero position embedding
+            pos_embed = torch.cat([torch.zeros(1, width), pos_embed])
+            self.cls_embedder = nn.Linear(repa_dim, width)
+            self.cls_norm = nn.LayerNorm(width, eps=1e-6)
+        self.register_buffer("pos_embed", pos_embed[None], persistent=False)
         self.t_embedder = TimestepEmbedder(width)
         self.y_embedder = LabelEmbedder(num_classes, width)
         self.blocks = nn.ModuleList(SiTBlock(width, heads) for _ in range(depth))
-        self.final_layer = FinalLayer(width, self.token_dim)
+        self.final_layer = FinalLayer(width, self.token_dim, repa_dim if reg else 0)
         self.projector = Projector(width, repa_dim, repa_projector_dim) if repa_dim > 0 else None
         self.initialize_weights()
 
@@ -376,88 +413,149 @@ class SiT(Generator):
         for block in self.blocks:
             nn.init.zeros_(block.adaLN_modulation[-1].weight)
             nn.init.zeros_(block.adaLN_modulation[-1].bias)
-        for layer in (self.final_layer.adaLN_modulation[-1], self.final_layer.linear):
-            nn.init.zeros_(layer.weight)
-            nn.init.zeros_(layer.bias)
+        for layer in (self.final_layer.adaLN_modulation[-1], self.final_layer.linear, self.final_layer.linear_cls):
+            if layer is not None:
+                nn.init.zeros_(layer.weight)
+                nn.init.zeros_(layer.bias)
 
-    def forward(self, x: Tensor, t: Tensor, y: Tensor, return_hidden: bool = False) -> Tensor | tuple[Tensor, Tensor]:
-        """x (B, N, C) at times t (B,) with labels y (B,) -> the prediction (B, N, C); with
-        ``return_hidden`` also the hidden states (B, N, width) after block ``repa_depth``."""
-        h = self.x_embedder(x) + self.pos_embed
+    def forward(
+        self, x: Tensor, t: Tensor, y: Tensor, cls: Tensor | None = None
+    ) -> tuple[Tensor, Tensor | None, Tensor]:
+        """x (B, N, C) at times t (B,) with labels y (B,) and, with REG, the noisy class token cls (B, D)
+        -> (the prediction (B, N, C), the class token's prediction (B, D) or None, the hidden states
+        after block ``repa_depth`` (B, N (+ 1 with REG), width))."""
+        h = self.x_embedder(x)
+        if self.reg:
+            if cls is None:
+                raise ValueError("sit: generator.reg is on: the class token is denoised with the tokens; give cls")
+            h = torch.cat([self.cls_norm(self.cls_embedder(cls))[:, None], h], dim=1)
+        h = h + self.pos_embed
         c = self.t_embedder(t) + self.y_embedder(y)
         hidden = h
         for depth, block in enumerate(self.blocks, start=1):
             h = block(h, c)
             if depth == self.repa_depth:
                 hidden = h
-        out = self.final_layer(h, c)
-        return (out, hidden) if return_hidden else out
+        out, cls_out = self.final_layer(h, c)
+        return out, cls_out, hidden
 
-    def velocity(self, x: Tensor, t: Tensor, y: Tensor) -> Tensor:
-        """The network's prediction as a velocity, whatever it was trained to predict."""
-        out = self(x, t, y)
+    def as_velocity(self, out: Tensor, x: Tensor, t: Tensor) -> Tensor:
+        """The network's prediction ``out`` at x as a velocity, whatever it was trained to predict."""
         if self.prediction == "noise":
             return self.interpolant.velocity_from_noise(out, x, t)
         if self.prediction == "score":
             return self.interpolant.velocity_from_score(out, x, t)
         return out
 
-    def loss(self, tokens: Tensor, labels: Tensor, features: Tensor | None = None) -> dict[str, Tensor]:
-        """{"flow": E_t,eps ||f(x_t, t, y) - target||^2} and, with REPA on and teacher ``features``
-        (B, M, repa_dim) given, {"repa": repa_weight * mean_n -cos(proj(h_n), feat_n)}.
+    def velocity(self, x: Tensor, t: Tensor, y: Tensor, cls: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+        """The velocities of the tokens and (REG) of the class token."""
+        out, cls_out, _ = self(x, t, y, cls)
+        return self.as_velocity(out, x, t), None if cls_out is None else self.as_velocity(cls_out, cls, t)
 
-        Targets: velocity alpha' x0 + sigma' eps; noise eps; score -eps / sigma, regressed as
-        ||sigma s + eps||^2 (SiT's unweighted score loss, finite at sigma = 0).
-        """
+    def regression_loss(self, out: Tensor, x0: Tensor, eps: Tensor, t: Tensor) -> Tensor:
+        """||f - target||^2 for data x0 noised by eps at t. Targets: velocity alpha' x0 + sigma' eps;
+        noise eps; score -eps / sigma, regressed as ||sigma s + eps||^2 (SiT's unweighted score loss,
+        finite at sigma = 0)."""
+        if self.prediction == "velocity":
+            return F.mse_loss(out, self.interpolant.velocity(x0, eps, t))
+        if self.prediction == "noise":
+            return F.mse_loss(out, eps)
+        return (_time(self.interpolant.sigma(t), out) * out + eps).pow(2).mean()
+
+    def loss(
+        self, tokens: Tensor, labels: Tensor, features: Tensor | None = None, class_token: Tensor | None = None
+    ) -> dict[str, Tensor]:
+        """{"flow": E_t,eps ||f(x_t, t, y) - target||^2}; with REG on, the teacher's ``class_token``
+        (B, repa_dim) of each image is required and {"reg": reg_weight * the class token's own
+        regression loss} is added; with REPA on and teacher ``features`` (B, M, repa_dim) given,
+        {"repa": repa_weight * mean_n -cos(proj(h_n), feat_n)} (see :meth:`repa_loss`)."""
         b = tokens.shape[0]
         if tuple(tokens.shape[1:]) != (self.num_tokens, self.token_dim):
             raise ValueError(
                 f"sit: tokens of shape {tuple(tokens.shape)}, expected (B, {self.num_tokens}, "
                 f"{self.token_dim}) from the token_spec"
             )
+        if self.reg and (class_token is None or tuple(class_token.shape) != (b, self.repa_dim)):
+            got = None if class_token is None else tuple(class_token.shape)
+            raise ValueError(
+                f"sit: generator.reg is on, so loss() needs the REPA teacher's class token of each image, "
+                f"shape ({b}, {self.repa_dim}); got {got}"
+            )
         if self.training and self.label_dropout > 0:
             labels = self.y_embedder.drop(labels, self.label_dropout)
         t = torch.rand(b, device=tokens.device) * (self.t_max - self.t_min) + self.t_min
         eps = torch.randn_like(tokens)
         x_t = self.interpolant.x_t(tokens, eps, t)
-        out, hidden = self(x_t, t, labels, return_hidden=True)
-        if self.prediction == "velocity":
-            flow = F.mse_loss(out, self.interpolant.velocity(tokens, eps, t))
-        elif self.prediction == "noise":
-            flow = F.mse_loss(out, eps)
-        else:
-            flow = (_time(self.interpolant.sigma(t), out) * out + eps).pow(2).mean()
-        losses = {"flow": flow}
+        cls_t = None
+        if self.reg:  # REG: the class token on the same interpolant, at the same t, with its own noise
+            cls_eps = torch.randn_like(class_token)
+            cls_t = self.interpolant.x_t(class_token, cls_eps, t)
+        out, cls_out, hidden = self(x_t, t, labels, cls_t)
+        losses = {"flow": self.regression_loss(out, tokens, eps, t)}
+        if self.reg:
+            losses["reg"] = self.reg_weight * self.regression_loss(cls_out, class_token, cls_eps, t)
         if self.projector is not None and features is not None:
-            losses["repa"] = self.repa_weight * self.repa_loss(hidden, features)
+            losses["repa"] = self.repa_weight * self.repa_loss(hidden, features, class_token)
         return losses
 
-    def repa_loss(self, hidden: Tensor, features: Tensor) -> Tensor:
+    def repa_loss(self, hidden: Tensor, features: Tensor, class_token: Tensor | None = None) -> Tensor:
         """REPA: mean over tokens and batch of -cos(MLP(h_n), y_n) against frozen teacher features.
 
         A teacher gives M features (e.g. its patches) and SiT has N tokens: when M != N the features
         are resampled along the sequence to N by 1D adaptive average pooling (an identity when
         M == N). A 1D token has no patch it belongs to, so pooling contiguous runs of the teacher's
-        raster-ordered patches is the simplest order-preserving match.
+        raster-ordered patches is the simplest order-preserving match. With REG the class slot's
+        hidden state is aligned with the ``class_token`` itself (REG's targets [cls; patches]).
         """
         if features.shape[-1] != self.repa_dim:
             raise ValueError(
                 f"sit: teacher features have dim {features.shape[-1]}, generator.repa_dim is {self.repa_dim}"
             )
-        return patchwise_similarity_loss(self.projector(hidden), features.detach(), grid=False)
+        target = resample_tokens(features.detach(), self.num_tokens, grid=False)
+        if self.reg:
+            target = torch.cat([class_token.detach()[:, None].to(target.dtype), target], dim=1)
+        return patchwise_similarity_loss(self.projector(hidden), target, grid=False)
 
-    def guided_velocity(self, labels: Tensor, cfg_scale: float, guidance_interval: tuple[float, float]) -> VelocityFn:
-        """v(x, t) with classifier-free guidance, v = v_uncond + s (v_cond - v_uncond) on all channels,
-        when guidance_interval[0] <= t <= guidance_interval[1]; the conditional v elsewhere and at s = 1."""
+    def split_state(self, state: Tensor) -> tuple[Tensor, Tensor | None]:
+        """A sampler's state -> (tokens (B, N, C), class token (B, D) or None). With REG the state is
+        [tokens flattened; class token] (B, N C + D), so that the samplers integrate both jointly."""
+        if not self.reg:
+            return state, None
+        n = self.num_tokens * self.token_dim
+        return state[:, :n].reshape(-1, self.num_tokens, self.token_dim), state[:, n:]
+
+    def join_state(self, tokens: Tensor, cls: Tensor | None) -> Tensor:
+        """Inverse of :meth:`split_state`."""
+        return tokens if cls is None else torch.cat([tokens.flatten(1), cls], dim=1)
+
+    def guided_velocity(
+        self,
+        labels: Tensor,
+        cfg_scale: float,
+        guidance_interval: tuple[float, float],
+        cls_cfg_scale: float | None = None,
+    ) -> VelocityFn:
+        """v(state, t) with classifier-free guidance, v = v_uncond + s (v_cond - v_uncond) on all channels,
+        when guidance_interval[0] <= t <= guidance_interval[1] and s != 1; the conditional v elsewhere.
+        With REG the class token is guided inside the same interval with ``cls_cfg_scale`` (None: s),
+        as REG's sampler does (its ``--cls-cfg-scale``, set equal to ``--cfg-scale`` in its eval.sh)."""
         null = torch.full_like(labels, self.num_classes)
         low, high = guidance_interval
+        cls_scale = cfg_scale if cls_cfg_scale is None else cls_cfg_scale
 
-        def velocity_fn(x: Tensor, t: float) -> Tensor:
+        def velocity_fn(state: Tensor, t: float) -> Tensor:
+            x, cls = self.split_state(state)
             tb = torch.full((x.shape[0],), t, device=x.device)
             if cfg_scale == 1.0 or not low <= t <= high:
-                return self.velocity(x, tb, labels)
-            v_cond, v_uncond = self.velocity(torch.cat([x, x]), torch.cat([tb, tb]), torch.cat([labels, null])).chunk(2)
-            return v_uncond + cfg_scale * (v_cond - v_uncond)
+                return self.join_state(*self.velocity(x, tb, labels, cls))
+            cls2 = None if cls is None else torch.cat([cls, cls])
+            v, v_cls = self.velocity(torch.cat([x, x]), torch.cat([tb, tb]), torch.cat([labels, null]), cls2)
+            v_cond, v_uncond = v.chunk(2)
+            v = v_uncond + cfg_scale * (v_cond - v_uncond)
+            if v_cls is not None:
+                cls_cond, cls_uncond = v_cls.chunk(2)
+                v_cls = cls_uncond + cls_scale * (cls_cond - cls_uncond)
+            return self.join_state(v, v_cls)
 
         return velocity_fn
 
@@ -473,16 +571,22 @@ class SiT(Generator):
         method: str = "heun",
         guidance_interval: tuple[float, float] = (0.0, 1.0),
         diffusion_norm: float = 1.0,
+        cls_cfg_scale: float | None = None,
     ) -> Tensor:
         """Tokens (B, N, C) for ``labels`` (B,): eps ~ N(0, I) at t = 1 (drawn with ``generator``),
         integrated to t = 0 by the ODE (``method`` euler / heun, 50 steps by default) or the SDE
-        (Euler-Maruyama, 250 steps by default)."""
+        (Euler-Maruyama, 250 steps by default). With REG a class token (B, D) is drawn from noise after
+        the tokens' noise, integrated with them (guided by ``cls_cfg_scale``) and discarded."""
         if sampler not in SAMPLERS:
             raise ConfigError(f"sample.options.sampler: unknown sampler '{sampler}'; choose from {', '.join(SAMPLERS)}")
         steps = steps or DEFAULT_STEPS[sampler]
-        x1 = _randn((labels.shape[0], self.num_tokens, self.token_dim), labels.device, generator)
-        x1 = x1.to(self.x_embedder.weight.dtype)
-        velocity_fn = self.guided_velocity(labels, cfg_scale, tuple(guidance_interval))
+        dtype = self.x_embedder.weight.dtype
+        x1 = _randn((labels.shape[0], self.num_tokens, self.token_dim), labels.device, generator).to(dtype)
+        cls1 = _randn((labels.shape[0], self.repa_dim), labels.device, generator).to(dtype) if self.reg else None
+        state = self.join_state(x1, cls1)
+        velocity_fn = self.guided_velocity(labels, cfg_scale, tuple(guidance_interval), cls_cfg_scale)
         if sampler == "ode":
-            return ode_sample(velocity_fn, x1, steps, method, t_max=self.t_max, t_min=self.t_min)
-        return sde_sample(velocity_fn, self.interpolant, x1, steps, diffusion_norm, generator, t_max=self.t_max)
+            state = ode_sample(velocity_fn, state, steps, method, t_max=self.t_max, t_min=self.t_min)
+        else:
+            state = sde_sample(velocity_fn, self.interpolant, state, steps, diffusion_norm, generator, t_max=self.t_max)
+        return self.split_state(state)[0]

@@ -173,8 +173,8 @@ config:
   eval: {generation_metrics: []}
 axes:
   grid:
-    finetune.tokenizer.causal: [true, false]
-label: "causal {finetune.tokenizer.causal}"
+    finetune.tokenizer.local2d_form: [autoregressive, queries]
+label: "{finetune.tokenizer.local2d_form}"
 stages: [evaluate_tokenizer, evaluate_generator]
 report: {compute: true}
 """

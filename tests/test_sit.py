@@ -1,5 +1,6 @@
 """SiT: the interpolant's algebra, the ODE / SDE samplers on an exact Gaussian velocity field, the
-DiT network (adaLN-Zero, CFG, REPA) and a tiny class-conditional training run."""
+DiT network (adaLN-Zero, CFG, REPA, REG's entangled class token) and a tiny class-conditional
+training run."""
 
 from __future__ import annotations
 
@@ -176,8 +177,8 @@ def test_forward_is_zero_at_init_and_only_the_output_layer_gets_gradients():
     gradient of the flow loss reaches only the final linear layer."""
     model = tiny_sit()
     x, t, y = torch.randn(5, 8, 4), torch.rand(5), torch.randint(0, 3, (5,))
-    out = model(x, t, y)
-    assert out.shape == (5, 8, 4) and torch.equal(out, torch.zeros_like(out))
+    out, cls_out, _ = model(x, t, y)
+    assert out.shape == (5, 8, 4) and torch.equal(out, torch.zeros_like(out)) and cls_out is None
     losses = model.loss(torch.randn(5, 8, 4), y)
     assert set(losses) == {"flow"} and torch.isfinite(losses["flow"])
     losses["flow"].backward()
@@ -212,8 +213,8 @@ def test_each_prediction_converts_to_the_true_velocity(prediction):
     target = {"velocity": interp.velocity(x0, eps, t), "noise": eps, "score": -eps / interp.sigma(t)[:, None, None]}[
         prediction
     ]
-    model.forward = lambda x, t, y: target
-    v = model.velocity(interp.x_t(x0, eps, t), t, torch.zeros(4, dtype=torch.long))
+    model.forward = lambda x, t, y, cls=None: (target, None, x)
+    v, _ = model.velocity(interp.x_t(x0, eps, t), t, torch.zeros(4, dtype=torch.long))
     assert torch.allclose(v, interp.velocity(x0, eps, t), atol=1e-4)
     # Noise and score models keep away from t = 1 (division by alpha) when training and sampling.
     assert (model.t_min, model.t_max) == ((0.0, 1.0) if prediction == "velocity" else (sit.EPS, 1 - sit.EPS))
@@ -227,10 +228,10 @@ def test_score_loss_is_sigma_weighted():
     torch.manual_seed(3)
     torch.rand(4)
     eps = torch.randn_like(tokens)  # the eps that loss() will draw after the same seed
-    model.forward = lambda x, t, y, return_hidden=False: (-eps / model.interpolant.sigma(t)[:, None, None], x)
+    model.forward = lambda x, t, y, cls=None: (-eps / model.interpolant.sigma(t)[:, None, None], None, x)
     torch.manual_seed(3)
     assert model.loss(tokens, torch.zeros(4, dtype=torch.long))["flow"].item() < 1e-10
-    model.forward = lambda x, t, y, return_hidden=False: (torch.zeros_like(x), x)
+    model.forward = lambda x, t, y, cls=None: (torch.zeros_like(x), None, x)
     torch.manual_seed(3)
     zero_output_loss = model.loss(tokens, torch.zeros(4, dtype=torch.long))["flow"].item()
     assert zero_output_loss == pytest.approx(eps.pow(2).mean().item())
@@ -287,6 +288,122 @@ def test_repa_loss_with_teacher_features_of_another_length():
     assert history[-1] < history[0] - 0.1  # the projector learns to align with the pooled features
     with pytest.raises(ValueError, match="repa_dim"):
         model.loss(tokens, labels, torch.randn(4, 13, 5))
+
+
+# REG: the teacher's class token entangled with the tokens (Wu et al. 2025)
+
+REG = {"repa_depth": 1, "repa_dim": 6, "repa_projector_dim": 32, "reg": True}
+
+
+def reg_batch(n: int = 4) -> tuple[torch.Tensor, ...]:
+    g = torch.Generator().manual_seed(7)
+    tokens, feats, cls = (
+        torch.randn(n, 8, 4, generator=g),
+        torch.randn(n, 13, 6, generator=g),
+        torch.randn(n, 6, generator=g),
+    )
+    return tokens, torch.arange(n) % 3, feats, cls
+
+
+def test_reg_class_token_is_one_more_token_denoised_jointly():
+    model = tiny_sit(**REG)
+    tokens, labels, feats, cls = reg_batch()
+    t = torch.rand(4)
+    out, cls_out, hidden = model(tokens, t, labels, cls)
+    # adaLN-Zero: both read-outs start at zero; the hidden states hold the class slot first.
+    assert torch.equal(out, torch.zeros(4, 8, 4)) and torch.equal(cls_out, torch.zeros(4, 6))
+    assert hidden.shape == (4, 9, 64) and torch.equal(model.pos_embed[0, 0], torch.zeros(64))
+    randomise_zero_init(model)
+    with torch.no_grad():
+        model.final_layer.linear_cls.weight.normal_(0, 0.1)
+    out, cls_out, _ = model(tokens, t, labels, cls)
+    # Entangled: the tokens' prediction reads the class token and the class token's reads the tokens.
+    assert not torch.allclose(model(tokens, t, labels, cls + 1)[0], out)
+    assert not torch.allclose(model(tokens + 1, t, labels, cls)[1], cls_out)
+    with pytest.raises(ValueError, match="generator.reg"):
+        model(tokens, t, labels)
+
+
+def test_reg_loss_noises_the_class_token_at_the_tokens_time_with_its_own_noise():
+    model = randomise_zero_init(tiny_sit(**REG)).eval()  # eval: no label dropout, so the draws replay
+    with torch.no_grad():
+        model.final_layer.linear_cls.weight.normal_(0, 0.1)
+    tokens, labels, feats, cls = reg_batch()
+    torch.manual_seed(3)
+    losses = model.loss(tokens, labels, feats, class_token=cls)
+    assert set(losses) == {"flow", "reg", "repa"}
+    torch.manual_seed(3)
+    t, eps = torch.rand(4), torch.randn_like(tokens)
+    cls_eps = torch.randn_like(cls)
+    interp = model.interpolant
+    out, cls_out, hidden = model(interp.x_t(tokens, eps, t), t, labels, interp.x_t(cls, cls_eps, t))
+    flow = (out - interp.velocity(tokens, eps, t)).pow(2).mean()
+    reg = 0.03 * (cls_out - interp.velocity(cls, cls_eps, t)).pow(2).mean()
+    assert torch.allclose(losses["flow"], flow) and torch.allclose(losses["reg"], reg)
+    # REPA aligns the class slot with the class token and the N token slots with the pooled patches.
+    target = torch.cat([cls[:, None], sit.resample_tokens(feats, 8, grid=False)], dim=1)
+    cos = torch.nn.functional.cosine_similarity(model.projector(hidden), target, dim=-1)
+    assert torch.allclose(losses["repa"], 0.5 * -cos.mean())
+    assert set(model.loss(tokens, labels, class_token=cls)) == {"flow", "reg"}
+    with pytest.raises(ValueError, match="class token"):
+        model.loss(tokens, labels, feats)
+
+
+def test_reg_every_parameter_trains():
+    model = tiny_sit(**REG)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    tokens, labels, feats, cls = reg_batch(16)
+    for _ in range(3):
+        opt.zero_grad()
+        losses = model.loss(tokens, labels, feats, class_token=cls)
+        sum(losses.values()).backward()
+        grads = {n: p.grad is not None and p.grad.abs().sum().item() > 0 for n, p in model.named_parameters()}
+        opt.step()
+    assert all(grads.values()), [n for n, ok in grads.items() if not ok]
+    assert {"cls_embedder.weight", "cls_norm.weight", "final_layer.linear_cls.weight"} <= set(grads)
+
+
+def test_reg_sampling_integrates_tokens_and_class_token_jointly():
+    """Two Euler steps by hand on the pair (tokens, class token), both drawn from the generator (tokens
+    first), give the sampler's tokens; the generated class token is dropped."""
+    model = randomise_zero_init(tiny_sit(**REG)).eval()
+    with torch.no_grad():
+        model.final_layer.linear_cls.weight.normal_(0, 0.1)
+    labels = torch.tensor([0, 2, 1])
+    sample = model.sample(labels, steps=2, method="euler", generator=torch.Generator().manual_seed(0))
+    g = torch.Generator().manual_seed(0)
+    x, c = torch.randn(3, 8, 4, generator=g), torch.randn(3, 6, generator=g)
+    with torch.no_grad():
+        for t in (1.0, 0.5):
+            v, v_c = model.velocity(x, torch.full((3,), t), labels, c)
+            x, c = x - 0.5 * v, c - 0.5 * v_c
+    assert sample.shape == (3, 8, 4) and torch.allclose(sample, x, atol=1e-5)
+    sde = model.sample(labels, steps=4, sampler="sde", generator=torch.Generator().manual_seed(0))
+    assert sde.shape == (3, 8, 4) and torch.isfinite(sde).all()
+
+
+def test_reg_guidance_of_the_class_token_has_its_own_scale():
+    model = randomise_zero_init(tiny_sit(**REG)).eval()
+    with torch.no_grad():
+        model.final_layer.linear_cls.weight.normal_(0, 0.1)
+    labels, null = torch.tensor([0, 2]), torch.full((2,), 3)
+    x, c = torch.randn(2, 8, 4), torch.randn(2, 6)
+    state, t = model.join_state(x, c), torch.full((2,), 0.5)
+    with torch.no_grad():
+        (v_cond, c_cond), (v_uncond, c_uncond) = model.velocity(x, t, labels, c), model.velocity(x, t, null, c)
+        guided = model.guided_velocity(labels, 3.0, (0.0, 1.0), cls_cfg_scale=1.5)(state, 0.5)
+        same = model.guided_velocity(labels, 3.0, (0.0, 1.0))(state, 0.5)
+    v, v_c = model.split_state(guided)
+    assert torch.allclose(v, v_uncond + 3.0 * (v_cond - v_uncond), atol=1e-5)
+    assert torch.allclose(v_c, c_uncond + 1.5 * (c_cond - c_uncond), atol=1e-5)
+    assert torch.allclose(model.split_state(same)[1], c_uncond + 3.0 * (c_cond - c_uncond), atol=1e-5)
+
+    def draw(**kw):
+        return model.sample(labels, steps=3, generator=torch.Generator().manual_seed(0), **kw)
+
+    # The class token's guidance reaches the tokens through the joint integration.
+    assert not torch.allclose(draw(cfg_scale=3.0), draw(cfg_scale=3.0, cls_cfg_scale=1.0), atol=1e-4)
+    assert torch.equal(draw(cfg_scale=1.0), draw(cfg_scale=1.0, cls_cfg_scale=5.0))  # no guidance at s = 1
 
 
 def test_label_dropout_only_in_training():
@@ -353,6 +470,8 @@ def test_registry_builds_sit_with_its_sizes():
         ({"prediction": "x0"}, "generator.prediction"),
         ({"repa_dim": 8}, "generator.repa_depth"),
         ({"label_dropout": 1.0}, "generator.label_dropout"),
+        ({"reg": True}, "generator.reg"),
+        ({"reg": True, "repa_dim": 6, "repa_depth": 1, "reg_weight": -1.0}, "generator.reg_weight"),
     ],
 )
 def test_bad_config_raises_config_error(kwargs, key):
