@@ -32,12 +32,13 @@ from benchmark.base import Generator, Tokenizer, TokenSpec
 from benchmark.checkpoints import build_generator, build_tokenizer, load_tokenizer
 from benchmark.config import TrainConfig, parse_overrides, validate
 from benchmark.cost import generator_cost, gflops, tokenizer_cost
+from benchmark.distributed import device as pick_device
 from benchmark.errors import ConfigError, Tok1dError
 from benchmark.metrics import build_metrics
 from benchmark.registry import GENERATORS, TOKENIZERS, Registry, load_plugins
 from benchmark.store import read_json
 from benchmark.tokenizer_eval import evaluate_batch
-from benchmark.train import generator_parameters, make_optimizer, pick_device
+from benchmark.train import generator_parameters, make_optimizer
 
 
 class PeakMemory:

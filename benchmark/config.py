@@ -22,7 +22,7 @@ import yaml
 from omegaconf import OmegaConf
 
 from benchmark.errors import ConfigError
-from benchmark.options import check_value, hint_name, type_ok, unknown_key
+from benchmark.options import check_value, hint_name, nested, type_ok, unknown_key
 from benchmark.registry import DATASETS, GENERATORS, TOKENIZERS, Registry
 
 
@@ -96,27 +96,77 @@ class SampleConfig:
 
 @dataclass
 class RuntimeConfig:
-    """How stages run; not part of any stage's identity (hash)."""
+    """How stages run; not part of any stage's identity (hash). ``find_unused_parameters``: passed to
+    DistributedDataParallel (needed only by models with parameters some steps leave unused)."""
 
     device: str = "auto"
     num_workers: int = 0
     compile: bool = False
+    find_unused_parameters: bool = False
+
+
+RESOURCE_KEYS = (
+    "partition",
+    "account",
+    "qos",
+    "nodes",
+    "gpus_per_node",
+    "tasks_per_node",
+    "cpus_per_task",
+    "mem_gb",
+    "timeout_min",
+)
+
+
+def check_stage_resources(value: Any, where: str) -> None:
+    """``launcher.stages``: ``{<stage kind>: {<resource option>: value}}`` (launcher options per kind)."""
+    from benchmark.graph import STAGES
+
+    hints = typing.get_type_hints(LauncherConfig)
+    for kind, options in value.items():
+        if kind not in STAGES:
+            raise unknown_key(f"launcher.stages.{kind}", list(STAGES), where)
+        if not isinstance(options, Mapping):
+            raise ConfigError(f"{where}.{kind} must be a mapping of launcher options, got {options!r}")
+        for key, item in options.items():
+            if key not in RESOURCE_KEYS:
+                raise unknown_key(f"launcher.stages.{kind}.{key}", list(RESOURCE_KEYS), where)
+            check_value(item, hints[key], f"{where}.{kind}.{key}")
 
 
 @dataclass
 class LauncherConfig:
-    """Where stages run: ``local`` (this process), ``slurm`` (submitit) or ``auto`` (Slurm when
-    ``sbatch`` is on PATH); not hashed."""
+    """Where and on what stages run; not hashed.
+
+    ``name``: ``local`` (this machine), ``slurm`` (submitit) or ``auto`` (Slurm when ``sbatch`` is on
+    PATH). Training stages run data-parallel on ``nodes`` x ``tasks_per_node`` processes: on Slurm
+    ``tasks_per_node`` defaults to ``gpus_per_node`` (one process per GPU); locally it is the number of
+    processes started on this machine (one per GPU, or gloo processes on the CPU; default 1).
+    ``stages`` overrides the resource options per stage kind, e.g.
+    ``{train_generator: {gpus_per_node: 8, timeout_min: 4320}}``. ``max_num_timeout``: how many times a
+    training job that reaches its time limit (or is preempted) is checkpointed and requeued.
+    ``array_parallelism``: how many tasks of one job array run at once.
+    """
 
     name: str = "auto"
     partition: str | None = None
     account: str | None = None
     qos: str | None = None
+    nodes: int = 1
     gpus_per_node: int = 1
+    tasks_per_node: int | None = None
     cpus_per_task: int = 8
     mem_gb: int = 64
     timeout_min: int = 2880
+    max_num_timeout: int = 3
+    array_parallelism: int = 64
     fail_fast: bool = False
+    stages: nested(check_stage_resources) = field(default_factory=dict)  # type: ignore[valid-type]
+
+
+def stage_resources(launcher: Mapping[str, Any], kind: str) -> dict[str, Any]:
+    """The resource options of one stage kind: the launcher's, with ``launcher.stages.<kind>`` over them."""
+    return {**{k: launcher.get(k) for k in RESOURCE_KEYS}, **(launcher.get("stages") or {}).get(kind, {})}
 
 
 SCHEMAS: dict[str, type] = {
@@ -258,7 +308,7 @@ def merge_layers(
 def section_schema(config: Mapping[str, Any], section: str, origin: Mapping[str, str]) -> dict[str, Any]:
     """Key -> type hint for one section of a merged config."""
     if section in SCHEMAS:
-        return typing.get_type_hints(SCHEMAS[section])
+        return typing.get_type_hints(SCHEMAS[section], include_extras=True)
     registry = REGISTRY_SECTIONS[section]
     name = config[section].get("name")
     where = f"{origin.get(section + '.name', 'config')}: {section}.name"

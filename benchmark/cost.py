@@ -57,10 +57,14 @@ def training_pflops(cost: dict[str, Any], steps: int, batch_size: int) -> float:
 
 def generator_cost(generator: nn.Module, tokens: torch.Tensor, labels: torch.Tensor) -> dict[str, Any]:
     """Parameters and GFLOPs per image of one training step (loss forward + backward) on ``tokens``
-    (a batch of one)."""
+    (a batch of one); the REPA / REG teacher's own forward is not counted."""
+
+    extra = {}
+    if getattr(generator, "reg", False):  # REG's class token: any value of the right shape counts the same FLOPs
+        extra["class_token"] = torch.zeros(tokens.shape[0], generator.repa_dim, device=tokens.device)
 
     def train_step() -> None:
-        sum(generator.loss(tokens, labels).values()).backward()
+        sum(generator.loss(tokens, labels, **extra).values()).backward()
 
     out: dict[str, Any] = {
         "params": parameter_counts(generator),

@@ -162,16 +162,24 @@ class PretrainedEncoder(ABC):
         """The input resolution the loaded model was built for."""
 
     @abstractmethod
-    def _hidden(self, x: Tensor, block: int, final_norm: bool) -> Tensor:
-        """Patch tokens (B, N, D) after ``block`` (0-based), prefix tokens removed."""
+    def _hidden(self, x: Tensor, block: int, final_norm: bool) -> tuple[Tensor, Tensor | None]:
+        """Patch tokens (B, N, D) after ``block`` (0-based), prefix tokens removed, and the class token
+        (B, D) at the same depth (None for a model without one)."""
 
     @torch.no_grad()
-    def teacher_features(self, images: Tensor) -> Tensor:
-        """Frozen patch features (B, N, D), N = (resolution / patch)^2, for images in [0, 1] (B, 3, H, W).
+    def teacher_features(self, images: Tensor, class_token: bool = False) -> Tensor | tuple[Tensor, Tensor]:
+        """Frozen patch features (B, N, D), N = (resolution / patch)^2, for images in [0, 1] (B, 3, H, W);
+        with ``class_token``, also the class token (B, D) of the same pass (REG's entangled token).
 
         Images are resized (bicubic, antialiased) to the model's input resolution and normalised with
-        its mean / std; the model runs in eval mode without gradient.
+        its mean / std; the model runs in eval mode without gradient. On meta images (a shapes-only
+        model for plan-time estimates) the features are meta tensors of the right shape: nothing is
+        loaded, and the teacher's own compute is not counted.
         """
+        if images.device.type == "meta" and self.stand_in is None:
+            v, b = self.variant, images.shape[0]
+            patches = torch.zeros(b, (v.resolution // v.patch_size) ** 2, self.feature_dim(), device="meta")
+            return (patches, torch.zeros(b, self.feature_dim(), device="meta")) if class_token else patches
         model = self.model()
         ref = next(model.parameters())
         if ref.device != images.device:
@@ -187,7 +195,15 @@ class PretrainedEncoder(ABC):
             x = F.interpolate(x, size=(res, res), mode="bicubic", antialias=True, align_corners=False)
         mean = torch.tensor(self.mean, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
         std = torch.tensor(self.std, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
-        return self._hidden((x - mean) / std, block, final_norm=self.layer is None)
+        patches, cls = self._hidden((x - mean) / std, block, final_norm=self.layer is None)
+        if not class_token:
+            return patches
+        if cls is None:
+            raise ConfigError(
+                f"{self.describe()} has no class token (needed by generator.reg); choose a teacher "
+                "with one, e.g. dinov2"
+            )
+        return patches, cls
 
     @abstractmethod
     def source_depth(self) -> int:
@@ -199,7 +215,7 @@ class PretrainedEncoder(ABC):
         if self.stand_in is None and self.model_id == self.variant.model_id:
             return self.variant.width
         res = self.resolution()
-        return self.teacher_features(torch.zeros(1, 3, res, res)).shape[-1]
+        return self.teacher_features(torch.zeros(1, 3, res, res)).shape[-1]  # type: ignore[union-attr]
 
 
 def _first_line(exc: Exception) -> str:
@@ -267,10 +283,13 @@ class TimmEncoder(PretrainedEncoder):
     def source_depth(self) -> int:
         return len(self.model().blocks)
 
-    def _hidden(self, x: Tensor, block: int, final_norm: bool) -> Tensor:
-        return self.model().forward_intermediates(
-            x, indices=[block], norm=final_norm, output_fmt="NLC", intermediates_only=True
+    def _hidden(self, x: Tensor, block: int, final_norm: bool) -> tuple[Tensor, Tensor | None]:
+        model = self.model()
+        out = model.forward_intermediates(
+            x, indices=[block], norm=final_norm, output_fmt="NLC", intermediates_only=True, return_prefix_tokens=True
         )[0]
+        patches, prefix = out
+        return patches, (prefix[:, 0] if model.cls_token is not None and prefix is not None else None)
 
 
 TINY_TEXT_TOWER = {"context_length": 8, "vocab_size": 64, "width": 32, "heads": 2, "layers": 1}
@@ -353,10 +372,17 @@ class OpenClipEncoder(PretrainedEncoder):
     def source_depth(self) -> int:
         return len(self.model().transformer.resblocks)
 
-    def _hidden(self, x: Tensor, block: int, final_norm: bool) -> Tensor:
-        return self.model().forward_intermediates(
-            x, indices=[block], normalize_intermediates=final_norm, intermediates_only=True, output_fmt="NLC"
-        )["image_intermediates"][0]
+    def _hidden(self, x: Tensor, block: int, final_norm: bool) -> tuple[Tensor, Tensor | None]:
+        out = self.model().forward_intermediates(
+            x,
+            indices=[block],
+            normalize_intermediates=final_norm,
+            intermediates_only=True,
+            output_fmt="NLC",
+            output_extra_tokens=True,
+        )
+        prefix = out.get("image_intermediates_prefix")
+        return out["image_intermediates"][0], (prefix[0][:, 0] if prefix else None)
 
 
 class TransformersEncoder(PretrainedEncoder):
@@ -443,9 +469,11 @@ class TransformersEncoder(PretrainedEncoder):
     def source_depth(self) -> int:
         return len(self._layers())
 
-    def _hidden(self, x: Tensor, block: int, final_norm: bool) -> Tensor:
+    def _hidden(self, x: Tensor, block: int, final_norm: bool) -> tuple[Tensor, Tensor | None]:
         m, grid = self.model(), self.resolution() // self.model().config.patch_size
         hidden = m(pixel_values=x, output_hidden_states=True).hidden_states[block + 1]
         if final_norm:
             hidden = self._final_norm()[1](hidden)
-        return hidden[:, hidden.shape[1] - grid * grid :]
+        prefix = hidden.shape[1] - grid * grid
+        has_cls = getattr(m.embeddings, "cls_token", None) is not None and prefix > 0
+        return hidden[:, prefix:], (hidden[:, 0] if has_cls else None)

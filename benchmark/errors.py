@@ -30,3 +30,7 @@ class WeightsError(Tok1dError, OSError):
 
 class CheckpointError(Tok1dError, OSError):
     """A model folder or checkpoint is missing, unreadable or does not fit the model its config builds."""
+
+
+class StoreError(Tok1dError, OSError):
+    """A run-store record is unreadable, or a write failed (a full disk): the message names the file."""

@@ -34,6 +34,7 @@ import torch
 from benchmark.checkpoints import TOKENIZER_FILES, is_tokenizer_folder
 from benchmark.config import EvalConfig, SampleConfig, parse_overrides, validate
 from benchmark.data import list_images
+from benchmark.distributed import device as pick_device
 from benchmark.errors import ConfigError, DataError, Tok1dError
 from benchmark.fid import (
     GENERATION_METRICS,
@@ -49,7 +50,6 @@ from benchmark.stages import StageContext, sample
 from benchmark.store import RunStore, read_json, write_json
 from benchmark.study import Cell
 from benchmark.tokenizer_eval import evaluate_tokenizer
-from benchmark.train import pick_device
 
 DEFAULT_CACHE = "~/.cache/tok1d/fid_stats"
 SOURCES = {

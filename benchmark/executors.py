@@ -1,36 +1,49 @@
-"""Executors: run a plan's stages in dependency order, locally or as Slurm jobs through submitit.
+"""Executors: run a plan's stages in dependency order, here or as Slurm jobs through submitit.
 
-Both call :func:`run_stage`, which reads the stage's record from the run store, so a Slurm job
-needs nothing but the store's path. A failing stage records its error and log path; the stages
-that need it are skipped and every other cell goes on (``fail_fast`` stops at the first failure).
+Both end in :func:`run_stage`, which reads the stage's record from the run store, so a job needs
+nothing but the store's path. What to do with each stage is decided from the store's state
+(benchmark/store.py): done stages are never run again, a stage running elsewhere is waited for (here)
+or not submitted twice (Slurm), and a failed stage is not retried unless asked (``retry``); the stages
+that need a failed one are skipped and every other cell goes on (``fail_fast`` stops at the first
+failure).
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import logging
-import shutil
+import os
+import signal
 import subprocess
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from tqdm.auto import tqdm
 
-from benchmark.graph import STAGES
+from benchmark.config import stage_resources
+from benchmark.errors import StageError
+from benchmark.graph import STAGES, stage_order
 from benchmark.registry import load_plugins
-from benchmark.store import RunStore, read_json, write_json
+from benchmark.store import RunStore, StageStatus, read_json, slurm_job_id
 from benchmark.study import Plan, Stage
+
+WAIT_POLL_S = 2.0
 
 
 @dataclass
 class Outcome:
-    """What happened to each stage of a plan in this invocation."""
+    """What happened to each stage of a plan in this invocation (stage hash -> detail)."""
 
     cached: list[str] = field(default_factory=list)
     ran: list[str] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)
-    skipped: list[str] = field(default_factory=list)
+    skipped: dict[str, str] = field(default_factory=dict)
     submitted: dict[str, str] = field(default_factory=dict)
-    queued: dict[str, str] = field(default_factory=dict)
+    in_flight: dict[str, str] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -49,26 +62,62 @@ def stage_logger(store: RunStore, kind: str, hash: str) -> logging.Logger:
     return log
 
 
-def run_stage(store_root: str, kind: str, hash: str) -> dict[str, Any]:
-    """Run one recorded stage and store its result (or its error, then re-raise)."""
-    store = RunStore(store_root)
-    from benchmark.stages import BODIES, StageContext
+def failure_kind(exc: BaseException) -> str:
+    """The kind recorded with a failure: oom, cancelled or failed."""
+    if isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError":
+        return "oom"
+    if isinstance(exc, KeyboardInterrupt):
+        return "cancelled"
+    return "failed"
 
+
+def run_stage(store_root: str, kind: str, hash: str, take_lock: bool = False) -> dict[str, Any]:
+    """Run one recorded stage in this process and store its result (or its error, then re-raise).
+
+    Under several processes (``WORLD_SIZE`` > 1) every rank calls it; it joins the process group and
+    rank 0 alone writes the store. ``take_lock``: take the stage's lock here (a Slurm job); a local
+    executor holds it already.
+    """
+    from benchmark import distributed
+    from benchmark.stages import BODIES, StageContext
+    from benchmark.train import Preempted
+
+    store = RunStore(store_root)
     record = read_json(store.dir(kind, hash) / "stage.json")
+    world = distributed.init(record["runtime"].get("device", "auto"))
     load_plugins(record.get("plugins", []))
-    log = stage_logger(store, kind, hash)
+    log = stage_logger(store, kind, hash) if world.main else logging.getLogger(f"tok1d.rank{world.rank}")
     ctx = StageContext(
-        kind, hash, record["config"], record["inputs"], record["runtime"], store.dir(kind, hash), store, log
+        kind, hash, record["config"], record["inputs"], record["runtime"], store.dir(kind, hash), store, log, world
     )
-    log.info("stage %s %s for cells %s", kind, hash, record.get("cells"))
-    try:
-        result = BODIES[kind](ctx)
-    except BaseException as exc:
-        log.exception("stage failed")
-        store.fail(kind, hash, exc)
-        raise
-    store.finish(kind, hash, result)
-    log.info("finished")
+    lock = store.lock(kind, hash) if take_lock and world.main else contextlib.nullcontext(True)
+    with lock as held:
+        if not distributed.broadcast_object(held):
+            raise StageError(f"{kind} {hash} is already running elsewhere ({store.live_lock(kind, hash)})")
+        if world.main:
+            store.begin(kind, hash)
+            log.info(
+                "stage %s %s for cells %s (process %d of %d)",
+                kind,
+                hash,
+                record.get("cells"),
+                world.rank + 1,
+                world.size,
+            )
+        try:
+            result = BODIES[kind](ctx)
+        except Preempted:
+            log.info("preempted: checkpoint written")
+            raise
+        except BaseException as exc:
+            if world.main:
+                log.exception("stage failed")
+                store.fail(kind, hash, exc, failure_kind(exc))
+            raise
+        if world.main:
+            store.finish(kind, hash, result)
+            log.info("finished")
+    distributed.shutdown()
     return result
 
 
@@ -80,6 +129,7 @@ def stage_record(plan: Plan, stage: Stage) -> dict[str, Any]:
         "config": stage.config,
         "inputs": stage.inputs,
         "runtime": cell.config["runtime"],
+        "launcher": cell.config["launcher"],
         "plugins": cell.config["plugins"],
         "study": str(plan.path),
         "profile": plan.profile,
@@ -87,102 +137,336 @@ def stage_record(plan: Plan, stage: Stage) -> dict[str, Any]:
     }
 
 
-class LocalExecutor:
-    """Runs stages one after another in this process."""
+def processes(stage: Stage, launcher: dict[str, Any], slurm: bool) -> tuple[int, int]:
+    """(nodes, processes per node) of a stage: training and sampling stages run data-parallel."""
+    res = stage_resources(launcher, stage.kind)
+    if stage.kind not in ("train_tokenizer", "finetune_tokenizer", "train_generator", "sample"):
+        return 1, 1
+    per_node = res["tasks_per_node"] or ((res["gpus_per_node"] or 1) if slurm else 1)
+    return (res["nodes"] if slurm else 1), per_node
 
-    def __init__(self, fail_fast: bool = False) -> None:
-        self.fail_fast = fail_fast
+
+def retry_wanted(retry: str | None, plan: Plan, stage: Stage) -> bool:
+    """``--retry-failed [FILTER]``: every failed stage, or those of the cells FILTER matches."""
+    from benchmark.study import matches
+
+    if retry is None:
+        return False
+    return retry == "" or any(matches(retry, c) for c in plan.cells if stage.hash in c.stages.values())
+
+
+def upstream_failure(stage: Stage, broken: dict[str, str]) -> str | None:
+    for h in stage.inputs.values():
+        if h in broken:
+            return broken[h]
+    return None
+
+
+def describe_failure(status: StageStatus) -> str:
+    error = status.error or {}
+    return f"{error.get('kind', 'failed')}: {(error.get('error') or '').splitlines()[0][:200] if error.get('error') else ''}"
+
+
+class LocalExecutor:
+    """Runs stages one after another on this machine (training stages in ``tasks_per_node`` processes)."""
+
+    def __init__(self, fail_fast: bool = False, retry: str | None = None) -> None:
+        self.fail_fast, self.retry = fail_fast, retry
 
     def execute(self, plan: Plan, store: RunStore) -> Outcome:
         out = Outcome()
-        broken: set[str] = set()
+        broken: dict[str, str] = {}
         stages = plan.ordered_stages()
         bar = tqdm(stages, desc=f"{plan.study} [{plan.profile}]", unit="stage", dynamic_ncols=True)
         for stage in bar:
             name = f"{stage.kind} {stage.hash}"
             bar.set_postfix_str(f"{stage.kind} ({', '.join(stage.cells)[:40]})")
-            if store.is_done(stage.kind, stage.hash):
+            reason = upstream_failure(stage, broken)
+            if reason is not None:
+                out.skipped[stage.hash] = reason
+                broken[stage.hash] = reason
+                continue
+            status = self._wait(store, stage)
+            if status.state == "done":
                 out.cached.append(stage.hash)
                 continue
-            if broken & set(stage.inputs.values()):
-                out.skipped.append(stage.hash)
-                broken.add(stage.hash)
+            if status.state == "failed" and not retry_wanted(self.retry, plan, stage):
+                out.failed[stage.hash] = describe_failure(status) + " (earlier run; --retry-failed to run it again)"
+                broken[stage.hash] = f"needs {stage.kind} {stage.hash}, which failed"
                 continue
-            store.begin(stage.kind, stage.hash, stage_record(plan, stage))
-            try:
-                run_stage(str(store.root), stage.kind, stage.hash)
+            error = self._run(plan, store, stage)
+            if error is None:
                 out.ran.append(stage.hash)
-            except Exception as exc:
-                out.failed[stage.hash] = f"{type(exc).__name__}: {exc}"
-                broken.add(stage.hash)
-                tqdm.write(
-                    f"FAILED {name} (cells {', '.join(stage.cells)}): {exc}\n"
-                    f"  log: {store.dir(stage.kind, stage.hash) / 'log.txt'}"
-                )
-                if self.fail_fast:
-                    break
+                continue
+            out.failed[stage.hash] = error
+            broken[stage.hash] = f"needs {stage.kind} {stage.hash}, which failed"
+            tqdm.write(
+                f"FAILED {name} (cells {', '.join(stage.cells)}): {error}\n"
+                f"  log: {store.dir(stage.kind, stage.hash) / 'log.txt'}"
+            )
+            if self.fail_fast:
+                break
         return out
 
+    def _wait(self, store: RunStore, stage: Stage) -> StageStatus:
+        """The stage's state once nobody else is running it (a run in another terminal, or a Slurm job)."""
+        status = store.status(stage.kind, stage.hash)
+        told = False
+        while status.state in ("running", "queued"):
+            if not told:
+                where = status.lock or status.job or {}
+                tqdm.write(
+                    f"waiting for {stage.kind} {stage.hash}, {status.state} elsewhere "
+                    f"({', '.join(f'{k} {v}' for k, v in where.items() if k in ('host', 'pid', 'job_id'))}; "
+                    f"log: {store.dir(stage.kind, stage.hash) / 'log.txt'})"
+                )
+                told = True
+            time.sleep(WAIT_POLL_S)
+            if store.probe is not None and hasattr(store.probe, "refresh"):
+                store.probe.refresh()
+            status = store.status(stage.kind, stage.hash)
+        return status
 
-def slurm_job_alive(job_id: str) -> bool:
-    """Whether Slurm still has the job pending or running (``squeue``; works without ``sacct``)."""
-    result = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%T"], capture_output=True, text=True)
-    return result.returncode == 0 and result.stdout.strip() in {"PENDING", "RUNNING", "CONFIGURING", "COMPLETING"}
+    def _run(self, plan: Plan, store: RunStore, stage: Stage) -> str | None:
+        """Run the stage here; None on success, else the error's first line."""
+        with store.lock(stage.kind, stage.hash) as held:
+            if not held:  # another run took it between our look and our lock: wait for it instead
+                status = self._wait(store, stage)
+                return None if status.state == "done" else describe_failure(status)
+            store.plan(stage.kind, stage.hash, stage_record(plan, stage))
+            launcher = plan.cells[0].config["launcher"]
+            _, nprocs = processes(stage, launcher, slurm=False)
+            try:
+                if nprocs > 1:
+                    from benchmark import distributed
+
+                    distributed.spawn(run_stage, (str(store.root), stage.kind, stage.hash), nprocs)
+                else:
+                    run_stage(str(store.root), stage.kind, stage.hash)
+            except Exception as exc:
+                error = store.error(stage.kind, stage.hash)
+                if error is None:  # a worker process died before writing its record
+                    error = store.fail(stage.kind, stage.hash, exc, failure_kind(exc))
+                return (error.get("error") or str(exc)).splitlines()[0][:300]
+        return None
+
+
+# ---------------------------------------------------------------------------------------------
+# Slurm
+
+
+class StageJob:
+    """The callable a Slurm job runs: :func:`run_stage` in each of its tasks, with the torch.distributed
+    environment from submitit. On SIGUSR2 (sent before the time limit, or on preemption) training
+    checkpoints at its next log step and the job requeues itself, up to ``max_num_timeout`` times."""
+
+    def __init__(self, max_num_timeout: int) -> None:
+        self.max_num_timeout = max_num_timeout
+
+    def __call__(self, store_root: str, kind: str, hash: str) -> dict[str, Any]:
+        from benchmark.train import STOP_REQUESTED, Preempted
+
+        if int(os.environ.get("SLURM_NTASKS", "1")) > 1:
+            import submitit
+
+            submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
+        signal.signal(signal.SIGUSR2, lambda *_: STOP_REQUESTED.set())  # instead of submitit's own handler
+        try:
+            return run_stage(store_root, kind, hash, take_lock=True)
+        except Preempted as exc:
+            restarts = int(os.environ.get("SLURM_RESTART_COUNT", "0"))
+            store = RunStore(store_root)
+            if restarts >= self.max_num_timeout:
+                if int(os.environ.get("RANK", "0")) == 0:
+                    store.fail(
+                        kind,
+                        hash,
+                        StageError(
+                            f"stopped at the time limit {restarts + 1} times (step "
+                            f"{exc.step}); launcher.max_num_timeout is {self.max_num_timeout}"
+                        ),
+                        "timeout",
+                    )
+                raise
+            if int(os.environ.get("RANK", "0")) == 0:
+                job = read_json(store.dir(kind, hash) / "slurm.json") or {}
+                store.record_job(kind, hash, {**job, "requeues": restarts + 1})
+                subprocess.run(["scontrol", "requeue", slurm_job_id() or ""], check=False)
+            time.sleep(60)  # Slurm stops this job on requeue
+            raise
+
+
+@contextlib.contextmanager
+def submission_lock(root: Path) -> Iterator[None]:
+    """One submitting ``run`` per run store at a time (two would both see a stage as missing)."""
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / ".submit.lock", "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+@dataclass
+class Submission:
+    """Stages to submit as one Slurm job or job array (same kind and resources)."""
+
+    kind: str
+    resources: dict[str, Any]
+    stages: list[Stage]
+    dependency: str = ""
 
 
 class SlurmExecutor:
-    """Submits each stage as a Slurm job (submitit), chained with ``afterok`` dependencies, and exits.
+    """Submits the whole study at once and returns: one job per stage (stages of one kind and equal
+    resources as job arrays, split at the cluster's MaxArraySize), chained with ``afterok``.
 
-    Finished stages are never submitted; a stage whose job is still queued or running is not
-    submitted again. Re-run the same command once the jobs end to collect the report.
+    Done stages are never submitted; a stage whose job is queued or running is not submitted again; a
+    failed one only with ``retry``. A stage waiting on a failed one is skipped, and Slurm cancels a
+    job whose dependency failed (``kill-on-invalid-dep``).
     """
 
-    def __init__(self, launcher: dict[str, Any]) -> None:
-        if shutil.which("sbatch") is None:
+    def __init__(
+        self,
+        launcher: dict[str, Any],
+        retry: str | None = None,
+        submit: Callable[[Submission, Path], list[str]] | None = None,
+    ) -> None:
+        from benchmark import slurm
+
+        if not slurm.available():
             from benchmark.errors import ConfigError
 
             raise ConfigError(
                 "launcher.name=slurm: no 'sbatch' on PATH; run on a Slurm login node or use launcher.name=local"
             )
-        self.launcher = launcher
+        self.launcher, self.retry = launcher, retry
+        self.submit = submit or self._submit
 
-    def parameters(self, stage: Stage, deps: list[str]) -> dict[str, Any]:
-        p = self.launcher
-        extra = {k: p[k] for k in ("account", "qos") if p.get(k)}
-        if deps:
-            extra["dependency"] = "afterok:" + ":".join(deps)
+    def parameters(self, sub: Submission) -> dict[str, Any]:
+        """submitit parameters of a submission: resources, name, dependency, requeue signal."""
+        res = sub.resources
+        extra: dict[str, Any] = {k: res[k] for k in ("account", "qos") if res.get(k)}
+        if sub.dependency:
+            extra["dependency"] = sub.dependency
             extra["kill-on-invalid-dep"] = "yes"
+        nodes, per_node = processes(sub.stages[0], self.launcher, slurm=True)
+        gpus = res["gpus_per_node"] if STAGES[sub.kind].gpu else 0
         params: dict[str, Any] = {
-            "name": f"tok1d-{stage.kind}-{stage.hash[:8]}",
-            "timeout_min": p["timeout_min"],
-            "cpus_per_task": p["cpus_per_task"],
-            "mem_gb": p["mem_gb"],
-            "gpus_per_node": p["gpus_per_node"] if STAGES[stage.kind].gpu else 0,
+            "name": f"tok1d-{sub.kind}",
+            "timeout_min": res["timeout_min"],
+            "nodes": nodes,
+            "tasks_per_node": per_node,
+            "cpus_per_task": res["cpus_per_task"],
+            "mem_gb": res["mem_gb"],
+            "gpus_per_node": gpus,
             "slurm_additional_parameters": extra,
+            "slurm_array_parallelism": self.launcher.get("array_parallelism") or 64,
         }
-        if p.get("partition"):
-            params["slurm_partition"] = p["partition"]
+        if res.get("partition"):
+            params["slurm_partition"] = res["partition"]
         return params
 
-    def execute(self, plan: Plan, store: RunStore) -> Outcome:
+    def _submit(self, sub: Submission, folder: Path) -> list[str]:
+        """Submit one job (one stage) or one array (several); returns the job ids in stage order."""
         import submitit
 
-        out = Outcome()
-        jobs: dict[str, str] = {}
-        for stage in plan.ordered_stages():
-            d = store.dir(stage.kind, stage.hash)
-            if store.is_done(stage.kind, stage.hash):
-                out.cached.append(stage.hash)
-                continue
-            previous = read_json(d / "slurm.json")
-            if previous and slurm_job_alive(previous["job_id"]):
-                jobs[stage.hash] = out.queued[stage.hash] = previous["job_id"]
-                continue
-            deps = [jobs[h] for h in stage.inputs.values() if h in jobs]
-            executor = submitit.AutoExecutor(folder=store.root / "slurm" / "%j", cluster="slurm")
-            executor.update_parameters(**self.parameters(stage, deps))
-            store.begin(stage.kind, stage.hash, stage_record(plan, stage))
-            job = executor.submit(run_stage, str(store.root), stage.kind, stage.hash)
-            write_json(d / "slurm.json", {"job_id": job.job_id, "depends_on": deps})
-            jobs[stage.hash] = out.submitted[stage.hash] = job.job_id
+        executor = submitit.AutoExecutor(folder=folder / "%j", cluster="slurm")
+        executor.update_parameters(**self.parameters(sub))
+        job = StageJob(self.launcher.get("max_num_timeout", 3))
+        args = [(str(folder.parent), s.kind, s.hash) for s in sub.stages]
+        from benchmark import slurm
+
+        try:
+            if len(args) == 1:
+                jobs = [executor.submit(job, *args[0])]
+            else:
+                jobs = executor.map_array(job, *zip(*args))
+        except Exception as exc:  # submitit re-raises sbatch's failure with its output
+            raise slurm.rejection(exc, f"the {sub.kind} job ({len(args)} stage(s))") from None
+        return [j.job_id for j in jobs]
+
+    def groups(self, stages: list[Stage], jobs: dict[str, str]) -> list[Submission]:
+        """Stages of one kind and resources in job arrays of at most MaxArraySize, except a stage that
+        waits on an in-flight job: its own job with its own ``afterok`` (an array has one dependency
+        for all its tasks, which would tie unrelated cells together)."""
+        from benchmark import slurm
+
+        limit = max(1, slurm.max_array_size())
+        out: list[Submission] = []
+        pending: dict[tuple[str, str], list[Stage]] = {}
+        for stage in stages:
+            res = stage_resources(self.launcher, stage.kind)
+            waits = [jobs[h] for h in stage.inputs.values() if h in jobs]
+            if waits:
+                out.append(Submission(stage.kind, res, [stage], "afterok:" + ":".join(waits)))
+            else:
+                pending.setdefault((stage.kind, repr(sorted(res.items()))), []).append(stage)
+        for (kind, _), members in pending.items():
+            res = stage_resources(self.launcher, kind)
+            out += [Submission(kind, res, members[i : i + limit]) for i in range(0, len(members), limit)]
         return out
+
+    def execute(self, plan: Plan, store: RunStore) -> Outcome:
+        from benchmark import slurm
+
+        out = Outcome()
+        folder = store.root / "slurm"
+        with submission_lock(store.root):
+            broken: dict[str, str] = {}
+            jobs: dict[str, str] = {}  # stage hash -> job id of the job that will produce it
+            todo: list[Stage] = []
+            for stage in plan.ordered_stages():
+                reason = upstream_failure(stage, broken)
+                status = store.status(stage.kind, stage.hash)
+                if status.state == "done":
+                    out.cached.append(stage.hash)
+                elif reason is not None:
+                    out.skipped[stage.hash] = reason
+                    broken[stage.hash] = reason
+                elif status.state in ("running", "queued"):
+                    jobs[stage.hash] = out.in_flight[stage.hash] = str((status.job or status.lock or {}).get("job_id"))
+                elif (
+                    status.state == "failed"
+                    and status.error.get("kind") != "dependency"
+                    and not retry_wanted(self.retry, plan, stage)
+                ):
+                    out.failed[stage.hash] = describe_failure(status) + " (--retry-failed to submit it again)"
+                    broken[stage.hash] = f"needs {stage.kind} {stage.hash}, which failed"
+                else:
+                    todo.append(stage)
+            checked: set[str] = set()
+            for stage in todo:  # resources the cluster would refuse: one line, before anything is queued
+                params = self.parameters(Submission(stage.kind, stage_resources(self.launcher, stage.kind), [stage]))
+                key = repr(sorted((k, str(v)) for k, v in params.items() if k != "name"))
+                if key not in checked:
+                    slurm.check_resources(params, f"the {stage.kind} job")
+                    checked.add(key)
+            for kind in sorted({s.kind for s in todo}, key=stage_order):  # upstream kinds first
+                wave = [s for s in todo if s.kind == kind]
+                for sub in self.groups(wave, jobs):
+                    for stage in sub.stages:
+                        store.plan(stage.kind, stage.hash, stage_record(plan, stage))
+                    ids = self.submit(sub, folder)
+                    for stage, job_id in zip(sub.stages, ids):
+                        log = folder / job_id / f"{job_id}_0_log"
+                        store.record_job(
+                            stage.kind,
+                            stage.hash,
+                            {
+                                "job_id": job_id,
+                                "submitted": time.time(),
+                                "depends_on": sub.dependency,
+                                "stdout": f"{log}.out",
+                                "stderr": f"{log}.err",
+                            },
+                        )
+                        jobs[stage.hash] = out.submitted[stage.hash] = job_id
+        return out
+
+
+def launcher_is_slurm(launcher: dict[str, Any]) -> bool:
+    from benchmark import slurm
+
+    return launcher["name"] == "slurm" or (launcher["name"] == "auto" and slurm.available())

@@ -59,7 +59,7 @@ STAGES: dict[str, StageKind] = {
         StageKind("evaluate_tokenizer", ("data", "eval"), ("tokenizer",)),
         StageKind("cache_latents", (), ("train_tokenizer",)),
         StageKind("train_generator", ("seed", "generator", "generator_train"), ("cache_latents",), trains=True),
-        StageKind("sample", ("sample",), ("train_generator", "tokenizer")),
+        StageKind("sample", ("sample",), ("train_generator", "tokenizer"), version=2),
         StageKind("evaluate_generator", ("data", "eval"), ("sample",)),
     )
 }

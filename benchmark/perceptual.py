@@ -127,7 +127,8 @@ class PerceptualLoss(nn.Module):
         check_perceptual({"net": net}, "tokenizer.perceptual")
         import lpips  # only when a perceptual loss is built: plugin loading registers the metric cheaply
 
-        state = backbone_state(net, weights)
+        # built on the meta device (a shapes-only model for plan-time checks and cost estimates): no file read
+        state = None if torch.get_default_device().type == "meta" else backbone_state(net, weights)
         with warnings.catch_warnings():  # lpips builds its random trunk with torchvision's legacy `pretrained=`
             warnings.filterwarnings("ignore", category=UserWarning, module="torchvision")
             model = lpips.LPIPS(pretrained=True, net=net, pnet_rand=True, verbose=False)

@@ -13,7 +13,7 @@ from typing import Any
 
 import pandas as pd
 
-from benchmark.store import RunStore, atomic_write, read_json
+from benchmark.store import RunStore, atomic_write
 from benchmark.study import Cell, Plan, flat_config
 
 
@@ -26,28 +26,41 @@ class CellResults:
     status: str
 
 
+def cell_status(store: RunStore, cell: Cell) -> tuple[str, list[tuple[str, dict[str, Any]]]]:
+    """A cell's status line (from the store's state of each of its stages) and its stages' results."""
+    status, results = "ok", []
+    for kind, h in cell.stages.items():
+        state = store.status(kind, h)
+        if state.result is not None:
+            results.append((kind, state.result))
+            continue
+        if status != "ok":
+            continue
+        if state.state == "failed":
+            error = state.error or {}
+            first = (error.get("error") or "").splitlines()[0][:160] if error.get("error") else ""
+            status = f"{error.get('kind', 'failed').upper()} in {kind}: {first} (log: {error.get('log')})"
+        elif state.state == "running":
+            status = f"running {kind}"
+        elif state.state == "queued":
+            status = f"queued on Slurm: {kind} (job {state.job['job_id']})"
+        else:
+            status = "not run"
+    return status, results
+
+
 def cell_results(store: RunStore, cell: Cell) -> CellResults:
     """Read a cell's stage results (once per report) and say whether it finished, failed or waits."""
     values: dict[str, Any] = {}
-    status = "ok"
-    for kind, h in cell.stages.items():
-        result = store.result(kind, h)
-        if result is None:
-            error = store.error(kind, h)
-            slurm = read_json(store.dir(kind, h) / "slurm.json")
-            if error and status == "ok":
-                status = f"FAILED in {kind}: {error['error'].splitlines()[0][:160]} (log: {error['log']})"
-            elif slurm and status == "ok":
-                status = f"submitted to Slurm (job {slurm['job_id']})"
-            elif status == "ok":
-                status = "not run"
-            continue
-        values.update({k: v for k, v in result.items() if not isinstance(v, dict)})
+    status, results = cell_status(store, cell)
+    for kind, result in results:
+        values.update({k: v for k, v in result.items() if not isinstance(v, dict) and not k.startswith("_")})
         values.update(result.get("metrics", {}))
         values.update({f"{kind}.{k}": v for k, v in flat_config(result.get("cost", {})).items()})
         values.update({f"{kind}.final_loss_{k}": v for k, v in result.get("final_losses", {}).items()})
         if "protocol" in result:
             values.setdefault("_protocols", {})[kind] = result["protocol"]
+    values.update({f"config.{k}": v for k, v in flat_config(cell.config).items()})
     return CellResults(cell, values, status)
 
 
@@ -96,6 +109,18 @@ def compute_table(plan: Plan, store: RunStore) -> pd.DataFrame:
     if rows:
         df["saving (%)"] = 100 * (1 - df["PFLOPs as run"] / df["PFLOPs, one per cell"])
     return df
+
+
+def failure_lines(plan: Plan, store: RunStore) -> list[str]:
+    """Each failed stage of the study: its error, kind, log and the last lines of its stderr."""
+    from benchmark.status import failure_details
+
+    lines: list[str] = []
+    for stage in plan.ordered_stages(selected=False):
+        status = store.status(stage.kind, stage.hash)
+        if status.state == "failed" and (status.error or {}).get("kind") != "dependency":
+            lines += [f"cells {', '.join(stage.cells)}:", *failure_details(status), ""]
+    return lines
 
 
 def protocol_lines(results: list[CellResults]) -> list[str]:
@@ -189,6 +214,9 @@ def write_report(plan: Plan, store: RunStore, out_dir: Path) -> list[Path]:
             df.to_markdown(index=False, floatfmt=".4g"),
             "",
         ]
+    failures = failure_lines(plan, store)
+    if failures:
+        md += ["## Failures", "", "```", *failures, "```", ""]
     protocol = protocol_lines(results)
     if protocol:
         md += ["## Protocol", "", *protocol, ""]

@@ -1,19 +1,19 @@
-"""``python -m benchmark.run studies/<study>.yaml [--profile smoke|paper] [--dry-run] [--only F] [k=v ...]``
+"""``python -m benchmark.run studies/<study>.yaml [--profile P] [--dry-run] [--only F] [--retry-failed [F]] [k=v ...]``
 
-Expands the study, runs what the run store lacks (locally, or on Slurm with launcher.name=slurm),
-and writes the study's tables and figures under ``results/<study>/``.
+Expands the study, runs what the run store lacks (here, or on Slurm: the whole study is submitted at
+once and the command returns), and writes the study's tables and figures under ``results/<study>/``.
+Exit code 0 when every stage is done (or submitted), 1 when a stage failed or was skipped after a
+failure, 2 for bad input.
 """
 
 from __future__ import annotations
 
 import argparse
-import shutil
+import difflib
 import sys
 from pathlib import Path
 
-from benchmark.errors import Tok1dError
-from benchmark.executors import LocalExecutor, Outcome, SlurmExecutor
-from benchmark.report import results_dir, write_report
+from benchmark.errors import ConfigError, Tok1dError
 from benchmark.store import RunStore, default_root
 from benchmark.study import Plan, build_plan
 
@@ -23,62 +23,115 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("study", help="a study YAML, e.g. studies/thesis_table2_token_count.yaml")
     p.add_argument("overrides", nargs="*", help="config overrides, e.g. tokenizer.size=S train.steps=100")
     p.add_argument("--profile", default="paper", help="studies/profiles/<name>.yaml (default: paper)")
-    p.add_argument("--dry-run", action="store_true", help="print the plan and exit")
-    p.add_argument("--only", help="only cells whose label matches (substring / glob) or key=value")
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print the plan (state, resources, estimated cost of every stage) and exit",
+    )
+    p.add_argument(
+        "--only", help="run only cells whose label matches (substring / glob) or key=value; the report keeps every row"
+    )
+    p.add_argument(
+        "--retry-failed",
+        nargs="?",
+        const="",
+        metavar="FILTER",
+        help="run failed stages again (all, or those of the cells FILTER matches)",
+    )
     p.add_argument("--runs", help="run store folder (default: $TOK1D_RUNS or ./runs)")
     p.add_argument("--results", default="results", help="results folder (default: ./results)")
     p.add_argument("--fail-fast", action="store_true", help="stop at the first failing stage")
     return p.parse_intermixed_args(argv)
 
 
-def print_plan(plan: Plan, store: RunStore) -> None:
-    print(f"study {plan.study} [{plan.profile}]: {len(plan.cells)} cells, {len(plan.stages)} stages")
-    for stage in plan.ordered_stages():
-        if store.is_done(stage.kind, stage.hash):
-            status = "cached"
-        elif store.error(stage.kind, stage.hash):
-            status = "failed before; will retry"
-        else:
-            status = "to run"
-        print(f"  {stage.kind:<20} {stage.hash}  {status:<24} cells: {', '.join(stage.cells)}")
+def check_study_path(path: str) -> None:
+    """A study path that does not exist names the studies it may have meant."""
+    study = Path(path)
+    if study.is_file():
+        return
+    folder = study.parent if study.parent.is_dir() else Path("studies")
+    known = sorted(p.name for p in folder.glob("*.yaml")) if folder.is_dir() else []
+    close = difflib.get_close_matches(study.name, known, n=3, cutoff=0.3)
+    hint = f" Did you mean: {', '.join(str(folder / c) for c in close)}?" if close else ""
+    raise ConfigError(
+        f"{path}: no such study file.{hint} Studies: {', '.join(known) or 'none'} (python -m benchmark.list)"
+    )
 
 
-def summary(outcome: Outcome) -> str:
-    parts = [f"{len(outcome.ran)} ran", f"{len(outcome.cached)} cached"]
-    if outcome.submitted:
-        parts.append(f"{len(outcome.submitted)} submitted to Slurm")
-    if outcome.queued:
-        parts.append(f"{len(outcome.queued)} still queued or running on Slurm")
-    if outcome.failed:
-        parts.append(f"{len(outcome.failed)} FAILED")
-    if outcome.skipped:
-        parts.append(f"{len(outcome.skipped)} skipped after a failure")
+def summary(outcome: object) -> str:
+    parts = [f"{len(outcome.ran)} ran", f"{len(outcome.cached)} cached"]  # type: ignore[attr-defined]
+    for attr, text in (
+        ("submitted", "submitted to Slurm"),
+        ("in_flight", "queued or running already"),
+        ("failed", "FAILED"),
+        ("skipped", "skipped (a stage they need failed)"),
+    ):
+        if getattr(outcome, attr):
+            parts.append(f"{len(getattr(outcome, attr))} {text}")
     return "stages: " + ", ".join(parts)
+
+
+def failed_cells(plan: Plan, outcome: object) -> list[str]:
+    """One line per cell with a failed or skipped stage: the stage, the reason, the log."""
+    lines = []
+    for cell in plan.cells:
+        for kind, h in cell.stages.items():
+            reason = outcome.failed.get(h) or outcome.skipped.get(h)  # type: ignore[attr-defined]
+            if reason:
+                lines.append(f"  {cell.label}: {kind} {h}: {reason}")
+                break
+    return lines
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
+        check_study_path(args.study)
         plan = build_plan(args.study, args.profile, args.overrides, args.only)
-        store = RunStore(default_root(args.runs))
-        if args.dry_run:
-            print_plan(plan, store)
-            return 0
         launcher = plan.cells[0].config["launcher"]
-        if launcher["name"] == "slurm" or (launcher["name"] == "auto" and shutil.which("sbatch")):
-            outcome = SlurmExecutor(launcher).execute(plan, store)
+        from benchmark.executors import launcher_is_slurm
+
+        slurm = launcher_is_slurm(launcher)
+        store = RunStore(default_root(args.runs), probe=_probe() if slurm else None)
+        if args.dry_run:
+            from benchmark.status import print_plan
+
+            print_plan(plan, store, slurm)
+            return 0
+        from benchmark.executors import LocalExecutor, SlurmExecutor
+
+        if slurm:
+            outcome = SlurmExecutor(launcher, args.retry_failed).execute(plan, store)
         else:
-            outcome = LocalExecutor(args.fail_fast or launcher["fail_fast"]).execute(plan, store)
+            outcome = LocalExecutor(args.fail_fast or launcher["fail_fast"], args.retry_failed).execute(plan, store)
+        from benchmark.report import results_dir, write_report
+
         files = write_report(plan, store, results_dir(Path(args.results), plan))
     except Tok1dError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(summary(outcome))
-    jobs = {**outcome.submitted, **outcome.queued}
-    if jobs:
-        print("Slurm jobs: " + ", ".join(jobs.values()) + "; re-run this command when they end")
+    if outcome.submitted or outcome.in_flight:
+        jobs = sorted({*outcome.submitted.values(), *outcome.in_flight.values()})
+        print(f"Slurm jobs: {', '.join(jobs)}")
+        print(f"logs: {store.root / 'slurm'}/<job id>/")
+        profile = "" if plan.profile == "paper" else f" --profile {plan.profile}"
+        runs = f" --runs {args.runs}" if args.runs else ""
+        print(
+            f"follow them: python -m benchmark.status {args.study}{profile}{runs} [--watch]; "
+            "re-run this command when they end to collect the report"
+        )
     print(f"results: {files[0]}")
-    return 0 if outcome.ok else 1
+    if not outcome.ok:
+        print("failed cells:\n" + "\n".join(failed_cells(plan, outcome)), file=sys.stderr)
+        return 1
+    return 0
+
+
+def _probe():  # type: ignore[no-untyped-def]
+    from benchmark.slurm import SlurmQueue
+
+    return SlurmQueue()
 
 
 if __name__ == "__main__":

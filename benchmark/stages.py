@@ -35,6 +35,7 @@ from benchmark.checkpoints import (
     save_weights,
 )
 from benchmark.config import EvalConfig, SampleConfig, TrainConfig
+from benchmark.distributed import World
 from benchmark.errors import StageError
 from benchmark.image_grid import save_image_grid
 from benchmark.store import RunStore, read_json, write_json
@@ -42,7 +43,8 @@ from benchmark.store import RunStore, read_json, write_json
 
 @dataclass
 class StageContext:
-    """What a running stage sees: its record, its folder, the store and a logger."""
+    """What a running stage sees: its record, its folder, the store, a logger and its place among
+    the data-parallel processes (rank 0 alone writes to the store)."""
 
     kind: str
     hash: str
@@ -52,6 +54,7 @@ class StageContext:
     dir: Path
     store: RunStore
     log: logging.Logger
+    world: World = World()
 
     def input_dir(self, kind: str) -> Path:
         return self.store.dir(kind, self.inputs[kind])
@@ -62,7 +65,7 @@ class StageContext:
 
     @property
     def device(self) -> torch.device:
-        from benchmark.train import pick_device
+        from benchmark.distributed import device as pick_device
 
         return pick_device(self.runtime.get("device", "auto"))
 
@@ -78,7 +81,8 @@ def initialize_pretrained(model: Tokenizer, ctx: StageContext) -> None:
 
     report = initialize_encoder(model.encoder, model.encoder_init)
     ctx.log.info("encoder initialisation:\n%s", report.table())
-    write_json(ctx.dir / "init_report.json", report.to_dict())
+    if ctx.world.main:
+        write_json(ctx.dir / "init_report.json", report.to_dict())
 
 
 def tokenizer_step(model: Tokenizer) -> Callable:
@@ -136,8 +140,11 @@ def _train(model: Tokenizer, ctx: StageContext, cfg: dict[str, Any], train_cfg: 
         ctx.runtime.get("compile", False),
         adversary=getattr(model, "adversary", None),
         on_checkpoint=preview_saver(model, preview, ctx.dir),
+        find_unused_parameters=ctx.runtime.get("find_unused_parameters", False),
     )
     seconds = time.perf_counter() - t0
+    if not ctx.world.main:
+        return {}
     save_tokenizer(ctx.dir, cfg, weights)
     model.load_state_dict(weights)
     model.eval()
@@ -184,10 +191,13 @@ def finetune_tokenizer(ctx: StageContext) -> dict[str, Any]:
         ctx.log.info("stage-1 weights loaded; not copied (resized or new): %s", skipped)
     else:
         model.load_state_dict(state)
-    if (first_dir / "init_report.json").is_file():  # the finetuned folder must restore the same architecture
+    if (
+        first_dir / "init_report.json"
+    ).is_file() and ctx.world.main:  # the finetuned folder restores the same architecture
         write_json(ctx.dir / "init_report.json", read_json(first_dir / "init_report.json"))
     result = _train(model, ctx, cfg, TrainConfig(**{**base_train, **ctx.config["finetune"]["train"]}))
-    _check_same_tokens(load_tokenizer(first_dir, ctx.device), model, cfg)
+    if ctx.world.main:
+        _check_same_tokens(load_tokenizer(first_dir, ctx.device), model, cfg)
     return result
 
 
@@ -266,9 +276,14 @@ def train_generator(ctx: StageContext) -> dict[str, Any]:
 
         data = LatentDataset(ctx.input_dir("cache_latents"), build_dataset(data.meta["data"], "train"))
 
+    reg = bool(getattr(model, "reg", False))
+
     def step(batch: tuple[Tensor, ...], i: int) -> tuple[dict[str, Tensor], None]:
         if teacher is None:
             return model.loss(batch[0], batch[1]), None
+        if reg:  # REG: the teacher's class token of each image, from the same pass as its patch features
+            features, cls = teacher.teacher_features(batch[2], class_token=True)
+            return model.loss(batch[0], batch[1], features=features, class_token=cls), None
         return model.loss(batch[0], batch[1], features=teacher.teacher_features(batch[2])), None
 
     t0 = time.perf_counter()
@@ -283,8 +298,11 @@ def train_generator(ctx: StageContext) -> dict[str, Any]:
         ctx.runtime.get("num_workers", 0),
         ctx.log,
         ctx.runtime.get("compile", False),
+        find_unused_parameters=ctx.runtime.get("find_unused_parameters", False),
     )
     seconds = time.perf_counter() - t0
+    if not ctx.world.main:
+        return {}
     save_weights(ctx.dir, weights)
     tokens, label = data[0][:2]
     model.train()
@@ -302,7 +320,12 @@ def balanced_labels(n: int, num_classes: int) -> Tensor:
 @torch.no_grad()
 def sample(ctx: StageContext) -> dict[str, Any]:
     """``sample.num_images`` generated images (uint8, memory-mapped ``images.npy``) and their labels,
-    decoded through the cell's final tokenizer."""
+    decoded through the cell's final tokenizer.
+
+    Batch b draws its noise from a generator seeded with (seed, b), so the images do not depend on
+    how batches are shared out: with several processes, rank r generates batches b = r mod world
+    into the same memory-mapped file."""
+    from benchmark import distributed
     from benchmark.cost import gflops
     from benchmark.latents import LatentDataset, unflat_tokens
 
@@ -315,11 +338,17 @@ def sample(ctx: StageContext) -> dict[str, Any]:
     labels = balanced_labels(cfg.num_images, latents.num_classes)
     res = read_json(ctx.tokenizer_dir() / "tokenizer.json")["data"]["resolution"]
     tmp = ctx.dir / "images.tmp.npy"
-    images = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(cfg.num_images, res, res, 3))
-    rng = torch.Generator(device=ctx.device).manual_seed(cfg.seed)
+    shape = (cfg.num_images, res, res, 3)
+    if ctx.world.main:
+        np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape).flush()
+    distributed.barrier()
+    images = np.lib.format.open_memmap(tmp, mode="r+")
     t0 = time.perf_counter()
-    for start in range(0, cfg.num_images, cfg.batch_size):
+    starts = range(0, cfg.num_images, cfg.batch_size)
+    for b in range(ctx.world.rank, len(starts), ctx.world.size):
+        start = starts[b]
         y = labels[start : start + cfg.batch_size].to(ctx.device)
+        rng = torch.Generator(device=ctx.device).manual_seed(cfg.seed * 1_000_003 + b)
         seq = generator.sample(y, cfg_scale=cfg.cfg_scale, steps=cfg.steps, generator=rng, **cfg.options)
         out = tokenizer.decode(unflat_tokens(stats.denormalize(seq), latents.spec))
         images[start : start + len(y)] = (
@@ -327,6 +356,9 @@ def sample(ctx: StageContext) -> dict[str, Any]:
         )
     seconds = time.perf_counter() - t0
     images.flush()
+    distributed.barrier()
+    if not ctx.world.main:
+        return {}
     first = torch.from_numpy(np.array(images[:16])).permute(0, 3, 1, 2) / 255
     del images
     tmp.replace(ctx.dir / "images.npy")
@@ -350,6 +382,7 @@ def sample(ctx: StageContext) -> dict[str, Any]:
         "protocol": {
             "num_images": cfg.num_images,
             "labels": "balanced (i mod C)",
+            "noise": "batch b seeded with seed * 1000003 + b",
             "seed": cfg.seed,
             "cfg_scale": cfg.cfg_scale,
             "steps": cfg.steps,

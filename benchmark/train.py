@@ -1,4 +1,5 @@
-"""One training loop for every model (nanoGPT-style: everything visible in one function).
+"""One training loop for every model (nanoGPT-style: everything visible in :func:`fit` and one
+optimisation step in :class:`TrainStep`, which ``benchmark.bench`` times as it is).
 
 AdamW (fused on GPU, no weight decay on norms / biases / embeddings), linear warm-up then a
 constant or cosine learning rate, gradient clipping, bf16 autocast on GPU, EMA weights,
@@ -6,6 +7,19 @@ generator / discriminator alternation for adversarial tokenizers (from the discr
 step), a deterministic batch order that depends only on (seed, step), loss terms logged to CSV (and
 TensorBoard where installed), and periodic checkpoints from which a killed run resumes to the same
 weights it would have reached uninterrupted.
+
+Data parallel (benchmark/distributed.py): with several processes, the model is wrapped in
+``DistributedDataParallel`` and each rank takes its contiguous shard of the same global batch
+(``train.batch_size`` stays the global batch), so the gradient is that of the global batch whatever
+the world size. Rank 0 alone writes logs and checkpoints; a checkpoint holds every rank's RNG state.
+Terms computed from batch statistics (entropy of the mean code posterior, BatchNorm in train mode
+where no SyncBatchNorm applies) and random draws inside a loss (SiT's noise, MaskGIT's masks) are
+per rank: the same distribution as one process, not the same numbers.
+
+Host syncs happen only at log and checkpoint steps: a non-finite loss is caught at the next of them,
+naming the step that produced it. A preemption request (SIGUSR2 from Slurm, see
+:data:`STOP_REQUESTED`) is honoured at the next log step: a checkpoint is written and
+:class:`Preempted` raised for the launcher to requeue the job.
 """
 
 from __future__ import annotations
@@ -13,7 +27,11 @@ from __future__ import annotations
 import csv
 import logging
 import math
+import os
+import pickle
+import threading
 import time
+import zipfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -22,15 +40,21 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm.auto import tqdm
 
+from benchmark import distributed
 from benchmark.config import TrainConfig
 from benchmark.errors import ConfigError, StageError
 from benchmark.store import atomic_write
 
+# Set (by a signal handler) when the job must stop: the loop checkpoints at its next log step.
+STOP_REQUESTED = threading.Event()
 
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+
+class Preempted(Exception):
+    """Training stopped on request after writing a checkpoint at ``step``; the launcher requeues it."""
+
+    def __init__(self, step: int) -> None:
+        super().__init__(f"preempted at step {step}: checkpoint written, to be resumed")
+        self.step = step
 
 
 class StepBatchSampler(Sampler[list[int]]):
@@ -38,14 +62,23 @@ class StepBatchSampler(Sampler[list[int]]):
 
     Epoch e is a permutation drawn from a generator seeded with (seed, e); the last incomplete
     batch of each epoch is dropped. Resuming at step s therefore replays exactly the same data.
+    With ``world`` > 1, rank r takes the r-th of ``world`` contiguous equal shards of each batch.
     """
 
-    def __init__(self, size: int, batch_size: int, seed: int, start: int, total: int) -> None:
+    def __init__(
+        self, size: int, batch_size: int, seed: int, start: int, total: int, rank: int = 0, world: int = 1
+    ) -> None:
         if batch_size > size:
             raise ConfigError(f"train.batch_size {batch_size} exceeds the training set's {size} images")
+        if batch_size % world:
+            raise ConfigError(
+                f"train.batch_size {batch_size} (the global batch) does not split into {world} "
+                f"equal shards, one per process; use a multiple of {world}"
+            )
         self.size, self.batch_size, self.seed = size, batch_size, seed
         self.start, self.total = start, total
         self.per_epoch = size // batch_size
+        self.shard = slice(rank * batch_size // world, (rank + 1) * batch_size // world)
 
     def __len__(self) -> int:
         return max(0, self.total - self.start)
@@ -57,7 +90,7 @@ class StepBatchSampler(Sampler[list[int]]):
             if epoch != perm_epoch:
                 gen = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
                 perm, perm_epoch = torch.randperm(self.size, generator=gen), epoch
-            yield perm[j * self.batch_size : (j + 1) * self.batch_size].tolist()
+            yield perm[j * self.batch_size : (j + 1) * self.batch_size][self.shard].tolist()
 
 
 def learning_rate(cfg: TrainConfig, step: int) -> float:
@@ -139,6 +172,187 @@ def _tensorboard(run_dir: Path):  # type: ignore[no-untyped-def]
 StepFn = Callable[[tuple[Tensor, ...], int], tuple[dict[str, Tensor], "tuple[Tensor, Tensor] | None"]]
 
 
+class _Forward(nn.Module):
+    """The model's step function as a module, so that DistributedDataParallel sees its forward."""
+
+    def __init__(self, model: nn.Module, step_fn: StepFn) -> None:
+        super().__init__()
+        self.model = model
+        self.step_fn = step_fn
+
+    def forward(self, batch: tuple[Tensor, ...], step: int) -> tuple[dict[str, Tensor], tuple[Tensor, Tensor] | None]:
+        return self.step_fn(batch, step)
+
+
+class _DiscriminatorLoss(nn.Module):
+    """``adversary.discriminator_loss`` as a module's forward (for DistributedDataParallel)."""
+
+    def __init__(self, adversary: nn.Module) -> None:
+        super().__init__()
+        self.adversary = adversary
+
+    def forward(self, real: Tensor, fake: Tensor, step: int) -> dict[str, Tensor]:
+        return self.adversary.discriminator_loss(real, fake, step)
+
+
+class TrainStep:
+    """One optimisation step as the training loop runs it (and ``benchmark.bench`` times it).
+
+    ``step_fn(batch, step)`` returns the named loss terms (their sum is minimised by AdamW over every
+    trainable parameter outside ``adversary``) and, for adversarial training, the (real, fake) pair
+    on which ``adversary.discriminator_loss`` then takes its own AdamW step (the discriminator
+    alternates with the generator every step from ``adversary.start``; its gradients from the
+    generator step are discarded). Under several processes both are DistributedDataParallel.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        step_fn: StepFn,
+        cfg: TrainConfig,
+        device: torch.device,
+        adversary: nn.Module | None = None,
+        compile: bool = False,
+        find_unused_parameters: bool = False,
+    ) -> None:
+        self.model, self.cfg, self.device, self.adversary = model, cfg, device, adversary
+        world = distributed.world()
+        if world.size > 1 and adversary is not None:  # BatchNorm over the global batch, as one process
+            adversary.discriminator = nn.SyncBatchNorm.convert_sync_batchnorm(adversary.discriminator)
+        model.to(device).train()
+        self.params = generator_parameters(model, adversary)
+        self.trained = [p for _, p in self.params if p.requires_grad]
+        self.optimizer = make_optimizer(self.params, cfg, device)
+        self.disc_optimizer = (
+            make_optimizer(list(adversary.named_parameters()), cfg, device, cfg.disc_lr)
+            if adversary is not None
+            else None
+        )
+        self.ema = EMA(self.params, cfg.ema_decay) if cfg.ema_decay > 0 else None
+        forward: nn.Module = _Forward(model, step_fn)
+        disc: nn.Module | None = _DiscriminatorLoss(adversary) if adversary is not None else None
+        if world.size > 1:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+
+            ids = [device.index] if device.type == "cuda" else None
+            disc_ids = {id(p) for p in adversary.parameters()} if adversary is not None else set()
+            ignored = [f"model.{n}" for n, p in model.named_parameters() if id(p) in disc_ids]
+            DDP._set_params_and_buffers_to_ignore_for_model(forward, ignored)
+            forward = DDP(forward, device_ids=ids, find_unused_parameters=find_unused_parameters)
+            if disc is not None:
+                disc = DDP(disc, device_ids=ids, find_unused_parameters=find_unused_parameters)
+        self.forward = torch.compile(forward) if compile else forward
+        self.disc = disc
+        self.autocast = torch.autocast(
+            "cuda", dtype=torch.bfloat16, enabled=device.type == "cuda" and cfg.precision == "bf16"
+        )
+        # the first step whose loss was not finite (-1: none yet), kept on the device: no host sync
+        self.first_bad = torch.full((), -1, dtype=torch.long, device=device)
+
+    def set_lr(self, step: int) -> float:
+        """The schedule's learning rate at ``step``, applied to both optimisers (the discriminator's
+        scaled by disc_lr / lr); returns it."""
+        lr = learning_rate(self.cfg, step)
+        for opt, base in ((self.optimizer, self.cfg.lr), (self.disc_optimizer, self.cfg.disc_lr or self.cfg.lr)):
+            for group in opt.param_groups if opt is not None else ():
+                group["lr"] = lr * base / self.cfg.lr
+        return lr
+
+    def __call__(self, batch: tuple[Tensor, ...], step: int) -> tuple[Tensor, dict[str, Tensor]]:
+        """Generator step, discriminator step, EMA; returns the loss and its terms (device tensors)."""
+        self.set_lr(step)
+        with self.autocast:
+            losses, pair = self.forward(batch, step)
+        loss = sum(losses.values())
+        bad = ~torch.isfinite(loss.detach())
+        self.first_bad = torch.where(bad & (self.first_bad < 0), step, self.first_bad)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.cfg.grad_clip > 0:
+            nn.utils.clip_grad_norm_(self.trained, self.cfg.grad_clip)
+        self.optimizer.step()
+        adversary = self.adversary
+        if adversary is not None and self.disc is not None and pair is not None:
+            active = adversary.active(step)
+            with self.autocast:
+                disc = (self.disc if active else adversary.discriminator_loss)(pair[0], pair[1].detach(), step)
+            losses.update({f"d_{k}": v for k, v in disc.items()})
+            self.disc_optimizer.zero_grad(set_to_none=True)
+            if active:
+                sum(disc.values()).backward()
+                if self.cfg.grad_clip > 0:
+                    nn.utils.clip_grad_norm_(adversary.parameters(), self.cfg.grad_clip)
+                self.disc_optimizer.step()
+        if self.ema is not None:
+            self.ema.update(step)
+        return loss, losses
+
+    def check_finite(self, losses: dict[str, Tensor], ckpt: Path) -> None:
+        """Raise (one host sync) if any step so far had a non-finite loss, naming that step."""
+        first = int(self.first_bad.item())
+        if first >= 0:
+            values = {k: float(v.detach()) for k, v in losses.items()}
+            where = f"last checkpoint: {ckpt}" if ckpt.is_file() else "no checkpoint was written before it"
+            raise StageError(f"non-finite loss at step {first} (terms at the latest step: {values}); {where}")
+
+    def state_dict(self, step: int) -> dict[str, object]:
+        """Everything a resume needs; every rank's RNG state (a collective: all ranks call it)."""
+        state: dict[str, object] = {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "rng": distributed.gather_objects(torch.get_rng_state()),
+            "step": step,
+        }
+        if self.disc_optimizer is not None:
+            state["disc_optimizer"] = self.disc_optimizer.state_dict()
+        if self.ema is not None:
+            state["ema"] = self.ema.state_dict()
+        return state
+
+    def load_state_dict(self, state: dict[str, object]) -> list[Tensor] | Tensor:
+        """Restore from :meth:`state_dict`; returns the saved RNG state(s) for the caller to apply."""
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.disc_optimizer is not None:
+            self.disc_optimizer.load_state_dict(state["disc_optimizer"])
+        if self.ema is not None:
+            self.ema.load_state_dict(state["ema"])
+        return state["rng"]
+
+
+CHECKPOINT_ERRORS = (RuntimeError, OSError, EOFError, ValueError, KeyError, pickle.UnpicklingError, zipfile.BadZipFile)
+
+
+def load_checkpoint(folder: Path, log: logging.Logger) -> dict[str, object] | None:
+    """``folder/last.pt``, or ``folder/prev.pt`` when the last one is unreadable (each broken file is
+    named in the log); None when there is none to resume from."""
+    for name in ("last.pt", "prev.pt"):
+        path = folder / name
+        if not path.is_file():
+            continue
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+            if not isinstance(state, dict) or "step" not in state:
+                raise ValueError("not a training checkpoint")
+            return {**state, "_path": str(path)}
+        except CHECKPOINT_ERRORS as exc:
+            log.warning(
+                "checkpoint %s is unreadable (%s: %s); trying the previous one",
+                path,
+                type(exc).__name__,
+                str(exc).splitlines()[0][:200] if str(exc) else "",
+            )
+    return None
+
+
+def save_checkpoint(folder: Path, state: dict[str, object]) -> None:
+    """``folder/last.pt`` (atomically), the one before it kept as ``folder/prev.pt``."""
+    last = folder / "last.pt"
+    if last.is_file():
+        os.replace(last, folder / "prev.pt")
+    atomic_write(last, lambda tmp: torch.save(state, tmp))
+
+
 def fit(
     model: nn.Module,
     step_fn: StepFn,
@@ -152,43 +366,29 @@ def fit(
     compile: bool = False,
     adversary: nn.Module | None = None,
     on_checkpoint: Callable[[int], None] | None = None,
+    find_unused_parameters: bool = False,
 ) -> tuple[dict[str, float], dict[str, Tensor]]:
-    """Train ``model`` for ``cfg.steps`` steps, resuming from ``run_dir/ckpt/last.pt`` if present.
-
-    ``step_fn(batch, step)`` returns the named loss terms (their sum is minimised by AdamW over every
-    trainable parameter outside ``adversary``) and, for adversarial training, the (real, fake) pair
-    on which ``adversary.discriminator_loss`` then takes its own AdamW step (the discriminator
-    alternates with the generator every step from ``adversary.start``; its gradients from the
-    generator step are discarded). Returns the last logged terms and the weights to keep (the EMA
-    weights when ``cfg.ema_decay`` > 0).
-    """
+    """Train ``model`` for ``cfg.steps`` steps of :class:`TrainStep`, resuming from the last readable
+    checkpoint in ``run_dir/ckpt/``. Returns the last logged terms (averaged over ranks) and the
+    weights to keep (the EMA weights when ``cfg.ema_decay`` > 0)."""
     log = log or logging.getLogger(__name__)
-    model.to(device).train()
-    params = generator_parameters(model, adversary)
-    optimizer = make_optimizer(params, cfg, device)
-    disc_optimizer = (
-        make_optimizer(list(adversary.named_parameters()), cfg, device, cfg.disc_lr) if adversary is not None else None
-    )
-    ema = EMA(params, cfg.ema_decay) if cfg.ema_decay > 0 else None
+    world = distributed.world()
+    trainer = TrainStep(model, step_fn, cfg, device, adversary, compile, find_unused_parameters)
+    ckpt_dir, log_path = run_dir / "ckpt", run_dir / "losses.csv"
     run_dir.mkdir(parents=True, exist_ok=True)
-    ckpt_path, log_path = run_dir / "ckpt" / "last.pt", run_dir / "losses.csv"
     step, rng = 0, None
-    if ckpt_path.is_file():
-        state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        if disc_optimizer is not None:
-            disc_optimizer.load_state_dict(state["disc_optimizer"])
-        if ema is not None:
-            ema.load_state_dict(state["ema"])
-        rng = state["rng"]
+    state = load_checkpoint(ckpt_dir, log)
+    if state is not None:
+        rng = trainer.load_state_dict(state)
         step = int(state["step"])
-        _trim_log(log_path, step)
-        log.info("resumed from %s at step %d", ckpt_path, step)
-    else:
+        if world.main:
+            _trim_log(log_path, step)
+        log.info("resumed from %s at step %d", state["_path"], step)
+    elif world.main:
         log_path.unlink(missing_ok=True)  # rows of an attempt that never reached a checkpoint
-    run_step = torch.compile(step_fn) if compile else step_fn
-    sampler = StepBatchSampler(len(dataset), cfg.batch_size, seed, step, cfg.steps)  # type: ignore[arg-type]
+    if world.size > 1:  # ranks draw their own noise (the same stream on every rank would correlate them)
+        torch.manual_seed(seed * 1_000_003 + world.rank)
+    sampler = StepBatchSampler(len(dataset), cfg.batch_size, seed, step, cfg.steps, world.rank, world.size)  # type: ignore[arg-type]
     loader = DataLoader(
         dataset,
         batch_sampler=sampler,
@@ -196,65 +396,36 @@ def fit(
         pin_memory=device.type == "cuda",
         persistent_workers=num_workers > 0,
     )
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda" and cfg.precision == "bf16")
     batches = iter(loader)  # draws the loader's base seed from the global RNG, as a fresh run does
     if rng is not None:
-        torch.set_rng_state(rng)
-    trained = [p for _, p in params if p.requires_grad]
-
-    def save_checkpoint() -> None:
-        state = {
-            "model": model.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "rng": torch.get_rng_state(),
-            "step": step,
-        }
-        if disc_optimizer is not None:
-            state["disc_optimizer"] = disc_optimizer.state_dict()
-        if ema is not None:
-            state["ema"] = ema.state_dict()
-        atomic_write(ckpt_path, lambda tmp: torch.save(state, tmp))
+        ranks = rng if isinstance(rng, list) else [rng]
+        if len(ranks) != world.size:
+            log.warning(
+                "checkpoint from %d process(es), resuming on %d: random draws will differ", len(ranks), world.size
+            )
+        torch.set_rng_state(ranks[world.rank % len(ranks)])
 
     terms: dict[str, float] = {}
     new_log = not log_path.is_file()
-    board = _tensorboard(run_dir)
+    board = _tensorboard(run_dir) if world.main else None
+    lock = run_dir / "lock.json"
     t0 = time.perf_counter()
-    bar = tqdm(total=cfg.steps, initial=step, desc="train", leave=False, dynamic_ncols=True)
-    with log_path.open("a", newline="") as fh:
+    bar = tqdm(total=cfg.steps, initial=step, desc="train", leave=False, dynamic_ncols=True, disable=not world.main)
+    with open(log_path if world.main else os.devnull, "a", newline="") as fh:
         writer = None
         for batch in batches:
-            lr = learning_rate(cfg, step)
-            for opt, base in ((optimizer, cfg.lr), (disc_optimizer, cfg.disc_lr or cfg.lr)):
-                for group in opt.param_groups if opt is not None else ():
-                    group["lr"] = lr * base / cfg.lr
             batch = tuple(t.to(device, non_blocking=True) for t in batch)
-            with autocast:
-                losses, pair = run_step(batch, step)
-            loss = sum(losses.values())
-            if not torch.isfinite(loss):
-                values = {k: float(v) for k, v in losses.items()}
-                raise StageError(f"non-finite loss at step {step}: {values}; last checkpoint: {ckpt_path}")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.grad_clip > 0:
-                nn.utils.clip_grad_norm_(trained, cfg.grad_clip)
-            optimizer.step()
-            if adversary is not None and disc_optimizer is not None and pair is not None:
-                with autocast:
-                    disc = adversary.discriminator_loss(pair[0], pair[1].detach(), step)
-                losses.update({f"d_{k}": v for k, v in disc.items()})
-                disc_optimizer.zero_grad(set_to_none=True)
-                if adversary.active(step):
-                    sum(disc.values()).backward()
-                    if cfg.grad_clip > 0:
-                        nn.utils.clip_grad_norm_(adversary.parameters(), cfg.grad_clip)
-                    disc_optimizer.step()
-            if ema is not None:
-                ema.update(step)
+            lr = learning_rate(cfg, step)
+            loss, losses = trainer(batch, step)
             step += 1
             bar.update(1)
-            if step % cfg.log_every == 0 or step == cfg.steps:
-                terms = {"loss": loss.item(), **{k: v.item() for k, v in losses.items()}}
+            last = step == cfg.steps
+            if step % cfg.log_every == 0 or last:
+                trainer.check_finite(losses, ckpt_dir / "last.pt")
+                values = distributed.mean_over_ranks(
+                    torch.stack([loss.detach(), *(v.detach() for v in losses.values())]).float()
+                )
+                terms = dict(zip(["loss", *losses], values.tolist()))
                 if writer is None:
                     writer = csv.writer(fh)
                     if new_log:
@@ -265,10 +436,19 @@ def fit(
                     for k, v in terms.items():
                         board.add_scalar(f"train/{k}", v, step)
                 bar.set_postfix(loss=f"{terms['loss']:.4f}")
-            if step % cfg.checkpoint_every == 0 or step == cfg.steps:
-                save_checkpoint()
-                if on_checkpoint is not None:
-                    on_checkpoint(step)
+                if world.main and lock.is_file():
+                    os.utime(lock)  # heartbeat of the stage's lock
+            stop = (step % cfg.log_every == 0 or last) and distributed.any_rank(STOP_REQUESTED.is_set())
+            if step % cfg.checkpoint_every == 0 or last or stop:
+                trainer.check_finite(losses, ckpt_dir / "last.pt")
+                state = trainer.state_dict(step)
+                if world.main:
+                    save_checkpoint(ckpt_dir, state)
+                    if on_checkpoint is not None:
+                        on_checkpoint(step)
+                distributed.barrier()
+            if stop and not last:
+                raise Preempted(step)
     bar.close()
     if board is not None:
         board.close()
@@ -276,5 +456,5 @@ def fit(
         header, *rows = list(csv.reader(log_path.open()))
         terms = {k: float(v) for k, v in zip(header[2:], rows[-1][2:])} if rows else {}
     log.info("trained to step %d in %.1fs: %s", step, time.perf_counter() - t0, terms)
-    weights = ema.averaged_state(model) if ema is not None else model.state_dict()
+    weights = trainer.ema.averaged_state(model) if trainer.ema is not None else model.state_dict()
     return terms, {k: v.detach().cpu().contiguous() for k, v in weights.items()}

@@ -43,27 +43,38 @@ def test_study_runs_reports_and_reruns_from_cache(tmp_path, write_study, capsys)
 
 def test_failing_cell_is_reported_and_the_others_finish(tmp_path, write_study, capsys):
     study = write_study("""
-        config: {tokenizer: {name: titok, size: tiny}}
-        axes: {grid: {tokenizer.patch_size: [4, 5]}}
-        label: "patch {tokenizer.patch_size}"
+        config: {tokenizer: {name: titok, size: tiny, patch_size: 4}}
+        axes: {grid: {tokenizer.recon_weight: [1.0, 1.0e+39]}}
+        label: "w {tokenizer.recon_weight}"
         report: {tables: [{name: t, columns: {psnr: PSNR}}]}
     """)
     assert run_cli(study, tmp_path) == 1
-    assert "1 FAILED, 1 skipped after a failure" in capsys.readouterr().out
+    captured = capsys.readouterr()
+    assert "1 FAILED, 1 skipped (a stage they need failed)" in captured.out
+    assert "failed cells:" in captured.err and "w 1e+39: train_tokenizer" in captured.err
     table = pd.read_csv(tmp_path / "results" / "mini" / "_smoke" / "t.csv")
     ok, bad = table.to_dict("records")
     assert ok["status"] == "ok" and ok["PSNR"] > 5
-    assert bad["status"].startswith("FAILED in train_tokenizer: ConfigError: tokenizer.patch_size 5 does not divide")
+    assert bad["status"].startswith("FAILED in train_tokenizer: StageError: non-finite loss at step 0")
+    assert "no checkpoint was written before it" in bad["status"] or "log.txt" in bad["status"]
     assert "log.txt" in bad["status"] and pd.isna(bad["PSNR"])
     log = Path(bad["status"].split("(log: ")[1].rstrip(")"))
     assert "Traceback" in log.read_text()
+
+    # a re-run does not retry the failed stage; --retry-failed does (and it fails again)
+    assert run_cli(study, tmp_path) == 1
+    again = capsys.readouterr()
+    assert "0 ran" in again.out and "earlier run; --retry-failed" in again.err
+    assert run_cli(study, tmp_path, "--retry-failed", "1e+39") == 1
+    assert "1 FAILED" in capsys.readouterr().out and "1 ran" not in again.out
 
 
 def test_dry_run_plans_without_running(tmp_path, write_study, capsys):
     study = write_study(MINI_STUDY)
     assert run_cli(study, tmp_path, "--dry-run") == 0
     out = capsys.readouterr().out
-    assert "2 cells, 4 stages" in out and out.count("to run") == 4
+    assert "2 cells, 4 stages" in out and out.count(" to run ") == 4
+    assert out.count("GPU-h (") == 4 and "estimated cost of what is to run" in out  # every stage estimated
     assert not (tmp_path / "runs").exists()
 
 

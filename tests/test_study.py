@@ -68,9 +68,16 @@ def test_command_line_overrides_win_and_name_switch_resets_section():
     assert cfg["data"] == {"name": "imagefolder", "root": "/x", "resolution": 32}
 
 
-def test_only_filters_cells():
-    assert [c.label for c in build_plan(REPO_STUDY, "smoke", only="big").cells] == ["Big dataset"]
-    assert [c.label for c in build_plan(REPO_STUDY, "smoke", only="tokenizer.num_latent_tokens=32").cells] == ["32"]
+def selected(plan):
+    return [c.label for c in plan.cells if c.selected]
+
+
+def test_only_selects_cells_and_keeps_every_row():
+    plan = build_plan(REPO_STUDY, "smoke", only="big")
+    assert selected(plan) == ["Big dataset"] and len(plan.cells) == 5
+    assert {s.hash for s in plan.ordered_stages()} == set(plan.cells[-1].stages.values())
+    assert len(plan.ordered_stages(selected=False)) > len(plan.ordered_stages())
+    assert selected(build_plan(REPO_STUDY, "smoke", only="tokenizer.num_latent_tokens=32")) == ["32"]
     with pytest.raises(ConfigError, match="matches no cell"):
         build_plan(REPO_STUDY, "smoke", only="nothing-like-this")
 

@@ -1,0 +1,134 @@
+"""Data parallelism with torch.distributed: one process per GPU (or N gloo processes on the CPU).
+
+On Slurm, submitit starts the processes (one task per GPU) and
+``submitit.helpers.TorchDistributedEnvironment`` exports ``MASTER_ADDR`` / ``MASTER_PORT`` / ``RANK`` /
+``WORLD_SIZE`` / ``LOCAL_RANK``; locally :func:`spawn` starts them with the same variables. Every
+process then calls :func:`init`, which joins the process group (NCCL on GPUs, gloo on the CPU).
+The rest of the harness asks :func:`world` who it is: rank 0 alone writes the run store.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class World:
+    """This process's place among the data-parallel processes of a stage."""
+
+    rank: int = 0
+    size: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def world() -> World:
+    """The current process group's rank and size (a single process when none is initialised)."""
+    if dist.is_available() and dist.is_initialized():
+        return World(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)))
+    return World()
+
+
+def device(name: str = "auto") -> torch.device:
+    """The device of this process: ``auto`` is this rank's GPU (``cuda:<local rank>``) when CUDA is
+    available, else the CPU; an explicit name is taken as given."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)) % torch.cuda.device_count())
+        return torch.device("cpu")
+    return torch.device(name)
+
+
+def init(device_name: str = "auto") -> World:
+    """Join the process group described by the environment (``WORLD_SIZE`` > 1); a no-op otherwise."""
+    size = int(os.environ.get("WORLD_SIZE", 1))
+    if size > 1 and not dist.is_initialized():
+        dev = device(device_name)
+        if dev.type == "cuda":
+            torch.cuda.set_device(dev)
+        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
+    return world()
+
+
+def shutdown() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def barrier() -> None:
+    if world().size > 1:
+        dist.barrier()
+
+
+def any_rank(flag: bool) -> bool:
+    """Whether ``flag`` is true on any rank (a collective: every rank must call it)."""
+    if world().size == 1:
+        return flag
+    t = torch.tensor([int(flag)], device="cuda" if dist.get_backend() == "nccl" else "cpu")
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
+
+
+def mean_over_ranks(values: torch.Tensor) -> torch.Tensor:
+    """The average of ``values`` over ranks (every rank gets it)."""
+    if world().size == 1:
+        return values
+    values = values.clone()
+    dist.all_reduce(values, op=dist.ReduceOp.SUM)
+    return values / world().size
+
+
+def gather_objects(obj: Any) -> list[Any]:
+    """Every rank's ``obj``, in rank order (every rank gets the list)."""
+    if world().size == 1:
+        return [obj]
+    out: list[Any] = [None] * world().size
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def broadcast_object(obj: Any) -> Any:
+    """Rank 0's ``obj`` on every rank."""
+    if world().size == 1:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _worker(local_rank: int, fn: Callable[..., Any], args: tuple[Any, ...], nprocs: int, port: int) -> None:
+    os.environ.update(
+        {
+            "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": str(port),
+            "RANK": str(local_rank),
+            "LOCAL_RANK": str(local_rank),
+            "WORLD_SIZE": str(nprocs),
+            "LOCAL_WORLD_SIZE": str(nprocs),
+        }
+    )
+    fn(*args)
+
+
+def spawn(fn: Callable[..., Any], args: tuple[Any, ...], nprocs: int) -> None:
+    """Run ``fn(*args)`` in ``nprocs`` fresh processes on this machine, ranks 0..nprocs-1 (the local
+    counterpart of submitit's tasks); an exception in any of them is raised here with its traceback."""
+    import torch.multiprocessing as mp
+
+    mp.start_processes(_worker, args=(fn, args, nprocs, free_port()), nprocs=nprocs, start_method="spawn")

@@ -1,0 +1,156 @@
+"""What a study will cost before anything runs: each stage's model FLOPs, counted by
+``torch.utils.flop_counter`` on models built on the meta device (shapes only: no memory, no weights
+read, milliseconds even at paper scale), times the images it will process, in GPU-hours at a stated
+utilisation of an H100's dense bf16 peak. ``run --dry-run`` prints it per stage and for the study.
+
+    training           train_step FLOPs per image (forward + backward) x steps x batch
+    evaluate_tokenizer (encode + decode) x eval images       cache_latents  encode x train images
+    sample             generator forward x sampling steps (x2 with CFG) x images, + decode x images
+    evaluate_generator Inception forward x (samples + reference images)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+from dataclasses import dataclass
+from typing import Any
+
+ASSUMED_PEAK_TFLOPS = 989.0  # NVIDIA H100 SXM, dense bf16
+ASSUMED_UTILISATION = 0.4
+INCEPTION_GFLOPS = 5.7  # Inception-v3 at 299 px, forward
+
+
+@dataclass
+class StageCost:
+    """A stage's estimated compute; ``note`` says what was counted or why nothing could be."""
+
+    pflops: float
+    note: str = ""
+
+    @property
+    def gpu_hours(self) -> float:
+        return self.pflops * 1e15 / (ASSUMED_PEAK_TFLOPS * 1e12 * ASSUMED_UTILISATION) / 3600
+
+    def describe(self) -> str:
+        return f"~{self.gpu_hours:.3g} GPU-h ({self.pflops:.3g} PFLOP{'; ' + self.note if self.note else ''})"
+
+
+def _images(data: dict[str, Any], split: str, limit: int | None = None) -> int | None:
+    """How many images a split holds, when that is known without reading the data (procedural data,
+    ``max_images``, an evaluation limit); None otherwise."""
+    if limit is not None:
+        return limit
+    if data.get("max_images") is not None:
+        return int(data["max_images"])
+    if data.get("name") == "procedural":
+        from benchmark.data import ProceduralShapes
+
+        return len(ProceduralShapes(split, **{k: v for k, v in data.items() if k != "name"}))
+    return None
+
+
+def _tokenizer_costs(config: dict[str, Any]) -> tuple[dict[str, float], Any]:
+    """GFLOPs per image of the tokenizer's train step, encode and decode, and its token spec."""
+    import torch
+
+    from benchmark.checkpoints import build_tokenizer
+    from benchmark.cost import gflops, tokenizer_cost
+
+    with torch.device("meta"):
+        model = build_tokenizer(config).to("meta")  # buffers some libraries make on the CPU too
+        try:
+            cost = tokenizer_cost(model, config["data"]["resolution"], torch.device("meta"))
+        except RuntimeError as exc:  # a loss that needs values (a solver's convergence test): count the network
+            res = config["data"]["resolution"]
+            images = torch.zeros(1, 3, res, res)
+            encode = gflops(lambda: model.encode(images))
+            tokens = model.encode(images)
+            decode = gflops(lambda: model.decode(tokens))
+            cost = {
+                "train_step_gflops": 3 * (encode + decode),
+                "encode_gflops": encode,
+                "decode_gflops": decode,
+                "note": f"training counted as 3 x (encode + decode); its losses could not be traced ({exc})",
+            }
+    return cost, model.token_spec
+
+
+def _generator_costs(config: dict[str, Any], spec: Any, num_classes: int) -> tuple[float, float]:
+    """GFLOPs per item of the generator's train step and of one sampling step (one forward pass)."""
+    import torch
+
+    from benchmark.checkpoints import build_generator
+    from benchmark.cost import generator_cost
+
+    with torch.device("meta"):
+        model = build_generator(config, spec, num_classes).to("meta")
+        tokens = (
+            torch.zeros(1, *spec.shape, dtype=torch.long)
+            if spec.kind == "discrete"
+            else torch.zeros(1, *spec.shape, spec.dim)
+        )
+        flat = tokens.reshape(1, spec.num_generated, *(() if spec.kind == "discrete" else (spec.dim,)))
+        labels = torch.zeros(1, dtype=torch.long)
+        train = generator_cost(model, flat, labels)["train_step_gflops"]
+    return train, train / 3  # a sampling step is one forward: a third of forward + backward
+
+
+def estimate_plan(plan: Any) -> dict[str, StageCost]:
+    """Stage hash -> estimated cost, for every stage the estimate can count (others are left out)."""
+    out: dict[str, StageCost] = {}
+    for cell in plan.cells:
+        # an estimate never stops a plan (the stage shows "cost: -"); libraries that copy real weights
+        # into a meta model (lpips' heads) warn that the copy is a no-op, which is the point here
+        with contextlib.suppress(Exception), warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            _estimate_cell(cell.config, cell.stages, out)
+    return out
+
+
+def _estimate_cell(config: dict[str, Any], stages: dict[str, str], out: dict[str, StageCost]) -> None:
+    tok, spec = _tokenizer_costs(config)
+    data, train = config["data"], config["train"]
+    if "train_tokenizer" in stages:
+        out[stages["train_tokenizer"]] = StageCost(
+            tok["train_step_gflops"] * train["steps"] * train["batch_size"] / 1e6
+        )
+    if "finetune_tokenizer" in stages:
+        tuned = {**config, "tokenizer": {**config["tokenizer"], **config["finetune"]["tokenizer"]}}
+        ft = {**train, **config["finetune"]["train"]}
+        cost, _ = _tokenizer_costs(tuned)
+        out[stages["finetune_tokenizer"]] = StageCost(
+            cost["train_step_gflops"] * ft["steps"] * ft["batch_size"] / 1e6, "network only" if "note" in cost else ""
+        )
+    per_image = tok["encode_gflops"] + tok["decode_gflops"]
+    if "evaluate_tokenizer" in stages:
+        n = _images(data, "eval", config["eval"].get("num_images"))
+        out[stages["evaluate_tokenizer"]] = (
+            StageCost(per_image * n / 1e6) if n is not None else StageCost(0.0, f"{per_image:.3g} GFLOP per eval image")
+        )
+    n_train = _images(data, "train")
+    if "cache_latents" in stages:
+        out[stages["cache_latents"]] = (
+            StageCost(tok["encode_gflops"] * n_train / 1e6)
+            if n_train is not None
+            else StageCost(0.0, f"{tok['encode_gflops']:.3g} GFLOP per train image")
+        )
+    if "train_generator" not in stages:
+        return
+    classes = data.get("num_classes", 1000) if data.get("name") == "procedural" else 1000
+    try:
+        gen_train, gen_forward = _generator_costs(config, spec, classes)
+    except (RuntimeError, ValueError) as exc:  # e.g. a loss that needs teacher features: no estimate
+        out[stages["train_generator"]] = StageCost(0.0, f"not estimated: {str(exc).splitlines()[0][:80]}")
+        return
+    gt = config["generator_train"]
+    out[stages["train_generator"]] = StageCost(gen_train * gt["steps"] * gt["batch_size"] / 1e6)
+    sample = config["sample"]
+    if "sample" in stages:
+        steps = sample.get("steps") or 1
+        per = gen_forward * steps * (2 if sample["cfg_scale"] != 1.0 else 1) + tok["decode_gflops"]
+        out[stages["sample"]] = StageCost(
+            per * sample["num_images"] / 1e6, "sampling steps unknown: one counted" if not sample.get("steps") else ""
+        )
+    if "evaluate_generator" in stages:
+        out[stages["evaluate_generator"]] = StageCost(INCEPTION_GFLOPS * (sample["num_images"] + (n_train or 0)) / 1e6)

@@ -1,0 +1,147 @@
+"""What tok1d asks of a Slurm cluster beyond submitit: the state of its jobs without ``sacct``, the
+array size limit, and sbatch's rejections turned into one line naming the option to change.
+
+Job states come from ``squeue -t all`` (finished jobs stay there for ``MinJobAge`` seconds, 300 by
+default) and ``scontrol show job`` (exit code, restarts); a job that Slurm no longer knows is None.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+import shutil
+import subprocess
+from typing import Any
+
+from benchmark.errors import ConfigError
+
+SQUEUE_FORMAT = "%i|%T|%r|%M|%l|%N"  # job id (array tasks as A_i), state, reason, elapsed, limit, nodes
+
+
+def available() -> bool:
+    """Whether this machine can submit to Slurm (``sbatch`` on PATH)."""
+    return shutil.which("sbatch") is not None
+
+
+def _run(args: list[str], timeout: float = 30) -> subprocess.CompletedProcess[str] | None:
+    try:
+        return subprocess.run(args, capture_output=True, text=True, timeout=timeout)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+
+
+class SlurmQueue:
+    """A snapshot of the queue, taken once (one ``squeue`` call) and asked per job: the store's probe."""
+
+    def __init__(self) -> None:
+        self._jobs: dict[str, dict[str, Any]] | None = None
+
+    def refresh(self) -> None:
+        self._jobs = None
+
+    def jobs(self) -> dict[str, dict[str, Any]]:
+        if self._jobs is None:
+            self._jobs = {}
+            out = _run(["squeue", "-h", "-r", "-t", "all", "-o", SQUEUE_FORMAT])
+            for line in out.stdout.splitlines() if out and out.returncode == 0 else []:
+                parts = line.strip().split("|")
+                if len(parts) == 6:
+                    job_id, state, reason, elapsed, limit, nodes = parts
+                    self._jobs[job_id] = {
+                        "state": state,
+                        "reason": reason,
+                        "elapsed": elapsed,
+                        "limit": limit,
+                        "nodes": nodes,
+                    }
+        return self._jobs
+
+    def __call__(self, job_id: str) -> dict[str, Any] | None:
+        """State, reason, elapsed time of a job (``A_i`` for an array task); exit code and restarts of
+        a job that ended; None when Slurm no longer knows it."""
+        info = self.jobs().get(str(job_id))
+        if info is None:
+            return None
+        if "exit_code" not in info:
+            info.update(job_details(str(job_id)))
+        return info
+
+
+def job_details(job_id: str) -> dict[str, Any]:
+    """``ExitCode`` and ``Restarts`` of a job from ``scontrol show job -o`` (empty when unknown)."""
+    out = _run(["scontrol", "show", "job", "-o", job_id])
+    if out is None or out.returncode != 0:
+        return {}
+    fields = dict(re.findall(r"(\w+)=(\S*)", out.stdout.splitlines()[0] if out.stdout else ""))
+    details: dict[str, Any] = {}
+    if "ExitCode" in fields:
+        details["exit_code"] = fields["ExitCode"]
+    if fields.get("Restarts", "").isdigit():
+        details["restarts"] = int(fields["Restarts"])
+    return details
+
+
+@functools.lru_cache(maxsize=1)
+def max_array_size() -> int:
+    """The cluster's ``MaxArraySize``: an array holds task ids 0 .. MaxArraySize - 1 (Slurm's default 1001)."""
+    out = _run(["scontrol", "show", "config"])
+    match = re.search(r"^MaxArraySize\s*=\s*(\d+)", out.stdout if out else "", re.MULTILINE)
+    return int(match.group(1)) if match else 1001
+
+
+# sbatch's rejection -> the launcher option that fixes it
+REJECTIONS = (
+    (
+        r"generic resource|gres|gpu",
+        "launcher.gpus_per_node",
+        "this partition has no GPUs of that kind; set launcher.gpus_per_node=0 on a CPU cluster",
+    ),
+    (r"Memory specification|mem", "launcher.mem_gb", "lower launcher.mem_gb to what the nodes have"),
+    (r"partition", "launcher.partition", "set launcher.partition to one that `sinfo` lists"),
+    (r"time limit|TimeLimit", "launcher.timeout_min", "lower launcher.timeout_min to the partition's limit"),
+    (r"account", "launcher.account", "set launcher.account to one you may charge"),
+    (r"qos|QOS", "launcher.qos", "set launcher.qos to one you may use"),
+    (r"array", "launcher.array_parallelism", "the cluster refused the job array"),
+    (
+        r"node configuration is not available|CPU count|cpus",
+        "launcher.mem_gb / launcher.cpus_per_task / launcher.tasks_per_node",
+        "a node of this partition has less (see `sinfo -o '%P %c %m %G'`)",
+    ),
+)
+
+
+def sbatch_args(params: dict[str, Any]) -> list[str]:
+    """The sbatch options of submitit parameters (the resource part), for ``sbatch --test-only``."""
+    args = [
+        f"--nodes={params['nodes']}",
+        f"--ntasks-per-node={params['tasks_per_node']}",
+        f"--cpus-per-task={params['cpus_per_task']}",
+        f"--mem={params['mem_gb']}G",
+        f"--time={params['timeout_min']}",
+    ]
+    if params.get("gpus_per_node"):
+        args.append(f"--gpus-per-node={params['gpus_per_node']}")
+    if params.get("slurm_partition"):
+        args.append(f"--partition={params['slurm_partition']}")
+    extra = params.get("slurm_additional_parameters", {})
+    return args + [f"--{k}={v}" for k, v in extra.items() if k in ("account", "qos")]
+
+
+def check_resources(params: dict[str, Any], what: str) -> None:
+    """Ask Slurm (``sbatch --test-only``: nothing is queued) whether it would accept these resources;
+    a refusal is one :class:`ConfigError` line naming the option to change."""
+    out = _run(["sbatch", "--test-only", *sbatch_args(params), "--wrap=true"])
+    if out is not None and out.returncode != 0:
+        raise rejection(subprocess.CalledProcessError(out.returncode, "sbatch", stderr=out.stderr), what)
+
+
+def rejection(exc: BaseException, what: str) -> ConfigError:
+    """One line for an sbatch rejection: sbatch's own message and the option to change."""
+    text = " ".join(str(getattr(exc, attr, "") or "") for attr in ("stderr", "output", "stdout")) or str(exc)
+    text = text if text.strip() else str(exc)
+    lines = [ln.strip() for ln in text.splitlines() if "error" in ln.lower()] or [text.strip().splitlines()[-1]]
+    message = "; ".join(dict.fromkeys(ln.replace("sbatch: error: ", "") for ln in lines))[:300]
+    for pattern, option, advice in REJECTIONS:
+        if re.search(pattern, message, re.IGNORECASE):
+            return ConfigError(f"sbatch rejected {what}: {message}. Change {option}: {advice}")
+    return ConfigError(f"sbatch rejected {what}: {message}")
