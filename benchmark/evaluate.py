@@ -43,10 +43,11 @@ from benchmark.fid import (
     folder_images,
     generation_metrics,
 )
+from benchmark.generator_stages import sample
 from benchmark.image_grid import save_image_grid
 from benchmark.registry import METRICS, load_plugins
 from benchmark.report import CellResults, protocol_lines
-from benchmark.stages import StageContext, sample
+from benchmark.stages import StageContext
 from benchmark.store import RunStore, read_json, write_json
 from benchmark.study import Cell
 from benchmark.tokenizer_eval import evaluate_tokenizer

@@ -79,7 +79,7 @@ def run_stage(store_root: str, kind: str, hash: str, take_lock: bool = False) ->
     executor holds it already.
     """
     from benchmark import distributed
-    from benchmark.stages import BODIES, StageContext
+    from benchmark.stages import StageContext, bodies
     from benchmark.train import Preempted
 
     store = RunStore(store_root)
@@ -105,7 +105,7 @@ def run_stage(store_root: str, kind: str, hash: str, take_lock: bool = False) ->
                 world.size,
             )
         try:
-            result = BODIES[kind](ctx)
+            result = bodies()[kind](ctx)
         except Preempted:
             log.info("preempted: checkpoint written")
             raise

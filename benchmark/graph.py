@@ -12,7 +12,7 @@ finetune stage must leave the tokens unchanged (it checks), so one generator ser
 variant (the SelfBootTok paper's Fig. 6 trains its generator once for five local-aligner sizes).
 
 No torch here: the planner, ``--dry-run``, ``status`` and ``report`` read the graph without loading
-any model; the stage bodies are in benchmark/stages.py.
+any model; the stage bodies are in benchmark/tokenizer_stages.py and benchmark/generator_stages.py.
 """
 
 from __future__ import annotations

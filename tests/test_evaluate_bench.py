@@ -21,8 +21,9 @@ from benchmark import bench, evaluate
 from benchmark.checkpoints import build_generator, build_tokenizer, save_tokenizer
 from benchmark.data import build_dataset
 from benchmark.latents import write_cache
-from benchmark.stages import StageContext, evaluate_tokenizer
+from benchmark.stages import StageContext
 from benchmark.store import RunStore, write_json
+from benchmark.tokenizer_stages import evaluate_tokenizer
 
 DATA = {"name": "procedural", "resolution": 16, "num_classes": 8, "train_size": 12, "eval_size": 8}
 TOKENIZER = {"name": "titok", "size": "tiny", "patch_size": 4, "codebook_size": 64, "num_latent_tokens": 8}

@@ -223,7 +223,7 @@ def test_adversarial_tokenizer_training_resumes_to_identical_weights(tmp_path):
     """Generator and discriminator optimisers, EMA and LeCAM state all come back from the checkpoint."""
     from benchmark.data import build_dataset
     from benchmark.registry import TOKENIZERS
-    from benchmark.stages import tokenizer_step
+    from benchmark.tokenizer_stages import tokenizer_step
 
     dataset = build_dataset({"name": "procedural", "resolution": 16, "train_size": 32}, "train")
     cfg = TrainConfig(steps=6, batch_size=8, lr=1e-3, checkpoint_every=2, log_every=2, precision="fp32", ema_decay=0.9)

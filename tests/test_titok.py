@@ -14,7 +14,7 @@ from benchmark.errors import ConfigError
 from benchmark.gan import PatchGANDiscriminator
 from benchmark.metrics import PSNR, EvalBatch
 from benchmark.registry import TOKENIZERS
-from benchmark.stages import tokenizer_step
+from benchmark.tokenizer_stages import tokenizer_step
 from benchmark.train import fit
 
 LPIPS = {"weight": 1.0, "net": "alex", "weights": "random"}  # random backbone: offline, and cheap at 32 px

@@ -1,0 +1,182 @@
+"""Generator stages: cache the training split's latents once, train a generator on them, sample images
+with balanced labels (decoded by the cell's final tokenizer) and evaluate them (gFID / IS)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from benchmark.checkpoints import build_generator, load_generator, load_tokenizer, save_weights
+from benchmark.config import EvalConfig, SampleConfig, TrainConfig
+from benchmark.image_grid import save_image_grid
+from benchmark.stages import StageContext
+from benchmark.store import read_json
+
+
+def cache_latents(ctx: StageContext) -> dict[str, Any]:
+    """Encode the training split once with the frozen stage-1 tokenizer (benchmark/latents.py)."""
+    from benchmark.data import build_dataset
+    from benchmark.latents import write_cache
+
+    folder = ctx.input_dir("train_tokenizer")
+    model = load_tokenizer(folder, ctx.device)
+    data = read_json(folder / "tokenizer.json")["data"]
+    dataset = build_dataset(data, "train")
+    t0 = time.perf_counter()
+    meta = write_cache(model, dataset, ctx.dir, ctx.device, num_workers=ctx.runtime.get("num_workers", 0), data=data)
+    return {
+        "num_items": meta["num_items"],
+        "num_classes": meta["num_classes"],
+        "token_spec": meta["token_spec"],
+        "cache_seconds": time.perf_counter() - t0,
+    }
+
+
+def train_generator(ctx: StageContext) -> dict[str, Any]:
+    from benchmark.cost import generator_cost, training_pflops
+    from benchmark.latents import LatentDataset
+    from benchmark.train import fit
+
+    cfg = ctx.config
+    torch.manual_seed(cfg["seed"])
+    data = LatentDataset(ctx.input_dir("cache_latents"))
+    model = build_generator(cfg, data.spec, data.num_classes)
+    teacher = getattr(model, "repa_teacher", None)
+    if teacher is not None:  # REPA: the teacher sees the images the cached tokens came from
+        from benchmark.data import build_dataset
+
+        data = LatentDataset(ctx.input_dir("cache_latents"), build_dataset(data.meta["data"], "train"))
+
+    reg = bool(getattr(model, "reg", False))
+
+    def step(batch: tuple[Tensor, ...], i: int) -> tuple[dict[str, Tensor], None]:
+        if teacher is None:
+            return model.loss(batch[0], batch[1]), None
+        if reg:  # REG: the teacher's class token of each image, from the same pass as its patch features
+            features, cls = teacher.teacher_features(batch[2], class_token=True)
+            return model.loss(batch[0], batch[1], features=features, class_token=cls), None
+        return model.loss(batch[0], batch[1], features=teacher.teacher_features(batch[2])), None
+
+    t0 = time.perf_counter()
+    terms, weights = fit(
+        model,
+        step,
+        data,
+        TrainConfig(**cfg["generator_train"]),
+        cfg["seed"],
+        ctx.dir,
+        ctx.device,
+        ctx.runtime.get("num_workers", 0),
+        ctx.log,
+        ctx.runtime.get("compile", False),
+        find_unused_parameters=ctx.runtime.get("find_unused_parameters", False),
+    )
+    seconds = time.perf_counter() - t0
+    if not ctx.world.main:
+        return {}
+    save_weights(ctx.dir, weights)
+    tokens, label = data[0][:2]
+    model.train()
+    cost = generator_cost(model, tokens[None].to(ctx.device), label[None].to(ctx.device))
+    train_cfg = TrainConfig(**cfg["generator_train"])
+    cost["train_pflops"] = training_pflops(cost, train_cfg.steps, train_cfg.batch_size)
+    return {"final_losses": terms, "train_seconds": seconds, "train_items": len(data), "cost": cost}
+
+
+def balanced_labels(n: int, num_classes: int) -> Tensor:
+    """Class i mod C for image i: every class equally often (up to one)."""
+    return torch.arange(n) % num_classes
+
+
+@torch.no_grad()
+def sample(ctx: StageContext) -> dict[str, Any]:
+    """``sample.num_images`` generated images (uint8, memory-mapped ``images.npy``) and their labels,
+    decoded through the cell's final tokenizer.
+
+    Batch b draws its noise from a generator seeded with (seed, b), so the images do not depend on
+    how batches are shared out: with several processes, rank r generates batches b = r mod world
+    into the same memory-mapped file."""
+    from benchmark import distributed
+    from benchmark.cost import gflops
+    from benchmark.latents import LatentDataset, unflat_tokens
+
+    cfg = SampleConfig(**ctx.config["sample"])
+    trained = read_json(ctx.input_dir("train_generator") / "stage.json")
+    latents = LatentDataset(ctx.store.dir("cache_latents", trained["inputs"]["cache_latents"]))
+    stats = latents.stats()
+    generator = load_generator(ctx.input_dir("train_generator"), latents.spec, latents.num_classes, ctx.device)
+    tokenizer = load_tokenizer(ctx.tokenizer_dir(), ctx.device)
+    labels = balanced_labels(cfg.num_images, latents.num_classes)
+    res = read_json(ctx.tokenizer_dir() / "tokenizer.json")["data"]["resolution"]
+    tmp = ctx.dir / "images.tmp.npy"
+    shape = (cfg.num_images, res, res, 3)
+    if ctx.world.main:
+        np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape).flush()
+    distributed.barrier()
+    images = np.lib.format.open_memmap(tmp, mode="r+")
+    t0 = time.perf_counter()
+    starts = range(0, cfg.num_images, cfg.batch_size)
+    for b in range(ctx.world.rank, len(starts), ctx.world.size):
+        start = starts[b]
+        y = labels[start : start + cfg.batch_size].to(ctx.device)
+        rng = torch.Generator(device=ctx.device).manual_seed(cfg.seed * 1_000_003 + b)
+        seq = generator.sample(y, cfg_scale=cfg.cfg_scale, steps=cfg.steps, generator=rng, **cfg.options)
+        out = tokenizer.decode(unflat_tokens(stats.denormalize(seq), latents.spec))
+        images[start : start + len(y)] = (
+            (out.float().clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).cpu().numpy()
+        )
+    seconds = time.perf_counter() - t0
+    images.flush()
+    distributed.barrier()
+    if not ctx.world.main:
+        return {}
+    first = torch.from_numpy(np.array(images[:16])).permute(0, 3, 1, 2) / 255
+    del images
+    tmp.replace(ctx.dir / "images.npy")
+    np.save(ctx.dir / "labels.npy", labels.numpy())
+    save_image_grid(first, ctx.dir / "samples.png", nrow=8)
+    one = labels[:1].to(ctx.device)
+    sample_gflops = gflops(
+        lambda: generator.sample(
+            one,
+            cfg_scale=cfg.cfg_scale,
+            steps=cfg.steps,
+            generator=torch.Generator(device=ctx.device).manual_seed(0),
+            **cfg.options,
+        )
+    )
+    return {
+        "num_images": cfg.num_images,
+        "sample_seconds": seconds,
+        "images_per_second": cfg.num_images / seconds,
+        "cost": {"sample_gflops": sample_gflops},
+        "protocol": {
+            "num_images": cfg.num_images,
+            "labels": "balanced (i mod C)",
+            "noise": "batch b seeded with seed * 1000003 + b",
+            "seed": cfg.seed,
+            "cfg_scale": cfg.cfg_scale,
+            "steps": cfg.steps,
+            "sampler": cfg.options,
+            "generator": trained["config"]["generator"],
+        },
+    }
+
+
+@torch.no_grad()
+def evaluate_generator(ctx: StageContext) -> dict[str, Any]:
+    """gFID and Inception Score of the stored samples against the reference statistics."""
+    from benchmark.fid import generation_metrics
+
+    cfg = EvalConfig(**ctx.config["eval"])
+    folder = ctx.input_dir("sample")
+    images = np.load(folder / "images.npy", mmap_mode="r")
+    results, protocol = generation_metrics(
+        images, cfg, ctx.config["data"], ctx.store.root / "fid_stats", ctx.device, ctx.runtime.get("num_workers", 0)
+    )
+    protocol["sampling"] = read_json(folder / "result.json")["protocol"]
+    return {"metrics": results, "protocol": protocol}

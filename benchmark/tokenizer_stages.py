@@ -1,0 +1,181 @@
+"""Tokenizer stages: train (with a pretrained encoder initialisation), finetune (SelfBootTok's stage
+2, Sec. 3.4) and evaluate (reconstruction metrics, benchmark/tokenizer_eval.py)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file
+from torch import Tensor
+
+from benchmark.base import Tokenizer
+from benchmark.checkpoints import build_tokenizer, load_tokenizer, restore_architecture, save_tokenizer
+from benchmark.config import EvalConfig, TrainConfig
+from benchmark.errors import StageError
+from benchmark.image_grid import save_image_grid
+from benchmark.stages import StageContext
+from benchmark.store import read_json, write_json
+
+
+def initialize_pretrained(model: Tokenizer, ctx: StageContext) -> None:
+    """Copy the pretrained weights named by ``tokenizer.encoder`` into ``model.encoder`` and store
+    the load report (copied / adapted / new / ignored parameters) as ``init_report.json``."""
+    from benchmark.encoders import initialize_encoder
+
+    report = initialize_encoder(model.encoder, model.encoder_init)
+    ctx.log.info("encoder initialisation:\n%s", report.table())
+    if ctx.world.main:
+        write_json(ctx.dir / "init_report.json", report.to_dict())
+
+
+def tokenizer_step(model: Tokenizer) -> Callable:
+    """The trainer's step for a tokenizer: its weighted losses plus, when it has an adversary, the
+    adaptively weighted generator term and the (real, fake) pair for the discriminator step."""
+    from benchmark.objectives import NLL_TERMS
+
+    adversary = getattr(model, "adversary", None)
+
+    def step(batch: tuple[Tensor, ...], i: int) -> tuple[dict[str, Tensor], tuple[Tensor, Tensor] | None]:
+        images = batch[0]
+        out = model(images)
+        losses = dict(out.losses)
+        if adversary is None:
+            return losses, None
+        nll = sum(losses[k] for k in NLL_TERMS if k in losses)
+        losses["adversarial"] = adversary.generator_loss(out.recon, nll, model.last_layer(), i)
+        return losses, (images, out.recon)
+
+    return step
+
+
+def preview_saver(model: Tokenizer, images: Tensor, folder: Path) -> Callable[[int], None]:
+    """Saves originals over reconstructions of a fixed batch as ``samples/step_<step>.png`` (seven digits)."""
+
+    def save(step: int) -> None:
+        was_training = model.training
+        model.eval()
+        with torch.no_grad():
+            recons = model.reconstruct(images.to(next(model.parameters()).device)).float().cpu()
+        model.train(was_training)
+        save_image_grid(torch.cat([images, recons]), folder / "samples" / f"step_{step:07d}.png", nrow=len(images))
+
+    return save
+
+
+def _train(model: Tokenizer, ctx: StageContext, cfg: dict[str, Any], train_cfg: TrainConfig) -> dict[str, Any]:
+    from benchmark.cost import tokenizer_cost, training_pflops
+    from benchmark.data import build_dataset
+    from benchmark.train import fit
+
+    dataset = build_dataset(cfg["data"], "train")
+    preview = torch.stack([dataset[i][0] for i in range(min(8, len(dataset)))])
+    t0 = time.perf_counter()
+    terms, weights = fit(
+        model,
+        tokenizer_step(model),
+        dataset,
+        train_cfg,
+        cfg["seed"],
+        ctx.dir,
+        ctx.device,
+        ctx.runtime.get("num_workers", 0),
+        ctx.log,
+        ctx.runtime.get("compile", False),
+        adversary=getattr(model, "adversary", None),
+        on_checkpoint=preview_saver(model, preview, ctx.dir),
+        find_unused_parameters=ctx.runtime.get("find_unused_parameters", False),
+    )
+    seconds = time.perf_counter() - t0
+    if not ctx.world.main:
+        return {}
+    save_tokenizer(ctx.dir, cfg, weights)
+    model.load_state_dict(weights)
+    model.eval()
+    cost = tokenizer_cost(model, cfg["data"]["resolution"], ctx.device)
+    cost["train_pflops"] = training_pflops(cost, train_cfg.steps, train_cfg.batch_size)
+    return {
+        "final_losses": terms,
+        "train_seconds": seconds,
+        "train_images": len(dataset),
+        "params": sum(p.numel() for p in model.parameters()),
+        "cost": cost,
+    }
+
+
+def train_tokenizer(ctx: StageContext) -> dict[str, Any]:
+    cfg = ctx.config
+    torch.manual_seed(cfg["seed"])
+    model = build_tokenizer(cfg)
+    if getattr(model, "encoder_init", None):
+        if (ctx.dir / "init_report.json").is_file():  # resuming: the checkpoint holds the weights
+            restore_architecture(model, ctx.dir)
+        else:
+            initialize_pretrained(model, ctx)
+    return _train(model, ctx, cfg, TrainConfig(**cfg["train"]))
+
+
+def finetune_tokenizer(ctx: StageContext) -> dict[str, Any]:
+    """Stage 2 of a tokenizer (SelfBootTok Sec. 3.4): start from the stage-1 weights, train what the
+    finetuned tokenizer leaves trainable, and check that its tokens did not change."""
+    first_dir = ctx.input_dir("train_tokenizer")
+    first = read_json(first_dir / "tokenizer.json")
+    base_train = read_json(first_dir / "stage.json")["config"]["train"]
+    cfg = {
+        "seed": ctx.config["seed"],
+        "data": first["data"],
+        "tokenizer": {**first["tokenizer"], **ctx.config["finetune"]["tokenizer"]},
+    }
+    torch.manual_seed(cfg["seed"])
+    model = build_tokenizer(cfg)
+    restore_architecture(model, first_dir)
+    state = load_file(first_dir / "model.safetensors")
+    if hasattr(model, "load_stage1"):
+        skipped = model.load_stage1(state)
+        ctx.log.info("stage-1 weights loaded; not copied (resized or new): %s", skipped)
+    else:
+        model.load_state_dict(state)
+    if (
+        first_dir / "init_report.json"
+    ).is_file() and ctx.world.main:  # the finetuned folder restores the same architecture
+        write_json(ctx.dir / "init_report.json", read_json(first_dir / "init_report.json"))
+    result = _train(model, ctx, cfg, TrainConfig(**{**base_train, **ctx.config["finetune"]["train"]}))
+    if ctx.world.main:
+        _check_same_tokens(load_tokenizer(first_dir, ctx.device), model, cfg)
+    return result
+
+
+@torch.no_grad()
+def _check_same_tokens(before: Tokenizer, after: Tokenizer, cfg: dict[str, Any]) -> None:
+    from benchmark.data import build_dataset
+
+    dataset = build_dataset(cfg["data"], "eval")
+    images = torch.stack([dataset[i][0] for i in range(min(8, len(dataset)))]).to(next(after.parameters()).device)
+    if not torch.equal(before.encode(images), after.encode(images)):
+        raise StageError(
+            "finetune_tokenizer changed the tokens: a finetune stage must freeze the encoder "
+            "(generators trained on the stage-1 tokens would no longer match)"
+        )
+
+
+def evaluate_tokenizer(ctx: StageContext) -> dict[str, Any]:
+    """Reconstruction metrics of the cell's final tokenizer on the eval split; keeps the preview grid
+    and the per-code usage counts (for the codebook analyses, thesis Fig. 10)."""
+    from benchmark.tokenizer_eval import evaluate_tokenizer as evaluate
+
+    t0 = time.perf_counter()
+    evaluation = evaluate(
+        ctx.tokenizer_dir(),
+        ctx.config["data"],
+        EvalConfig(**ctx.config["eval"]),
+        ctx.device,
+        num_workers=ctx.runtime.get("num_workers", 0),
+    )
+    if evaluation.histograms:
+        write_json(ctx.dir / "codebook_counts.json", evaluation.histograms)
+    if evaluation.preview is not None:
+        save_image_grid(evaluation.preview, ctx.dir / "reconstructions.png", nrow=len(evaluation.preview) // 2)
+    return {"metrics": evaluation.metrics, "protocol": evaluation.protocol, "eval_seconds": time.perf_counter() - t0}
