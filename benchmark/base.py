@@ -1,4 +1,4 @@
-"""The interfaces every tokenizer and generator implements (design.md, "Interfaces").
+"""The interfaces every tokenizer and generator implements.
 
 Images cross these interfaces as float tensors in [0, 1], shape (B, 3, H, W); each model maps them
 to whatever range it trains in.
@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 from torch import Tensor, nn
@@ -71,6 +71,10 @@ class Tokenizer(nn.Module, ABC):
     """
 
     token_spec: TokenSpec
+    # Keyword arguments (``image_size`` included) of a tiny instance with every loss switched on and no
+    # downloaded weights: the contract tests (tests/test_tokenizer_contract.py) build each registered
+    # tokenizer with it, so a new plugin gets those tests by setting it.
+    tiny: ClassVar[dict[str, Any]] = {}
 
     @abstractmethod
     def encode(self, images: Tensor) -> Tensor:
@@ -105,6 +109,11 @@ class Tokenizer(nn.Module, ABC):
 
 class Generator(nn.Module, ABC):
     """A class-conditional generator over a tokenizer's tokens (``TokenSpec.num_generated`` of them)."""
+
+    # A tiny instance for the contract tests (tests/test_generator_contract.py): its keyword arguments
+    # (besides token_spec and num_classes) and the token spec it is built for.
+    tiny: ClassVar[dict[str, Any]] = {}
+    tiny_token_spec: ClassVar[TokenSpec | None] = None
 
     @abstractmethod
     def loss(self, tokens: Tensor, labels: Tensor) -> dict[str, Tensor]:

@@ -47,7 +47,7 @@ from benchmark.generator_stages import sample
 from benchmark.image_grid import save_image_grid
 from benchmark.registry import METRICS, load_plugins
 from benchmark.report import CellResults, protocol_lines
-from benchmark.stages import StageContext
+from benchmark.stage_context import StageContext
 from benchmark.store import RunStore, read_json, write_json
 from benchmark.study import Cell
 from benchmark.tokenizer_eval import evaluate_tokenizer

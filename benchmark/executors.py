@@ -79,7 +79,8 @@ def run_stage(store_root: str, kind: str, hash: str, take_lock: bool = False) ->
     executor holds it already.
     """
     from benchmark import distributed
-    from benchmark.stages import StageContext, bodies
+    from benchmark.stage_context import StageContext
+    from benchmark.stages import BODIES
     from benchmark.train import Preempted
 
     store = RunStore(store_root)
@@ -105,7 +106,7 @@ def run_stage(store_root: str, kind: str, hash: str, take_lock: bool = False) ->
                 world.size,
             )
         try:
-            result = bodies()[kind](ctx)
+            result = BODIES[kind](ctx)
         except Preempted:
             log.info("preempted: checkpoint written")
             raise

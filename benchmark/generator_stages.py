@@ -13,7 +13,7 @@ from torch import Tensor
 from benchmark.checkpoints import build_generator, load_generator, load_tokenizer, save_weights
 from benchmark.config import EvalConfig, SampleConfig, TrainConfig
 from benchmark.image_grid import save_image_grid
-from benchmark.stages import StageContext
+from benchmark.stage_context import StageContext
 from benchmark.store import read_json
 
 

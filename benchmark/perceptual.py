@@ -28,6 +28,8 @@ from benchmark.metrics import PerImageMean
 from benchmark.options import check_options, check_value, init_params, nested
 from benchmark.registry import register_metric
 
+# The smallest image side each LPIPS trunk can take (smaller ones pool down to nothing; measured)
+MIN_SIZE = {"vgg": 16, "alex": 31, "squeeze": 17}
 # LPIPS network -> (torchvision builder, the torchvision weights lpips' trunks were built with)
 BACKBONES = {
     "vgg": ("vgg16", "VGG16_Weights.IMAGENET1K_V1"),
@@ -140,6 +142,12 @@ class PerceptualLoss(nn.Module):
     def distance(self, x: Tensor, y: Tensor) -> Tensor:
         """Per-image LPIPS distance (B,) between images x, y in [0, 1] of shape (B, 3, H, W), in float32
         or wider (also under autocast)."""
+        if min(x.shape[-2:]) < MIN_SIZE[self.net_name]:
+            raise ConfigError(
+                f"tokenizer.perceptual.net: LPIPS '{self.net_name}' needs images of at least "
+                f"{MIN_SIZE[self.net_name]} px, got {tuple(x.shape[-2:])}; use a larger data.resolution "
+                f"or net: {min(MIN_SIZE, key=MIN_SIZE.get)}"
+            )
         d = self.lpips(x, y, normalize=True).flatten()
         return d.to(torch.promote_types(d.dtype, torch.float32))
 

@@ -9,13 +9,12 @@ failure, 2 for bad input.
 from __future__ import annotations
 
 import argparse
-import difflib
 import sys
 from pathlib import Path
 
-from benchmark.errors import ConfigError, Tok1dError
+from benchmark.errors import Tok1dError
 from benchmark.store import RunStore, default_root
-from benchmark.study import Plan, build_plan
+from benchmark.study import Plan, build_plan, check_study_path
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -42,20 +41,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--results", default="results", help="results folder (default: ./results)")
     p.add_argument("--fail-fast", action="store_true", help="stop at the first failing stage")
     return p.parse_intermixed_args(argv)
-
-
-def check_study_path(path: str) -> None:
-    """A study path that does not exist names the studies it may have meant."""
-    study = Path(path)
-    if study.is_file():
-        return
-    folder = study.parent if study.parent.is_dir() else Path("studies")
-    known = sorted(p.name for p in folder.glob("*.yaml")) if folder.is_dir() else []
-    close = difflib.get_close_matches(study.name, known, n=3, cutoff=0.3)
-    hint = f" Did you mean: {', '.join(str(folder / c) for c in close)}?" if close else ""
-    raise ConfigError(
-        f"{path}: no such study file.{hint} Studies: {', '.join(known) or 'none'} (python -m benchmark.list)"
-    )
 
 
 def summary(outcome: object) -> str:

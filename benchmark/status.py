@@ -16,7 +16,7 @@ import time
 
 from benchmark.errors import Tok1dError
 from benchmark.store import RunStore, StageStatus, default_root
-from benchmark.study import Plan, build_plan
+from benchmark.study import Plan, build_plan, check_study_path
 
 TRAINING = {"train_tokenizer": "train", "finetune_tokenizer": "finetune", "train_generator": "generator_train"}
 
@@ -196,7 +196,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        from benchmark.run import check_study_path
         from benchmark.slurm import SlurmQueue, available
 
         check_study_path(args.study)

@@ -17,6 +17,7 @@ A study YAML holds::
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import itertools
 import json
@@ -127,6 +128,20 @@ def flat_config(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             out[f"{prefix}{k}"] = v
     return out
+
+
+def check_study_path(path: str) -> None:
+    """A study path that does not exist names the studies it may have meant."""
+    study = Path(path)
+    if study.is_file():
+        return
+    folder = study.parent if study.parent.is_dir() else Path("studies")
+    known = sorted(p.name for p in folder.glob("*.yaml")) if folder.is_dir() else []
+    close = difflib.get_close_matches(study.name, known, n=3, cutoff=0.3)
+    hint = f" Did you mean: {', '.join(str(folder / c) for c in close)}?" if close else ""
+    raise ConfigError(
+        f"{path}: no such study file.{hint} Studies: {', '.join(known) or 'none'} (python -m benchmark.list)"
+    )
 
 
 def load_study(path: str | Path) -> dict[str, Any]:

@@ -17,7 +17,7 @@ from benchmark.checkpoints import build_tokenizer, load_tokenizer, restore_archi
 from benchmark.config import EvalConfig, TrainConfig
 from benchmark.errors import StageError
 from benchmark.image_grid import save_image_grid
-from benchmark.stages import StageContext
+from benchmark.stage_context import StageContext
 from benchmark.store import read_json, write_json
 
 

@@ -79,6 +79,9 @@ def gumbel_noise(shape: torch.Size, generator: torch.Generator | None, device: t
 class MaskGIT(Generator):
     """MaskGIT: class-conditional bidirectional transformer over token ids, iterative masked decoding."""
 
+    tiny = {"size": "tiny"}
+    tiny_token_spec = TokenSpec("discrete", (4, 4), vocab_size=16)
+
     def __init__(
         self,
         *,

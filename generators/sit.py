@@ -309,6 +309,9 @@ class FinalLayer(nn.Module):
 class SiT(Generator):
     """SiT: a DiT with adaLN-Zero trained on a linear / GVP interpolant, ODE or SDE sampling, optional REPA / REG."""
 
+    tiny = {"size": "tiny"}
+    tiny_token_spec = TokenSpec("continuous", (12,), dim=4, generated=8)
+
     def __init__(
         self,
         *,

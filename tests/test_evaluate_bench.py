@@ -21,7 +21,7 @@ from benchmark import bench, evaluate
 from benchmark.checkpoints import build_generator, build_tokenizer, save_tokenizer
 from benchmark.data import build_dataset
 from benchmark.latents import write_cache
-from benchmark.stages import StageContext
+from benchmark.stage_context import StageContext
 from benchmark.store import RunStore, write_json
 from benchmark.tokenizer_stages import evaluate_tokenizer
 

@@ -366,6 +366,27 @@ def build_latent_2d(spec: Mapping[str, Any], image_size: int) -> Frozen:
 class SelfBootTok(Tokenizer):
     """SelfBootTok: global tokens from a ViT, local 1D / 2D tokens bootstrapped from them, soft VQ, OT."""
 
+    tiny = {
+        "image_size": 32,
+        "size": "tiny",
+        "patch_size": 8,
+        "num_latent_tokens": 8,
+        "token_size": 8,
+        "codebook_size": 32,
+        "local2d_size": "tiny",
+        "perceptual": {"weight": 1.0, "net": "alex", "weights": "random"},
+        "align_global": {
+            "init": "dinov2",
+            "stand_in": {"img_size": 32, "patch_size": 8, "embed_dim": 32, "depth": 1, "num_heads": 2},
+        },
+        "align_local": {
+            "init": "dinov2",
+            "stand_in": {"img_size": 32, "patch_size": 8, "embed_dim": 24, "depth": 1, "num_heads": 2},
+        },
+        "latent_2d": {"tokenizer": "vqgan", "size": "tiny", "bottleneck": "kl", "embed_dim": 4},
+        "adversarial": {"kind": "stylegan", "start": 0, "width": 8},
+    }
+
     def __init__(
         self,
         *,

@@ -49,6 +49,22 @@ SOFTVQ_ADVERSARIAL: dict = {
 class SoftVQVAE(Tokenizer):
     """SoftVQ-VAE: 1D ViT encoder, soft vector quantisation of the K latent tokens, 1D ViT decoder."""
 
+    tiny = {
+        "image_size": 32,
+        "size": "tiny",
+        "patch_size": 8,
+        "num_latent_tokens": 8,
+        "token_size": 8,
+        "codebook_size": 32,
+        "kl_weight": 0.01,
+        "perceptual": {"weight": 1.0, "net": "alex", "weights": "random"},
+        "align": {
+            "init": "dinov2",
+            "stand_in": {"img_size": 32, "patch_size": 8, "embed_dim": 32, "depth": 1, "num_heads": 2},
+        },
+        "adversarial": {"kind": "stylegan", "start": 0, "width": 8, "lecam_weight": 0.001, "consistency_weight": 1.0},
+    }
+
     def __init__(
         self,
         *,

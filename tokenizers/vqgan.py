@@ -170,6 +170,15 @@ class Decoder(nn.Module):
 class VQGAN(Tokenizer):
     """VQGAN 2D tokenizer: conv encoder, a vector-quantised (or KL) latent grid, conv decoder, PatchGAN."""
 
+    tiny = {
+        "image_size": 32,
+        "size": "tiny",
+        "codebook_size": 32,
+        "entropy_weight": 0.01,
+        "perceptual": {"weight": 1.0, "net": "alex", "weights": "random"},
+        "adversarial": {"kind": "patchgan", "start": 0, "width": 8, "num_layers": 1},
+    }
+
     def __init__(
         self,
         *,
