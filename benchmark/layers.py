@@ -5,6 +5,7 @@ Transformer blocks use ``F.scaled_dot_product_attention`` (flash / memory-effici
 
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -35,26 +36,56 @@ class Mlp(nn.Sequential):
         super().__init__(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
 
 
-class Block(nn.Module):
-    """Pre-norm ViT block: x + Attn(LN(x)), then x + MLP(LN(x)); ``mask`` goes to the attention."""
+class LayerScale(nn.Module):
+    """Per-channel residual-branch scale ``gamma * x`` (CaiT, Touvron et al. 2021; timm's ``ls1`` / ``ls2``)."""
 
-    def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0) -> None:
+    def __init__(self, dim: int, init: float) -> None:
         super().__init__()
-        self.norm1 = nn.LayerNorm(dim)
+        self.gamma = nn.Parameter(torch.full((dim,), init))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.gamma * x
+
+
+class Block(nn.Module):
+    """Pre-norm ViT block: x + Attn(LN(x)), then x + MLP(LN(x)); ``mask`` goes to the attention.
+
+    ``norm_eps``: the LayerNorms' epsilon (timm / DINOv2 ViTs use 1e-6). ``layer_scale``: when set, each
+    residual branch is scaled per channel, x + gamma_1 * Attn(LN(x)), x + gamma_2 * MLP(LN(x)), with the
+    gammas initialised to this value (timm's ``init_values``; SoftVQ's ViTs: 1e-5).
+    """
+
+    def __init__(
+        self, dim: int, num_heads: int, mlp_ratio: float = 4.0, norm_eps: float = 1e-5, layer_scale: float | None = None
+    ) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, eps=norm_eps)
         self.attn = Attention(dim, num_heads)
-        self.norm2 = nn.LayerNorm(dim)
+        self.norm2 = nn.LayerNorm(dim, eps=norm_eps)
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
+        if layer_scale is not None:
+            self.ls1, self.ls2 = LayerScale(dim, layer_scale), LayerScale(dim, layer_scale)
+        else:
+            self.ls1 = self.ls2 = nn.Identity()
 
     def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
-        x = x + self.attn(self.norm1(x), mask)
-        return x + self.mlp(self.norm2(x))
+        x = x + self.ls1(self.attn(self.norm1(x), mask))
+        return x + self.ls2(self.mlp(self.norm2(x)))
 
 
 class Transformer(nn.Sequential):
-    """A stack of ``depth`` ViT blocks."""
+    """A stack of ``depth`` ViT blocks (options of :class:`Block`)."""
 
-    def __init__(self, dim: int, depth: int, num_heads: int, mlp_ratio: float = 4.0) -> None:
-        super().__init__(*(Block(dim, num_heads, mlp_ratio) for _ in range(depth)))
+    def __init__(
+        self,
+        dim: int,
+        depth: int,
+        num_heads: int,
+        mlp_ratio: float = 4.0,
+        norm_eps: float = 1e-5,
+        layer_scale: float | None = None,
+    ) -> None:
+        super().__init__(*(Block(dim, num_heads, mlp_ratio, norm_eps, layer_scale) for _ in range(depth)))
 
 
 def init_vit_weights(module: nn.Module) -> None:

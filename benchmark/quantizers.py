@@ -9,6 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+SIMILARITIES = ("distance", "cosine")
+
 
 def entropy_regularizer(probs: Tensor, eps: float = 1e-8) -> Tensor:
     """Thesis Sec. 3.1: L_entropy = E_r[H(p(q(z)))] - H(E_r[p(q(z))]).
@@ -42,6 +44,11 @@ class VectorQuantizer(nn.Module):
     Losses: codebook ||sg[z] - e_k||^2 and commitment beta * ||z - sg[e_k]||^2; the decoder sees
     z + sg[e_k - z], so gradients pass straight through to the encoder. With ``entropy_weight`` > 0
     the thesis's entropy regulariser is added on softmax(-||z - e||^2 / entropy_temperature).
+
+    ``norms_first`` sums the squared distance as |z|^2 + |e|^2 - 2 z.e, the floating-point order of
+    TiTok's, taming's and MaskGIT-VQGAN's quantisers (``torch.sum(z**2, dim=1, keepdim=True) +
+    torch.sum(embedding**2, dim=1) - 2 * ...``): the same value up to rounding, but a near-tie can only
+    give the released models' ids in their order. Default: |z|^2 - 2 z.e + |e|^2.
     """
 
     def __init__(
@@ -52,11 +59,13 @@ class VectorQuantizer(nn.Module):
         l2_norm: bool = True,
         entropy_weight: float = 0.0,
         entropy_temperature: float = 0.01,
+        norms_first: bool = False,
     ) -> None:
         super().__init__()
         self.codebook_size = codebook_size
         self.commitment = commitment
         self.l2_norm = l2_norm
+        self.norms_first = norms_first
         self.entropy_weight, self.entropy_temperature = entropy_weight, entropy_temperature
         self.embedding = nn.Embedding(codebook_size, dim)
         nn.init.uniform_(self.embedding.weight, -1.0 / codebook_size, 1.0 / codebook_size)
@@ -69,6 +78,8 @@ class VectorQuantizer(nn.Module):
         """Squared distances (N, K) from flattened vectors z (..., dim) to every code."""
         flat = z.reshape(-1, z.shape[-1]).float()
         codes = self.codebook().float()
+        if self.norms_first:
+            return flat.pow(2).sum(1, keepdim=True) + codes.pow(2).sum(1)[None] - 2 * flat @ codes.t()
         return flat.pow(2).sum(1, keepdim=True) - 2 * flat @ codes.t() + codes.pow(2).sum(1)[None]
 
     def indices(self, z: Tensor) -> Tensor:
@@ -103,17 +114,32 @@ class SoftVectorQuantizer(nn.Module):
         q(k | z) = softmax_k(-||z - c_k||_2 / tau)        (Eq. 2)
         Z        = sum_k q(k | z) c_k                     (Eq. 3)
 
-    With ``l2_norm`` both z and the codes lie on the unit sphere (SoftVQ's cosine form). As tau -> 0
-    q becomes one-hot on the nearest code and Z becomes hard VQ. ``num_codebooks`` > 1 splits the
-    token sequence into that many consecutive segments, each with its own codebook (as SoftVQ does).
+    With ``l2_norm`` both z and the codes lie on the unit sphere. As tau -> 0 q becomes one-hot on the
+    nearest code and Z becomes hard VQ. ``num_codebooks`` > 1 splits the token sequence into that many
+    consecutive segments, each with its own codebook (as SoftVQ does).
+
+    ``similarity="cosine"`` is SoftVQ-VAE's released quantiser instead of Eq. 2's distance:
+
+        q(k | z) = softmax_k(ẑ · sg[ê_k] / tau)          (ẑ, ê: L2-normalised; = softmax_k(-||ẑ - ê_k||^2 / 2 tau))
+
+    (``logits = torch.einsum('nbe, nke -> nbk', z_flat, embedding.detach())`` in its ``SoftVectorQuantizer``;
+    the codes still learn through Eq. 3).
     """
 
     def __init__(
-        self, codebook_size: int, dim: int, tau: float = 0.07, l2_norm: bool = True, num_codebooks: int = 1
+        self,
+        codebook_size: int,
+        dim: int,
+        tau: float = 0.07,
+        l2_norm: bool = True,
+        num_codebooks: int = 1,
+        similarity: str = "distance",
     ) -> None:
         super().__init__()
+        if similarity not in SIMILARITIES:
+            raise ValueError(f"unknown soft-VQ similarity '{similarity}'; choose from {', '.join(SIMILARITIES)}")
         self.codebook_size, self.tau, self.l2_norm = codebook_size, tau, l2_norm
-        self.num_codebooks = num_codebooks
+        self.num_codebooks, self.similarity = num_codebooks, similarity
         self.embedding = nn.Parameter(torch.empty(num_codebooks, codebook_size, dim))
         nn.init.normal_(self.embedding, std=dim**-0.5)
 
@@ -128,9 +154,13 @@ class SoftVectorQuantizer(nn.Module):
         if self.l2_norm:
             z = F.normalize(z, dim=-1)
         seg = z.reshape(b, self.num_codebooks, n // self.num_codebooks, d).transpose(0, 1)
-        codes = self.codebooks()[:, None].expand(-1, b, -1, -1)
-        dist = torch.cdist(seg.float(), codes.float())  # (G, B, N/G, K), Euclidean
-        probs = F.softmax(-dist / self.tau, dim=-1)
+        if self.similarity == "cosine":
+            logits = torch.einsum("gbnd,gkd->gbnk", seg.float(), self.codebooks().detach().float())
+            probs = F.softmax(logits / self.tau, dim=-1)
+        else:
+            codes = self.codebooks()[:, None].expand(-1, b, -1, -1)
+            dist = torch.cdist(seg.float(), codes.float())  # (G, B, N/G, K), Euclidean
+            probs = F.softmax(-dist / self.tau, dim=-1)
         return probs.transpose(0, 1).reshape(b, n, self.codebook_size)
 
     def quantize(self, probs: Tensor) -> Tensor:

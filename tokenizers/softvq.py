@@ -28,7 +28,7 @@ from benchmark.encoders import EncoderOptions
 from benchmark.errors import ConfigError
 from benchmark.layers import init_vit_weights
 from benchmark.objectives import AdversarialOptions, PerceptualOptions, PixelObjective, build_adversary
-from benchmark.quantizers import SoftVectorQuantizer, entropy_regularizer, kl_to_uniform
+from benchmark.quantizers import SIMILARITIES, SoftVectorQuantizer, entropy_regularizer, kl_to_uniform
 from benchmark.registry import register_tokenizer
 from benchmark.vit import SIZES, LatentViTEncoder, MaskTokenViTDecoder, vit_size
 
@@ -87,6 +87,10 @@ class SoftVQVAE(Tokenizer):
         align_weight: float = 0.1,
         adversarial: AdversarialOptions | None = None,
         encoder: EncoderOptions | None = None,
+        similarity: str = "distance",
+        ln_pre: bool = True,
+        norm_eps: float = 1e-5,
+        layer_scale: float | None = None,
     ) -> None:
         """``size`` / ``decoder_size``: ViT sizes of encoder and decoder (the decoder follows the
         encoder when None). ``num_codebooks`` splits the K tokens into that many consecutive groups,
@@ -96,7 +100,14 @@ class SoftVQVAE(Tokenizer):
         REPA term, an encoder spec of benchmark/encoders.py (``{init: dinov2, size: B}``, or with
         ``stand_in`` at smoke scale). ``adversarial``: None for no GAN, else overrides of
         :data:`SOFTVQ_ADVERSARIAL` (options of benchmark.gan.Adversary). ``encoder``: a pretrained
-        initialisation of the ViT encoder, copied in by the train stage before the first step."""
+        initialisation of the ViT encoder, copied in by the train stage before the first step.
+
+        Release options (defaults: tok1d's SoftVQ; the official releases, benchmark/convert.py:
+        ``cosine``, False, 1e-6, 1e-5). ``similarity``: Eq. 2's ``distance`` or the released quantiser's
+        ``cosine`` logits (benchmark.quantizers.SoftVectorQuantizer). ``ln_pre``: a LayerNorm before the
+        first block of encoder and decoder (timm's DINOv2 ViTs have none). ``norm_eps``: every LayerNorm's
+        epsilon. ``layer_scale``: per-channel residual scales initialised to this value (timm's
+        ``init_values``), None for none."""
         super().__init__()
         if image_size % patch_size:
             raise ConfigError(f"tokenizer.patch_size {patch_size} does not divide the image size {image_size}")
@@ -108,6 +119,10 @@ class SoftVQVAE(Tokenizer):
             raise ConfigError(
                 f"tokenizer.num_codebooks: {num_codebooks} does not split the "
                 f"{num_latent_tokens} latent tokens into equal groups"
+            )
+        if similarity not in SIMILARITIES:
+            raise ConfigError(
+                f"tokenizer.similarity: unknown similarity '{similarity}'; choose from {', '.join(SIMILARITIES)}"
             )
         if tau <= 0:
             raise ConfigError(f"tokenizer.tau: the soft-VQ temperature must be > 0, got {tau}")
@@ -124,11 +139,14 @@ class SoftVQVAE(Tokenizer):
             "patch_size": patch_size,
             "num_latent_tokens": num_latent_tokens,
             "token_size": token_size,
+            "ln_pre": ln_pre,
+            "norm_eps": norm_eps,
+            "layer_scale": layer_scale,
         }
         enc_width, enc_depth, enc_heads = vit_size(size)
         dec_width, dec_depth, dec_heads = vit_size(decoder_size or size)
         self.encoder = LatentViTEncoder(width=enc_width, depth=enc_depth, heads=enc_heads, **shape)
-        self.quantizer = SoftVectorQuantizer(codebook_size, token_size, tau, l2_norm, num_codebooks)
+        self.quantizer = SoftVectorQuantizer(codebook_size, token_size, tau, l2_norm, num_codebooks, similarity)
         self.decoder = MaskTokenViTDecoder(width=dec_width, depth=dec_depth, heads=dec_heads, **shape)
         self.encoder.apply(init_vit_weights)
         self.decoder.apply(init_vit_weights)

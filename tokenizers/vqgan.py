@@ -197,6 +197,10 @@ class VQGAN(Tokenizer):
         quantizer_weight: float = 1.0,
         perceptual: PerceptualOptions | None = None,
         adversarial: AdversarialOptions | None = VQGAN_ADVERSARIAL,
+        ch: int | None = None,
+        ch_mult: list[int] | None = None,
+        num_res_blocks: int | None = None,
+        vq_norms_first: bool = False,
     ) -> None:
         """``size``: tiny or base (see the module docstring). ``bottleneck``: ``vq`` (hard VQ with the
         codebook + beta-commitment loss, ``commitment`` = beta, and the thesis's entropy term when
@@ -207,7 +211,12 @@ class VQGAN(Tokenizer):
         thesis's TiTok (its VQGAN "employs the same reconstruction and generation losses as TiTok",
         Sec. 6.3) or taming's l1. ``perceptual``: ``{weight, net, weights}`` of benchmark.perceptual
         (taming: weight 1.0, vgg). ``adversarial``: overrides of :data:`VQGAN_ADVERSARIAL` (options of
-        benchmark.gan.Adversary); None for no discriminator."""
+        benchmark.gan.Adversary); None for no discriminator.
+
+        ``ch``, ``ch_mult``, ``num_res_blocks`` override the preset's base width, per-level width
+        multipliers and ResNet blocks per level (taming's ``ddconfig``; attention stays at the lowest
+        resolution, as in every released f16 model). ``vq_norms_first``: taming's summation order of the
+        VQ distances (benchmark.quantizers.VectorQuantizer), for the released models' exact ids."""
         super().__init__()
         if size not in SIZES:
             raise ConfigError(f"tokenizer.size: unknown size '{size}'; choose from {', '.join(SIZES)}")
@@ -215,11 +224,18 @@ class VQGAN(Tokenizer):
             raise ConfigError(
                 f"tokenizer.bottleneck: unknown bottleneck '{bottleneck}'; choose from {', '.join(BOTTLENECKS)}"
             )
-        ch, ch_mult, num_res_blocks, vq_dim, kl_dim = SIZES[size]
+        preset_ch, preset_mult, preset_blocks, vq_dim, kl_dim = SIZES[size]
+        ch = preset_ch if ch is None else ch
+        ch_mult = preset_mult if ch_mult is None else tuple(ch_mult)
+        num_res_blocks = preset_blocks if num_res_blocks is None else num_res_blocks
+        if ch < 1 or num_res_blocks < 1 or not ch_mult or min(ch_mult) < 1:
+            raise ConfigError(
+                f"tokenizer: ch {ch}, ch_mult {list(ch_mult)} and num_res_blocks {num_res_blocks} must be positive"
+            )
         factor = 2 ** (len(ch_mult) - 1)
         if image_size % factor:
             raise ConfigError(
-                f"tokenizer.size: the {size} VQGAN downsamples by {factor}, which does not "
+                f"tokenizer.size: this {size} VQGAN downsamples by {factor}, which does not "
                 f"divide the image size {image_size}"
             )
         if embed_dim is None:
@@ -244,7 +260,9 @@ class VQGAN(Tokenizer):
         self.post_quant_conv = nn.Conv2d(embed_dim, embed_dim, 1)
         self.decoder = Decoder(ch, ch_mult, num_res_blocks, embed_dim)
         self.quantizer = (
-            VectorQuantizer(codebook_size, embed_dim, commitment, l2_norm, entropy_weight, entropy_temperature)
+            VectorQuantizer(
+                codebook_size, embed_dim, commitment, l2_norm, entropy_weight, entropy_temperature, vq_norms_first
+            )
             if bottleneck == "vq"
             else None
         )
