@@ -188,6 +188,14 @@ PixelVQGANOptions = nested(check_pixel_vqgan)
 class MaskGITVQGAN(Tokenizer):
     """MaskGIT-VQGAN 2D tokenizer: attention-free conv encoder / decoder, plain Euclidean VQ, [0, 1] pixels."""
 
+    tiny = {
+        "image_size": 32,
+        "size": "tiny",
+        "codebook_size": 32,
+        "perceptual": {"weight": 1.0, "net": "alex", "weights": "random"},
+        "adversarial": {"kind": "patchgan", "start": 0, "width": 8, "num_layers": 1},
+    }
+
     def __init__(
         self,
         *,
