@@ -19,7 +19,6 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torchvision.models import get_weight
 
 from benchmark.base import TokenSpec
 from benchmark.errors import ConfigError, WeightsError
@@ -40,11 +39,15 @@ BACKBONES = {
 
 def hub_weights_path(net: str) -> Path:
     """Where torchvision caches the backbone's ImageNet weights: ``torch.hub.get_dir()/checkpoints/<file>``."""
+    from torchvision.models import get_weight
+
     url = get_weight(BACKBONES[net][1]).url
     return Path(torch.hub.get_dir()) / "checkpoints" / url.rsplit("/", 1)[-1]
 
 
 def _how_to_obtain(net: str, target: Path) -> str:
+    from torchvision.models import get_weight
+
     builder, enum = BACKBONES[net]
     return (
         f'On a machine with network access run `python -c "import torchvision; '

@@ -24,7 +24,6 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
-from timm.layers import resample_abs_pos_embed, resample_patch_embed
 from torch import Tensor, nn
 
 from benchmark.errors import ConfigError, WeightsError
@@ -344,6 +343,8 @@ def _positional(src: SourceViT, target: Tensor, grid: int) -> tuple[Tensor, str]
     patches = src.pos_patches
     how = []
     if tuple(src.grid) != (grid, grid):
+        from timm.layers import resample_abs_pos_embed
+
         patches = resample_abs_pos_embed(patches, new_size=[grid, grid], old_size=list(src.grid), num_prefix_tokens=0)
         how.append(f"patch grid {src.grid[0]}x{src.grid[1]} -> {grid}x{grid} (bicubic)")
     if src.pos_class is not None:
@@ -365,6 +366,8 @@ def apply_source(encoder: nn.Module, src: SourceViT, encoder_name: str, strict: 
     tensors, how = dict(src.params), dict(src.how)
     p = encoder.patch_embed.kernel_size[0]
     if src.patch_size != p:
+        from timm.layers import resample_patch_embed
+
         tensors["patch_embed.weight"] = resample_patch_embed(tensors["patch_embed.weight"], [p, p])
         how["patch_embed.weight"] = f"patch {src.patch_size} -> {p} (resample_patch_embed)"
     pos, how["positional_embedding"] = _positional(src, encoder.positional_embedding, grid)
