@@ -10,7 +10,8 @@ from __future__ import annotations
 import inspect
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +20,6 @@ import torch
 from PIL import Image
 from torch import Tensor
 from torch.utils.data import Dataset
-from torchvision.transforms import InterpolationMode
-from torchvision.transforms.v2 import functional as TF
 
 from benchmark.errors import ConfigError, DataError
 from benchmark.registry import DATASETS, register_dataset
@@ -232,6 +231,9 @@ def open_rgb(path: Path) -> Image.Image:
 def load_image(path: Path, resolution: int) -> Tensor:
     """ADM / TiTok preprocessing: RGB, shorter side resized to ``resolution`` (bicubic, antialiased),
     centre crop to ``resolution`` x ``resolution``; a float32 tensor (3, H, W) in [0, 1]."""
+    from torchvision.transforms import InterpolationMode
+    from torchvision.transforms.v2 import functional as TF
+
     img = open_rgb(path)
     img = TF.resize(img, [resolution], interpolation=InterpolationMode.BICUBIC, antialias=True)
     img = TF.center_crop(img, [resolution, resolution])
@@ -256,18 +258,62 @@ def _split_folder(parent: Path, split: str, train_dir: str, eval_dir: str) -> Pa
     return folder
 
 
+def unreadable(paths: list[Path], workers: int = 16) -> list[tuple[Path, str]]:
+    """Every file of ``paths`` that does not decode as an image, with the reason (read in threads)."""
+
+    def check(path: Path) -> tuple[Path, str] | None:
+        try:
+            open_rgb(path)
+        except DataError as exc:
+            return path, str(exc).split(": ", 1)[-1]
+        return None
+
+    with ThreadPoolExecutor(workers) as pool:
+        return [bad for bad in pool.map(check, paths) if bad is not None]
+
+
+def bad_images_error(bad: list[tuple[Path, str]], total: int) -> DataError:
+    """One error naming every unreadable image (the first 20 in full, then a count)."""
+    shown = "; ".join(f"{p} ({why})" for p, why in bad[:20])
+    more = f"; and {len(bad) - 20} more" if len(bad) > 20 else ""
+    return DataError(
+        f"{len(bad)} of {total} images cannot be read: {shown}{more}. Remove or replace them, or set "
+        f"data.on_bad_image: skip to leave them out (counted in the protocol)"
+    )
+
+
 class _ImageFiles(Dataset):
-    """A list of (image file, label) pairs, loaded and preprocessed on access."""
+    """A list of (image file, label) pairs, loaded and preprocessed on access.
+
+    ``on_bad_image``: ``error`` (an unreadable image fails the stage with one error listing every
+    unreadable file of the split) or ``skip`` (they are found when the dataset is built, left out, and
+    listed in ``skipped``; that check decodes every image once).
+    """
 
     samples: list[tuple[Path, int]]
     resolution: int
+    on_bad_image: str = "error"
+    skipped: list[str]
+
+    def _keep_readable(self, on_bad_image: str) -> None:
+        _check_choice("data.on_bad_image", on_bad_image, ("error", "skip"))
+        self.on_bad_image, self.skipped = on_bad_image, []
+        if on_bad_image == "skip":
+            bad = {p for p, _ in unreadable([p for p, _ in self.samples])}
+            self.skipped = sorted(str(p) for p in bad)
+            self.samples = [(p, label) for p, label in self.samples if p not in bad]
+            if not self.samples:
+                raise DataError(f"every image of {self.folder} is unreadable")
 
     def __len__(self) -> int:
         return len(self.samples)
 
     def __getitem__(self, index: int) -> tuple[Tensor, int]:
         path, label = self.samples[index]
-        return load_image(path, self.resolution), label
+        try:
+            return load_image(path, self.resolution), label
+        except DataError:
+            raise bad_images_error(unreadable([p for p, _ in self.samples]), len(self.samples)) from None
 
 
 @register_dataset("imagefolder")
@@ -287,6 +333,7 @@ class ImageFolderDataset(_ImageFiles):
         train_dir: str = "train",
         eval_dir: str = "val",
         max_images: int | None = None,
+        on_bad_image: str = "error",
     ) -> None:
         _check_positive("data.resolution", resolution)
         _check_positive("data.max_images", max_images)
@@ -302,6 +349,26 @@ class ImageFolderDataset(_ImageFiles):
         self.class_names = [cls.name for cls in classes]
         self.num_classes = len(classes)
         self.samples = samples[:max_images]
+        self._keep_readable(on_bad_image)
+
+    @classmethod
+    def check(
+        cls,
+        split: str,
+        *,
+        root: str | None = None,
+        resolution: int = 256,
+        train_dir: str = "train",
+        eval_dir: str = "val",
+        max_images: int | None = None,
+        on_bad_image: str = "error",
+    ) -> None:
+        """The split folder exists and its first class folder holds a readable image."""
+        _check_positive("data.resolution", resolution)
+        _check_positive("data.max_images", max_images)
+        _check_choice("data.on_bad_image", on_bad_image, ("error", "skip"))
+        folder = _split_folder(_data_root(root, "root/<split_dir>/<class>/*.jpg"), split, train_dir, eval_dir)
+        _first_image((p for p in sorted(folder.iterdir()) if p.is_dir()), folder)
 
 
 @register_dataset("bdd100k")
@@ -323,6 +390,7 @@ class BDD100K(_ImageFiles):
         eval_dir: str = "val",
         subset: str = "day",
         max_images: int | None = None,
+        on_bad_image: str = "error",
     ) -> None:
         _check_choice("data.subset", subset, SUBSETS)
         _check_positive("data.resolution", resolution)
@@ -340,6 +408,33 @@ class BDD100K(_ImageFiles):
         self.num_classes = 1
         self.class_names = ["frame"]
         self.samples = [(f, 0) for f in frames[:max_images]]
+        self._keep_readable(on_bad_image)
+
+    @classmethod
+    def check(
+        cls,
+        split: str,
+        *,
+        root: str | None = None,
+        resolution: int = 256,
+        train_dir: str = "train",
+        eval_dir: str = "val",
+        subset: str = "day",
+        max_images: int | None = None,
+        on_bad_image: str = "error",
+    ) -> None:
+        """The frame folder exists and holds a readable frame; subset ``day`` needs its labels file."""
+        _check_choice("data.subset", subset, SUBSETS)
+        _check_positive("data.resolution", resolution)
+        _check_choice("data.on_bad_image", on_bad_image, ("error", "skip"))
+        base = _data_root(root, "root/images/<split_dir>/*.jpg")
+        folder = _split_folder(base / "images", split, train_dir, eval_dir)
+        if subset == "day" and not (base / "labels" / f"bdd100k_labels_images_{folder.name}.json").is_file():
+            raise DataError(
+                f"subset 'day' needs the labels file {base / 'labels'}/bdd100k_labels_images_"
+                f"{folder.name}.json, which does not exist (or set data.subset=all)"
+            )
+        _first_image(iter([folder]), folder)
 
     @staticmethod
     def _daytime_names(labels: Path) -> set[str]:
@@ -355,8 +450,7 @@ class BDD100K(_ImageFiles):
             raise DataError(f"cannot read BDD100K labels {labels}: {type(exc).__name__}: {exc}") from exc
 
 
-def build_dataset(data_cfg: Mapping[str, Any], split: str) -> Dataset:
-    """The dataset named by ``data_cfg["name"]``, built with the other keys as its settings."""
+def _dataset_class(data_cfg: Mapping[str, Any], split: str) -> tuple[type, dict[str, Any]]:
     cfg = dict(data_cfg)
     if "name" not in cfg:
         raise ConfigError(f"data.name is missing; registered datasets: {', '.join(DATASETS.names())}")
@@ -366,4 +460,31 @@ def build_dataset(data_cfg: Mapping[str, Any], split: str) -> Dataset:
     except TypeError as exc:
         accepted = [p for p in inspect.signature(cls).parameters if p != "split"]
         raise ConfigError(f"data: {exc}; {cls.registry_name} accepts {', '.join(accepted)}") from exc
+    return cls, cfg
+
+
+def build_dataset(data_cfg: Mapping[str, Any], split: str) -> Dataset:
+    """The dataset named by ``data_cfg["name"]``, built with the other keys as its settings."""
+    cls, cfg = _dataset_class(data_cfg, split)
     return cls(split, **cfg)
+
+
+def check_dataset(data_cfg: Mapping[str, Any], split: str) -> None:
+    """Plan-time check that a split can be read, without reading it all: the class's ``check`` when it
+    has one (image folders: the folders exist and one image decodes), else building it."""
+    cls, cfg = _dataset_class(data_cfg, split)
+    check = getattr(cls, "check", None)
+    if check is None:
+        cls(split, **cfg)
+    else:
+        check(split, **cfg)
+
+
+def _first_image(folders: Iterator[Path], where: Path) -> None:
+    """The first image file found in ``folders`` decodes (a DataError names it otherwise)."""
+    for folder in folders:
+        for path in folder.iterdir():
+            if path.suffix.lower() in IMAGE_SUFFIXES and path.is_file():
+                open_rgb(path)
+                return
+    raise DataError(f"no images ({', '.join(IMAGE_SUFFIXES)}) found under {where}")

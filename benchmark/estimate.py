@@ -11,10 +11,11 @@ utilisation of an H100's dense bf16 peak. ``run --dry-run`` prints it per stage 
 
 from __future__ import annotations
 
-import contextlib
 import warnings
 from dataclasses import dataclass
 from typing import Any
+
+from benchmark.errors import ConfigError, Tok1dError
 
 ASSUMED_PEAK_TFLOPS = 989.0  # NVIDIA H100 SXM, dense bf16
 ASSUMED_UTILISATION = 0.4
@@ -50,6 +51,13 @@ def _images(data: dict[str, Any], split: str, limit: int | None = None) -> int |
     return None
 
 
+def needs_values(exc: BaseException) -> bool:
+    """Whether a meta-device failure comes from an op that needs real values (``.item()``, a data-
+    dependent branch), not from shapes that do not fit."""
+    text = str(exc)
+    return "meta" in text.lower() or "item()" in text or "data-dependent" in text
+
+
 def _tokenizer_costs(config: dict[str, Any]) -> tuple[dict[str, float], Any]:
     """GFLOPs per image of the tokenizer's train step, encode and decode, and its token spec."""
     import torch
@@ -57,13 +65,19 @@ def _tokenizer_costs(config: dict[str, Any]) -> tuple[dict[str, float], Any]:
     from benchmark.checkpoints import build_tokenizer
     from benchmark.cost import gflops, tokenizer_cost
 
+    res = config["data"]["resolution"]
     with torch.device("meta"):
         model = build_tokenizer(config).to("meta")  # buffers some libraries make on the CPU too
         try:
-            cost = tokenizer_cost(model, config["data"]["resolution"], torch.device("meta"))
-        except RuntimeError as exc:  # a loss that needs values (a solver's convergence test): count the network
-            res = config["data"]["resolution"]
-            images = torch.zeros(1, 3, res, res)
+            cost = tokenizer_cost(model, res, torch.device("meta"))
+        except RuntimeError as exc:
+            if not needs_values(exc):  # a shape that does not fit: the config cannot run
+                name = config["tokenizer"]["name"]
+                raise ConfigError(
+                    f"tokenizer '{name}' cannot process {res} px images (data.resolution): "
+                    f"{str(exc).splitlines()[0][:300]}"
+                ) from None
+            images = torch.zeros(1, 3, res, res)  # a loss that needs values (a solver's test): count the network
             encode = gflops(lambda: model.encode(images))
             tokens = model.encode(images)
             decode = gflops(lambda: model.decode(tokens))
@@ -97,14 +111,22 @@ def _generator_costs(config: dict[str, Any], spec: Any, num_classes: int) -> tup
 
 
 def estimate_plan(plan: Any) -> dict[str, StageCost]:
-    """Stage hash -> estimated cost, for every stage the estimate can count (others are left out)."""
+    """Stage hash -> estimated cost of the stages of the selected cells. Building each cell's models on
+    the meta device also checks what only a built model can tell (constructor checks, shapes that do
+    not fit the resolution): such a config error is raised, naming the cell; anything else only leaves
+    a stage without an estimate ("cost: -")."""
     out: dict[str, StageCost] = {}
-    for cell in plan.cells:
-        # an estimate never stops a plan (the stage shows "cost: -"); libraries that copy real weights
-        # into a meta model (lpips' heads) warn that the copy is a no-op, which is the point here
-        with contextlib.suppress(Exception), warnings.catch_warnings():
+    for cell in (c for c in plan.cells if c.selected):
+        # libraries that copy real weights into a meta model (lpips' heads) warn that the copy is a
+        # no-op, which is the point here
+        with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
-            _estimate_cell(cell.config, cell.stages, out)
+            try:
+                _estimate_cell(cell.config, cell.stages, out)
+            except Tok1dError as exc:
+                raise type(exc)(f"{plan.path}: cell {cell.label}: {exc}") from None
+            except Exception:
+                continue
     return out
 
 

@@ -23,6 +23,7 @@ import argparse
 import logging
 import sys
 import tempfile
+import zipfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -249,7 +250,7 @@ def evaluate_images(
     """gFID / IS of (N, H, W, 3) uint8 ``images`` read from ``where``; the reference dataset, if
     needed, is that of ``tokenizer`` (with --data overrides)."""
     cfg = generation_cfg(args)
-    next(array_images(images[:1], where=str(where)), None)  # its shape / dtype check, naming the path
+    next(array_images(images, batch_size=1, where=str(where)), None)  # its shape / dtype check, naming the path
     need = min_images(cfg)
     if len(images) < need:
         raise DataError(f"{where}: {len(images)} images; {' and '.join(cfg.generation_metrics)} need at least {need}")
@@ -270,6 +271,11 @@ def load_images(path: Path, mode: str, limit: int | None, scratch: Path, batch_s
         except (OSError, ValueError) as exc:
             raise DataError(f"cannot read {path / 'images.npy'}: {type(exc).__name__}: {exc}") from exc
     if mode == "npz":
+        if not zipfile.is_zipfile(path):
+            raise DataError(
+                f"{path} is not an .npz archive (a zip of .npy arrays, as ADM's sample batches); "
+                "save images with numpy.savez(path, arr_0=images) as an (N, H, W, 3) uint8 array"
+            )
         try:
             with np.load(path, allow_pickle=False) as npz:
                 names = list(npz.files)

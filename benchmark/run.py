@@ -1,4 +1,4 @@
-"""``python -m benchmark.run studies/<study>.yaml [--profile P] [--dry-run] [--only F] [--retry-failed [F]] [k=v ...]``
+"""``python -m benchmark.run studies/<study>.yaml [--profile P] [--dry-run] [--only F] [--seeds N] [--retry-failed [F]] [k=v ...]``
 
 Expands the study, runs what the run store lacks (here, or on Slurm: the whole study is submitted at
 once and the command returns), and writes the study's tables and figures under ``results/<study>/``.
@@ -37,6 +37,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         metavar="FILTER",
         help="run failed stages again (all, or those of the cells FILTER matches)",
     )
+    p.add_argument(
+        "--seeds", type=int, default=1, help="run each cell with N seeds (seed, seed + 1, ...); rows show mean ± std"
+    )
     p.add_argument("--runs", help="run store folder (default: $TOK1D_RUNS or ./runs)")
     p.add_argument("--results", default="results", help="results folder (default: ./results)")
     p.add_argument("--fail-fast", action="store_true", help="stop at the first failing stage")
@@ -72,16 +75,19 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         check_study_path(args.study)
-        plan = build_plan(args.study, args.profile, args.overrides, args.only)
+        plan = build_plan(args.study, args.profile, args.overrides, args.only, seeds=args.seeds)
         launcher = plan.cells[0].config["launcher"]
         from benchmark.executors import launcher_is_slurm
 
         slurm = launcher_is_slurm(launcher)
         store = RunStore(default_root(args.runs), probe=_probe() if slurm else None)
+        from benchmark.plan_checks import check_plan
+
+        costs = check_plan(plan)  # data and models, before anything runs or is queued
         if args.dry_run:
             from benchmark.status import print_plan
 
-            print_plan(plan, store, slurm)
+            print_plan(plan, store, slurm, costs)
             return 0
         from benchmark.executors import LocalExecutor, SlurmExecutor
 

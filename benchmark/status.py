@@ -13,6 +13,7 @@ import argparse
 import csv
 import sys
 import time
+from typing import Any
 
 from benchmark.errors import Tok1dError
 from benchmark.store import RunStore, StageStatus, default_root
@@ -130,14 +131,13 @@ def render(plan: Plan, store: RunStore) -> tuple[str, bool]:
     return "\n".join(lines), not any(s.state in ("running", "queued") for s in statuses.values())
 
 
-def print_plan(plan: Plan, store: RunStore, slurm: bool) -> None:
-    """``run --dry-run``: every stage with its state, its resources and its estimated cost."""
+def print_plan(plan: Plan, store: RunStore, slurm: bool, costs: dict[str, Any]) -> None:
+    """``run --dry-run``: every stage with its state, its resources and its estimated cost (``costs``:
+    stage hash -> benchmark.estimate.StageCost)."""
     from benchmark.config import stage_resources
-    from benchmark.estimate import estimate_plan
     from benchmark.executors import processes
 
     launcher = plan.cells[0].config["launcher"]
-    costs = estimate_plan(plan)
     print(
         f"study {plan.study} [{plan.profile}]: {len(plan.cells)} cells, {len(plan.stages)} stages, "
         f"{'Slurm' if slurm else 'this machine'}"

@@ -93,6 +93,7 @@ def evaluate_tokenizer(
     torch.manual_seed(seed)
     model = load_tokenizer(folder, device)
     dataset = build_dataset(data, split)
+    skipped = list(getattr(dataset, "skipped", []))  # unreadable images left out (data.on_bad_image: skip)
     if cfg.num_images is not None:
         dataset = Subset(dataset, range(min(cfg.num_images, len(dataset))))
     if len(dataset) == 0:
@@ -111,4 +112,6 @@ def evaluate_tokenizer(
         "metric_protocols": protocols(metrics),
         "checkpoint": str(folder),
     }
+    if skipped:
+        protocol["skipped_images"] = {"count": len(skipped), "first": skipped[:10]}
     return TokenizerEvaluation(compute_all(metrics), protocol, preview, histograms)
