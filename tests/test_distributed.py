@@ -88,14 +88,20 @@ title: generation with two processes
 config:
   tokenizer: {name: titok, size: tiny, patch_size: 4, num_latent_tokens: 4, codebook_size: 16}
   generator: {name: maskgit, size: tiny}
-  sample: {num_images: 12, batch_size: 4, steps: 4}
 stages: [sample]
 """
 
 
 def test_two_processes_sample_the_same_images_as_one(tmp_path, write_study):
     study = write_study(GENERATION)
-    extra = ["generator_train.steps=8", "generator_train.batch_size=8", "runtime.device=cpu"]
+    extra = [
+        "generator_train.steps=8",
+        "generator_train.batch_size=8",
+        "runtime.device=cpu",
+        "sample.num_images=12",
+        "sample.batch_size=4",
+        "sample.steps=4",
+    ]
     assert run_cli(study, tmp_path / "one", *extra) == 0
     shutil.copytree(tmp_path / "one" / "runs", tmp_path / "two" / "runs")
     sample_dir = next((tmp_path / "two" / "runs" / "sample").iterdir())
