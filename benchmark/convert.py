@@ -461,13 +461,26 @@ def get_format(name: str) -> Format:
 
 
 class _Opaque:
-    """Stands for any non-tensor object of a Lightning checkpoint (callback or optimiser state classes):
-    built from nothing, never called, so unpickling runs no code outside torch's weights-only allowlist."""
+    """Stands for any global of a Lightning checkpoint outside torch's weights-only allowlist (callback and
+    optimiser state classes, ``getattr``, ...) and for what calling it builds: every operation unpickling
+    applies to it (call, state, items) does nothing, so no code outside the allowlist runs."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         pass
 
+    def __call__(self, *args: Any, **kwargs: Any) -> _Opaque:
+        return _Opaque()
+
     def __setstate__(self, state: Any) -> None:
+        pass
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        pass
+
+    def append(self, value: Any) -> None:
+        pass
+
+    def extend(self, values: Any) -> None:
         pass
 
 
