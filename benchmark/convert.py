@@ -843,6 +843,8 @@ def _release_folder(name: str, download: bool) -> Path:
     try:
         return Path(snapshot_download(info.hub, allow_patterns=list(info.files), local_files_only=not download))
     except Exception as exc:  # huggingface_hub's offline / network / not-found errors alike
+        if download:
+            raise WeightsError(f"release {name}: cannot download {info.hub}: {type(exc).__name__}") from None
         raise WeightsError(
             f"release {name}: {info.hub} is not in the Hugging Face cache ({type(exc).__name__})",
             f"fetch it with `python -m benchmark.fetch_weights --release {name}` on a machine online",

@@ -1,9 +1,13 @@
 """``python -m benchmark.fetch_weights studies/<study>.yaml [--profile paper] [k=v ...]``
+``python -m benchmark.fetch_weights --release titok-l32 [--release ...]`` (``--release all``: every one)
 
 Downloads the weights of every pretrained encoder a study names (``tokenizer.encoder``, or any other
 ``{init: <encoder>, ...}`` mapping of its cells) into each library's own cache (timm and transformers:
-the Hugging Face cache, ``$HF_HOME``; open_clip: its download cache), so that runs on compute nodes
-without network find them with ``HF_HUB_OFFLINE=1``. Run it on a login node.
+the Hugging Face cache, ``$HF_HOME``; open_clip: its download cache), and the files of every official
+tokenizer release its cells evaluate (``tokenizer: {name: released, release: <name>}``) or ``--release``
+names (benchmark.convert.RELEASES: Hugging Face repos into the Hugging Face cache, the others into
+``$TOK1D_RELEASES``), so that runs on compute nodes without network find them with ``HF_HUB_OFFLINE=1``.
+Run it on a login node.
 """
 
 from __future__ import annotations
@@ -59,24 +63,79 @@ def fetch(spec: Mapping[str, Any]) -> str:
     return f"fetched {entry.describe()} into the {entry.library} cache"
 
 
+def release_names(plan: Plan) -> dict[str, list[str]]:
+    """Each official release the plan's cells evaluate from the caches (a ``released`` tokenizer naming a
+    ``release``, without its own ``source`` or a ``stand_in``), with the cells that use it."""
+    out: dict[str, list[str]] = {}
+    for cell in plan.cells:
+        tok = cell.config.get("tokenizer", {})
+        if tok.get("name") == "released" and tok.get("release") and not tok.get("source") and not tok.get("stand_in"):
+            out.setdefault(tok["release"], []).append(cell.label)
+    return out
+
+
+def fetch_releases(releases: dict[str, list[str]]) -> int:
+    """Download each release (benchmark.convert.fetch_release); prints what was done, returns the failures."""
+    from benchmark.convert import fetch_release, release_info
+
+    failed = 0
+    for name, users in releases.items():
+        try:
+            release_info(name)
+            done = f"fetched into {fetch_release(name)}"
+        except WeightsError as exc:
+            done = f"could not fetch: {exc.reason}"
+        except Tok1dError as exc:
+            done = f"could not fetch: {exc}"
+        failed += done.startswith("could not")
+        print(f"release {name}\n  {done}" + (f"\n  used by {', '.join(users)}" if users else ""))
+    return failed
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m benchmark.fetch_weights", description=__doc__.split("\n\n")[1])
-    p.add_argument("study", help="a study YAML, e.g. studies/thesis_table4_init.yaml")
+    p.add_argument("study", nargs="?", help="a study YAML, e.g. studies/thesis_table4_init.yaml")
     p.add_argument("overrides", nargs="*", help="config overrides, e.g. tokenizer.encoder.size=L")
     p.add_argument("--profile", default="paper", help="studies/profiles/<name>.yaml (default: paper)")
-    return p.parse_intermixed_args(argv)
+    p.add_argument(
+        "--release",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="an official tokenizer release to fetch (python -m benchmark.convert --list; 'all': every one); repeatable",
+    )
+    args = p.parse_intermixed_args(argv)
+    if args.study is None and not args.release:
+        p.error("name a study, or releases with --release")
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.study is None:
+        from benchmark.convert import RELEASES
+
+        names = list(RELEASES) if "all" in args.release else args.release
+        failed = fetch_releases(dict.fromkeys(names, []))
+        print(f"{len(names) - failed} of {len(names)} releases available")
+        return 1 if failed else 0
     try:
-        specs = distinct_specs(build_plan(args.study, args.profile, args.overrides))
+        plan = build_plan(args.study, args.profile, args.overrides)
+        specs = distinct_specs(plan)
     except Tok1dError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    if not specs:
-        print(f"{args.study}: no cell names a pretrained encoder; nothing to fetch")
+    releases = release_names(plan)
+    for name in args.release:
+        releases.setdefault(name, [])
+    if not specs and not releases:
+        print(f"{args.study}: no cell names a pretrained encoder or an official release; nothing to fetch")
         return 0
+    release_failures = fetch_releases(releases) if releases else 0
+    if releases:
+        print(f"{len(releases) - release_failures} of {len(releases)} releases available")
+    if not specs:
+        return 1 if release_failures else 0
     failed = 0
     for spec, users in specs.values():
         try:
@@ -91,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{len(specs) - failed} of {len(specs)} encoder weights available"
         + (f"; {failed} could not be fetched (see above)" if failed else "")
     )
-    return 1 if failed else 0
+    return 1 if failed or release_failures else 0
 
 
 if __name__ == "__main__":

@@ -731,7 +731,8 @@ def test_released_tokenizer_options_are_checked(tmp_path, monkeypatch):
         )
     monkeypatch.setenv("TOK1D_RELEASES", str(tmp_path / "cache"))
     with pytest.raises(
-        WeightsError, match=r"release vqgan-f16-1024: .*last.ckpt.* `python -m benchmark.fetch_weights --release vqgan-f16-1024`"
+        WeightsError,
+        match=r"release vqgan-f16-1024: .*last.ckpt.* `python -m benchmark.fetch_weights --release vqgan-f16-1024`",
     ):
         TOKENIZERS.build("released", image_size=256, release="vqgan-f16-1024")
 
@@ -745,3 +746,30 @@ def test_a_release_in_the_cache_is_found_by_name(tmp_path, monkeypatch):
     assert torch.equal(load_tokenizer(tmp_path / "out").encode(images()), taming_official(state, config, images())[0])
     with pytest.raises(ConfigError, match="release vqgan-f16-1024 is in the taming format, not softvq"):
         convert.resolve_source("softvq", "vqgan-f16-1024")
+
+
+def test_fetch_weights_fetches_the_releases_a_study_evaluates(tmp_path, monkeypatch, capsys):
+    """The study's paper cells name releases (fetched once, online); its smoke cells stand them in."""
+    from dataclasses import replace
+
+    from benchmark import fetch_weights
+    from benchmark.study import build_plan
+
+    (tmp_path / "imagenet" / "val" / "n01").mkdir(parents=True)
+    study = Path(__file__).resolve().parent.parent / "studies" / "released_tokenizers.yaml"
+    plan = build_plan(study, "paper", [f"data.root={tmp_path / 'imagenet'}"])
+    assert fetch_weights.release_names(plan) == {
+        "titok-l32": ["TiTok-L-32"], "titok-b64": ["TiTok-B-64"], "titok-s128": ["TiTok-S-128"],
+        "titok-bl64-vq": ["TiTok-BL-64 VQ"], "titok-bl64-vae": ["TiTok-BL-64 VAE"], "softvq-l64": ["SoftVQ-L-64"],
+        "vqgan-f16-16384": ["VQGAN f16"], "maskgit-vqgan-f16": ["MaskGIT-VQGAN"],
+    }  # fmt: skip
+    assert fetch_weights.release_names(build_plan(study, "smoke")) == {}
+    # a release off the hub is downloaded from its URLs into $TOK1D_RELEASES (file:// URLs here)
+    _, src, config, state = write_release("taming", tmp_path / "served")
+    urls = {rel: (src / rel).as_uri() for rel in ("checkpoints/last.ckpt", "configs/model.yaml")}
+    monkeypatch.setitem(convert.RELEASES, "vqgan-f16-1024", replace(convert.RELEASES["vqgan-f16-1024"], urls=urls))
+    monkeypatch.setenv("TOK1D_RELEASES", str(tmp_path / "cache"))
+    assert fetch_weights.main(["--release", "vqgan-f16-1024"]) == 0
+    assert "1 of 1 releases available" in capsys.readouterr().out
+    model = TOKENIZERS.build("released", image_size=SIZE, release="vqgan-f16-1024")
+    assert torch.equal(model.encode(images()), taming_official(state, config, images())[0])
