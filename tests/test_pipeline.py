@@ -130,3 +130,15 @@ def test_killed_training_resumes_to_the_same_weights(tmp_path, write_study):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     rows = pd.read_csv(run_dir / "losses.csv")
     assert rows["step"].is_unique and rows["step"].is_monotonic_increasing
+
+
+def test_two_concurrent_runs_train_each_stage_once(tmp_path, write_study):
+    study = write_study(MINI_STUDY)
+    runs = tmp_path / "runs"
+    procs = [_cli(study, runs, "train.steps=120") for _ in range(2)]
+    outs = [p.communicate(timeout=600)[0] for p in procs]
+    assert all(p.returncode == 0 for p in procs), outs
+    assert any("waiting for train_tokenizer" in o for o in outs), outs  # the second one waited for the first
+    for log in runs.glob("train_tokenizer/*/log.txt"):
+        assert log.read_text().count("trained to step 120") == 1, log.read_text()
+    assert sum(int(o.split(" ran")[0].rsplit("stages: ", 1)[-1]) for o in outs) == 4, outs
