@@ -1,4 +1,4 @@
-"""Datasets: a built-in procedural one, ImageNet-layout folders and BDD100K frames (design.md, "Interfaces").
+"""Datasets: a built-in procedural one, ImageNet-layout folders and BDD100K frames (see README, "Architecture").
 
 Every dataset is a ``torch.utils.data.Dataset`` of ``(image, label)`` pairs: ``image`` a float32
 tensor (3, resolution, resolution) in [0, 1], ``label`` an int below ``num_classes``. A registered

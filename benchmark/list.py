@@ -1,10 +1,26 @@
-"""``python -m benchmark.list``: every registered tokenizer, generator, encoder, dataset and metric."""
+"""``python -m benchmark.list``: every registered tokenizer, generator, encoder, dataset and metric, and
+the studies and profiles the repository ships."""
 
 from __future__ import annotations
 
 import sys
 
+from benchmark import REPO_ROOT
 from benchmark.registry import ALL, load_plugins
+
+STUDIES = REPO_ROOT / "studies"
+
+
+def studies() -> list[tuple[str, str]]:
+    """(path, title) of every study YAML (an alias file shows what it points at)."""
+    from benchmark.config import load_yaml
+
+    out = []
+    for path in sorted(STUDIES.glob("*.yaml")):
+        title = str(load_yaml(path).get("title", ""))
+        alias = f" (same as {path.resolve().name})" if path.is_symlink() else ""
+        out.append((f"studies/{path.name}", title + alias))
+    return out
 
 
 def main() -> int:
@@ -17,6 +33,13 @@ def main() -> int:
         width = max((len(e.name) for e in entries), default=0)
         for entry in entries:
             print(f"  {entry.name:<{width}}  {entry.description}")
+    rows = studies()
+    width = max(len(p) for p, _ in rows)
+    print("studies (python -m benchmark.run <study> [--profile P]):")
+    for path, title in rows:
+        print(f"  {path:<{width}}  {title}")
+    profiles = sorted(p.stem for p in (STUDIES / "profiles").glob("*.yaml"))
+    print(f"profiles (--profile): {', '.join(profiles)}")
     return 0
 
 

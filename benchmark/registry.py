@@ -2,9 +2,9 @@
 
 Modelled on timm's ``register_model``: a decorator adds a class under a name; ``build(name, **kw)``
 constructs it. Tokenizers and generators live in the plugin folders ``tokenizers/`` and
-``generators/`` at the repo root. Those folders have no ``__init__.py`` on purpose (see
-design.md: a ``tokenizers`` package would shadow HuggingFace's), so they are imported by path under
-a private package name, the way benchopt imports a benchmark's ``solvers/``.
+``generators/`` at the repo root. Those folders have no ``__init__.py`` on purpose (a ``tokenizers``
+package would shadow HuggingFace's, which ``transformers`` imports), so they are imported by path
+under a private package name, the way benchopt imports a benchmark's ``solvers/``.
 """
 
 from __future__ import annotations

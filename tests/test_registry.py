@@ -1,4 +1,4 @@
-"""The registry, plugin discovery by path, and the layout's hard constraint (design.md)."""
+"""The registry, plugin discovery by path, and the layout's hard constraint (no tokenizers package)."""
 
 from __future__ import annotations
 
