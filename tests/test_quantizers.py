@@ -96,3 +96,35 @@ def test_diagonal_gaussian_kl_and_sampling():
     big = DiagonalGaussian(torch.cat([torch.full((20000, 1), 2.0), torch.full((20000, 1), math.log(0.25))], -1))
     s = big.sample()
     assert s.mean().item() == pytest.approx(2.0, abs=0.02) and s.std().item() == pytest.approx(0.5, abs=0.02)
+
+
+def test_norms_first_sums_the_same_distance_in_the_releases_order():
+    """|z|^2 + |e|^2 - 2 z.e (TiTok, taming, MaskGIT-VQGAN) bit for bit; the default order agrees up to
+    rounding, with the same nearest codes away from ties."""
+    g = torch.Generator().manual_seed(0)
+    z, codes = torch.randn(64, 8, generator=g), torch.randn(32, 8, generator=g)
+    official, default = VectorQuantizer(32, 8, l2_norm=False, norms_first=True), VectorQuantizer(32, 8, l2_norm=False)
+    official.embedding.weight.data.copy_(codes)
+    default.embedding.weight.data.copy_(codes)
+    expected = z.pow(2).sum(1, keepdim=True) + codes.pow(2).sum(1)[None] - 2 * z @ codes.t()
+    assert torch.equal(official.distances(z), expected)
+    assert torch.allclose(default.distances(z), expected, atol=1e-5)
+    assert torch.equal(official.indices(z), torch.cdist(z, codes).argmin(1))
+
+
+def test_cosine_soft_vq_is_softvq_releases_quantiser():
+    """softmax(ẑ . sg[ê] / tau) = softmax(-|ẑ - ê|^2 / 2 tau) on the unit sphere; the codes learn only
+    through Eq. 3, as in SoftVQ's quantiser (logits on ``embedding.detach()``)."""
+    q = SoftVectorQuantizer(codebook_size=6, dim=4, tau=0.1, num_codebooks=2, similarity="cosine")
+    z = torch.randn(3, 4, 4, generator=torch.Generator().manual_seed(1), requires_grad=True)
+    probs = q.probabilities(z)
+    codes = F.normalize(q.embedding, dim=-1)  # (2, 6, 4): codebook g for tokens 2g, 2g + 1
+    zn = F.normalize(z, dim=-1).reshape(3, 2, 2, 4)
+    cosine = torch.einsum("bgnd,gkd->bgnk", zn, codes).reshape(3, 4, 6)
+    assert torch.allclose(probs, F.softmax(cosine / 0.1, -1), atol=1e-6)
+    distance = (zn[:, :, :, None] - codes[None, :, None]).pow(2).sum(-1).reshape(3, 4, 6)
+    assert torch.allclose(probs, F.softmax(-distance / 0.2, -1), atol=1e-5)
+    probs[..., 0].sum().backward()
+    assert q.embedding.grad is None and z.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="unknown soft-VQ similarity 'dot'"):
+        SoftVectorQuantizer(6, 4, similarity="dot")

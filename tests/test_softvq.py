@@ -206,11 +206,34 @@ def test_encoder_and_decoder_sizes_and_pretrained_encoder_init():
         ({"align": {"init": "none"}}, "tokenizer.align.init"),
         ({"align": {"init": "dinov2", "sise": "B"}}, "tokenizer.align.sise"),
         ({"align": {"init": "dinov3"}}, "tokenizer.align.init"),
+        ({"similarity": "dot"}, "tokenizer.similarity"),
     ],
 )
 def test_bad_options_raise_config_errors_naming_the_key(options, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         tiny_softvq(**options)
+
+
+def test_release_options_build_softvqs_timm_vits():
+    """SoftVQ's releases: no pre-norm, LayerNorm eps 1e-6, LayerScale (x + gamma * branch) in every block,
+    cosine soft VQ; unset, the model is built exactly as before (same weights for a seed)."""
+    model = tiny_softvq(ln_pre=False, norm_eps=1e-6, layer_scale=1e-5, similarity="cosine")
+    for vit in (model.encoder, model.decoder):
+        assert isinstance(vit.ln_pre, torch.nn.Identity) and vit.ln_post.eps == 1e-6
+        block = vit.transformer[0]
+        assert block.norm1.eps == 1e-6 and torch.equal(block.ls1.gamma, torch.full((64,), 1e-5))
+    assert model.quantizer.similarity == "cosine"
+    block, x = model.encoder.transformer[1], torch.randn(2, 5, 64)
+    block.ls1.gamma.data.uniform_(-1, 1)
+    block.ls2.gamma.data.uniform_(-1, 1)
+    h = x + block.ls1.gamma * block.attn(block.norm1(x))
+    assert torch.allclose(block(x), h + block.ls2.gamma * block.mlp(block.norm2(h)), atol=1e-6)
+    default, explicit = tiny_softvq(), tiny_softvq(ln_pre=True, norm_eps=1e-5, similarity="distance")
+    assert default.state_dict().keys() == explicit.state_dict().keys()
+    assert not any(".ls" in k for k in default.state_dict())
+    assert all(
+        torch.equal(a, b) for a, b in zip(default.state_dict().values(), explicit.state_dict().values(), strict=True)
+    )
 
 
 @pytest.mark.slow

@@ -12,6 +12,7 @@ from benchmark.config import TrainConfig
 from benchmark.data import build_dataset
 from benchmark.errors import ConfigError
 from benchmark.gan import PatchGANDiscriminator
+from benchmark.layers import unpatchify
 from benchmark.metrics import PSNR, EvalBatch
 from benchmark.registry import TOKENIZERS
 from benchmark.tokenizer_stages import tokenizer_step
@@ -130,11 +131,75 @@ def test_code_ids_and_any_token_count():
         ({"patch_size": 5}, "tokenizer.patch_size"),
         ({"entropy_weight": -1.0}, "tokenizer.entropy_weight"),
         ({"adversarial": {"kind": "mlp"}}, "tokenizer.adversarial.kind"),
+        ({"decoder_size": "XL"}, "tokenizer.decoder_size"),
+        ({"pixel_range": [1.0, 0.0]}, "tokenizer.pixel_range"),
+        ({"bottleneck": "fsq"}, "tokenizer.bottleneck"),
+        ({"legacy": True, "bottleneck": "kl"}, "tokenizer.legacy"),
+        ({"pixel_vqgan": {"ch": 32}}, "tokenizer.pixel_vqgan"),
+        ({"legacy": True, "pixel_vqgan": {"ch_mult": [1, 2]}}, "tokenizer.pixel_vqgan.ch_mult"),
     ],
 )
 def test_bad_config_names_its_key(opts, key):
     with pytest.raises(ConfigError, match=key):
         tiny_titok(**opts)
+
+
+def test_release_options_default_to_the_thesis_model():
+    """Unset, the release options build exactly the model they built before: same weights for a seed,
+    no new tensors, images mapped to [-1, 1]."""
+    default, explicit = tiny_titok(), tiny_titok(decoder_size="tiny", pixel_range=[-1.0, 1.0], bottleneck="vq")
+    assert default.state_dict().keys() == explicit.state_dict().keys()
+    assert all(
+        torch.equal(a, b) for a, b in zip(default.state_dict().values(), explicit.state_dict().values(), strict=True)
+    )
+    assert not any(k.startswith(("pixel_", "decoder.conv_out")) or ".ls" in k for k in default.state_dict())
+    x = torch.rand(2, 3, 16, 16)
+    assert torch.equal(default.encode(x), default.quantizer.indices(default.encoder(x * 2 - 1)))
+
+
+def test_release_options_pixel_range_decoder_size_and_conv_out():
+    """TiTok's releases see [0, 1] images as they are, decode with a larger ViT, end with a 3x3 RGB conv."""
+    model = tiny_titok(pixel_range=[0.0, 1.0], size="tiny", decoder_size="S", conv_out=True)
+    x = torch.rand(2, 3, 16, 16)
+    assert torch.equal(model.encode(x), model.quantizer.indices(model.encoder(x)))
+    assert model.decoder.embed.out_features == 512 and model.encoder.proj.in_features == 64
+    z = model.quantizer.lookup(model.encode(x))
+    pixels = model.decoder.conv_out(unpatchify(model.decoder.head(model.decoder.features(z)), 4, 4))
+    assert torch.allclose(model._decode_latents(z), pixels, atol=1e-6)
+    assert model.last_layer() is model.decoder.conv_out.weight
+
+
+def test_kl_bottleneck_tokens_are_the_posterior_mean():
+    """bottleneck: kl (TiTok-*-VAE): the encoder's first token_size channels are the mean, the rest the
+    log-variance; tokens are the mean (or a sample), the loss adds the weighted KL."""
+    model = tiny_titok(bottleneck="kl", token_size=6, kl_weight=0.5)
+    x = torch.rand(2, 3, 16, 16)
+    moments = model.encoder(x * 2 - 1)
+    assert moments.shape == (2, 8, 12) and model.quantizer is None
+    spec = model.token_spec
+    assert spec.kind == "continuous" and spec.shape == (8,) and spec.dim == 6
+    assert torch.equal(model.encode(x), moments[..., :6]) and model.encode_with_codes(x)[1] == {}
+    assert model.decode(model.encode(x)).shape == x.shape
+    out = model(x)
+    mean, logvar = moments[..., :6], moments[..., 6:].clamp(-30, 20)
+    kl = 0.5 * (mean.pow(2) + logvar.exp() - 1 - logvar).flatten(1).sum(1).mean()
+    assert set(out.losses) == {"recon", "kl"} and torch.allclose(out.losses["kl"], 0.5 * kl)
+    model.sample_posterior = True
+    assert not torch.equal(model.encode(x), moments[..., :6])
+
+
+def test_legacy_decoder_renders_code_logits_through_the_pixel_decoder():
+    """legacy: per patch, softmax over the pixel codebook's logits mixes its codes; the MaskGIT-VQGAN
+    decoder renders the mixture (one patch -> patch_size^2 pixels)."""
+    model = tiny_titok(legacy=True, pixel_vqgan={"size": "tiny", "ch_mult": [1, 1, 2], "codebook_size": 16})
+    x = torch.rand(2, 3, 16, 16)
+    ids = model.encode(x)
+    z = model.quantizer.lookup(ids)
+    probs = model.pixel_head(model.decoder.features(z)).softmax(-1)  # (2, 16 patches, 16 codes)
+    mixture = torch.einsum("bnk,kd->bdn", probs, model.pixel_codebook.weight).reshape(2, 32, 4, 4)
+    recon = (model.pixel_decoder(mixture) + 1) / 2
+    assert torch.allclose(model._decode_latents(z), recon, atol=1e-6)
+    assert not hasattr(model.decoder, "head") and model.last_layer() is model.pixel_decoder.conv_out.weight
 
 
 def test_adversarial_generator_and_discriminator_steps():

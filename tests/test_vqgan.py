@@ -136,11 +136,28 @@ def test_kl_bottleneck_has_continuous_tokens_and_a_weighted_kl_term():
         ({"recon_loss": "l3"}, "tokenizer.recon_loss"),
         ({"entropy_weight": -1.0}, "tokenizer.entropy_weight"),
         ({"adversarial": {"kind": "mlp"}}, "tokenizer.adversarial.kind"),
+        ({"ch": 0}, "tokenizer.ch"),
+        ({"ch_mult": []}, "tokenizer.ch_mult"),
+        ({"num_res_blocks": 0}, "tokenizer.num_res_blocks"),
     ],
 )
 def test_bad_config_names_its_key(opts, key):
     with pytest.raises(ConfigError, match=key):
         tiny_vqgan(**opts)
+
+
+def test_ddconfig_overrides_change_the_architecture_and_nothing_else():
+    """ch / ch_mult / num_res_blocks replace the preset's (a taming model.yaml's ddconfig); attention stays
+    at the lowest resolution; unset, the preset is built exactly as before (same weights for a seed)."""
+    model = tiny_vqgan(ch=32, ch_mult=[1, 2, 2, 4], num_res_blocks=2, vq_norms_first=True)
+    assert model.token_spec.shape == (4, 4) and model.encoder.conv_in.out_channels == 32
+    assert len(model.encoder.down) == 7 and len(model.encoder.down[6]) == 4  # 2 x (ResNet, attention)
+    assert len(model.decoder.up[0]) == 6 and len(model.decoder.up[2]) == 3  # num_res_blocks + 1 per level
+    assert model.quantizer.norms_first and not tiny_vqgan().quantizer.norms_first
+    preset, explicit = tiny_vqgan(), tiny_vqgan(ch=16, ch_mult=[1, 2, 2], num_res_blocks=1)
+    assert all(
+        torch.equal(a, b) for a, b in zip(preset.state_dict().values(), explicit.state_dict().values(), strict=True)
+    )
 
 
 def test_adversarial_generator_and_discriminator_steps():

@@ -228,10 +228,11 @@ class VQGAN(Tokenizer):
         ch = preset_ch if ch is None else ch
         ch_mult = preset_mult if ch_mult is None else tuple(ch_mult)
         num_res_blocks = preset_blocks if num_res_blocks is None else num_res_blocks
-        if ch < 1 or num_res_blocks < 1 or not ch_mult or min(ch_mult) < 1:
-            raise ConfigError(
-                f"tokenizer: ch {ch}, ch_mult {list(ch_mult)} and num_res_blocks {num_res_blocks} must be positive"
-            )
+        for name, value in (("ch", ch), ("num_res_blocks", num_res_blocks)):
+            if value < 1:
+                raise ConfigError(f"tokenizer.{name}: must be >= 1, got {value}")
+        if not ch_mult or min(ch_mult) < 1:
+            raise ConfigError(f"tokenizer.ch_mult: must be a non-empty list of positive ints, got {list(ch_mult)}")
         factor = 2 ** (len(ch_mult) - 1)
         if image_size % factor:
             raise ConfigError(
