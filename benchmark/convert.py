@@ -139,7 +139,7 @@ def parse_titok(config: Mapping[str, Any], where: str) -> dict[str, Any]:
     mode = vq.get("quantize_mode", "vq")
     legacy, finetune = bool(vq.get("is_legacy", True)), bool(vq.get("finetune_decoder", True))
     _require(mode in ("vq", "vae"), where, f"model.vq_model.quantize_mode '{mode}'")
-    _require(legacy == finetune, where, f"is_legacy {legacy} with finetune_decoder {finetune}")
+    _require(legacy == finetune, where, f"model.vq_model.is_legacy {legacy} with finetune_decoder {finetune}")
     _require(not legacy or mode == "vq", where, "a legacy two-stage model with a vae bottleneck")
     patch = _get(config, "model.vq_model.vit_enc_patch_size", where)
     _require(patch == _get(config, "model.vq_model.vit_dec_patch_size", where), where, "different patch sizes")
@@ -575,7 +575,7 @@ def read_release(format: str, src: Path, config: Path | None = None, weights: bo
     fmt = get_format(format)
     config_path, weights_path = locate(fmt, Path(src).expanduser(), config)
     official = read_config(config_path) if config_path is not None else None
-    where = str(config_path or weights_path)
+    where = f"{config_path or weights_path} (as a {format} release)"
     release = Release(format, where, official, fmt.parse(official, where))
     release.files = {"weights": weights_path, **({"config": config_path} if config_path else {})}
     if weights:
@@ -900,9 +900,10 @@ def resolve_source(format: str, src: str) -> Path:
         try:
             return Path(snapshot_download(src, local_files_only=True))
         except Exception:  # not cached (or no such repo)
+            known = next((name for name, info in RELEASES.items() if info.hub == src), None)
+            how = f"python -m benchmark.fetch_weights --release {known}" if known else f"huggingface-cli download {src}"
             raise WeightsError(
-                f"{src}: not a local path, and not in the Hugging Face cache",
-                f"download it on a machine online (`huggingface-cli download {src}`)",
+                f"{src}: not a local path, and not in the Hugging Face cache", f"fetch it on a machine online: `{how}`"
             ) from None
     raise CheckpointError(f"{src}: no such file or folder (nor a release name: {', '.join(RELEASES)})")
 
