@@ -38,6 +38,7 @@ from benchmark.weight_transfer import (
     new_source,
     put_affine,
 )
+from benchmark.weights import find_weights
 
 SIGLIP_MEAN = SIGLIP_STD = (0.5, 0.5, 0.5)
 FETCH_HINT = (
@@ -120,8 +121,7 @@ class PretrainedEncoder(ABC):
         return self._model
 
     def _load_weights(self) -> nn.Module:
-        if self.weights is not None and not Path(self.weights).expanduser().exists():
-            raise WeightsError(f"{self.describe()}: tokenizer.encoder.weights {self.weights} does not exist")
+        find_weights(self.describe(), self.weights, "tokenizer.encoder.weights")  # a local file must exist
         try:
             return self._load()
         except Tok1dError:
@@ -285,11 +285,19 @@ class TimmEncoder(PretrainedEncoder):
 
     def _hidden(self, x: Tensor, block: int, final_norm: bool) -> tuple[Tensor, Tensor | None]:
         model = self.model()
+        prefixed = model.num_prefix_tokens > 0  # timm returns (patches, prefix) pairs only when there are some
         out = model.forward_intermediates(
-            x, indices=[block], norm=final_norm, output_fmt="NLC", intermediates_only=True, return_prefix_tokens=True
+            x,
+            indices=[block],
+            norm=final_norm,
+            output_fmt="NLC",
+            intermediates_only=True,
+            return_prefix_tokens=prefixed,
         )[0]
+        if not prefixed:
+            return out, None
         patches, prefix = out
-        return patches, (prefix[:, 0] if model.cls_token is not None and prefix is not None else None)
+        return patches, (prefix[:, 0] if model.cls_token is not None else None)
 
 
 TINY_TEXT_TOWER = {"context_length": 8, "vocab_size": 64, "width": 32, "heads": 2, "layers": 1}

