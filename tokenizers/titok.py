@@ -48,6 +48,19 @@ BOTTLENECKS = ("vq", "kl")
 class TiTok(Tokenizer):
     """TiTok 1D tokenizer: ViT encoder with K latent tokens, VQ codebook, ViT decoder from mask tokens."""
 
+    tiny = {
+        "image_size": 32,
+        "size": "tiny",
+        "patch_size": 8,
+        "num_latent_tokens": 8,
+        "token_size": 8,
+        "codebook_size": 32,
+        "l2_norm": False,
+        "entropy_weight": 0.01,
+        "perceptual": {"weight": 1.0, "net": "alex", "weights": "random"},
+        "adversarial": {"kind": "patchgan", "start": 0, "width": 8, "num_layers": 1},
+    }
+
     def __init__(
         self,
         *,
