@@ -773,3 +773,26 @@ def test_fetch_weights_fetches_the_releases_a_study_evaluates(tmp_path, monkeypa
     assert "1 of 1 releases available" in capsys.readouterr().out
     model = TOKENIZERS.build("released", image_size=SIZE, release="vqgan-f16-1024")
     assert torch.equal(model.encode(images()), taming_official(state, config, images())[0])
+
+
+def test_released_options_change_how_the_release_is_used(tmp_path):
+    """``options`` reach the converted tokenizer (a TiTok VAE sampling its posterior, as TiTok's rFID
+    evaluation does) and its installed folder; options that would change its tensors are refused."""
+    kw = {"image_size": SIZE, "release": "titok-bl64-vae", "stand_in": True}
+    mean, sampled = (
+        TOKENIZERS.build("released", **kw),
+        TOKENIZERS.build("released", **kw, options={"sample_posterior": True}),
+    )
+    x = images()
+    torch.manual_seed(3)
+    tokens = sampled.encode(x)
+    posterior = sampled.model._posterior(x)
+    torch.manual_seed(3)
+    assert torch.allclose(tokens, posterior.mean + (0.5 * posterior.logvar).exp() * torch.randn_like(posterior.mean))
+    assert torch.equal(mean.encode(x), posterior.mean) and not torch.equal(tokens, posterior.mean)
+    convert.install_release(sampled, tmp_path, {"name": "procedural", "resolution": SIZE}, torch.device("cpu"))
+    assert json.loads((tmp_path / "tokenizer.json").read_text())["tokenizer"]["sample_posterior"] is True
+    with pytest.raises(ConfigError, match=r"tokenizer\.options\.sample_posteriors: not an option of the titok"):
+        TOKENIZERS.build("released", **kw, options={"sample_posteriors": True})
+    with pytest.raises(ConfigError, match="change the released model's tensors"):
+        TOKENIZERS.build("released", **kw, options={"conv_out": False})

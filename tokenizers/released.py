@@ -5,6 +5,7 @@
     tokenizer: {name: released, format: taming, source: logs/my_vqgan}          # any release of a format
     tokenizer: {name: released, checkpoint: runs/titok_l32}           # a folder benchmark.convert wrote
     tokenizer: {name: released, release: titok-l32, stand_in: true}   # smoke scale: random weights, offline
+    tokenizer: {name: released, release: titok-bl64-vae, options: {sample_posterior: true}}
 
 benchmark/convert.py reads the release (format, key map, strict load; exact parity with the official code)
 and this class wraps the converted model: encode / decode / the training forward are the wrapped
@@ -23,7 +24,9 @@ from torch import Tensor
 from benchmark.base import Tokenizer, TokenizerOutput
 from benchmark.checkpoints import build_tokenizer
 from benchmark.convert import open_release
-from benchmark.registry import register_tokenizer
+from benchmark.errors import ConfigError
+from benchmark.options import check_options
+from benchmark.registry import TOKENIZERS, register_tokenizer
 
 
 @register_tokenizer("released")
@@ -43,6 +46,7 @@ class Released(Tokenizer):
         checkpoint: str | None = None,
         stand_in: bool = False,
         seed: int = 0,
+        options: dict | None = None,
     ) -> None:
         """Name exactly one of ``checkpoint`` (a tokenizer folder written by ``python -m benchmark.convert``),
         ``release`` (a name of ``python -m benchmark.convert --list``; its files come from the caches that
@@ -50,8 +54,10 @@ class Released(Tokenizer):
         format of benchmark.convert) with ``source`` (a release folder or file, or a hub id). ``config``:
         the release's config when ``source`` is a bare weights file. ``stand_in``: instead of the
         release's weights, a random-weight checkpoint of its architecture at the data resolution (drawn
-        with ``seed``), for smoke runs. Built on the meta device (a dry run's cost estimate), only the
-        release's config is read."""
+        with ``seed``), for smoke runs. ``options``: options of the converted tokenizer that change how it
+        is used, not its weights (``{sample_posterior: true}``: a TiTok VAE's tokens drawn from the
+        posterior, as its official rFID evaluation reconstructs). Built on the meta device (a dry run's
+        cost estimate), only the release's config is read."""
         super().__init__()
         meta = torch.empty(0).is_meta
         self.folder_config, state, self.provenance = open_release(
@@ -65,9 +71,18 @@ class Released(Tokenizer):
             seed=seed,
             weights=not meta,
         )
+        if options:
+            inner = self.folder_config["tokenizer"]
+            check_options(
+                options, TOKENIZERS.params(inner["name"]), "tokenizer.options", f"the {inner['name']} tokenizer"
+            )
+            self.folder_config = {**self.folder_config, "tokenizer": {**inner, **options}}
         self.model = build_tokenizer(self.folder_config)
         if state is not None:
-            self.model.load_state_dict(state)
+            try:
+                self.model.load_state_dict(state)
+            except RuntimeError:
+                raise ConfigError(f"tokenizer.options {options}: they change the released model's tensors") from None
         self.token_spec = self.model.token_spec
 
     def encode(self, images: Tensor) -> Tensor:
