@@ -15,6 +15,10 @@ quantiser's entropy term with weight 0.01 (its ``entropy_loss_ratio``); no separ
 recipe adds ``perceptual: {weight: 1.0, net: vgg}``, ``align: {init: dinov2, size: B}`` with
 ``align_weight: 0.1`` (SoftVQ's REPA weight) and ``adversarial: {}`` (:data:`SOFTVQ_ADVERSARIAL`).
 Those need pretrained weights or cost a discriminator, so a study turns them on.
+
+SoftVQ-VAE's released models (loaded by benchmark/convert.py) compute q(k|z) = softmax_k(ẑ · ê_k / tau)
+on L2-normalised vectors (``similarity: cosine``) with timm DINOv2 ViTs: no pre-norm, LayerNorm eps 1e-6,
+LayerScale in every block (``ln_pre: false``, ``norm_eps: 1e-6``, ``layer_scale: 1e-5``).
 """
 
 from __future__ import annotations
