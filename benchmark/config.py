@@ -25,6 +25,10 @@ from benchmark.errors import ConfigError
 from benchmark.options import check_value, hint_name, nested, type_ok, unknown_key
 from benchmark.registry import DATASETS, GENERATORS, TOKENIZERS, Registry
 
+# Field metadata of options that only add diagnostics to a stage's outputs: at their default value they
+# are left out of the stage's hash (benchmark/study.py), so adding one does not invalidate stored runs.
+DIAGNOSTIC = {"hashed_at_default": False}
+
 
 @dataclass
 class TrainConfig:
@@ -33,6 +37,13 @@ class TrainConfig:
     ``ema_decay`` > 0 keeps an exponential moving average of the weights (with timm's warm-up
     min(decay, (1 + step) / (10 + step))) and saves it as the trained model. ``disc_lr`` is the
     discriminator's learning rate for adversarial tokenizers (default: ``lr``), on the same schedule.
+
+    Diagnostics of a tokenizer's training, recorded at checkpoint steps (the trained weights do not
+    depend on them, so at their defaults they are left out of the stage's hash): ``probe_images``
+    (0: off) fixed eval-split images whose per-code counts, latent vectors and codebook vectors are
+    stored at every checkpoint (codebook heatmaps and t-SNE, thesis Figs. 10 and 14); ``eval_every``
+    (0: off; a multiple of ``checkpoint_every``) evaluates the checkpoint on the first ``eval_images``
+    eval-split images with ``eval_metrics`` (metrics over training, SelfBootTok paper Fig. 5).
     """
 
     steps: int = 1000
@@ -50,6 +61,22 @@ class TrainConfig:
     precision: str = "bf16"
     ema_decay: float = 0.0
     disc_lr: float | None = None
+    probe_images: int = field(default=8, metadata=DIAGNOSTIC)
+    eval_every: int = field(default=0, metadata=DIAGNOSTIC)
+    eval_metrics: list[str] = field(default_factory=lambda: ["psnr", "ssim"], metadata=DIAGNOSTIC)
+    eval_images: int = field(default=64, metadata=DIAGNOSTIC)
+
+
+def check_train(section: Mapping[str, Any], where: str) -> None:
+    """Checks across the keys of a ``train`` / ``generator_train`` section."""
+    if section.get("probe_images", 0) < 0 or section.get("eval_images", 1) < 1:
+        raise ConfigError(f"{where}: probe_images must be >= 0 and eval_images >= 1")
+    every, checkpoint = section.get("eval_every", 0), section.get("checkpoint_every", 1)
+    if every < 0 or (every and every % checkpoint):
+        raise ConfigError(
+            f"{where}: eval_every ({every}) must be 0 (off) or a multiple of checkpoint_every ({checkpoint}): "
+            "checkpoints are evaluated"
+        )
 
 
 @dataclass
@@ -345,6 +372,9 @@ def validate(config: Mapping[str, Any], origin: Mapping[str, str]) -> None:
                 _check_sampler_options(config, item, where)
             if dotted in CHOICES and item not in CHOICES[dotted]:
                 raise ConfigError(f"{where}: {dotted} must be one of {', '.join(CHOICES[dotted])}, got {item!r}")
+        if SCHEMAS.get(top) is TrainConfig:
+            source = origin.get(f"{top}.eval_every") or origin.get(f"{top}.checkpoint_every", "config")
+            check_train(value, f"{source}: {top}")
 
 
 def resolve(config: dict[str, Any], where: str) -> dict[str, Any]:

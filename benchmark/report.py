@@ -1,20 +1,35 @@
-"""Reports: pandas tables (markdown + CSV) and matplotlib figures, built from the run store alone.
+"""Reports: tables (markdown + CSV), figures (benchmark/figures.py) and the source's claims
+(benchmark/claims.py), built from the run store alone, at any time (while stages still run too).
 
-A study's ``report`` section declares its tables (which result keys, under which headers, and the
-seed paper's own numbers to show beside ours) and figures (a config key on x, result keys on y).
-Cells whose stages failed or have not run appear with their status; they are never dropped.
+    python -m benchmark.report studies/<study>.yaml [--profile P] [--runs DIR] [--results DIR] [--seeds N] [k=v ...]
+    python -m benchmark.report --index [--results DIR]        # results/README.md: every study's results
+
+A study's ``report`` section declares its tables (which result keys, under which headers, and the source's
+own numbers beside ours, in its own digits; ``literature`` rows of the source's table as labelled
+reference rows), ``compute: true`` (training compute as run vs. one per cell) and its figures. A row run
+with several seeds shows mean ± std. Cells that failed or have not run appear with their status; they
+are never dropped. Every report ends with the claims of the source, judged on our numbers.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import argparse
+import datetime
+import math
+import subprocess
+import sys
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pandas as pd
+from benchmark import REPO_ROOT
+from benchmark.claims import MISSING, RowRef, Stat, Value, Verdict, fmt, fmt_stat, judge_all
+from benchmark.errors import Tok1dError
+from benchmark.store import RunStore, atomic_write, default_root, read_json, write_json
+from benchmark.study import Cell, Plan, build_plan, check_study_path, flat_config, sibling_plan
 
-from benchmark.store import RunStore, atomic_write
-from benchmark.study import Cell, Plan, flat_config
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 @dataclass
@@ -64,28 +79,196 @@ def cell_results(store: RunStore, cell: Cell) -> CellResults:
     return CellResults(cell, values, status)
 
 
-def build_table(results: list[CellResults], table: dict[str, Any]) -> pd.DataFrame:
-    """One declared table as a DataFrame: label, our columns, the paper's columns, status."""
+def number(value: Any) -> float | None:
+    """A finite number, or None (missing, text, NaN)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return None
+    return float(value)
+
+
+@dataclass
+class Row:
+    """One row of a study: its cells (one per seed), and the source's numbers for it."""
+
+    study: str
+    label: str
+    cells: list[CellResults]
+    reference: dict[str, float] = field(default_factory=dict)
+
+    def stat(self, key: str) -> Stat | None:
+        """``key`` over the row's seeds that have it."""
+        return Stat.of([v for c in self.cells if (v := number(c.values.get(key))) is not None])
+
+    def first(self, key: str) -> Any:
+        """The value of the first cell that has ``key`` (config values, text)."""
+        return next((c.values[key] for c in self.cells if c.values.get(key) is not None), None)
+
+    @property
+    def status(self) -> str:
+        if not self.cells:
+            return "not in this plan"
+        if len({c.status for c in self.cells}) == 1:  # one seed, or every seed alike
+            return self.cells[0].status
+        bad = [c for c in self.cells if c.status != "ok"]
+        ok = len(self.cells) - len(bad)
+        return f"{ok}/{len(self.cells)} seeds ok; " + "; ".join(
+            f"seed {c.cell.config['seed']}: {c.status}" for c in bad
+        )
+
+
+def reference_rows(spec: dict[str, Any]) -> tuple[str, dict[str, dict[str, float]]]:
+    """The label of a study's source ("thesis", "paper") and its numbers per row, over all tables."""
+    label, rows = "paper", {}
+    for table in (spec.get("report") or {}).get("tables") or []:
+        ref = table.get("reference") or {}
+        label = ref.get("label", label)
+        for row, values in (ref.get("rows") or {}).items():
+            rows.setdefault(str(row), {}).update(values)
+    return label, rows
+
+
+class Results:
+    """The rows of a study from the run store and, on demand, those of the sibling studies its figures
+    and claims draw on (under the same profile, overrides and seeds); each study is read once."""
+
+    def __init__(self, plan: Plan, store: RunStore) -> None:
+        self.plan, self.store = plan, store
+        self._rows: dict[str, dict[str, Row]] = {}
+        self._plans: dict[str, Plan] = {plan.study: plan}
+        self._compute: pd.DataFrame | None = None
+
+    def plan_of(self, study: str | None) -> Plan:
+        study = study or self.plan.study
+        if study not in self._plans:
+            self._plans[study] = sibling_plan(self.plan, study)
+        return self._plans[study]
+
+    def rows(self, study: str | None = None) -> dict[str, Row]:
+        """Row label -> row, in the study's order."""
+        plan = self.plan_of(study)
+        if plan.study not in self._rows:
+            _, refs = reference_rows(plan.spec)
+            rows: dict[str, Row] = {}
+            for cell in plan.cells:
+                row = rows.setdefault(cell.row, Row(plan.study, cell.row, [], refs.get(cell.row, {})))
+                if all(c.cell.stages != cell.stages for c in row.cells):  # cells that are one run count once
+                    row.cells.append(cell_results(self.store, cell))
+            self._rows[plan.study] = rows
+        return self._rows[plan.study]
+
+    def row(self, ref: RowRef) -> Row:
+        """A row; one the plan lacks (command-line overrides renamed it) is an empty row."""
+        rows = self.rows(ref.study)
+        return rows.get(ref.label) or Row(ref.study or self.plan.study, ref.label, [])
+
+    def source_label(self, study: str | None = None) -> str:
+        return reference_rows(self.plan_of(study).spec)[0]
+
+    def compute(self) -> pd.DataFrame:
+        if self._compute is None:
+            self._compute = compute_table(self.plan, self.store)
+        return self._compute
+
+    def value(self, ref: RowRef | None, metric: str) -> Value:
+        """A claim's value (benchmark.claims.Measure): a row's, or (``ref`` None) the study's compute."""
+        if ref is not None:
+            row = self.row(ref)
+            return Value(row.stat(metric), number(row.reference.get(metric)))
+        df = self.compute()
+        if df.empty:
+            return Value(None)
+        total = df.iloc[-1]
+        column = {"compute.as_run": "PFLOPs as run", "compute.per_cell": "PFLOPs, one per cell"}
+        return Value(Stat(float(total[column.get(metric, "saving (%)")])))
+
+
+# ---------------------------------------------------------------------------------------------
+# Tables
+
+
+def decimals(values: list[Any]) -> int:
+    """The decimals a column of the source's numbers is printed with (the most any of them has, so
+    that 40.40 next to 42.35 keeps its last zero)."""
+    found = [
+        len(repr(v).split(".")[1]) for v in values if isinstance(v, float) and "." in repr(v) and "e" not in repr(v)
+    ]
+    return max(found, default=0)
+
+
+def build_table(results: Results, table: dict[str, Any]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """One declared table, as numbers (for the CSV: means, and stds when rows have several seeds) and as
+    text (for the markdown: mean ± std, the source's numbers in their own digits). Each column of ours
+    that the source reports too is followed by the source's: ``rFID (ours) | rFID (thesis)``."""
+    import pandas as pd
+
     columns: dict[str, str] = table.get("columns") or {}
     ref = table.get("reference") or {}
     ref_label = ref.get("label", "paper")
     ref_cols: dict[str, str] = ref.get("columns") or {}
-    rows = []
-    for r in results:
-        row: dict[str, Any] = {table.get("row_label", "cell"): r.cell.label}
-        for key, header in columns.items():
-            row[f"{header} (ours)" if key in ref_cols else header] = r.values.get(key)
-        paper = (ref.get("rows") or {}).get(r.cell.label, {})
-        for key, header in ref_cols.items():
-            row[f"{header} ({ref_label})"] = paper.get(key)
-        row["status"] = r.status
-        rows.append(row)
-    return pd.DataFrame(rows)
+    seeds = results.plan.seeds > 1
+    rows = list(results.rows().values())
+    literature = ref.get("literature") or []
+    ref_values = {k: [r.reference.get(k) for r in rows] + [lit.get(k) for lit in literature] for k in ref_cols}
+    digits = {k: decimals(v) for k, v in ref_values.items()}
+
+    def source_text(key: str, value: Any) -> str:
+        return f"{value:.{digits[key]}f}" if number(value) is not None else ("-" if value is None else str(value))
+
+    order = [(key, "ours") for key in columns]
+    for key in ref_cols:
+        at = next((i for i, (k, _) in enumerate(order) if k == key), None)
+        order.insert(len(order) if at is None else at + 1, (key, "source"))
+
+    def header(key: str, who: str) -> str:
+        if who == "source":
+            return f"{ref_cols[key]} ({ref_label})"
+        return f"{columns[key]} (ours)" if key in ref_cols else columns[key]
+
+    label_col = table.get("row_label", "cell")
+    numbers, texts = [], []
+    for row in rows:
+        num: dict[str, Any] = {label_col: row.label}
+        text: dict[str, Any] = {label_col: row.label}
+        for key, who in order:
+            name = header(key, who)
+            if who == "source":
+                num[name], text[name] = row.reference.get(key), source_text(key, row.reference.get(key))
+                continue
+            stat = row.stat(key)
+            if stat is None:
+                num[name] = row.first(key)
+                text[name] = "-" if num[name] is None else str(num[name])
+            else:
+                num[name], text[name] = stat.mean, fmt_stat(stat)
+            if seeds:
+                num[f"{name} std"] = stat.std if stat else None
+        if seeds:
+            num["seeds"] = sum(c.status == "ok" for c in row.cells)
+            text["seeds"] = str(num["seeds"])
+        num["status"] = text["status"] = row.status
+        numbers.append(num)
+        texts.append(text)
+    for lit in literature:
+        num = {label_col: lit["label"]}
+        text = {label_col: f"{lit['label']} ({ref_label})"}
+        for key, who in order:
+            value = lit.get(key) if who == "source" else None
+            num[header(key, who)] = value
+            text[header(key, who)] = source_text(key, value) if who == "source" else ""
+        num["status"] = text["status"] = f"reference: {ref.get('literature_source', ref_label)}"
+        numbers.append(num)
+        texts.append(text)
+    numbers_df = pd.DataFrame(numbers)
+    if seeds:
+        numbers_df["seeds"] = numbers_df["seeds"].astype("Int64")
+    return numbers_df, pd.DataFrame(texts).fillna("")
 
 
 def compute_table(plan: Plan, store: RunStore) -> pd.DataFrame:
     """Training compute per stage kind: as run (each shared stage once: cells that share a tokenizer,
     a latent cache or a generator share its training) against every cell training its own."""
+    import pandas as pd
+
     rows = []
     for kind in ("train_tokenizer", "finetune_tokenizer", "train_generator"):
         shared, per_cell = 0.0, 0.0
@@ -111,6 +294,11 @@ def compute_table(plan: Plan, store: RunStore) -> pd.DataFrame:
     return df
 
 
+def markdown(df: pd.DataFrame) -> str:
+    """A table as markdown, its cells printed as they are (numbers already formatted)."""
+    return df.astype(str).to_markdown(index=False, disable_numparse=True)
+
+
 def failure_lines(plan: Plan, store: RunStore) -> list[str]:
     """Each failed stage of the study: its error, kind, log and the last lines of its stderr."""
     from benchmark.status import failure_details
@@ -123,10 +311,10 @@ def failure_lines(plan: Plan, store: RunStore) -> list[str]:
     return lines
 
 
-def protocol_lines(results: list[CellResults]) -> list[str]:
+def protocol_lines(results: Results) -> list[str]:
     """One line per cell and evaluation: what was measured, on what, and how (FID protocols in full)."""
     seen: list[str] = []
-    for r in results:
+    for r in (c for row in results.rows().values() for c in row.cells):
         for kind, protocol in r.values.get("_protocols", {}).items():
             if kind == "evaluate_tokenizer":
                 data = ", ".join(f"{k}={v}" for k, v in protocol.get("data", {}).items())
@@ -146,64 +334,121 @@ def protocol_lines(results: list[CellResults]) -> list[str]:
     return seen
 
 
-def draw_figure(plan: Plan, results: list[CellResults], fig: dict[str, Any], path: Path) -> None:
-    import matplotlib
+# ---------------------------------------------------------------------------------------------
+# Claims
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
-    ys = fig["y"] if isinstance(fig["y"], list) else [fig["y"]]
-    points = []
-    for r in results:
-        if (fig["x"] in r.cell.overrides and not r.cell.explicit) or fig.get("all_cells"):
-            # ``x_value``: plot against a measured value (e.g. a parameter count) instead of the axis
-            x = r.values.get(fig["x_value"]) if fig.get("x_value") else flat_config(r.cell.config).get(fig["x"])
-            if x is not None:
-                points.append((x, r.values))
-    figure, axes = plt.subplots(1, len(ys), figsize=(4.2 * len(ys), 3.4), squeeze=False)
-    for ax, y in zip(axes[0], ys):
-        pts = sorted((x, v[y]) for x, v in points if v.get(y) is not None)
-        if pts:
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=f"tok1d ({plan.profile})")
-        ax.set_xlabel(fig.get("xlabel", fig["x"]))
-        ax.set_ylabel(fig.get("labels", {}).get(y, y))
-        if fig.get("logx"):
-            ax.set_xscale("log", base=2)
-        ax.grid(alpha=0.3)
-        ax.legend()
-    figure.suptitle(fig.get("title", plan.study))
-    figure.tight_layout()
-    atomic_write(path, lambda tmp: figure.savefig(tmp, dpi=120, format="png"))
-    plt.close(figure)
+def claim_lines(plan: Plan, verdicts: list[Verdict]) -> list[str]:
+    """The report's last section: each claim of the source, the values behind it, and its verdict."""
+    import pandas as pd
+
+    lines = ["## Claims of the source", ""]
+    if not verdicts:
+        return lines + ["The study declares no claims.", ""]
+    counts = {v: sum(x.verdict == v for x in verdicts) for v in ("holds", "within noise", "does not hold")}
+    missing = len(verdicts) - sum(counts.values())
+    lines += [
+        f"{counts['holds']} of {len(verdicts)} claims hold on our numbers; {counts['within noise']} within "
+        f"noise, {counts['does not hold']} do not hold, {missing} not measured.",
+        "",
+    ]
+    if plan.seeds == 1:
+        lines += [
+            "One seed per row: the spread is not measured, so every difference counts (`--seeds N` runs "
+            "each cell with N seeds; a difference within the seeds' spread then reads *within noise*).",
+            "",
+        ]
+    label = reference_rows(plan.spec)[0]
+    table = pd.DataFrame(
+        [
+            {
+                "claim": v.text,
+                "where": v.claim.get("source", ""),
+                "ours": v.ours,
+                label: v.source,
+                "verdict (ours)": f"**{v.verdict}**",
+                f"on the {label}'s numbers": "not reported" if v.source_verdict == MISSING else v.source_verdict,
+            }
+            for v in verdicts
+        ]
+    )
+    lines += [markdown(table), ""]
+    quotes = [
+        f'- {v.text}: "{v.claim["says"]}" ({v.claim.get("source", label)})' for v in verdicts if v.claim.get("says")
+    ]
+    return lines + (["In the source's words:", "", *quotes, ""] if quotes else [])
+
+
+def claim_counts(verdicts: list[Verdict]) -> dict[str, int]:
+    out = {"total": len(verdicts)}
+    for verdict in ("holds", "within noise", "does not hold", "not measured"):
+        out[verdict] = sum(v.verdict == verdict for v in verdicts)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# The report
+
+
+def git_commit() -> str:
+    """The repository's commit (short hash, ``+dirty`` with uncommitted changes), or ``unknown``."""
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO_ROOT, capture_output=True, text=True
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return head + ("+dirty" if dirty else "")
+
+
+def results_date(plan: Plan, store: RunStore) -> str | None:
+    """When the newest finished stage of the study finished (its result record's time), ISO date."""
+    times = [
+        path.stat().st_mtime
+        for stage in plan.stages.values()
+        if (path := store.dir(stage.kind, stage.hash) / "result.json").is_file()
+    ]
+    return datetime.datetime.fromtimestamp(max(times)).isoformat(timespec="seconds") if times else None
 
 
 def write_report(plan: Plan, store: RunStore, out_dir: Path) -> list[Path]:
-    """Render every table and figure of the study into ``out_dir``; returns the files written."""
+    """Render every table, figure and claim of the study into ``out_dir``; returns the files written
+    (the markdown report first)."""
+    from benchmark.figures import render_figure
+
     out_dir.mkdir(parents=True, exist_ok=True)
     spec = plan.spec.get("report") or {}
     tables = spec.get("tables") or [{"name": "results", "columns": {}}]
-    results = [cell_results(store, cell) for cell in plan.cells]
+    results = Results(plan, store)
     written: list[Path] = []
     md = [f"# {plan.spec.get('title', plan.study)}", ""]
     if plan.spec.get("source"):
         md += [f"Reproduces: {plan.spec['source']}", ""]
     if plan.profile != "paper":
         md += [
-            f"**Profile `{plan.profile}`: these are {plan.profile}-scale numbers (tiny models, "
-            "built-in data), not comparable with the paper's; they prove the pipeline.**",
+            f"**Profile `{plan.profile}`: these are {plan.profile}-scale numbers (small models, "
+            "built-in data), not comparable with the source's; their directions are what the claims check.**",
             "",
         ]
+    if plan.seeds > 1:
+        md += [f"Each row ran with {plan.seeds} seeds: mean ± sample standard deviation over the seeds.", ""]
     for table in tables:
-        df = build_table(results, table)
+        numbers, texts = build_table(results, table)
         csv_path = out_dir / f"{table['name']}.csv"
-        atomic_write(csv_path, lambda tmp, df=df: df.to_csv(tmp, index=False))
+        atomic_write(csv_path, lambda tmp, df=numbers: df.to_csv(tmp, index=False))
         written.append(csv_path)
-        md += [f"## {table.get('title', table['name'])}", "", df.to_markdown(index=False, floatfmt=".4g"), ""]
+        md += [f"## {table.get('title', table['name'])}", "", markdown(texts), ""]
     if spec.get("compute"):
-        df = compute_table(plan, store)
+        df = results.compute()
         csv_path = out_dir / "compute.csv"
         atomic_write(csv_path, lambda tmp: df.to_csv(tmp, index=False))
         written.append(csv_path)
+        shown = df.copy()
+        for column in shown.columns[1:]:
+            shown[column] = shown[column].map(fmt)
         md += [
             "## Training compute",
             "",
@@ -211,7 +456,7 @@ def write_report(plan: Plan, store: RunStore, out_dir: Path) -> list[Path]:
             "seen, summed over the study's stages: as run, where cells share stages by hash, and if "
             "every cell trained its own.",
             "",
-            df.to_markdown(index=False, floatfmt=".4g"),
+            markdown(shown) if not df.empty else "(no training stage has finished)",
             "",
         ]
     failures = failure_lines(plan, store)
@@ -220,17 +465,147 @@ def write_report(plan: Plan, store: RunStore, out_dir: Path) -> list[Path]:
     protocol = protocol_lines(results)
     if protocol:
         md += ["## Protocol", "", *protocol, ""]
-    for fig in spec.get("figures") or []:
-        path = out_dir / f"{fig['name']}.png"
-        draw_figure(plan, results, fig, path)
-        written.append(path)
-        md += [f"![{fig.get('title', fig['name'])}]({path.name})", ""]
+    figures = spec.get("figures") or []
+    if figures:
+        md += ["## Figures", ""]
+    for fig in figures:
+        files, notes = render_figure(results, fig, out_dir)
+        written += files
+        md += [f"### {fig.get('title', fig['name'])}", ""]
+        md += [f"![{fig.get('title', fig['name'])}]({f.name})" for f in files if f.suffix == ".png"]
+        md += ["", *(f"- {note}" for note in notes), "", f"Data: [{fig['name']}.csv]({fig['name']}.csv)", ""]
+    verdicts = judge_all(plan, results.value, {k: v for t in tables for k, v in (t.get("columns") or {}).items()})
+    md += claim_lines(plan, verdicts)
     md_path = out_dir / "README.md"
     atomic_write(md_path, lambda tmp: tmp.write_text("\n".join(md)))
-    return [md_path, *written]
+    states = [c.status for row in results.rows().values() for c in row.cells]
+    record = {
+        "study": plan.study,
+        "title": plan.spec.get("title", plan.study),
+        "source": plan.spec.get("source", ""),
+        "profile": plan.profile,
+        "seeds": plan.seeds,
+        "overrides": plan.overrides,
+        "rendered": datetime.datetime.now().isoformat(timespec="seconds"),
+        "commit": git_commit(),
+        "results_date": results_date(plan, store),
+        "cells": {"total": len(states), "ok": states.count("ok"), "not run": states.count("not run")},
+        "claims": claim_counts(verdicts),
+        "files": [p.name for p in written],
+    }
+    write_json(out_dir / "report.json", record)
+    return [md_path, *written, out_dir / "report.json"]
 
 
 def results_dir(root: Path, plan: Plan) -> Path:
     """``results/<study>/`` at paper scale; other profiles under ``results/<study>/_<profile>/``."""
     base = root / plan.study
     return base if plan.profile == "paper" else base / f"_{plan.profile}"
+
+
+# ---------------------------------------------------------------------------------------------
+# The index of every study's results
+
+
+INDEX_EMPTY = ("results dated", "commit", "claims hold")
+
+
+def index_rows(studies: Path, results: Path) -> list[dict[str, str]]:
+    """One row per study and profile with results (its ``report.json``), one per study without any
+    (studies that are links to another are listed under the study they link to)."""
+    from benchmark.config import load_yaml
+
+    rows = []
+    for path in sorted(p for p in studies.glob("*.yaml") if not p.is_symlink()):
+        folder = results / path.stem
+        base = {"study": f"`{path.stem}`", "renders": load_yaml(path).get("title", path.stem)}
+        records = [read_json(p) for p in sorted(folder.glob("report.json")) + sorted(folder.glob("_*/report.json"))]
+        if not records:
+            rows.append({**base, "profile": "-", "status": "no results", **dict.fromkeys(INDEX_EMPTY, "-")})
+        for rec in records:
+            cells, claims = rec["cells"], rec["claims"]
+            other = cells["total"] - cells["ok"] - cells["not run"]
+            status = f"{cells['ok']}/{cells['total']} cells done" + "".join(
+                f", {n} {what}" for n, what in ((cells["not run"], "not run"), (other, "failed or running")) if n
+            )
+            where = f"{path.stem}/" + ("" if rec["profile"] == "paper" else f"_{rec['profile']}/") + "README.md"
+            seeds = f" ({rec['seeds']} seeds)" if rec["seeds"] > 1 else ""
+            noise = f" ({claims['within noise']} within noise)" if claims["within noise"] else ""
+            rows.append(
+                {
+                    **base,
+                    "profile": f"[{rec['profile']}]({where}){seeds}",
+                    "status": status,
+                    "results dated": (rec["results_date"] or "-").replace("T", " "),
+                    "commit": rec["commit"],
+                    "claims hold": f"{claims['holds']}/{claims['total']}{noise}",
+                }
+            )
+    return rows
+
+
+def write_index(studies: Path, results: Path) -> Path:
+    """``results/README.md``: every study, the table or figure it renders, and where its results stand."""
+    import pandas as pd
+
+    rows = index_rows(studies, results)
+    md = [
+        "# Results",
+        "",
+        "Generated by `python -m benchmark.report --index` from each study's `report.json` (written with "
+        "its report); do not edit by hand. A study's results are in `<study>/` (paper profile) or "
+        "`<study>/_<profile>/`; *results dated* is when the newest of its stages finished, *commit* the "
+        "code the report was rendered with.",
+        "",
+        markdown(pd.DataFrame(rows)),
+        "",
+    ]
+    path = results / "README.md"
+    atomic_write(path, lambda tmp: tmp.write_text("\n".join(md)))
+    return path
+
+
+def detect_seeds(path: str, profile: str, overrides: list[str], store: RunStore) -> int:
+    """How many seeds the run store holds for a study: N while some stage of seed index N - 1 exists."""
+    n = 1
+    while True:
+        plan = build_plan(path, profile, overrides, seeds=n + 1, check=False)
+        base = {c.row: c.config["seed"] for c in reversed(plan.cells)}
+        newest = [c for c in plan.cells if c.config["seed"] == base[c.row] + n]
+        if not any(store.dir(k, h).is_dir() for c in newest for k, h in c.stages.items()):
+            return n
+        n += 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmark.report", description=__doc__.split("\n\n")[0])
+    p.add_argument("study", nargs="?", help="a study YAML, e.g. studies/thesis_table2_token_count.yaml")
+    p.add_argument("overrides", nargs="*", help="the config overrides the study ran with, e.g. train.steps=100")
+    p.add_argument("--profile", default="paper", help="studies/profiles/<name>.yaml (default: paper)")
+    p.add_argument("--runs", help="run store folder (default: $TOK1D_RUNS or ./runs)")
+    p.add_argument("--results", default="results", help="results folder (default: ./results)")
+    p.add_argument("--seeds", type=int, help="seeds per cell (default: as many as the run store holds)")
+    p.add_argument("--index", action="store_true", help="write <results>/README.md, the index of every study")
+    args = p.parse_intermixed_args(argv)
+    try:
+        if args.study:
+            check_study_path(args.study)
+            from benchmark.slurm import SlurmQueue, available
+
+            store = RunStore(default_root(args.runs), probe=SlurmQueue() if available() else None)
+            seeds = args.seeds or detect_seeds(args.study, args.profile, args.overrides, store)
+            plan = build_plan(args.study, args.profile, args.overrides, seeds=seeds)
+            print(f"results: {write_report(plan, store, results_dir(Path(args.results), plan))[0]}")
+        if args.index:
+            study_dir = Path(args.study).parent if args.study else REPO_ROOT / "studies"
+            print(f"index: {write_index(study_dir, Path(args.results))}")
+        if not (args.study or args.index):
+            p.error("give a study, --index, or both")
+    except Tok1dError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,5 +1,11 @@
 """Tokenizer stages: train (with a pretrained encoder initialisation), finetune (SelfBootTok's stage
-2, Sec. 3.4) and evaluate (reconstruction metrics, benchmark/tokenizer_eval.py)."""
+2, Sec. 3.4) and evaluate (reconstruction metrics, benchmark/tokenizer_eval.py).
+
+A training stage leaves, besides its weights: ``losses.csv``; at every checkpoint ``samples/step_<s>.png``
+(originals over reconstructions of fixed training images), ``probe/step_<s>.npz`` (per-code counts, latent
+and codebook vectors on fixed eval images: ``train.probe_images``) and, every ``train.eval_every`` steps,
+``train_eval/step_<s>.json`` (``train.eval_metrics`` of that checkpoint).
+"""
 
 from __future__ import annotations
 
@@ -8,17 +14,21 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
+import torch.nn.functional as F
 from safetensors.torch import load_file
 from torch import Tensor
+from torch.utils.data import Dataset, Subset
 
 from benchmark.base import Tokenizer
 from benchmark.checkpoints import build_tokenizer, load_tokenizer, restore_architecture, save_tokenizer
 from benchmark.config import EvalConfig, TrainConfig
 from benchmark.errors import StageError
 from benchmark.image_grid import save_image_grid
+from benchmark.quantizers import SoftVectorQuantizer, VectorQuantizer
 from benchmark.stage_context import StageContext
-from benchmark.store import read_json, write_json
+from benchmark.store import atomic_write, read_json, write_json
 
 
 def initialize_pretrained(model: Tokenizer, ctx: StageContext) -> None:
@@ -66,6 +76,91 @@ def preview_saver(model: Tokenizer, images: Tensor, folder: Path) -> Callable[[i
     return save
 
 
+QUANTIZERS = (VectorQuantizer, SoftVectorQuantizer)
+
+
+@torch.no_grad()
+def codebook_probe(model: Tokenizer, images: Tensor) -> dict[str, np.ndarray]:
+    """What the codebook analyses (thesis Figs. 10 and 14) need of one checkpoint, on a fixed batch:
+    ``counts.<codebook>``, how often each code is used (the codes of ``encode_with_codes``, or a discrete
+    tokenizer's ids); and for each quantiser module, ``latents.<module>``, the vectors it receives in a
+    training forward pass (unit-normalised where it compares on the sphere), and ``codebook.<module>``,
+    its code vectors (one row per code)."""
+    tokens, codes = model.encode_with_codes(images)
+    sizes = model.codebook_sizes()
+    if not codes and model.token_spec.kind == "discrete":
+        codes, sizes = {"codes": tokens}, {"codes": model.token_spec.vocab_size}
+    arrays = {
+        f"counts.{name}": torch.bincount(ids.reshape(-1).cpu(), minlength=sizes[name]).numpy()
+        for name, ids in codes.items()
+    }
+    modules = {name: m for name, m in model.named_modules() if isinstance(m, QUANTIZERS)}
+    seen: dict[str, list[Tensor]] = {name: [] for name in modules}
+    hooks = [
+        m.register_forward_pre_hook(lambda _, args, name=name: seen[name].append(args[0].detach()))
+        for name, m in modules.items()
+    ]
+    try:
+        model(images)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    for name, m in modules.items():
+        if not seen[name]:
+            continue
+        latents = torch.cat([z.reshape(-1, z.shape[-1]) for z in seen[name]]).float()
+        vectors = m.codebook() if isinstance(m, VectorQuantizer) else m.codebooks().reshape(-1, latents.shape[-1])
+        arrays[f"latents.{name}"] = (F.normalize(latents, dim=-1) if m.l2_norm else latents).cpu().numpy()
+        arrays[f"codebook.{name}"] = vectors.float().cpu().numpy()
+    return arrays
+
+
+def checkpoint_recorder(
+    model: Tokenizer, folder: Path, preview: Tensor, eval_set: Dataset | None, train_cfg: TrainConfig
+) -> Callable[[int], None]:
+    """What the trainer calls at each checkpoint step (rank 0): the preview grid; the codebook probe on
+    the first ``probe_images`` images of ``eval_set`` (``probe/step_<step>.npz``); every ``eval_every``
+    steps, ``eval_metrics`` of the checkpoint's weights on its first ``eval_images`` images
+    (``train_eval/step_<step>.json``). The random state is left as it was: resumed and uninterrupted
+    training reach the same weights."""
+    from benchmark.metrics import compute_all
+    from benchmark.tokenizer_eval import reconstruction_metrics
+
+    save_preview = preview_saver(model, preview, folder)
+    n_probe = min(train_cfg.probe_images, len(eval_set)) if eval_set is not None else 0
+    probe = torch.stack([eval_set[i][0] for i in range(n_probe)]) if n_probe else None
+    evals = (
+        Subset(eval_set, range(min(train_cfg.eval_images, len(eval_set))))
+        if eval_set is not None and train_cfg.eval_every
+        else None
+    )
+    eval_cfg = EvalConfig(batch_size=64, metrics=train_cfg.eval_metrics)
+
+    def record(step: int) -> None:
+        save_preview(step)
+        device = next(model.parameters()).device
+        was_training = model.training
+        model.eval()
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            if probe is not None:
+                arrays = codebook_probe(model, probe.to(device))
+                atomic_write(folder / "probe" / f"step_{step:07d}.npz", lambda tmp: _save_npz(tmp, arrays))
+            if evals is not None and step % train_cfg.eval_every == 0:
+                metrics, _ = reconstruction_metrics(model, evals, eval_cfg, device)
+                write_json(
+                    folder / "train_eval" / f"step_{step:07d}.json",
+                    {"step": step, "num_images": len(evals), "metrics": compute_all(metrics)},
+                )
+        model.train(was_training)
+
+    return record
+
+
+def _save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    with open(path, "wb") as fh:  # a file object: np.savez would append ".npz" to a temporary name
+        np.savez(fh, **arrays)
+
+
 def _train(model: Tokenizer, ctx: StageContext, cfg: dict[str, Any], train_cfg: TrainConfig) -> dict[str, Any]:
     from benchmark.cost import tokenizer_cost, training_pflops
     from benchmark.data import build_dataset
@@ -73,6 +168,8 @@ def _train(model: Tokenizer, ctx: StageContext, cfg: dict[str, Any], train_cfg: 
 
     dataset = build_dataset(cfg["data"], "train")
     preview = torch.stack([dataset[i][0] for i in range(min(8, len(dataset)))])
+    diagnostics = train_cfg.probe_images or train_cfg.eval_every
+    eval_set = build_dataset(cfg["data"], "eval") if diagnostics and ctx.world.main else None
     t0 = time.perf_counter()
     terms, weights = fit(
         model,
@@ -86,7 +183,7 @@ def _train(model: Tokenizer, ctx: StageContext, cfg: dict[str, Any], train_cfg: 
         ctx.log,
         ctx.runtime.get("compile", False),
         adversary=getattr(model, "adversary", None),
-        on_checkpoint=preview_saver(model, preview, ctx.dir),
+        on_checkpoint=checkpoint_recorder(model, ctx.dir, preview, eval_set, train_cfg),
         find_unused_parameters=ctx.runtime.get("find_unused_parameters", False),
     )
     seconds = time.perf_counter() - t0
@@ -107,9 +204,14 @@ def _train(model: Tokenizer, ctx: StageContext, cfg: dict[str, Any], train_cfg: 
 
 
 def train_tokenizer(ctx: StageContext) -> dict[str, Any]:
+    """Train the cell's tokenizer (an official release, tokenizer ``released``, is installed instead)."""
     cfg = ctx.config
     torch.manual_seed(cfg["seed"])
     model = build_tokenizer(cfg)
+    if cfg["tokenizer"]["name"] == "released":  # converted from its release (tokenizers/released.py), not trained
+        from benchmark.convert import install_release
+
+        return install_release(model, ctx.dir, cfg["data"], ctx.device) if ctx.world.main else {}
     if getattr(model, "encoder_init", None):
         if (ctx.dir / "init_report.json").is_file():  # resuming: the checkpoint holds the weights
             restore_architecture(model, ctx.dir)

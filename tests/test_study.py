@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from benchmark.errors import ConfigError
-from benchmark.study import build_plan, expand_axes
+from benchmark.study import build_plan, expand_axes, hashed_config
 
 REPO_STUDY = "studies/thesis_table2_token_count.yaml"
 
@@ -139,3 +139,30 @@ def test_profile_errors(tmp_path):
         build_plan(REPO_STUDY, "smok")
     with pytest.raises(ConfigError, match="no such file"):
         build_plan(tmp_path / "missing.yaml", "smoke")
+
+
+def test_diagnostic_options_at_their_defaults_leave_stage_hashes_alone():
+    """Probes and evaluations during training do not change the trained weights: at their defaults they
+    are left out of the hash (runs stored before they existed stay valid); set, they are part of it."""
+    plan = build_plan(REPO_STUDY, "smoke")
+    train = plan.stages[plan.cells[0].stages["train_tokenizer"]]
+    assert train.config["train"]["probe_images"] == 8 and "probe_images" not in hashed_config(train.config)["train"]
+    assert set(build_plan(REPO_STUDY, "smoke", ["train.probe_images=8", "train.eval_every=0"]).stages) == set(
+        plan.stages
+    )
+    changed = build_plan(REPO_STUDY, "smoke", ["train.eval_every=200"])
+    assert {k for k, s in changed.stages.items() if k not in plan.stages and s.kind == "train_tokenizer"}
+    with pytest.raises(ConfigError, match=r"command line: train: eval_every \(150\) must be 0 \(off\) or a multiple"):
+        build_plan(REPO_STUDY, "smoke", ["train.eval_every=150"])
+
+
+def test_seeds_replicate_every_row_with_its_own_stages():
+    plan = build_plan(REPO_STUDY, "smoke", seeds=2, only="Big")
+    assert plan.rows == ["16", "32", "64", "128", "Big dataset"] and len(plan.cells) == 10
+    big = [c for c in plan.cells if c.row == "Big dataset"]
+    assert [c.label for c in big] == ["Big dataset [seed 0]", "Big dataset [seed 1]"] and all(c.selected for c in big)
+    assert len({c.stages["train_tokenizer"] for c in big}) == 2
+    single = build_plan(REPO_STUDY, "smoke")  # seed 0 of two seeds is the one-seed run: nothing runs twice
+    assert big[0].stages == single.cells[-1].stages
+    with pytest.raises(ConfigError, match="at least one seed"):
+        build_plan(REPO_STUDY, "smoke", seeds=0)

@@ -1,0 +1,443 @@
+"""Reports from the run store: tables (the source's digits beside ours, seeds as mean ± std, literature
+rows, rows not run), the claims of the source, the data behind every kind of figure, the report command
+and the results index. Stage records are written straight into a temporary run store (no training),
+except in the end-to-end test at the bottom."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from conftest import REPO, TINY, run_cli
+from safetensors.torch import load_file
+
+from benchmark.claims import judge_all
+from benchmark.errors import ConfigError
+from benchmark.figures import (
+    collect_bars,
+    collect_codebook_heatmap,
+    collect_line,
+    collect_losses,
+    collect_reconstructions,
+    collect_samples,
+    collect_training_curves,
+    collect_tsne,
+    draw_line,
+    pyplot,
+    read_png,
+    split_grid,
+)
+from benchmark.image_grid import save_image_grid
+from benchmark.report import Results, build_table, main, write_index, write_report
+from benchmark.store import RunStore, write_json
+from benchmark.study import build_plan
+
+STUDIES = sorted(p for p in (REPO / "studies").glob("*.yaml") if not p.is_symlink())
+
+STUDY = """
+title: Report study
+source: tests
+config:
+  tokenizer: {name: titok, size: tiny, patch_size: 4, codebook_size: 16, l2_norm: false}
+axes:
+  grid:
+    tokenizer.num_latent_tokens: [16, 32, 64, 128]
+cells:
+  - {label: Big dataset, set: {tokenizer.num_latent_tokens: 64, data.train_size: 128}}
+label: "{tokenizer.num_latent_tokens}"
+stages: [evaluate_tokenizer]
+report:
+  tables:
+    - name: t
+      row_label: K
+      columns: {psnr: PSNR, rfid: rFID, codebook_usage: CB usage (%)}
+      reference:
+        label: thesis
+        columns: {rfid: rFID, codebook_usage: CB usage (%)}
+        rows:
+          "16": {rfid: 156.98, codebook_usage: 42.35}
+          "32": {rfid: 149.67, codebook_usage: 52.03}
+          "64": {rfid: 111.89, codebook_usage: 40.40}
+          "128": {rfid: 81.41, codebook_usage: 75.95}
+        literature: [{label: VQGAN, rfid: 27.09}]
+  figures:
+    - {name: k, x: tokenizer.num_latent_tokens, y: [rfid, psnr], logx: true}
+claims:
+  - {metric: rfid, decreases_with: tokenizer.num_latent_tokens, source: "thesis, Table 2"}
+  - {metric: psnr, row: Big dataset, better_than: "64"}
+  - {metric: psnr, order: ["128", "16"]}
+  - {metric: rfid, ratio: ["128", "16"], about: 0.5, tolerance: 0.1}
+"""
+
+
+def finish(store: RunStore, plan, values: dict[str, dict[str, float]]) -> None:
+    """Record every stage of the cells named in ``values`` (cell label -> metrics) as finished."""
+    for cell in plan.cells:
+        if cell.label not in values:
+            continue
+        for kind, h in cell.stages.items():
+            store.dir(kind, h).mkdir(parents=True, exist_ok=True)
+            store.finish(kind, h, {"metrics": values[cell.label]} if kind == "evaluate_tokenizer" else {})
+
+
+@pytest.fixture
+def study(write_study) -> Path:
+    return write_study(STUDY, name="report_study.yaml")
+
+
+def table_of(results: Results) -> tuple[pd.DataFrame, pd.DataFrame]:
+    return build_table(results, results.plan.spec["report"]["tables"][0])
+
+
+def test_table_keeps_the_sources_digits_beside_ours_and_rows_not_run(study, tmp_path):
+    plan = build_plan(study, "smoke")
+    store = RunStore(tmp_path / "runs")
+    finish(store, plan, {"16": {"psnr": 12.345678, "rfid": 300.0, "codebook_usage": 25.0}})
+    numbers, texts = table_of(Results(plan, store))
+    assert list(texts.columns) == [
+        "K",
+        "PSNR",
+        "rFID (ours)",
+        "rFID (thesis)",
+        "CB usage (%) (ours)",
+        "CB usage (%) (thesis)",
+        "status",
+    ]
+    first = texts.iloc[0]
+    assert (first["PSNR"], first["rFID (thesis)"], first["CB usage (%) (thesis)"]) == ("12.35", "156.98", "42.35")
+    assert texts.iloc[2]["CB usage (%) (thesis)"] == "40.40"  # the column's two decimals, not 40.4
+    assert texts["status"].tolist() == ["ok", "not run", "not run", "not run", "not run", "reference: thesis"]
+    assert texts.iloc[-1]["K"] == "VQGAN (thesis)" and texts.iloc[-1]["rFID (thesis)"] == "27.09"
+    assert numbers.iloc[0]["rFID (thesis)"] == 156.98 and pd.isna(numbers.iloc[1]["PSNR"])
+
+
+def test_seeds_give_mean_and_std_and_distinct_stages(study, tmp_path):
+    plan = build_plan(study, "smoke", seeds=3)
+    assert len(plan.cells) == 15 and plan.rows == ["16", "32", "64", "128", "Big dataset"]
+    assert [c.label for c in plan.cells[:3]] == ["16 [seed 0]", "16 [seed 1]", "16 [seed 2]"]
+    trains = {c.stages["train_tokenizer"] for c in plan.cells if c.row == "16"}
+    assert len(trains) == 3  # one training per seed
+    store = RunStore(tmp_path / "runs")
+    finish(store, plan, {f"16 [seed {s}]": {"psnr": 10.0 + s, "rfid": 1.0, "codebook_usage": 1.0} for s in range(3)})
+    finish(store, plan, {"32 [seed 0]": {"psnr": 20.0, "rfid": 1.0, "codebook_usage": 1.0}})
+    numbers, texts = table_of(Results(plan, store))
+    assert numbers.iloc[0]["PSNR"] == pytest.approx(11.0) and numbers.iloc[0]["PSNR std"] == pytest.approx(1.0)
+    assert texts.iloc[0]["PSNR"] == "11.0 ± 1.0" and numbers["seeds"].tolist()[:2] == [3, 1]
+    assert texts.iloc[1]["status"].startswith("1/3 seeds ok; seed 1: not run")
+    # the report command finds the seeds the store holds
+    assert main([str(study), "--profile", "smoke", "--runs", str(tmp_path / "runs"), "--results", str(tmp_path)]) == 0
+    assert "Each row ran with 3 seeds" in (tmp_path / "report_study" / "_smoke" / "README.md").read_text()
+
+
+def test_seed_axis_groups_cells_into_rows(write_study):
+    plan = build_plan(
+        write_study("config: {tokenizer: {name: titok}}\naxes: {grid: {seed: [3, 5], tokenizer.codebook_size: [8]}}"),
+        "smoke",
+    )
+    assert plan.rows == ["tokenizer.codebook_size=8"]
+    assert [c.label for c in plan.cells] == ["tokenizer.codebook_size=8 [seed 3]", "tokenizer.codebook_size=8 [seed 5]"]
+
+
+def judged(plan, store) -> dict[str, tuple[str, str]]:
+    results = Results(plan, store)
+    return {v.text: (v.verdict, v.source_verdict) for v in judge_all(plan, results.value, {})}
+
+
+def test_claims_hold_fail_or_read_within_noise(study, tmp_path):
+    store = RunStore(tmp_path / "runs")
+    plan = build_plan(study, "smoke")
+    falling = {"16": 300.0, "32": 250.0, "64": 260.0, "128": 140.0}  # one step up: does not hold
+    finish(store, plan, {k: {"rfid": v, "psnr": 20.0, "codebook_usage": 1.0} for k, v in falling.items()})
+    finish(store, plan, {"Big dataset": {"rfid": 1.0, "psnr": 21.0, "codebook_usage": 1.0}})
+    verdicts = judged(plan, store)
+    assert verdicts["rfid falls as tokenizer.num_latent_tokens grows"] == ("does not hold", "holds")
+    assert verdicts["psnr: Big dataset better than 64 (higher is better)"] == ("holds", "not measured")
+    assert verdicts["psnr: 128 better than 16 (higher is better)"][0] == "within noise"  # a tie
+    assert verdicts["rfid of 128 / 16 is about 0.5 (± 0.1)"] == ("holds", "holds")  # 140 / 300; 81.41 / 156.98
+
+    # Three seeds: 250 -> 260 now lies within the spread of the seeds.
+    store = RunStore(tmp_path / "runs3")
+    plan = build_plan(study, "smoke", seeds=3)
+    values = {}
+    for k, v in falling.items():
+        for s, noise in enumerate((-15.0, 0.0, 15.0)):
+            values[f"{k} [seed {s}]"] = {"rfid": v + noise, "psnr": 20.0 + s, "codebook_usage": 1.0}
+    finish(store, plan, values)
+    verdicts = judged(plan, store)
+    assert verdicts["rfid falls as tokenizer.num_latent_tokens grows"][0] == "within noise"
+    assert verdicts["psnr: Big dataset better than 64 (higher is better)"][0] == "not measured"
+
+
+@pytest.mark.parametrize("path", STUDIES, ids=lambda p: p.stem)
+def test_every_claim_holds_on_the_sources_own_numbers(path, tmp_path):
+    """The claims say what the sources say: judged on the tables' reference numbers, each one holds (or
+    the source gives no number for it)."""
+    plan = build_plan(path, "smoke")
+    verdicts = judged(plan, RunStore(tmp_path / "empty"))
+    assert all(ours == "not measured" for ours, _ in verdicts.values())
+    assert {source for _, source in verdicts.values()} <= {"holds", "not measured"}
+    assert not plan.spec.get("claims") or "holds" in {source for _, source in verdicts.values()}
+
+
+@pytest.mark.parametrize(
+    "claim, error",
+    [
+        ("{metric: fid, decreases_with: tokenizer.num_latent_tokens}", r"claims\[0\]: unknown metric 'fid'"),
+        ("{metric: rfid, decreases_with: tokenizer.size}", r"unknown axis 'tokenizer.size'.*num_latent_tokens"),
+        ("{metric: psnr, row: Huge, better_than: '64'}", r"unknown row 'Huge' of study report_study"),
+        ("{metric: psnr, order: ['16', '32'], row: '16', better_than: '32'}", "exactly one of"),
+        ("{metric: rfid, row: '16', better_than: {study: report_study, row: '7'}}", r"unknown row '7'"),
+        ("{metric: rfid, row: '16', better_than: {study: nowhere, row: '7'}}", r"no study 'nowhere'"),
+        ("{metric: codebook_usage, order: ['16', '32']}", "say whether lower or higher codebook_usage is better"),
+        ("{metric: psnr, order: ['16']}", "at least two rows"),
+        ("{metric: psnr, better_than: '16', row: '32', typo: 1}", r"unknown keys \['typo'\]"),
+    ],
+)
+def test_bad_claims_are_one_error_naming_the_study_file(study, claim, error):
+    text = study.read_text().split("claims:")[0] + f"claims:\n  - {claim}\n"
+    study.write_text(text)
+    with pytest.raises(ConfigError, match=r"report_study\.yaml: claims\[0\]") as info:
+        build_plan(study, "smoke")
+    assert info.match(error)
+
+
+@pytest.mark.parametrize(
+    "figure, error",
+    [
+        ("{name: f, kind: pie}", "unknown kind 'pie'"),
+        ("{name: f, kind: losses}", r"missing \['terms'\]"),
+        ("{name: f, kind: tsne, rows: [Huge]}", "unknown row 'Huge'"),
+        ("{name: f, kind: bars, y: rfid, series: [{label: a, study: report_study, rows: ['9']}]}", "unknown row '9'"),
+    ],
+)
+def test_bad_figures_are_one_error_naming_the_study_file(study, figure, error):
+    text = study.read_text().replace("    - {name: k, x:", f"    - {figure}\n    - {{name: k, x:")
+    study.write_text(text)
+    with pytest.raises(ConfigError, match=r"report_study\.yaml: report\.figures\[0\] \(f\)") as info:
+        build_plan(study, "smoke")
+    assert info.match(error)
+
+
+# ---------------------------------------------------------------------------------------------
+# The data behind each kind of figure
+
+
+def test_line_figure_draws_the_sources_numbers_on_real_value_ticks(study, tmp_path):
+    plan = build_plan(study, "smoke", seeds=2)
+    store = RunStore(tmp_path / "runs")
+    finish(store, plan, {f"{k} [seed {s}]": {"rfid": k + s, "psnr": 1.0} for k in (16, 32, 64, 128) for s in (0, 1)})
+    fig = plan.spec["report"]["figures"][0]
+    data = collect_line(Results(plan, store), fig)
+    ours = data.table[(data.table["metric"] == "rfid") & (data.table["series"] == "ours (smoke)")]
+    assert ours["x"].tolist() == [16, 32, 64, 128] and ours["mean"].tolist() == [16.5, 32.5, 64.5, 128.5]
+    assert ours["std"].round(4).tolist() == [0.7071] * 4 and (ours["n"] == 2).all()
+    thesis = data.table[data.table["series"] == "thesis"]
+    assert thesis["mean"].tolist() == [156.98, 149.67, 111.89, 81.41]  # no Big dataset: not on the axis
+    figure = draw_line(data, fig, pyplot())
+    axis = figure.axes[0].xaxis
+    assert [t.get_text() for t in axis.get_ticklabels()] == ["16", "32", "64", "128"]
+    assert axis.get_scale() == "log" and list(axis.get_ticklocs()) == [16, 32, 64, 128]
+
+
+def test_bar_figure_combines_studies_and_puts_the_source_beside_ours(write_study, tmp_path):
+    scratch = build_plan(write_study(STUDY, name="report_study.yaml"), "smoke")
+    bars = """
+        figures:
+          - name: b
+            kind: bars
+            y: rfid
+            categories: ["16", "64"]
+            series:
+              - {label: scratch, study: report_study, rows: ["16", "64"]}
+              - {label: init, rows: ["16", "64"]}
+    """
+    init = STUDY.replace("codebook_size: 16", "codebook_size: 32").split("  figures:")[0]  # other stages
+    init += textwrap.indent(textwrap.dedent(bars), "  ")
+    plan = build_plan(write_study(init, name="init_study.yaml"), "smoke")
+    store = RunStore(tmp_path / "runs")
+    finish(store, plan, {"16": {"rfid": 5.0}, "64": {"rfid": 3.0}})
+    finish(store, scratch, {"16": {"rfid": 9.0}})
+    data = collect_bars(Results(plan, store), plan.spec["report"]["figures"][0])
+    rows = data.table.set_index(["series", "category", "who"])["mean"].to_dict()
+    assert rows[("init", "16", "ours")] == 5.0 and rows[("init", "64", "ours")] == 3.0
+    assert rows[("scratch", "16", "ours")] == 9.0 and ("scratch", "64", "ours") not in rows  # not run
+    assert rows[("scratch", "16", "thesis")] == 156.98 and rows[("init", "64", "thesis")] == 111.89
+
+
+def eval_dirs(plan, store, label):
+    cell = next(c for c in plan.cells if c.label == label)
+    return {kind: store.dir(kind, h) for kind, h in cell.stages.items()}
+
+
+def test_reconstruction_grid_shows_originals_once_above_each_rows_reconstructions(study, tmp_path):
+    plan = build_plan(study, "smoke")
+    store = RunStore(tmp_path / "runs")
+    gen = torch.Generator().manual_seed(0)
+    originals = torch.rand(4, 3, 8, 8, generator=gen)
+    for label in ("16", "32"):
+        recons = torch.rand(4, 3, 8, 8, generator=gen)
+        folder = eval_dirs(plan, store, label)["evaluate_tokenizer"]
+        save_image_grid(torch.cat([originals, recons]), folder / "reconstructions.png", nrow=4)
+        tiles = split_grid(read_png(folder / "reconstructions.png"), 2)
+        expected = (torch.cat([originals, recons]).permute(0, 2, 3, 1) * 255).add(0.5).clamp(0, 255).byte().numpy()
+        assert len(tiles) == 8 and all(np.array_equal(t, e) for t, e in zip(tiles, expected))
+    data = collect_reconstructions(Results(plan, store), {"name": "r", "kind": "reconstructions", "images": 3})
+    assert data.table.drop_duplicates("panel")["label"].tolist() == ["original", "16", "32"]
+    assert data.table.groupby("panel").size().tolist() == [3, 3, 3]
+    assert len(data.notes) == 3 and "64: no stored reconstructions (not run)" in data.notes
+
+
+def test_sample_grid_reads_the_stored_images_with_their_classes(tmp_path, write_study):
+    plan = build_plan(
+        write_study("config: {tokenizer: {name: titok}, generator: {name: maskgit}}\nstages: [evaluate_generator]"),
+        "smoke",
+    )
+    store = RunStore(tmp_path / "runs")
+    folder = eval_dirs(plan, store, "base")["sample"]
+    folder.mkdir(parents=True)
+    images = np.arange(5 * 4 * 4 * 3, dtype=np.uint8).reshape(5, 4, 4, 3)
+    np.save(folder / "images.npy", images)
+    np.save(folder / "labels.npy", np.array([0, 1, 2, 0, 1]))
+    data = collect_samples(Results(plan, store), {"name": "s", "kind": "samples", "images": 4})
+    assert data.table["cls"].tolist() == [0, 1, 2, 0] and np.array_equal(data.images[("0", 3)], images[3])
+
+
+def write_training(folder: Path, steps: list[int], seed: int, codes: int = 16, tokens: int = 6) -> None:
+    """A training stage's diagnostics as the stage writes them: losses, probes, checkpoint evaluations."""
+    folder.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame({"step": steps, "lr": 0.1, "loss": 1.0, "recon": [1.0 / s + seed for s in steps]}).to_csv(
+        folder / "losses.csv", index=False
+    )
+    rng = np.random.default_rng(seed)
+    for s in steps:
+        ids = rng.integers(0, codes, size=(2, tokens))
+        arrays = {
+            "counts.codes": np.bincount(ids.ravel(), minlength=codes),
+            "latents.quantizer": rng.normal(size=(2 * tokens, 4)).astype(np.float32),
+            "codebook.quantizer": rng.normal(size=(codes, 4)).astype(np.float32),
+        }
+        (folder / "probe").mkdir(exist_ok=True)
+        np.savez(folder / "probe" / f"step_{s:07d}.npz", **arrays)
+        write_json(folder / "train_eval" / f"step_{s:07d}.json", {"step": s, "metrics": {"psnr": s / 10 + seed}})
+
+
+def test_training_figures_read_losses_probes_and_evaluations_over_seeds(study, tmp_path):
+    plan = build_plan(study, "smoke", seeds=2)
+    store = RunStore(tmp_path / "runs")
+    for seed in (0, 1):
+        write_training(eval_dirs(plan, store, f"16 [seed {seed}]")["train_tokenizer"], [10, 20, 30], seed)
+    results = Results(plan, store)
+    losses = collect_losses(results, {"name": "l", "terms": ["recon", "perceptual"], "rows": ["16", "32"]})
+    assert len(losses.table) == 6 and set(losses.table["seed"]) == {0, 1}
+    assert "16: no 'perceptual' in losses.csv (its terms: loss, recon)" in losses.notes
+    assert "32: no loss log yet (not run)" in losses.notes
+
+    heat = collect_codebook_heatmap(results, {"name": "h", "rows": ["16"]})
+    assert heat.table.groupby("step")["count"].sum().tolist() == [12, 12, 12]  # 2 probe images x 6 tokens
+    assert heat.table.groupby("step").size().tolist() == [16] * 3  # every code, used or not
+
+    tsne = collect_tsne(results, {"name": "t", "rows": ["16"], "steps": 2})
+    assert sorted(set(tsne.table["step"])) == [10, 30]
+    per_step = tsne.table[tsne.table["step"] == 10]["what"].value_counts().to_dict()
+    assert per_step == {"code": 16, "latent": 12}  # one row per code, one per latent vector
+    assert np.isfinite(tsne.table[["x", "y"]].to_numpy()).all()
+
+    curves = collect_training_curves(results, {"name": "c", "y": ["psnr"], "rows": ["16", "32"]})
+    assert curves.table.groupby("step")["value"].mean().tolist() == [1.5, 2.5, 3.5]
+    assert any(note.startswith("32: no evaluations during training stored") for note in curves.notes)
+
+
+def test_finetuned_cells_continue_their_training_series(write_study, tmp_path):
+    plan = build_plan(
+        write_study("""
+            config:
+              tokenizer: {name: selfboottok, size: tiny, patch_size: 4, num_latent_tokens: 4, token_size: 4,
+                          local2d_size: tiny, encoder: null, align_global: null, align_local: null}
+              finetune: {tokenizer: {stage: 2}, train: {steps: 5}}
+        """),
+        "smoke",
+    )
+    store = RunStore(tmp_path / "runs")
+    dirs = eval_dirs(plan, store, "base")
+    write_training(dirs["train_tokenizer"], [10, 30], 0)
+    write_training(dirs["finetune_tokenizer"], [5], 0)
+    data = collect_training_curves(Results(plan, store), {"name": "c", "y": ["psnr"]})
+    first = plan.cells[0].config["train"]["steps"]  # the second stage starts after the first
+    assert data.table["step"].tolist() == [10, 30, first + 5]
+
+
+# ---------------------------------------------------------------------------------------------
+# The report command and the index
+
+
+def test_report_command_rerenders_from_the_store_and_the_index_lists_every_study(study, tmp_path):
+    plan = build_plan(study, "smoke")
+    store = RunStore(tmp_path / "runs")
+    done = ("16", "32", "64", "128")
+    finish(store, plan, {k: {"rfid": 400.0 - int(k), "psnr": 10.0, "codebook_usage": 5.0} for k in done})
+    files = write_report(plan, store, tmp_path / "results" / "report_study" / "_smoke")
+    md = files[0].read_text()
+    assert md.splitlines()[0] == "# Report study" and "## Claims of the source" in md
+    assert md.index("## Claims of the source") > md.index("## Figures")  # the report ends with the claims
+    assert any(
+        "rFID falls as tokenizer.num_latent_tokens grows" in x and "thesis, Table 2" in x for x in md.splitlines()
+    )
+    record = json.loads((files[0].parent / "report.json").read_text())
+    assert record["cells"] == {"total": 5, "ok": 4, "not run": 1}
+    counts = {k: record["claims"][k] for k in ("holds", "within noise", "does not hold", "not measured")}
+    assert counts == {"holds": 1, "within noise": 1, "does not hold": 1, "not measured": 1}  # ratio 272 / 384
+
+    index = write_index(study.parent, tmp_path / "results").read_text()
+    line = next(x for x in index.splitlines() if "report_study" in x)
+    assert "[smoke](report_study/_smoke/README.md)" in line and "4/5 cells done, 1 not run" in line
+    assert "1/4 (1 within noise)" in line
+
+
+@pytest.mark.slow
+def test_study_records_training_diagnostics_and_reports_them(tmp_path, write_study):
+    """End to end on the tiny smoke scale: probes at every checkpoint whose counts sum to the probe batch's
+    tokens, evaluations during training, two seeds, and the report drawn from them."""
+    study = write_study(
+        STUDY.split("report:")[0]
+        .replace("[16, 32, 64, 128]", "[4, 8]")
+        .replace("cells:\n  - {label: Big dataset, set: {tokenizer.num_latent_tokens: 64, data.train_size: 128}}\n", "")
+        + """report:
+  tables: [{name: t, row_label: K, columns: {psnr: PSNR, codebook_usage: CB usage}}]
+  figures:
+    - {name: heat, kind: codebook_heatmap}
+    - {name: tsne, kind: tsne, rows: ["8"], steps: 2}
+    - {name: curves, kind: training_curves, y: [psnr]}
+    - {name: recon, kind: reconstructions, images: 4}
+claims:
+  - {metric: psnr, increases_with: tokenizer.num_latent_tokens}
+""",
+        name="e2e.yaml",
+    )
+    extra = ["train.eval_every=8", "train.probe_images=3", "eval.metrics=[psnr,ssim,codebook_usage]", "--seeds", "2"]
+    assert run_cli(study, tmp_path, *extra) == 0
+    out = tmp_path / "results" / "e2e" / "_smoke"
+    heat = pd.read_csv(out / "heat.csv", dtype={"row": str})
+    assert sorted(set(heat["step"])) == [8, 16, 24]
+    sums = heat.groupby(["row", "step"])["count"].sum()
+    assert (sums.xs("4") == 3 * 4).all() and (sums.xs("8") == 3 * 8).all()  # probe images x tokens
+    tsne = pd.read_csv(out / "tsne.csv")
+    assert tsne[tsne["step"] == 8]["what"].value_counts().to_dict() == {"code": 16, "latent": 3 * 8}
+    curves = pd.read_csv(out / "curves.csv")
+    assert sorted(set(curves["step"])) == [8, 16, 24] and sorted(set(curves["seed"])) == [0, 1]
+    md = (out / "README.md").read_text()
+    assert "Each row ran with 2 seeds" in md and "PSNR rises as tokenizer.num_latent_tokens grows" in md
+    assert (out / "recon.png").stat().st_size > 1000
+
+    # The probes and evaluations leave training alone: without them, the same seed reaches the same weights.
+    assert run_cli(study, tmp_path, "train.probe_images=0", "--only", "4") == 0
+    with_probes = build_plan(study, "smoke", [*TINY, *extra[:3]], seeds=2).cells[0]
+    without = build_plan(study, "smoke", [*TINY, "train.probe_images=0"]).cells[0]
+    folders = [tmp_path / "runs" / "train_tokenizer" / c.stages["train_tokenizer"] for c in (with_probes, without)]
+    assert (folders[0] / "probe").is_dir() and not (folders[1] / "probe").exists()
+    a, b = (load_file(f / "model.safetensors") for f in folders)
+    assert all(torch.equal(a[k], b[k]) for k in a)
