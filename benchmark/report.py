@@ -507,9 +507,6 @@ def results_dir(root: Path, plan: Plan) -> Path:
 # The index of every study's results
 
 
-INDEX_EMPTY = ("results dated", "commit", "claims hold")
-
-
 def index_rows(studies: Path, results: Path) -> list[dict[str, str]]:
     """One row per study and profile with results (its ``report.json``), one per study without any
     (studies that are links to another are listed under the study they link to)."""
@@ -517,11 +514,14 @@ def index_rows(studies: Path, results: Path) -> list[dict[str, str]]:
 
     rows = []
     for path in sorted(p for p in studies.glob("*.yaml") if not p.is_symlink()):
-        folder = results / path.stem
-        base = {"study": f"`{path.stem}`", "renders": load_yaml(path).get("title", path.stem)}
+        spec, folder = load_yaml(path), results / path.stem
+        report = spec.get("report") or {}
+        shows = f"{len(report.get('tables') or [])} table(s), {len(report.get('figures') or [])} figure(s)"
+        base = {"study": f"`{path.stem}`", "renders": f"{spec.get('title', path.stem)} ({shows})"}
         records = [read_json(p) for p in sorted(folder.glob("report.json")) + sorted(folder.glob("_*/report.json"))]
         if not records:
-            rows.append({**base, "profile": "-", "status": "no results", **dict.fromkeys(INDEX_EMPTY, "-")})
+            empty = {"profile": "-", "status": "no results", "results dated": "-", "commit": "-"}
+            rows.append({**base, **empty, "claims hold": f"-/{len(spec.get('claims') or [])}"})
         for rec in records:
             cells, claims = rec["cells"], rec["claims"]
             other = cells["total"] - cells["ok"] - cells["not run"]

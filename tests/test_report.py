@@ -33,9 +33,11 @@ from benchmark.figures import (
     split_grid,
 )
 from benchmark.image_grid import save_image_grid
+from benchmark.registry import TOKENIZERS
 from benchmark.report import Results, build_table, main, write_index, write_report
 from benchmark.store import RunStore, write_json
 from benchmark.study import build_plan
+from benchmark.tokenizer_stages import codebook_probe
 
 STUDIES = sorted(p for p in (REPO / "studies").glob("*.yaml") if not p.is_symlink())
 
@@ -369,6 +371,36 @@ def test_finetuned_cells_continue_their_training_series(write_study, tmp_path):
     data = collect_training_curves(Results(plan, store), {"name": "c", "y": ["psnr"]})
     first = plan.cells[0].config["train"]["steps"]  # the second stage starts after the first
     assert data.table["step"].tolist() == [10, 30, first + 5]
+
+
+@pytest.mark.parametrize("name", TOKENIZERS.names())
+def test_codebook_probe_of_every_tokenizer(name):
+    """The probe a training stage stores at each checkpoint, for every registered tokenizer (its ``tiny``
+    options): per-code counts summing to the probe batch's tokens of that codebook, one codebook row per
+    code and one latent row per quantised vector, the random state untouched."""
+    cls = TOKENIZERS.get(name).obj
+    torch.manual_seed(0)
+    model = cls(**cls.tiny).eval()
+    images = torch.rand(3, 3, cls.tiny["image_size"], cls.tiny["image_size"])
+    state = torch.get_rng_state()
+    with torch.random.fork_rng(devices=[]):
+        arrays = codebook_probe(model, images)
+    assert torch.equal(state, torch.get_rng_state())
+    _, codes = model.encode_with_codes(images)
+    if not codes and model.token_spec.kind == "discrete":
+        codes = {"codes": model.encode(images)}
+    for key, ids in codes.items():
+        counts = arrays[f"counts.{key}"]
+        assert counts.sum() == ids.numel() and np.array_equal(
+            counts, np.bincount(ids.reshape(-1), minlength=len(counts))
+        )
+    modules = {k.split(".", 1)[1] for k in arrays if k.startswith("codebook.")}
+    assert modules == {k.split(".", 1)[1] for k in arrays if k.startswith("latents.")}
+    for module in modules:
+        quantizer = model.get_submodule(module)
+        size = quantizer.codebook_size * getattr(quantizer, "num_codebooks", 1)
+        assert arrays[f"codebook.{module}"].shape[0] == size
+        assert arrays[f"latents.{module}"].shape[1] == arrays[f"codebook.{module}"].shape[1]
 
 
 # ---------------------------------------------------------------------------------------------
