@@ -93,6 +93,8 @@ def check_figures(plan: Plan, other_rows: Callable[[str], list[str]] | None) -> 
                 f"{where} ({fig['name']}): {kind} needs {sorted(required)} and takes {sorted(optional | COMMON)}; "
                 f"missing {sorted(missing)}, unknown {sorted(unknown)}"
             )
+        if fig.get("series") and isinstance(fig["y"], list):
+            raise ConfigError(f"{where} ({fig['name']}): bars with series show one metric: y: <metric>")
         refs = figure_rows(fig) + [
             RowRef(r.label, r.study or s.get("study")) for s in fig.get("series") or [] for r in row_list(s["rows"])
         ]
@@ -177,7 +179,7 @@ def bar_series(results: Results, fig: dict[str, Any]) -> tuple[list[str], list[t
             )
             for s in fig["series"]
         ]
-        return [str(c) for c in fig.get("categories") or series[0][2]], series
+        return [str(c) for c in fig.get("categories") or [r.label for r in series[0][2]]], series
     rows = selected_rows(results, fig)
     return [display(r, results) for r in rows], [("ours", y, rows) for y in as_list(fig["y"])]
 
