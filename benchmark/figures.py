@@ -53,6 +53,7 @@ class FigureData:
 
 
 COMMON = {"name", "kind", "title", "rows"}
+TRAINING_STAGES = ("train_tokenizer", "finetune_tokenizer", "train_generator")
 KINDS: dict[str, tuple[set[str], set[str]]] = {  # kind -> (required keys, optional keys)
     "line": ({"x", "y"}, {"x_value", "xlabel", "logx", "labels", "all_cells"}),
     "bars": ({"y"}, {"categories", "series", "labels", "logy"}),
@@ -93,6 +94,11 @@ def check_figures(plan: Plan, other_rows: Callable[[str], list[str]] | None) -> 
                 f"{where} ({fig['name']}): {kind} needs {sorted(required)} and takes {sorted(optional | COMMON)}; "
                 f"missing {sorted(missing)}, unknown {sorted(unknown)}"
             )
+        steps = fig.get("steps", "last")
+        if not (steps == "last" or isinstance(steps, int) or (isinstance(steps, list) and steps)):
+            raise ConfigError(f"{where} ({fig['name']}): steps must be last, a number of steps or a list of steps")
+        if fig.get("stage", "train_tokenizer") not in TRAINING_STAGES:
+            raise ConfigError(f"{where} ({fig['name']}): stage must be one of {', '.join(TRAINING_STAGES)}")
         if fig.get("series") and isinstance(fig["y"], list):
             raise ConfigError(f"{where} ({fig['name']}): bars with series show one metric: y: <metric>")
         refs = figure_rows(fig) + [
