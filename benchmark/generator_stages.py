@@ -1,15 +1,23 @@
 """Generator stages: cache the training split's latents once, train a generator on them, sample images
-with balanced labels (decoded by the cell's final tokenizer) and evaluate them (gFID / IS)."""
+with balanced labels (decoded by the cell's final tokenizer) and evaluate them (gFID / IS).
+
+Caching and sampling run under the inference precision (bf16 autocast on CUDA, TF32 for what stays
+float32: benchmark/precision.py), recorded with their results; with ``runtime.compile`` sampling runs
+the generator's network compiled (``nn.Module.compile``: each sampler step calls it with the same shapes,
+while the sampler's own loop, with its Python step times, stays eager).
+"""
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from benchmark.base import Generator
 from benchmark.checkpoints import build_generator, load_generator, load_tokenizer, save_weights
 from benchmark.config import EvalConfig, SampleConfig, TrainConfig
 from benchmark.image_grid import save_image_grid
@@ -32,8 +40,26 @@ def cache_latents(ctx: StageContext) -> dict[str, Any]:
         "num_items": meta["num_items"],
         "num_classes": meta["num_classes"],
         "token_spec": meta["token_spec"],
+        "precision": meta["precision"],
         "cache_seconds": time.perf_counter() - t0,
     }
+
+
+def generator_step(model: Generator) -> Callable:
+    """The trainer's step for a generator on batches (tokens, labels[, images]): its loss terms; with a
+    REPA teacher the loss gets the teacher's patch features of the images (with REG also its class token)."""
+    teacher = getattr(model, "repa_teacher", None)
+    reg = bool(getattr(model, "reg", False))
+
+    def step(batch: tuple[Tensor, ...], i: int) -> tuple[dict[str, Tensor], None]:
+        if teacher is None:
+            return model.loss(batch[0], batch[1]), None
+        if reg:  # REG: the teacher's class token of each image, from the same pass as its patch features
+            features, cls = teacher.teacher_features(batch[2], class_token=True)
+            return model.loss(batch[0], batch[1], features=features, class_token=cls), None
+        return model.loss(batch[0], batch[1], features=teacher.teacher_features(batch[2])), None
+
+    return step
 
 
 def train_generator(ctx: StageContext) -> dict[str, Any]:
@@ -45,26 +71,15 @@ def train_generator(ctx: StageContext) -> dict[str, Any]:
     torch.manual_seed(cfg["seed"])
     data = LatentDataset(ctx.input_dir("cache_latents"))
     model = build_generator(cfg, data.spec, data.num_classes)
-    teacher = getattr(model, "repa_teacher", None)
-    if teacher is not None:  # REPA: the teacher sees the images the cached tokens came from
+    if getattr(model, "repa_teacher", None) is not None:  # REPA: the teacher sees the images the tokens came from
         from benchmark.data import build_dataset
 
         data = LatentDataset(ctx.input_dir("cache_latents"), build_dataset(data.meta["data"], "train"))
 
-    reg = bool(getattr(model, "reg", False))
-
-    def step(batch: tuple[Tensor, ...], i: int) -> tuple[dict[str, Tensor], None]:
-        if teacher is None:
-            return model.loss(batch[0], batch[1]), None
-        if reg:  # REG: the teacher's class token of each image, from the same pass as its patch features
-            features, cls = teacher.teacher_features(batch[2], class_token=True)
-            return model.loss(batch[0], batch[1], features=features, class_token=cls), None
-        return model.loss(batch[0], batch[1], features=teacher.teacher_features(batch[2])), None
-
     t0 = time.perf_counter()
     terms, weights = fit(
         model,
-        step,
+        generator_step(model),
         data,
         TrainConfig(**cfg["generator_train"]),
         cfg["seed"],
@@ -103,6 +118,7 @@ def sample(ctx: StageContext) -> dict[str, Any]:
     from benchmark import distributed
     from benchmark.cost import gflops
     from benchmark.latents import LatentDataset, unflat_tokens
+    from benchmark.precision import InferencePrecision
 
     cfg = SampleConfig(**ctx.config["sample"])
     trained = read_json(ctx.input_dir("train_generator") / "stage.json")
@@ -110,6 +126,10 @@ def sample(ctx: StageContext) -> dict[str, Any]:
     stats = latents.stats()
     generator = load_generator(ctx.input_dir("train_generator"), latents.spec, latents.num_classes, ctx.device)
     tokenizer = load_tokenizer(ctx.tokenizer_dir(), ctx.device)
+    precision = InferencePrecision(ctx.device)
+    compiled = bool(ctx.runtime.get("compile", False))
+    if compiled:
+        generator.compile()
     labels = balanced_labels(cfg.num_images, latents.num_classes)
     res = read_json(ctx.tokenizer_dir() / "tokenizer.json")["data"]["resolution"]
     tmp = ctx.dir / "images.tmp.npy"
@@ -124,8 +144,9 @@ def sample(ctx: StageContext) -> dict[str, Any]:
         start = starts[b]
         y = labels[start : start + cfg.batch_size].to(ctx.device)
         rng = torch.Generator(device=ctx.device).manual_seed(cfg.seed * 1_000_003 + b)
-        seq = generator.sample(y, cfg_scale=cfg.cfg_scale, steps=cfg.steps, generator=rng, **cfg.options)
-        out = tokenizer.decode(unflat_tokens(stats.denormalize(seq), latents.spec))
+        with precision():
+            seq = generator.sample(y, cfg_scale=cfg.cfg_scale, steps=cfg.steps, generator=rng, **cfg.options)
+            out = tokenizer.decode(unflat_tokens(stats.denormalize(seq), latents.spec))
         images[start : start + len(y)] = (
             (out.float().clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).cpu().numpy()
         )
@@ -140,6 +161,8 @@ def sample(ctx: StageContext) -> dict[str, Any]:
     np.save(ctx.dir / "labels.npy", labels.numpy())
     save_image_grid(first, ctx.dir / "samples.png", nrow=8)
     one = labels[:1].to(ctx.device)
+    if compiled:  # the FLOP counter needs the eager network
+        generator = load_generator(ctx.input_dir("train_generator"), latents.spec, latents.num_classes, ctx.device)
     sample_gflops = gflops(
         lambda: generator.sample(
             one,
@@ -163,6 +186,8 @@ def sample(ctx: StageContext) -> dict[str, Any]:
             "steps": cfg.steps,
             "sampler": cfg.options,
             "generator": trained["config"]["generator"],
+            "precision": precision.describe(),
+            "compiled": compiled,
         },
     }
 

@@ -2,12 +2,14 @@
 
     runs/cache_latents/<hash>/tokens.npy   (N, T) int64 ids, or (N, T, C) float32 normalised latents
                               labels.npy   (N,) int64 class labels
-                              latents.json token spec, count, classes, per-token mean / std
+                              latents.json token spec, count, classes, per-token mean / std, precision
 
 Both arrays are memory-mapped (``numpy.load(mmap_mode="r")``), so every generator run on the same
 tokenizer reads them without loading the set into memory. Only the ``TokenSpec.num_generated``
 leading tokens are kept (SelfBootTok's encoder already returns only its global tokens). Continuous
-latents are normalised per token position and channel: x' = (x - mean[t, c]) / std[t, c].
+latents are normalised per token position and channel: x' = (x - mean[t, c]) / std[t, c]. The
+tokenizer encodes under the inference precision (bf16 autocast on CUDA, benchmark/precision.py), recorded
+in ``latents.json``; latents are stored as float32 whatever the autocast dtype.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from benchmark.base import Tokenizer, TokenSpec
+from benchmark.precision import InferencePrecision
 from benchmark.store import write_json
 
 EPS = 1e-6
@@ -69,9 +72,11 @@ def write_cache(
     batch_size: int = 64,
     num_workers: int = 0,
     data: dict | None = None,
+    precision: str = "bf16",
 ) -> dict:
     """Encode ``dataset`` once into ``folder`` (memory-mapped arrays written in place, then renamed);
-    ``data`` (its config) is recorded so that item i's image can be found again (REPA teachers)."""
+    ``data`` (its config) is recorded so that item i's image can be found again (REPA teachers).
+    ``precision``: of the encoder (benchmark/precision.py)."""
     spec = tokenizer.token_spec
     n = len(dataset)  # type: ignore[arg-type]
     shape = (n, spec.num_generated) if spec.kind == "discrete" else (n, spec.num_generated, spec.dim)
@@ -80,11 +85,16 @@ def write_cache(
     tmp_tokens, tmp_labels = folder / "tokens.tmp.npy", folder / "labels.tmp.npy"
     tokens = np.lib.format.open_memmap(tmp_tokens, mode="w+", dtype=dtype, shape=shape)
     labels = np.lib.format.open_memmap(tmp_labels, mode="w+", dtype=np.int64, shape=(n,))
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
+    loader = DataLoader(
+        dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers, pin_memory=device.type == "cuda"
+    )
+    inference = InferencePrecision(device, precision)
     total = total_sq = 0.0  # float64 running sums for the per-token statistics of continuous latents
     i = 0
     for images, y in loader:
-        seq = flat_tokens(tokenizer.encode(images.to(device)), spec).cpu()
+        with inference():
+            encoded = tokenizer.encode(images.to(device, non_blocking=True))
+        seq = flat_tokens(encoded if spec.kind == "discrete" else encoded.float(), spec).cpu()
         tokens[i : i + len(seq)] = seq.numpy().astype(dtype)
         labels[i : i + len(seq)] = y.numpy()
         i += len(seq)
@@ -95,6 +105,7 @@ def write_cache(
         "num_items": n,
         "data": data,
         "num_classes": int(getattr(dataset, "num_classes", int(labels.max()) + 1)),
+        "precision": inference.describe(),
     }
     if spec.kind == "continuous":  # normalised in place, one chunk at a time: the set need not fit in memory
         mean = total / n

@@ -1,8 +1,10 @@
 """Streaming evaluation metrics: reconstruction quality (PSNR, SSIM) and codebook statistics.
 
 A metric sees the evaluation set one ``EvalBatch`` at a time through ``update`` and reports named
-values from ``compute``. Running sums are kept as float64 (or int64) on the CPU, so a result does
-not depend on how the set was split into batches. Register a new metric with
+values from ``compute``. Batches stay on the evaluation device: per-image scores are computed there in
+float32 (no autocast, no TF32: :func:`benchmark.precision.exact_float32`) and summed into float64 (or
+int64) running totals on that device, read back once by ``compute``, so evaluation streams without a
+host sync per batch and a result does not depend on how the set was split into batches. Register a new metric with
 ``@register_metric("name")``; the first line of its docstring is its description in
 ``python -m benchmark.list``.
 """
@@ -20,14 +22,15 @@ from torch import Tensor
 
 from benchmark.base import TokenSpec
 from benchmark.errors import ConfigError
+from benchmark.precision import exact_float32
 from benchmark.registry import METRICS, register_metric
 
 
 @dataclass(frozen=True)
 class EvalBatch:
-    """One evaluation batch.
+    """One evaluation batch, its tensors on the evaluation device.
 
-    ``images`` and ``recons`` are (B, 3, H, W) in [0, 1]; ``tokens`` is what the tokenizer's
+    ``images`` and ``recons`` are float (B, 3, H, W) in [0, 1]; ``tokens`` is what the tokenizer's
     ``encode`` returned: int64 ids (B, *token_spec.shape) for a discrete spec, floats
     (B, *token_spec.shape, dim) for a continuous one; ``labels`` are the (B,) class labels.
     ``codes`` are the hard code ids per codebook of tokenizers that have ``code_ids`` (soft-VQ and
@@ -66,13 +69,14 @@ class Metric(ABC):
 
 
 class PerImageMean(Metric):
-    """The mean over images of a per-image score, summed in float64 on the CPU."""
+    """The mean over images of a per-image score: scores in float32 (or the inputs' wider float type) on
+    the batch's device, summed there in float64 (on the CPU for MPS, which has no float64)."""
 
     key: str
 
     def __init__(self, token_spec: TokenSpec) -> None:
         super().__init__(token_spec)
-        self._total = 0.0
+        self._total: Tensor | None = None
         self._count = 0
 
     @abstractmethod
@@ -87,14 +91,19 @@ class PerImageMean(Metric):
                 f"metric {self._name()}: images {tuple(images.shape)} and reconstructions "
                 f"{tuple(recons.shape)} must have the same (B, C, H, W) shape"
             )
-        scores = self.per_image(images.clamp(0, 1), recons.clamp(0, 1))
-        self._total += scores.detach().to("cpu", torch.float64).sum().item()
+        dtype = torch.promote_types(torch.promote_types(images.dtype, recons.dtype), torch.float32)
+        with exact_float32(images.device):
+            scores = self.per_image(images.to(dtype).clamp(0, 1), recons.to(dtype).clamp(0, 1)).detach()
+        if scores.device.type == "mps":
+            scores = scores.cpu()
+        total = scores.to(torch.float64).sum()
+        self._total = total if self._total is None else self._total + total
         self._count += scores.numel()
 
     def compute(self) -> dict[str, float]:
-        if self._count == 0:
+        if self._total is None or self._count == 0:
             raise RuntimeError(f"metric {self._name()}: compute() called before any update()")
-        return {self.key: self._total / self._count}
+        return {self.key: self._total.item() / self._count}
 
 
 @register_metric("psnr")
@@ -106,8 +115,7 @@ class PSNR(PerImageMean):
 
     def per_image(self, images: Tensor, recons: Tensor) -> Tensor:
         """PSNR = 10 log10(MAX^2 / MSE) with MAX = 1 and MSE over all pixels and channels."""
-        diff = images.to(torch.float64) - recons.to(torch.float64)
-        mse = diff.square().mean(dim=(1, 2, 3)).clamp_min(self.min_mse)
+        mse = (images - recons).square().mean(dim=(1, 2, 3)).clamp_min(self.min_mse)
         return 10.0 * torch.log10(1.0 / mse)
 
 
@@ -127,11 +135,15 @@ class SSIM(PerImageMean):
         x = torch.arange(-self.radius, self.radius + 1, dtype=torch.float64)
         window = torch.exp(-(x**2) / (2 * self.sigma**2))
         self._window = window / window.sum()
+        self._on_device: dict[tuple[torch.device, torch.dtype], Tensor] = {}  # one copy per device: no sync per batch
 
     def _blur(self, x: Tensor) -> Tensor:
         """Separable Gaussian filter per channel, 'valid' region only (no padding)."""
         c = x.shape[1]
-        w = self._window.to(device=x.device, dtype=x.dtype)
+        key = (x.device, x.dtype)
+        if key not in self._on_device:
+            self._on_device[key] = self._window.to(device=x.device, dtype=x.dtype)
+        w = self._on_device[key]
         x = F.conv2d(x, w.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
         return F.conv2d(x, w.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
 
@@ -144,8 +156,7 @@ class SSIM(PerImageMean):
         size = 2 * self.radius + 1
         if min(images.shape[-2:]) < size:
             raise ValueError(f"metric ssim needs images of at least {size}x{size}, got {tuple(images.shape[-2:])}")
-        dtype = torch.promote_types(images.dtype, torch.float32)
-        x, y = images.to(dtype), recons.to(dtype)
+        x, y = images, recons
         mu_x, mu_y = self._blur(x), self._blur(y)
         var_x = self._blur(x * x) - mu_x**2
         var_y = self._blur(y * y) - mu_y**2
@@ -161,21 +172,39 @@ class CodebookUsage(Metric):
 
     A discrete tokenizer's ids are its one codebook; tokenizers with codebooks report every
     codebook (``codebook_usage_<name>``, ...), and the plain ``codebook_usage`` is that of the first.
-    Usage counts per code are kept (:meth:`histogram`) for the codebook analyses.
+    Usage counts per code are kept (:meth:`histogram`) for the codebook analyses. Counts and the range
+    of the ids seen stay on the batches' device; ids outside a codebook are reported by ``compute`` and
+    ``histogram`` (checking them in ``update`` would wait for the device every batch).
     """
 
     def __init__(self, token_spec: TokenSpec) -> None:
         super().__init__(token_spec)
         self._counts: dict[str, Tensor] = {}
+        self._spans: dict[str, Tensor] = {}  # (min id, max id) seen, per codebook
 
     def _add(self, name: str, ids: Tensor, size: int) -> None:
-        ids = ids.detach().reshape(-1).to("cpu", torch.int64)
-        if ids.numel() and (ids.min() < 0 or ids.max() >= size):
-            raise ValueError(
-                f"metric codebook_usage: {name} ids span [{ids.min().item()}, {ids.max().item()}], outside [0, {size})"
+        ids = ids.detach().reshape(-1).long()
+        counts = self._counts.setdefault(name, torch.zeros(size, dtype=torch.int64, device=ids.device))
+        if not ids.numel():
+            return
+        span = torch.stack([ids.min(), ids.max()])
+        if name in self._spans:
+            span = torch.stack(
+                [torch.minimum(self._spans[name][0], span[0]), torch.maximum(self._spans[name][1], span[1])]
             )
-        counts = self._counts.setdefault(name, torch.zeros(size, dtype=torch.int64))
-        counts += torch.bincount(ids, minlength=size)
+        self._spans[name] = span
+        counts.index_add_(0, ids.clamp(0, size - 1), ((ids >= 0) & (ids < size)).long())
+
+    def _checked(self) -> dict[str, Tensor]:
+        """The counts (on the CPU), after checking that every id seen lies inside its codebook."""
+        counts = {name: c.cpu() for name, c in self._counts.items()}
+        for name, span in self._spans.items():
+            low, high = span.tolist()
+            if low < 0 or high >= len(counts[name]):
+                raise ValueError(
+                    f"metric codebook_usage: {name} ids span [{low}, {high}], outside [0, {len(counts[name])})"
+                )
+        return counts
 
     @torch.no_grad()
     def update(self, batch: EvalBatch) -> None:
@@ -194,19 +223,19 @@ class CodebookUsage(Metric):
             )
 
     def histogram(self, name: str | None = None) -> Tensor:
-        """How many times each code of codebook ``name`` (default: the first) was used."""
-        return self._counts[name or next(iter(self._counts))].clone()
+        """How many times each code of codebook ``name`` (default: the first) was used (CPU, int64)."""
+        return self._checked()[name or next(iter(self._counts))]
 
     def histograms(self) -> dict[str, Tensor]:
-        """Usage counts of every codebook."""
-        return {name: counts.clone() for name, counts in self._counts.items()}
+        """Usage counts of every codebook (CPU, int64)."""
+        return self._checked()
 
     def compute(self) -> dict[str, float]:
         """usage = 100 * #{k : n_k > 0} / V; H = -sum_k p_k ln p_k, p_k = n_k / sum n; perplexity = exp(H)."""
         if not self._counts:
             raise RuntimeError("metric codebook_usage: compute() called before any update()")
         out: dict[str, float] = {}
-        for i, (name, counts) in enumerate(self._counts.items()):
+        for i, (name, counts) in enumerate(self._checked().items()):
             used = counts[counts > 0].to(torch.float64)
             p = used / used.sum()
             entropy = -(p * p.log()).sum().item()

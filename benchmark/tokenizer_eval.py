@@ -2,7 +2,9 @@
 
 The ``evaluate_tokenizer`` stage and ``python -m benchmark.evaluate`` both call
 :func:`evaluate_tokenizer`, so a checkpoint evaluated inside or outside its study gives the same
-numbers and the same protocol record.
+numbers and the same protocol record. Everything stays on the device: batches are copied there once
+(from pinned memory on CUDA), encoded and decoded under the inference precision (bf16 autocast on CUDA,
+benchmark/precision.py), and the metrics update device-side running sums; only the preview comes back.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from benchmark.checkpoints import load_tokenizer
 from benchmark.config import EvalConfig
 from benchmark.errors import DataError
 from benchmark.metrics import EvalBatch, Metric, build_metrics, compute_all, protocols
+from benchmark.precision import InferencePrecision
 
 PREVIEW = 8  # originals (and their reconstructions) kept for the preview grid
 
@@ -42,17 +45,21 @@ def metric_options(cfg: EvalConfig, device: torch.device) -> dict[str, dict[str,
     return {"rfid": inception, "inception_score": inception, "gfid": inception, "lpips": {"device": str(device)}}
 
 
-def evaluate_batch(model: Tokenizer, images: Tensor, labels: Tensor, metrics: list[Metric]) -> Tensor:
-    """One batch: one encode (tokens and code ids), one decode, every metric's update on the CPU
-    copies; returns the reconstructions (CPU, float32)."""
-    tokens, codes = model.encode_with_codes(images)
-    recons = model.decode(tokens).float()
+def evaluate_batch(
+    model: Tokenizer, images: Tensor, labels: Tensor, metrics: list[Metric], precision: InferencePrecision
+) -> Tensor:
+    """One batch on the model's device: one encode (tokens and code ids) and one decode under
+    ``precision``, then every metric's update on the device tensors (float32 reconstructions); returns
+    the reconstructions (on the device)."""
+    with precision():
+        tokens, codes = model.encode_with_codes(images)
+        recons = model.decode(tokens)
     batch = EvalBatch(
-        images=images.cpu(),
-        recons=recons.cpu(),
-        tokens=tokens.cpu(),
-        labels=labels,
-        codes={k: v.cpu() for k, v in codes.items()} or None,
+        images=images,
+        recons=recons.float(),
+        tokens=tokens,
+        labels=labels.to(images.device, non_blocking=True),
+        codes=codes or None,
         codebook_sizes=model.codebook_sizes() if codes else None,
     )
     for metric in metrics:
@@ -62,17 +69,25 @@ def evaluate_batch(model: Tokenizer, images: Tensor, labels: Tensor, metrics: li
 
 @torch.no_grad()
 def reconstruction_metrics(
-    model: Tokenizer, dataset: Dataset, cfg: EvalConfig, device: torch.device, num_workers: int = 0
+    model: Tokenizer,
+    dataset: Dataset,
+    cfg: EvalConfig,
+    device: torch.device,
+    num_workers: int = 0,
+    precision: str = "bf16",
 ) -> tuple[list[Metric], Tensor | None]:
     """``cfg.metrics`` of ``model`` over ``dataset`` in order (the metric objects, after every update),
-    and the first (up to) 8 originals over their reconstructions."""
+    and the first (up to) 8 originals over their reconstructions (CPU)."""
     metrics = build_metrics(cfg.metrics, model.token_spec, metric_options(cfg, device))
-    loader = DataLoader(dataset, batch_size=cfg.batch_size, shuffle=False, num_workers=num_workers)
+    loader = DataLoader(
+        dataset, batch_size=cfg.batch_size, shuffle=False, num_workers=num_workers, pin_memory=device.type == "cuda"
+    )
+    inference = InferencePrecision(device, precision)
     preview = None
     for images, labels in loader:
-        recons = evaluate_batch(model, images.to(device), labels, metrics)
+        recons = evaluate_batch(model, images.to(device, non_blocking=True), labels, metrics, inference)
         if preview is None:
-            preview = torch.cat([images[:PREVIEW], recons[:PREVIEW]])
+            preview = torch.cat([images[:PREVIEW], recons[:PREVIEW].cpu()])
     return metrics, preview
 
 
@@ -85,9 +100,11 @@ def evaluate_tokenizer(
     split: str = "eval",
     num_workers: int = 0,
     seed: int = 0,
+    precision: str = "bf16",
 ) -> TokenizerEvaluation:
     """``cfg.metrics`` of the tokenizer stored in ``folder`` on ``split`` of the dataset ``data``
-    (its first ``cfg.num_images`` images), with the protocol record the reports print."""
+    (its first ``cfg.num_images`` images), with the protocol record the reports print. ``precision``:
+    of encode and decode (benchmark/precision.py); the metrics compute in float32."""
     from benchmark.data import build_dataset
 
     torch.manual_seed(seed)
@@ -98,7 +115,7 @@ def evaluate_tokenizer(
         dataset = Subset(dataset, range(min(cfg.num_images, len(dataset))))
     if len(dataset) == 0:
         raise DataError(f"the {split} split of {dict(data)} holds no images")
-    metrics, preview = reconstruction_metrics(model, dataset, cfg, device, num_workers)
+    metrics, preview = reconstruction_metrics(model, dataset, cfg, device, num_workers, precision)
     histograms = {
         name: counts.tolist() for m in metrics if hasattr(m, "histograms") for name, counts in m.histograms().items()
     }
@@ -108,7 +125,10 @@ def evaluate_tokenizer(
         "metrics": cfg.metrics,
         "data": dict(data),
         "seed": seed,
-        "precision": "float32",
+        "precision": {
+            "tokenizer": InferencePrecision(device, precision).describe(),
+            "metrics": "PSNR / SSIM float32 on the device (no autocast, no TF32), sums float64",
+        },
         "metric_protocols": protocols(metrics),
         "checkpoint": str(folder),
     }
