@@ -1,15 +1,49 @@
-"""``python -m benchmark.bench``: speed and memory of tokenizers and generators, as JSON on stdout.
+"""``python -m benchmark.bench``: speed, FLOPs and memory of tokenizers and generators, as one JSON on stdout.
 
-    python -m benchmark.bench --tokenizer titok size=B patch_size=16 --generator maskgit size=B \\
-        --image-size 256 --batch-size 32 --bf16 --compile
+    python -m benchmark.bench --tokenizer titok size=B patch_size=16 num_latent_tokens=64 \\
+        --generator sit size=XL --image-size 256 --batch-size 32 --bf16 --compile
+    python -m benchmark.bench --suite paper   # one H100 / H200, under 8 minutes (benchmark/bench_suites.py)
+    python -m benchmark.bench --suite smoke   # the same code paths with tiny models, minutes on a CPU
 
-Per tokenizer (random weights, or trained ones with --tokenizer-dir): ``encode``, ``decode``,
-``train_step`` (forward + backward + AdamW step on the sum of ``model(images).losses``; an adversary's
-discriminator is not stepped) and ``evaluate`` (encode + decode + per-image PSNR / SSIM, the batch
-step of benchmark.evaluate). Per generator, on each tokenizer's token spec: ``train_step`` on random
-tokens and ``sample`` with --steps and --cfg-scale. Each op runs --warmup untimed calls, then --iters
-calls timed with time.perf_counter (CUDA synchronised before each clock read). Parameters and GFLOPs
-per image come from benchmark.cost (torch.utils.flop_counter, counted without autocast).
+Ops (each on one batch already on the device; random weights, or trained ones with --tokenizer-dir):
+  encode, decode   the tokenizer's, under the inference precision (benchmark/precision.py)
+  evaluate         benchmark.tokenizer_eval.evaluate_batch: one encode, one decode, PSNR / SSIM / codebook
+                   usage on the device (as the evaluate_tokenizer stage runs it)
+  train_step       benchmark.train.TrainStep.__call__, the step the training loop runs: the loss (bf16
+                   autocast on CUDA with --bf16), backward, gradient clipping, fused AdamW, the discriminator
+                   step of adversarial tokenizers (timed at the step the discriminator starts, so it is on)
+                   and the EMA update; no host sync inside. Generators train on random tokens of the spec.
+  sample           the generator's ``sample`` (--steps, --cfg-scale) under the inference precision
+  rfid             (--rfid-images N) benchmark.tokenizer_eval.reconstruction_metrics over N procedural
+                   images: data loading, encode, decode, Inception (rFID), PSNR, SSIM, codebook usage
+--compile compiles encode / decode, the trainer's forward (TrainStep's ``compile``) and the generator's
+network for sampling (as the sample stage does); evaluate and rfid run as the stages run them.
+
+Timing: --warmup untimed calls, then each call timed alone with time.perf_counter (the device synchronised
+before each clock read) until at least --iters calls and --min-time seconds (at most 20 x --iters calls);
+rfid is one timed pass after a warm-up pass on other images. FLOPs: torch.utils.flop_counter over one
+eager call of the op at the timed batch (train_step: on a separate eager TrainStep; sample: at batch 1,
+scaled), so they count the matmuls, convolutions and attention of everything the call runs (frozen
+teachers, LPIPS, discriminator, Inception), forward and backward. MFU = achieved TFLOP/s / the device's
+dense bf16 peak (PEAK_BF16_TFLOPS, or --peak-tflops); null where the peak is unknown (the CPU).
+
+JSON (schema ``tok1d.bench/2``)::
+
+    {"schema": "tok1d.bench/2", "suite": "paper" | "smoke" | null,
+     "device": "cuda: NVIDIA H100 80GB HBM3" | "cpu: x86_64, 2 threads", "torch": "2.x",
+     "peak_bf16_tflops": 989.0 | null, "peak_source": str, "settings": {CLI settings},
+     "memory": str, "timing": str, "flops": str, "wall_seconds": float,
+     "results": [row, ...]}
+    row: {"component": "tokenizer" | "generator", "name": str, "op": str, "params": int,
+          "batch_size": int, "images_per_call": int, "precision": str, "compile": bool,
+          "image_size": int (tokenizers) | "tokens_of": str, "tokens": int (generators),
+          op settings ("at_step", "adversary_active" | "steps", "cfg_scale", "sampler" | "num_images", "metrics"),
+          "warmup": int, "calls": int, "ms_per_call": median, "ms_q1": float, "ms_q3": float,
+          "ms_min": float, "ms_max": float, "images_per_s": images_per_call / median s,
+          "tokens_per_s": float, "gflops_per_image": float, "tflops_per_s": float, "mfu": float | null,
+          "peak_mem_mb": float}
+    A row that could not run has "error" (e.g. CUDA out of memory) or "skipped" (the reason) instead of
+    the timing fields.
 """
 
 from __future__ import annotations
@@ -19,26 +53,76 @@ import gc
 import json
 import platform
 import resource
+import signal
+import statistics
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from benchmark.base import Generator, Tokenizer, TokenSpec
 from benchmark.checkpoints import build_generator, build_tokenizer, load_tokenizer
-from benchmark.config import TrainConfig, parse_overrides, validate
-from benchmark.cost import generator_cost, gflops, tokenizer_cost
+from benchmark.config import EvalConfig, TrainConfig, parse_overrides, validate
+from benchmark.cost import gflops, parameter_counts
 from benchmark.distributed import device as pick_device
 from benchmark.errors import ConfigError, Tok1dError
-from benchmark.metrics import build_metrics
+from benchmark.precision import InferencePrecision
 from benchmark.registry import GENERATORS, TOKENIZERS, Registry, load_plugins
 from benchmark.store import read_json
-from benchmark.tokenizer_eval import evaluate_batch
-from benchmark.train import generator_parameters, make_optimizer
+
+SCHEMA = "tok1d.bench/2"
+# Dense (no sparsity) bf16 tensor-core peak per GPU, TFLOP/s, matched in this order against the device name.
+PEAK_BF16_TFLOPS: tuple[tuple[str, float], ...] = (
+    ("H200 NVL", 835.0),
+    ("H200", 989.0),
+    ("H100 NVL", 835.0),
+    ("H100 PCIe", 756.0),
+    ("H100", 989.0),  # SXM ("NVIDIA H100 80GB HBM3")
+    ("A100", 312.0),
+)
+MAX_CALLS_FACTOR = 20
+GRACE_SECONDS = 40.0  # how long an op started within --time-budget may run past it before it is stopped
+
+
+class OutOfTime(Exception):
+    """Raised, in whatever op is running, by the alarm at the end of --time-budget + GRACE_SECONDS."""
+
+
+@contextmanager
+def alarm(seconds: float | None, message: str) -> Iterator[None]:
+    """Raise :class:`OutOfTime` (``message``) in ``seconds`` (SIGALRM), in whatever runs then; None: never."""
+    if seconds is None:
+        yield
+        return
+
+    def ring(signum: int, frame: object) -> None:
+        raise OutOfTime(message)
+
+    previous = signal.signal(signal.SIGALRM, ring)
+    signal.setitimer(signal.ITIMER_REAL, max(seconds, 0.001))
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def peak_tflops(device: torch.device, given: float | None) -> tuple[float | None, str]:
+    """The device's dense bf16 peak and where it comes from (``--peak-tflops``, the table, or why none)."""
+    if given is not None:
+        return given, "--peak-tflops"
+    if device.type != "cuda":
+        return None, f"{device.type}: no bf16 peak, no MFU"
+    name = torch.cuda.get_device_name(device)
+    for key, tflops in PEAK_BF16_TFLOPS:
+        if key in name:
+            return tflops, f"table: {key} dense bf16"
+    return None, f"{name} is not in PEAK_BF16_TFLOPS: no MFU (give --peak-tflops)"
 
 
 class PeakMemory:
@@ -83,158 +167,302 @@ def random_tokens(spec: TokenSpec, n: int, device: torch.device, rng: torch.Gene
     return torch.randn(n, spec.num_generated, spec.dim, generator=rng).to(device)
 
 
+def reconstruction_metric_names(model: Tokenizer) -> list[str]:
+    """What the evaluate_tokenizer stage computes at paper scale: rFID, PSNR, SSIM and, where the tokens
+    have codes, codebook usage."""
+    codes = model.token_spec.kind == "discrete" or bool(model.codebook_sizes())
+    return ["rfid", "psnr", "ssim", *(["codebook_usage"] if codes else [])]
+
+
 class Bench:
-    """Times the ops of each model on one device with one setting (autocast, compile, batch size)."""
+    """Times ops on one device: warm-up, per-call timing, FLOPs, memory; stops starting ops past a deadline."""
 
-    def __init__(self, args: argparse.Namespace) -> None:
-        self.args = args
-        self.device = pick_device(args.device)
-        self.bf16 = args.bf16 and self.device.type == "cuda"
-        self.memory = PeakMemory(self.device)
+    def __init__(self, args: argparse.Namespace, device: torch.device, deadline: float | None) -> None:
+        self.args, self.device, self.deadline = args, device, deadline
+        self.memory = PeakMemory(device)
+        self.peak, self.peak_source = peak_tflops(device, args.peak_tflops)
         self.rng = torch.Generator().manual_seed(args.seed)
-
-    def compiled(self, fn: Callable) -> Callable:
-        return torch.compile(fn) if self.args.compile else fn
-
-    def call(self, fn: Callable[[], Any], grad: bool = False) -> Callable[[], Any]:
-        """``fn`` under bf16 autocast (on CUDA with --bf16) and, unless ``grad``, without autograd."""
-
-        def run() -> Any:
-            with (
-                torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16),
-                torch.set_grad_enabled(grad),
-            ):
-                return fn()
-
-        return run
 
     def synchronize(self) -> None:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
 
+    def precision(self) -> InferencePrecision:
+        return InferencePrecision(self.device, "bf16" if self.args.bf16 else "fp32")
+
+    def train_config(self, ema_decay: float = 0.0) -> TrainConfig:
+        return TrainConfig(precision="bf16" if self.args.bf16 else "fp32", ema_decay=ema_decay)
+
+    def train_precision(self) -> str:
+        """What TrainStep runs in with :meth:`train_config` (its autocast is CUDA only)."""
+        return "bf16 autocast (CUDA)" if self.args.bf16 and self.device.type == "cuda" else "float32"
+
+    def skipped(self, row: dict[str, Any]) -> dict[str, Any] | None:
+        """``row`` marked skipped when the time budget is spent (nothing more starts), else None."""
+        if self.deadline is None or time.monotonic() <= self.deadline:
+            return None
+        print(f"bench: {row['component']} {row['name']}: {row['op']}: skipped (time budget spent)", file=sys.stderr)
+        return {**row, "skipped": f"the time budget (--time-budget {self.args.time_budget} s) was spent"}
+
     def measure(
         self,
-        base: dict[str, Any],
-        op: str,
+        row: dict[str, Any],
         fn: Callable[[], Any],
+        flops: Callable[[], Any] | float,
+        *,
+        images: int,
         tokens_per_image: int,
-        gflops_per_image: float,
-        **extra: Any,
+        warmup: int | None = None,
+        calls: int | None = None,
     ) -> dict[str, Any]:
-        """Run ``fn`` (one batch) --warmup times, then --iters times on the clock: the result row, with
-        images/s, tokens/s, ms per batch and peak memory (an ``error`` instead on CUDA out-of-memory)."""
-        print(f"bench: {base['component']} {base['name']}: {op}", file=sys.stderr)
-        batch, iters = self.args.batch_size, self.args.iters
-        row = {
-            "component": base["component"],
-            "name": base["name"],
-            "op": op,
-            **base,
-            "batch_size": batch,
-            "gflops_per_image": gflops_per_image,
-            **extra,
-        }
+        """``row`` completed with the timing of ``fn`` (one call = ``images`` images) and its FLOPs: those of
+        one eager call ``flops``, or ``flops`` GFLOPs per image; ``skipped`` past the deadline, ``error`` on
+        CUDA out-of-memory."""
+        skipped = self.skipped(row)
+        if skipped is not None:
+            return skipped
+        print(f"bench: {row['component']} {row['name']}: {row['op']}, compile {row['compile']}", file=sys.stderr)
+        warmup = self.args.warmup if warmup is None else warmup
+        calls = self.args.iters if calls is None else calls
         self.memory.reset()
         try:
-            for _ in range(self.args.warmup):
+            total = gflops(flops) if callable(flops) else flops * images
+            for _ in range(warmup):
                 fn()
             self.synchronize()
-            t0 = time.perf_counter()
-            for _ in range(iters):
+            seconds: list[float] = []
+            start = time.perf_counter()
+            while len(seconds) < calls or (
+                time.perf_counter() - start < self.args.min_time and len(seconds) < MAX_CALLS_FACTOR * calls
+            ):
+                t0 = time.perf_counter()
                 fn()
-            self.synchronize()
-            seconds = (time.perf_counter() - t0) / iters
+                self.synchronize()
+                seconds.append(time.perf_counter() - t0)
         except torch.cuda.OutOfMemoryError as exc:
             torch.cuda.empty_cache()
-            return {**row, "error": f"CUDA out of memory at batch size {batch}: {str(exc).splitlines()[0]}"}
+            return {**row, "error": f"CUDA out of memory at batch size {row['batch_size']}: {str(exc).splitlines()[0]}"}
+        except OutOfTime as exc:
+            return {**row, "error": str(exc)}
+        median = statistics.median(seconds)
+        q1, _, q3 = statistics.quantiles(seconds, n=4, method="inclusive") if len(seconds) > 1 else [median] * 3
+        per_image = total / images
+        achieved = per_image * images / median / 1e3
         return {
             **row,
-            "images_per_s": batch / seconds,
-            "tokens_per_s": batch * tokens_per_image / seconds,
-            "ms_per_batch": 1e3 * seconds,
+            "images_per_call": images,
+            "warmup": warmup,
+            "calls": len(seconds),
+            "ms_per_call": 1e3 * median,
+            "ms_q1": 1e3 * q1,
+            "ms_q3": 1e3 * q3,
+            "ms_min": 1e3 * min(seconds),
+            "ms_max": 1e3 * max(seconds),
+            "images_per_s": images / median,
+            "tokens_per_s": images * tokens_per_image / median,
+            "gflops_per_image": per_image,
+            "tflops_per_s": achieved,
+            "mfu": achieved / self.peak if self.peak else None,
             "peak_mem_mb": self.memory.peak_mb(),
         }
 
-    def tokenizer(self, model: Tokenizer, name: str, image_size: int) -> list[dict[str, Any]]:
-        """encode, decode, evaluate (eval mode) and train_step rows of one tokenizer."""
-        b = self.args.batch_size
-        images = torch.rand(b, 3, image_size, image_size, generator=self.rng)
+    def compiled(self, fn: Callable, compile: bool) -> Callable:
+        return torch.compile(fn) if compile else fn
+
+    def inference(self, fn: Callable[[], Any]) -> Callable[[], Any]:
+        """``fn`` without autograd under the inference precision."""
+        precision = self.precision()
+
+        def run() -> Any:
+            with torch.no_grad(), precision():
+                return fn()
+
+        return run
+
+    def train_step(
+        self,
+        row: dict[str, Any],
+        model: torch.nn.Module,
+        step_fn: Callable,
+        batch: tuple[Tensor, ...],
+        cfg: TrainConfig,
+        tokens_per_image: int,
+    ) -> dict[str, Any]:
+        """The row of ``TrainStep.__call__`` on ``batch``: FLOPs from one call of an eager TrainStep, then the
+        timed TrainStep (compiled when ``row['compile']``), at the step the discriminator starts."""
+        from benchmark.train import TrainStep
+
+        adversary = getattr(model, "adversary", None)
+        at = int(adversary.start) if adversary is not None else 0
+        row = {**row, "op": "train_step", "precision": self.train_precision(), "at_step": at}
+        if adversary is not None:
+            row["adversary_active"] = adversary.active(at)
+        eager = TrainStep(model, step_fn, cfg, self.device, adversary)
+        trainer = TrainStep(model, step_fn, cfg, self.device, adversary, compile=True) if row["compile"] else eager
+        return self.measure(
+            row,
+            lambda: trainer(batch, at),
+            lambda: eager(batch, at),
+            images=len(batch[0]),
+            tokens_per_image=tokens_per_image,
+        )
+
+    def tokenizer(
+        self, model: Tokenizer, name: str, image_size: int, ops: tuple[str, ...], ema_decay: float = 0.0
+    ) -> list[dict[str, Any]]:
+        """The rows of ``ops`` (encode, decode, evaluate, train_step, rfid) of one tokenizer."""
+        from benchmark.metrics import build_metrics
+        from benchmark.tokenizer_eval import evaluate_batch
+
+        b, compile = self.args.batch_size, self.args.compile
+        x = torch.rand(b, 3, image_size, image_size, generator=self.rng).to(self.device)
         labels = torch.zeros(b, dtype=torch.int64)
-        x = images.to(self.device)
-        model.eval()
-        cost = tokenizer_cost(model, image_size, self.device)
-        with torch.no_grad():
-            tokens = model.encode(x)
-        encode, decode = self.compiled(model.encode), self.compiled(model.decode)
-        metrics = build_metrics(["psnr", "ssim"], model.token_spec)
         k = model.token_spec.num_tokens
-        base = {"component": "tokenizer", "name": name, "image_size": image_size, "params": cost["params"]["total"]}
-        rows = [
-            self.measure(base, "encode", self.call(lambda: encode(x)), k, cost["encode_gflops"]),
-            self.measure(base, "decode", self.call(lambda: decode(tokens)), k, cost["decode_gflops"]),
-            self.measure(
-                base,
-                "evaluate",
-                self.call(lambda: evaluate_batch(model, images.to(self.device), labels, metrics)),
-                k,
-                cost["encode_gflops"] + cost["decode_gflops"],
-            ),
-        ]
-        model.train()
-        step_gflops = gflops(lambda: sum(model(x[:1]).losses.values()).backward())
-        model.zero_grad(set_to_none=True)
-        forward = self.compiled(lambda: sum(model(x).losses.values()))
-        rows.append(self.measure(base, "train_step", self.step(model, self.call(forward, grad=True)), k, step_gflops))
+        base = {
+            "component": "tokenizer",
+            "name": name,
+            "params": parameter_counts(model)["total"],
+            "image_size": image_size,
+            "batch_size": b,
+            "precision": self.precision().describe(),
+            "compile": compile,
+        }
+        rows = []
+        model.eval()
+        with torch.no_grad(), self.precision()():
+            tokens = model.encode(x)
+        if "encode" in ops:
+            encode = self.compiled(model.encode, compile)
+            rows.append(
+                self.measure(
+                    {**base, "op": "encode"},
+                    self.inference(lambda: encode(x)),
+                    self.inference(lambda: model.encode(x)),
+                    images=b,
+                    tokens_per_image=k,
+                )
+            )
+        if "decode" in ops:
+            decode = self.compiled(model.decode, compile)
+            rows.append(
+                self.measure(
+                    {**base, "op": "decode"},
+                    self.inference(lambda: decode(tokens)),
+                    self.inference(lambda: model.decode(tokens)),
+                    images=b,
+                    tokens_per_image=k,
+                )
+            )
+        if "evaluate" in ops:
+            names = ["psnr", "ssim", *(n for n in reconstruction_metric_names(model) if n == "codebook_usage")]
+            metrics = build_metrics(names, model.token_spec)
+            rows.append(
+                self.measure(
+                    {**base, "op": "evaluate", "compile": False, "metrics": names},
+                    lambda: evaluate_batch(model, x, labels, metrics, self.precision()),
+                    lambda: evaluate_batch(model, x, labels, build_metrics(names, model.token_spec), self.precision()),
+                    images=b,
+                    tokens_per_image=k,
+                )
+            )
+        if "rfid" in ops:
+            rows.append(self.rfid({**base, "op": "rfid", "compile": False}, model, image_size))
+        if "train_step" in ops:
+            from benchmark.tokenizer_stages import tokenizer_step
+
+            cfg = self.train_config(ema_decay)
+            rows.append(self.train_step(base, model, tokenizer_step(model), (x, labels), cfg, k))
         model.eval()
         return rows
 
-    def generator(self, model: Generator, name: str, spec: TokenSpec, tokens_of: str) -> list[dict[str, Any]]:
-        """train_step (train mode, on random tokens of ``spec``) and sample (eval mode) rows of one generator."""
-        b = self.args.batch_size
+    def rfid(self, row: dict[str, Any], model: Tokenizer, image_size: int) -> dict[str, Any]:
+        """One timed pass of the evaluation over ``--rfid-images`` procedural images (after a warm-up pass
+        over a batch of other images: Inception loaded, kernels chosen, no feature memo hit)."""
+        from torch.utils.data import Subset
+
+        from benchmark.data import ProceduralShapes
+        from benchmark.metrics import build_metrics, compute_all
+        from benchmark.tokenizer_eval import evaluate_batch, metric_options, reconstruction_metrics
+
+        skipped = self.skipped(row)
+        if skipped is not None:
+            return skipped
+        n, b = self.args.rfid_images, self.args.batch_size
+        names = reconstruction_metric_names(model)
+        cfg = EvalConfig(batch_size=b, metrics=names, inception_weights=self.args.inception_weights)
+        precision = "bf16" if self.args.bf16 else "fp32"
+        data = {"resolution": image_size, "eval_size": n, "train_size": b}
+        evals, others = ProceduralShapes("eval", **data), Subset(ProceduralShapes("train", **data), range(b))
+        workers = self.args.workers
+        x = torch.rand(b, 3, image_size, image_size, generator=self.rng).to(self.device)
+
+        def count() -> None:
+            metrics = build_metrics(names, model.token_spec, metric_options(cfg, self.device))
+            evaluate_batch(model, x, torch.zeros(b, dtype=torch.int64), metrics, self.precision())
+
+        def evaluate(dataset: Any) -> dict[str, float]:
+            return compute_all(reconstruction_metrics(model, dataset, cfg, self.device, workers, precision)[0])
+
+        evaluate(others)
+        row = {**row, "batch_size": b, "num_images": n, "metrics": names, "workers": workers}
+        per_image = gflops(count) / b
+        k = model.token_spec.num_tokens
+        return self.measure(row, lambda: evaluate(evals), per_image, images=n, tokens_per_image=k, warmup=0, calls=1)
+
+    def generator(
+        self,
+        model: Generator,
+        name: str,
+        spec: TokenSpec,
+        tokens_of: str,
+        ops: tuple[str, ...],
+        ema_decay: float = 0.0,
+        sampling: dict[str, Any] | None = None,
+    ) -> list[dict[str, Any]]:
+        """train_step (on random tokens of ``spec``; random images for a REPA teacher) and sample rows."""
+        from benchmark.generator_stages import generator_step
+
+        b, compile = self.args.batch_size, self.args.compile
         tokens = random_tokens(spec, b, self.device, self.rng)
         labels = torch.randint(self.args.num_classes, (b,), generator=self.rng).to(self.device)
-        model.train()
-        cost = generator_cost(model, tokens[:1], labels[:1])
         n = spec.num_generated
-        base = {"component": "generator", "name": name, "tokens_of": tokens_of, "params": cost["params"]["total"]}
-        loss = self.compiled(lambda: sum(model.loss(tokens, labels).values()))
-        rows = [
-            self.measure(base, "train_step", self.step(model, self.call(loss, grad=True)), n, cost["train_step_gflops"])
-        ]
-        model.eval()
-        options = {"cfg_scale": self.args.cfg_scale, "steps": self.args.steps}
+        base = {
+            "component": "generator",
+            "name": name,
+            "params": parameter_counts(model)["total"],
+            "tokens_of": tokens_of,
+            "tokens": n,
+            "batch_size": b,
+            "compile": compile,
+        }
+        rows = []
+        if "train_step" in ops:
+            batch: tuple[Tensor, ...] = (tokens, labels)
+            if getattr(model, "repa_teacher", None) is not None:
+                size = self.args.image_size
+                batch += (torch.rand(b, 3, size, size, generator=self.rng).to(self.device),)
+            rows.append(self.train_step(base, model, generator_step(model), batch, self.train_config(ema_decay), n))
+        if "sample" in ops:
+            options = sampling or {}
+            settings = {"steps": self.args.steps, "cfg_scale": self.args.cfg_scale, **options}
 
-        def seeded() -> torch.Generator:
-            return torch.Generator(self.device).manual_seed(self.args.seed)
+            def sample(y: Tensor) -> Tensor:
+                rng = torch.Generator(self.device).manual_seed(self.args.seed)
+                return model.sample(y, generator=rng, **settings)
 
-        with torch.no_grad():
-            sample_gflops = gflops(lambda: model.sample(labels[:1], generator=seeded(), **options))
-        sample = self.compiled(model.sample)
-        rows.append(
-            self.measure(
-                base,
-                "sample",
-                self.call(lambda: sample(labels, generator=seeded(), **options)),
-                n,
-                sample_gflops,
-                **options,
+            row = {**base, "op": "sample", "precision": self.precision().describe(), **settings}
+            skipped = self.skipped(row)
+            if skipped is not None:
+                rows.append(skipped)
+                return rows
+            model.eval()
+            per_image = gflops(self.inference(lambda: sample(labels[:1])))  # eager, at batch 1
+            if compile:  # the network each sampler step calls, as the sample stage compiles it
+                model.compile()
+            rows.append(
+                self.measure(row, self.inference(lambda: sample(labels)), per_image, images=b, tokens_per_image=n)
             )
-        )
         return rows
-
-    def step(self, model: nn.Module, loss: Callable[[], Tensor]) -> Callable[[], None]:
-        """One optimisation step: backward of ``loss()`` and an AdamW step (fused on CUDA, as
-        benchmark.train) over the model's trainable parameters."""
-        optimizer = make_optimizer(
-            generator_parameters(model, getattr(model, "adversary", None)), TrainConfig(), self.device
-        )
-
-        def step() -> None:
-            loss().backward()
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-
-        return step
 
 
 def parse_entry(words: list[str], registry: Registry, section: str) -> tuple[str, dict[str, Any]]:
@@ -257,25 +485,22 @@ def device_name(device: torch.device) -> str:
 
 
 def free(device: torch.device) -> None:
+    """Memory and compiled code of the last model released: the next one starts from nothing."""
+    torch.compiler.reset()  # else a new model's shapes recompile the shared code with dynamic shapes
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
-    """The benchmark's JSON object: device, torch version, settings, memory method and result rows."""
-    load_plugins()
-    for key, low in (("batch_size", 1), ("iters", 1), ("warmup", 0), ("image_size", 1), ("num_classes", 1)):
-        if getattr(args, key) < low:
-            raise ConfigError(f"--{key.replace('_', '-')}: must be at least {low}, got {getattr(args, key)}")
+def custom_rows(args: argparse.Namespace, bench: Bench) -> list[dict[str, Any]]:
+    """The rows of the --tokenizer / --tokenizer-dir / --generator entries."""
     if not args.tokenizer and not args.tokenizer_dir:
         raise ConfigError(
             "give at least one --tokenizer NAME [key=value ...] or --tokenizer-dir PATH "
-            "(generators are benchmarked on a tokenizer's tokens)"
+            "(generators are benchmarked on a tokenizer's tokens), or --suite"
         )
     tokenizers = [parse_entry(words, TOKENIZERS, "tokenizer") for words in args.tokenizer]
     generators = [parse_entry(words, GENERATORS, "generator") for words in args.generator]
-    bench = Bench(args)
     device = bench.device
 
     def built(name: str, options: dict[str, Any]) -> Callable[[], tuple[Tokenizer, int]]:
@@ -294,10 +519,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     makers = [(label(n, o), built(n, o)) for n, o in tokenizers]
     makers += [(str(Path(p).expanduser()), stored(Path(p).expanduser())) for p in args.tokenizer_dir]
+    ops = ("encode", "decode", "evaluate", *(["rfid"] if args.rfid_images else []), "train_step")
     rows: list[dict[str, Any]] = []
     for tok_label, make in makers:
         model, image_size = make()
-        rows += bench.tokenizer(model, tok_label, image_size)
+        rows += bench.tokenizer(model, tok_label, image_size, ops)
         spec = model.token_spec
         del model
         free(device)
@@ -309,21 +535,96 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             except ConfigError as exc:  # e.g. MaskGIT on continuous tokens
                 rows.append({"component": "generator", "name": gen_label, "tokens_of": tok_label, "skipped": str(exc)})
                 continue
-            rows += bench.generator(generator.to(device), gen_label, spec, tok_label)
+            rows += bench.generator(generator.to(device), gen_label, spec, tok_label, ("train_step", "sample"))
             del generator
             free(device)
-    settings = {
-        k: getattr(args, k)
-        for k in ("image_size", "batch_size", "warmup", "iters", "steps", "cfg_scale", "num_classes", "seed", "compile")
-    }
-    settings["bf16_autocast"] = bench.bf16
+    return rows
+
+
+def suite_rows(args: argparse.Namespace, bench: Bench) -> list[dict[str, Any]]:
+    """The rows of ``--suite``: each entry builds its model afresh, with its own batch, compile and ops.
+    An entry stopped by the time budget's alarm (:class:`OutOfTime`) gets an error row and the suite goes on."""
+    from benchmark.bench_suites import SUITES
+
+    rows: list[dict[str, Any]] = []
+    for entry in SUITES[args.suite]:
+        local = argparse.Namespace(**{**vars(args), **entry.settings})
+        sub = Bench(local, bench.device, bench.deadline)
+        sub.memory, sub.rng = bench.memory, bench.rng
+        torch.manual_seed(args.seed)
+        try:
+            if entry.component == "tokenizer":
+                config = {"tokenizer": entry.config, "data": {"resolution": local.image_size}}
+                model = build_tokenizer(config).to(bench.device)
+                rows += sub.tokenizer(model, entry.label, local.image_size, entry.ops, entry.ema_decay)
+            else:
+                spec = entry.tokens
+                model = build_generator({"generator": entry.config}, spec, local.num_classes).to(bench.device)
+                rows += sub.generator(
+                    model, entry.label, spec, entry.tokens_of, entry.ops, entry.ema_decay, entry.sampling
+                )
+        except OutOfTime as exc:
+            rows += [
+                {"component": entry.component, "name": entry.label, "op": op, "error": str(exc)} for op in entry.ops
+            ]
+        model = None
+        free(bench.device)
+    return rows
+
+
+SETTINGS = (
+    "suite",
+    "image_size",
+    "batch_size",
+    "warmup",
+    "iters",
+    "min_time",
+    "steps",
+    "cfg_scale",
+    "num_classes",
+    "seed",
+    "bf16",
+    "compile",
+    "rfid_images",
+    "workers",
+    "time_budget",
+)
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    """The benchmark's JSON object (schema in the module docstring)."""
+    t0 = time.monotonic()
+    load_plugins()
+    for key, low in (("batch_size", 1), ("iters", 1), ("warmup", 0), ("image_size", 1), ("num_classes", 1)):
+        if getattr(args, key) < low:
+            raise ConfigError(f"--{key.replace('_', '-')}: must be at least {low}, got {getattr(args, key)}")
+    if args.suite and (args.tokenizer or args.tokenizer_dir or args.generator):
+        raise ConfigError("--suite runs its own models: give either --suite or --tokenizer / --generator entries")
+    if args.suite:
+        from benchmark.bench_suites import SUITE_SETTINGS
+
+        for key, value in SUITE_SETTINGS[args.suite].items():
+            if getattr(args, key) in (None, False):
+                setattr(args, key, value)
+    device = pick_device(args.device)
+    bench = Bench(args, device, None if args.time_budget is None else t0 + args.time_budget)
+    grace = bench.deadline - time.monotonic() + GRACE_SECONDS if bench.deadline is not None else None
+    with alarm(grace, f"stopped {GRACE_SECONDS:.0f} s after the time budget (--time-budget {args.time_budget} s)"):
+        rows = suite_rows(args, bench) if args.suite else custom_rows(args, bench)
     return {
+        "schema": SCHEMA,
+        "suite": args.suite,
         "device": device_name(device),
         "torch": torch.__version__,
-        "settings": settings,
+        "peak_bf16_tflops": bench.peak,
+        "peak_source": bench.peak_source,
+        "settings": {k: getattr(args, k) for k in SETTINGS},
         "memory": bench.memory.description,
-        "timing": "time.perf_counter over --iters calls after --warmup "
-        "calls" + (", torch.cuda.synchronize before each clock read" if device.type == "cuda" else ""),
+        "timing": "time.perf_counter per call after the warm-up calls; median, quartiles, min and max over the "
+        "timed calls" + (", torch.cuda.synchronize before each clock read" if device.type == "cuda" else ""),
+        "flops": "torch.utils.flop_counter over one eager call at the timed batch (matmul, convolution, "
+        "attention; forward and backward), per image",
+        "wall_seconds": time.monotonic() - t0,
         "results": rows,
     }
 
@@ -335,6 +636,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=__doc__.split("\n\n", 1)[1],
     )
+    p.add_argument("--suite", choices=("paper", "smoke"), help="a fixed table of models and ops (bench_suites.py)")
     p.add_argument(
         "--tokenizer",
         nargs="+",
@@ -365,20 +667,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--cfg-scale", type=float, default=1.0, help="sampling guidance scale")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     p.add_argument("--bf16", action="store_true", help="bf16 autocast (CUDA only; ignored on the CPU)")
-    p.add_argument(
-        "--compile",
-        action="store_true",
-        help="torch.compile encode, decode, the training losses and "
-        "sample (evaluate runs uncompiled, as benchmark.evaluate does)",
-    )
+    p.add_argument("--compile", action="store_true", help="torch.compile encode, decode, train_step and sampling")
     p.add_argument(
         "--warmup",
         type=int,
         default=3,
-        help="untimed calls per op; with --compile, enough for every "
-        "(re)compilation, e.g. MaskGIT's dynamic mask counts recompile on the second call",
+        help="untimed calls per op; with --compile, enough for every (re)compilation",
     )
-    p.add_argument("--iters", type=int, default=10, help="timed calls per op")
+    p.add_argument("--iters", type=int, default=10, help="timed calls per op, at least")
+    p.add_argument("--min-time", type=float, default=1.0, help="timed seconds per op, at least (more calls)")
+    p.add_argument("--rfid-images", type=int, default=0, help="also time a streamed rFID evaluation of N images")
+    p.add_argument("--workers", type=int, default=0, help="data-loader workers of the rfid op")
+    p.add_argument("--inception-weights", help="the FID Inception weights (default: as eval.inception_weights)")
+    p.add_argument("--peak-tflops", type=float, help="the device's dense bf16 peak, for MFU (default: table)")
+    p.add_argument("--time-budget", type=float, help="seconds after which no further op starts (its row says skipped)")
     p.add_argument("--seed", type=int, default=0)
     return p.parse_args(argv)
 

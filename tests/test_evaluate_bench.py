@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import time
 from pathlib import Path
 
 import numpy as np
@@ -250,54 +251,140 @@ def test_bad_input_is_one_clear_error(
 # Speed benchmark
 
 
+TIMING = ("ms_per_call", "ms_q1", "ms_q3", "ms_min", "ms_max", "images_per_s", "tokens_per_s")
+
+
+def check_numbers(row: dict) -> None:
+    """A timed row: a consistent median, quartiles and extremes, FLOPs, throughput and memory."""
+    assert "error" not in row and "skipped" not in row, row
+    assert row["calls"] >= 1 and row["warmup"] >= 0 and row["params"] > 0
+    assert row["ms_min"] <= row["ms_q1"] <= row["ms_per_call"] <= row["ms_q3"] <= row["ms_max"]
+    assert row["images_per_s"] == pytest.approx(1e3 * row["images_per_call"] / row["ms_per_call"])
+    assert row["gflops_per_image"] > 0 and row["peak_mem_mb"] >= 0
+    assert row["tflops_per_s"] == pytest.approx(row["gflops_per_image"] * row["images_per_s"] / 1e3)
+    assert row["mfu"] is None  # the CPU has no bf16 peak
+
+
 def test_bench_reports_every_op_as_json(runs: Path, capsys: pytest.CaptureFixture) -> None:
     argv = [
-        "--tokenizer",
-        "titok",
-        "size=tiny",
-        "patch_size=4",
-        "codebook_size=64",
-        "num_latent_tokens=8",
-        "--tokenizer-dir",
-        str(runs / "train_tokenizer" / "tok"),
-        "--generator",
-        "maskgit",
-        "size=tiny",
-        "--image-size",
-        "16",
-        "--batch-size",
-        "2",
-        "--iters",
-        "1",
-        "--warmup",
-        "0",
-        "--steps",
-        "2",
-        "--num-classes",
-        "8",
-        "--device",
-        "cpu",
+        *("--tokenizer", "titok", "size=tiny", "patch_size=4", "codebook_size=64", "num_latent_tokens=8"),
+        *("--tokenizer-dir", str(runs / "train_tokenizer" / "tok")),
+        *("--generator", "maskgit", "size=tiny"),
+        *("--image-size", "16", "--batch-size", "2", "--iters", "2", "--warmup", "0", "--min-time", "0"),
+        *("--steps", "2", "--num-classes", "8", "--device", "cpu"),
     ]
     assert bench.main(argv) == 0
     report = json.loads(capsys.readouterr().out)
+    assert report["schema"] == "tok1d.bench/2" and report["suite"] is None
     assert report["device"].startswith("cpu") and report["torch"] == torch.__version__
-    assert report["settings"]["batch_size"] == 2 and report["settings"]["bf16_autocast"] is False
-    assert "ru_maxrss" in report["memory"]
+    assert report["peak_bf16_tflops"] is None and report["settings"]["batch_size"] == 2
+    assert "ru_maxrss" in report["memory"] and "flop_counter" in report["flops"]
     rows = report["results"]
     ops = [(r["component"], r["op"]) for r in rows]
     tokenizer_ops = [("tokenizer", op) for op in ("encode", "decode", "evaluate", "train_step")]
     generator_ops = [("generator", "train_step"), ("generator", "sample")]
     assert ops == (tokenizer_ops + generator_ops) * 2  # the random and the stored tokenizer
     for row in rows:
-        assert row["images_per_s"] > 0 and row["tokens_per_s"] == pytest.approx(row["images_per_s"] * 8)
-        assert row["ms_per_batch"] == pytest.approx(2e3 / row["images_per_s"])
-        assert row["params"] > 0 and row["gflops_per_image"] > 0 and row["peak_mem_mb"] >= 0
+        check_numbers(row)
+        assert row["batch_size"] == row["images_per_call"] == 2 and row["calls"] == 2
+        assert row["tokens_per_s"] == pytest.approx(row["images_per_s"] * 8)
+        assert row["precision"] == "float32" or row["precision"].startswith("float32 on cpu")
     by_op = {(r["component"], r["op"]): r for r in rows[:6]}
-    assert by_op["tokenizer", "evaluate"]["gflops_per_image"] == pytest.approx(
-        by_op["tokenizer", "encode"]["gflops_per_image"] + by_op["tokenizer", "decode"]["gflops_per_image"]
-    )
-    assert by_op["tokenizer", "train_step"]["gflops_per_image"] > 2 * by_op["tokenizer", "encode"]["gflops_per_image"]
+    encode, decode = by_op["tokenizer", "encode"]["gflops_per_image"], by_op["tokenizer", "decode"]["gflops_per_image"]
+    assert by_op["tokenizer", "evaluate"]["gflops_per_image"] > encode + decode  # + the SSIM filters
+    step = by_op["tokenizer", "train_step"]
+    assert step["gflops_per_image"] > 2 * encode and step["at_step"] == 0
+    assert by_op["generator", "sample"]["steps"] == 2
     assert rows[6]["name"] == str(runs / "train_tokenizer" / "tok") and rows[6]["params"] == rows[0]["params"]
+
+
+def test_bench_times_the_trainers_step(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    """train_step is TrainStep.__call__ itself: once for the FLOP count, then the warm-up and timed calls."""
+    from benchmark.train import TrainStep
+
+    steps: list[int] = []
+    original = TrainStep.__call__
+
+    def counted(self: TrainStep, batch: tuple, step: int) -> tuple:
+        steps.append(step)
+        return original(self, batch, step)
+
+    monkeypatch.setattr(TrainStep, "__call__", counted)
+    adversarial = "adversarial={kind: patchgan, start: 3, width: 8, num_layers: 1}"
+    argv = ["--tokenizer", "titok", "size=tiny", "patch_size=4", "codebook_size=64", "num_latent_tokens=8", adversarial]
+    argv += ["--image-size", "16", "--batch-size", "2", "--iters", "3", "--warmup", "2", "--min-time", "0"]
+    assert bench.main([*argv, "--device", "cpu"]) == 0
+    row = json.loads(capsys.readouterr().out)["results"][-1]
+    assert row["op"] == "train_step" and row["calls"] == 3 and row["warmup"] == 2
+    assert steps == [3] * (1 + 2 + 3)  # at the discriminator's start step: its step is timed too
+    assert row["at_step"] == 3 and row["adversary_active"] is True
+
+
+@pytest.mark.slow
+def test_bench_smoke_suite_has_every_entry_with_its_numbers(
+    weights: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    """``--suite smoke``: the paper suite's entries and code paths with tiny models (compiled rows through
+    AOTAutograd without code generation, to keep the test short: dynamo's tracing is what is checked)."""
+    from benchmark.bench_suites import PAPER, SMOKE
+
+    compile = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda fn, **kw: compile(fn, backend="aot_eager"))
+    assert bench.main(["--suite", "smoke", "--device", "cpu", "--inception-weights", str(weights)]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["suite"] == "smoke" and report["schema"] == "tok1d.bench/2"
+    rows = report["results"]
+    shape = [(e.component, op, e.settings.get("compile", False)) for e in SMOKE for op in e.ops]
+    assert [(r["component"], r["op"], r["compile"]) for r in rows] == shape
+    assert shape == [(e.component, op, e.settings.get("compile", False)) for e in PAPER for op in e.ops]
+    for row in rows:
+        check_numbers(row)
+    rfid = next(r for r in rows if r["op"] == "rfid")
+    assert rfid["num_images"] == rfid["images_per_call"] == 8 and rfid["calls"] == 1
+    assert rfid["metrics"] == ["rfid", "psnr", "ssim", "codebook_usage"]
+    sample = next(r for r in rows if r["op"] == "sample")
+    assert sample["steps"] == 4 and sample["cfg_scale"] == 1.75 and sample["sampler"] == "sde"
+    assert {r["tokens"] for r in rows if r["component"] == "generator"} == {8, 16}
+    assert all(r["adversary_active"] for r in rows if r["component"] == "tokenizer" and r["op"] == "train_step")
+
+
+def test_paper_suite_models_build_and_count(monkeypatch: pytest.MonkeyPatch) -> None:
+    """What the GPU suite builds can be built (on the meta device: shapes only, no memory) and counted."""
+    from benchmark.bench_suites import PAPER
+    from benchmark.cost import generator_cost, tokenizer_cost
+
+    for entry in PAPER:
+        with torch.device("meta"):
+            if entry.component == "tokenizer":
+                config = {"tokenizer": entry.config, "data": {"resolution": entry.settings["image_size"]}}
+                model = build_tokenizer(config).to("meta")
+                assert (
+                    tokenizer_cost(model, entry.settings["image_size"], torch.device("meta"))["train_step_gflops"] > 0
+                )
+            else:
+                model = build_generator({"generator": entry.config}, entry.tokens, 1000).to("meta")
+                tokens = torch.zeros(1, entry.tokens.num_generated, entry.tokens.dim)
+                assert generator_cost(model, tokens, torch.zeros(1, dtype=torch.int64))["train_step_gflops"] > 0
+
+
+@pytest.mark.parametrize(
+    "name, peak", [("NVIDIA H100 80GB HBM3", 989.0), ("NVIDIA H100 PCIe", 756.0), ("NVIDIA H200", 989.0), ("X", None)]
+)
+def test_mfu_peak_from_the_device_name(monkeypatch: pytest.MonkeyPatch, name: str, peak: float | None) -> None:
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device: name)
+    assert bench.peak_tflops(torch.device("cuda"), None)[0] == peak
+    assert bench.peak_tflops(torch.device("cuda"), 500.0) == (500.0, "--peak-tflops")
+    assert bench.peak_tflops(torch.device("cpu"), None)[0] is None
+
+
+def test_time_budget_skips_what_has_not_started_and_stops_what_overruns(capsys: pytest.CaptureFixture) -> None:
+    argv = ["--tokenizer", "titok", "size=tiny", "patch_size=4", "codebook_size=64", "num_latent_tokens=8"]
+    assert bench.main([*argv, "--image-size", "16", "--device", "cpu", "--time-budget", "0"]) == 0
+    rows = json.loads(capsys.readouterr().out)["results"]
+    assert [r["op"] for r in rows] == ["encode", "decode", "evaluate", "train_step"]
+    assert all("time budget" in r["skipped"] and "ms_per_call" not in r for r in rows)
+    with pytest.raises(bench.OutOfTime, match="late"), bench.alarm(0.05, "late"):
+        time.sleep(5)
 
 
 def test_bench_bad_options_are_clear_errors(capsys: pytest.CaptureFixture) -> None:
@@ -307,3 +394,5 @@ def test_bench_bad_options_are_clear_errors(capsys: pytest.CaptureFixture) -> No
     assert "--tokenizer: unknown key 'tokenizer.sise'. Did you mean: size?" in capsys.readouterr().err
     assert bench.main(["--generator", "maskgit"]) == 2
     assert "at least one --tokenizer" in capsys.readouterr().err
+    assert bench.main(["--suite", "smoke", "--tokenizer", "titok"]) == 2
+    assert "either --suite or" in capsys.readouterr().err
