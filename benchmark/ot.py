@@ -25,6 +25,8 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from benchmark.precision import no_autocast
+
 Grad = Literal["envelope", "autodiff"]
 
 
@@ -54,7 +56,7 @@ def ot_loss(x: Tensor, z: Tensor, epsilon: float = 0.05, iters: int = 50, grad: 
     """
     if grad not in ("envelope", "autodiff"):
         raise ValueError(f"ot_loss: grad must be 'envelope' or 'autodiff', got '{grad}'")
-    with torch.autocast(x.device.type, enabled=False):  # float32: bf16 costs would keep 3 significant digits
+    with no_autocast(x.device):  # float32: bf16 costs would keep 3 significant digits
         x, z = x.float(), z.float()
         norms = x.square().sum(-1)[:, :, None] + z.square().sum(-1)[:, None, :]
         cost = (norms - 2 * x @ z.transpose(1, 2)).clamp_min(0)  # (B, Nx, Nz), as POT's dist_batch
