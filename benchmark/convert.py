@@ -1,6 +1,6 @@
-"""``python -m benchmark.convert FORMAT SRC OUT [--config FILE]``: an official tokenizer release as a tok1d
-tokenizer folder, computed by tok1d's own implementations with exact parity (the same token ids and
-reconstructions within 1e-4 of the official code on the same inputs).
+"""``python -m benchmark.convert FORMAT SRC OUT [--config FILE]``: an official tokenizer (generator) release as a
+tok1d tokenizer (generator) folder, computed by tok1d's own implementations with exact parity (the same token
+ids and reconstructions within 1e-4 of the official code on the same inputs; a generator's logits within 1e-4).
 
     python -m benchmark.fetch_weights --release titok-l32            # online, once
     python -m benchmark.convert 1d-tokenizer titok-l32 runs/titok_l32
@@ -16,15 +16,22 @@ taming         taming-transformers' VQGAN: a log folder (checkpoints/last.ckpt +
                .ckpt with --config model.yaml.
 maskgit-vqgan  MaskGIT-VQGAN (TiTok's maskgit-vqgan-imagenet-f16-256.bin): the .bin; its architecture is
                fixed, --config (JSON ``{"conf": {...}, "num_embeddings": N}``) gives another geometry.
+1d-tokenizer-  bytedance/1d-tokenizer's MaskGIT generators of TiTok-L-32 / B-64 (ImageBert) and S-128
+  generator    (UViTBert): a hub folder (yucornetto/generator_titok_*), or a raw generator_titok_*.bin with
+               --config configs/infer/TiTok/<model>.yaml. (A TiTok config.json holds both a tokenizer and a
+               generator section: the format says which model the weights are.)
 
-The release's config gives the tok1d tokenizer config (the release options of tokenizers/*.py); every
-tensor of that model's state dict is then named in the release's layout by the format's key map
-(renames, 1x1 convs read as linear layers, embeddings without their batch dimension, taming's separate
-q / k / v as one qkv). The release must hold exactly those tensors with exactly those shapes, besides
+The release's config gives the tok1d tokenizer config (the release options of tokenizers/*.py) or generator
+config (generators/titok_maskgit.py); every tensor of that model's state dict is then named in the release's
+layout by the format's key map (renames, 1x1 convs read as linear layers, embeddings without their batch
+dimension, taming's and BERT's separate q / k / v as one qkv, BERT's position and token-type tables as one). The release must hold exactly those tensors with exactly those shapes, besides
 the training-only ones each format lists (taming's ``loss.*``, SoftVQ's usage buffer and unused decoder
 patch embedding), and the model loads them strictly. OUT is written to a temporary folder and renamed:
 it exists only when the conversion is complete. Beside tokenizer.json and model.safetensors it holds
-``release.json``: the format, the source, the release's config and the SHA-256 of its files.
+``release.json``: the format, the source, the release's config and the SHA-256 of its files. A generator
+folder holds stage.json instead of tokenizer.json (see :func:`write_folder`), so that
+``benchmark.checkpoints.load_generator(OUT, token_spec, num_classes)`` loads it; its ``config.sample`` is the
+official evaluation's sampling (``cfg_scale``, ``steps``, sampler ``options``) as a study's ``sample``.
 
 A study evaluates a release through the ``released`` tokenizer (tokenizers/released.py); at smoke scale
 it stands in a random-weight checkpoint of the release's architecture, shrunk and written in the
@@ -34,6 +41,7 @@ release's own layout (:func:`write_stand_in`), so the whole path runs offline.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import difflib
 import hashlib
 import json
@@ -55,8 +63,8 @@ import yaml
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-from benchmark.base import Tokenizer
-from benchmark.checkpoints import build_tokenizer, save_tokenizer
+from benchmark.base import Tokenizer, TokenSpec
+from benchmark.checkpoints import build_generator, build_tokenizer, save_tokenizer, save_weights
 from benchmark.errors import CheckpointError, ConfigError, Tok1dError, WeightsError
 from benchmark.registry import load_plugins
 from benchmark.store import write_json
@@ -70,6 +78,8 @@ TRANSFORMS: dict[str, tuple[Callable[[list[Tensor]], Tensor], Callable[[Tensor],
     "batch": (lambda ts: ts[0][None], lambda t: [t[0]]),  # a release parameter without the batch dim
     "conv1x1": (lambda ts: ts[0][:, :, 0, 0], lambda t: [t[:, :, None, None]]),  # a 1x1 conv as a linear layer
     "qkv": (lambda ts: torch.cat(ts), lambda t: list(t.chunk(3))),  # separate q, k, v convs as one qkv conv
+    # BERT's position table plus its token-type row 0 (the only type used) as one position embedding
+    "type0": (lambda ts: (ts[0] + ts[1][0])[None], lambda t: [t[0], torch.zeros(2, t.shape[-1])]),
 }
 
 KeyMap = Callable[[str, nn.Module], tuple[tuple[str, ...], str]]
@@ -393,13 +403,134 @@ def write_maskgit(folder: Path, config: Mapping[str, Any] | None, state: dict[st
 
 
 # ---------------------------------------------------------------------------------------------------
+# bytedance/1d-tokenizer: TiTok's MaskGIT generators (generators/titok_maskgit.py)
+
+TITOK_GENERATORS = {"ViT": "imagebert", "UViT": "uvitbert"}  # model.generator.model_type -> tok1d generator
+SEQ_LEN = "${model.vq_model.num_latent_tokens}"  # image_seq_len as the releases' OmegaConf dumps hold it
+# tok1d's cfg_scale (1: no guidance) is the official guidance_scale plus this, per guidance_decay: the
+# official constant / linear guidance is c + g (c - u), its power-cosine one u + g (c - u).
+GUIDANCE_OFFSET = {"constant": 1.0, "linear": 1.0, "power-cosine": 0.0}
+
+
+def parse_titok_generator(config: Mapping[str, Any], where: str) -> dict[str, Any]:
+    """The generator folder config of a 1d-tokenizer generator release (``model.generator``, with V =
+    ``model.vq_model.codebook_size``): the tok1d generator (``model_type`` ViT: ``imagebert``, UViT:
+    ``uvitbert``), the token spec and class count it models, and ``sample``: the official ImageNet
+    evaluation's settings (sample_imagenet_titok.py: the config's guidance / temperature / steps,
+    softmax temperature annealing on) as a study's ``sample`` section."""
+    name = _choice(_get(config, "model.generator.model_type", where), TITOK_GENERATORS, where, "model_type")
+    gen = _get(config, "model.generator", where)
+    seq_len = gen.get("image_seq_len", SEQ_LEN)
+    if seq_len == SEQ_LEN:
+        seq_len = _get(config, "model.vq_model.num_latent_tokens", where)
+    if not isinstance(seq_len, int):
+        raise ConfigError(f"{where}: model.generator.image_seq_len {seq_len!r} is neither an integer nor {SEQ_LEN}")
+    width = _get(config, "model.generator.hidden_size", where)
+    inner = _get(config, "model.generator.intermediate_size", where)
+    _require(inner * width > 0 and int(width * (inner / width)) == inner, where, f"intermediate_size {inner}")
+    depth = _get(config, "model.generator.num_hidden_layers", where)
+    decay = _get(config, "model.generator.guidance_decay", where)
+    offset = _choice(decay, GUIDANCE_OFFSET, where, "model.generator.guidance_decay")
+    spec = TokenSpec("discrete", (seq_len,), vocab_size=_get(config, "model.vq_model.codebook_size", where))
+    return {
+        "generator": {
+            "name": name,
+            "width": width,
+            "depth": depth if name == "imagebert" else depth // 2 * 2,  # UViTBert: depth // 2 in- and out-blocks
+            "heads": _get(config, "model.generator.num_attention_heads", where),
+            "mlp_ratio": inner / width,
+            "label_dropout": float(gen.get("class_label_dropout", 0.1)),
+        },
+        "token_spec": dataclasses.asdict(spec),
+        "num_classes": _get(config, "model.generator.condition_num_classes", where),
+        "sample": {
+            "cfg_scale": float(_get(config, "model.generator.guidance_scale", where)) + offset,
+            "steps": _get(config, "model.generator.num_steps", where),
+            "options": {
+                "guidance_decay": decay,
+                "randomize_temperature": float(_get(config, "model.generator.randomize_temperature", where)),
+                "softmax_temperature_annealing": True,
+            },
+        },
+    }
+
+
+_LAYER = r"^model\.encoder\.layer\.(\d+)\."
+_imagebert_renames = renamer(
+    [
+        (r"^embed\.", "model.embeddings.word_embeddings."),
+        (r"^embed_norm\.", "model.embeddings.LayerNorm."),
+        (r"^blocks\.(\d+)\.", r"model.encoder.layer.\1."),
+        (_LAYER + r"attn\.proj\.", r"model.encoder.layer.\1.attention.output.dense."),
+        (_LAYER + r"norm1\.", r"model.encoder.layer.\1.attention.output.LayerNorm."),
+        (_LAYER + r"mlp\.0\.", r"model.encoder.layer.\1.intermediate.dense."),
+        (_LAYER + r"mlp\.2\.", r"model.encoder.layer.\1.output.dense."),
+        (_LAYER + r"norm2\.", r"model.encoder.layer.\1.output.LayerNorm."),
+        (r"^head\.", "model.lm_head."),
+    ],
+    [],
+)
+_uvitbert_keys = renamer(
+    [
+        (r"^embed\.", "embeddings."),
+        (r"^skips\.(\d+)\.", r"out_blocks.\1.skip_linear."),
+        (r"\.mlp\.0\.", ".mlp.fc1."),
+        (r"\.mlp\.2\.", ".mlp.fc2."),
+        (r"^head\.", "lm_head."),
+    ],
+    [],
+)
+
+
+def titok_generator_keys(key: str, model: nn.Module) -> tuple[tuple[str, ...], str]:
+    """UViTBert keeps the official names (but ``skip_linear``, ``fc1`` / ``fc2``, ``embeddings``, ``lm_head``);
+    ImageBert's are HF ``BertModel``'s under ``model.``: separate query / key / value (one qkv here), and the
+    position table plus token-type row 0 folded into ``pos_embed``."""
+    from benchmark.registry import GENERATORS
+
+    if isinstance(model, GENERATORS.get("uvitbert").obj):
+        return _uvitbert_keys(key, model)
+    if key == "pos_embed":
+        return ("model.embeddings.position_embeddings.weight", "model.embeddings.token_type_embeddings.weight"), "type0"
+    if qkv := re.fullmatch(r"blocks\.(\d+)\.attn\.qkv\.(weight|bias)", key):
+        prefix = f"model.encoder.layer.{qkv[1]}.attention.self"
+        return tuple(f"{prefix}.{n}.{qkv[2]}" for n in ("query", "key", "value")), "qkv"
+    return _imagebert_renames(key, model)
+
+
+def titok_generator_stand_in(k: int, model_type: str) -> StandIn:
+    """The config.json of a tiny generator of a release's kind (its K and model type; 64 codes, as the TiTok
+    stand-ins; 1000 classes, as the release): width 64, 4 heads, 2 layers (UViT: 2 + the mid-block)."""
+
+    def config(image_size: int) -> dict[str, Any]:
+        gen = {
+            "model_type": model_type,
+            "hidden_size": 64,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "intermediate_size": 256,
+            "image_seq_len": SEQ_LEN,
+            "condition_num_classes": 1000,
+            "num_steps": 8,
+            "guidance_scale": 3.0,
+            "guidance_decay": "linear",
+            "randomize_temperature": 9.5,
+        }
+        vq = {"codebook_size": 64, "num_latent_tokens": k}
+        return {"model": {"vq_model": vq, "generator": gen}, "dataset": {"preprocessing": {"crop_size": image_size}}}
+
+    return config
+
+
+# ---------------------------------------------------------------------------------------------------
 # Formats
 
 
 @dataclass(frozen=True)
 class Format:
     """One release format: where its files are, how its config reads as tok1d options, its key map, the
-    training-only tensors it may hold (``dropped``: a regex of release keys), and its writer (stand-ins)."""
+    training-only tensors it may hold (``dropped``: a regex of release keys), its writer (stand-ins), and
+    what it holds (``model``: a tokenizer, or a generator)."""
 
     configs: tuple[str, ...]  # globs, relative to a release folder, of its config (first match)
     weights: tuple[str, ...]  # globs of its weights file
@@ -408,6 +539,7 @@ class Format:
     keys: KeyMap
     write: Callable[[Path, Any, dict[str, Tensor]], None]
     dropped: str = "$^"
+    model: str = "tokenizer"
 
 
 FORMATS: dict[str, Format] = {
@@ -444,6 +576,16 @@ FORMATS: dict[str, Format] = {
         parse_maskgit,
         maskgit_keys,
         write_maskgit,
+    ),
+    "1d-tokenizer-generator": Format(
+        ("config.json",),
+        ("model.safetensors", "pytorch_model.bin", "*.bin"),
+        True,
+        parse_titok_generator,
+        titok_generator_keys,
+        write_hub_folder,
+        dropped=r"^model\.embeddings\.position_ids$",  # a buffer older transformers versions saved
+        model="generator",
     ),
 }
 
@@ -587,6 +729,19 @@ def read_release(format: str, src: Path, config: Path | None = None, weights: bo
 # The key map applied
 
 
+def build_model(config: Mapping[str, Any]) -> nn.Module:
+    """The tok1d model a folder config describes, fresh weights: a tokenizer (``data``, ``tokenizer``) or a
+    generator (``generator`` with the ``token_spec`` and ``num_classes`` it models)."""
+    if "generator" not in config:
+        return build_tokenizer(config)
+    spec = TokenSpec(**{**config["token_spec"], "shape": tuple(config["token_spec"]["shape"])})
+    return build_generator(config, spec, config["num_classes"])
+
+
+def model_name(config: Mapping[str, Any]) -> str:
+    return config["generator" if "generator" in config else "tokenizer"]["name"]
+
+
 def layout(format: str, model: nn.Module) -> dict[str, tuple[tuple[str, ...], str]]:
     """tok1d key -> (the release keys it is made of, transform), for every tensor of ``model``'s state dict."""
     fmt = get_format(format)
@@ -622,7 +777,7 @@ def to_tok1d(release: Release, model: nn.Module) -> dict[str, Tensor]:
     if any(problems):
         raise CheckpointError(
             f"{release.where}: the {release.format} release does not fit the model its config describes "
-            f"({release.config['tokenizer']['name']}): " + "; ".join(p for p in problems if p)
+            f"({model_name(release.config)}): " + "; ".join(p for p in problems if p)
         )
     state = {
         key: TRANSFORMS[transform][0]([official[n] for n in names]).to(expected[key].dtype).contiguous()
@@ -638,7 +793,7 @@ def convert(format: str, src: Path, config: Path | None = None) -> tuple[Release
     load_plugins()
     release = read_release(format, src, config)
     with torch.device("meta"):
-        model = build_tokenizer(release.config)
+        model = build_model(release.config)
     return release, to_tok1d(release, model)
 
 
@@ -661,15 +816,24 @@ def provenance(release: Release, source: str) -> dict[str, Any]:
 
 
 def write_folder(out: Path, config: Mapping[str, Any], state: Mapping[str, Tensor], record: Mapping[str, Any]) -> None:
-    """A tok1d tokenizer folder at ``out`` (which must not exist), written in a sibling temporary folder
-    and renamed when complete."""
+    """A tok1d tokenizer or generator folder at ``out`` (which must not exist), written in a sibling temporary
+    folder and renamed when complete.
+
+    A generator folder holds ``stage.json`` (``{"config": <folder config>}``: ``generator``, the ``token_spec``
+    and ``num_classes`` it models, and the release's ``sample`` settings), ``model.safetensors`` and
+    ``release.json``: what ``benchmark.checkpoints.load_generator(out, token_spec, num_classes)`` rebuilds, as
+    it rebuilds a train_generator stage's folder."""
     out = Path(out).expanduser()
     if out.exists():
         raise CheckpointError(f"{out} exists; remove it or choose another output folder")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
-        save_tokenizer(tmp, config, state)
+        if "generator" in config:
+            save_weights(tmp, state)
+            write_json(tmp / "stage.json", {"config": dict(config)})
+        else:
+            save_tokenizer(tmp, config, state)
         write_json(tmp / "release.json", record)
         tmp.rename(out)
     finally:
@@ -764,12 +928,13 @@ TAMING = "https://heibox.uni-heidelberg.de/f/{}/?dl=1"
 
 @dataclass(frozen=True)
 class ReleaseInfo:
-    """A release tok1d knows: its format, its published rFID (ImageNet val, 256 px), the official config of
-    its smoke-scale stand-in at an image size, and where it is: a Hugging Face repo (``hub``, fetching
-    ``files``; ``path`` is the release inside the fetched folder) or ``urls`` (file -> URL, off the hub)."""
+    """A release tok1d knows: its format, its published FID (ImageNet 256 px: a tokenizer's rFID on val, a
+    generator's gFID with its own sampler), the official config of its smoke-scale stand-in at an image
+    size, and where it is: a Hugging Face repo (``hub``, fetching ``files``; ``path`` is the release inside
+    the fetched folder) or ``urls`` (file -> URL, off the hub)."""
 
     format: str
-    rfid: float
+    fid: float
     stand_in: StandIn
     hub: str | None = None
     files: tuple[str, ...] = ("config.json", "model.safetensors")
@@ -781,6 +946,10 @@ def _titok(name: str, rfid: float, stand_in: StandIn) -> ReleaseInfo:
     return ReleaseInfo("1d-tokenizer", rfid, stand_in, hub=f"yucornetto/tokenizer_titok_{name}_imagenet")
 
 
+def _titok_generator(name: str, gfid: float, stand_in: StandIn) -> ReleaseInfo:
+    return ReleaseInfo("1d-tokenizer-generator", gfid, stand_in, hub=f"yucornetto/generator_titok_{name}_imagenet")
+
+
 def _softvq(name: str, rfid: float, stand_in: StandIn) -> ReleaseInfo:
     return ReleaseInfo("softvq", rfid, stand_in, hub=f"SoftVQVAE/softvq-{name}")
 
@@ -790,8 +959,8 @@ def _taming(codes: int, rfid: float, ckpt: str, yaml_: str) -> ReleaseInfo:
     return ReleaseInfo("taming", rfid, taming_stand_in, files=tuple(urls), urls=urls)
 
 
-# rFIDs as published: TiTok's README_TiTok.md, SoftVQ's README, taming's README ("Reconstruction-FIDs", val),
-# MaskGIT's paper (as TiTok quotes it).
+# FIDs as published: TiTok's README_TiTok.md (rFIDs, and its generators' gFIDs), SoftVQ's README, taming's
+# README ("Reconstruction-FIDs", val), MaskGIT's paper (as TiTok quotes it).
 RELEASES: dict[str, ReleaseInfo] = {
     "titok-l32": _titok("l32", 2.21, titok_stand_in(32, 12, legacy=True)),
     "titok-b64": _titok("b64", 1.70, titok_stand_in(64, 12, legacy=True)),
@@ -799,6 +968,9 @@ RELEASES: dict[str, ReleaseInfo] = {
     "titok-bl64-vq": _titok("bl64_vq8k", 2.06, titok_stand_in(64, 64, legacy=False, l2=False)),
     "titok-bl128-vq": _titok("bl128_vq8k", 1.49, titok_stand_in(128, 64, legacy=False, l2=False)),
     "titok-sl256-vq": _titok("sl256_vq8k", 1.03, titok_stand_in(256, 64, legacy=False, l2=False)),
+    "titok-l32-generator": _titok_generator("l32", 2.77, titok_generator_stand_in(32, "ViT")),
+    "titok-b64-generator": _titok_generator("b64", 2.48, titok_generator_stand_in(64, "ViT")),
+    "titok-s128-generator": _titok_generator("s128", 1.97, titok_generator_stand_in(128, "UViT")),
     "titok-ll32-vae": _titok("ll32_vae_c16", 1.61, titok_stand_in(32, 16, legacy=False, vae=True)),
     "titok-bl64-vae": _titok("bl64_vae_c16", 1.25, titok_stand_in(64, 16, legacy=False, vae=True)),
     "titok-bl128-vae": _titok("bl128_vae_c16", 0.84, titok_stand_in(128, 16, legacy=False, vae=True)),
@@ -926,7 +1098,7 @@ def write_stand_in(name: str, image_size: int, folder: Path, seed: int = 0) -> P
     load_plugins()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = build_tokenizer(fmt.parse(official, f"stand-in for {name}"))
+        model = build_model(fmt.parse(official, f"stand-in for {name}"))
         folder.mkdir(parents=True, exist_ok=True)
         fmt.write(folder, official, official_state(info.format, model))
     return folder
@@ -956,6 +1128,9 @@ def open_release(
     where = "tokenizer"
     if sum(x is not None for x in (checkpoint, release, format)) != 1 or (format and not source):
         raise ConfigError(f"{where}: name exactly one of checkpoint, release, or format with source")
+    named = format or (release_info(release).format if release else None)
+    if named and get_format(named).model != "tokenizer":
+        raise ConfigError(f"{where}: {release or format} is a {get_format(named).model} release, not a tokenizer")
     if checkpoint is not None:
         folder = Path(checkpoint).expanduser()
         folder_config = read_json(folder / "tokenizer.json")
@@ -1042,11 +1217,12 @@ def install_release(model: Tokenizer, folder: Path, data: Mapping[str, Any], dev
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="python -m benchmark.convert",
-        description="Convert an official tokenizer release into a tok1d tokenizer folder (exact parity).",
+        description="Convert an official tokenizer (generator) release into a tok1d tokenizer (generator) folder "
+        "(exact parity).",
     )
     p.add_argument("format", nargs="?", help=f"release format: {', '.join(FORMATS)}")
     p.add_argument("src", nargs="?", help="the release: a folder or file, a hub id or a release name (--list)")
-    p.add_argument("out", nargs="?", help="the tok1d tokenizer folder to write (must not exist)")
+    p.add_argument("out", nargs="?", help="the tok1d tokenizer or generator folder to write (must not exist)")
     p.add_argument("--config", type=Path, help="the release's config when SRC is a bare weights file")
     p.add_argument("--list", action="store_true", help="list the releases tok1d knows and exit")
     args = p.parse_args(argv)
@@ -1060,7 +1236,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.list:
         for name, info in RELEASES.items():
             where = info.hub or ", ".join(info.urls.values())
-            print(f"{name:18s} {info.format:14s} rFID {info.rfid:5.2f}  {where}")
+            metric = "gFID" if get_format(info.format).model == "generator" else "rFID"
+            print(f"{name:20s} {info.format:22s} {metric} {info.fid:5.2f}  {where}")
         return 0
     try:
         get_format(args.format)
@@ -1069,8 +1246,12 @@ def main(argv: list[str] | None = None) -> int:
     except Tok1dError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    tok = release.config["tokenizer"]
-    print(f"{args.out}: {tok['name']} ({', '.join(f'{k}={v}' for k, v in tok.items() if k != 'name')})")
+    model = release.config["generator" if "generator" in release.config else "tokenizer"]
+    print(f"{args.out}: {model['name']} ({', '.join(f'{k}={v}' for k, v in model.items() if k != 'name')})")
+    if "sample" in release.config:
+        print(
+            f"  the official evaluation's sampling, as a study's section: sample: {json.dumps(release.config['sample'])}"
+        )
     return 0
 
 

@@ -12,14 +12,15 @@ from torch import Tensor, nn
 
 class Attention(nn.Module):
     """Multi-head self-attention, softmax(QK^T / sqrt(d) + M) V, through SDPA; ``mask`` (optional) is
-    SDPA's boolean mask (True: the query may attend to the key)."""
+    SDPA's boolean mask (True: the query may attend to the key). ``qkv_bias``: whether the q / k / v
+    projection has a bias (U-ViT's has none)."""
 
-    def __init__(self, dim: int, num_heads: int) -> None:
+    def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True) -> None:
         super().__init__()
         if dim % num_heads:
             raise ValueError(f"width {dim} is not divisible by {num_heads} heads")
         self.num_heads = num_heads
-        self.qkv = nn.Linear(dim, 3 * dim)
+        self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
         self.proj = nn.Linear(dim, dim)
 
     def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
@@ -52,15 +53,25 @@ class Block(nn.Module):
 
     ``norm_eps``: the LayerNorms' epsilon (timm / DINOv2 ViTs use 1e-6). ``layer_scale``: when set, each
     residual branch is scaled per channel, x + gamma_1 * Attn(LN(x)), x + gamma_2 * MLP(LN(x)), with the
-    gammas initialised to this value (timm's ``init_values``; SoftVQ's ViTs: 1e-5).
+    gammas initialised to this value (timm's ``init_values``; SoftVQ's ViTs: 1e-5). ``post_norm``: the
+    post-norm order of BERT (HF ``BertLayer``), x = LN_1(x + Attn(x)), then x = LN_2(x + MLP(x)).
+    ``qkv_bias``: see :class:`Attention`.
     """
 
     def __init__(
-        self, dim: int, num_heads: int, mlp_ratio: float = 4.0, norm_eps: float = 1e-5, layer_scale: float | None = None
+        self,
+        dim: int,
+        num_heads: int,
+        mlp_ratio: float = 4.0,
+        norm_eps: float = 1e-5,
+        layer_scale: float | None = None,
+        post_norm: bool = False,
+        qkv_bias: bool = True,
     ) -> None:
         super().__init__()
+        self.post_norm = post_norm
         self.norm1 = nn.LayerNorm(dim, eps=norm_eps)
-        self.attn = Attention(dim, num_heads)
+        self.attn = Attention(dim, num_heads, qkv_bias)
         self.norm2 = nn.LayerNorm(dim, eps=norm_eps)
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
         if layer_scale is not None:
@@ -69,6 +80,9 @@ class Block(nn.Module):
             self.ls1 = self.ls2 = nn.Identity()
 
     def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
+        if self.post_norm:
+            x = self.norm1(x + self.ls1(self.attn(x, mask)))
+            return self.norm2(x + self.ls2(self.mlp(x)))
         x = x + self.ls1(self.attn(self.norm1(x), mask))
         return x + self.ls2(self.mlp(self.norm2(x)))
 
@@ -84,8 +98,12 @@ class Transformer(nn.Sequential):
         mlp_ratio: float = 4.0,
         norm_eps: float = 1e-5,
         layer_scale: float | None = None,
+        post_norm: bool = False,
+        qkv_bias: bool = True,
     ) -> None:
-        super().__init__(*(Block(dim, num_heads, mlp_ratio, norm_eps, layer_scale) for _ in range(depth)))
+        super().__init__(
+            *(Block(dim, num_heads, mlp_ratio, norm_eps, layer_scale, post_norm, qkv_bias) for _ in range(depth))
+        )
 
 
 def init_vit_weights(module: nn.Module) -> None:
