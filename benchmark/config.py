@@ -207,6 +207,9 @@ SCHEMAS: dict[str, type] = {
 }
 REGISTRY_SECTIONS: dict[str, Registry] = {"tokenizer": TOKENIZERS, "data": DATASETS, "generator": GENERATORS}
 TOP_LEVEL: dict[str, Any] = {"seed": int, "plugins": list[str]}
+# Options that belong to a registry entry's methods, dropped with its section when a layer switches entry
+# (``sample.options`` are keyword arguments of the generator's ``sample``).
+DEPENDENT_OPTIONS: dict[str, tuple[str, ...]] = {"generator": ("sample.options",)}
 CHOICES = {
     "train.schedule": ("constant", "cosine"),
     "train.precision": ("bf16", "fp32"),
@@ -321,6 +324,9 @@ def merge_layers(
             if isinstance(new, Mapping) and "name" in new and config.get(section, {}).get("name") != new["name"]:
                 config.pop(section, None)  # another registry entry: its options start afresh
                 origin = {k: v for k, v in origin.items() if not k.startswith(section + ".")}
+                for dependent in DEPENDENT_OPTIONS.get(section, ()):  # options of that entry's methods go too
+                    config.get(dependent.split(".")[0], {}).pop(dependent.split(".")[1], None)
+                    origin.pop(dependent, None)
         config = merge_dicts(config, values)
         origin.update(dict.fromkeys(flatten(values), layer.source))
         if "defaults" != layer.source:

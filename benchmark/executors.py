@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import logging
 import os
 import signal
@@ -122,9 +123,24 @@ def run_stage(store_root: str, kind: str, hash: str, take_lock: bool = False) ->
     return result
 
 
+@functools.lru_cache(maxsize=1)
+def code_version() -> dict[str, Any]:
+    """The git commit of the code that runs a stage (and whether the tree had local changes)."""
+    from benchmark import REPO_ROOT
+
+    def git(*args: str) -> str:
+        out = subprocess.run(["git", *args], cwd=REPO_ROOT, capture_output=True, text=True, check=False)
+        return out.stdout.strip() if out.returncode == 0 else ""
+
+    commit = git("rev-parse", "HEAD")
+    return {"commit": commit or None, "dirty": bool(git("status", "--porcelain", "--untracked-files=no"))}
+
+
 def stage_record(plan: Plan, stage: Stage) -> dict[str, Any]:
+    """What stage.json records: the stage's config and inputs, how it runs, the study, the code version."""
     cell = next(c for c in plan.cells if c.stages.get(stage.kind) == stage.hash)
     return {
+        "code": code_version(),
         "kind": stage.kind,
         "hash": stage.hash,
         "config": stage.config,

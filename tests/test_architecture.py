@@ -14,16 +14,24 @@ PACKAGE = REPO / "benchmark"
 
 
 def imports_of(path: Path) -> set[str]:
-    """The benchmark modules that ``path`` imports anywhere (module level or inside functions)."""
+    """The benchmark modules that ``path`` imports at run time, at module level or inside functions
+    (imports under ``if TYPE_CHECKING:`` are for type checkers only and do not count)."""
     out: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text())):
+
+    def visit(node: ast.AST) -> None:
+        if isinstance(node, ast.If) and isinstance(node.test, ast.Name) and node.test.id == "TYPE_CHECKING":
+            return
         if isinstance(node, ast.Import):
-            out |= {a.name for a in node.names if a.name.startswith("benchmark.")}
+            out.update(a.name for a in node.names if a.name.startswith("benchmark."))
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             if node.module == "benchmark":
-                out |= {f"benchmark.{a.name}" for a in node.names if (PACKAGE / f"{a.name}.py").is_file()}
+                out.update(f"benchmark.{a.name}" for a in node.names if (PACKAGE / f"{a.name}.py").is_file())
             elif node.module.startswith("benchmark."):
                 out.add(node.module)
+        for child in ast.iter_child_nodes(node):
+            visit(child)
+
+    visit(ast.parse(path.read_text()))
     return out
 
 
