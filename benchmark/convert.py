@@ -418,7 +418,8 @@ def parse_titok_generator(config: Mapping[str, Any], where: str) -> dict[str, An
     ``uvitbert``), the token spec and class count it models, and ``sample``: the official ImageNet
     evaluation's settings (sample_imagenet_titok.py: the config's guidance / temperature / steps,
     softmax temperature annealing on) as a study's ``sample`` section."""
-    name = _choice(_get(config, "model.generator.model_type", where), TITOK_GENERATORS, where, "model_type")
+    model_type = _get(config, "model.generator.model_type", where)
+    name = _choice(model_type, TITOK_GENERATORS, where, "model.generator.model_type")
     gen = _get(config, "model.generator", where)
     seq_len = gen.get("image_seq_len", SEQ_LEN)
     if seq_len == SEQ_LEN:
@@ -427,7 +428,6 @@ def parse_titok_generator(config: Mapping[str, Any], where: str) -> dict[str, An
         raise ConfigError(f"{where}: model.generator.image_seq_len {seq_len!r} is neither an integer nor {SEQ_LEN}")
     width = _get(config, "model.generator.hidden_size", where)
     inner = _get(config, "model.generator.intermediate_size", where)
-    _require(inner * width > 0 and int(width * (inner / width)) == inner, where, f"intermediate_size {inner}")
     depth = _get(config, "model.generator.num_hidden_layers", where)
     decay = _get(config, "model.generator.guidance_decay", where)
     offset = _choice(decay, GUIDANCE_OFFSET, where, "model.generator.guidance_decay")
@@ -968,9 +968,6 @@ RELEASES: dict[str, ReleaseInfo] = {
     "titok-bl64-vq": _titok("bl64_vq8k", 2.06, titok_stand_in(64, 64, legacy=False, l2=False)),
     "titok-bl128-vq": _titok("bl128_vq8k", 1.49, titok_stand_in(128, 64, legacy=False, l2=False)),
     "titok-sl256-vq": _titok("sl256_vq8k", 1.03, titok_stand_in(256, 64, legacy=False, l2=False)),
-    "titok-l32-generator": _titok_generator("l32", 2.77, titok_generator_stand_in(32, "ViT")),
-    "titok-b64-generator": _titok_generator("b64", 2.48, titok_generator_stand_in(64, "ViT")),
-    "titok-s128-generator": _titok_generator("s128", 1.97, titok_generator_stand_in(128, "UViT")),
     "titok-ll32-vae": _titok("ll32_vae_c16", 1.61, titok_stand_in(32, 16, legacy=False, vae=True)),
     "titok-bl64-vae": _titok("bl64_vae_c16", 1.25, titok_stand_in(64, 16, legacy=False, vae=True)),
     "titok-bl128-vae": _titok("bl128_vae_c16", 0.84, titok_stand_in(128, 16, legacy=False, vae=True)),
@@ -990,6 +987,9 @@ RELEASES: dict[str, ReleaseInfo] = {
         files=("maskgit-vqgan-imagenet-f16-256.bin",),
         path="maskgit-vqgan-imagenet-f16-256.bin",
     ),
+    "titok-l32-generator": _titok_generator("l32", 2.77, titok_generator_stand_in(32, "ViT")),
+    "titok-b64-generator": _titok_generator("b64", 2.48, titok_generator_stand_in(64, "ViT")),
+    "titok-s128-generator": _titok_generator("s128", 1.97, titok_generator_stand_in(128, "UViT")),
 }
 
 

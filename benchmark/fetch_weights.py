@@ -5,7 +5,8 @@ Downloads the weights of every pretrained encoder a study names (``tokenizer.enc
 ``{init: <encoder>, ...}`` mapping of its cells) into each library's own cache (timm and transformers:
 the Hugging Face cache, ``$HF_HOME``; open_clip: its download cache), and the files of every official
 tokenizer release its cells evaluate (``tokenizer: {name: released, release: <name>}``) or ``--release``
-names (benchmark.convert.RELEASES: Hugging Face repos into the Hugging Face cache, the others into
+names, tokenizers and generators alike (benchmark.convert.RELEASES, e.g. ``titok-l32`` and its MaskGIT
+generator ``titok-l32-generator``: Hugging Face repos into the Hugging Face cache, the others into
 ``$TOK1D_RELEASES``), so that runs on compute nodes without network find them with ``HF_HUB_OFFLINE=1``.
 Run it on a login node.
 """
@@ -102,7 +103,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         action="append",
         default=[],
         metavar="NAME",
-        help="an official tokenizer release to fetch (python -m benchmark.convert --list; 'all': every one); repeatable",
+        help="an official tokenizer or generator release to fetch (python -m benchmark.convert --list; 'all': every "
+        "one); repeatable",
     )
     args = p.parse_intermixed_args(argv)
     if args.study is None and not args.release:

@@ -95,15 +95,16 @@ class TiTokMaskGIT(Generator):
         return self.head(self.hidden(self.embed(ids) + self.pos_embed)[:, 1:])
 
     def loss(self, tokens: Tensor, labels: Tensor) -> dict[str, Tensor]:
-        """The official MLM loss: arccos-many random positions masked, weighted label-smoothed cross-entropy."""
+        """The official MLM loss: arccos-many random positions masked, weighted label-smoothed cross-entropy
+        (random draws in the official order: r, the positions, the class drop)."""
         b, n = tokens.shape
-        if self.training and self.label_dropout > 0:
-            drop = torch.rand(b, device=labels.device) < self.label_dropout
-            labels = torch.where(drop, torch.full_like(labels, self.null_class), labels)
         r = torch.rand(b, device=tokens.device)
         ratio = (torch.acos(r) / (math.pi * 0.5)).clamp(1e-6, 1.0)
         num_masked = (n * ratio).round().clamp(min=1)
         masked = torch.rand(b, n, device=tokens.device).argsort(dim=-1) < num_masked[:, None]
+        if self.training and self.label_dropout > 0:
+            drop = torch.rand(b, device=labels.device) < self.label_dropout
+            labels = torch.where(drop, torch.full_like(labels, self.null_class), labels)
         logits = self(torch.where(masked, self.mask_id, tokens), labels)
         ce = F.cross_entropy(
             logits.float().transpose(1, 2), tokens, label_smoothing=self.label_smoothing, reduction="none"
