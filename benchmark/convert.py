@@ -584,7 +584,7 @@ FORMATS: dict[str, Format] = {
         parse_titok_generator,
         titok_generator_keys,
         write_hub_folder,
-        dropped=r"^model\.embeddings\.position_ids$",  # a buffer older transformers versions saved
+        dropped=r"^model\.embeddings\.(position_ids|token_type_ids)$",  # buffers older transformers versions saved
         model="generator",
     ),
 }

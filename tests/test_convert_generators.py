@@ -370,13 +370,15 @@ def test_a_bad_release_is_one_error_and_writes_nothing(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["release"]
 
 
-def test_an_older_transformers_position_ids_buffer_is_dropped(tmp_path):
+def test_older_transformers_buffers_are_dropped(tmp_path):
     def old(state):
         state["model.embeddings.position_ids"] = torch.arange(N + 1)[None]
+        state["model.embeddings.token_type_ids"] = torch.zeros(1, N + 1, dtype=torch.long)
 
     write_release(tmp_path / "release", "ViT", edit=old)
     release, weights = convert.convert(FORMAT, tmp_path / "release")
-    assert "model.embeddings.position_ids" in release.state and "pos_embed" in weights
+    buffers = {"model.embeddings.position_ids", "model.embeddings.token_type_ids"}
+    assert buffers <= release.state.keys() and not any(k.endswith("_ids") for k in weights)
 
 
 @pytest.mark.parametrize(
