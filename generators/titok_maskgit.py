@@ -19,7 +19,15 @@ position, weighted 1 on masked and ``unmasked_weight`` on visible tokens, normal
 classes dropped to the null class with probability ``label_dropout``. BERT's dropout (0.1, training only)
 is not modelled; weights start from the ViT initialisation (truncated normal 0.02).
 
-Sampling: the official ``ImageBert.generate`` (see :meth:`TiTokMaskGIT.sample`).
+Sampling: the official ``ImageBert.generate`` (see :meth:`TiTokMaskGIT.sample`). Unlike ``maskgit``'s
+sampler, its confidence is the sampled id's raw logit, not its log-probability, noised with the same
+annealed temperature that samples the ids. The releases' ImageNet evaluation (sample_imagenet_titok.py),
+which a converted folder's stage.json records as ``config.sample``, in a study's terms:
+
+    sample: {cfg_scale: 5.5, steps: 8, options: {guidance_decay: linear, randomize_temperature: 9.5,
+             softmax_temperature_annealing: true}}       # TiTok-L-32; B-64: cfg_scale 4.0, temperature 11.0
+    sample: {cfg_scale: 6.9, steps: 64, options: {guidance_decay: power-cosine, randomize_temperature: 2.8,
+             softmax_temperature_annealing: true}}       # TiTok-S-128
 """
 
 from __future__ import annotations

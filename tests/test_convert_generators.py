@@ -23,7 +23,7 @@ from test_convert import randomize
 
 from benchmark import convert
 from benchmark.base import TokenSpec
-from benchmark.checkpoints import load_generator
+from benchmark.checkpoints import load_generator, load_tokenizer
 from benchmark.errors import CheckpointError, ConfigError
 from benchmark.registry import GENERATORS, TOKENIZERS, load_plugins
 
@@ -479,3 +479,26 @@ def test_fetch_weights_knows_the_generators_hub_ids(tmp_path, monkeypatch, capsy
     assert "3 of 3 releases available" in capsys.readouterr().out
     assert convert.main(["--list"]) == 0
     assert "titok-s128-generator 1d-tokenizer-generator gFID  1.97" in capsys.readouterr().out
+
+
+def test_a_converted_generator_samples_for_the_converted_tokenizer(tmp_path):
+    """TiTok-L-32's generator, loaded for the token spec of the converted TiTok-L-32 (stand-ins of both),
+    samples ids with the release's own settings that the tokenizer decodes into images."""
+    for name in ("titok-l32", "titok-l32-generator"):
+        info = convert.RELEASES[name]
+        source = convert.write_stand_in(name, 32, tmp_path / f"{name}-release")
+        assert convert.main([info.format, str(source), str(tmp_path / name)]) == 0
+    tokenizer = load_tokenizer(tmp_path / "titok-l32")
+    config = json.loads((tmp_path / "titok-l32-generator" / "stage.json").read_text())["config"]
+    generator = load_generator(tmp_path / "titok-l32-generator", tokenizer.token_spec, config["num_classes"])
+    sample = config["sample"]
+    ids = generator.sample(
+        torch.tensor([1, 999]),
+        sample["cfg_scale"],
+        sample["steps"],
+        torch.Generator().manual_seed(0),
+        **sample["options"],
+    )
+    assert ids.shape == (2, 32) and ids.max() < tokenizer.token_spec.vocab_size
+    images = tokenizer.decode(ids)
+    assert images.shape == (2, 3, 32, 32) and 0 <= images.min() and images.max() <= 1
