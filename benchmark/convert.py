@@ -24,7 +24,8 @@ maskgit-vqgan  MaskGIT-VQGAN (TiTok's maskgit-vqgan-imagenet-f16-256.bin): the .
 The release's config gives the tok1d tokenizer config (the release options of tokenizers/*.py) or generator
 config (generators/titok_maskgit.py); every tensor of that model's state dict is then named in the release's
 layout by the format's key map (renames, 1x1 convs read as linear layers, embeddings without their batch
-dimension, taming's and BERT's separate q / k / v as one qkv, BERT's position and token-type tables as one). The release must hold exactly those tensors with exactly those shapes, besides
+dimension, taming's and BERT's separate q / k / v as one qkv, BERT's position and token-type tables as one).
+The release must hold exactly those tensors with exactly those shapes, besides
 the training-only ones each format lists (taming's ``loss.*``, SoftVQ's usage buffer and unused decoder
 patch embedding), and the model loads them strictly. OUT is written to a temporary folder and renamed:
 it exists only when the conversion is complete. Beside tokenizer.json and model.safetensors it holds
@@ -738,8 +739,9 @@ def build_model(config: Mapping[str, Any]) -> nn.Module:
     return build_generator(config, spec, config["num_classes"])
 
 
-def model_name(config: Mapping[str, Any]) -> str:
-    return config["generator" if "generator" in config else "tokenizer"]["name"]
+def model_section(config: Mapping[str, Any]) -> Mapping[str, Any]:
+    """The ``generator`` or ``tokenizer`` section of a folder config (its registry name and options)."""
+    return config["generator" if "generator" in config else "tokenizer"]
 
 
 def layout(format: str, model: nn.Module) -> dict[str, tuple[tuple[str, ...], str]]:
@@ -777,7 +779,7 @@ def to_tok1d(release: Release, model: nn.Module) -> dict[str, Tensor]:
     if any(problems):
         raise CheckpointError(
             f"{release.where}: the {release.format} release does not fit the model its config describes "
-            f"({model_name(release.config)}): " + "; ".join(p for p in problems if p)
+            f"({model_section(release.config)['name']}): " + "; ".join(p for p in problems if p)
         )
     state = {
         key: TRANSFORMS[transform][0]([official[n] for n in names]).to(expected[key].dtype).contiguous()
@@ -1246,12 +1248,10 @@ def main(argv: list[str] | None = None) -> int:
     except Tok1dError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    model = release.config["generator" if "generator" in release.config else "tokenizer"]
+    model = model_section(release.config)
     print(f"{args.out}: {model['name']} ({', '.join(f'{k}={v}' for k, v in model.items() if k != 'name')})")
     if "sample" in release.config:
-        print(
-            f"  the official evaluation's sampling, as a study's section: sample: {json.dumps(release.config['sample'])}"
-        )
+        print(f"  the official evaluation's sampling (a study section): {json.dumps(release.config['sample'])}")
     return 0
 
 
