@@ -22,8 +22,8 @@ network for sampling (as the sample stage does); evaluate and rfid run as the st
 Timing: --warmup untimed calls, then each call timed alone with time.perf_counter (the device synchronised
 before each clock read) until at least --iters calls and --min-time seconds (at most 20 x --iters calls);
 rfid is one timed pass after a warm-up pass on other images. FLOPs: torch.utils.flop_counter over one
-eager call of the op at the timed batch (train_step: on a separate eager TrainStep; sample: at batch 1,
-scaled), so they count the matmuls, convolutions and attention of everything the call runs (frozen
+eager call of the op at the timed batch, before the warm-up (train_step: the first call of an eager
+TrainStep, replaced by a fresh compiled one for compiled rows; sample: at batch 1, scaled), so they count the matmuls, convolutions and attention of everything the call runs (frozen
 teachers, LPIPS, discriminator, Inception), forward and backward. MFU = achieved TFLOP/s / the device's
 dense bf16 peak (PEAK_BF16_TFLOPS, or --peak-tflops); null where the peak is unknown (the CPU).
 
@@ -297,14 +297,17 @@ class Bench:
         row = {**row, "op": "train_step", "precision": self.train_precision(), "at_step": at}
         if adversary is not None:
             row["adversary_active"] = adversary.active(at)
-        eager = TrainStep(model, step_fn, cfg, self.device, adversary)
-        trainer = TrainStep(model, step_fn, cfg, self.device, adversary, compile=True) if row["compile"] else eager
+        skipped = self.skipped(row)
+        if skipped is not None:
+            return skipped
+        trainer = TrainStep(model, step_fn, cfg, self.device, adversary)
+        per_image = gflops(lambda: trainer(batch, at)) / len(batch[0])
+        if row["compile"]:  # a fresh TrainStep, compiled (the eager one's optimiser state and EMA freed first)
+            del trainer
+            free(self.device)
+            trainer = TrainStep(model, step_fn, cfg, self.device, adversary, compile=True)
         return self.measure(
-            row,
-            lambda: trainer(batch, at),
-            lambda: eager(batch, at),
-            images=len(batch[0]),
-            tokens_per_image=tokens_per_image,
+            row, lambda: trainer(batch, at), per_image, images=len(batch[0]), tokens_per_image=tokens_per_image
         )
 
     def tokenizer(
