@@ -510,7 +510,8 @@ def custom_rows(args: argparse.Namespace, bench: Bench) -> list[dict[str, Any]]:
         def make() -> tuple[Tokenizer, int]:
             torch.manual_seed(args.seed)
             config = {"tokenizer": {"name": name, **options}, "data": {"resolution": args.image_size}}
-            return build_tokenizer(config).to(device), args.image_size
+            with device:  # initialised on the device: seconds saved per model at paper scale
+                return build_tokenizer(config).to(device), args.image_size
 
         return make
 
@@ -534,7 +535,8 @@ def custom_rows(args: argparse.Namespace, bench: Bench) -> list[dict[str, Any]]:
             gen_label = label(name, options)
             torch.manual_seed(args.seed)
             try:
-                generator = build_generator({"generator": {"name": name, **options}}, spec, args.num_classes)
+                with device:
+                    generator = build_generator({"generator": {"name": name, **options}}, spec, args.num_classes)
             except ConfigError as exc:  # e.g. MaskGIT on continuous tokens
                 rows.append({"component": "generator", "name": gen_label, "tokens_of": tok_label, "skipped": str(exc)})
                 continue
@@ -558,11 +560,13 @@ def suite_rows(args: argparse.Namespace, bench: Bench) -> list[dict[str, Any]]:
         try:
             if entry.component == "tokenizer":
                 config = {"tokenizer": entry.config, "data": {"resolution": local.image_size}}
-                model = build_tokenizer(config).to(bench.device)
+                with bench.device:
+                    model = build_tokenizer(config).to(bench.device)
                 rows += sub.tokenizer(model, entry.label, local.image_size, entry.ops, entry.ema_decay)
             else:
                 spec = entry.tokens
-                model = build_generator({"generator": entry.config}, spec, local.num_classes).to(bench.device)
+                with bench.device:
+                    model = build_generator({"generator": entry.config}, spec, local.num_classes).to(bench.device)
                 rows += sub.generator(
                     model, entry.label, spec, entry.tokens_of, entry.ops, entry.ema_decay, entry.sampling
                 )
