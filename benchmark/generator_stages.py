@@ -127,10 +127,17 @@ def sample(ctx: StageContext) -> dict[str, Any]:
     generator = load_generator(ctx.input_dir("train_generator"), latents.spec, latents.num_classes, ctx.device)
     tokenizer = load_tokenizer(ctx.tokenizer_dir(), ctx.device)
     precision = InferencePrecision(ctx.device)
+    labels = balanced_labels(cfg.num_images, latents.num_classes)
+    one = labels[:1].to(ctx.device)
+    options = {"cfg_scale": cfg.cfg_scale, "steps": cfg.steps, **cfg.options}
+    sample_gflops = (  # counted on the eager network, before it is compiled
+        gflops(lambda: generator.sample(one, generator=torch.Generator(device=ctx.device).manual_seed(0), **options))
+        if ctx.world.main
+        else 0.0
+    )
     compiled = bool(ctx.runtime.get("compile", False))
     if compiled:
         generator.compile()
-    labels = balanced_labels(cfg.num_images, latents.num_classes)
     res = read_json(ctx.tokenizer_dir() / "tokenizer.json")["data"]["resolution"]
     tmp = ctx.dir / "images.tmp.npy"
     shape = (cfg.num_images, res, res, 3)
@@ -145,7 +152,7 @@ def sample(ctx: StageContext) -> dict[str, Any]:
         y = labels[start : start + cfg.batch_size].to(ctx.device)
         rng = torch.Generator(device=ctx.device).manual_seed(cfg.seed * 1_000_003 + b)
         with precision():
-            seq = generator.sample(y, cfg_scale=cfg.cfg_scale, steps=cfg.steps, generator=rng, **cfg.options)
+            seq = generator.sample(y, generator=rng, **options)
             out = tokenizer.decode(unflat_tokens(stats.denormalize(seq), latents.spec))
         images[start : start + len(y)] = (
             (out.float().clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).cpu().numpy()
@@ -160,18 +167,6 @@ def sample(ctx: StageContext) -> dict[str, Any]:
     tmp.replace(ctx.dir / "images.npy")
     np.save(ctx.dir / "labels.npy", labels.numpy())
     save_image_grid(first, ctx.dir / "samples.png", nrow=8)
-    one = labels[:1].to(ctx.device)
-    if compiled:  # the FLOP counter needs the eager network
-        generator = load_generator(ctx.input_dir("train_generator"), latents.spec, latents.num_classes, ctx.device)
-    sample_gflops = gflops(
-        lambda: generator.sample(
-            one,
-            cfg_scale=cfg.cfg_scale,
-            steps=cfg.steps,
-            generator=torch.Generator(device=ctx.device).manual_seed(0),
-            **cfg.options,
-        )
-    )
     return {
         "num_images": cfg.num_images,
         "sample_seconds": seconds,
