@@ -159,9 +159,12 @@ class ProceduralShapes(Dataset):
     """Built-in shapes and textures (circle, stripes, ...): any resolution, deterministic, no files.
 
     Image ``i`` of a split is drawn from ``numpy.random.default_rng([seed, split, i])`` and its label
-    is ``i % num_classes``. ``subset`` mirrors the BDD100K thesis's two data configurations: ``day``
-    has bright backgrounds only; ``all`` adds dark "night" backgrounds and a wider colour range, and
-    its train split is three times ``train_size``.
+    is ``i % num_classes``. ``subset`` mirrors the BDD100K thesis's two data configurations (Sec. 4.1.1):
+    ``day`` has bright backgrounds only; ``all`` is a bigger, more diverse train split that contains
+    the ``day`` one: its first ``train_size`` images are the ``day`` images, and ``2 * train_size``
+    more have dark "night" backgrounds or a wider colour range (half each). As in the thesis, which
+    keeps "the same 1,764 validation images" for both configurations, the eval split is the ``day``
+    one whatever the subset, so the two configurations are scored on the same images.
     """
 
     def __init__(
@@ -189,6 +192,7 @@ class ProceduralShapes(Dataset):
         self.split, self.resolution, self.seed, self.subset = split, resolution, seed, subset
         self.num_classes = num_classes
         self.class_names = list(PROCEDURAL_KINDS[:num_classes])
+        self.day_size = train_size  # train images [0, train_size) are the ``day`` images in both subsets
         if split == "train":
             self.size = train_size * (3 if subset == "all" else 1)
         else:
@@ -202,7 +206,7 @@ class ProceduralShapes(Dataset):
             raise IndexError(f"index {index} out of range for {self.size} procedural images")
         rng = np.random.default_rng([self.seed, SPLITS.index(self.split), index])
         palette = "day"
-        if self.subset == "all":
+        if self.subset == "all" and self.split == "train" and index >= self.day_size:
             palette = "night" if rng.random() < 0.5 else "wide_day"
         label = index % self.num_classes
         image = render_procedural(PROCEDURAL_KINDS[label], rng, self.resolution, palette)

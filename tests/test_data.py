@@ -70,7 +70,8 @@ def test_procedural_all_subset_is_bigger_and_has_night_images():
     assert len(day) == 100 and len(full) == 300
     assert len(ProceduralShapes("eval", eval_size=50, subset="all")) == 50
     day_brightness = stack(day)[0].mean(dim=(1, 2, 3)).sort().values
-    all_brightness = stack(full, 100)[0].mean(dim=(1, 2, 3)).sort().values
+    extra = torch.stack([full[i][0] for i in range(100, 200)])  # past the day images it starts with
+    all_brightness = extra.mean(dim=(1, 2, 3)).sort().values
     assert all_brightness[:20].mean() < day_brightness[:20].mean() - 0.2
     assert all_brightness.std() > day_brightness.std()
 
@@ -258,3 +259,12 @@ def test_build_dataset_bad_key_or_missing_name():
         build_dataset({"name": "procedural", "resolutoin": 16}, "train")
     with pytest.raises(ConfigError, match="data.name is missing"):
         build_dataset({"resolution": 16}, "train")
+
+
+def test_procedural_all_subset_contains_the_day_set_and_shares_its_eval_split():
+    """The thesis's big data set adds conditions to the daytime set and keeps its validation images."""
+    day, full = ProceduralShapes("train", train_size=12), ProceduralShapes("train", train_size=12, subset="all")
+    assert all(torch.equal(day[i][0], full[i][0]) for i in range(12))
+    assert not torch.equal(ProceduralShapes("train", train_size=36)[20][0], full[20][0])
+    day_eval, all_eval = ProceduralShapes("eval", eval_size=8), ProceduralShapes("eval", eval_size=8, subset="all")
+    assert all(torch.equal(day_eval[i][0], all_eval[i][0]) for i in range(8))
