@@ -47,10 +47,9 @@ from benchmark.fid import (
 from benchmark.generator_stages import sample
 from benchmark.image_grid import save_image_grid
 from benchmark.registry import METRICS, load_plugins
-from benchmark.report import CellResults, protocol_lines
+from benchmark.report import cell_protocol_lines
 from benchmark.stage_context import StageContext
 from benchmark.store import RunStore, read_json, write_json
-from benchmark.study import Cell
 from benchmark.tokenizer_eval import evaluate_tokenizer
 
 DEFAULT_CACHE = "~/.cache/tok1d/fid_stats"
@@ -89,8 +88,7 @@ class Evaluation:
         lines = [table.to_markdown(index=False, floatfmt=".4g"), "", "## Protocol", ""]
         if self.kind == "evaluate_images":
             lines.append(f"- {self.path}: {self.protocol['num_images']} images, {SOURCES[self.mode]}")
-        cell = Cell(label=str(self.path), overrides={}, config={}, stages={})
-        lines += protocol_lines([CellResults(cell, {"_protocols": {self.kind: self.protocol}}, "ok")])
+        lines += cell_protocol_lines(str(self.path), {self.kind: self.protocol})
         return "\n".join(lines)
 
     def as_dict(self) -> dict[str, Any]:

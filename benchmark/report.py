@@ -313,24 +313,32 @@ def failure_lines(plan: Plan, store: RunStore) -> list[str]:
 
 def protocol_lines(results: Results) -> list[str]:
     """One line per cell and evaluation: what was measured, on what, and how (FID protocols in full)."""
+    return [
+        line
+        for row in results.rows().values()
+        for c in row.cells
+        for line in cell_protocol_lines(c.cell.label, c.values.get("_protocols", {}))
+    ]
+
+
+def cell_protocol_lines(label: str, protocols: dict[str, Any]) -> list[str]:
+    """The protocol lines of one cell (or one ``benchmark.evaluate`` call): stage kind -> its protocol."""
     seen: list[str] = []
-    for r in (c for row in results.rows().values() for c in row.cells):
-        for kind, protocol in r.values.get("_protocols", {}).items():
-            if kind == "evaluate_tokenizer":
-                data = ", ".join(f"{k}={v}" for k, v in protocol.get("data", {}).items())
-                seen.append(
-                    f"- {r.cell.label}: {protocol['num_images']} images of the {protocol['split']} split "
-                    f"({data}); metrics: {', '.join(protocol['metrics'])}"
-                )
-            elif kind == "evaluate_generator":
-                s = protocol.get("sampling", {})
-                seen.append(
-                    f"- {r.cell.label}: {s.get('num_images')} generated images, labels "
-                    f"{s.get('labels')}, seed {s.get('seed')}, cfg {s.get('cfg_scale')}, steps "
-                    f"{s.get('steps')}, sampler {s.get('sampler')}"
-                )
-            for metric in protocol.get("metric_protocols", []):
-                seen.append("  - " + "; ".join(f"{k}: {v}" for k, v in metric.items() if v not in (None, "")))
+    for kind, protocol in protocols.items():
+        if kind == "evaluate_tokenizer":
+            data = ", ".join(f"{k}={v}" for k, v in protocol.get("data", {}).items())
+            seen.append(
+                f"- {label}: {protocol['num_images']} images of the {protocol['split']} split ({data}); "
+                f"metrics: {', '.join(protocol['metrics'])}"
+            )
+        elif kind == "evaluate_generator":
+            s = protocol.get("sampling", {})
+            seen.append(
+                f"- {label}: {s.get('num_images')} generated images, labels {s.get('labels')}, seed "
+                f"{s.get('seed')}, cfg {s.get('cfg_scale')}, steps {s.get('steps')}, sampler {s.get('sampler')}"
+            )
+        for metric in protocol.get("metric_protocols", []):
+            seen.append("  - " + "; ".join(f"{k}: {v}" for k, v in metric.items() if v not in (None, "")))
     return seen
 
 

@@ -100,7 +100,7 @@ def _cli(study: Path, runs: Path, *extra: str) -> subprocess.Popen:
         *TINY,
         *extra,
     ]
-    env = {**os.environ, "OMP_NUM_THREADS": "2"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}  # no thread-count-dependent sums
     return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 

@@ -132,7 +132,12 @@ def test_cancelled_job_shows_cancelled_and_is_not_resubmitted(tmp_path, write_st
     assert "submitted" not in out.out.split("stages:")[1].splitlines()[0] and "cancelled" in out.err
 
 
-def test_time_limit_signal_requeues_and_resumes_exactly(tmp_path, write_study, capsys):
+def test_time_limit_signal_requeues_and_resumes_exactly(tmp_path, write_study, capsys, monkeypatch):
+    # One thread on both sides: MKL may use fewer threads on a busy machine, which changes summation orders.
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    monkeypatch.setenv("MKL_NUM_THREADS", "1")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
     study = write_study("config: {tokenizer: {name: titok, size: tiny, patch_size: 4, num_latent_tokens: 4}}")
     extra = ["train.steps=400", "train.checkpoint_every=100", "train.log_every=5"]
     assert main(args(study, tmp_path, *SLURM, *extra)) == 0
@@ -153,6 +158,7 @@ def test_time_limit_signal_requeues_and_resumes_exactly(tmp_path, write_study, c
     assert main(args(study, local, "launcher.name=local", "runtime.device=cpu", *extra)) == 0
     other = next((local / "runs" / "train_tokenizer").iterdir())
     assert other.name == run_dir.name
+    torch.set_num_threads(threads)
     a, b = load_file(run_dir / "model.safetensors"), load_file(other / "model.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a), "the requeued run did not resume to the same weights"
 
