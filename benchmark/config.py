@@ -84,7 +84,9 @@ class EvalConfig:
     """Evaluation: tokenizers on the dataset's eval split (``metrics``), generators' samples
     (``generation_metrics``). ``inception_weights``: the FID Inception file (default:
     $TOK1D_INCEPTION_WEIGHTS or torch's hub cache); ``reference``: an ADM-style ``.npz`` of reference
-    statistics for gFID (default: the training split's statistics, computed once and cached)."""
+    statistics for gFID (default: the training split's statistics, computed once and cached).
+    ``precision``: how the tokenizer encodes and decodes on a GPU (``bf16`` autocast, or ``fp32``);
+    the metrics themselves always compute in float32."""
 
     batch_size: int = 64
     num_images: int | None = None
@@ -92,6 +94,7 @@ class EvalConfig:
     generation_metrics: list[str] = field(default_factory=lambda: ["gfid", "inception_score"])
     inception_weights: str | None = None
     reference: str | None = None
+    precision: str = "bf16"
 
 
 @dataclass
@@ -111,7 +114,7 @@ class SampleConfig:
     """Generation for gFID: ``num_images`` samples with balanced class labels (image i has class
     i mod C) from noise seeded by ``seed``; ``options`` are the generator's own sampler options
     (keyword arguments of its ``sample``, e.g. MaskGIT's temperature, SiT's sampler / method /
-    guidance_interval)."""
+    guidance_interval); ``precision``: sampling and decoding on a GPU, ``bf16`` autocast or ``fp32``."""
 
     num_images: int = 50000
     batch_size: int = 125
@@ -119,6 +122,7 @@ class SampleConfig:
     steps: int | None = None
     seed: int = 0
     options: dict = field(default_factory=dict)
+    precision: str = "bf16"
 
 
 @dataclass
@@ -216,6 +220,8 @@ CHOICES = {
     "generator_train.schedule": ("constant", "cosine"),
     "generator_train.precision": ("bf16", "fp32"),
     "launcher.name": ("auto", "local", "slurm"),
+    "eval.precision": ("bf16", "fp32"),
+    "sample.precision": ("bf16", "fp32"),
 }
 
 

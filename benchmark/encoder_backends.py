@@ -21,12 +21,6 @@ from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
-from timm.data import (
-    IMAGENET_DEFAULT_MEAN,
-    IMAGENET_DEFAULT_STD,
-    OPENAI_CLIP_MEAN,
-    OPENAI_CLIP_STD,
-)
 from torch import Tensor, nn
 
 from benchmark.errors import ConfigError, Tok1dError, WeightsError
@@ -40,6 +34,11 @@ from benchmark.weight_transfer import (
 )
 from benchmark.weights import find_weights
 
+# Input normalisation of the libraries' models (timm.data's constants, written out so that registering
+# the encoders does not import timm)
+IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 SIGLIP_MEAN = SIGLIP_STD = (0.5, 0.5, 0.5)
 FETCH_HINT = (
     "Fetch them ahead of time on a machine with network access with "

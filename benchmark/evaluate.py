@@ -186,7 +186,14 @@ def evaluate_tokenizer_dir(folder: Path, args: argparse.Namespace, out: Path | N
     for name in cfg.metrics:
         METRICS.get(name, where="--metrics")
     evaluation = evaluate_tokenizer(
-        folder, data, cfg, device, split=args.split, num_workers=args.num_workers, seed=args.seed
+        folder,
+        data,
+        cfg,
+        device,
+        split=args.split,
+        num_workers=args.num_workers,
+        seed=args.seed,
+        precision=cfg.precision,
     )
     if out is not None and evaluation.preview is not None:
         save_image_grid(evaluation.preview, out / "reconstructions.png", nrow=len(evaluation.preview) // 2)

@@ -21,39 +21,34 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import importlib.metadata
 import json
 import os
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Mapping
-from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-import torch_fidelity
 from torch import Tensor
 from torch.utils.data import DataLoader, Subset
-from torch_fidelity.feature_extractor_inceptionv3 import (
-    URL_INCEPTION_V3,
-)
-from torch_fidelity.metric_fid import KEY_METRIC_FID, fid_statistics_to_metric
-from torch_fidelity.metric_isc import (
-    KEY_METRIC_ISC_MEAN,
-    KEY_METRIC_ISC_STD,
-    isc_features_to_metric,
-)
 
 from benchmark import inception_tf
 from benchmark.base import TokenSpec
 from benchmark.data import IMAGE_SUFFIXES, build_dataset, list_images, open_rgb
 from benchmark.errors import ConfigError, DataError, WeightsError
 from benchmark.metrics import EvalBatch, Metric
+from benchmark.precision import exact_float32
 from benchmark.registry import register_metric
 from benchmark.store import atomic_write
 from benchmark.weights import find_weights, hub_cache
 
+# torch-fidelity's URL_INCEPTION_V3 (torch_fidelity itself loads when a network is built, not with the plugins)
+URL_INCEPTION_V3 = (
+    "https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/weights-inception-2015-12-05-6726825d.pth"
+)
 WEIGHTS_ENV = "TOK1D_INCEPTION_WEIGHTS"
 WEIGHTS_FILE = URL_INCEPTION_V3.rsplit("/", 1)[-1]  # weights-inception-2015-12-05-6726825d.pth
 POOL, LOGITS = "2048", "logits_unbiased"
@@ -150,23 +145,6 @@ def resolve_weights(weights: str | os.PathLike | None = None) -> InceptionWeight
         ) from exc
 
 
-@contextmanager
-def _exact_fp32(device: torch.device) -> Iterator[None]:
-    """No autocast, no TF32 in convolutions or matmuls, deterministic cuDNN: the reference precision."""
-    matmul = torch.get_float32_matmul_precision()
-    torch.set_float32_matmul_precision("highest")
-    try:
-        with (
-            torch.autocast(device.type, enabled=False),
-            torch.backends.cudnn.flags(
-                enabled=torch.backends.cudnn.enabled, benchmark=False, deterministic=True, allow_tf32=False
-            ),
-        ):
-            yield
-    finally:
-        torch.set_float32_matmul_precision(matmul)
-
-
 def to_uint8(images: Tensor) -> Tensor:
     """(B, 3, H, W) images as uint8: unchanged if uint8, else floats in [0, 1] rounded to 0..255."""
     if images.ndim != 4 or images.shape[1] != 3:
@@ -223,15 +201,19 @@ class InceptionV3:
         return f"Inception {dtype} (no autocast, no TF32), features float32, statistics float64"
 
     @torch.no_grad()
-    def __call__(self, images: Tensor) -> tuple[Tensor, Tensor | None]:
+    def __call__(self, images: Tensor, memo: bool = False) -> tuple[Tensor, Tensor | None]:
+        """Features of ``images``; with ``memo`` (images several evaluations share, such as an eval split's
+        originals), looked up by content first (hashing copies the batch to the host)."""
         x = to_uint8(images)
-        key = f"{tuple(x.shape)} {hashlib.sha1(x.cpu().contiguous().numpy()).hexdigest()}"
+        key = f"{tuple(x.shape)} {hashlib.sha1(x.cpu().contiguous().numpy()).hexdigest()}" if memo else ""
         if key in self._memo:
             self._memo.move_to_end(key)
             return self._memo[key]
-        with _exact_fp32(self.device):
+        with exact_float32(self.device):
             out = self.model(x.to(self.device))
         result = (out[0], out[1] if self.no_logits is None else None)
+        if not memo:
+            return result
         self._memo[key] = result
         while sum(len(pool) for pool, _ in self._memo.values()) > MEMO_IMAGES and len(self._memo) > 1:
             self._memo.popitem(last=False)
@@ -350,6 +332,8 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma
             f"Fréchet distance needs mu (D,) and sigma (D, D): got mu {mu1.shape}, {mu2.shape}, "
             f"sigma {sigma1.shape}, {sigma2.shape}"
         )
+    from torch_fidelity.metric_fid import KEY_METRIC_FID, fid_statistics_to_metric
+
     out = fid_statistics_to_metric({"mu": mu1, "sigma": sigma1}, {"mu": mu2, "sigma": sigma2}, verbose=False)
     return float(out[KEY_METRIC_FID])
 
@@ -369,6 +353,8 @@ def inception_score(logits: Tensor, splits: int = IS_SPLITS) -> tuple[float, flo
             f"the Inception Score over {splits} splits needs at least {splits} images, "
             f"got logits of shape {tuple(logits.shape)}"
         )
+    from torch_fidelity.metric_isc import KEY_METRIC_ISC_MEAN, KEY_METRIC_ISC_STD, isc_features_to_metric
+
     out = isc_features_to_metric(logits.detach().cpu(), splits=splits, shuffle=True, rng_seed=IS_SHUFFLE_SEED)
     return out[KEY_METRIC_ISC_MEAN], out[KEY_METRIC_ISC_STD]
 
@@ -519,7 +505,7 @@ class FIDProtocol:
     unavailable: str | None = None
     comparability: str = ""
     implementation: str = "tok1d benchmark.fid on torch_fidelity.FeatureExtractorInceptionV3"
-    torch_fidelity_version: str = torch_fidelity.__version__
+    torch_fidelity_version: str = field(default_factory=lambda: importlib.metadata.version("torch-fidelity"))
     resize: str = RESIZE_POLICY
     quantisation: str = QUANTISATION
     precision: str = ""
@@ -610,7 +596,7 @@ class ReconstructionFID(Metric):
                 f"{tuple(batch.recons.shape)} differ in shape"
             )
         if self.reference is None:
-            self._originals.update(self.extractor(batch.images)[0])
+            self._originals.update(self.extractor(batch.images, memo=True)[0])
         self._recons.update(self.extractor(batch.recons)[0])
 
     def _reference(self) -> FeatureStats:

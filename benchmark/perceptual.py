@@ -174,4 +174,4 @@ class LPIPSMetric(PerImageMean):
         self.loss = PerceptualLoss(net=net, weights=weights).to(self.device)
 
     def per_image(self, images: Tensor, recons: Tensor) -> Tensor:
-        return self.loss.distance(recons.to(self.device), images.to(self.device)).cpu()
+        return self.loss.distance(recons.to(self.device), images.to(self.device))

@@ -272,9 +272,10 @@ def evaluate_tokenizer(ctx: StageContext) -> dict[str, Any]:
     evaluation = evaluate(
         ctx.tokenizer_dir(),
         ctx.config["data"],
-        EvalConfig(**ctx.config["eval"]),
+        cfg := EvalConfig(**ctx.config["eval"]),
         ctx.device,
         num_workers=ctx.runtime.get("num_workers", 0),
+        precision=cfg.precision,
     )
     if evaluation.histograms:
         write_json(ctx.dir / "codebook_counts.json", evaluation.histograms)

@@ -137,7 +137,11 @@ class MaskGIT(Generator):
         rank = torch.rand(b, n, device=tokens.device).argsort(dim=1).argsort(dim=1)
         masked = rank < num_masked[:, None]
         logits = self.logits(torch.where(masked, self.mask_id, tokens), labels)
-        ce = F.cross_entropy(logits[masked].float(), tokens[masked], label_smoothing=self.label_smoothing)
+        # the mean over masked positions, without indexing by the mask (a host sync and dynamic shapes)
+        ce = F.cross_entropy(
+            logits.float().transpose(1, 2), tokens, label_smoothing=self.label_smoothing, reduction="none"
+        )
+        ce = (ce * masked).sum() / masked.sum()
         return {"ce": ce}
 
     def _guided_logits(self, tokens: Tensor, labels: Tensor, scale: float) -> Tensor:

@@ -212,18 +212,19 @@ def test_streaming_metrics_deterministic_and_match_gfid_api(
 
 
 def test_features_are_memoised_by_content(extractor: InceptionV3, images: Tensor, monkeypatch) -> None:
-    """Equal uint8 content (not the same tensor) is a hit; at most MEMO_IMAGES images are kept."""
+    """With ``memo``, equal uint8 content (not the same tensor) is a hit; at most MEMO_IMAGES images are kept."""
     pair, one, other = images[9:11], images[11:12], images[8:9]  # batches no other test runs
     calls: list[int] = []
     handle = extractor.model.register_forward_pre_hook(lambda module, args: calls.append(len(args[0])))
-    first = extractor(pair)
-    assert extractor(pair.clone())[0] is first[0]
+    first = extractor(pair, memo=True)
+    assert extractor(pair.clone(), memo=True)[0] is first[0]
     monkeypatch.setattr(fid, "MEMO_IMAGES", 2)
-    extractor(one)  # 3 images kept > 2: the pair, least recently used, goes
-    extractor(other)
-    extractor(pair)
+    extractor(one, memo=True)  # 3 images kept > 2: the pair, least recently used, goes
+    extractor(other, memo=True)
+    extractor(pair, memo=True)
+    extractor(pair)  # without memo (reconstructions, samples): always computed, nothing copied to the host
     handle.remove()
-    assert calls == [2, 1, 1, 2]
+    assert calls == [2, 1, 1, 2, 2]
 
 
 def test_rfid_reference_count_must_match(weights: Path, images: Tensor) -> None:
