@@ -105,6 +105,27 @@ def test_frechet_distance_closed_form_scaled_covariance() -> None:
     assert frechet_distance(mu, sigma, mu, sigma) == pytest.approx(0.0, abs=1e-9)
 
 
+def test_frechet_distance_agrees_with_torch_fidelity_on_full_rank_covariances() -> None:
+    from torch_fidelity.metric_fid import KEY_METRIC_FID, fid_statistics_to_metric
+
+    rng = np.random.default_rng(2)
+    a, b = rng.normal(size=(300, 40)), rng.gamma(2.0, size=(300, 40))
+    x, y = FeatureStats.from_features(a), FeatureStats.from_features(b)
+    theirs = fid_statistics_to_metric({"mu": x.mu, "sigma": x.sigma}, {"mu": y.mu, "sigma": y.sigma}, False)
+    assert stats_fid(x, y) == pytest.approx(theirs[KEY_METRIC_FID], rel=1e-10)
+
+
+def test_frechet_distance_exact_on_singular_covariances() -> None:
+    """20 samples in 64 dims (rank 19) against c x + 1 (covariance c^2 Sigma): ||mu1 - mu2||^2 + (1 - c)^2 Tr(Sigma),
+    with only the 19 real eigendirections; the same for either argument order."""
+    x = torch.randn(20, 64, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    c = 1.7
+    a, b = FeatureStats.from_features(x), FeatureStats.from_features(c * x + 1)
+    expected = np.sum((a.mu - b.mu) ** 2) + (1 - c) ** 2 * np.trace(a.sigma)
+    assert stats_fid(a, b) == pytest.approx(expected, rel=1e-11)
+    assert stats_fid(b, a) == pytest.approx(expected, rel=1e-11)
+
+
 def test_frechet_distance_rejects_mismatched_shapes() -> None:
     with pytest.raises(ValueError, match="sigma"):
         frechet_distance(np.zeros(3), np.eye(3), np.zeros(3), np.eye(4))
@@ -212,7 +233,8 @@ def test_streaming_metrics_deterministic_and_match_gfid_api(
 
 
 def test_features_are_memoised_by_content(extractor: InceptionV3, images: Tensor, monkeypatch) -> None:
-    """With ``memo``, equal uint8 content (not the same tensor) is a hit; at most MEMO_IMAGES images are kept."""
+    """With ``memo``, equal uint8 content (not the same tensor) is a hit; at most MEMO_IMAGES images are kept.
+    Without it, only a repeated call on the same, unmodified tensor (rFID and IS on one batch) is."""
     pair, one, other = images[9:11], images[11:12], images[8:9]  # batches no other test runs
     calls: list[int] = []
     handle = extractor.model.register_forward_pre_hook(lambda module, args: calls.append(len(args[0])))
@@ -222,9 +244,12 @@ def test_features_are_memoised_by_content(extractor: InceptionV3, images: Tensor
     extractor(one, memo=True)  # 3 images kept > 2: the pair, least recently used, goes
     extractor(other, memo=True)
     extractor(pair, memo=True)
-    extractor(pair)  # without memo (reconstructions, samples): always computed, nothing copied to the host
+    recons = pair.clone()
+    assert extractor(recons)[0] is extractor(recons)[0]  # without memo: computed once, nothing copied to the host
+    recons.mul_(0.5)
+    extractor(recons)  # modified in place: computed again
     handle.remove()
-    assert calls == [2, 1, 1, 2, 2]
+    assert calls == [2, 1, 1, 2, 2, 2]
 
 
 def test_rfid_reference_count_must_match(weights: Path, images: Tensor) -> None:
