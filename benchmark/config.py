@@ -170,7 +170,7 @@ class LauncherConfig:
     """Where and on what stages run; not hashed.
 
     ``name``: ``local`` (this machine), ``slurm`` (submitit) or ``auto`` (Slurm when ``sbatch`` is on
-    PATH). Training stages run data-parallel on ``nodes`` x ``tasks_per_node`` processes: on Slurm
+    PATH). Stages run data-parallel on ``nodes`` x ``tasks_per_node`` processes: on Slurm
     ``tasks_per_node`` defaults to ``gpus_per_node`` (one process per GPU); locally it is the number of
     processes started on this machine (one per GPU, or gloo processes on the CPU; default 1).
     ``stages`` overrides the resource options per stage kind, e.g.

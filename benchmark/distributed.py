@@ -5,6 +5,10 @@ On Slurm, submitit starts the processes (one task per GPU) and
 ``WORLD_SIZE`` / ``LOCAL_RANK``; locally :func:`spawn` starts them with the same variables. Every
 process then calls :func:`init`, which joins the process group (NCCL on GPUs, gloo on the CPU).
 The rest of the harness asks :func:`world` who it is: rank 0 alone writes the run store.
+
+Stages that stream over a set (caching, sampling, evaluation) cut it in order into batches and give
+batch b to rank b mod world size (:func:`rank_batches`); what the ranks computed is then gathered and
+combined in batch or rank order, so the result does not depend on the number of processes.
 """
 
 from __future__ import annotations
@@ -13,8 +17,10 @@ import os
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import Any, TypeVar
 
+import numpy as np
 import torch
 import torch.distributed as dist
 
@@ -30,6 +36,9 @@ class World:
     @property
     def main(self) -> bool:
         return self.rank == 0
+
+
+ONE_PROCESS = World()  # the default of functions that can shard their work over ranks: no sharding, no collective
 
 
 def world() -> World:
@@ -104,6 +113,32 @@ def broadcast_object(obj: Any) -> Any:
     box = [obj]
     dist.broadcast_object_list(box, src=0)
     return box[0]
+
+
+T = TypeVar("T")
+
+
+def rank_batches(n: int, batch_size: int, world: World) -> list[range]:
+    """The batches of ``world``'s rank when ``n`` items are cut in order into batches of ``batch_size`` (the
+    last may be shorter) and batch b goes to rank b mod ``world.size``: item ranges, in order."""
+    return [range(start, min(start + batch_size, n)) for start in range(0, n, batch_size)[world.rank :: world.size]]
+
+
+def interleave(per_rank: list[list[T]]) -> list[T]:
+    """Per-batch items gathered from every rank (rank order, each rank's batches of :func:`rank_batches` in
+    order) back in batch order."""
+    size = len(per_rank)
+    return [per_rank[b % size][b // size] for b in range(sum(len(items) for items in per_rank))]
+
+
+def shared_array(path: Path, dtype: np.dtype | type, shape: tuple[int, ...], world: World) -> np.memmap:
+    """A memory-mapped ``.npy`` file into which every rank writes its own rows: rank 0 creates it, then
+    every rank opens it for writing."""
+    if world.main:
+        np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=shape).flush()
+    if world.size > 1:
+        barrier()
+    return np.lib.format.open_memmap(path, mode="r+")
 
 
 def free_port() -> int:

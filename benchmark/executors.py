@@ -155,10 +155,9 @@ def stage_record(plan: Plan, stage: Stage) -> dict[str, Any]:
 
 
 def processes(stage: Stage, launcher: dict[str, Any], slurm: bool) -> tuple[int, int]:
-    """(nodes, processes per node) of a stage: training and sampling stages run data-parallel."""
+    """(nodes, processes per node) of a stage: every kind runs data-parallel (training, latent caching,
+    sampling and evaluation share their batches over the processes)."""
     res = stage_resources(launcher, stage.kind)
-    if stage.kind not in ("train_tokenizer", "finetune_tokenizer", "train_generator", "sample"):
-        return 1, 1
     per_node = res["tasks_per_node"] or ((res["gpus_per_node"] or 1) if slurm else 1)
     return (res["nodes"] if slurm else 1), per_node
 
@@ -185,7 +184,7 @@ def describe_failure(status: StageStatus) -> str:
 
 
 class LocalExecutor:
-    """Runs stages one after another on this machine (training stages in ``tasks_per_node`` processes)."""
+    """Runs stages one after another on this machine (each in ``tasks_per_node`` processes)."""
 
     def __init__(self, fail_fast: bool = False, retry: str | None = None) -> None:
         self.fail_fast, self.retry = fail_fast, retry

@@ -15,6 +15,8 @@ torch-fidelity's module (``benchmark.inception_tf``). The port has the pool feat
 with it, FID works and the Inception Score reports why it has no value instead of a number.
 Reference statistics are cached per dataset config, split, size, weights and precision; ADM reference
 batches (``VIRTUAL_imagenet256_labeled.npz``) load by path. Every result has a ``FIDProtocol`` record.
+Under several processes (``world``) each rank runs Inception on its own batches and the feature sums
+are merged (:meth:`FeatureAccumulator.merged`): the statistics are those of the whole set.
 """
 
 from __future__ import annotations
@@ -36,9 +38,10 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Subset
 
-from benchmark import inception_tf
+from benchmark import distributed, inception_tf
 from benchmark.base import TokenSpec
 from benchmark.data import IMAGE_SUFFIXES, build_dataset, list_images, open_rgb
+from benchmark.distributed import ONE_PROCESS, World, rank_batches
 from benchmark.errors import ConfigError, DataError, WeightsError
 from benchmark.metrics import EvalBatch, Metric
 from benchmark.precision import exact_float32
@@ -315,6 +318,29 @@ class FeatureAccumulator:
         self._outer += x.T @ x
         self.n += x.shape[0]
 
+    def state(self) -> tuple[int, Tensor | None, Tensor | None]:
+        """``n`` and the float64 sums of x and x x^T, on the CPU: what :meth:`merged` combines."""
+        if self._sum is None or self._outer is None:
+            return self.n, None, None
+        return self.n, self._sum.cpu(), self._outer.cpu()
+
+    @classmethod
+    def merged(cls, states: Iterable[tuple[int, Tensor | None, Tensor | None]]) -> FeatureAccumulator:
+        """The accumulator of the features behind all ``states`` (of several processes' accumulators): their
+        counts and sums added in order (float64, on the CPU)."""
+        out = cls()
+        for n, total, outer in states:
+            if n:
+                out.n += n
+                out._sum = total.clone() if out._sum is None else out._sum + total
+                out._outer = outer.clone() if out._outer is None else out._outer + outer
+        return out
+
+    def gathered(self, world: World) -> FeatureAccumulator:
+        """The features of every rank of ``world`` together (a collective when it has several ranks); itself
+        in one process."""
+        return self if world.size == 1 else FeatureAccumulator.merged(distributed.gather_objects(self.state()))
+
     def stats(self, source: str = "") -> FeatureStats:
         if self.n < 2 or self._sum is None or self._outer is None:
             raise ValueError(f"a covariance needs at least 2 feature vectors, got {self.n}")
@@ -381,11 +407,15 @@ def inception_score(logits: Tensor, splits: int = IS_SPLITS) -> tuple[float, flo
 # ----------------------------------------------------------------------------------------------
 
 
-def stats_from_images(images: Iterable[Tensor], extractor: InceptionV3, source: str = "") -> FeatureStats:
-    """Pool-feature statistics of batches of (B, 3, H, W) images (floats in [0, 1] or uint8)."""
+def stats_from_images(
+    images: Iterable[Tensor], extractor: InceptionV3, source: str = "", world: World = ONE_PROCESS
+) -> FeatureStats:
+    """Pool-feature statistics of batches of (B, 3, H, W) images (floats in [0, 1] or uint8); with several
+    processes in ``world``, ``images`` are this rank's batches and the statistics those of every rank's."""
     acc = FeatureAccumulator()
     for batch in images:
         acc.update(extractor(batch)[0])
+    acc = acc.gathered(world)
     if acc.n < 2:
         raise DataError(f"FID statistics of {source or 'images'} need at least 2 images, got {acc.n}")
     return acc.stats(source)
@@ -396,12 +426,15 @@ def fid_from_images(images: Iterable[Tensor], reference: FeatureStats, extractor
     return stats_fid(stats_from_images(images, extractor, "generated images"), reference)
 
 
-def array_images(array: np.ndarray, batch_size: int = 64, where: str = "array") -> Iterator[Tensor]:
-    """Batches (B, 3, H, W) uint8 of an (N, H, W, 3) uint8 array, as in ADM's sample .npz files."""
+def array_images(
+    array: np.ndarray, batch_size: int = 64, where: str = "array", world: World = ONE_PROCESS
+) -> Iterator[Tensor]:
+    """Batches (B, 3, H, W) uint8 of an (N, H, W, 3) uint8 array, as in ADM's sample .npz files; those of
+    ``world``'s rank (batch b on rank b mod size)."""
     if array.dtype != np.uint8 or array.ndim != 4 or array.shape[-1] != 3:
         raise DataError(f"{where}: expected images as an (N, H, W, 3) uint8 array, got {array.shape} {array.dtype}")
-    for start in range(0, len(array), batch_size):
-        yield torch.from_numpy(np.ascontiguousarray(array[start : start + batch_size].transpose(0, 3, 1, 2)))
+    for rows in rank_batches(len(array), batch_size, world):
+        yield torch.from_numpy(np.ascontiguousarray(array[rows.start : rows.stop].transpose(0, 3, 1, 2)))
 
 
 def folder_images(folder: str | os.PathLike, batch_size: int = 64) -> Iterator[Tensor]:
@@ -464,11 +497,14 @@ def dataset_reference_stats(
     num_images: int | None = None,
     batch_size: int = 64,
     num_workers: int = 0,
+    world: World = ONE_PROCESS,
 ) -> FeatureStats:
     """Statistics of the first ``num_images`` (at most; all if None) images of a dataset split, computed once.
 
     Cached as ``cache_dir/<key>.npz``, the key hashing the dataset config, split, resolution, image
-    count, weights hash and Inception precision; the file is written atomically.
+    count, weights hash and Inception precision; the file is written atomically. With several processes
+    in ``world`` (every rank calls it), rank 0's look at the cache decides for all, the ranks share the
+    batches and rank 0 alone writes the file.
     """
     key = {
         "data": dict(data_cfg),
@@ -482,15 +518,19 @@ def dataset_reference_stats(
     }
     text = json.dumps(key, sort_keys=True, default=str)
     path = Path(cache_dir).expanduser() / f"{hashlib.sha256(text.encode()).hexdigest()[:16]}.npz"
-    if path.is_file():
-        return load_stats_npz(path)
+    cached = load_stats_npz(path) if world.main and path.is_file() else None
+    if world.size > 1:  # one decision for all ranks, though another job may write the file meanwhile
+        cached = distributed.broadcast_object(cached)
+    if cached is not None:
+        return cached
     dataset = build_dataset(data_cfg, split)
     if num_images is not None:
         dataset = Subset(dataset, range(min(num_images, len(dataset))))
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
+    loader = DataLoader(dataset, batch_sampler=rank_batches(len(dataset), batch_size, world), num_workers=num_workers)
     source = f"{data_cfg.get('name')} {split} split, {len(dataset)} images, {text}"
-    stats = stats_from_images((images for images, _ in loader), extractor, source)
-    stats.save(path)
+    stats = stats_from_images((images for images, _ in loader), extractor, source, world)
+    if world.main:
+        stats.save(path)
     return stats
 
 
@@ -629,6 +669,14 @@ class ReconstructionFID(Metric):
             )
         return self.reference
 
+    def state(self) -> tuple[tuple[int, Tensor | None, Tensor | None], ...]:
+        """The feature sums of originals and reconstructions (CPU)."""
+        return self._originals.state(), self._recons.state()
+
+    def merge(self, states: list[tuple[tuple[int, Tensor | None, Tensor | None], ...]]) -> None:
+        self._originals = FeatureAccumulator.merged(s[0] for s in states)
+        self._recons = FeatureAccumulator.merged(s[1] for s in states)
+
     def compute(self) -> dict[str, float]:
         if self._recons.n < 2:
             raise RuntimeError(f"metric rfid needs at least 2 reconstructions, got {self._recons.n}")
@@ -666,6 +714,14 @@ class InceptionScore(Metric):
         if self.extractor.no_logits is None:
             self._logits.append(self.extractor(batch.recons)[1].cpu())
 
+    def state(self) -> tuple[int, list[Tensor]]:
+        """The image count and the logits of each batch (CPU)."""
+        return self._n, self._logits
+
+    def merge(self, states: list[tuple[int, list[Tensor]]]) -> None:
+        self._n = sum(n for n, _ in states)
+        self._logits = distributed.interleave([logits for _, logits in states])  # batch order: IS shuffles by index
+
     def compute(self) -> dict[str, float]:
         if self.extractor.no_logits is not None:
             return {}
@@ -688,6 +744,7 @@ def generation_metrics(
     device: torch.device | str = "cpu",
     num_workers: int = 0,
     batch_size: int = 64,
+    world: World = ONE_PROCESS,
 ) -> tuple[dict[str, float], dict[str, Any]]:
     """gFID and Inception Score of generated (N, H, W, 3) uint8 images, with their protocol records.
 
@@ -696,7 +753,9 @@ def generation_metrics(
     evaluation uses the first ``num_images`` of the eval split), else all of it; computed once and
     cached under ``cache_dir``. ``cfg`` is the evaluation config (``generation_metrics``,
     ``inception_weights``, ``reference``, ``num_images``). With weights that have no classifier the
-    Inception Score has no value and its record's ``unavailable`` says why.
+    Inception Score has no value and its record's ``unavailable`` says why. With several processes in
+    ``world`` (every rank calls it) the ranks share the batches of images and of the reference split,
+    and every rank gets the results.
     """
     unknown = [m for m in cfg.generation_metrics if m not in GENERATION_METRICS]
     if unknown:
@@ -707,11 +766,14 @@ def generation_metrics(
         return {}, {"metric_protocols": []}
     extractor = load_inception(cfg.inception_weights, device=str(device))
     features, logits = FeatureAccumulator(), []
-    for batch in array_images(images, batch_size, where="generated images"):
+    for batch in array_images(images, batch_size, where="generated images", world=world):
         pool, logit = extractor(batch)
         features.update(pool)
         if logit is not None:
             logits.append(logit.cpu())
+    features = features.gathered(world)
+    if world.size > 1:
+        logits = distributed.interleave(distributed.gather_objects(logits))
     n = features.n
     results: dict[str, float] = {}
     records = []
@@ -727,6 +789,7 @@ def generation_metrics(
                 num_images=cfg.num_images,
                 batch_size=batch_size,
                 num_workers=num_workers,
+                world=world,
             )
         )
         results["gfid"] = stats_fid(features.stats("generated images"), reference)
@@ -735,4 +798,4 @@ def generation_metrics(
         if logits:
             results["is_mean"], results["is_std"] = inception_score(torch.cat(logits))
         records.append(is_record(extractor, n).as_dict())
-    return results, {"metric_protocols": records}
+    return results, {"metric_protocols": records, "world_size": world.size}

@@ -26,7 +26,8 @@ from benchmark.store import read_json
 
 
 def cache_latents(ctx: StageContext) -> dict[str, Any]:
-    """Encode the training split once with the frozen stage-1 tokenizer (benchmark/latents.py)."""
+    """Encode the training split once with the frozen stage-1 tokenizer (benchmark/latents.py), the
+    batches shared by the stage's processes."""
     from benchmark.data import build_dataset
     from benchmark.latents import write_cache
 
@@ -35,13 +36,24 @@ def cache_latents(ctx: StageContext) -> dict[str, Any]:
     data = read_json(folder / "tokenizer.json")["data"]
     dataset = build_dataset(data, "train")
     t0 = time.perf_counter()
-    meta = write_cache(model, dataset, ctx.dir, ctx.device, num_workers=ctx.runtime.get("num_workers", 0), data=data)
+    meta = write_cache(
+        model,
+        dataset,
+        ctx.dir,
+        ctx.device,
+        num_workers=ctx.runtime.get("num_workers", 0),
+        data=data,
+        world=ctx.world,
+    )
+    if not ctx.world.main:
+        return {}
     return {
         "num_items": meta["num_items"],
         "num_classes": meta["num_classes"],
         "token_spec": meta["token_spec"],
         "precision": meta["precision"],
         "cache_seconds": time.perf_counter() - t0,
+        "world_size": ctx.world.size,
     }
 
 
@@ -140,21 +152,15 @@ def sample(ctx: StageContext) -> dict[str, Any]:
         generator.compile()
     res = read_json(ctx.tokenizer_dir() / "tokenizer.json")["data"]["resolution"]
     tmp = ctx.dir / "images.tmp.npy"
-    shape = (cfg.num_images, res, res, 3)
-    if ctx.world.main:
-        np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape).flush()
-    distributed.barrier()
-    images = np.lib.format.open_memmap(tmp, mode="r+")
+    images = distributed.shared_array(tmp, np.uint8, (cfg.num_images, res, res, 3), ctx.world)
     t0 = time.perf_counter()
-    starts = range(0, cfg.num_images, cfg.batch_size)
-    for b in range(ctx.world.rank, len(starts), ctx.world.size):
-        start = starts[b]
-        y = labels[start : start + cfg.batch_size].to(ctx.device)
-        rng = torch.Generator(device=ctx.device).manual_seed(cfg.seed * 1_000_003 + b)
+    for rows in distributed.rank_batches(cfg.num_images, cfg.batch_size, ctx.world):
+        y = labels[rows.start : rows.stop].to(ctx.device)
+        rng = torch.Generator(device=ctx.device).manual_seed(cfg.seed * 1_000_003 + rows.start // cfg.batch_size)
         with precision():
             seq = generator.sample(y, generator=rng, **options)
             out = tokenizer.decode(unflat_tokens(stats.denormalize(seq), latents.spec))
-        images[start : start + len(y)] = (
+        images[rows.start : rows.stop] = (
             (out.float().clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).cpu().numpy()
         )
     seconds = time.perf_counter() - t0
@@ -189,14 +195,24 @@ def sample(ctx: StageContext) -> dict[str, Any]:
 
 @torch.no_grad()
 def evaluate_generator(ctx: StageContext) -> dict[str, Any]:
-    """gFID and Inception Score of the stored samples against the reference statistics."""
+    """gFID and Inception Score of the stored samples against the reference statistics, in batches of
+    ``eval.batch_size`` shared by the stage's processes."""
     from benchmark.fid import generation_metrics
 
     cfg = EvalConfig(**ctx.config["eval"])
     folder = ctx.input_dir("sample")
     images = np.load(folder / "images.npy", mmap_mode="r")
     results, protocol = generation_metrics(
-        images, cfg, ctx.config["data"], ctx.store.root / "fid_stats", ctx.device, ctx.runtime.get("num_workers", 0)
+        images,
+        cfg,
+        ctx.config["data"],
+        ctx.store.root / "fid_stats",
+        ctx.device,
+        ctx.runtime.get("num_workers", 0),
+        cfg.batch_size,
+        ctx.world,
     )
+    if not ctx.world.main:
+        return {}
     protocol["sampling"] = read_json(folder / "result.json")["protocol"]
     return {"metrics": results, "protocol": protocol}

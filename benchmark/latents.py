@@ -9,7 +9,9 @@ tokenizer reads them without loading the set into memory. Only the ``TokenSpec.n
 leading tokens are kept (SelfBootTok's encoder already returns only its global tokens). Continuous
 latents are normalised per token position and channel: x' = (x - mean[t, c]) / std[t, c]. The
 tokenizer encodes under the inference precision (bf16 autocast on CUDA, benchmark/precision.py), recorded
-in ``latents.json``; latents are stored as float32 whatever the autocast dtype.
+in ``latents.json``; latents are stored as float32 whatever the autocast dtype. Several processes
+share the batches (batch b on rank b mod size) and write them into the same memory-mapped files; the
+statistics are merged from every rank's float64 sums.
 """
 
 from __future__ import annotations
@@ -24,7 +26,9 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
+from benchmark import distributed
 from benchmark.base import Tokenizer, TokenSpec
+from benchmark.distributed import ONE_PROCESS, World
 from benchmark.precision import InferencePrecision
 from benchmark.store import write_json
 
@@ -73,33 +77,37 @@ def write_cache(
     num_workers: int = 0,
     data: dict | None = None,
     precision: str = "bf16",
+    world: World = ONE_PROCESS,
 ) -> dict:
     """Encode ``dataset`` once into ``folder`` (memory-mapped arrays written in place, then renamed);
     ``data`` (its config) is recorded so that item i's image can be found again (REPA teachers).
-    ``precision``: of the encoder (benchmark/precision.py)."""
+    ``precision``: of the encoder (benchmark/precision.py). With several processes in ``world`` (every
+    rank calls it) each encodes its share of the batches; rank 0 alone finishes the files. Returns
+    what ``latents.json`` holds (on every rank)."""
     spec = tokenizer.token_spec
     n = len(dataset)  # type: ignore[arg-type]
     shape = (n, spec.num_generated) if spec.kind == "discrete" else (n, spec.num_generated, spec.dim)
     dtype = np.int64 if spec.kind == "discrete" else np.float32
     folder.mkdir(parents=True, exist_ok=True)
     tmp_tokens, tmp_labels = folder / "tokens.tmp.npy", folder / "labels.tmp.npy"
-    tokens = np.lib.format.open_memmap(tmp_tokens, mode="w+", dtype=dtype, shape=shape)
-    labels = np.lib.format.open_memmap(tmp_labels, mode="w+", dtype=np.int64, shape=(n,))
-    loader = DataLoader(
-        dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers, pin_memory=device.type == "cuda"
-    )
+    tokens = distributed.shared_array(tmp_tokens, dtype, shape, world)
+    labels = distributed.shared_array(tmp_labels, np.int64, (n,), world)
+    batches = distributed.rank_batches(n, batch_size, world)
+    loader = DataLoader(dataset, batch_sampler=batches, num_workers=num_workers, pin_memory=device.type == "cuda")
     inference = InferencePrecision(device, precision)
-    total = total_sq = 0.0  # float64 running sums for the per-token statistics of continuous latents
-    i = 0
-    for images, y in loader:
+    sums = [0.0, 0.0]  # float64 sums of x and x^2 for the per-token statistics of continuous latents
+    for rows, (images, y) in zip(batches, loader):
         with inference():
             encoded = tokenizer.encode(images.to(device, non_blocking=True))
         seq = flat_tokens(encoded if spec.kind == "discrete" else encoded.float(), spec).cpu()
-        tokens[i : i + len(seq)] = seq.numpy().astype(dtype)
-        labels[i : i + len(seq)] = y.numpy()
-        i += len(seq)
+        tokens[rows.start : rows.stop] = seq.numpy().astype(dtype)
+        labels[rows.start : rows.stop] = y.numpy()
         if spec.kind == "continuous":
-            total, total_sq = total + seq.double().sum(0), total_sq + seq.double().pow(2).sum(0)
+            sums = [sums[0] + seq.double().sum(0), sums[1] + seq.double().pow(2).sum(0)]
+    tokens.flush()
+    labels.flush()
+    per_rank = distributed.gather_objects(sums) if world.size > 1 else [sums]  # once every rank's rows are written
+    total, total_sq = (sum(parts) for parts in zip(*per_rank))
     meta = {
         "token_spec": dataclasses.asdict(spec),
         "num_items": n,
@@ -107,15 +115,17 @@ def write_cache(
         "num_classes": int(getattr(dataset, "num_classes", int(labels.max()) + 1)),
         "precision": inference.describe(),
     }
-    if spec.kind == "continuous":  # normalised in place, one chunk at a time: the set need not fit in memory
+    if spec.kind == "continuous":
         mean = total / n
         std = ((total_sq - n * mean.pow(2)) / max(n - 1, 1)).clamp_min(0).sqrt().clamp_min(EPS)
+        meta["mean"], meta["std"] = mean.float().tolist(), std.float().tolist()
+    if not world.main:
+        return meta
+    if spec.kind == "continuous":  # normalised in place, one chunk at a time: the set need not fit in memory
         for start in range(0, n, batch_size):
             chunk = torch.from_numpy(np.array(tokens[start : start + batch_size])).double()
             tokens[start : start + batch_size] = ((chunk - mean) / std).float().numpy()
-        meta["mean"], meta["std"] = mean.float().tolist(), std.float().tolist()
     tokens.flush()
-    labels.flush()
     del tokens, labels
     tmp_tokens.replace(folder / "tokens.npy")
     tmp_labels.replace(folder / "labels.npy")

@@ -4,9 +4,11 @@ A metric sees the evaluation set one ``EvalBatch`` at a time through ``update`` 
 values from ``compute``. Batches stay on the evaluation device: per-image scores are computed there in
 float32 (no autocast, no TF32: :func:`benchmark.precision.exact_float32`) and summed into float64 (or
 int64) running totals on that device, read back once by ``compute``, so evaluation streams without a
-host sync per batch and a result does not depend on how the set was split into batches. Register a new metric with
-``@register_metric("name")``; the first line of its docstring is its description in
-``python -m benchmark.list``.
+host sync per batch and a result does not depend on how the set was split into batches. Under several
+processes each rank updates its metrics on its own batches and :func:`gather_metrics` merges their
+running statistics (``state`` / ``merge``), so every rank computes the results of the whole set.
+Register a new metric with ``@register_metric("name")``; the first line of its docstring is its
+description in ``python -m benchmark.list``.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from benchmark import distributed
 from benchmark.base import TokenSpec
 from benchmark.errors import ConfigError
 from benchmark.precision import exact_float32
@@ -64,6 +67,20 @@ class Metric(ABC):
     def compute(self) -> dict[str, float]:
         """Named results over all batches seen so far."""
 
+    def state(self) -> Any:
+        """The running statistics as picklable CPU objects (None before any update), for :func:`gather_metrics`."""
+        raise NotImplementedError(self._not_mergeable())
+
+    def merge(self, states: list[Any]) -> None:
+        """Take as running statistics those of every process's ``state()`` (in rank order) together."""
+        raise NotImplementedError(self._not_mergeable())
+
+    def _not_mergeable(self) -> str:
+        return (
+            f"metric {self._name()} has no state() / merge(), so it cannot be evaluated by several processes; "
+            f"evaluate with one (launcher.stages: {{evaluate_tokenizer: {{tasks_per_node: 1}}}})"
+        )
+
     def _name(self) -> str:
         return getattr(self, "registry_name", type(self).__name__)
 
@@ -99,6 +116,15 @@ class PerImageMean(Metric):
         total = scores.to(torch.float64).sum()
         self._total = total if self._total is None else self._total + total
         self._count += scores.numel()
+
+    def state(self) -> tuple[Tensor, int] | None:
+        """The float64 sum of the scores (CPU) and their count."""
+        return None if self._total is None else (self._total.cpu(), self._count)
+
+    def merge(self, states: list[tuple[Tensor, int] | None]) -> None:
+        seen = [s for s in states if s is not None]
+        self._total = sum(total for total, _ in seen) if seen else None
+        self._count = sum(count for _, count in seen)
 
     def compute(self) -> dict[str, float]:
         if self._total is None or self._count == 0:
@@ -187,13 +213,30 @@ class CodebookUsage(Metric):
         counts = self._counts.setdefault(name, torch.zeros(size, dtype=torch.int64, device=ids.device))
         if not ids.numel():
             return
-        span = torch.stack([ids.min(), ids.max()])
+        self._widen(name, torch.stack([ids.min(), ids.max()]))
+        counts.index_add_(0, ids.clamp(0, size - 1), ((ids >= 0) & (ids < size)).long())
+
+    def _widen(self, name: str, span: Tensor) -> None:
+        """Extend the (min id, max id) seen in codebook ``name`` by ``span``."""
         if name in self._spans:
             span = torch.stack(
                 [torch.minimum(self._spans[name][0], span[0]), torch.maximum(self._spans[name][1], span[1])]
             )
         self._spans[name] = span
-        counts.index_add_(0, ids.clamp(0, size - 1), ((ids >= 0) & (ids < size)).long())
+
+    def state(self) -> tuple[dict[str, Tensor], dict[str, Tensor]] | None:
+        """The usage counts and id spans of every codebook (CPU)."""
+        if not self._counts:
+            return None
+        return {n: c.cpu() for n, c in self._counts.items()}, {n: s.cpu() for n, s in self._spans.items()}
+
+    def merge(self, states: list[tuple[dict[str, Tensor], dict[str, Tensor]] | None]) -> None:
+        self._counts, self._spans = {}, {}
+        for counts, spans in filter(None, states):
+            for name, c in counts.items():
+                self._counts[name] = self._counts[name] + c if name in self._counts else c.clone()
+            for name, span in spans.items():
+                self._widen(name, span)
 
     def _checked(self) -> dict[str, Tensor]:
         """The counts (on the CPU), after checking that every id seen lies inside its codebook."""
@@ -261,6 +304,15 @@ def build_metrics(
         raise ConfigError(f"eval.metrics: {', '.join(repeated)} listed more than once")
     options = options or {}
     return [METRICS.get(name, where="eval.metrics").obj(token_spec, **options.get(name, {})) for name in names]
+
+
+def gather_metrics(metrics: list[Metric]) -> None:
+    """Merge the running statistics of ``metrics`` over the data-parallel processes, each of which updated
+    them on its own batches (batch b on rank b mod size): then every rank computes the whole set's results.
+    Sums merge in float64 in rank order; a collective (every rank calls it)."""
+    states = distributed.gather_objects([m.state() for m in metrics])
+    for i, metric in enumerate(metrics):
+        metric.merge([rank[i] for rank in states])
 
 
 def protocols(metrics: list[Metric]) -> list[dict[str, Any]]:

@@ -5,6 +5,9 @@ The ``evaluate_tokenizer`` stage and ``python -m benchmark.evaluate`` both call
 numbers and the same protocol record. Everything stays on the device: batches are copied there once
 (from pinned memory on CUDA), encoded and decoded under the inference precision (bf16 autocast on CUDA,
 benchmark/precision.py), and the metrics update device-side running sums; only the preview comes back.
+Under several processes (the stage's ``world``) each rank evaluates batches b = rank mod size and the
+metrics' sums are merged (benchmark/metrics.py: ``gather_metrics``), so the numbers do not depend on
+the number of processes.
 """
 
 from __future__ import annotations
@@ -21,8 +24,9 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from benchmark.base import Tokenizer
 from benchmark.checkpoints import load_tokenizer
 from benchmark.config import EvalConfig
+from benchmark.distributed import ONE_PROCESS, World, rank_batches
 from benchmark.errors import DataError
-from benchmark.metrics import EvalBatch, Metric, build_metrics, compute_all, protocols
+from benchmark.metrics import EvalBatch, Metric, build_metrics, compute_all, gather_metrics, protocols
 from benchmark.precision import InferencePrecision
 
 PREVIEW = 8  # originals (and their reconstructions) kept for the preview grid
@@ -75,19 +79,27 @@ def reconstruction_metrics(
     device: torch.device,
     num_workers: int = 0,
     precision: str = "bf16",
+    world: World = ONE_PROCESS,
 ) -> tuple[list[Metric], Tensor | None]:
     """``cfg.metrics`` of ``model`` over ``dataset`` in order (the metric objects, after every update),
-    and the first (up to) 8 originals over their reconstructions (CPU)."""
+    and the first (up to) 8 originals over their reconstructions (CPU). With several processes in
+    ``world`` (every rank calls it) each evaluates its share of the batches and the metrics are merged:
+    every rank's metrics are those of the whole set; the preview is rank 0's (None on the others)."""
     metrics = build_metrics(cfg.metrics, model.token_spec, metric_options(cfg, device))
     loader = DataLoader(
-        dataset, batch_size=cfg.batch_size, shuffle=False, num_workers=num_workers, pin_memory=device.type == "cuda"
+        dataset,
+        batch_sampler=rank_batches(len(dataset), cfg.batch_size, world),  # type: ignore[arg-type]
+        num_workers=num_workers,
+        pin_memory=device.type == "cuda",
     )
     inference = InferencePrecision(device, precision)
     preview = None
     for images, labels in loader:
         recons = evaluate_batch(model, images.to(device, non_blocking=True), labels, metrics, inference)
-        if preview is None:
+        if preview is None and world.main:  # rank 0's first batch is batch 0
             preview = torch.cat([images[:PREVIEW], recons[:PREVIEW].cpu()])
+    if world.size > 1:
+        gather_metrics(metrics)
     return metrics, preview
 
 
@@ -101,10 +113,12 @@ def evaluate_tokenizer(
     num_workers: int = 0,
     seed: int = 0,
     precision: str = "bf16",
+    world: World = ONE_PROCESS,
 ) -> TokenizerEvaluation:
     """``cfg.metrics`` of the tokenizer stored in ``folder`` on ``split`` of the dataset ``data``
     (its first ``cfg.num_images`` images), with the protocol record the reports print. ``precision``:
-    of encode and decode (benchmark/precision.py); the metrics compute in float32."""
+    of encode and decode (benchmark/precision.py); the metrics compute in float32. ``world``: the
+    processes that share the batches (every rank calls it and gets the results; the preview is rank 0's)."""
     from benchmark.data import build_dataset
 
     torch.manual_seed(seed)
@@ -115,7 +129,7 @@ def evaluate_tokenizer(
         dataset = Subset(dataset, range(min(cfg.num_images, len(dataset))))
     if len(dataset) == 0:
         raise DataError(f"the {split} split of {dict(data)} holds no images")
-    metrics, preview = reconstruction_metrics(model, dataset, cfg, device, num_workers, precision)
+    metrics, preview = reconstruction_metrics(model, dataset, cfg, device, num_workers, precision, world)
     histograms = {
         name: counts.tolist() for m in metrics if hasattr(m, "histograms") for name, counts in m.histograms().items()
     }
@@ -131,6 +145,7 @@ def evaluate_tokenizer(
         },
         "metric_protocols": protocols(metrics),
         "checkpoint": str(folder),
+        "world_size": world.size,
     }
     if skipped:
         protocol["skipped_images"] = {"count": len(skipped), "first": skipped[:10]}

@@ -264,8 +264,9 @@ def _check_same_tokens(before: Tokenizer, after: Tokenizer, cfg: dict[str, Any])
 
 
 def evaluate_tokenizer(ctx: StageContext) -> dict[str, Any]:
-    """Reconstruction metrics of the cell's final tokenizer on the eval split; keeps the preview grid
-    and the per-code usage counts (for the codebook analyses, thesis Fig. 10)."""
+    """Reconstruction metrics of the cell's final tokenizer on the eval split (the batches shared by the
+    stage's processes); keeps the preview grid and the per-code usage counts (for the codebook analyses,
+    thesis Fig. 10)."""
     from benchmark.tokenizer_eval import evaluate_tokenizer as evaluate
 
     t0 = time.perf_counter()
@@ -276,7 +277,10 @@ def evaluate_tokenizer(ctx: StageContext) -> dict[str, Any]:
         ctx.device,
         num_workers=ctx.runtime.get("num_workers", 0),
         precision=cfg.precision,
+        world=ctx.world,
     )
+    if not ctx.world.main:
+        return {}
     if evaluation.histograms:
         write_json(ctx.dir / "codebook_counts.json", evaluation.histograms)
     if evaluation.preview is not None:

@@ -1,6 +1,6 @@
-"""Data-parallel training and sampling with torch.distributed, tested on the CPU with two gloo
-processes (the code path of NCCL on GPUs): the same weights as one process on the same global batch,
-an exact resume of a killed two-process run, and the same samples from two processes as from one."""
+"""Data-parallel stages with torch.distributed, tested on the CPU with two gloo processes (the code path
+of NCCL on GPUs): the same weights as one process on the same global batch, an exact resume of a killed
+two-process run, and the same latent cache, samples and metrics from two processes as from one."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from torch.utils.data import TensorDataset
 from benchmark import distributed
 from benchmark.config import TrainConfig
 from benchmark.data import ProceduralShapes
+from benchmark.store import read_json
 
 pytestmark = pytest.mark.slow
 
@@ -83,17 +84,52 @@ def test_a_killed_two_process_run_resumes_exactly(tmp_path):
     assert [int(r.split(",")[0]) for r in log[1:]] == [2, 4, 6, 8], "one loss row per logged step, no duplicate"
 
 
+@pytest.fixture
+def single_threaded(one_thread: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    """This process and those it spawns compute on one thread each: a batch gives the same numbers in
+    every process, and no two threads wait on each other on a busy 2-core machine (conftest.one_thread)."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+
+
+def one_then_two(study: Path, tmp_path: Path, kinds: list[str], *extra: str) -> list[tuple[Path, Path]]:
+    """Run ``study`` in one process (``tmp_path/one``), then in a copy of its run store (``tmp_path/two``)
+    run the stages of ``kinds`` again, in two processes each, after removing them and the cached FID
+    reference statistics; the (one, two) folders of those stages."""
+    assert run_cli(study, tmp_path / "one", *extra) == 0
+    shutil.copytree(tmp_path / "one" / "runs", tmp_path / "two" / "runs")
+    shutil.rmtree(tmp_path / "two" / "runs" / "fid_stats", ignore_errors=True)
+    pairs = [
+        (folder, tmp_path / "two" / "runs" / kind / folder.name)
+        for kind in kinds
+        for folder in sorted((tmp_path / "one" / "runs" / kind).iterdir())
+    ]
+    for _, folder in pairs:
+        shutil.rmtree(folder)
+    two = ", ".join(f"{kind}: {{tasks_per_node: 2}}" for kind in kinds)
+    assert run_cli(study, tmp_path / "two", *extra, f"launcher.stages={{{two}}}") == 0
+    assert all("process 1 of 2" in (folder / "log.txt").read_text() for _, folder in pairs)
+    return pairs
+
+
+def assert_same_metrics(one: Path, two: Path) -> dict[str, float]:
+    """The metrics of two evaluation stage folders agree to 1e-6 (relative); those of ``one``."""
+    metrics = read_json(one / "result.json")["metrics"]
+    assert read_json(two / "result.json")["metrics"] == pytest.approx(metrics, rel=1e-6)
+    return metrics
+
+
 GENERATION = """
 title: generation with two processes
 config:
   tokenizer: {name: titok, size: tiny, patch_size: 4, num_latent_tokens: 4, codebook_size: 16}
   generator: {name: maskgit, size: tiny}
-stages: [sample]
+stages: [evaluate_generator]
 """
 
 
-def test_two_processes_sample_the_same_images_as_one(tmp_path, write_study):
-    study = write_study(GENERATION)
+def test_two_processes_sample_and_evaluate_generator_like_one(tmp_path, write_study, weights, single_threaded):
+    """The same samples (batch b's noise seeded by b) and gFID: 12 samples and 10 reference images in
+    batches of 4, so rank 0 has two batches of each and rank 1 one."""
     extra = [
         "generator_train.steps=8",
         "generator_train.batch_size=8",
@@ -101,17 +137,79 @@ def test_two_processes_sample_the_same_images_as_one(tmp_path, write_study):
         "sample.num_images=12",
         "sample.batch_size=4",
         "sample.steps=4",
+        f"eval.inception_weights={weights}",
+        "eval.generation_metrics=[gfid]",
+        "eval.num_images=10",
+        "eval.batch_size=4",
     ]
-    assert run_cli(study, tmp_path / "one", *extra) == 0
-    shutil.copytree(tmp_path / "one" / "runs", tmp_path / "two" / "runs")
-    sample_dir = next((tmp_path / "two" / "runs" / "sample").iterdir())
-    shutil.rmtree(sample_dir)
-    assert run_cli(study, tmp_path / "two", *extra, "launcher.stages={sample: {tasks_per_node: 2}}") == 0
-    log = (sample_dir / "log.txt").read_text()
-    assert "process 1 of 2" in log
-    one = np.load(next((tmp_path / "one" / "runs" / "sample").iterdir()) / "images.npy")
-    two = np.load(sample_dir / "images.npy")
+    (sample_one, sample_two), (eval_one, eval_two) = one_then_two(
+        write_study(GENERATION), tmp_path, ["sample", "evaluate_generator"], *extra
+    )
+    one, two = np.load(sample_one / "images.npy"), np.load(sample_two / "images.npy")
     assert one.shape == (12, 16, 16, 3) and np.array_equal(one, two)
+    assert assert_same_metrics(eval_one, eval_two)["gfid"] > 0
+    assert len(list((tmp_path / "two" / "runs" / "fid_stats").iterdir())) == 1  # written once, by rank 0
+    protocol = read_json(eval_two / "result.json")["protocol"]
+    assert protocol["world_size"] == 2 and protocol["metric_protocols"][0]["num_samples"] == 12
+
+
+TOKENIZER = """
+title: tokenizer evaluation with two processes
+config:
+  tokenizer: {name: titok, size: tiny, patch_size: 4, num_latent_tokens: 4, codebook_size: 16}
+stages: [evaluate_tokenizer]
+"""
+
+
+def test_two_processes_evaluate_a_tokenizer_like_one(tmp_path, write_study, weights, single_threaded):
+    """18 eval images in batches of 4: rank 0 evaluates batches 0, 2, 4 (the last of 2 images), rank 1
+    batches 1 and 3; PSNR, SSIM, codebook usage and rFID (random-weight Inception) as from one process."""
+    extra = [
+        "runtime.device=cpu",
+        "eval.metrics=[psnr, ssim, codebook_usage, rfid]",
+        f"eval.inception_weights={weights}",
+        "eval.num_images=18",
+        "eval.batch_size=4",
+    ]
+    [(one, two)] = one_then_two(write_study(TOKENIZER), tmp_path, ["evaluate_tokenizer"], *extra)
+    metrics = assert_same_metrics(one, two)
+    assert {"psnr", "ssim", "codebook_usage", "rfid"} <= set(metrics)
+    assert read_json(two / "codebook_counts.json") == read_json(one / "codebook_counts.json")
+    assert (two / "reconstructions.png").read_bytes() == (one / "reconstructions.png").read_bytes()
+    protocol = read_json(two / "result.json")["protocol"]
+    assert protocol["num_images"] == 18 and protocol["world_size"] == 2
+
+
+CACHE = """
+title: latent caches with two processes
+config:
+  tokenizer: {name: titok, size: tiny, patch_size: 4, num_latent_tokens: 4, codebook_size: 16, token_size: 4}
+axes:
+  grid:
+    tokenizer.bottleneck: [vq, kl]
+label: "{tokenizer.bottleneck}"
+stages: [cache_latents]
+"""
+
+
+def test_two_processes_cache_the_same_latents_as_one(tmp_path, write_study, single_threaded):
+    """Discrete ids (vq) and normalised continuous latents (kl) of 150 training images, encoded in batches
+    of 64 (rank 0: batches 0 and 2, rank 1: batch 1), with the same per-token statistics."""
+    pairs = one_then_two(write_study(CACHE), tmp_path, ["cache_latents"], "runtime.device=cpu", "data.train_size=150")
+    kinds = set()
+    for one, two in pairs:
+        meta, meta_two = read_json(one / "latents.json"), read_json(two / "latents.json")
+        kinds.add(meta["token_spec"]["kind"])
+        assert np.array_equal(np.load(one / "labels.npy"), np.load(two / "labels.npy"))
+        tokens, tokens_two = np.load(one / "tokens.npy"), np.load(two / "tokens.npy")
+        assert len(tokens) == meta["num_items"] == meta_two["num_items"] == 150
+        if meta["token_spec"]["kind"] == "discrete":
+            assert np.array_equal(tokens, tokens_two)
+            continue
+        np.testing.assert_allclose(tokens_two, tokens, rtol=1e-6, atol=1e-6)
+        for key in ("mean", "std"):
+            np.testing.assert_allclose(meta_two[key], meta[key], rtol=1e-6, atol=1e-7)
+    assert kinds == {"discrete", "continuous"}
 
 
 def test_the_global_batch_must_split_into_equal_shards():
@@ -123,3 +221,12 @@ def test_the_global_batch_must_split_into_equal_shards():
     assert [a + b for a, b in zip(*shards)] == whole
     with pytest.raises(ConfigError, match="does not split into 3 equal shards"):
         StepBatchSampler(32, 8, 0, 0, 3, rank=0, world=3)
+
+
+def test_batches_are_dealt_round_robin_and_interleave_back_in_order():
+    whole = distributed.rank_batches(18, 4, distributed.ONE_PROCESS)
+    assert whole == [range(0, 4), range(4, 8), range(8, 12), range(12, 16), range(16, 18)]
+    shards = [distributed.rank_batches(18, 4, distributed.World(r, 2)) for r in range(2)]
+    assert shards == [whole[0::2], whole[1::2]]
+    assert distributed.interleave(shards) == whole
+    assert distributed.rank_batches(4, 4, distributed.World(1, 2)) == []  # a rank may get nothing

@@ -157,6 +157,19 @@ def test_streaming_stats_match_numpy_and_ignore_batching() -> None:
     np.testing.assert_allclose(split.sigma, whole.sigma, rtol=1e-11, atol=1e-13)
 
 
+def test_accumulators_of_shards_merge_into_the_whole_set() -> None:
+    x = torch.randn(23, 20, generator=torch.Generator().manual_seed(1))
+    shards = [FeatureAccumulator() for _ in range(3)]  # the third saw no features
+    shards[0].update(x[:9])
+    shards[1].update(x[9:])
+    merged = FeatureAccumulator.merged(acc.state() for acc in shards).stats()
+    whole = FeatureStats.from_features(x)
+    assert merged.n == 23
+    np.testing.assert_allclose(merged.mu, whole.mu, rtol=1e-13)
+    np.testing.assert_allclose(merged.sigma, whole.sigma, rtol=1e-11, atol=1e-13)
+    assert FeatureAccumulator.merged([FeatureAccumulator().state()]).n == 0
+
+
 # ----------------------------------------------------------------------------------------------
 # FID and IS with the random-weight Inception
 # ----------------------------------------------------------------------------------------------

@@ -118,6 +118,26 @@ def test_independent_of_batch_split(cls):
         assert run(cls(DISCRETE), images, recons, splits) == pytest.approx(whole, rel=1e-6, abs=1e-9)
 
 
+@pytest.mark.parametrize("cls", [PSNR, SSIM, CodebookUsage])
+def test_states_of_shards_merge_into_the_whole_set(cls):
+    """Batch b on rank b mod 2 of three ranks (the third gets none): every rank's merged metric is the
+    metric of all batches, as gather_metrics leaves it."""
+    images, recons = image_pairs(np.random.default_rng(3), 16, 16, 9)
+    ids = torch.randint(0, 16, (9, 8), generator=torch.Generator().manual_seed(0))
+    batches = [batch(images[i : i + 2], recons[i : i + 2], ids[i : i + 2]) for i in range(0, 9, 2)]
+    whole, ranks = cls(DISCRETE), [cls(DISCRETE) for _ in range(3)]
+    for b, item in enumerate(batches):
+        whole.update(item)
+        ranks[b % 2].update(item)
+    states = [m.state() for m in ranks]
+    assert states[2] is None
+    for metric in ranks:
+        metric.merge(states)
+        assert metric.compute() == pytest.approx(whole.compute(), rel=1e-12)
+    if cls is CodebookUsage:
+        assert all(torch.equal(m.histogram(), whole.histogram()) for m in ranks)
+
+
 @pytest.mark.parametrize("h, w", [(32, 32), (48, 40)])
 def test_ssim_matches_skimage(h, w):
     images, recons = image_pairs(np.random.default_rng(h * w), h, w, 6)
