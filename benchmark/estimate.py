@@ -166,6 +166,8 @@ def _estimate_cell(config: dict[str, Any], stages: dict[str, str], out: dict[str
     classes = data.get("num_classes", 1000) if data.get("name") == "procedural" else 1000
     try:
         gen_train, gen_forward = _generator_costs(config, spec, classes)
+    except ConfigError:  # a bad generator option fails the plan, as a bad tokenizer option does
+        raise
     except (RuntimeError, ValueError) as exc:  # e.g. a loss that needs teacher features: no estimate
         out[stages["train_generator"]] = StageCost(0.0, f"not estimated: {str(exc).splitlines()[0][:80]}")
         return

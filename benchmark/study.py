@@ -207,26 +207,43 @@ def load_study(path: str | Path) -> dict[str, Any]:
     return spec
 
 
-def profile_layers(spec: Mapping[str, Any], path: Path, profile: str) -> list[Layer]:
+def profile_chain(profile: str) -> tuple[Path, dict[str, Any], list[str]]:
+    """A profile's file, its settings, and the profiles whose study blocks apply under it: those of
+    the profile it ``inherits`` (e.g. repro inherits smoke's per-study shrinking), then its own."""
     profile_file = PROFILE_DIR / f"{profile}.yaml"
     if not profile_file.is_file():
         known = sorted(p.stem for p in PROFILE_DIR.glob("*.yaml"))
         raise ConfigError(f"--profile {profile}: no file {profile_file}; known profiles: {', '.join(known)}")
-    layers = [Layer(str(profile_file), nest(load_yaml(profile_file), str(profile_file)))]
-    extra = {k: v for k, v in ((spec.get("profiles") or {}).get(profile) or {}).items() if k != "cells"}
-    if extra:
-        layers.append(Layer(f"{path}: profiles.{profile}", nest(extra, f"{path}: profiles.{profile}")))
+    body = dict(load_yaml(profile_file))
+    parent = body.pop("inherits", None)
+    if parent is None:
+        return profile_file, body, [profile]
+    if not isinstance(parent, str) or parent == profile:
+        raise ConfigError(f"{profile_file}: inherits: {parent!r} must name another profile")
+    return profile_file, body, [*profile_chain(parent)[2], profile]
+
+
+def profile_layers(spec: Mapping[str, Any], path: Path, profile: str) -> list[Layer]:
+    profile_file, body, chain = profile_chain(profile)
+    layers = [Layer(str(profile_file), nest(body, str(profile_file)))]
+    for name in chain:
+        extra = {k: v for k, v in ((spec.get("profiles") or {}).get(name) or {}).items() if k != "cells"}
+        if extra:
+            layers.append(Layer(f"{path}: profiles.{name}", nest(extra, f"{path}: profiles.{name}")))
     return layers
 
 
-def profile_cell_layer(spec: Mapping[str, Any], path: Path, profile: str, label: str) -> Layer | None:
-    """``profiles.<profile>.cells.<label>``: one cell's settings under a profile, applied after the
-    cell's own (e.g. the smoke-scale stand-in for the pretrained encoder a paper-scale cell names)."""
-    cells = ((spec.get("profiles") or {}).get(profile) or {}).get("cells") or {}
-    if label not in cells:
-        return None
-    source = f"{path}: profiles.{profile}.cells.{label}"
-    return Layer(source, nest(cells[label], source))
+def profile_cell_layers(spec: Mapping[str, Any], path: Path, profile: str, label: str) -> list[Layer]:
+    """``profiles.<profile>.cells.<label>``: one cell's settings under a profile (and the profiles it
+    inherits), applied after the cell's own (e.g. the smoke-scale stand-in for the pretrained encoder a
+    paper-scale cell names)."""
+    layers = []
+    for name in profile_chain(profile)[2]:
+        cells = ((spec.get("profiles") or {}).get(name) or {}).get("cells") or {}
+        if label in cells:
+            source = f"{path}: profiles.{name}.cells.{label}"
+            layers.append(Layer(source, nest(cells[label], source)))
+    return layers
 
 
 def build_plan(
@@ -268,9 +285,9 @@ def build_plan(
         merged, _ = merge_layers([cell_layer, cli], start=merged_base)
         config = resolve(merged, source)
         row = label or cell_label(spec.get("label"), {k: v for k, v in cell_overrides.items() if k != "seed"}, config)
-        extra = profile_cell_layer(spec, path, profile, row)
-        if extra is not None:
-            merged, _ = merge_layers([cell_layer, extra, cli], start=merged_base)
+        extra = profile_cell_layers(spec, path, profile, row)
+        if extra:
+            merged, _ = merge_layers([cell_layer, *extra, cli], start=merged_base)
             config = resolve(merged, source)
         runs += [(row, cell_overrides, {**config, "seed": config["seed"] + i}, label is not None) for i in range(seeds)]
 

@@ -475,3 +475,15 @@ claims:
     assert (folders[0] / "probe").is_dir() and not (folders[1] / "probe").exists()
     a, b = (load_file(f / "model.safetensors") for f in folders)
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("profile", ["smoke", "repro"])
+@pytest.mark.parametrize("path", STUDIES, ids=lambda p: p.stem)
+def test_every_study_passes_its_plan_checks(path, profile):
+    """What ``--dry-run`` checks (data, and every model built on the meta device with its options)
+    passes for every shipped study at the CPU scales, so none of them fails after it starts."""
+    from benchmark.plan_checks import check_plan
+
+    plan = build_plan(path, profile)
+    costs = check_plan(plan)
+    assert set(costs) == set(plan.stages)

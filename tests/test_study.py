@@ -135,10 +135,23 @@ def test_bad_override_names_the_command_line(override, pattern):
 
 
 def test_profile_errors(tmp_path):
-    with pytest.raises(ConfigError, match="known profiles: paper, smoke"):
+    with pytest.raises(ConfigError, match="known profiles: paper, repro, smoke"):
         build_plan(REPO_STUDY, "smok")
     with pytest.raises(ConfigError, match="no such file"):
         build_plan(tmp_path / "missing.yaml", "smoke")
+
+
+def test_repro_inherits_the_studys_smoke_blocks():
+    """repro.yaml ``inherits: smoke``: a study's smoke shrinking (block and cells) applies under repro,
+    then its repro block; the profile file's own settings (the longer training) win over smoke.yaml's."""
+    smoke = build_plan(REPO_STUDY, "smoke").cells[0].config
+    repro = build_plan(REPO_STUDY, "repro").cells[0].config
+    assert repro["tokenizer"]["patch_size"] == smoke["tokenizer"]["patch_size"] == 4  # the study's smoke block
+    assert repro["train"]["steps"] == 10 * smoke["train"]["steps"]  # repro.yaml
+    assert repro["tokenizer"]["adversarial"] == {**smoke["tokenizer"]["adversarial"], "start": 2500}  # repro block
+    aligner = build_plan("studies/paper_table2_local_aligner.yaml", "repro", only="I-JEPA").cells[0].config
+    assert aligner["tokenizer"]["align_local"]["init"] == "ijepa"  # the smoke cell's stand-in, inherited
+    assert "hidden_size" in aligner["tokenizer"]["align_local"]["stand_in"]
 
 
 def test_diagnostic_options_at_their_defaults_leave_stage_hashes_alone():

@@ -65,6 +65,11 @@ LOCAL_ALIGN_TOKENS = {"l1": "local1d", "l2": "local2d"}
 
 # (width, depth, heads) of the local 2D aligner, named by its parameter count at the paper's
 # K_g = N_l = 64 tokens of width 32 (Sec. 3.4 / Fig. 6 scales it from 10M to 600M); "tiny" is smoke scale.
+#
+# "tiny-<paper size>" is the scaled-down ladder the smoke and repro profiles use in place of each paper
+# size, so that a scaling curve keeps all five points at CPU scale. It keeps the paper's parameter ratios
+# (1 : 10 : 20 : 40 : 60, measured at 16 tokens of width 8: 27k, 0.25M, 0.57M, 1.0M, 1.6M parameters) and
+# its shape: width grows up to the 400M aligner, then the 600M one is deeper at the same width.
 LOCAL2D_SIZES: dict[str, tuple[int, int, int]] = {
     "tiny": (64, 2, 4),
     "10M": (320, 8, 5),
@@ -72,6 +77,11 @@ LOCAL2D_SIZES: dict[str, tuple[int, int, int]] = {
     "200M": (1024, 16, 16),
     "400M": (1280, 20, 20),
     "600M": (1280, 30, 20),
+    "tiny-10M": (32, 2, 2),
+    "tiny-100M": (64, 5, 4),
+    "tiny-200M": (96, 5, 4),
+    "tiny-400M": (128, 5, 4),
+    "tiny-600M": (128, 8, 4),
 }
 
 
