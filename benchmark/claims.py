@@ -191,23 +191,35 @@ def check_claims(plan: Plan, other_rows: Callable[[str], list[str]] | None) -> N
             raise ConfigError(f"{where}: order needs at least two rows")
         if kind == "about" and not refs and metric not in STUDY_VALUES:
             raise ConfigError(f"{where}: about needs a row (or ratio: [row, row]) for metric {metric}")
-        for ref in refs if other_rows is not None else []:
-            known_rows = rows if ref.study is None else set(sibling_rows(other_rows, ref.study, where))
-            if ref.label not in known_rows:
-                raise ConfigError(
-                    f"{where}: unknown row {ref.label!r} of study {ref.study or plan.study}; "
-                    f"rows: {', '.join(sorted(known_rows))}"
-                )
+        check_row_refs(refs, rows, other_rows, plan.study, where)
         if kind == "about" and not isinstance(claim["about"], (int, float)):
             raise ConfigError(f"{where}: about must be a number, got {claim['about']!r}")
 
 
-def sibling_rows(other_rows: Callable[[str], list[str]], study: str, where: str) -> list[str]:
-    """Another study's row labels; a study that cannot be planned is an error of the claim (or figure) naming it."""
-    try:
-        return other_rows(study)
-    except ConfigError as exc:
-        raise ConfigError(f"{where}: {exc}") from None
+def check_row_refs(
+    refs: list[RowRef],
+    rows: set[str],
+    other_rows: Callable[[str], list[str]] | None,
+    study: str,
+    where: str,
+) -> None:
+    """Every row a claim (or figure) names exists: in this study (``rows``) or in the sibling study it
+    names (``other_rows``; a study that cannot be planned is an error of ``where``). Skipped without
+    ``other_rows``."""
+    if other_rows is None:
+        return
+    for ref in refs:
+        if ref.study is None:
+            known = rows
+        else:
+            try:
+                known = set(other_rows(ref.study))
+            except ConfigError as exc:
+                raise ConfigError(f"{where}: {exc}") from None
+        if ref.label not in known:
+            raise ConfigError(
+                f"{where}: unknown row {ref.label!r} of study {ref.study or study}; rows: {', '.join(sorted(known))}"
+            )
 
 
 def claim_rows(claim: Mapping[str, Any], kind: str) -> list[RowRef]:

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from benchmark.claims import RowRef, Stat, row_list, sibling_rows
+from benchmark.claims import RowRef, Stat, check_row_refs, row_list
 from benchmark.errors import ConfigError
 from benchmark.store import atomic_write, read_json
 
@@ -104,13 +104,7 @@ def check_figures(plan: Plan, other_rows: Callable[[str], list[str]] | None) -> 
         refs = figure_rows(fig) + [
             RowRef(r.label, r.study or s.get("study")) for s in fig.get("series") or [] for r in row_list(s["rows"])
         ]
-        for ref in refs if other_rows is not None else []:
-            known = rows if ref.study is None else set(sibling_rows(other_rows, ref.study, where))
-            if ref.label not in known:
-                raise ConfigError(
-                    f"{where} ({fig['name']}): unknown row {ref.label!r} of study {ref.study or plan.study}; "
-                    f"rows: {', '.join(sorted(known))}"
-                )
+        check_row_refs(refs, rows, other_rows, plan.study, f"{where} ({fig['name']})")
 
 
 def selected_rows(results: Results, fig: dict[str, Any]) -> list[Row]:

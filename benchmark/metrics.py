@@ -67,19 +67,13 @@ class Metric(ABC):
     def compute(self) -> dict[str, float]:
         """Named results over all batches seen so far."""
 
+    @abstractmethod
     def state(self) -> Any:
         """The running statistics as picklable CPU objects (None before any update), for :func:`gather_metrics`."""
-        raise NotImplementedError(self._not_mergeable())
 
+    @abstractmethod
     def merge(self, states: list[Any]) -> None:
         """Take as running statistics those of every process's ``state()`` (in rank order) together."""
-        raise NotImplementedError(self._not_mergeable())
-
-    def _not_mergeable(self) -> str:
-        return (
-            f"metric {self._name()} has no state() / merge(), so it cannot be evaluated by several processes; "
-            f"evaluate with one (launcher.stages: {{evaluate_tokenizer: {{tasks_per_node: 1}}}})"
-        )
 
     def _name(self) -> str:
         return getattr(self, "registry_name", type(self).__name__)

@@ -75,8 +75,30 @@ def gumbel_noise(shape: torch.Size, generator: torch.Generator | None, device: t
     return -torch.log((-torch.log(u.clamp(min=1e-20))).clamp(min=1e-20))
 
 
+class MaskedIdGenerator(Generator):
+    """A class-conditional generator of a discrete tokenizer's ids by masked prediction: the token ids,
+    the [MASK] id after the codebook, the null class after the classes (for CFG)."""
+
+    def init_ids(
+        self, name: str, token_spec: TokenSpec, num_classes: int, label_dropout: float, label_smoothing: float
+    ) -> None:
+        if token_spec.kind != "discrete":
+            raise ConfigError(
+                f"generator.name: {name} models discrete token ids, but the tokenizer's tokens are "
+                f"'{token_spec.kind}'; use a discrete tokenizer or a continuous-token generator"
+            )
+        self.token_spec = token_spec
+        self.num_tokens = token_spec.num_generated
+        self.vocab_size = int(token_spec.vocab_size)
+        self.mask_id = self.vocab_size
+        self.num_classes = num_classes
+        self.null_class = num_classes
+        self.label_dropout = label_dropout
+        self.label_smoothing = label_smoothing
+
+
 @register_generator("maskgit")
-class MaskGIT(Generator):
+class MaskGIT(MaskedIdGenerator):
     """MaskGIT: class-conditional bidirectional transformer over token ids, iterative masked decoding."""
 
     tiny = {"size": "tiny"}
@@ -93,20 +115,8 @@ class MaskGIT(Generator):
         label_smoothing: float = 0.1,
     ) -> None:
         super().__init__()
-        if token_spec.kind != "discrete":
-            raise ConfigError(
-                f"generator.name: MaskGIT models discrete token ids, but the tokenizer's tokens are "
-                f"'{token_spec.kind}'; use a discrete tokenizer or a continuous-token generator"
-            )
+        self.init_ids("MaskGIT", token_spec, num_classes, label_dropout, label_smoothing)
         width, depth, heads = vit_size(size, "generator.size")
-        self.token_spec = token_spec
-        self.num_tokens = token_spec.num_generated
-        self.vocab_size = int(token_spec.vocab_size)
-        self.mask_id = self.vocab_size
-        self.num_classes = num_classes
-        self.null_class = num_classes
-        self.label_dropout = label_dropout
-        self.label_smoothing = label_smoothing
         self.mask_schedule = check_schedule(mask_schedule)
 
         self.token_embed = nn.Embedding(self.vocab_size + 1, width)  # + the [MASK] id

@@ -40,17 +40,17 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from benchmark.base import Generator, TokenSpec
+from benchmark.base import TokenSpec
 from benchmark.errors import ConfigError
 from benchmark.layers import Block, Transformer, init_vit_weights
 from benchmark.registry import register_generator
 
-from .maskgit import gumbel_noise
+from .maskgit import MaskedIdGenerator, gumbel_noise
 
 GUIDANCE_DECAYS = ("constant", "linear", "power-cosine")
 
 
-class TiTokMaskGIT(Generator):
+class TiTokMaskGIT(MaskedIdGenerator):
     """The shared part of ImageBert and UViTBert: token space, training loss and the official sampler."""
 
     tiny_token_spec = TokenSpec("discrete", (8,), vocab_size=16)
@@ -67,21 +67,9 @@ class TiTokMaskGIT(Generator):
         unmasked_weight: float = 0.1,
     ) -> None:
         super().__init__()
-        if token_spec.kind != "discrete":
-            raise ConfigError(
-                f"generator.name: TiTok's MaskGIT models discrete token ids, but the tokenizer's tokens are "
-                f"'{token_spec.kind}'; use a discrete tokenizer or a continuous-token generator"
-            )
+        self.init_ids("TiTok's MaskGIT", token_spec, num_classes, label_dropout, label_smoothing)
         if width % heads:
             raise ConfigError(f"generator.heads: width {width} is not divisible by {heads} heads")
-        self.token_spec = token_spec
-        self.num_tokens = token_spec.num_generated
-        self.vocab_size = int(token_spec.vocab_size)
-        self.mask_id = self.vocab_size
-        self.num_classes = num_classes
-        self.null_class = num_classes
-        self.label_dropout = label_dropout
-        self.label_smoothing = label_smoothing
         self.unmasked_weight = unmasked_weight
         self.embed = nn.Embedding(self.vocab_size + num_classes + 2, width)  # codes, [MASK], classes, null class
         self.pos_embed = nn.Parameter(torch.zeros(1, self.num_tokens + 1, width))  # class prefix + N
