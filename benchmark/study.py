@@ -223,22 +223,24 @@ def profile_chain(profile: str) -> tuple[Path, dict[str, Any], list[str]]:
     return profile_file, body, [*profile_chain(parent)[2], profile]
 
 
-def profile_layers(spec: Mapping[str, Any], path: Path, profile: str) -> list[Layer]:
+def profile_layers(spec: Mapping[str, Any], path: Path, profile: str) -> tuple[list[Layer], list[str]]:
+    """The profile file's layer and the study's blocks for ``profile`` (and those it inherits); with
+    the names of those profiles, in order (for :func:`profile_cell_layers`)."""
     profile_file, body, chain = profile_chain(profile)
     layers = [Layer(str(profile_file), nest(body, str(profile_file)))]
     for name in chain:
         extra = {k: v for k, v in ((spec.get("profiles") or {}).get(name) or {}).items() if k != "cells"}
         if extra:
             layers.append(Layer(f"{path}: profiles.{name}", nest(extra, f"{path}: profiles.{name}")))
-    return layers
+    return layers, chain
 
 
-def profile_cell_layers(spec: Mapping[str, Any], path: Path, profile: str, label: str) -> list[Layer]:
+def profile_cell_layers(spec: Mapping[str, Any], path: Path, chain: list[str], label: str) -> list[Layer]:
     """``profiles.<profile>.cells.<label>``: one cell's settings under a profile (and the profiles it
     inherits), applied after the cell's own (e.g. the smoke-scale stand-in for the pretrained encoder a
     paper-scale cell names)."""
     layers = []
-    for name in profile_chain(profile)[2]:
+    for name in chain:
         cells = ((spec.get("profiles") or {}).get(name) or {}).get("cells") or {}
         if label in cells:
             source = f"{path}: profiles.{name}.cells.{label}"
@@ -261,10 +263,11 @@ def build_plan(
     if seeds < 1:
         raise ConfigError(f"--seeds {seeds}: give at least one seed")
     cli = Layer("command line", nest(parse_overrides(overrides or []), "command line"))
+    profiled, chain = profile_layers(spec, path, profile)
     base = [
         Layer("defaults", defaults()),
         Layer(f"{path}: config", nest(spec.get("config") or {}, str(path))),
-        *profile_layers(spec, path, profile),
+        *profiled,
     ]
     plugins = [layer.values["plugins"] for layer in base + [cli] if layer.values.get("plugins")]
     load_plugins(plugins[-1] if plugins else [])
@@ -285,7 +288,7 @@ def build_plan(
         merged, _ = merge_layers([cell_layer, cli], start=merged_base)
         config = resolve(merged, source)
         row = label or cell_label(spec.get("label"), {k: v for k, v in cell_overrides.items() if k != "seed"}, config)
-        extra = profile_cell_layers(spec, path, profile, row)
+        extra = profile_cell_layers(spec, path, chain, row)
         if extra:
             merged, _ = merge_layers([cell_layer, *extra, cli], start=merged_base)
             config = resolve(merged, source)
