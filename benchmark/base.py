@@ -37,6 +37,11 @@ class TokenSpec:
         if self.kind == "continuous" and not self.dim:
             raise ValueError("a continuous TokenSpec needs dim")
 
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TokenSpec:
+        """The spec that ``dataclasses.asdict`` wrote (a JSON list back to the ``shape`` tuple)."""
+        return cls(**{**d, "shape": tuple(d["shape"])})
+
     @property
     def num_tokens(self) -> int:
         return math.prod(self.shape)

@@ -8,7 +8,7 @@ A tokenizer folder (a train / finetune stage's folder, or one written by ``bench
 
 and :func:`load_tokenizer` rebuilds the model from it. A generator folder (a train_generator stage's)
 holds ``stage.json`` (its config) and ``model.safetensors``; it is rebuilt for the token spec and class
-count of the latent cache it was trained on. Stages, ``benchmark.evaluate`` and ``benchmark.bench``
+count of the latent cache it was trained on (an installed release: from its ``generator.json``). Stages, ``benchmark.evaluate`` and ``benchmark.bench``
 all go through here.
 """
 
@@ -112,10 +112,18 @@ def load_generator(
     folder: Path, token_spec: TokenSpec, num_classes: int, device: torch.device | str = "cpu"
 ) -> Generator:
     """The trained generator of a train_generator folder, for the token spec and classes of the latent
-    cache it was trained on, in eval mode on ``device``."""
+    cache it was trained on, in eval mode on ``device``. A released generator's folder (its
+    train_generator stage installed it: benchmark/release_install.py) holds ``generator.json``: the
+    converted generator, built for the token spec and classes it was released with."""
     record = read_json(folder / "stage.json")
     if record is None or not (folder / "model.safetensors").is_file():
         raise CheckpointError(f"{folder}: not a trained generator folder (needs stage.json and model.safetensors)")
-    model = build_generator(record["config"], token_spec, num_classes)
+    installed = read_json(folder / "generator.json")
+    if installed is not None:
+        config, token_spec = installed, TokenSpec.from_dict(installed["token_spec"])
+        num_classes = installed["num_classes"]
+    else:
+        config = record["config"]
+    model = build_generator(config, token_spec, num_classes)
     _load_state(model, _weights(folder), folder)
     return model.to(device).eval()

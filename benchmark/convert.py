@@ -52,7 +52,6 @@ import re
 import shutil
 import sys
 import tempfile
-import time
 import urllib.request
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -64,7 +63,7 @@ import yaml
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-from benchmark.base import Tokenizer, TokenSpec
+from benchmark.base import TokenSpec
 from benchmark.checkpoints import build_generator, build_tokenizer, save_tokenizer, save_weights
 from benchmark.errors import CheckpointError, ConfigError, Tok1dError, WeightsError
 from benchmark.registry import load_plugins
@@ -735,7 +734,7 @@ def build_model(config: Mapping[str, Any]) -> nn.Module:
     generator (``generator`` with the ``token_spec`` and ``num_classes`` it models)."""
     if "generator" not in config:
         return build_tokenizer(config)
-    spec = TokenSpec(**{**config["token_spec"], "shape": tuple(config["token_spec"]["shape"])})
+    spec = TokenSpec.from_dict(config["token_spec"])
     return build_generator(config, spec, config["num_classes"])
 
 
@@ -822,9 +821,10 @@ def write_folder(out: Path, config: Mapping[str, Any], state: Mapping[str, Tenso
     folder and renamed when complete.
 
     A generator folder holds ``stage.json`` (``{"config": <folder config>}``: ``generator``, the ``token_spec``
-    and ``num_classes`` it models, and the release's ``sample`` settings), ``model.safetensors`` and
-    ``release.json``: what ``benchmark.checkpoints.load_generator(out, token_spec, num_classes)`` rebuilds, as
-    it rebuilds a train_generator stage's folder."""
+    and ``num_classes`` it models, and the release's ``sample`` settings), ``latents.json`` (that token space,
+    as a latent cache records it), ``model.safetensors`` and ``release.json``: what
+    ``benchmark.checkpoints.load_generator(out, token_spec, num_classes)`` rebuilds, as it rebuilds a
+    train_generator stage's folder, and what ``benchmark.evaluate OUT --tokenizer T`` samples from."""
     out = Path(out).expanduser()
     if out.exists():
         raise CheckpointError(f"{out} exists; remove it or choose another output folder")
@@ -834,6 +834,8 @@ def write_folder(out: Path, config: Mapping[str, Any], state: Mapping[str, Tenso
         if "generator" in config:
             save_weights(tmp, state)
             write_json(tmp / "stage.json", {"config": dict(config)})
+            space = {"token_spec": config["token_spec"], "num_classes": config["num_classes"], "num_items": 0}
+            write_json(tmp / "latents.json", space)  # the token space it models (benchmark.latents.read_space)
         else:
             save_tokenizer(tmp, config, state)
         write_json(tmp / "release.json", record)
@@ -1104,112 +1106,6 @@ def write_stand_in(name: str, image_size: int, folder: Path, seed: int = 0) -> P
         folder.mkdir(parents=True, exist_ok=True)
         fmt.write(folder, official, official_state(info.format, model))
     return folder
-
-
-# ---------------------------------------------------------------------------------------------------
-# A release in a study: the ``released`` tokenizer (tokenizers/released.py) and its train stage
-
-
-def open_release(
-    *,
-    image_size: int,
-    release: str | None = None,
-    format: str | None = None,
-    source: str | None = None,
-    config: str | None = None,
-    checkpoint: str | None = None,
-    stand_in: bool = False,
-    seed: int = 0,
-    weights: bool = True,
-) -> tuple[dict[str, Any], dict[str, Tensor] | None, dict[str, Any]]:
-    """(tok1d folder config, tok1d state dict or None without ``weights``, provenance) of what the options of
-    the ``released`` tokenizer name: a converted ``checkpoint`` folder, a ``release`` of :data:`RELEASES`
-    (its files from the caches, or ``source``), its random-weight ``stand_in``, or a ``format`` + ``source``."""
-    from benchmark.store import read_json
-
-    where = "tokenizer"
-    if sum(x is not None for x in (checkpoint, release, format)) != 1 or (format and not source):
-        raise ConfigError(f"{where}: name exactly one of checkpoint, release, or format with source")
-    named = format or (release_info(release).format if release else None)
-    if named and get_format(named).model != "tokenizer":
-        raise ConfigError(f"{where}: {release or format} is a {get_format(named).model} release, not a tokenizer")
-    if checkpoint is not None:
-        folder = Path(checkpoint).expanduser()
-        folder_config = read_json(folder / "tokenizer.json")
-        if folder_config is None or not (folder / "model.safetensors").is_file():
-            raise CheckpointError(f"{folder}: not a tokenizer folder (needs tokenizer.json and model.safetensors)")
-        state = load_file(folder / "model.safetensors") if weights else None
-        record = read_json(folder / "release.json") or {}
-        record = {**record, "checkpoint": str(folder)}
-    elif stand_in:
-        if release is None:
-            raise ConfigError(
-                f"{where}.stand_in: needs a release name (tokenizer.release) whose architecture to shrink"
-            )
-        info = release_info(release)
-        record = {"format": info.format, "stand_in": release, "seed": seed, "image_size": image_size}
-        if weights:
-            with tempfile.TemporaryDirectory() as tmp:
-                converted, state = convert(info.format, write_stand_in(release, image_size, Path(tmp), seed))
-            folder_config = converted.config
-        else:
-            folder_config, state = get_format(info.format).parse(info.stand_in(image_size), release), None
-    else:
-        if release is not None:
-            format = release_info(release).format
-            path = resolve_source(format, source) if source else local_release(release)
-        else:
-            path = resolve_source(format, source)
-        if weights:
-            converted, state = convert(format, path, Path(config) if config else None)
-            record = provenance(converted, source or release)
-        else:
-            converted, state = read_release(format, path, Path(config) if config else None, weights=False), None
-            record = {"format": format, "source": source or release}
-        folder_config = converted.config
-        record["release"] = release
-    resolution = folder_config["data"]["resolution"]
-    if resolution != image_size:
-        raise ConfigError(f"{where}: the release is a {resolution} px tokenizer; data.resolution is {image_size}")
-    return folder_config, state, record
-
-
-@torch.no_grad()
-def throughput(model: Tokenizer, image_size: int, device: torch.device, batch: int = 16, iters: int = 3) -> float:
-    """Images/s of ``reconstruct`` (encode + decode) on a batch of random images, fp32, after one warm-up."""
-    images = torch.rand(batch, 3, image_size, image_size, device=device)
-
-    def sync() -> None:
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-
-    model.reconstruct(images)
-    sync()
-    t0 = time.perf_counter()
-    for _ in range(iters):
-        model.reconstruct(images)
-    sync()
-    return batch * iters / (time.perf_counter() - t0)
-
-
-def install_release(model: Tokenizer, folder: Path, data: Mapping[str, Any], device: torch.device) -> dict[str, Any]:
-    """The train_tokenizer stage of a ``released`` tokenizer: its converted model written into the stage's
-    folder (with the cell's data config and ``release.json``), nothing trained; the result records its
-    parameters, GFLOPs of encode / decode / a train step (benchmark.cost), tokens, images/s and provenance."""
-    from benchmark.cost import tokenizer_cost
-
-    inner = model.model
-    save_tokenizer(folder, {"data": dict(data), "tokenizer": model.folder_config["tokenizer"]}, inner.state_dict())
-    write_json(folder / "release.json", model.provenance)
-    inner = inner.to(device).eval()
-    cost = tokenizer_cost(inner, data["resolution"], device)
-    return {
-        "params": cost["params"]["total"],
-        "tokens": inner.token_spec.num_tokens,
-        "images_per_s": throughput(inner, data["resolution"], device),
-        "cost": cost,
-        "release": model.provenance,
-    }
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -99,6 +99,8 @@ def _generator_costs(config: dict[str, Any], spec: Any, num_classes: int) -> tup
 
     with torch.device("meta"):
         model = build_generator(config, spec, num_classes).to("meta")
+        if hasattr(model, "check_sampler_options"):  # a sampler known once built (generators/released.py)
+            model.check_sampler_options(config["sample"].get("options") or {})
         tokens = (
             torch.zeros(1, *spec.shape, dtype=torch.long)
             if spec.kind == "discrete"
@@ -172,7 +174,10 @@ def _estimate_cell(config: dict[str, Any], stages: dict[str, str], out: dict[str
         out[stages["train_generator"]] = StageCost(0.0, f"not estimated: {str(exc).splitlines()[0][:80]}")
         return
     gt = config["generator_train"]
-    out[stages["train_generator"]] = StageCost(gen_train * gt["steps"] * gt["batch_size"] / 1e6)
+    if config["generator"]["name"] == "released":
+        out[stages["train_generator"]] = StageCost(0.0, "installed from its release, not trained")
+    else:
+        out[stages["train_generator"]] = StageCost(gen_train * gt["steps"] * gt["batch_size"] / 1e6)
     sample = config["sample"]
     if "sample" in stages:
         steps = sample.get("steps") or 1

@@ -6,7 +6,8 @@ PATH is recognised by what it holds, in this order:
     tokenizer folder   tokenizer.json + model.safetensors (a train / finetune_tokenizer stage):
                        --metrics (psnr ssim codebook_usage rfid ...) on its data's eval split
     generator folder   stage.json of a train_generator stage + model.safetensors, in its run store
-                       (latents at <runs>/cache_latents/<hash>): samples --num-images images with
+                       (latents at <runs>/cache_latents/<hash>), or a generator release converted by
+                       benchmark.convert (its latents.json): samples --num-images images with
                        balanced labels, decodes them through --tokenizer DIR, then gFID / IS
     sample folder      images.npy, (N, H, W, 3) uint8 (a sample stage): gFID / IS
     .npz file          arr_0, (N, H, W, 3) uint8 (an ADM sample batch): gFID / IS
@@ -133,7 +134,9 @@ def detect_mode(path: Path) -> str:
     if is_tokenizer_folder(path):
         return "tokenizer"
     record = read_json(path / "stage.json")
-    if record and record.get("kind") == "train_generator" and (path / "model.safetensors").is_file():
+    trained = record and record.get("kind") == "train_generator"
+    converted = record and (path / "latents.json").is_file()  # a generator release (benchmark.convert)
+    if (trained or converted) and (path / "model.safetensors").is_file():
         return "generator"
     if (path / "images.npy").is_file():
         return "samples"
@@ -325,13 +328,14 @@ def evaluate_generator_dir(folder: Path, args: argparse.Namespace, out: Path) ->
     tokenizer = checked_tokenizer_dir(args.tokenizer)
     record = read_json(folder / "stage.json")
     runs = folder.parent.parent
-    cache = runs / "cache_latents" / record["inputs"]["cache_latents"]
+    cache_hash = record.get("inputs", {}).get("cache_latents")
+    cache = runs / "cache_latents" / cache_hash if cache_hash else folder  # no cache: a converted / installed release
     if not (cache / "latents.json").is_file():
         raise DataError(
             f"{folder}: its latent cache {cache} is missing; the generator folder must stay in its "
             f"run store (<runs>/train_generator/<hash>, latents in <runs>/cache_latents/<hash>)"
         )
-    trained = run_store_tokenizer(cache)
+    trained = run_store_tokenizer(cache) if cache_hash else None
     if trained is not None and not same_lineage(tokenizer, trained):
         print(
             f"warning: --tokenizer {tokenizer} is not the tokenizer whose latents trained {folder} ({trained}) "
@@ -345,7 +349,7 @@ def evaluate_generator_dir(folder: Path, args: argparse.Namespace, out: Path) ->
     if args.num_images is not None:
         sample_cfg["num_images"] = args.num_images
     validate(
-        {"generator": record["config"]["generator"], "sample": sample_cfg},
+        {"generator": (read_json(folder / "generator.json") or record["config"])["generator"], "sample": sample_cfg},
         {"sample.options": "--sampler", "sample.num_images": "--num-images", "sample.steps": "--steps"},
     )
     reference_data(args, tokenizer)  # fail before sampling when gFID has no reference

@@ -4,7 +4,8 @@
 Downloads the weights of every pretrained encoder a study names (``tokenizer.encoder``, or any other
 ``{init: <encoder>, ...}`` mapping of its cells) into each library's own cache (timm and transformers:
 the Hugging Face cache, ``$HF_HOME``; open_clip: its download cache), and the files of every official
-tokenizer release its cells evaluate (``tokenizer: {name: released, release: <name>}``) or ``--release``
+tokenizer or generator release its cells use (``tokenizer: {name: released, release: <name>}``, the same
+for ``generator``) or ``--release``
 names, tokenizers and generators alike (benchmark.convert.RELEASES, e.g. ``titok-l32`` and its MaskGIT
 generator ``titok-l32-generator``: Hugging Face repos into the Hugging Face cache, the others into
 ``$TOK1D_RELEASES``), so that runs on compute nodes without network find them with ``HF_HUB_OFFLINE=1``.
@@ -65,13 +66,15 @@ def fetch(spec: Mapping[str, Any]) -> str:
 
 
 def release_names(plan: Plan) -> dict[str, list[str]]:
-    """Each official release the plan's cells evaluate from the caches (a ``released`` tokenizer naming a
-    ``release``, without its own ``source`` or a ``stand_in``), with the cells that use it."""
+    """Each official release the plan's cells use from the caches (a ``released`` tokenizer or generator naming
+    a ``release``, without its own ``source`` or a ``stand_in``), with the cells that use it."""
     out: dict[str, list[str]] = {}
     for cell in plan.cells:
-        tok = cell.config.get("tokenizer", {})
-        if tok.get("name") == "released" and tok.get("release") and not tok.get("source") and not tok.get("stand_in"):
-            out.setdefault(tok["release"], []).append(cell.label)
+        for section in ("tokenizer", "generator"):
+            entry = cell.config.get(section, {})
+            if entry.get("name") == "released" and entry.get("release") and not entry.get("source"):
+                if not entry.get("stand_in"):
+                    out.setdefault(entry["release"], []).append(cell.label)
     return out
 
 

@@ -11,18 +11,21 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from benchmark.base import Generator
-from benchmark.checkpoints import build_generator, load_generator, load_tokenizer, save_weights
+from benchmark.base import Generator, TokenSpec
+from benchmark.checkpoints import build_generator, build_tokenizer, load_generator, load_tokenizer, save_weights
 from benchmark.config import EvalConfig, SampleConfig, TrainConfig
+from benchmark.graph import is_released_generator
 from benchmark.image_grid import save_image_grid
+from benchmark.latents import LatentStats, read_space
 from benchmark.stage_context import StageContext
-from benchmark.store import read_json
+from benchmark.store import RunStore, read_json
 
 
 def cache_latents(ctx: StageContext) -> dict[str, Any]:
@@ -81,6 +84,8 @@ def train_generator(ctx: StageContext) -> dict[str, Any]:
 
     cfg = ctx.config
     torch.manual_seed(cfg["seed"])
+    if is_released_generator(cfg):
+        return install_released_generator(ctx)
     data = LatentDataset(ctx.input_dir("cache_latents"))
     model = build_generator(cfg, data.spec, data.num_classes)
     if getattr(model, "repa_teacher", None) is not None:  # REPA: the teacher sees the images the tokens came from
@@ -114,6 +119,28 @@ def train_generator(ctx: StageContext) -> dict[str, Any]:
     return {"final_losses": terms, "train_seconds": seconds, "train_items": len(data), "cost": cost}
 
 
+def install_released_generator(ctx: StageContext) -> dict[str, Any]:
+    """A released generator (generators/released.py) installed in the token space of the cell's
+    tokenizer (its token spec, the classes of its training data), not trained (benchmark/release_install.py)."""
+    from benchmark.data import build_dataset
+    from benchmark.release_install import install_generator
+
+    folder = ctx.input_dir("train_tokenizer")
+    config = read_json(folder / "tokenizer.json")
+    with torch.device("meta"):
+        spec = build_tokenizer(config).token_spec
+    classes = build_dataset(config["data"], "train").num_classes
+    model = build_generator(ctx.config, spec, classes)
+    return install_generator(model, ctx.dir, spec, classes, config["data"]) if ctx.world.main else {}
+
+
+def generator_space(folder: Path, store: RunStore) -> tuple[TokenSpec, int, LatentStats]:
+    """The token space a generator folder models (benchmark.latents.read_space): its latent cache's, or,
+    for a folder trained on none (a converted or installed release), the one it records itself."""
+    cache = (read_json(folder / "stage.json") or {}).get("inputs", {}).get("cache_latents")
+    return read_space(store.dir("cache_latents", cache) if cache else folder)
+
+
 def balanced_labels(n: int, num_classes: int) -> Tensor:
     """Class i mod C for image i: every class equally often (up to one)."""
     return torch.arange(n) % num_classes
@@ -129,17 +156,16 @@ def sample(ctx: StageContext) -> dict[str, Any]:
     into the same memory-mapped file."""
     from benchmark import distributed
     from benchmark.cost import gflops
-    from benchmark.latents import LatentDataset, unflat_tokens
+    from benchmark.latents import unflat_tokens
     from benchmark.precision import InferencePrecision
 
     cfg = SampleConfig(**ctx.config["sample"])
     trained = read_json(ctx.input_dir("train_generator") / "stage.json")
-    latents = LatentDataset(ctx.store.dir("cache_latents", trained["inputs"]["cache_latents"]))
-    stats = latents.stats()
-    generator = load_generator(ctx.input_dir("train_generator"), latents.spec, latents.num_classes, ctx.device)
+    spec, num_classes, stats = generator_space(ctx.input_dir("train_generator"), ctx.store)
+    generator = load_generator(ctx.input_dir("train_generator"), spec, num_classes, ctx.device)
     tokenizer = load_tokenizer(ctx.tokenizer_dir(), ctx.device)
     precision = InferencePrecision(ctx.device, cfg.precision)
-    labels = balanced_labels(cfg.num_images, latents.num_classes)
+    labels = balanced_labels(cfg.num_images, num_classes)
     one = labels[:1].to(ctx.device)
     options = {"cfg_scale": cfg.cfg_scale, "steps": cfg.steps, **cfg.options}
     sample_gflops = (  # counted on the eager network, before it is compiled
@@ -159,7 +185,7 @@ def sample(ctx: StageContext) -> dict[str, Any]:
         rng = torch.Generator(device=ctx.device).manual_seed(cfg.seed * 1_000_003 + rows.start // cfg.batch_size)
         with precision():
             seq = generator.sample(y, generator=rng, **options)
-            out = tokenizer.decode(unflat_tokens(stats.denormalize(seq), latents.spec))
+            out = tokenizer.decode(unflat_tokens(stats.denormalize(seq), spec))
         images[rows.start : rows.stop] = (
             (out.float().clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).cpu().numpy()
         )

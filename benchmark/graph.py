@@ -4,6 +4,10 @@
           └──────► cache_latents ─► train_generator ─► sample ─► evaluate_generator
                                                        (decodes through the final tokenizer)
 
+A released generator (``generator.name: released``) is installed, not trained: its train_generator
+stage reads ``train_tokenizer`` (the token space it is used in) instead of a latent cache (the need
+``latents``).
+
 A stage's hash covers exactly ``select(config)`` and its inputs' hashes, so cells that share a
 tokenizer share its training and its latent cache, and a finished stage is never run twice. The
 need ``tokenizer`` means the cell's final tokenizer: ``finetune_tokenizer`` when the cell has a
@@ -41,14 +45,23 @@ class StageKind:
         return {s: config[s] for s in self.sections}
 
     def inputs(self, config: dict[str, Any]) -> tuple[str, ...]:
-        """The stage kinds this one reads, with ``tokenizer`` resolved for this config."""
-        final = "finetune_tokenizer" if has_finetune(config) else "train_tokenizer"
-        return tuple(final if n == "tokenizer" else n for n in self.needs)
+        """The stage kinds this one reads, with ``tokenizer`` and ``latents`` resolved for this config."""
+        resolved = {
+            "tokenizer": "finetune_tokenizer" if has_finetune(config) else "train_tokenizer",
+            "latents": "train_tokenizer" if is_released_generator(config) else "cache_latents",
+        }
+        return tuple(resolved.get(n, n) for n in self.needs)
 
 
 def has_finetune(config: dict[str, Any]) -> bool:
     """Whether a cell has a second tokenizer stage (``finetune.tokenizer`` is set)."""
     return bool(config.get("finetune", {}).get("tokenizer"))
+
+
+def is_released_generator(config: dict[str, Any]) -> bool:
+    """Whether a cell's generator is an official release (generators/released.py): installed in the token
+    space of the cell's tokenizer, not trained, so it needs no latent cache."""
+    return config.get("generator", {}).get("name") == "released"
 
 
 STAGES: dict[str, StageKind] = {
@@ -58,7 +71,7 @@ STAGES: dict[str, StageKind] = {
         StageKind("finetune_tokenizer", ("seed", "finetune"), ("train_tokenizer",), trains=True),
         StageKind("evaluate_tokenizer", ("data", "eval"), ("tokenizer",)),
         StageKind("cache_latents", (), ("train_tokenizer",)),
-        StageKind("train_generator", ("seed", "generator", "generator_train"), ("cache_latents",), trains=True),
+        StageKind("train_generator", ("seed", "generator", "generator_train"), ("latents",), trains=True),
         StageKind("sample", ("sample",), ("train_generator", "tokenizer"), version=2),
         StageKind("evaluate_generator", ("data", "eval"), ("sample",)),
     )

@@ -133,6 +133,18 @@ def write_cache(
     return meta
 
 
+def read_space(folder: Path) -> tuple[TokenSpec, int, LatentStats]:
+    """(token spec, class count, normalisation) of the token space recorded in ``folder/latents.json``: a
+    latent cache's, or that of a generator folder with no cache (a converted or installed release)."""
+    meta = json.loads((folder / "latents.json").read_text())
+    stats = (
+        LatentStats(torch.tensor(meta["mean"]), torch.tensor(meta["std"]))
+        if "mean" in meta
+        else LatentStats(None, None)
+    )
+    return TokenSpec.from_dict(meta["token_spec"]), int(meta["num_classes"]), stats
+
+
 class LatentDataset(Dataset):
     """(tokens, label) pairs read from a cache folder through memory maps; with ``images`` (the dataset
     the cache was encoded from) (tokens, label, image) triples."""
@@ -141,8 +153,7 @@ class LatentDataset(Dataset):
         self.meta = json.loads((folder / "latents.json").read_text())
         self.tokens = np.load(folder / "tokens.npy", mmap_mode="r")
         self.labels = np.load(folder / "labels.npy", mmap_mode="r")
-        self.spec = TokenSpec(**{**self.meta["token_spec"], "shape": tuple(self.meta["token_spec"]["shape"])})
-        self.num_classes = int(self.meta["num_classes"])
+        self.spec, self.num_classes, self._stats = read_space(folder)
         self.images = images
         if images is not None and len(images) != len(self.labels):  # type: ignore[arg-type]
             raise ValueError(f"{folder}: {len(self.labels)} cached items but {len(images)} images")  # type: ignore[arg-type]
@@ -155,6 +166,4 @@ class LatentDataset(Dataset):
         return item if self.images is None else (*item, self.images[i][0])
 
     def stats(self) -> LatentStats:
-        if "mean" not in self.meta:
-            return LatentStats(None, None)
-        return LatentStats(torch.tensor(self.meta["mean"]), torch.tensor(self.meta["std"]))
+        return self._stats

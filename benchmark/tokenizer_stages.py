@@ -209,7 +209,7 @@ def train_tokenizer(ctx: StageContext) -> dict[str, Any]:
     torch.manual_seed(cfg["seed"])
     model = build_tokenizer(cfg)
     if cfg["tokenizer"]["name"] == "released":  # converted from its release (tokenizers/released.py), not trained
-        from benchmark.convert import install_release
+        from benchmark.release_install import install_release
 
         return install_release(model, ctx.dir, cfg["data"], ctx.device) if ctx.world.main else {}
     if getattr(model, "encoder_init", None):

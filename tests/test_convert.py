@@ -26,6 +26,7 @@ from benchmark import convert
 from benchmark.checkpoints import load_tokenizer
 from benchmark.errors import CheckpointError, ConfigError, WeightsError
 from benchmark.registry import TOKENIZERS, load_plugins
+from benchmark.release_install import install_release
 
 load_plugins()
 SIZE = 32  # image side of every test release
@@ -706,7 +707,7 @@ def test_released_tokenizer_installs_the_converted_folder(tmp_path):
     plain tok1d folder, which loads as the converted class with the same outputs."""
     model = TOKENIZERS.build("released", image_size=SIZE, release="titok-s128", stand_in=True)
     x = images()
-    result = convert.install_release(model, tmp_path, {"name": "procedural", "resolution": SIZE}, torch.device("cpu"))
+    result = install_release(model, tmp_path, {"name": "procedural", "resolution": SIZE}, torch.device("cpu"))
     loaded = load_tokenizer(tmp_path)
     assert type(loaded).__name__ == "TiTok" and loaded.legacy
     assert torch.equal(loaded.encode(x), model.encode(x)) and torch.equal(
@@ -790,7 +791,7 @@ def test_released_options_change_how_the_release_is_used(tmp_path):
     torch.manual_seed(3)
     assert torch.allclose(tokens, posterior.mean + (0.5 * posterior.logvar).exp() * torch.randn_like(posterior.mean))
     assert torch.equal(mean.encode(x), posterior.mean) and not torch.equal(tokens, posterior.mean)
-    convert.install_release(sampled, tmp_path, {"name": "procedural", "resolution": SIZE}, torch.device("cpu"))
+    install_release(sampled, tmp_path, {"name": "procedural", "resolution": SIZE}, torch.device("cpu"))
     assert json.loads((tmp_path / "tokenizer.json").read_text())["tokenizer"]["sample_posterior"] is True
     with pytest.raises(ConfigError, match=r"tokenizer\.options\.sample_posteriors: not an option of the titok"):
         TOKENIZERS.build("released", **kw, options={"sample_posteriors": True})

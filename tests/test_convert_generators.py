@@ -16,9 +16,12 @@ import json
 import math
 import re
 
+import numpy as np
+import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import random_inception_state, run_cli
 from test_convert import randomize
 
 from benchmark import convert
@@ -502,3 +505,111 @@ def test_a_converted_generator_samples_for_the_converted_tokenizer(tmp_path):
     assert ids.shape == (2, 32) and ids.max() < tokenizer.token_spec.vocab_size
     images = tokenizer.decode(ids)
     assert images.shape == (2, 3, 32, 32) and 0 <= images.min() and images.max() <= 1
+
+
+# ---------------------------------------------------------------------------------------------------
+# A released generator in a study (generators/released.py) and in benchmark.evaluate
+
+L32_OPTIONS = {"guidance_decay": "linear", "randomize_temperature": 9.5, "softmax_temperature_annealing": True}
+RELEASED_STUDY = """
+title: A released generator on its released tokenizer
+source: tests
+cells:
+  - label: L-32
+    set:
+      tokenizer: {name: released, release: titok-l32, stand_in: true}
+      generator: {name: released, release: GENERATOR, stand_in: true}
+      sample: {cfg_scale: 5.5, steps: 4, num_images: 10, batch_size: 5}
+      sample.options: OPTIONS
+stages: [sample]
+report:
+  tables:
+    - {name: main, row_label: G, columns: {generator_params: Params, images_per_second: Images/s}}
+"""
+
+
+def released_study(write_study, generator: str = "titok-l32-generator", options: dict | None = None):
+    text = RELEASED_STUDY.replace("GENERATOR", generator).replace("OPTIONS", json.dumps(options or L32_OPTIONS))
+    return write_study(text, name="released.yaml")
+
+
+def sampled_by_hand(generator, tokenizer, n: int = 10, batch: int = 5, classes: int = 8) -> torch.Tensor:
+    """What the sample stage must write: batch b drawn with seed b, labels i mod C, decoded, as uint8."""
+    out = []
+    for b, start in enumerate(range(0, n, batch)):
+        labels = torch.arange(start, min(start + batch, n)) % classes
+        ids = generator.sample(labels, 5.5, 4, torch.Generator().manual_seed(b), **L32_OPTIONS)
+        images = tokenizer.decode(ids)
+        out.append((images.float().clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1))
+    return torch.cat(out)
+
+
+@pytest.mark.slow
+def test_released_generator_is_installed_not_trained_and_samples_as_released(tmp_path, write_study):
+    """A study cell of a released tokenizer and its released generator (stand-ins): no latent cache and no
+    training; the sample stage's images are the wrapped release's own samples decoded by the release's
+    tokenizer; benchmark.evaluate samples a converted generator folder the same way."""
+    from benchmark import evaluate
+
+    study = released_study(write_study)
+    assert run_cli(study, tmp_path, "data.resolution=32") == 0
+    runs = tmp_path / "runs"
+    assert not (runs / "cache_latents").exists()
+    installed = next((runs / "train_generator").glob("*/"))
+    assert not (installed / "checkpoints").exists() and not (installed / "losses.csv").exists()
+    result = json.loads((installed / "result.json").read_text())
+    assert result["release_sample"]["cfg_scale"] == 4.0 and result["release"]["stand_in"] == "titok-l32-generator"
+    assert json.loads((installed / "latents.json").read_text())["num_classes"] == 8  # the data's classes
+
+    with torch.no_grad():
+        wrapped = GENERATORS.build(
+            "released", token_spec=TokenSpec("discrete", (32,), vocab_size=64), num_classes=8, **{
+                "release": "titok-l32-generator", "stand_in": True
+            }
+        ).eval()  # fmt: skip
+        tokenizer = load_tokenizer(next((runs / "train_tokenizer").glob("*/")))
+        expected = sampled_by_hand(wrapped, tokenizer)
+    images = np.load(next((runs / "sample").glob("*/images.npy")))
+    np.testing.assert_array_equal(images, expected.numpy())
+    table = pd.read_csv(tmp_path / "results" / "released" / "_smoke" / "main.csv")
+    assert table["Params"].tolist() == [sum(p.numel() for p in wrapped.model.parameters())]
+
+    # The same release converted by benchmark.convert, sampled by benchmark.evaluate: the same images.
+    src = convert.write_stand_in("titok-l32-generator", 32, tmp_path / "release")
+    assert convert.main([FORMAT, str(src), str(tmp_path / "converted")]) == 0
+    weights = tmp_path / "inception.pth"
+    torch.save(random_inception_state(), weights)
+    sampler = [f"{k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in L32_OPTIONS.items()]
+    argv = [str(tmp_path / "converted"), "--tokenizer", str(next((runs / "train_tokenizer").glob("*/")))]
+    argv += ["--num-images", "10", "--batch-size", "5", "--steps", "4", "--cfg-scale", "5.5", "--sampler", *sampler]
+    argv += ["--metrics", "inception_score", "--inception-weights", str(weights), "--cache", str(tmp_path / "fid")]
+    assert evaluate.main([*argv, "--device", "cpu", "--out", str(tmp_path / "eval")]) == 0
+    sampled = np.load(tmp_path / "eval" / "images.npy")
+    labels = np.load(tmp_path / "eval" / "labels.npy")
+    assert labels.tolist() == [i % 1000 for i in range(10)]  # the release's classes: it has no data of its own
+    with torch.no_grad():
+        by_hand = sampled_by_hand(wrapped, tokenizer, classes=1000)
+    np.testing.assert_array_equal(sampled, by_hand.numpy())
+
+
+def test_released_generator_mismatches_fail_the_plan(tmp_path, write_study, capsys):
+    """A release that models other tokens than the cell's tokenizer gives, or a sampler option its sampler
+    does not have, is one line at plan time; a release with fewer classes than the data is refused."""
+    study = released_study(write_study, generator="titok-b64-generator")
+    assert run_cli(study, tmp_path, "data.resolution=32", "--dry-run") == 2
+    err = capsys.readouterr().err
+    assert "cell L-32: generator: the release models 64 discrete tokens over 64 codes; the cell's tokenizer" in err
+    assert "gives 32 discrete tokens over 64 codes" in err
+    study = released_study(write_study, options={"temperature": 2.0})
+    assert run_cli(study, tmp_path, "data.resolution=32", "--dry-run") == 2
+    assert "sample.options: temperature: not an option of the released imagebert sampler" in capsys.readouterr().err
+
+    folder = tmp_path / "small"
+    write_release(folder, "ViT")  # C = 5 classes
+    spec = TokenSpec("discrete", (N,), vocab_size=V)
+    with pytest.raises(ConfigError, match="the release is conditioned on 5 classes; the data has 8"):
+        GENERATORS.build("released", token_spec=spec, num_classes=8, format=FORMAT, source=str(folder))
+    with pytest.raises(ConfigError, match="generator: titok-l32 is a tokenizer release, not a generator"):
+        GENERATORS.build("released", token_spec=spec, num_classes=8, release="titok-l32", stand_in=True)
+    with pytest.raises(CheckpointError, match="not a converted generator folder"):
+        GENERATORS.build("released", token_spec=spec, num_classes=8, checkpoint=str(tmp_path))

@@ -161,7 +161,7 @@ def test_generator_folder_samples_deterministically(
     ]
     first = run_json([*argv, "--out", str(tmp_path / "a")], tmp_path / "a.json")
     printed = capsys.readouterr().out
-    assert first["metrics"]["gfid"] > 0 and first["metrics"]["is_mean"] >= 1
+    assert first["metrics"]["gfid"] > 0 and first["metrics"]["is_mean"] >= 1 - 1e-9  # exp(KL) >= 1, up to rounding
     images = np.load(tmp_path / "a" / "images.npy")
     assert images.shape == (10, 16, 16, 3) and images.dtype == np.uint8 and images.std() > 0
     assert np.load(tmp_path / "a" / "labels.npy").tolist() == [i % 8 for i in range(10)]  # balanced
@@ -203,7 +203,7 @@ def test_sample_folder_npz_and_image_folder(weights: Path, tmp_path: Path) -> No
         tmp_path / "r.json",
     )
     assert result["mode"] == "npz" and result["protocol"]["num_images"] == 10
-    assert result["metrics"]["gfid"] > 0 and result["metrics"]["is_mean"] >= 1
+    assert result["metrics"]["gfid"] > 0 and result["metrics"]["is_mean"] >= 1 - 1e-9
     assert "ref.npz (mu, sigma)" == result["protocol"]["metric_protocols"][0]["reference"]
 
 

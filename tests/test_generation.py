@@ -66,7 +66,7 @@ def test_generation_study_shares_cache_and_generator_and_reports_gfid(tmp_path, 
     assert np.bincount(labels).tolist() == [2] * 8  # balanced over the 8 procedural classes
     table = pd.read_csv(tmp_path / "results" / "gen" / "_smoke" / "gen.csv")
     assert table["status"].tolist() == ["ok", "ok"]
-    assert (table["gFID"] > 0).all() and (table["IS"] >= 1).all()
+    assert (table["gFID"] > 0).all() and (table["IS"] >= 1 - 1e-9).all()
     assert (table["GFLOPs per step"] > 0).all()
     assert table["GFLOPs per sample"].iloc[1] > table["GFLOPs per sample"].iloc[0]  # CFG doubles the batch
     readme = (tmp_path / "results" / "gen" / "_smoke" / "README.md").read_text()

@@ -77,8 +77,8 @@ def test_a_bad_option_is_named_by_its_key(name):
     validate({"generator": {"name": name, **GENERATORS.get(name).obj.tiny}}, where)
     with pytest.raises(ConfigError, match=r"unknown key 'generator\.no_such_option'"):
         validate({"generator": {"name": name, "no_such_option": 1}}, where)
-    typed = next(k for k, hint in GENERATORS.params(name).items() if hint is float)
-    with pytest.raises(ConfigError, match=rf"generator\.{typed} must be float"):
+    typed, hint = next((k, hint) for k, hint in GENERATORS.params(name).items() if hint in (float, int))
+    with pytest.raises(ConfigError, match=rf"generator\.{typed} must be {hint.__name__}"):
         validate({"generator": {"name": name, typed: "much"}}, where)
 
 

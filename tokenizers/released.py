@@ -7,8 +7,8 @@
     tokenizer: {name: released, release: titok-l32, stand_in: true}   # smoke scale: random weights, offline
     tokenizer: {name: released, release: titok-bl64-vae, options: {sample_posterior: true}}
 
-benchmark/convert.py reads the release (format, key map, strict load; exact parity with the official code)
-and this class wraps the converted model: encode / decode / the training forward are the wrapped
+benchmark/convert.py reads the release (format, key map, strict load; exact parity with the official code),
+benchmark/release_install.py opens it for a study, and this class wraps the converted model: encode / decode / the training forward are the wrapped
 tokenizer's. In a study the train_tokenizer stage installs the converted folder instead of training
 (benchmark/tokenizer_stages.py), so every later stage loads the plain tok1d tokenizer (titok, softvq,
 vqgan, maskgit_vqgan) it converted to. ``stand_in`` builds the release's architecture shrunk to the
@@ -23,10 +23,10 @@ from torch import Tensor
 
 from benchmark.base import Tokenizer, TokenizerOutput
 from benchmark.checkpoints import build_tokenizer
-from benchmark.convert import open_release
 from benchmark.errors import ConfigError
 from benchmark.options import check_options
 from benchmark.registry import TOKENIZERS, register_tokenizer
+from benchmark.release_install import open_release
 
 
 @register_tokenizer("released")
