@@ -11,15 +11,21 @@ utilisation of an H100's dense bf16 peak. ``run --dry-run`` prints it per stage 
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
 import warnings
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from benchmark.errors import ConfigError, Tok1dError, WeightsError
+from benchmark.store import atomic_write, read_json
 
 ASSUMED_PEAK_TFLOPS = 989.0  # NVIDIA H100 SXM, dense bf16
 ASSUMED_UTILISATION = 0.4
 INCEPTION_GFLOPS = 5.7  # Inception-v3 at 299 px, forward
+PLAN_CACHE_ENV = "TOK1D_PLAN_CACHE"
 
 
 @dataclass
@@ -112,26 +118,75 @@ def _generator_costs(config: dict[str, Any], spec: Any, num_classes: int) -> tup
     return train, train / 3  # a sampling step is one forward: a third of forward + backward
 
 
-def estimate_plan(plan: Any) -> dict[str, StageCost]:
+def estimate_plan(plan: Any, cache: Path | None = None) -> dict[str, StageCost]:
     """Stage hash -> estimated cost of the stages of the selected cells. Building each cell's models on
     the meta device also checks what only a built model can tell (constructor checks, shapes that do
     not fit the resolution): such a config error is raised, naming the cell; anything else only leaves
-    a stage without an estimate ("cost: -")."""
+    a stage without an estimate ("cost: -").
+
+    ``cache`` (:func:`plan_cache`) keeps each cell's estimate under the digest of its
+    config and of the code that built it (:func:`code_digest`): a cell already checked with the same
+    config and code is not built again, so re-running or re-planning a study starts at once."""
     out: dict[str, StageCost] = {}
+    known = (read_json(cache) or {}) if cache is not None else {}
+    code = code_digest()
+    checked: dict[str, dict[str, list[Any]]] = {}
     for cell in (c for c in plan.cells if c.selected):
+        key = code + ":" + hashlib.sha256(json.dumps(cell.config, sort_keys=True, default=str).encode()).hexdigest()
+        if key in known:
+            out.update({h: StageCost(*cost) for h, cost in known[key].items()})
+            checked[key] = known[key]
+            continue
+        costs: dict[str, StageCost] = {}
         # libraries that copy real weights into a meta model (lpips' heads) warn that the copy is a
         # no-op, which is the point here
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
             try:
-                _estimate_cell(cell.config, cell.stages, out)
+                _estimate_cell(cell.config, cell.stages, costs)
             except WeightsError:  # weights not fetched yet: the stage that needs them says so when it runs
                 continue
             except Tok1dError as exc:
                 raise type(exc)(f"{plan.path}: cell {cell.label}: {exc}") from None
             except Exception:
+                out.update(costs)  # what could be estimated; built again next time
                 continue
+        out.update(costs)
+        checked[key] = {h: [cost.pflops, cost.note] for h, cost in costs.items()}
+    if cache is not None and set(checked) - set(known):
+        kept = {k: v for k, v in known.items() if k.startswith(code + ":")}  # other code: stale
+        atomic_write(cache, lambda tmp: tmp.write_text(json.dumps({**kept, **checked}, sort_keys=True)))
     return out
+
+
+def plan_cache() -> Path | None:
+    """The file where plan checks keep the cells they built: ``$TOK1D_PLAN_CACHE`` (empty: no cache), else
+    ``$XDG_CACHE_HOME/tok1d/plan_cache.json`` (``~/.cache``). Outside the run store: a dry run writes
+    nothing there."""
+    given = os.environ.get(PLAN_CACHE_ENV)
+    if given is not None:
+        return Path(given).expanduser() if given else None
+    return Path(os.environ.get("XDG_CACHE_HOME") or "~/.cache").expanduser() / "tok1d" / "plan_cache.json"
+
+
+def code_digest() -> str:
+    """SHA-256 (16 hex digits) of what builds a model: the harness's and the plugins' source files and the
+    versions of the model libraries."""
+    from importlib import metadata
+
+    from benchmark.registry import BUILTIN_PLUGIN_DIRS, plugin_dirs
+
+    digest = hashlib.sha256()
+    for package in ("torch", "timm", "transformers", "open_clip_torch", "lpips"):
+        try:
+            digest.update(f"{package}=={metadata.version(package)};".encode())
+        except metadata.PackageNotFoundError:
+            digest.update(f"{package}: none;".encode())
+    for folder in dict.fromkeys([Path(__file__).parent, *BUILTIN_PLUGIN_DIRS, *plugin_dirs()]):
+        for path in sorted(Path(folder).glob("*.py")):
+            digest.update(f"{path}\n".encode())
+            digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
 
 
 def _estimate_cell(config: dict[str, Any], stages: dict[str, str], out: dict[str, StageCost]) -> None:

@@ -25,6 +25,8 @@ continue after its first stage's last step. Image grids, heatmaps and t-SNE show
 
 from __future__ import annotations
 
+import hashlib
+import json
 import textwrap
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -474,13 +476,13 @@ def collect_training_curves(results: Results, fig: dict[str, Any]) -> FigureData
 # Drawing
 
 
-def pyplot():  # type: ignore[no-untyped-def]
-    import matplotlib
+def subplots(nrows: int, ncols: int, *, figsize: tuple[float, float], **kwargs: Any) -> tuple[Any, Any]:
+    """A figure and its 2D array of axes, through matplotlib's object API (``Figure``, drawn by Agg when
+    saved): no pyplot, no backend selection, no global figure registry to close."""
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+    figure = Figure(figsize=figsize)
+    return figure, figure.subplots(nrows, ncols, squeeze=False, **kwargs)
 
 
 def real_ticks(ax: Any, positions: list[float], labels: list[str], log: bool) -> None:
@@ -498,9 +500,9 @@ def label_of(fig: dict[str, Any], metric: str) -> str:
     return (fig.get("labels") or {}).get(metric, metric)
 
 
-def draw_line(data: FigureData, fig: dict[str, Any], plt: Any) -> Any:
+def draw_line(data: FigureData, fig: dict[str, Any]) -> Any:
     ys = as_list(fig["y"])
-    figure, axes = plt.subplots(1, len(ys), figsize=(4.2 * len(ys), 3.4), squeeze=False)
+    figure, axes = subplots(1, len(ys), figsize=(4.2 * len(ys), 3.4))
     xs = list(dict.fromkeys(data.table["x"]))
     numeric = all(isinstance(v, (int, float)) for v in xs)
     xs = sorted(xs) if numeric else xs
@@ -532,11 +534,9 @@ def draw_line(data: FigureData, fig: dict[str, Any], plt: Any) -> Any:
     return figure
 
 
-def draw_bars(data: FigureData, fig: dict[str, Any], plt: Any) -> Any:
+def draw_bars(data: FigureData, fig: dict[str, Any]) -> Any:
     ys = list(dict.fromkeys(data.table["metric"])) or as_list(fig["y"])
-    figure, axes = plt.subplots(
-        1, len(ys), figsize=(max(4.5, 1.1 * data.table["category"].nunique() + 2) * len(ys), 3.8), squeeze=False
-    )
+    figure, axes = subplots(1, len(ys), figsize=(max(4.5, 1.1 * data.table["category"].nunique() + 2) * len(ys), 3.8))
     for ax, metric in zip(axes[0], ys):
         part = data.table[data.table["metric"] == metric]
         categories = list(dict.fromkeys(part["category"]))
@@ -566,11 +566,11 @@ def draw_bars(data: FigureData, fig: dict[str, Any], plt: Any) -> Any:
     return figure
 
 
-def draw_images(data: FigureData, fig: dict[str, Any], plt: Any) -> Any:
+def draw_images(data: FigureData, fig: dict[str, Any]) -> Any:
     panels = list(dict.fromkeys(zip(data.table["panel"], data.table["label"])))
     cols = max((i for _, i in data.images), default=-1) + 1
-    figure, axes = plt.subplots(
-        max(1, len(panels)), max(1, cols), figsize=(1.3 * max(1, cols) + 1.2, 1.3 * max(1, len(panels))), squeeze=False
+    figure, axes = subplots(
+        max(1, len(panels)), max(1, cols), figsize=(1.3 * max(1, cols) + 1.2, 1.3 * max(1, len(panels)))
     )
     for ax in axes.flat:
         ax.set_xticks([])
@@ -591,11 +591,11 @@ def draw_images(data: FigureData, fig: dict[str, Any], plt: Any) -> Any:
     return figure
 
 
-def draw_series(data: FigureData, fig: dict[str, Any], plt: Any, panel: str, x: str = "step") -> Any:
+def draw_series(data: FigureData, fig: dict[str, Any], panel: str, x: str = "step") -> Any:
     """Curves over training, one subplot per ``panel`` value, one line per row (mean, ± std band over seeds)."""
     df = data.table
     names = list(dict.fromkeys(df[panel])) or as_list(fig.get("terms") or fig.get("y"))
-    figure, axes = plt.subplots(1, len(names), figsize=(4.4 * len(names), 3.4), squeeze=False)
+    figure, axes = subplots(1, len(names), figsize=(4.4 * len(names), 3.4))
     for ax, name in zip(axes[0], names):
         for row, part in df[df[panel] == name].groupby("row", sort=False):
             stats = part.groupby(x)["value"].agg(["mean", "std", "count"]).reset_index()
@@ -613,9 +613,9 @@ def draw_series(data: FigureData, fig: dict[str, Any], plt: Any, panel: str, x: 
     return figure
 
 
-def draw_heatmap(data: FigureData, fig: dict[str, Any], plt: Any) -> Any:
+def draw_heatmap(data: FigureData, fig: dict[str, Any]) -> Any:
     rows = list(dict.fromkeys(data.table["row"]))
-    figure, axes = plt.subplots(1, max(1, len(rows)), figsize=(4.0 * max(1, len(rows)), 4.0), squeeze=False)
+    figure, axes = subplots(1, max(1, len(rows)), figsize=(4.0 * max(1, len(rows)), 4.0))
     for ax, row in zip(axes[0], rows):
         part = data.table[data.table["row"] == row]
         matrix = part.pivot(index="code", columns="step", values="count")
@@ -630,13 +630,11 @@ def draw_heatmap(data: FigureData, fig: dict[str, Any], plt: Any) -> Any:
     return figure
 
 
-def draw_tsne(data: FigureData, fig: dict[str, Any], plt: Any) -> Any:
+def draw_tsne(data: FigureData, fig: dict[str, Any]) -> Any:
     panels = list(dict.fromkeys(zip(data.table["row"], data.table["step"])))
     rows = list(dict.fromkeys(r for r, _ in panels))
     steps_per_row = max((sum(1 for r, _ in panels if r == row) for row in rows), default=1)
-    figure, axes = plt.subplots(
-        max(1, len(rows)), steps_per_row, figsize=(3.2 * steps_per_row, 3.2 * max(1, len(rows))), squeeze=False
-    )
+    figure, axes = subplots(max(1, len(rows)), steps_per_row, figsize=(3.2 * steps_per_row, 3.2 * max(1, len(rows))))
     for i, row in enumerate(rows):
         for j, step in enumerate(s for r, s in panels if r == row):
             ax = axes[i][j]
@@ -664,34 +662,64 @@ COLLECT: dict[str, Callable[[Results, dict[str, Any]], FigureData]] = {
     "tsne": collect_tsne,
     "training_curves": collect_training_curves,
 }
-DRAW: dict[str, Callable[[FigureData, dict[str, Any], Any], Any]] = {
+DRAW: dict[str, Callable[[FigureData, dict[str, Any]], Any]] = {
     "line": draw_line,
     "bars": draw_bars,
     "reconstructions": draw_images,
     "samples": draw_images,
-    "losses": lambda data, fig, plt: draw_series(data, fig, plt, "term"),
+    "losses": lambda data, fig: draw_series(data, fig, "term"),
     "codebook_heatmap": draw_heatmap,
     "tsne": draw_tsne,
-    "training_curves": lambda data, fig, plt: draw_series(data, fig, plt, "metric"),
+    "training_curves": lambda data, fig: draw_series(data, fig, "metric"),
 }
 
 
 def render_figure(results: Results, fig: dict[str, Any], out_dir: Path) -> tuple[list[Path], list[str]]:
-    """Collect a figure's data, write it as ``<name>.csv`` and draw ``<name>.png`` (a note in place of the
-    plot while nothing is stored yet); returns the files and the notes for the report."""
+    """Collect a figure's data, write it as ``<name>.csv`` and draw ``<name>.png``; returns the files and the
+    notes for the report. A plot already drawn for the same data, spec and code is kept (re-rendering a
+    finished study's report loads no matplotlib); while nothing is stored yet there is no plot (a stale
+    one is removed) and a note says so."""
     kind = fig.get("kind", "line")
     data = COLLECT[kind](results, fig)
     csv_path, png_path = out_dir / f"{fig['name']}.csv", out_dir / f"{fig['name']}.png"
     atomic_write(csv_path, lambda tmp: data.table.to_csv(tmp, index=False))
-    plt = pyplot()
     if data.table.empty:
-        figure = plt.figure(figsize=(5, 1.2))
-        figure.text(0.5, 0.5, "nothing stored yet", ha="center", va="center")
-    else:
-        figure = DRAW[kind](data, fig, plt)
+        png_path.unlink(missing_ok=True)
+        return [csv_path], [*data.notes, "nothing stored yet: no plot"]
+    key = figure_key(data, fig, csv_path.read_bytes())
+    if drawn_key(png_path) == key:  # the same data, spec and drawing code: the plot is already there
+        return [png_path, csv_path], data.notes
+    figure = DRAW[kind](data, fig)
     title = fig.get("title", fig["name"])
     figure.suptitle(textwrap.fill(title, max(40, int(11 * figure.get_figwidth()))), fontsize=10)
     figure.tight_layout()
-    atomic_write(png_path, lambda tmp: figure.savefig(tmp, dpi=120, format="png"))
-    plt.close(figure)
+    atomic_write(png_path, lambda tmp: figure.savefig(tmp, dpi=120, format="png", metadata={KEY_CHUNK: key}))
     return [png_path, csv_path], data.notes
+
+
+KEY_CHUNK = "tok1d-figure"  # the PNG text chunk holding the key a plot was drawn for
+
+
+def figure_key(data: FigureData, fig: dict[str, Any], csv: bytes) -> str:
+    """SHA-256 of what a plot shows: this module's drawing code, the figure's spec, its data (the CSV)
+    and its images."""
+    import numpy as np
+
+    digest = hashlib.sha256(Path(__file__).read_bytes())
+    digest.update(json.dumps(fig, sort_keys=True, default=str).encode())
+    digest.update(csv)
+    for key in sorted(data.images):
+        digest.update(repr(key).encode())
+        digest.update(np.ascontiguousarray(data.images[key]).tobytes())
+    return digest.hexdigest()
+
+
+def drawn_key(png: Path) -> str | None:
+    """The key a stored plot was drawn for (None: no plot, or one drawn without a key)."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(png) as image:
+            return image.text.get(KEY_CHUNK)  # type: ignore[attr-defined]
+    except (OSError, UnidentifiedImageError):
+        return None

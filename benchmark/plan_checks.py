@@ -5,6 +5,7 @@ the meta device, which runs its constructor's checks and its forward's shapes; b
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from benchmark.errors import ConfigError, Tok1dError
@@ -27,9 +28,10 @@ def check_data(data: dict[str, Any], where: str) -> None:
             raise type(exc)(f"{where}: {exc}") from None
 
 
-def check_plan(plan: Plan) -> dict[str, Any]:
+def check_plan(plan: Plan, cache: Path | None = None) -> dict[str, Any]:
     """Check the selected cells' data and models; returns the stages' cost estimates (stage hash ->
-    :class:`~benchmark.estimate.StageCost`), a by-product of building the models."""
+    :class:`~benchmark.estimate.StageCost`), a by-product of building the models (a cell checked before
+    with the same config and code, as ``cache`` records, is not built again)."""
     from benchmark.estimate import estimate_plan
 
     seen: set[str] = set()
@@ -38,4 +40,4 @@ def check_plan(plan: Plan) -> dict[str, Any]:
         if key not in seen:
             seen.add(key)
             check_data(cell.config["data"], f"{plan.path}: cell {cell.label}")
-    return estimate_plan(plan)
+    return estimate_plan(plan, cache)

@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from benchmark.errors import Tok1dError
+from benchmark.estimate import plan_cache
 from benchmark.store import RunStore, default_root
 from benchmark.study import Plan, build_plan, check_study_path
 
@@ -83,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
         store = RunStore(default_root(args.runs), probe=_probe() if slurm else None)
         from benchmark.plan_checks import check_plan
 
-        costs = check_plan(plan)  # data and models, before anything runs or is queued
+        costs = check_plan(plan, plan_cache())  # data and models, before anything runs or is queued
         if args.dry_run:
             from benchmark.status import print_plan
 

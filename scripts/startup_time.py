@@ -6,7 +6,11 @@ Each command runs ``--repeats`` times as a fresh process, the commands interleav
 burst of load elsewhere on the machine hits them all alike); prints one JSON object with each
 command's median and min wall seconds and its median as a ratio of ``import torch``'s (the target of
 issue 13: at most 1.5). ``report`` renders the study's report from an empty run store (every cell
-``not run``), which is what re-running a finished study does after its executor finds everything cached.
+``not run``) into the same folder each time: what re-rendering a study's report does once its plots are
+drawn (a plot is redrawn only when its data, spec or drawing code changed, benchmark/figures.py);
+``report (first render)`` renders into a new folder each time, drawing every plot. ``run --dry-run``
+plans with one plan cache (benchmark.estimate.plan_cache: from the second repeat on, no model is built
+again), ``run --dry-run (first)`` with a new one each time (every cell's models built on the meta device).
 """
 
 from __future__ import annotations
@@ -39,7 +43,9 @@ def commands(study: str, runs: Path, results: Path) -> dict[str, list[str]]:
         "config error": [py, "-m", "benchmark.run", study, *store, "train.stepz=1"],
         "status": [py, "-m", "benchmark.status", study, *store],
         "report": [py, "-c", REPORT, study, str(runs), str(results)],
+        "report (first render)": [py, "-c", REPORT, study, str(runs), str(results) + "-{repeat}"],
         "run --dry-run": [py, "-m", "benchmark.run", study, *store, "--dry-run"],
+        "run --dry-run (first)": [py, "-m", "benchmark.run", study, *store, "--dry-run"],
     }
 
 
@@ -52,10 +58,13 @@ def main(argv: list[str] | None = None) -> int:
         cmds = commands(args.study, Path(tmp) / "runs", Path(tmp) / "results")
         seconds: dict[str, list[float]] = {name: [] for name in cmds}
         codes: dict[str, int] = {}
-        for _ in range(args.repeats):
+        for repeat in range(args.repeats):
             for name, cmd in cmds.items():
+                cmd = [part.replace("{repeat}", str(repeat)) for part in cmd]
+                cache = Path(tmp) / (f"plan_cache-{repeat}.json" if name.endswith("(first)") else "plan_cache.json")
+                env = {**os.environ, "PYTHONWARNINGS": "ignore", "TOK1D_PLAN_CACHE": str(cache)}
                 t0 = time.perf_counter()
-                done = subprocess.run(cmd, capture_output=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+                done = subprocess.run(cmd, capture_output=True, env=env)
                 seconds[name].append(time.perf_counter() - t0)
                 codes[name] = done.returncode
     base = statistics.median(seconds["import torch"])

