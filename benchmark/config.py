@@ -434,11 +434,10 @@ def _check_sampler_options(config: Mapping[str, Any], options: Mapping[str, Any]
     """``sample.options`` must be keyword-only arguments of the generator's ``sample`` (a generator whose
     sampler takes ``**options``, a released one, checks them when it is built: benchmark/estimate.py)."""
     name = config.get("generator", {}).get("name")
-    sample = GENERATORS.get(name, where=f"{where}: generator.name").obj.sample
-    kinds = {prm.kind for prm in inspect.signature(sample).parameters.values()}
-    if inspect.Parameter.VAR_KEYWORD in kinds:
+    signature = inspect.signature(GENERATORS.get(name, where=f"{where}: generator.name").obj.sample).parameters
+    if any(prm.kind == prm.VAR_KEYWORD for prm in signature.values()):
         return
-    params = {p: prm for p, prm in inspect.signature(sample).parameters.items() if prm.kind == prm.KEYWORD_ONLY}
+    params = {p: prm for p, prm in signature.items() if prm.kind == prm.KEYWORD_ONLY}
     for key in options:
         if key not in params:
             raise unknown_key(f"sample.options.{key}", list(params), where)

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmark.errors import ConfigError, Tok1dError, WeightsError
+from benchmark.graph import is_released_generator
 from benchmark.store import atomic_write, read_json
 
 ASSUMED_PEAK_TFLOPS = 989.0  # NVIDIA H100 SXM, dense bf16
@@ -174,7 +175,7 @@ def code_digest() -> str:
     versions of the model libraries."""
     from importlib import metadata
 
-    from benchmark.registry import BUILTIN_PLUGIN_DIRS, plugin_dirs
+    from benchmark.registry import plugin_dirs
 
     digest = hashlib.sha256()
     for package in ("torch", "timm", "transformers", "open_clip_torch", "lpips"):
@@ -182,7 +183,7 @@ def code_digest() -> str:
             digest.update(f"{package}=={metadata.version(package)};".encode())
         except metadata.PackageNotFoundError:
             digest.update(f"{package}: none;".encode())
-    for folder in dict.fromkeys([Path(__file__).parent, *BUILTIN_PLUGIN_DIRS, *plugin_dirs()]):
+    for folder in [Path(__file__).parent, *plugin_dirs()]:  # plugin_dirs: the built-in ones first
         for path in sorted(Path(folder).glob("*.py")):
             digest.update(f"{path}\n".encode())
             digest.update(path.read_bytes())
@@ -229,7 +230,7 @@ def _estimate_cell(config: dict[str, Any], stages: dict[str, str], out: dict[str
         out[stages["train_generator"]] = StageCost(0.0, f"not estimated: {str(exc).splitlines()[0][:80]}")
         return
     gt = config["generator_train"]
-    if config["generator"]["name"] == "released":
+    if is_released_generator(config):
         out[stages["train_generator"]] = StageCost(0.0, "installed from its release, not trained")
     else:
         out[stages["train_generator"]] = StageCost(gen_train * gt["steps"] * gt["batch_size"] / 1e6)

@@ -72,9 +72,12 @@ def release_names(plan: Plan) -> dict[str, list[str]]:
     for cell in plan.cells:
         for section in ("tokenizer", "generator"):
             entry = cell.config.get(section, {})
-            if entry.get("name") == "released" and entry.get("release") and not entry.get("source"):
-                if not entry.get("stand_in"):
-                    out.setdefault(entry["release"], []).append(cell.label)
+            if (
+                entry.get("name") == "released"
+                and entry.get("release")
+                and not (entry.get("source") or entry.get("stand_in"))
+            ):
+                out.setdefault(entry["release"], []).append(cell.label)
     return out
 
 

@@ -25,6 +25,7 @@ continue after its first stage's last step. Image grids, heatmaps and t-SNE show
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import textwrap
@@ -682,11 +683,12 @@ def render_figure(results: Results, fig: dict[str, Any], out_dir: Path) -> tuple
     kind = fig.get("kind", "line")
     data = COLLECT[kind](results, fig)
     csv_path, png_path = out_dir / f"{fig['name']}.csv", out_dir / f"{fig['name']}.png"
-    atomic_write(csv_path, lambda tmp: data.table.to_csv(tmp, index=False))
+    csv = data.table.to_csv(index=False)
+    atomic_write(csv_path, lambda tmp: tmp.write_text(csv))
     if data.table.empty:
         png_path.unlink(missing_ok=True)
         return [csv_path], [*data.notes, "nothing stored yet: no plot"]
-    key = figure_key(data, fig, csv_path.read_bytes())
+    key = figure_key(data, fig, csv.encode())
     if drawn_key(png_path) == key:  # the same data, spec and drawing code: the plot is already there
         return [png_path, csv_path], data.notes
     figure = DRAW[kind](data, fig)
@@ -705,13 +707,19 @@ def figure_key(data: FigureData, fig: dict[str, Any], csv: bytes) -> str:
     and its images."""
     import numpy as np
 
-    digest = hashlib.sha256(Path(__file__).read_bytes())
+    digest = hashlib.sha256(drawing_code())
     digest.update(json.dumps(fig, sort_keys=True, default=str).encode())
     digest.update(csv)
     for key in sorted(data.images):
         digest.update(repr(key).encode())
         digest.update(np.ascontiguousarray(data.images[key]).tobytes())
     return digest.hexdigest()
+
+
+@functools.cache
+def drawing_code() -> bytes:
+    """This module's source, read once per process."""
+    return Path(__file__).read_bytes()
 
 
 def drawn_key(png: Path) -> str | None:

@@ -125,19 +125,20 @@ def install_released_generator(ctx: StageContext) -> dict[str, Any]:
     from benchmark.data import build_dataset
     from benchmark.release_install import install_generator
 
-    folder = ctx.input_dir("train_tokenizer")
-    config = read_json(folder / "tokenizer.json")
+    if not ctx.world.main:  # nothing to compute: one process writes the folder
+        return {}
+    config = read_json(ctx.input_dir("train_tokenizer") / "tokenizer.json")
     with torch.device("meta"):
         spec = build_tokenizer(config).token_spec
     classes = build_dataset(config["data"], "train").num_classes
-    model = build_generator(ctx.config, spec, classes)
-    return install_generator(model, ctx.dir, spec, classes, config["data"]) if ctx.world.main else {}
+    return install_generator(build_generator(ctx.config, spec, classes), ctx.dir, spec, classes, config["data"])
 
 
-def generator_space(folder: Path, store: RunStore) -> tuple[TokenSpec, int, LatentStats]:
-    """The token space a generator folder models (benchmark.latents.read_space): its latent cache's, or,
-    for a folder trained on none (a converted or installed release), the one it records itself."""
-    cache = (read_json(folder / "stage.json") or {}).get("inputs", {}).get("cache_latents")
+def generator_space(folder: Path, record: dict[str, Any], store: RunStore) -> tuple[TokenSpec, int, LatentStats]:
+    """The token space the generator in ``folder`` (``record``: its stage.json) models
+    (benchmark.latents.read_space): its latent cache's, or, for a folder trained on none (a converted or
+    installed release), the one it records itself."""
+    cache = record.get("inputs", {}).get("cache_latents")
     return read_space(store.dir("cache_latents", cache) if cache else folder)
 
 
@@ -161,7 +162,7 @@ def sample(ctx: StageContext) -> dict[str, Any]:
 
     cfg = SampleConfig(**ctx.config["sample"])
     trained = read_json(ctx.input_dir("train_generator") / "stage.json")
-    spec, num_classes, stats = generator_space(ctx.input_dir("train_generator"), ctx.store)
+    spec, num_classes, stats = generator_space(ctx.input_dir("train_generator"), trained, ctx.store)
     generator = load_generator(ctx.input_dir("train_generator"), spec, num_classes, ctx.device)
     tokenizer = load_tokenizer(ctx.tokenizer_dir(), ctx.device)
     precision = InferencePrecision(ctx.device, cfg.precision)
