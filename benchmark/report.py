@@ -18,6 +18,7 @@ import datetime
 import math
 import subprocess
 import sys
+from collections.abc import Container
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -312,34 +313,49 @@ def failure_lines(plan: Plan, store: RunStore) -> list[str]:
 
 
 def protocol_lines(results: Results) -> list[str]:
-    """One line per cell and evaluation: what was measured, on what, and how (FID protocols in full)."""
-    return [
-        line
+    """What was measured, on what, and how: one line per cell and evaluation, each followed by its
+    metrics' protocols (FID's in full); a metric protocol every cell shares is listed once, at the end."""
+    cells = [
+        (c.cell.label, c.values["_protocols"])
         for row in results.rows().values()
         for c in row.cells
-        for line in cell_protocol_lines(c.cell.label, c.values.get("_protocols", {}))
+        if "_protocols" in c.values
     ]
+    per_cell = [[m for p in protocols.values() for m in metric_lines(p)] for _, protocols in cells]
+    shared = set.intersection(*map(set, per_cell)) if len(cells) > 1 else set()
+    lines = [line for label, protocols in cells for line in cell_protocol_lines(label, protocols, shared)]
+    if shared:
+        lines += ["- every cell above:", *(m for m in dict.fromkeys(per_cell[0]) if m in shared)]
+    return lines
 
 
-def cell_protocol_lines(label: str, protocols: dict[str, Any]) -> list[str]:
-    """The protocol lines of one cell (or one ``benchmark.evaluate`` call): stage kind -> its protocol."""
-    seen: list[str] = []
+def cell_protocol_lines(label: str, protocols: dict[str, Any], omit: Container[str] = ()) -> list[str]:
+    """The protocol lines of one cell (or one ``benchmark.evaluate`` call): stage kind -> its protocol;
+    metric protocol lines in ``omit`` are left out (listed once for every cell)."""
+    lines: list[str] = []
     for kind, protocol in protocols.items():
         if kind == "evaluate_tokenizer":
             data = ", ".join(f"{k}={v}" for k, v in protocol.get("data", {}).items())
-            seen.append(
+            lines.append(
                 f"- {label}: {protocol['num_images']} images of the {protocol['split']} split ({data}); "
                 f"metrics: {', '.join(protocol['metrics'])}"
             )
         elif kind == "evaluate_generator":
             s = protocol.get("sampling", {})
-            seen.append(
+            lines.append(
                 f"- {label}: {s.get('num_images')} generated images, labels {s.get('labels')}, seed "
                 f"{s.get('seed')}, cfg {s.get('cfg_scale')}, steps {s.get('steps')}, sampler {s.get('sampler')}"
             )
-        for metric in protocol.get("metric_protocols", []):
-            seen.append("  - " + "; ".join(f"{k}: {v}" for k, v in metric.items() if v not in (None, "")))
-    return seen
+        lines += [m for m in metric_lines(protocol) if m not in omit]
+    return lines
+
+
+def metric_lines(protocol: dict[str, Any]) -> list[str]:
+    """One indented line per metric protocol record of an evaluation (FID / IS: weights, resize, ...)."""
+    return [
+        "  - " + "; ".join(f"{k}: {v}" for k, v in metric.items() if v not in (None, ""))
+        for metric in protocol.get("metric_protocols", [])
+    ]
 
 
 # ---------------------------------------------------------------------------------------------

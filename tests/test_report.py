@@ -33,7 +33,7 @@ from benchmark.figures import (
 )
 from benchmark.image_grid import save_image_grid
 from benchmark.registry import TOKENIZERS
-from benchmark.report import Results, build_table, main, write_index, write_report
+from benchmark.report import Results, build_table, main, protocol_lines, write_index, write_report
 from benchmark.store import RunStore, write_json
 from benchmark.study import build_plan
 from benchmark.tokenizer_stages import codebook_probe
@@ -115,6 +115,36 @@ def test_table_keeps_the_sources_digits_beside_ours_and_rows_not_run(study, tmp_
     assert texts["status"].tolist() == ["ok", "not run", "not run", "not run", "not run", "reference: thesis"]
     assert texts.iloc[-1]["K"] == "VQGAN (thesis)" and texts.iloc[-1]["rFID (thesis)"] == "27.09"
     assert numbers.iloc[0]["rFID (thesis)"] == 156.98 and pd.isna(numbers.iloc[1]["PSNR"])
+
+
+def test_protocol_lists_a_metric_protocol_every_cell_shares_once(study, tmp_path):
+    plan = build_plan(study, "smoke")
+    store = RunStore(tmp_path / "runs")
+    fid = {"metric": "rfid", "num_samples": 256, "weights_file": "inception.pth", "resize": None}
+    for cell in plan.cells[:3]:
+        stage = cell.stages["evaluate_tokenizer"]
+        store.dir("evaluate_tokenizer", stage).mkdir(parents=True, exist_ok=True)
+        extra = [{"metric": "lpips", "net": "alex"}] if cell.label == "32" else []
+        protocol = {
+            "num_images": 8,
+            "split": "eval",
+            "data": {},
+            "metrics": ["rfid"],
+            "metric_protocols": [fid, *extra],
+        }
+        store.finish("evaluate_tokenizer", stage, {"metrics": {"rfid": 1.0}, "protocol": protocol})
+    lines = protocol_lines(Results(plan, store))
+    shared = "  - metric: rfid; num_samples: 256; weights_file: inception.pth"
+    assert lines == [
+        "- 16: 8 images of the eval split (); metrics: rfid",
+        "- 32: 8 images of the eval split (); metrics: rfid",
+        "  - metric: lpips; net: alex",
+        "- 64: 8 images of the eval split (); metrics: rfid",
+        "- every cell above:",
+        shared,
+    ]
+    one = build_plan(study, "smoke", only="16")
+    assert protocol_lines(Results(one, store))[-1] == shared  # one cell: its own lines, nothing shared
 
 
 def test_seeds_give_mean_and_std_and_distinct_stages(study, tmp_path):
