@@ -479,10 +479,11 @@ def collect_training_curves(results: Results, fig: dict[str, Any]) -> FigureData
 
 def subplots(nrows: int, ncols: int, *, figsize: tuple[float, float], **kwargs: Any) -> tuple[Any, Any]:
     """A figure and its 2D array of axes, through matplotlib's object API (``Figure``, drawn by Agg when
-    saved): no pyplot, no backend selection, no global figure registry to close."""
+    saved): no pyplot, no backend selection, no global figure registry to close. Constrained layout
+    leaves room for the suptitle, legends and colourbars."""
     from matplotlib.figure import Figure
 
-    figure = Figure(figsize=figsize)
+    figure = Figure(figsize=figsize, layout="constrained")
     return figure, figure.subplots(nrows, ncols, squeeze=False, **kwargs)
 
 
@@ -495,6 +496,17 @@ def real_ticks(ax: Any, positions: list[float], labels: list[str], log: bool) ->
     ax.xaxis.set_minor_locator(NullLocator())
     ax.xaxis.set_major_locator(FixedLocator(positions))
     ax.xaxis.set_major_formatter(FixedFormatter(labels))
+    if max(map(len, labels), default=0) > 4:  # long labels of near points would run into each other
+        ax.tick_params(axis="x", labelrotation=30)
+
+
+def compact(value: float) -> str:
+    """A tick label that stays short: 16, 0.5, 9999, 27.3k, 1M, 1.59M (three significant digits from 10^4)."""
+    if abs(value) < 1e4:
+        return f"{value:g}"
+    rounded = float(f"{value:.3g}")
+    scale, suffix = next((s, x) for s, x in ((1e9, "B"), (1e6, "M"), (1e3, "k")) if abs(rounded) >= s)
+    return f"{rounded / scale:g}{suffix}"
 
 
 def label_of(fig: dict[str, Any], metric: str) -> str:
@@ -524,7 +536,7 @@ def draw_line(data: FigureData, fig: dict[str, Any]) -> Any:
         real_ticks(
             ax,
             [position[v] for v in xs],
-            [f"{v:g}" if numeric else str(v) for v in xs],
+            [compact(v) if numeric else str(v) for v in xs],
             bool(fig.get("logx")) and numeric,
         )
         ax.set_xlabel(fig.get("xlabel", fig["x"]))
@@ -631,25 +643,36 @@ def draw_heatmap(data: FigureData, fig: dict[str, Any]) -> Any:
     return figure
 
 
-def draw_tsne(data: FigureData, fig: dict[str, Any]) -> Any:
+def draw_tsne(data: FigureData, fig: dict[str, Any], max_columns: int = 3) -> Any:
+    """One panel per (row, checkpoint): a row's checkpoints side by side (thesis Fig. 10), or, with one
+    checkpoint per row, the rows in a grid of at most ``max_columns`` (thesis Fig. 14)."""
     panels = list(dict.fromkeys(zip(data.table["row"], data.table["step"])))
     rows = list(dict.fromkeys(r for r, _ in panels))
-    steps_per_row = max((sum(1 for r, _ in panels if r == row) for row in rows), default=1)
-    figure, axes = subplots(max(1, len(rows)), steps_per_row, figsize=(3.2 * steps_per_row, 3.2 * max(1, len(rows))))
-    for i, row in enumerate(rows):
-        for j, step in enumerate(s for r, s in panels if r == row):
-            ax = axes[i][j]
-            part = data.table[(data.table["row"] == row) & (data.table["step"] == step)]
-            for what, style in (
-                ("code", {"s": 4, "alpha": 0.4, "c": "tab:gray"}),
-                ("latent", {"s": 6, "c": "tab:red"}),
-            ):
-                points = part[part["what"] == what]
-                ax.scatter(points["x"], points["y"], label=f"{what}s ({len(points)})", **style)
-            ax.set_title(f"{row}, step {step}", fontsize=8)
-            ax.set_xticks([])
-            ax.set_yticks([])
-            ax.legend(fontsize=6, loc="best")
+    steps_per_row = max(sum(1 for r, _ in panels if r == row) for row in rows)
+    if steps_per_row == 1:
+        ncols = min(max_columns, len(panels))
+        places = [divmod(k, ncols) for k in range(len(panels))]
+    else:
+        ncols = steps_per_row
+        places = [(rows.index(r), [s for q, s in panels if q == r].index(s)) for r, s in panels]
+    nrows = max(i for i, _ in places) + 1
+    figure, axes = subplots(nrows, ncols, figsize=(3.2 * ncols, 3.2 * nrows + 0.4))
+    for ax in axes.flat:
+        ax.set_axis_off()
+    for (row, step), (i, j) in zip(panels, places):
+        ax = axes[i][j]
+        ax.set_axis_on()
+        part = data.table[(data.table["row"] == row) & (data.table["step"] == step)]
+        for what, style in (
+            ("code", {"s": 4, "alpha": 0.4, "c": "tab:gray"}),
+            ("latent", {"s": 6, "c": "tab:red"}),
+        ):
+            points = part[part["what"] == what]
+            ax.scatter(points["x"], points["y"], label=f"{what}s ({len(points)})", **style)
+        ax.set_title(f"{row}, step {step}", fontsize=8)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.legend(fontsize=6, loc="best")
     return figure
 
 
@@ -694,7 +717,6 @@ def render_figure(results: Results, fig: dict[str, Any], out_dir: Path) -> tuple
     figure = DRAW[kind](data, fig)
     title = fig.get("title", fig["name"])
     figure.suptitle(textwrap.fill(title, max(40, int(11 * figure.get_figwidth()))), fontsize=10)
-    figure.tight_layout()
     atomic_write(png_path, lambda tmp: figure.savefig(tmp, dpi=120, format="png", metadata={KEY_CHUNK: key}))
     return [png_path, csv_path], data.notes
 

@@ -19,6 +19,7 @@ from safetensors.torch import load_file
 from benchmark.claims import judge_all
 from benchmark.errors import ConfigError
 from benchmark.figures import (
+    FigureData,
     collect_bars,
     collect_codebook_heatmap,
     collect_line,
@@ -27,7 +28,9 @@ from benchmark.figures import (
     collect_samples,
     collect_training_curves,
     collect_tsne,
+    compact,
     draw_line,
+    draw_tsne,
     read_png,
     split_grid,
 )
@@ -275,6 +278,26 @@ def test_line_figure_draws_the_sources_numbers_on_real_value_ticks(study, tmp_pa
     axis = figure.axes[0].xaxis
     assert [t.get_text() for t in axis.get_ticklabels()] == ["16", "32", "64", "128"]
     assert axis.get_scale() == "log" and list(axis.get_ticklocs()) == [16, 32, 64, 128]
+
+
+def test_tick_labels_stay_short_and_tsne_panels_wrap_into_a_grid():
+    assert [compact(v) for v in (16, 0.5, 9999, 27336, 999543, 1586000, 2.95e9)] == [
+        "16",
+        "0.5",
+        "9999",
+        "27.3k",
+        "1M",
+        "1.59M",
+        "2.95B",
+    ]
+    points = [(row, step, what) for row in "ABCDE" for step in (100,) for what in ("code", "latent")]
+    table = pd.DataFrame([{"row": r, "step": s, "what": w, "x": 0.0, "y": 1.0} for r, s, w in points])
+    one_step = draw_tsne(FigureData(table), {"name": "t"})  # five rows, one checkpoint each: 2 x 3, one blank
+    shown = [ax.get_title() for ax in one_step.axes if ax.axison]
+    assert len(one_step.axes) == 6 and shown == [f"{r}, step 100" for r in "ABCDE"]
+    steps = pd.concat([table.assign(step=s) for s in (10, 20, 30)]).query("row in ['A', 'B']")
+    over_training = draw_tsne(FigureData(steps), {"name": "t"})  # a row per initialisation, a column per step
+    assert [ax.get_title() for ax in over_training.axes] == [f"{r}, step {s}" for r in "AB" for s in (10, 20, 30)]
 
 
 def test_bar_figure_combines_studies_and_puts_the_source_beside_ours(write_study, tmp_path):
