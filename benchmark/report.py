@@ -265,6 +265,34 @@ def build_table(results: Results, table: dict[str, Any]) -> tuple[pd.DataFrame, 
     return numbers_df, pd.DataFrame(texts).fillna("")
 
 
+def empty_column_notes(results: Results, table: dict[str, Any]) -> list[str]:
+    """Why a column of ours is empty in every finished row: the metrics the cells' evaluations ran (a
+    profile may leave one out) and each evaluation's own reason for a metric it could not compute."""
+    done = [c for row in results.rows().values() for c in row.cells if c.status == "ok"]
+    if not done:
+        return []
+    notes = []
+    for key, name in (table.get("columns") or {}).items():
+        if any(c.values.get(key) is not None for c in done):
+            continue
+        ran = {
+            f"eval.{part}": ", ".join(c.cell.config.get("eval", {}).get(part) or []) or "none"
+            for c in done[:1]
+            for part in ("metrics", "generation_metrics")
+        }
+        reasons = {
+            m["unavailable"]
+            for c in done
+            for protocol in c.values.get("_protocols", {}).values()
+            for m in protocol.get("metric_protocols", [])
+            if m.get("unavailable")
+        }
+        ran_text = "; ".join(f"{k}: {v}" for k, v in ran.items())
+        notes.append(f"{name}: empty in every finished row (the evaluations ran {ran_text})")
+        notes += [f"{name}: {reason}" for reason in sorted(reasons)]
+    return notes
+
+
 def compute_table(plan: Plan, store: RunStore) -> pd.DataFrame:
     """Training compute per stage kind: as run (each shared stage once: cells that share a tokenizer,
     a latent cache or a generator share its training) against every cell training its own."""
@@ -465,6 +493,8 @@ def write_report(plan: Plan, store: RunStore, out_dir: Path) -> list[Path]:
         atomic_write(csv_path, lambda tmp, df=numbers: df.to_csv(tmp, index=False))
         written.append(csv_path)
         md += [f"## {table.get('title', table['name'])}", "", markdown(texts), ""]
+        notes = empty_column_notes(results, table)
+        md += [*(f"- {note}" for note in notes), ""] if notes else []
     if spec.get("compute"):
         df = results.compute()
         csv_path = out_dir / "compute.csv"

@@ -36,7 +36,7 @@ from benchmark.figures import (
 )
 from benchmark.image_grid import save_image_grid
 from benchmark.registry import TOKENIZERS
-from benchmark.report import Results, build_table, main, protocol_lines, write_index, write_report
+from benchmark.report import Results, build_table, empty_column_notes, main, protocol_lines, write_index, write_report
 from benchmark.store import RunStore, write_json
 from benchmark.study import build_plan
 from benchmark.tokenizer_stages import codebook_probe
@@ -148,6 +148,20 @@ def test_protocol_lists_a_metric_protocol_every_cell_shares_once(study, tmp_path
     ]
     one = build_plan(study, "smoke", only="16")
     assert protocol_lines(Results(one, store))[-1] == shared  # one cell: its own lines, nothing shared
+
+
+def test_a_column_empty_in_every_finished_row_says_what_the_evaluations_ran(study, tmp_path):
+    plan = build_plan(study, "smoke")
+    store = RunStore(tmp_path / "runs")
+    results = Results(plan, store)
+    assert empty_column_notes(results, plan.spec["report"]["tables"][0]) == []  # nothing finished: no note
+    finish(store, plan, {"16": {"psnr": 12.0, "rfid": 300.0}, "32": {"psnr": 13.0}})
+    ran = ", ".join(plan.cells[0].config["eval"]["metrics"])
+    notes = empty_column_notes(Results(plan, store), plan.spec["report"]["tables"][0])
+    assert notes == [
+        f"CB usage (%): empty in every finished row (the evaluations ran eval.metrics: {ran}; "
+        f"eval.generation_metrics: {', '.join(plan.cells[0].config['eval']['generation_metrics']) or 'none'})"
+    ]
 
 
 def test_seeds_give_mean_and_std_and_distinct_stages(study, tmp_path):
