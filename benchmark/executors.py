@@ -17,6 +17,7 @@ import logging
 import os
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -184,87 +185,188 @@ def describe_failure(status: StageStatus) -> str:
 
 
 class LocalExecutor:
-    """Runs stages one after another on this machine (each in ``tasks_per_node`` processes)."""
+    """Runs stages on this machine (each in ``tasks_per_node`` processes): one after another, or with
+    ``parallel`` > 1 up to that many independent stages at once, each in a fresh process of its own
+    with ``cores / parallel`` CPU threads, a stage starting as soon as its inputs are done."""
 
-    def __init__(self, fail_fast: bool = False, retry: str | None = None) -> None:
-        self.fail_fast, self.retry = fail_fast, retry
+    def __init__(self, fail_fast: bool = False, retry: str | None = None, parallel: int = 1) -> None:
+        self.fail_fast, self.retry, self.parallel = fail_fast, retry, parallel
 
     def execute(self, plan: Plan, store: RunStore) -> Outcome:
         out = Outcome()
         broken: dict[str, str] = {}
-        stages = plan.ordered_stages()
-        bar = tqdm(stages, desc=f"{plan.study} [{plan.profile}]", unit="stage", dynamic_ncols=True)
-        for stage in bar:
-            name = f"{stage.kind} {stage.hash}"
-            bar.set_postfix_str(f"{stage.kind} ({', '.join(stage.cells)[:40]})")
-            reason = upstream_failure(stage, broken)
-            if reason is not None:
-                out.skipped[stage.hash] = reason
-                broken[stage.hash] = reason
-                continue
-            status = self._wait(store, stage)
-            if status.state == "done":
-                out.cached.append(stage.hash)
-                continue
-            if status.state == "failed" and not retry_wanted(self.retry, plan, stage):
-                out.failed[stage.hash] = describe_failure(status) + " (earlier run; --retry-failed to run it again)"
-                broken[stage.hash] = f"needs {stage.kind} {stage.hash}, which failed"
-                continue
-            error = self._run(plan, store, stage)
-            if error is None:
-                out.ran.append(stage.hash)
-                continue
-            out.failed[stage.hash] = error
-            broken[stage.hash] = f"needs {stage.kind} {stage.hash}, which failed"
-            tqdm.write(
-                f"FAILED {name} (cells {', '.join(stage.cells)}): {error}\n"
-                f"  log: {store.dir(stage.kind, stage.hash) / 'log.txt'}"
-            )
-            if self.fail_fast:
-                break
+        pending = plan.ordered_stages()  # in dependency order
+        bar = tqdm(total=len(pending), desc=f"{plan.study} [{plan.profile}]", unit="stage", dynamic_ncols=True)
+        running: dict[str, Worker] = {}
+        told: set[str] = set()
+        while pending or running:
+            for stage in list(pending):
+                if len(running) >= self.parallel or (self.fail_fast and out.failed):
+                    break
+                if any(h in running or h in {s.hash for s in pending} for h in stage.inputs.values()):
+                    continue  # an input still runs or waits: later
+                bar.set_postfix_str(f"{stage.kind} ({', '.join(stage.cells)[:40]})")
+                verdict = self._decide(plan, store, stage, broken, out, told)
+                if verdict == "wait":
+                    continue
+                pending.remove(stage)
+                if verdict == "run":
+                    worker = self._start(plan, store, stage)
+                    if self.parallel == 1:
+                        self._settle(store, stage, worker.wait(), out, broken)
+                        bar.update()
+                    else:
+                        running[stage.hash] = worker
+                else:
+                    bar.update()
+            if self.fail_fast and out.failed:
+                pending.clear()
+            for h, worker in list(running.items()):
+                if worker.poll():
+                    del running[h]
+                    self._settle(store, worker.stage, worker.wait(), out, broken)
+                    bar.update()
+            if pending or running:
+                time.sleep(0.2 if running else WAIT_POLL_S)
+                if store.probe is not None and hasattr(store.probe, "refresh"):
+                    store.probe.refresh()
+        bar.close()
         return out
 
-    def _wait(self, store: RunStore, stage: Stage) -> StageStatus:
-        """The stage's state once nobody else is running it (a run in another terminal, or a Slurm job)."""
+    def _decide(
+        self, plan: Plan, store: RunStore, stage: Stage, broken: dict[str, str], out: Outcome, told: set[str]
+    ) -> str:
+        """What to do with a stage whose inputs are settled: run, wait (another run has it), or nothing
+        more (cached, failed earlier, or skipped because an input failed; recorded in ``out``)."""
+        reason = upstream_failure(stage, broken)
+        if reason is not None:
+            out.skipped[stage.hash] = reason
+            broken[stage.hash] = reason
+            return "settled"
         status = store.status(stage.kind, stage.hash)
-        told = False
-        while status.state in ("running", "queued"):
-            if not told:
+        if status.state in ("running", "queued"):
+            if stage.hash not in told:
                 where = status.lock or status.job or {}
                 tqdm.write(
                     f"waiting for {stage.kind} {stage.hash}, {status.state} elsewhere "
                     f"({', '.join(f'{k} {v}' for k, v in where.items() if k in ('host', 'pid', 'job_id'))}; "
                     f"log: {store.dir(stage.kind, stage.hash) / 'log.txt'})"
                 )
-                told = True
-            time.sleep(WAIT_POLL_S)
-            if store.probe is not None and hasattr(store.probe, "refresh"):
-                store.probe.refresh()
-            status = store.status(stage.kind, stage.hash)
-        return status
+                told.add(stage.hash)
+            return "wait"
+        if status.state == "done":
+            out.cached.append(stage.hash)
+            return "settled"
+        if status.state == "failed" and not retry_wanted(self.retry, plan, stage):
+            out.failed[stage.hash] = describe_failure(status) + " (earlier run; --retry-failed to run it again)"
+            broken[stage.hash] = f"needs {stage.kind} {stage.hash}, which failed"
+            return "settled"
+        return "run"
 
-    def _run(self, plan: Plan, store: RunStore, stage: Stage) -> str | None:
-        """Run the stage here; None on success, else the error's first line."""
-        with store.lock(stage.kind, stage.hash) as held:
-            if not held:  # another run took it between our look and our lock: wait for it instead
-                status = self._wait(store, stage)
+    def _start(self, plan: Plan, store: RunStore, stage: Stage) -> Worker:
+        """Take the stage's lock, record it and start it: here (``parallel`` 1) or in a process of its own."""
+        worker = Worker(stage, store)
+        if not worker.take_lock():  # another run took it between our look and our lock
+            return worker
+        store.plan(stage.kind, stage.hash, stage_record(plan, stage))
+        _, nprocs = processes(stage, plan.cells[0].config["launcher"], slurm=False)
+        if self.parallel == 1:
+            worker.run_here(nprocs)
+        else:
+            worker.spawn(nprocs, max(1, (os.cpu_count() or 1) // self.parallel))
+        return worker
+
+    def _settle(self, store: RunStore, stage: Stage, error: str | None, out: Outcome, broken: dict[str, str]) -> None:
+        if error is None:
+            out.ran.append(stage.hash)
+            return
+        out.failed[stage.hash] = error
+        broken[stage.hash] = f"needs {stage.kind} {stage.hash}, which failed"
+        tqdm.write(
+            f"FAILED {stage.kind} {stage.hash} (cells {', '.join(stage.cells)}): {error}\n"
+            f"  log: {store.dir(stage.kind, stage.hash) / 'log.txt'}"
+        )
+
+
+def launch(store_root: str, kind: str, hash: str, nprocs: int) -> None:
+    """Run a recorded stage in this process, or data-parallel in ``nprocs`` local processes."""
+    if nprocs > 1:
+        from benchmark import distributed
+
+        distributed.spawn(run_stage, (store_root, kind, hash), nprocs)
+    else:
+        run_stage(store_root, kind, hash)
+
+
+WORKER_MAIN = "import sys; from benchmark.executors import launch; launch(sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]))"
+
+
+class Worker:
+    """One stage run by the local executor: it holds the stage's lock from start to end; the stage runs
+    in this process or in a child process (output in ``worker.txt`` beside the stage's ``log.txt``)."""
+
+    def __init__(self, stage: Stage, store: RunStore) -> None:
+        self.stage, self.store = stage, store
+        self._locks = contextlib.ExitStack()
+        self._proc: subprocess.Popen | None = None
+        self._error: str | None = None
+        self._lost = False
+
+    def take_lock(self) -> bool:
+        held = self._locks.enter_context(self.store.lock(self.stage.kind, self.stage.hash))
+        if not held:
+            self._locks.close()
+            self._lost = True
+        return held
+
+    def run_here(self, nprocs: int) -> None:
+        try:
+            launch(str(self.store.root), self.stage.kind, self.stage.hash, nprocs)
+        except Exception as exc:
+            self._error = self._recorded_error(exc)
+
+    def spawn(self, nprocs: int, threads: int) -> None:
+        from benchmark import REPO_ROOT
+
+        env = {
+            **os.environ,
+            "OMP_NUM_THREADS": str(threads),
+            "MKL_NUM_THREADS": str(threads),
+            "TQDM_DISABLE": "1",
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])),
+        }
+        args = [str(self.store.root), self.stage.kind, self.stage.hash, str(nprocs)]
+        with open(self.store.dir(self.stage.kind, self.stage.hash) / "worker.txt", "w") as out:
+            self._proc = subprocess.Popen(
+                [sys.executable, "-c", WORKER_MAIN, *args], env=env, stdout=out, stderr=subprocess.STDOUT
+            )
+
+    def poll(self) -> bool:
+        return self._proc is None or self._proc.poll() is not None
+
+    def wait(self) -> str | None:
+        """None once the stage finished, else the error's first line; releases the lock."""
+        try:
+            if self._lost:  # another run has it: wait for that run's outcome
+                status = self.store.status(self.stage.kind, self.stage.hash)
+                while status.state in ("running", "queued"):
+                    time.sleep(WAIT_POLL_S)
+                    status = self.store.status(self.stage.kind, self.stage.hash)
                 return None if status.state == "done" else describe_failure(status)
-            store.plan(stage.kind, stage.hash, stage_record(plan, stage))
-            launcher = plan.cells[0].config["launcher"]
-            _, nprocs = processes(stage, launcher, slurm=False)
-            try:
-                if nprocs > 1:
-                    from benchmark import distributed
+            if self._proc is not None and self._proc.wait() != 0:
+                log = self.store.dir(self.stage.kind, self.stage.hash) / "worker.txt"
+                self._error = self._recorded_error(
+                    StageError(f"worker process exited with {self._proc.returncode}; see {log}")
+                )
+            return self._error
+        finally:
+            self._locks.close()
 
-                    distributed.spawn(run_stage, (str(store.root), stage.kind, stage.hash), nprocs)
-                else:
-                    run_stage(str(store.root), stage.kind, stage.hash)
-            except Exception as exc:
-                error = store.error(stage.kind, stage.hash)
-                if error is None:  # a worker process died before writing its record
-                    error = store.fail(stage.kind, stage.hash, exc, failure_kind(exc))
-                return (error.get("error") or str(exc)).splitlines()[0][:300]
-        return None
+    def _recorded_error(self, exc: BaseException) -> str:
+        error = self.store.error(self.stage.kind, self.stage.hash)
+        if error is None:  # the process died before writing its record
+            error = self.store.fail(self.stage.kind, self.stage.hash, exc, failure_kind(exc))
+        return (error.get("error") or str(exc)).splitlines()[0][:300]
 
 
 # ---------------------------------------------------------------------------------------------

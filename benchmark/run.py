@@ -95,7 +95,8 @@ def main(argv: list[str] | None = None) -> int:
         if slurm:
             outcome = SlurmExecutor(launcher, args.retry_failed).execute(plan, store)
         else:
-            outcome = LocalExecutor(args.fail_fast or launcher["fail_fast"], args.retry_failed).execute(plan, store)
+            executor = LocalExecutor(args.fail_fast or launcher["fail_fast"], args.retry_failed, launcher["parallel"])
+            outcome = executor.execute(plan, store)
         from benchmark.report import results_dir, write_report
 
         files = write_report(plan, store, results_dir(Path(args.results), plan))

@@ -172,3 +172,48 @@ def test_two_concurrent_runs_train_each_stage_once(tmp_path, write_study):
     for log in runs.glob("train_tokenizer/*/log.txt"):
         assert log.read_text().count("trained to step 120") == 1, log.read_text()
     assert sum(int(o.split(" ran")[0].rsplit("stages: ", 1)[-1]) for o in outs) == 4, outs
+
+
+def stage_span(log: Path) -> tuple[float, float]:
+    """When a stage began and finished, from its log.txt's timestamps."""
+    from datetime import datetime
+
+    stamps = [
+        datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f").timestamp()
+        for line in log.read_text().splitlines()
+        if line[:4].isdigit() and (" INFO stage " in line or " stage failed" in line or line.endswith(" finished"))
+    ]
+    return stamps[0], stamps[-1]
+
+
+def test_parallel_local_runs_independent_stages_side_by_side_and_keeps_failures_apart(tmp_path, write_study, capsys):
+    study = write_study("""
+        config: {tokenizer: {name: titok, size: tiny, patch_size: 4, codebook_size: 64, l2_norm: false}}
+        axes: {grid: {tokenizer.num_latent_tokens: [4, 8], tokenizer.recon_weight: [1.0, 1.0e+39]}}
+        label: "{tokenizer.num_latent_tokens} w {tokenizer.recon_weight}"
+        report: {tables: [{name: t, columns: {psnr: PSNR}}]}
+    """)
+    assert run_cli(study, tmp_path, "launcher.parallel=2") == 1
+    out = capsys.readouterr().out
+    assert "stages: 4 ran, 0 cached, 2 FAILED, 2 skipped" in out, out
+    table = pd.read_csv(tmp_path / "results" / "mini" / "_smoke" / "t.csv").set_index("cell")
+    assert (table.loc[["4 w 1.0", "8 w 1.0"], "status"] == "ok").all() and table.loc["8 w 1.0", "PSNR"] > 5
+    assert table.loc["4 w 1e+39", "status"].startswith("FAILED in train_tokenizer: StageError: non-finite loss")
+
+    runs = tmp_path / "runs"
+    spans = {}
+    for kind in ("train_tokenizer", "evaluate_tokenizer"):
+        for folder in (runs / kind).iterdir():
+            record = json.loads((folder / "stage.json").read_text())
+            spans[kind, record["cells"][0]] = stage_span(folder / "log.txt")
+            assert (folder / "worker.txt").is_file()  # each stage ran in a process of its own
+    a, b = spans["train_tokenizer", "4 w 1.0"], spans["train_tokenizer", "4 w 1e+39"]
+    assert a[0] < b[1] and b[0] < a[1]  # the first two trainings ran side by side
+    for cell in ("4 w 1.0", "8 w 1.0"):  # each evaluation started once its training had finished
+        assert spans["evaluate_tokenizer", cell][0] >= spans["train_tokenizer", cell][1]
+    assert ("evaluate_tokenizer", "4 w 1e+39") not in spans  # skipped: its training failed
+
+
+def test_parallel_must_be_at_least_one(tmp_path, write_study, capsys):
+    assert run_cli(write_study(MINI_STUDY), tmp_path, "launcher.parallel=0") == 2
+    assert "launcher.parallel must be >= 1, got 0" in capsys.readouterr().err
