@@ -203,7 +203,8 @@ class LocalExecutor:
             for stage in list(pending):
                 if len(running) >= self.parallel or (self.fail_fast and out.failed):
                     break
-                if any(h in running or h in {s.hash for s in pending} for h in stage.inputs.values()):
+                unsettled = running.keys() | {s.hash for s in pending}
+                if any(h in unsettled for h in stage.inputs.values()):
                     continue  # an input still runs or waits: later
                 bar.set_postfix_str(f"{stage.kind} ({', '.join(stage.cells)[:40]})")
                 verdict = self._decide(plan, store, stage, broken, out, told)
@@ -212,7 +213,9 @@ class LocalExecutor:
                 pending.remove(stage)
                 if verdict == "run":
                     worker = self._start(plan, store, stage)
-                    if self.parallel == 1:
+                    if worker is None:  # another run took its lock after our look: wait for it as above
+                        pending.append(stage)
+                    elif self.parallel == 1:
                         self._settle(store, stage, worker.wait(), out, broken)
                         bar.update()
                     else:
@@ -263,11 +266,12 @@ class LocalExecutor:
             return "settled"
         return "run"
 
-    def _start(self, plan: Plan, store: RunStore, stage: Stage) -> Worker:
-        """Take the stage's lock, record it and start it: here (``parallel`` 1) or in a process of its own."""
+    def _start(self, plan: Plan, store: RunStore, stage: Stage) -> Worker | None:
+        """Take the stage's lock, record it and start it: here (``parallel`` 1) or in a process of its own;
+        None when another run holds the lock."""
         worker = Worker(stage, store)
-        if not worker.take_lock():  # another run took it between our look and our lock
-            return worker
+        if not worker.take_lock():
+            return None
         store.plan(stage.kind, stage.hash, stage_record(plan, stage))
         _, nprocs = processes(stage, plan.cells[0].config["launcher"], slurm=False)
         if self.parallel == 1:
@@ -310,13 +314,11 @@ class Worker:
         self._locks = contextlib.ExitStack()
         self._proc: subprocess.Popen | None = None
         self._error: str | None = None
-        self._lost = False
 
     def take_lock(self) -> bool:
         held = self._locks.enter_context(self.store.lock(self.stage.kind, self.stage.hash))
         if not held:
             self._locks.close()
-            self._lost = True
         return held
 
     def run_here(self, nprocs: int) -> None:
@@ -347,12 +349,6 @@ class Worker:
     def wait(self) -> str | None:
         """None once the stage finished, else the error's first line; releases the lock."""
         try:
-            if self._lost:  # another run has it: wait for that run's outcome
-                status = self.store.status(self.stage.kind, self.stage.hash)
-                while status.state in ("running", "queued"):
-                    time.sleep(WAIT_POLL_S)
-                    status = self.store.status(self.stage.kind, self.stage.hash)
-                return None if status.state == "done" else describe_failure(status)
             if self._proc is not None and self._proc.wait() != 0:
                 log = self.store.dir(self.stage.kind, self.stage.hash) / "worker.txt"
                 self._error = self._recorded_error(

@@ -271,25 +271,25 @@ def empty_column_notes(results: Results, table: dict[str, Any]) -> list[str]:
     done = [c for row in results.rows().values() for c in row.cells if c.status == "ok"]
     if not done:
         return []
-    notes = []
-    for key, name in (table.get("columns") or {}).items():
-        if any(c.values.get(key) is not None for c in done):
-            continue
-        ran = {
-            f"eval.{part}": ", ".join(c.cell.config.get("eval", {}).get(part) or []) or "none"
-            for c in done[:1]
-            for part in ("metrics", "generation_metrics")
-        }
-        reasons = {
+    evaluation = done[0].cell.config.get("eval", {})
+    ran = "; ".join(
+        f"eval.{part}: {', '.join(evaluation.get(part) or []) or 'none'}" for part in ("metrics", "generation_metrics")
+    )
+    reasons = sorted(
+        {
             m["unavailable"]
             for c in done
             for protocol in c.values.get("_protocols", {}).values()
             for m in protocol.get("metric_protocols", [])
             if m.get("unavailable")
         }
-        ran_text = "; ".join(f"{k}: {v}" for k, v in ran.items())
-        notes.append(f"{name}: empty in every finished row (the evaluations ran {ran_text})")
-        notes += [f"{name}: {reason}" for reason in sorted(reasons)]
+    )
+    notes = []
+    for key, name in (table.get("columns") or {}).items():
+        if any(c.values.get(key) is not None for c in done):
+            continue
+        notes.append(f"{name}: empty in every finished row (the evaluations ran {ran})")
+        notes += [f"{name}: {reason}" for reason in reasons]
     return notes
 
 
