@@ -36,10 +36,11 @@ def nested(check: Callable[[Any, str], None]) -> Any:
     return Annotated[dict, Checked(check)]
 
 
-def init_params(cls: type, harness: set[str] | frozenset[str] = frozenset()) -> dict[str, Any]:
-    """The user-settable constructor parameters of ``cls`` (those not in ``harness``) and their type
-    hints. A constructor that passes ``**kwargs`` on to its base class also accepts the base's."""
-    out: dict[str, Any] = {}
+def init_parameters(cls: type, harness: set[str] | frozenset[str] = frozenset()) -> dict[str, inspect.Parameter]:
+    """The user-settable constructor parameters of ``cls`` (those not in ``harness``), with their type
+    hints as annotations. A constructor that passes ``**kwargs`` on to its base class also accepts the
+    base's."""
+    out: dict[str, inspect.Parameter] = {}
     for klass in cls.__mro__:
         init = klass.__dict__.get("__init__")
         if init is None:
@@ -48,10 +49,15 @@ def init_params(cls: type, harness: set[str] | frozenset[str] = frozenset()) -> 
         params = inspect.signature(init).parameters
         for p, param in params.items():
             if p != "self" and p not in harness and param.kind not in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
-                out.setdefault(p, hints.get(p, Any))
+                out.setdefault(p, param.replace(annotation=hints.get(p, Any)))
         if not any(p.kind == p.VAR_KEYWORD for p in params.values()):
             break
     return out
+
+
+def init_params(cls: type, harness: set[str] | frozenset[str] = frozenset()) -> dict[str, Any]:
+    """The user-settable constructor parameters of ``cls`` and their type hints (``init_parameters``)."""
+    return {p: param.annotation for p, param in init_parameters(cls, harness).items()}
 
 
 def unknown_key(key: str, allowed: list[str], where: str) -> ConfigError:

@@ -23,7 +23,7 @@ from typing import Any
 
 from benchmark import REPO_ROOT
 from benchmark.errors import ConfigError
-from benchmark.options import init_params
+from benchmark.options import init_parameters, init_params
 
 PLUGIN_PACKAGE = "tok1d_plugins"
 PLUGIN_ENV = "TOK1D_PLUGINS"
@@ -94,6 +94,11 @@ class Registry:
     def params(self, name: str, where: str = "") -> dict[str, Any]:
         """The user-settable constructor parameters of an entry and their type hints."""
         return init_params(self.get(name, where).obj, self.harness_args)
+
+    def null_defaults(self, name: str) -> set[str]:
+        """The parameters of an entry whose default is ``None`` (setting them to null changes nothing)."""
+        params = init_parameters(self.get(name).obj, self.harness_args)
+        return {p for p, param in params.items() if param.default is None}
 
 
 TOKENIZERS = Registry("tokenizer", frozenset({"image_size"}))

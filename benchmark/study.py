@@ -36,6 +36,7 @@ from typing import Any
 
 from benchmark import REPO_ROOT
 from benchmark.config import (
+    REGISTRY_SECTIONS,
     SCHEMAS,
     Layer,
     defaults,
@@ -118,8 +119,14 @@ class Plan:
 
 def hashed_config(config: Mapping[str, Any]) -> dict[str, Any]:
     """The part of a stage's config its hash covers: all of it but diagnostic options (config.DIAGNOSTIC)
-    at their default values."""
+    at their default values, and a registry entry's options set to null where null is their default (so
+    ``tokenizer.encoder: null`` and no ``encoder`` key are the same training)."""
     out = dict(config)
+    for section, registry in REGISTRY_SECTIONS.items():
+        body = out.get(section)
+        if isinstance(body, Mapping) and any(v is None for v in body.values()):
+            nulls = registry.null_defaults(body["name"])
+            out[section] = {k: v for k, v in body.items() if v is not None or k not in nulls}
     for section, schema in SCHEMAS.items():
         if isinstance(out.get(section), Mapping):
             defaults = {

@@ -169,6 +169,17 @@ def test_diagnostic_options_at_their_defaults_leave_stage_hashes_alone():
         build_plan(REPO_STUDY, "smoke", ["train.eval_every=150"])
 
 
+def test_a_null_that_is_the_default_is_the_same_training():
+    """``tokenizer.encoder: null`` (thesis Table 4's "TiTok-64" row) is TiTok's default: that row reuses
+    thesis Table 2's K = 64 training instead of training it again under another hash."""
+    plan = build_plan(REPO_STUDY, "smoke")
+    assert set(build_plan(REPO_STUDY, "smoke", ["tokenizer.encoder=null"]).stages) == set(plan.stages)
+    titok64 = build_plan("studies/thesis_table4_initialization.yaml", "smoke", only="TiTok-64").cells[0]
+    k64 = next(c for c in plan.cells if c.row == "64")
+    assert titok64.config["tokenizer"]["encoder"] is None and "encoder" not in k64.config["tokenizer"]
+    assert titok64.stages["train_tokenizer"] == k64.stages["train_tokenizer"]
+
+
 def test_seeds_replicate_every_row_with_its_own_stages():
     plan = build_plan(REPO_STUDY, "smoke", seeds=2, only="Big")
     assert plan.rows == ["16", "32", "64", "128", "Big dataset"] and len(plan.cells) == 10
