@@ -340,9 +340,13 @@ def failure_lines(plan: Plan, store: RunStore) -> list[str]:
     return lines
 
 
+LABEL = "\x00"  # where protocol_lines puts the labels of the cells that share a protocol
+
+
 def protocol_lines(results: Results) -> list[str]:
-    """What was measured, on what, and how: one line per cell and evaluation, each followed by its
-    metrics' protocols (FID's in full); a metric protocol every cell shares is listed once, at the end."""
+    """What was measured, on what, and how: one line per evaluation, each followed by its metrics'
+    protocols (FID's in full). Cells measured alike share their lines (``- SoftVQ, G: ...``); a metric
+    protocol every cell shares is listed once, at the end."""
     cells = [
         (c.cell.label, c.values["_protocols"])
         for row in results.rows().values()
@@ -351,7 +355,10 @@ def protocol_lines(results: Results) -> list[str]:
     ]
     per_cell = [[m for p in protocols.values() for m in metric_lines(p)] for _, protocols in cells]
     shared = set.intersection(*map(set, per_cell)) if len(cells) > 1 else set()
-    lines = [line for label, protocols in cells for line in cell_protocol_lines(label, protocols, shared)]
+    alike: dict[tuple[str, ...], list[str]] = {}
+    for label, protocols in cells:
+        alike.setdefault(tuple(cell_protocol_lines(LABEL, protocols, shared)), []).append(label)
+    lines = [line.replace(LABEL, ", ".join(labels)) for body, labels in alike.items() for line in body]
     if shared:
         lines += ["- every cell above:", *(m for m in dict.fromkeys(per_cell[0]) if m in shared)]
     return lines
@@ -443,13 +450,17 @@ def claim_counts(verdicts: list[Verdict]) -> dict[str, int]:
 
 
 def git_commit() -> str:
-    """The repository's commit (short hash, ``+dirty`` with uncommitted changes), or ``unknown``."""
+    """The repository's commit (short hash, ``+dirty`` with uncommitted changes outside ``results/``, which
+    rendering reports changes), or ``unknown``."""
     try:
         head = subprocess.run(
             ["git", "rev-parse", "--short", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, check=True
         ).stdout.strip()
         dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO_ROOT, capture_output=True, text=True
+            ["git", "status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)results"],
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
         ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"

@@ -6,6 +6,7 @@ except in the end-to-end test at the bottom."""
 from __future__ import annotations
 
 import json
+import subprocess
 import textwrap
 from pathlib import Path
 
@@ -139,10 +140,9 @@ def test_protocol_lists_a_metric_protocol_every_cell_shares_once(study, tmp_path
     lines = protocol_lines(Results(plan, store))
     shared = "  - metric: rfid; num_samples: 256; weights_file: inception.pth"
     assert lines == [
-        "- 16: 8 images of the eval split (); metrics: rfid",
+        "- 16, 64: 8 images of the eval split (); metrics: rfid",  # measured alike: one line
         "- 32: 8 images of the eval split (); metrics: rfid",
         "  - metric: lpips; net: alex",
-        "- 64: 8 images of the eval split (); metrics: rfid",
         "- every cell above:",
         shared,
     ]
@@ -553,3 +553,26 @@ def test_every_study_passes_its_plan_checks(path, profile):
     plan = build_plan(path, profile)
     costs = check_plan(plan)
     assert set(costs) == set(plan.stages)
+
+
+def test_the_commit_of_a_report_is_dirty_with_code_changes_not_with_rendered_results(tmp_path, monkeypatch):
+    """Rendering one study's report changes tracked files under results/: the next study's report still
+    names a clean commit; a change to the code does not."""
+    import benchmark.report as report
+
+    def git(*args: str) -> None:
+        subprocess.run(["git", "-C", str(tmp_path), *args], check=True, capture_output=True)
+
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "README.md").write_text("old\n")
+    (tmp_path / "code.py").write_text("x = 1\n")
+    git("init", "-q")
+    git("add", ".")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init")
+    monkeypatch.setattr(report, "REPO_ROOT", tmp_path)
+    clean = report.git_commit()
+    assert clean != "unknown" and not clean.endswith("+dirty")
+    (tmp_path / "results" / "README.md").write_text("new\n")
+    assert report.git_commit() == clean
+    (tmp_path / "code.py").write_text("x = 2\n")
+    assert report.git_commit() == clean + "+dirty"
