@@ -28,6 +28,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import math
 import textwrap
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -496,8 +497,15 @@ def real_ticks(ax: Any, positions: list[float], labels: list[str], log: bool) ->
     ax.xaxis.set_minor_locator(NullLocator())
     ax.xaxis.set_major_locator(FixedLocator(positions))
     ax.xaxis.set_major_formatter(FixedFormatter(labels))
-    if max(map(len, labels), default=0) > 4:  # long labels of near points would run into each other
+    slant_long(ax, labels)
+
+
+def slant_long(ax: Any, labels: list[str]) -> None:
+    """Slant the x tick labels when one is long (long labels of near ticks would run into each other)."""
+    if max(map(len, labels), default=0) > 4:
         ax.tick_params(axis="x", labelrotation=30)
+        for label in ax.get_xticklabels():
+            label.set_horizontalalignment("right")
 
 
 def compact(value: float) -> str:
@@ -569,13 +577,20 @@ def draw_bars(data: FigureData, fig: dict[str, Any]) -> Any:
                 hatch=None if who == "ours" else "//",
                 alpha=1.0 if who == "ours" else 0.6,
             )
-        ax.set_xticks(range(len(categories)), categories, rotation=30, ha="right")
+        ax.set_xticks(range(len(categories)), categories)
+        slant_long(ax, categories)
         ax.set_ylabel(label_of(fig, metric))
         if fig.get("logy"):
             ax.set_yscale("log")
         ax.grid(axis="y", alpha=0.3)
-        if groups:
-            ax.legend(fontsize=8)
+        if groups:  # above the bars, in two columns: headroom of one legend row per two series
+            rows = math.ceil(len(groups) / 2)
+            bottom, top = ax.get_ylim()
+            if fig.get("logy"):
+                ax.set_ylim(bottom, top * (top / bottom) ** (0.12 * rows))
+            else:
+                ax.set_ylim(bottom, top + (top - bottom) * 0.12 * rows)
+            ax.legend(fontsize=8, ncol=2, loc="upper center")
     return figure
 
 
