@@ -19,7 +19,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -184,18 +184,40 @@ def describe_failure(status: StageStatus) -> str:
     return f"{error.get('kind', 'failed')}: {(error.get('error') or '').splitlines()[0][:200] if error.get('error') else ''}"
 
 
+def critical_paths(stages: list[Stage], costs: Mapping[str, float]) -> dict[str, float]:
+    """Each stage's cost plus that of its costliest chain of dependents: how long the study still runs
+    after the stage starts, at best. ``stages`` in dependency order; an unknown cost counts 0."""
+    longest: dict[str, float] = {}
+    for stage in reversed(stages):
+        longest[stage.hash] = costs.get(stage.hash, 0.0) + max(
+            (longest[s.hash] for s in stages if stage.hash in s.inputs.values()), default=0.0
+        )
+    return longest
+
+
 class LocalExecutor:
     """Runs stages on this machine (each in ``tasks_per_node`` processes): one after another, or with
     ``parallel`` > 1 up to that many independent stages at once, each in a fresh process of its own
-    with ``cores / parallel`` CPU threads, a stage starting as soon as its inputs are done."""
+    with ``cores / parallel`` CPU threads, a stage starting as soon as its inputs are done. Side by side,
+    the stage with the longest critical path (``costs``: estimated PFLOPs per stage hash) starts first,
+    so one long training does not start last and hold up the end of the study."""
 
-    def __init__(self, fail_fast: bool = False, retry: str | None = None, parallel: int = 1) -> None:
-        self.fail_fast, self.retry, self.parallel = fail_fast, retry, parallel
+    def __init__(
+        self,
+        fail_fast: bool = False,
+        retry: str | None = None,
+        parallel: int = 1,
+        costs: Mapping[str, float] | None = None,
+    ) -> None:
+        self.fail_fast, self.retry, self.parallel, self.costs = fail_fast, retry, parallel, costs or {}
 
     def execute(self, plan: Plan, store: RunStore) -> Outcome:
         out = Outcome()
         broken: dict[str, str] = {}
         pending = plan.ordered_stages()  # in dependency order
+        if self.parallel > 1:
+            longest = critical_paths(pending, self.costs)
+            pending.sort(key=lambda s: -longest[s.hash])  # stable: the study's order among equals
         bar = tqdm(total=len(pending), desc=f"{plan.study} [{plan.profile}]", unit="stage", dynamic_ncols=True)
         running: dict[str, Worker] = {}
         told: set[str] = set()

@@ -95,7 +95,12 @@ def main(argv: list[str] | None = None) -> int:
         if slurm:
             outcome = SlurmExecutor(launcher, args.retry_failed).execute(plan, store)
         else:
-            executor = LocalExecutor(args.fail_fast or launcher["fail_fast"], args.retry_failed, launcher["parallel"])
+            executor = LocalExecutor(
+                args.fail_fast or launcher["fail_fast"],
+                args.retry_failed,
+                launcher["parallel"],
+                {h: cost.pflops for h, cost in costs.items()},
+            )
             outcome = executor.execute(plan, store)
         from benchmark.report import results_dir, write_report
 

@@ -208,8 +208,9 @@ def test_parallel_local_runs_independent_stages_side_by_side_and_keeps_failures_
             spans[kind, record["cells"][0]] = stage_span(folder / "log.txt")
             worker = (folder / "worker.txt").read_text()  # each stage ran in a process of its own,
             assert "it/s" not in worker  # without a progress bar in its output file
-    a, b = spans["train_tokenizer", "4 w 1.0"], spans["train_tokenizer", "4 w 1e+39"]
-    assert a[0] < b[1] and b[0] < a[1]  # the first two trainings ran side by side
+    a, b = spans["train_tokenizer", "8 w 1.0"], spans["train_tokenizer", "8 w 1e+39"]
+    assert a[0] < b[1] and b[0] < a[1]  # the first two trainings ran side by side: the costlier two
+    assert max(a[0], b[0]) <= min(spans["train_tokenizer", c][0] for c in ("4 w 1.0", "4 w 1e+39"))  # (K = 8)
     for cell in ("4 w 1.0", "8 w 1.0"):  # each evaluation started once its training had finished
         assert spans["evaluate_tokenizer", cell][0] >= spans["train_tokenizer", cell][1]
     assert ("evaluate_tokenizer", "4 w 1e+39") not in spans  # skipped: its training failed
@@ -218,3 +219,16 @@ def test_parallel_local_runs_independent_stages_side_by_side_and_keeps_failures_
 def test_parallel_must_be_at_least_one(tmp_path, write_study, capsys):
     assert run_cli(write_study(MINI_STUDY), tmp_path, "launcher.parallel=0") == 2
     assert "launcher.parallel must be >= 1, got 0" in capsys.readouterr().err
+
+
+def test_critical_paths_add_the_costliest_chain_of_dependents():
+    """Side by side, the local executor starts the stage with the most work still behind it first."""
+    from benchmark.executors import critical_paths
+    from benchmark.study import Stage
+
+    def stage(name: str, **inputs: str) -> Stage:
+        return Stage(kind="train_tokenizer", hash=name, config={}, inputs=inputs)
+
+    stages = [stage("a"), stage("b"), stage("c", tokenizer="a"), stage("d", tokenizer="a"), stage("e", tokenizer="b")]
+    longest = critical_paths(stages, {"a": 1.0, "b": 3.0, "c": 5.0, "d": 0.5, "e": 1.0})
+    assert longest == {"a": 6.0, "b": 4.0, "c": 5.0, "d": 0.5, "e": 1.0}  # a: a then c, b: b then e
