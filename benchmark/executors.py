@@ -187,11 +187,14 @@ def describe_failure(status: StageStatus) -> str:
 def critical_paths(stages: list[Stage], costs: Mapping[str, float]) -> dict[str, float]:
     """Each stage's cost plus that of its costliest chain of dependents: how long the study still runs
     after the stage starts, at best. ``stages`` in dependency order; an unknown cost counts 0."""
+    dependents: dict[str, list[str]] = {}
+    for stage in stages:
+        for h in stage.inputs.values():
+            dependents.setdefault(h, []).append(stage.hash)
     longest: dict[str, float] = {}
     for stage in reversed(stages):
-        longest[stage.hash] = costs.get(stage.hash, 0.0) + max(
-            (longest[s.hash] for s in stages if stage.hash in s.inputs.values()), default=0.0
-        )
+        after = max((longest[d] for d in dependents.get(stage.hash, ())), default=0.0)
+        longest[stage.hash] = costs.get(stage.hash, 0.0) + after
     return longest
 
 
@@ -222,21 +225,23 @@ class LocalExecutor:
         running: dict[str, Worker] = {}
         told: set[str] = set()
         while pending or running:
+            waiting = {s.hash for s in pending}
             for stage in list(pending):
                 if len(running) >= self.parallel or (self.fail_fast and out.failed):
                     break
-                unsettled = running.keys() | {s.hash for s in pending}
-                if any(h in unsettled for h in stage.inputs.values()):
+                if any(h in running or h in waiting for h in stage.inputs.values()):
                     continue  # an input still runs or waits: later
                 bar.set_postfix_str(f"{stage.kind} ({', '.join(stage.cells)[:40]})")
                 verdict = self._decide(plan, store, stage, broken, out, told)
                 if verdict == "wait":
                     continue
                 pending.remove(stage)
+                waiting.discard(stage.hash)
                 if verdict == "run":
                     worker = self._start(plan, store, stage)
                     if worker is None:  # another run took its lock after our look: wait for it as above
                         pending.append(stage)
+                        waiting.add(stage.hash)
                     elif self.parallel == 1:
                         self._settle(store, stage, worker.wait(), out, broken)
                         bar.update()

@@ -419,9 +419,10 @@ def fit(
     board = _tensorboard(run_dir) if world.main else None
     lock = run_dir / "lock.json"
     t0 = time.perf_counter()
-    # An explicit ``disable`` overrides tqdm's TQDM_DISABLE, which the parallel local executor sets.
-    quiet = not world.main or os.environ.get("TQDM_DISABLE", "").lower() in ("1", "true")
-    bar = tqdm(total=cfg.steps, initial=step, desc="train", leave=False, dynamic_ncols=True, disable=quiet)
+    # Only other ranks pass ``disable``: an explicit value would override tqdm's own TQDM_DISABLE (set by
+    # the parallel local executor).
+    quiet = {} if world.main else {"disable": True}
+    bar = tqdm(total=cfg.steps, initial=step, desc="train", leave=False, dynamic_ncols=True, **quiet)
     with open(log_path if world.main else os.devnull, "a", newline="") as fh:
         writer = None
         for batch in batches:
