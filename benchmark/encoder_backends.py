@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from benchmark.encoder_pretraining import PretrainOptions, split_options
 from benchmark.errors import ConfigError, Tok1dError, WeightsError
 from benchmark.weight_transfer import (
     SourceViT,
@@ -79,6 +80,10 @@ class PretrainedEncoder(ABC):
     std: ClassVar[tuple[float, float, float]] = IMAGENET_DEFAULT_STD
     default_size: ClassVar[str] = "B"
     registry_name: ClassVar[str]
+    # the self-supervised objective the family was pretrained with, for an offline stand-in
+    # (benchmark/encoder_pretraining.py); None where it needs what the built-in data lacks
+    pretrain_objective: ClassVar[str | None] = None
+    pretrain_missing: ClassVar[str] = "its objective is not implemented"
 
     def __init__(
         self,
@@ -89,6 +94,7 @@ class PretrainedEncoder(ABC):
         model_id: str | None = None,
         strict: bool = True,
         stand_in: dict | None = None,
+        pretrain: PretrainOptions | None = None,
     ) -> None:
         size = size or self.default_size
         if size not in self.variants:
@@ -100,14 +106,39 @@ class PretrainedEncoder(ABC):
         self.variant = self.variants[size]
         self.model_id = model_id or self.variant.model_id
         self.weights = weights
-        self.stand_in = stand_in
+        self.stand_in, self.pretrain = stand_in, pretrain
+        if pretrain is not None:
+            self._check_pretrain(pretrain)
         self._model: nn.Module | None = None
+
+    def _check_pretrain(self, pretrain: dict) -> None:
+        """``pretrain`` trains a stand-in (published weights are pretrained already) with an objective
+        this family was pretrained with, on a timm ViT (benchmark/encoder_pretraining.py)."""
+        where = "tokenizer.encoder.pretrain"
+        if self.stand_in is None:
+            raise ConfigError(
+                f"{where}: pretrains a random-weight stand-in; set tokenizer.encoder.stand_in, or drop pretrain "
+                f"to use {self.registry_name}'s published weights"
+            )
+        if self.pretrain_objective is None or self.library != "timm":
+            raise ConfigError(
+                f"{where}: encoder '{self.registry_name}' has no offline pretraining objective "
+                f"({self.pretrain_missing}); pretrain mae, dino or dinov2 stand-ins"
+            )
+        wanted = pretrain.get("objective", self.pretrain_objective)
+        if wanted != self.pretrain_objective:
+            raise ConfigError(
+                f"{where}.objective: '{wanted}' is not how {self.registry_name} was pretrained "
+                f"('{self.pretrain_objective}')"
+            )
+        split_options(pretrain, self.pretrain_objective, where)
 
     def describe(self) -> str:
         tag = f" pretrained={self.variant.tag}" if self.variant.tag and not self.weights else ""
         where = f" from {self.weights}" if self.weights else ""
         if self.stand_in is not None:
-            tag, where = "", f" random-weight stand-in {self.stand_in}"
+            kind = f"stand-in pretrained ({self.pretrain_objective})" if self.pretrain else "random-weight stand-in"
+            tag, where = "", f" {kind} {self.stand_in}{where}"
         return f"{self.registry_name} ViT-{self.size} ({self.library} {self.model_id}{tag}){where}"
 
     # -- loading -----------------------------------------------------------------------------
@@ -115,7 +146,12 @@ class PretrainedEncoder(ABC):
     def model(self) -> nn.Module:
         """The pretrained vision trunk, loaded once, in eval mode with gradients off."""
         if self._model is None:
-            model = self._build_stand_in() if self.stand_in is not None else self._load_weights()
+            if self.stand_in is not None and self.pretrain is not None and self.weights is None:
+                raise ConfigError(
+                    f"{self.describe()}: its pretraining (stage pretrain_encoder) has not given it weights"
+                )
+            stand_in = self.stand_in is not None and self.weights is None
+            model = self._build_stand_in() if stand_in else self._load_weights()
             self._model = model.eval().requires_grad_(False)
         return self._model
 

@@ -23,6 +23,7 @@ from benchmark.encoder_backends import (
     TransformersEncoder,
     Variant,
 )
+from benchmark.encoder_pretraining import PretrainOptions
 from benchmark.errors import ConfigError
 from benchmark.options import check_options, nested
 from benchmark.registry import ENCODERS, register_encoder
@@ -44,6 +45,8 @@ class NoEncoder:
 class MAE(TimmEncoder):
     """MAE (He et al. 2022) ViT-B/L/H pretrained on ImageNet-1k, from timm."""
 
+    pretrain_objective = "mae"
+
     variants = {
         "B": Variant("vit_base_patch16_224.mae", 16, 768, 12, 12, 224),
         "L": Variant("vit_large_patch16_224.mae", 16, 1024, 24, 16, 224),
@@ -55,6 +58,8 @@ class MAE(TimmEncoder):
 class DINO(TimmEncoder):
     """DINO (Caron et al. 2021) ViT-S/B (patch 16, or 8 for S8 / B8), from timm."""
 
+    pretrain_objective = "dino"
+
     variants = {
         "S": Variant("vit_small_patch16_224.dino", 16, 384, 12, 6, 224),
         "B": Variant("vit_base_patch16_224.dino", 16, 768, 12, 12, 224),
@@ -65,7 +70,11 @@ class DINO(TimmEncoder):
 
 @register_encoder("dinov2")
 class DINOv2(TimmEncoder):
-    """DINOv2 (Oquab et al. 2024) ViT-S/B/L/g, patch 14, optionally with 4 registers, from timm."""
+    """DINOv2 (Oquab et al. 2024) ViT-S/B/L/g, patch 14, optionally with 4 registers, from timm. An offline
+    stand-in is pretrained with DINO's image-level objective (DINOv2's iBOT and KoLeo terms are not
+    implemented)."""
+
+    pretrain_objective = "dino"
 
     variants = {
         "S": Variant("vit_small_patch14_dinov2.lvd142m", 14, 384, 12, 6, 518),
@@ -84,8 +93,17 @@ class DINOv2(TimmEncoder):
         strict: bool = True,
         registers: bool = False,
         stand_in: dict | None = None,
+        pretrain: PretrainOptions | None = None,
     ) -> None:
-        super().__init__(size=size, layer=layer, weights=weights, model_id=model_id, strict=strict, stand_in=stand_in)
+        super().__init__(
+            size=size,
+            layer=layer,
+            weights=weights,
+            model_id=model_id,
+            strict=strict,
+            stand_in=stand_in,
+            pretrain=pretrain,
+        )
         self.registers = registers
         if registers and model_id is None:
             self.model_id = self.variant.model_id.replace("_dinov2", "_reg4_dinov2")
@@ -96,6 +114,7 @@ class CLIP(OpenClipEncoder):
     """OpenAI CLIP (Radford et al. 2021) image tower ViT-B/16, ViT-L/14, from open_clip (QuickGELU)."""
 
     quick_gelu = True
+    pretrain_missing = "pretrained on image-text pairs: the built-in data has no captions"
     variants = {
         "B": Variant("ViT-B-16", 16, 768, 12, 12, 224, tag="openai"),
         "L": Variant("ViT-L-14", 14, 1024, 24, 16, 224, tag="openai"),
@@ -107,6 +126,7 @@ class DepthAnythingV2(TransformersEncoder):
     """Depth-Anything-V2 (Yang et al. 2024) DINOv2 backbone ViT-S/B/L, from transformers."""
 
     model_class, trunk = "DepthAnythingForDepthEstimation", "backbone"
+    pretrain_missing = "trained on depth maps: the built-in data has none"
     variants = {
         "S": Variant("depth-anything/Depth-Anything-V2-Small-hf", 14, 384, 12, 6, 518),
         "B": Variant("depth-anything/Depth-Anything-V2-Base-hf", 14, 768, 12, 12, 518),
@@ -162,6 +182,7 @@ class SigLIP(TimmEncoder):
     """SigLIP (Zhai et al. 2023) image tower ViT-B/16, ViT-L/16-256, So400m/14, from timm."""
 
     mean, std = SIGLIP_MEAN, SIGLIP_STD
+    pretrain_missing = "pretrained on image-text pairs: the built-in data has no captions"
     variants = {
         "B": Variant("vit_base_patch16_siglip_224.webli", 16, 768, 12, 12, 224),
         "L": Variant("vit_large_patch16_siglip_256.webli", 16, 1024, 24, 16, 256),
@@ -174,6 +195,7 @@ class SigLIP2(TransformersEncoder):
     """SigLIP 2 (Tschannen et al. 2025) fixed-resolution image tower B/16, L/16-256, So400m/14, from transformers."""
 
     mean, std = SIGLIP_MEAN, SIGLIP_STD
+    pretrain_missing = "pretrained on image-text pairs: the built-in data has no captions"
     model_class = "SiglipVisionModel"
     variants = {
         "B": Variant("google/siglip2-base-patch16-224", 16, 768, 12, 12, 224),

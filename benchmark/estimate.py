@@ -193,6 +193,11 @@ def code_digest() -> str:
 def _estimate_cell(config: dict[str, Any], stages: dict[str, str], out: dict[str, StageCost]) -> None:
     tok, spec = _tokenizer_costs(config)
     data, train = config["data"], config["train"]
+    if "pretrain_encoder" in stages:
+        from benchmark.encoder_pretraining import pretrain_cost
+
+        cost = pretrain_cost(config["tokenizer"]["encoder"], data["resolution"])
+        out[stages["pretrain_encoder"]] = StageCost(cost["train_pflops"])
     if "train_tokenizer" in stages and config["tokenizer"]["name"] == "released":
         out[stages["train_tokenizer"]] = StageCost(0.0, "installed from its release, not trained")
     elif "train_tokenizer" in stages:

@@ -57,7 +57,7 @@ class FigureData:
 
 
 COMMON = {"name", "kind", "title", "rows"}
-TRAINING_STAGES = ("train_tokenizer", "finetune_tokenizer", "train_generator")
+TRAINING_STAGES = ("pretrain_encoder", "train_tokenizer", "finetune_tokenizer", "train_generator")
 KINDS: dict[str, tuple[set[str], set[str]]] = {  # kind -> (required keys, optional keys)
     "line": ({"x", "y"}, {"x_value", "xlabel", "logx", "labels", "all_cells"}),
     "bars": ({"y"}, {"categories", "series", "labels", "logy"}),

@@ -80,7 +80,6 @@ def generator_step(model: Generator) -> Callable:
 def train_generator(ctx: StageContext) -> dict[str, Any]:
     from benchmark.cost import generator_cost, training_pflops
     from benchmark.latents import LatentDataset
-    from benchmark.train import fit
 
     cfg = ctx.config
     torch.manual_seed(cfg["seed"])
@@ -94,19 +93,7 @@ def train_generator(ctx: StageContext) -> dict[str, Any]:
         data = LatentDataset(ctx.input_dir("cache_latents"), build_dataset(data.meta["data"], "train"))
 
     t0 = time.perf_counter()
-    terms, weights = fit(
-        model,
-        generator_step(model),
-        data,
-        TrainConfig(**cfg["generator_train"]),
-        cfg["seed"],
-        ctx.dir,
-        ctx.device,
-        ctx.runtime.get("num_workers", 0),
-        ctx.log,
-        ctx.runtime.get("compile", False),
-        find_unused_parameters=ctx.runtime.get("find_unused_parameters", False),
-    )
+    terms, weights = ctx.fit(model, generator_step(model), data, TrainConfig(**cfg["generator_train"]))
     seconds = time.perf_counter() - t0
     if not ctx.world.main:
         return {}

@@ -1,8 +1,12 @@
 """The stage graph: the kinds of stage, what each reads from a cell's config and from upstream stages.
 
-    train_tokenizer ─► finetune_tokenizer (optional, SelfBootTok stage 2) ─► evaluate_tokenizer
-          └──────► cache_latents ─► train_generator ─► sample ─► evaluate_generator
-                                                       (decodes through the final tokenizer)
+    pretrain_encoder (optional) ─► train_tokenizer ─► finetune_tokenizer (optional, SelfBootTok stage 2) ─► evaluate_tokenizer
+                                         └──────► cache_latents ─► train_generator ─► sample ─► evaluate_generator
+                                                                      (decodes through the final tokenizer)
+
+``pretrain_encoder`` trains a stand-in encoder offline with its family's objective when
+``tokenizer.encoder.pretrain`` is set (benchmark/encoder_pretraining.py); its hash covers the seed, the
+data and ``tokenizer.encoder`` alone, so every cell with the same stand-in shares one pretraining.
 
 A released generator (``generator.name: released``) is installed, not trained: its train_generator
 stage reads ``train_tokenizer`` (the token space it is used in) instead of a latent cache (the need
@@ -21,6 +25,7 @@ any model; the stage bodies are in benchmark/tokenizer_stages.py and benchmark/g
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,16 +46,30 @@ class StageKind:
     trains: bool = False
 
     def select(self, config: dict[str, Any]) -> dict[str, Any]:
-        """The part of a cell's config this stage's hash covers."""
-        return {s: config[s] for s in self.sections}
+        """The part of a cell's config this stage's hash covers (a dotted section: one nested mapping)."""
+        return {s: _lookup(config, s) for s in self.sections}
 
     def inputs(self, config: dict[str, Any]) -> tuple[str, ...]:
-        """The stage kinds this one reads, with ``tokenizer`` and ``latents`` resolved for this config."""
+        """The stage kinds this one reads, with ``tokenizer``, ``latents`` and ``encoder_weights`` resolved
+        for this config (``encoder_weights``: the pretrained stand-in, when there is one)."""
         resolved = {
             "tokenizer": "finetune_tokenizer" if has_finetune(config) else "train_tokenizer",
             "latents": "train_tokenizer" if is_released_generator(config) else "cache_latents",
+            "encoder_weights": "pretrain_encoder" if has_pretrain(config) else None,
         }
-        return tuple(resolved.get(n, n) for n in self.needs)
+        return tuple(r for n in self.needs if (r := resolved.get(n, n)) is not None)
+
+
+def _lookup(config: dict[str, Any], dotted: str) -> Any:
+    for key in dotted.split("."):
+        config = config[key]
+    return config
+
+
+def has_pretrain(config: dict[str, Any]) -> bool:
+    """Whether a cell's tokenizer encoder is a stand-in pretrained offline (``tokenizer.encoder.pretrain``)."""
+    encoder = config.get("tokenizer", {}).get("encoder")
+    return isinstance(encoder, Mapping) and encoder.get("pretrain") is not None
 
 
 def has_finetune(config: dict[str, Any]) -> bool:
@@ -67,7 +86,8 @@ def is_released_generator(config: dict[str, Any]) -> bool:
 STAGES: dict[str, StageKind] = {
     kind.name: kind
     for kind in (
-        StageKind("train_tokenizer", ("seed", "data", "tokenizer", "train"), (), trains=True),
+        StageKind("pretrain_encoder", ("seed", "data", "tokenizer.encoder"), (), trains=True),
+        StageKind("train_tokenizer", ("seed", "data", "tokenizer", "train"), ("encoder_weights",), trains=True),
         StageKind("finetune_tokenizer", ("seed", "finetune"), ("train_tokenizer",), trains=True),
         StageKind("evaluate_tokenizer", ("data", "eval"), ("tokenizer",)),
         StageKind("cache_latents", (), ("train_tokenizer",)),

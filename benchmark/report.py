@@ -299,7 +299,7 @@ def compute_table(plan: Plan, store: RunStore) -> pd.DataFrame:
     import pandas as pd
 
     rows = []
-    for kind in ("train_tokenizer", "finetune_tokenizer", "train_generator"):
+    for kind in ("pretrain_encoder", "train_tokenizer", "finetune_tokenizer", "train_generator"):
         shared, per_cell = 0.0, 0.0
         for stage in (s for s in plan.stages.values() if s.kind == kind):
             result = store.result(kind, stage.hash) or {}

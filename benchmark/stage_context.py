@@ -6,11 +6,17 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from benchmark.distributed import World
+
+if TYPE_CHECKING:
+    from torch.utils.data import Dataset
+
+    from benchmark.config import TrainConfig
+    from benchmark.train import StepFn
 from benchmark.store import RunStore
 
 
@@ -35,6 +41,28 @@ class StageContext:
     def tokenizer_dir(self) -> Path:
         """The folder of the cell's final tokenizer (finetuned when the cell has that stage)."""
         return self.input_dir("finetune_tokenizer" if "finetune_tokenizer" in self.inputs else "train_tokenizer")
+
+    def fit(
+        self, model: torch.nn.Module, step_fn: StepFn, dataset: Dataset, cfg: TrainConfig, **extra: Any
+    ) -> tuple[dict[str, float], dict[str, torch.Tensor]]:
+        """``benchmark.train.fit`` in this stage: its seed, folder, device, data workers, log, ``runtime.compile``
+        and ``runtime.find_unused_parameters``; ``extra``: the adversary and the checkpoint callback."""
+        from benchmark.train import fit
+
+        return fit(
+            model,
+            step_fn,
+            dataset,
+            cfg,
+            self.config["seed"],
+            self.dir,
+            self.device,
+            self.runtime.get("num_workers", 0),
+            self.log,
+            self.runtime.get("compile", False),
+            find_unused_parameters=self.runtime.get("find_unused_parameters", False),
+            **extra,
+        )
 
     @property
     def device(self) -> torch.device:

@@ -19,7 +19,12 @@ from benchmark.errors import Tok1dError
 from benchmark.store import RunStore, StageStatus, default_root
 from benchmark.study import Plan, build_plan, check_study_path
 
-TRAINING = {"train_tokenizer": "train", "finetune_tokenizer": "finetune", "train_generator": "generator_train"}
+TRAINING = {
+    "pretrain_encoder": "tokenizer.encoder",
+    "train_tokenizer": "train",
+    "finetune_tokenizer": "finetune",
+    "train_generator": "generator_train",
+}
 
 
 def training_steps(status: StageStatus, store: RunStore) -> str:
@@ -30,7 +35,8 @@ def training_steps(status: StageStatus, store: RunStore) -> str:
     if section is None:
         return ""
     cfg = record.get("config", {}).get(section, {})
-    total = (cfg.get("train") or {}).get("steps") if section == "finetune" else cfg.get("steps")
+    nested = {"finetune": "train", "tokenizer.encoder": "pretrain"}.get(section)
+    total = (cfg.get(nested) or {}).get("steps") if nested else cfg.get("steps")
     done = 0
     log = folder / "losses.csv"
     if log.is_file():

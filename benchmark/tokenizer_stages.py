@@ -32,11 +32,16 @@ from benchmark.store import atomic_write, read_json, write_json
 
 
 def initialize_pretrained(model: Tokenizer, ctx: StageContext) -> None:
-    """Copy the pretrained weights named by ``tokenizer.encoder`` into ``model.encoder`` and store
-    the load report (copied / adapted / new / ignored parameters) as ``init_report.json``."""
+    """Copy the pretrained weights named by ``tokenizer.encoder`` (or, for a stand-in pretrained offline,
+    those of the cell's ``pretrain_encoder`` stage) into ``model.encoder`` and store the load report (copied / adapted / new / ignored parameters) as ``init_report.json``."""
     from benchmark.encoders import initialize_encoder
 
-    report = initialize_encoder(model.encoder, model.encoder_init)
+    spec = model.encoder_init
+    if "pretrain_encoder" in ctx.inputs:  # the stand-in pretrained offline, in its library's layout
+        from benchmark.encoder_pretraining import WEIGHTS_FOLDER
+
+        spec = {**spec, "weights": str(ctx.input_dir("pretrain_encoder") / WEIGHTS_FOLDER)}
+    report = initialize_encoder(model.encoder, spec)
     ctx.log.info("encoder initialisation:\n%s", report.table())
     if ctx.world.main:
         write_json(ctx.dir / "init_report.json", report.to_dict())
@@ -164,27 +169,19 @@ def _save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
 def _train(model: Tokenizer, ctx: StageContext, cfg: dict[str, Any], train_cfg: TrainConfig) -> dict[str, Any]:
     from benchmark.cost import tokenizer_cost, training_pflops
     from benchmark.data import build_dataset
-    from benchmark.train import fit
 
     dataset = build_dataset(cfg["data"], "train")
     preview = torch.stack([dataset[i][0] for i in range(min(8, len(dataset)))])
     diagnostics = train_cfg.probe_images or train_cfg.eval_every
     eval_set = build_dataset(cfg["data"], "eval") if diagnostics and ctx.world.main else None
     t0 = time.perf_counter()
-    terms, weights = fit(
+    terms, weights = ctx.fit(
         model,
         tokenizer_step(model),
         dataset,
         train_cfg,
-        cfg["seed"],
-        ctx.dir,
-        ctx.device,
-        ctx.runtime.get("num_workers", 0),
-        ctx.log,
-        ctx.runtime.get("compile", False),
         adversary=getattr(model, "adversary", None),
         on_checkpoint=checkpoint_recorder(model, ctx.dir, preview, eval_set, train_cfg),
-        find_unused_parameters=ctx.runtime.get("find_unused_parameters", False),
     )
     seconds = time.perf_counter() - t0
     if not ctx.world.main:

@@ -1,0 +1,169 @@
+"""Offline pretraining of stand-in encoders (benchmark/encoder_pretraining.py): MAE's and DINO's objectives,
+the pretrain_encoder stage, and the tokenizer initialised from what it saved."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import timm
+import torch
+import torch.nn.functional as F
+from conftest import TINY
+
+from benchmark.encoder_pretraining import MaskedAutoencoder, SelfDistillation, build_objective, patchify
+from benchmark.errors import ConfigError
+from benchmark.run import main
+from benchmark.store import read_json
+from benchmark.study import build_plan
+
+STAND_IN = {"img_size": 16, "patch_size": 4, "embed_dim": 32, "depth": 2, "num_heads": 2}
+
+
+def objective(init: str, **options) -> MaskedAutoencoder | SelfDistillation:
+    torch.manual_seed(0)
+    obj, _ = build_objective({"init": init, "stand_in": STAND_IN, "pretrain": {"steps": 4, **options}})
+    return obj
+
+
+def test_patchify_orders_patches_as_the_vits_patch_embedding():
+    mae = objective("mae")
+    images = torch.rand(2, 3, 16, 16)
+    conv = mae.vit.patch_embed.proj
+    as_linear = conv.weight.permute(0, 2, 3, 1).reshape(conv.out_channels, -1)  # (D, p, p, C) flattened
+    expected = mae.vit.patch_embed(images)
+    torch.testing.assert_close(patchify(images, 4) @ as_linear.T + conv.bias, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_mae_encodes_only_the_visible_quarter_and_scores_only_masked_patches():
+    mae = objective("mae", mask_ratio=0.75)
+    seen = []
+    mae.vit.blocks[0].register_forward_pre_hook(lambda _, args: seen.append(args[0].shape))
+    images = torch.rand(3, 3, 16, 16)
+    loss = mae.loss([images])["mae"]
+    assert seen == [torch.Size([3, 1 + 4, 32])]  # class token + 16 patches x (1 - 0.75)
+
+    # the loss is the normalised-pixel MSE over the masked patches alone: a decoder that predicts the
+    # targets of the masked patches (and garbage elsewhere) scores zero
+    x = mae.normalize(images)
+    target = patchify(x, 4)
+    target = (target - target.mean(-1, keepdim=True)) / (target.var(-1, keepdim=True) + 1e-6).sqrt()
+    torch.manual_seed(1)
+    order = torch.rand(3, 16).argsort(dim=1)
+    masked = torch.ones(3, 16).scatter_(1, order[:, :4], 0.0).bool()
+    perfect = torch.where(masked[..., None], target, torch.full_like(target, 5.0))
+    mae.decoder_pred.register_forward_hook(lambda *_: torch.cat([torch.zeros(3, 1, 48), perfect], dim=1))
+    torch.manual_seed(1)
+    assert mae.loss([images])["mae"].item() == pytest.approx(0.0, abs=1e-6)
+    assert loss.item() > 0.5
+
+
+def test_dino_loss_teacher_momentum_and_centre_follow_the_paper():
+    dino = objective("dino", out_dim=64, local_crops=0, center_momentum=0.9, momentum=0.99)
+    views = [torch.rand(4, 3, 16, 16), torch.rand(4, 3, 16, 16)]
+
+    def probs(vit, head, x, temp, center=0.0):
+        cls = dino._class_token(vit, x)
+        return F.softmax((head(cls) - center) / temp, dim=-1)
+
+    with torch.no_grad():
+        t = [probs(dino.teacher, dino.teacher_head, v, 0.04) for v in views]  # centre starts at zero
+        s = [torch.log(probs(dino.vit, dino.head, v, 0.1)) for v in views]
+        expected = (-(t[0] * s[1]).sum(-1).mean() - (t[1] * s[0]).sum(-1).mean()) / 2
+        teacher_out = dino.teacher_head(dino._class_token(dino.teacher, torch.cat(views)))
+    loss = dino.loss(views)["dino"]
+    torch.testing.assert_close(loss, expected)
+    torch.testing.assert_close(dino.center, 0.1 * teacher_out.mean(0, keepdim=True))
+
+    # theta_t <- m theta_t + (1 - m) theta_s with m = 1 - (1 - 0.99) (cos(pi k / K) + 1) / 2 at step k = 0
+    with torch.no_grad():
+        for p in dino.vit.parameters():
+            p.add_(1.0)
+    before = [p.clone() for p in dino.teacher.parameters()]
+    dino.before_step(1, total=10)
+    m = 1 - 0.01 * (math.cos(0.0) + 1) / 2
+    for old, new, student in zip(before, dino.teacher.parameters(), dino.vit.parameters(), strict=True):
+        torch.testing.assert_close(new, m * old + (1 - m) * student)
+    assert not any(p.requires_grad for p in dino.teacher.parameters())
+
+
+def test_views_draw_their_own_crop_for_every_image():
+    dino = objective("dino", local_crops=3)
+    images = torch.rand(1, 3, 16, 16).expand(6, -1, -1, -1)  # one image, six times
+    views = dino.views(images)
+    assert len(views) == 5 and all(v.shape == (6, 3, 16, 16) for v in views)
+    assert all(0 <= v.min() and v.max() <= 1 for v in views)
+    assert len({tuple(v.flatten().tolist()) for v in views[0]}) == 6  # per image, not per batch
+    torch.manual_seed(3)
+    first = objective("mae").views(images)[0]
+    torch.manual_seed(3)
+    torch.testing.assert_close(objective("mae").views(images)[0], first)  # the seed decides
+
+
+def test_pretraining_options_are_checked_at_plan_time(write_study):
+    def plan(encoder: str) -> None:
+        study = write_study(f"config: {{tokenizer: {{name: titok, size: tiny, encoder: {encoder}}}}}")
+        build_plan(study, "smoke")
+
+    with pytest.raises(ConfigError, match=r"tokenizer\.encoder\.pretrain: pretrains a random-weight stand-in"):
+        plan("{init: mae, pretrain: {steps: 10}}")
+    with pytest.raises(
+        ConfigError, match=r"encoder 'clip' has no offline pretraining objective \(pretrained on image-text"
+    ):
+        plan("{init: clip, stand_in: {image_size: 16}, pretrain: {steps: 10}}")
+    with pytest.raises(ConfigError, match=r"pretrain\.objective: 'dino' is not how mae was pretrained"):
+        plan("{init: mae, stand_in: {img_size: 16}, pretrain: {objective: dino}}")
+    with pytest.raises(
+        ConfigError, match=r"tokenizer\.encoder\.pretrain\.out_dim: not an option of pretraining objective 'mae'"
+    ):
+        plan("{init: mae, stand_in: {img_size: 16}, pretrain: {out_dim: 64}}")
+    with pytest.raises(ConfigError, match=r"tokenizer\.encoder\.pretrain\.steps must be int"):
+        plan("{init: dino, stand_in: {img_size: 16}, pretrain: {steps: many}}")
+
+
+def test_a_teacher_is_never_pretrained(write_study):
+    study = write_study("""
+        config:
+          tokenizer:
+            name: softvq
+            size: tiny
+            align: {init: dinov2, stand_in: {img_size: 16, patch_size: 4, embed_dim: 32, depth: 1, num_heads: 2}, pretrain: {steps: 4}}
+    """)
+    with pytest.raises(ConfigError, match=r"tokenizer\.align\.pretrain: only tokenizer\.encoder is pretrained offline"):
+        build_plan(study, "smoke")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("init", ["mae", "dino"])
+def test_cells_share_one_pretraining_and_the_tokenizer_starts_from_its_weights(tmp_path, write_study, init):
+    stand_in = "{img_size: 16, patch_size: 4, embed_dim: 64, depth: 2, num_heads: 4}"
+    study = write_study(f"""
+        config:
+          tokenizer:
+            name: titok
+            size: tiny
+            patch_size: 4
+            encoder: {{init: {init}, stand_in: {stand_in}, pretrain: {{steps: 6, batch_size: 8, checkpoint_every: 3}}}}
+        axes: {{grid: {{tokenizer.num_latent_tokens: [4, 8]}}}}
+        label: "{{tokenizer.num_latent_tokens}}"
+        stages: [train_tokenizer]
+    """)
+    plan = build_plan(study, "smoke", TINY)
+    pretrain = [s for s in plan.stages.values() if s.kind == "pretrain_encoder"]
+    assert len(pretrain) == 1 and len(pretrain[0].cells) == 2  # one pretraining for both K
+    runs = tmp_path / "runs"
+    assert main([str(study), "--profile", "smoke", "--runs", str(runs), "--results", str(tmp_path / "r"), *TINY]) == 0
+
+    folder = runs / "pretrain_encoder" / pretrain[0].hash
+    result = read_json(folder / "result.json")
+    assert result["objective"] == init and result["cost"]["train_pflops"] > 0
+    assert (folder / "losses.csv").read_text().count("\n") > 1
+    saved = timm.create_model(f"local-dir:{folder / 'encoder'}", pretrained=True)  # the library's own loader
+    torch.manual_seed(0)
+    fresh, _ = build_objective({"init": init, "stand_in": STAND_IN | {"embed_dim": 64, "num_heads": 4}, "pretrain": {}})
+    assert not torch.equal(saved.blocks[0].attn.qkv.weight, fresh.vit.blocks[0].attn.qkv.weight)  # it trained
+
+    for train in (runs / "train_tokenizer").iterdir():
+        report = read_json(train / "init_report.json")
+        assert f"stand-in pretrained ({init})" in report["source"] and str(folder / "encoder") in report["source"]
+        assert report["counts"]["copied"] > 0
