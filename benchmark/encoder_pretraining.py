@@ -30,8 +30,10 @@ lr, ...; defaults: the objective's recipe) and the objective's own (``mask_ratio
 from __future__ import annotations
 
 import copy
+import functools
 import math
 import typing
+from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
@@ -69,7 +71,7 @@ class Normalize(nn.Module):
         return (images - self.mean) / self.std
 
 
-class Objective(nn.Module):
+class Objective(nn.Module, ABC):
     """A self-supervised objective around a timm ViT ``vit`` (the weights that are kept)."""
 
     name: ClassVar[str]
@@ -79,22 +81,31 @@ class Objective(nn.Module):
         super().__init__()
         self.vit, self.normalize = vit, Normalize(mean, std)
 
+    @property
+    def num_views(self) -> int:
+        """How many views of each image :meth:`augmentations` makes (known without importing kornia)."""
+        return 1
+
+    @abstractmethod
     def augmentations(self) -> list[nn.Module]:
         """One kornia augmentation pipeline per view: each draws its own random parameters per image, on
         the batch's device (no per-image work in the data loader)."""
-        raise NotImplementedError
+
+    @functools.cached_property
+    def _pipelines(self) -> list[nn.Module]:  # built once, outside the module's state
+        return self.augmentations()
 
     def views(self, images: Tensor) -> list[Tensor]:
         """The augmented views of a batch of images in [0, 1] (B, 3, H, W), at the same resolution."""
         with torch.no_grad():
-            return [augment(images).clamp(0, 1) for augment in self.augmentations()]
+            return [augment(images).clamp(0, 1) for augment in self._pipelines]
 
     def before_step(self, step: int, total: int) -> None:
         """Called before each optimisation step (DINO's teacher follows the student here)."""
 
+    @abstractmethod
     def loss(self, views: list[Tensor]) -> dict[str, Tensor]:
         """The objective's loss terms on the views of a batch."""
-        raise NotImplementedError
 
     def forward(self, images: Tensor) -> dict[str, Tensor]:
         """The objective's loss terms on a batch of images in [0, 1]."""
@@ -230,6 +241,10 @@ class SelfDistillation(Objective):
         self.center_momentum, self.momentum = center_momentum, momentum
         self.local_crops, self.global_scale, self.local_scale = local_crops, global_scale, local_scale
 
+    @property
+    def num_views(self) -> int:
+        return 2 + self.local_crops
+
     def augmentations(self) -> list[nn.Module]:
         """DINO's (its Appendix, after BYOL): random resized crops, flips, colour jitter, grayscale, Gaussian
         blur (always on the first global view, 10% on the second, 50% on local ones) and solarisation (20%,
@@ -347,7 +362,7 @@ def pretrain_cost(spec: Mapping[str, Any], resolution: int) -> dict[str, float]:
 
     with torch.device("meta"):
         objective, loop = build_objective(spec)
-        views = [torch.rand(1, 3, resolution, resolution) for _ in objective.augmentations()]
+        views = [torch.rand(1, 3, resolution, resolution) for _ in range(objective.num_views)]
     cost = {"train_step_gflops": gflops(lambda: sum(objective.loss(views).values()).backward())}
     return {**cost, "train_pflops": training_pflops(cost, loop.steps, loop.batch_size)}
 

@@ -16,6 +16,7 @@ import time
 from typing import Any
 
 from benchmark.errors import Tok1dError
+from benchmark.graph import STAGES
 from benchmark.store import RunStore, StageStatus, default_root
 from benchmark.study import Plan, build_plan, check_study_path
 
@@ -101,19 +102,7 @@ def failure_details(status: StageStatus) -> list[str]:
 
 def render(plan: Plan, store: RunStore) -> tuple[str, bool]:
     """The status table and details; whether every stage has ended (done, failed or not started)."""
-    kinds = [
-        k
-        for k in (
-            "train_tokenizer",
-            "finetune_tokenizer",
-            "evaluate_tokenizer",
-            "cache_latents",
-            "train_generator",
-            "sample",
-            "evaluate_generator",
-        )
-        if any(k in c.stages for c in plan.cells)
-    ]
+    kinds = [k for k in STAGES if any(k in c.stages for c in plan.cells)]
     statuses: dict[str, StageStatus] = {}
     for stage in plan.ordered_stages(selected=False):
         statuses[stage.hash] = store.status(stage.kind, stage.hash)

@@ -10,12 +10,14 @@ import timm
 import torch
 import torch.nn.functional as F
 from conftest import TINY
+from torch.utils.data import TensorDataset
 
 from benchmark.encoder_pretraining import MaskedAutoencoder, SelfDistillation, build_objective, patchify
 from benchmark.errors import ConfigError
 from benchmark.run import main
 from benchmark.store import read_json
 from benchmark.study import build_plan
+from benchmark.train import fit
 
 STAND_IN = {"img_size": 16, "patch_size": 4, "embed_dim": 32, "depth": 2, "num_heads": 2}
 
@@ -91,13 +93,40 @@ def test_views_draw_their_own_crop_for_every_image():
     dino = objective("dino", local_crops=3)
     images = torch.rand(1, 3, 16, 16).expand(6, -1, -1, -1)  # one image, six times
     views = dino.views(images)
-    assert len(views) == 5 and all(v.shape == (6, 3, 16, 16) for v in views)
+    assert len(views) == dino.num_views == 5 and all(v.shape == (6, 3, 16, 16) for v in views)
     assert all(0 <= v.min() and v.max() <= 1 for v in views)
     assert len({tuple(v.flatten().tolist()) for v in views[0]}) == 6  # per image, not per batch
     torch.manual_seed(3)
     first = objective("mae").views(images)[0]
     torch.manual_seed(3)
     torch.testing.assert_close(objective("mae").views(images)[0], first)  # the seed decides
+
+
+def test_an_interrupted_dino_pretraining_resumes_to_the_same_weights(tmp_path, caplog):
+    """The teacher, the centre and the augmentations' random draws all resume with the checkpoint."""
+    images = TensorDataset(torch.rand(16, 3, 16, 16), torch.zeros(16))
+
+    def pretrain(folder, crash_at: int | None = None) -> dict[str, torch.Tensor]:
+        torch.manual_seed(0)
+        options = {"steps": 8, "batch_size": 4, "checkpoint_every": 4, "log_every": 2, "precision": "fp32"}
+        dino, loop = build_objective({"init": "dino", "stand_in": STAND_IN, "pretrain": {**options, "out_dim": 32}})
+
+        def step(batch, i):
+            if i == crash_at:
+                raise RuntimeError("node lost")
+            dino.before_step(i, loop.steps)
+            return dino(batch[0]), None
+
+        return fit(dino, step, images, loop, 0, folder, torch.device("cpu"))[1]
+
+    with pytest.raises(RuntimeError, match="node lost"):
+        pretrain(tmp_path / "a", crash_at=6)
+    with caplog.at_level("INFO"):
+        resumed = pretrain(tmp_path / "a")
+    assert "at step 4" in caplog.text
+    straight = pretrain(tmp_path / "b")
+    assert "teacher.blocks.0.attn.qkv.weight" in straight and "center" in straight
+    assert all(torch.equal(resumed[k], straight[k]) for k in straight)
 
 
 def test_pretraining_options_are_checked_at_plan_time(write_study):
