@@ -76,8 +76,33 @@ def cell_results(store: RunStore, cell: Cell) -> CellResults:
         values.update({f"{kind}.final_loss_{k}": v for k, v in result.get("final_losses", {}).items()})
         if "protocol" in result:
             values.setdefault("_protocols", {})[kind] = result["protocol"]
+    init = encoder_init(store, cell)
+    if init:
+        values["_init"] = init
     values.update({f"config.{k}": v for k, v in flat_config(cell.config).items()})
     return CellResults(cell, values, status)
+
+
+def encoder_init(store: RunStore, cell: Cell) -> str | None:
+    """Where a cell's tokenizer encoder started (its training's ``init_report.json``): the source, with
+    run-store paths relative to the store, and how many parameters were copied, adapted or new."""
+    if "train_tokenizer" not in cell.stages:
+        return None
+    report = read_json(store.dir("train_tokenizer", cell.stages["train_tokenizer"]) / "init_report.json")
+    if not report:
+        return None
+    counts = ", ".join(f"{n} {k}" for k, n in report.get("counts", {}).items() if n)
+    return f"{report['source'].replace(str(store.root), '<run store>')} ({counts})"
+
+
+def init_lines(results: Results) -> list[str]:
+    """One line per encoder initialisation, naming the cells that started from it."""
+    alike: dict[str, list[str]] = {}
+    for row in results.rows().values():
+        for c in row.cells:
+            if "_init" in c.values:
+                alike.setdefault(c.values["_init"], []).append(c.cell.label)
+    return [f"- {', '.join(labels)}: {init}" for init, labels in alike.items()]
 
 
 def number(value: Any) -> float | None:
@@ -530,6 +555,9 @@ def write_report(plan: Plan, store: RunStore, out_dir: Path) -> list[Path]:
     protocol = protocol_lines(results)
     if protocol:
         md += ["## Protocol", "", *protocol, ""]
+    inits = init_lines(results)
+    if inits:
+        md += ["## Encoder initialisation", "", *inits, ""]
     figures = spec.get("figures") or []
     if figures:
         md += ["## Figures", ""]

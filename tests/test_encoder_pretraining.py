@@ -196,3 +196,9 @@ def test_cells_share_one_pretraining_and_the_tokenizer_starts_from_its_weights(t
         report = read_json(train / "init_report.json")
         assert f"stand-in pretrained ({init})" in report["source"] and str(folder / "encoder") in report["source"]
         assert report["counts"]["copied"] > 0
+    md = next((tmp_path / "r").rglob("README.md")).read_text()
+    init_section = md.split("## Encoder initialisation")[1].split("##")[0]
+    assert f"- 4, 8: {init} ViT" in init_section and f"stand-in pretrained ({init})" in init_section
+    assert (
+        f"from <run store>/pretrain_encoder/{pretrain[0].hash}/encoder (" in init_section and " copied" in init_section
+    )
