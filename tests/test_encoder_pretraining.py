@@ -12,8 +12,9 @@ import torch.nn.functional as F
 from conftest import TINY
 from torch.utils.data import TensorDataset
 
-from benchmark.encoder_pretraining import MaskedAutoencoder, SelfDistillation, build_objective, patchify
+from benchmark.encoder_pretraining import build_objective
 from benchmark.errors import ConfigError
+from benchmark.pretraining_objectives import MaskedAutoencoder, SelfDistillation, patchify
 from benchmark.run import main
 from benchmark.store import read_json
 from benchmark.study import build_plan
