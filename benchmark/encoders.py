@@ -70,9 +70,10 @@ class DINO(TimmEncoder):
 
 @register_encoder("dinov2")
 class DINOv2(TimmEncoder):
-    """DINOv2 (Oquab et al. 2024) ViT-S/B/L/g, patch 14, optionally with 4 registers, from timm. An offline
-    stand-in is pretrained with DINO's image-level objective (DINOv2's iBOT and KoLeo terms are not
-    implemented)."""
+    """DINOv2 (Oquab et al. 2024) ViT-S/B/L/g, patch 14, optionally with 4 registers, from timm.
+
+    An offline stand-in is pretrained with DINO's image-level objective (DINOv2's iBOT and KoLeo terms
+    are not implemented)."""
 
     pretrain_objective = "dino"
 

@@ -32,7 +32,9 @@ def main() -> int:
             print("  (none registered)")
         width = max((len(e.name) for e in entries), default=0)
         for entry in entries:
-            print(f"  {entry.name:<{width}}  {entry.description}")
+            objective = getattr(entry.obj, "pretrain_objective", None)  # an encoder's offline stand-in
+            extra = f" Offline stand-in pretraining: {objective}." if objective else ""
+            print(f"  {entry.name:<{width}}  {entry.description}{extra}")
     rows = studies()
     width = max(len(p) for p, _ in rows)
     print("studies (python -m benchmark.run <study> [--profile P]):")

@@ -118,6 +118,11 @@ def test_list_command_prints_every_kind():
         assert heading in result.stdout
     for name in ("titok", "procedural", "imagefolder", "psnr", "ssim", "codebook_usage"):
         assert f"  {name}" in result.stdout
+    encoders = {
+        line.split()[0]: line for line in result.stdout.split("encoders:\n")[1].split("datasets:")[0].splitlines()
+    }
+    assert encoders["mae"].endswith("Offline stand-in pretraining: mae.")
+    assert encoders["dinov2"].endswith("Offline stand-in pretraining: dino.") and "pretraining" not in encoders["clip"]
 
 
 def test_new_generator_file_is_found(tmp_path, monkeypatch):
