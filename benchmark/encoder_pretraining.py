@@ -28,7 +28,7 @@ import torch
 from torch import Tensor
 
 from benchmark.config import TrainConfig
-from benchmark.errors import ConfigError
+from benchmark.errors import ConfigError, StageError
 from benchmark.options import check_options, init_params, nested
 from benchmark.pretraining_objectives import OBJECTIVES, Objective
 
@@ -130,6 +130,13 @@ def pretrain_encoder(ctx: StageContext) -> dict[str, Any]:
     if not ctx.world.main:
         return {}
     objective.load_state_dict(weights)
+    probe = torch.stack([dataset[i][0] for i in range(min(256, len(dataset)))]).to(ctx.device)
+    reason = objective.eval().collapse(probe)
+    if reason:
+        raise StageError(
+            f"pretrain_encoder: the {objective.name} pretraining of {cfg['tokenizer.encoder']['init']} collapsed: "
+            f"{reason}; its weights are not saved (change tokenizer.encoder.pretrain or .stand_in)"
+        )
     timm.models.save_for_hf(objective.vit.cpu().eval(), str(ctx.dir / WEIGHTS_FOLDER), safe_serialization=True)
     return {
         "final_losses": terms,

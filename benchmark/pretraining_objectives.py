@@ -87,6 +87,11 @@ class Objective(nn.Module, ABC):
     def loss(self, views: list[Tensor]) -> dict[str, Tensor]:
         """The objective's loss terms on the views of a batch."""
 
+    def collapse(self, images: Tensor) -> str | None:
+        """Why the trained encoder is degenerate on ``images`` (None: it is not, or the objective cannot
+        collapse): checked after training, so that a collapsed pretraining fails loudly."""
+        return None
+
     def forward(self, images: Tensor) -> dict[str, Tensor]:
         """The objective's loss terms on a batch of images in [0, 1]."""
         return self.loss(self.views(images))
@@ -260,6 +265,23 @@ class SelfDistillation(Objective):
     def _class_token(self, vit: nn.Module, images: Tensor) -> Tensor:
         tokens, _ = vit_tokens(vit, self.normalize(images))
         return vit_trunk(vit, tokens)[:, 0]
+
+    @torch.no_grad()
+    def collapse(self, images: Tensor) -> str | None:
+        """DINO's two collapses (Sec. 5.3, Fig. 7): the teacher's centred, sharpened output uniform for every
+        image (its entropy within 1% of log K), or one prototype for every image (the entropy of its
+        batch-mean under 10% of log K)."""
+        out = self.teacher_head(self._class_token(self.teacher, images))
+        p = F.softmax((out - self.center) / self.teacher_temp, dim=-1)
+        entropy = -(p * p.clamp_min(1e-12).log()).sum(-1).mean().item()
+        mean = p.mean(0)
+        spread = -(mean * mean.clamp_min(1e-12).log()).sum().item()
+        top = math.log(p.shape[-1])
+        if entropy > 0.99 * top:
+            return f"the teacher's output is uniform for every image (entropy {entropy:.3f} of log K = {top:.3f})"
+        if spread < 0.1 * top:
+            return f"the teacher gives every image the same prototype (batch-mean entropy {spread:.3f})"
+        return None
 
     def loss(self, views: list[Tensor]) -> dict[str, Tensor]:
         student = self.head(self._class_token(self.vit, torch.cat(views))).chunk(len(views))

@@ -90,6 +90,22 @@ def test_dino_loss_teacher_momentum_and_centre_follow_the_paper():
     assert not any(p.requires_grad for p in dino.teacher.parameters())
 
 
+@pytest.mark.parametrize(
+    ("logits", "verdict"),
+    [
+        (torch.zeros(8, 32), "uniform for every image"),
+        (10 * F.one_hot(torch.full((8,), 3), 32).float(), "the same prototype"),
+        (10 * F.one_hot(torch.arange(8), 32).float(), None),  # sharp, and a different prototype per image
+    ],
+)
+def test_dino_names_its_two_collapses(logits, verdict):
+    dino = objective("dino", out_dim=32)
+    dino.teacher_head.register_forward_hook(lambda *_: logits)
+    found = dino.collapse(torch.rand(8, 3, 16, 16))
+    assert (found is None) if verdict is None else (verdict in found)
+    assert objective("mae").collapse(torch.rand(8, 3, 16, 16)) is None
+
+
 def test_views_draw_their_own_crop_for_every_image():
     dino = objective("dino", local_crops=3)
     images = torch.rand(1, 3, 16, 16).expand(6, -1, -1, -1)  # one image, six times
