@@ -343,6 +343,7 @@ def test_fetch_weights_lists_distinct_encoders_and_reports_offline_failures(monk
         {"init": "dinov2", "size": "S", "layer": 8},
         case.spec,
         {"init": "none"},
+        {"init": "mae", "stand_in": {"img_size": 32, "patch_size": 4}, "pretrain": {"steps": 2}},
     ]
     study = tmp_path / "study.yaml"
     study.write_text(
@@ -350,13 +351,14 @@ def test_fetch_weights_lists_distinct_encoders_and_reports_offline_failures(monk
     )
     plan = build_plan(study, "smoke")
     specs = fetch_weights.distinct_specs(plan)
-    assert [s for s, _ in specs.values()] == [{"init": "dinov2", "size": "S"}, case.spec, {"init": "none"}]
+    assert [s for s, _ in specs.values()][:3] == [{"init": "dinov2", "size": "S"}, case.spec, {"init": "none"}]
     assert len(specs[json.dumps({"init": "dinov2", "size": "S"}, sort_keys=True)][1]) == 2
 
     assert fetch_weights.main([str(study), "--profile", "smoke"]) == 1
     out = capsys.readouterr().out
     assert "could not fetch: cannot load the weights of dinov2 ViT-S (timm vit_small_patch14_dinov2.lvd142m)" in out
-    assert "local weights" in out and "2 of 3 encoder weights available; 1 could not be fetched" in out
+    assert "local weights" in out and "3 of 4 encoder weights available; 1 could not be fetched" in out
+    assert "stand-in built here (pretrained by its study's pretrain_encoder stage): nothing to fetch" in out
 
 
 # ---------------------------------------------------------------------------------------------
