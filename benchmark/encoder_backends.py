@@ -23,8 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from benchmark.encoder_pretraining import PretrainOptions, split_options
 from benchmark.errors import ConfigError, Tok1dError, WeightsError
+from benchmark.pretraining_objectives import PretrainOptions, split_options
 from benchmark.weight_transfer import (
     SourceViT,
     activation_name,

@@ -15,12 +15,12 @@ DINOv2 without its iBOT and KoLeo terms). Families trained on what the built-in 
 SigLIP: captions; Depth-Anything: depth; I-JEPA's objective is not implemented) have none.
 
 ``pretrain`` takes the training loop's options (benchmark/config.py ``TrainConfig``: steps, batch_size,
-lr, ...; defaults: the objective's recipe) and the objective's own (``mask_ratio``, ``out_dim``, ...).
+lr, ...; defaults: the objective's recipe) and the objective's own (``mask_ratio``, ``out_dim``, ...),
+checked by benchmark/pretraining_objectives.py.
 """
 
 from __future__ import annotations
 
-import typing
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -28,59 +28,13 @@ import torch
 from torch import Tensor
 
 from benchmark.config import TrainConfig
-from benchmark.errors import ConfigError, StageError
-from benchmark.options import check_options, init_params, nested
-from benchmark.pretraining_objectives import OBJECTIVES, Objective
+from benchmark.errors import StageError
+from benchmark.pretraining_objectives import OBJECTIVES, Objective, split_options, train_config
 
 if TYPE_CHECKING:
     from benchmark.stage_context import StageContext
 
 WEIGHTS_FOLDER = "encoder"  # the stage's output: the pretrained stand-in in its library's layout
-HARNESS_ARGS = frozenset({"vit", "mean", "std"})
-TRAIN_KEYS = typing.get_type_hints(TrainConfig)
-
-
-def split_options(spec: Mapping[str, Any], default: str | None, where: str) -> tuple[str, dict, dict]:
-    """``pretrain``'s objective name, training-loop options and objective options (checked)."""
-    if not isinstance(spec, Mapping):
-        raise ConfigError(f"{where}: expected a mapping of pretraining options, got {spec!r}")
-    name = spec.get("objective", default)
-    if name not in OBJECTIVES:
-        raise ConfigError(
-            f"{where}.objective: {name!r} is not a pretraining objective; choose from {', '.join(OBJECTIVES)}"
-        )
-    train = {k: v for k, v in spec.items() if k in TRAIN_KEYS}
-    options = {k: v for k, v in spec.items() if k not in TRAIN_KEYS and k != "objective"}
-    params = init_params(OBJECTIVES[name], HARNESS_ARGS)
-    check_options(options, params, where, f"pretraining objective '{name}' (or the training loop's)")
-    check_options(train, TRAIN_KEYS, where, "the training loop")
-    return name, train, options
-
-
-def check_pretrain(spec: Any, where: str) -> None:
-    """Plan-time check of ``tokenizer.encoder.pretrain`` as one of the objectives takes it (the encoder entry
-    checks it against its own family's objective: ``PretrainedEncoder``)."""
-    if not isinstance(spec, Mapping):
-        raise ConfigError(f"{where}: expected a mapping of pretraining options, got {spec!r}")
-    if "objective" in spec:
-        split_options(spec, None, where)
-        return
-    errors = []
-    for name in OBJECTIVES:
-        try:
-            split_options(spec, name, where)
-            return
-        except ConfigError as exc:
-            errors.append(str(exc))
-    raise ConfigError(errors[0])
-
-
-PretrainOptions = nested(check_pretrain)
-
-
-def train_config(name: str, train: Mapping[str, Any]) -> TrainConfig:
-    """The pretraining's loop options: the objective's recipe under the ones given."""
-    return TrainConfig(**{"checkpoint_every": 500, "log_every": 50, **OBJECTIVES[name].recipe, **train})
 
 
 def build_objective(spec: Mapping[str, Any]) -> tuple[Objective, TrainConfig]:

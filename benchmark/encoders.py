@@ -23,9 +23,9 @@ from benchmark.encoder_backends import (
     TransformersEncoder,
     Variant,
 )
-from benchmark.encoder_pretraining import PretrainOptions
 from benchmark.errors import ConfigError
 from benchmark.options import check_options, nested
+from benchmark.pretraining_objectives import PretrainOptions
 from benchmark.registry import ENCODERS, register_encoder
 from benchmark.weight_transfer import LoadReport, Row, apply_source
 

@@ -11,6 +11,8 @@ each a module around a timm ViT, whose weights are the ones kept.
           its batch means (tau_t = 0.04, tau_s = 0.1).
 
 Views are drawn per image on the batch's device with kornia (no per-image work in the data loader).
+``tokenizer.encoder.pretrain`` is checked here (:data:`PretrainOptions`): the training loop's options
+(benchmark/config.py ``TrainConfig``) and the objective's own.
 """
 
 from __future__ import annotations
@@ -18,14 +20,18 @@ from __future__ import annotations
 import copy
 import functools
 import math
+import typing
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
 from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from benchmark.config import TrainConfig
 from benchmark.errors import ConfigError
+from benchmark.options import check_options, init_params, nested
 
 
 def vit_tokens(vit: nn.Module, images: Tensor) -> tuple[Tensor, int]:
@@ -299,3 +305,48 @@ class SelfDistillation(Objective):
 
 
 OBJECTIVES: dict[str, type[Objective]] = {cls.name: cls for cls in (MaskedAutoencoder, SelfDistillation)}
+HARNESS_ARGS = frozenset({"vit", "mean", "std"})
+TRAIN_KEYS = typing.get_type_hints(TrainConfig)
+
+
+def split_options(spec: Mapping[str, Any], default: str | None, where: str) -> tuple[str, dict, dict]:
+    """``pretrain``'s objective name, training-loop options and objective options (checked)."""
+    if not isinstance(spec, Mapping):
+        raise ConfigError(f"{where}: expected a mapping of pretraining options, got {spec!r}")
+    name = spec.get("objective", default)
+    if name not in OBJECTIVES:
+        raise ConfigError(
+            f"{where}.objective: {name!r} is not a pretraining objective; choose from {', '.join(OBJECTIVES)}"
+        )
+    train = {k: v for k, v in spec.items() if k in TRAIN_KEYS}
+    options = {k: v for k, v in spec.items() if k not in TRAIN_KEYS and k != "objective"}
+    params = init_params(OBJECTIVES[name], HARNESS_ARGS)
+    check_options(options, params, where, f"pretraining objective '{name}' (or the training loop's)")
+    check_options(train, TRAIN_KEYS, where, "the training loop")
+    return name, train, options
+
+
+def check_pretrain(spec: Any, where: str) -> None:
+    """Plan-time check of ``tokenizer.encoder.pretrain`` as one of the objectives takes it (the encoder entry
+    checks it against its own family's objective: ``PretrainedEncoder``)."""
+    if not isinstance(spec, Mapping):
+        raise ConfigError(f"{where}: expected a mapping of pretraining options, got {spec!r}")
+    if "objective" in spec:
+        split_options(spec, None, where)
+        return
+    errors = []
+    for name in OBJECTIVES:
+        try:
+            split_options(spec, name, where)
+            return
+        except ConfigError as exc:
+            errors.append(str(exc))
+    raise ConfigError(errors[0])
+
+
+PretrainOptions = nested(check_pretrain)
+
+
+def train_config(name: str, train: Mapping[str, Any]) -> TrainConfig:
+    """The pretraining's loop options: the objective's recipe under the ones given."""
+    return TrainConfig(**{"checkpoint_every": 500, "log_every": 50, **OBJECTIVES[name].recipe, **train})
