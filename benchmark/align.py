@@ -23,12 +23,12 @@ from benchmark.options import nested
 
 def teacher_entry(spec: Mapping[str, Any], where: str) -> PretrainedEncoder:
     """The encoder entry a teacher mapping names (checked; nothing loaded); 'none' is refused."""
-    teacher = build_encoder(spec, where=where)
-    if isinstance(spec, Mapping) and spec.get("pretrain") is not None:
+    if isinstance(spec, Mapping) and spec.get("pretrain") is not None:  # before the entry checks it as an encoder's
         raise ConfigError(
             f"{where}.pretrain: only tokenizer.encoder is pretrained offline (stage pretrain_encoder); "
             "a teacher is a stand-in or published weights"
         )
+    teacher = build_encoder(spec, where=where)
     if isinstance(teacher, NoEncoder):
         raise ConfigError(
             f"{where}.init: 'none' has no features to align to; choose a pretrained encoder or set {where}: null"

@@ -31,18 +31,8 @@ from torch import Tensor, nn
 
 from benchmark.config import TrainConfig
 from benchmark.errors import ConfigError
+from benchmark.layers import patchify
 from benchmark.options import check_options, init_params, nested
-
-
-def vit_tokens(vit: nn.Module, images: Tensor) -> tuple[Tensor, int]:
-    """A timm ViT's input tokens for ``images`` (already normalised): patch embeddings plus position
-    embeddings, prefix tokens (class, registers) first; and the number of prefix tokens."""
-    return vit._pos_embed(vit.patch_embed(images)), vit.num_prefix_tokens
-
-
-def vit_trunk(vit: nn.Module, tokens: Tensor) -> Tensor:
-    """A timm ViT's blocks and final norm on a token sequence."""
-    return vit.norm(vit.blocks(vit.norm_pre(tokens)))
 
 
 class Normalize(nn.Module):
@@ -103,13 +93,6 @@ class Objective(nn.Module, ABC):
         return self.loss(self.views(images))
 
 
-def patchify(images: Tensor, patch: int) -> Tensor:
-    """(B, C, H, W) -> (B, N, patch * patch * C), patches in raster order (as a ViT's patch embedding)."""
-    b, c, h, w = images.shape
-    x = images.reshape(b, c, h // patch, patch, w // patch, patch)
-    return x.permute(0, 2, 4, 3, 5, 1).reshape(b, (h // patch) * (w // patch), patch * patch * c)
-
-
 class MaskedAutoencoder(Objective):
     """MAE (He et al. 2022): the ViT encodes a random ``1 - mask_ratio`` of the patches; a decoder of
     ``decoder_depth`` blocks of width ``decoder_dim`` (default: half the encoder's, as MAE's 512 for
@@ -160,14 +143,14 @@ class MaskedAutoencoder(Objective):
 
     def loss(self, views: list[Tensor]) -> dict[str, Tensor]:
         x = self.normalize(views[0])
-        tokens, prefix = vit_tokens(self.vit, x)
+        tokens, prefix = self.vit._pos_embed(self.vit.patch_embed(x)), self.vit.num_prefix_tokens  # prefix first
         patches = tokens[:, prefix:]
         b, n, d = patches.shape
         keep = max(1, round(n * (1 - self.mask_ratio)))
         order = torch.rand(b, n, device=x.device).argsort(dim=1)  # a random permutation per image
         restore = order.argsort(dim=1)
         visible = patches.gather(1, order[:, :keep, None].expand(-1, -1, d))
-        latent = vit_trunk(self.vit, torch.cat([tokens[:, :prefix], visible], dim=1))
+        latent = self.vit.norm(self.vit.blocks(self.vit.norm_pre(torch.cat([tokens[:, :prefix], visible], dim=1))))
         y = self.decoder_embed(latent)
         masked = self.mask_token.expand(b, n - keep, -1)
         full = torch.cat([y[:, prefix:], masked], dim=1).gather(1, restore[:, :, None].expand(-1, -1, y.shape[-1]))
@@ -269,8 +252,7 @@ class SelfDistillation(Objective):
             torch._foreach_lerp_(teacher, student, 1 - m)
 
     def _class_token(self, vit: nn.Module, images: Tensor) -> Tensor:
-        tokens, _ = vit_tokens(vit, self.normalize(images))
-        return vit_trunk(vit, tokens)[:, 0]
+        return vit.forward_features(self.normalize(images))[:, 0]
 
     @torch.no_grad()
     def collapse(self, images: Tensor) -> str | None:

@@ -14,7 +14,8 @@ from torch.utils.data import TensorDataset
 
 from benchmark.encoder_pretraining import build_objective
 from benchmark.errors import ConfigError
-from benchmark.pretraining_objectives import MaskedAutoencoder, SelfDistillation, patchify
+from benchmark.layers import patchify
+from benchmark.pretraining_objectives import MaskedAutoencoder, SelfDistillation
 from benchmark.run import main
 from benchmark.store import read_json
 from benchmark.study import build_plan
