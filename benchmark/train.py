@@ -29,6 +29,7 @@ import logging
 import math
 import os
 import pickle
+import shutil
 import threading
 import time
 import zipfile
@@ -355,11 +356,25 @@ def load_checkpoint(folder: Path, log: logging.Logger) -> dict[str, object] | No
 
 
 def save_checkpoint(folder: Path, state: dict[str, object]) -> None:
-    """``folder/last.pt`` (atomically), the one before it kept as ``folder/prev.pt``."""
+    """``folder/last.pt`` (atomically), the one before it kept as ``folder/prev.pt``. The new state is
+    written first and the old file is hard-linked as ``prev.pt`` before the swap, so once a checkpoint
+    exists ``last.pt`` exists at every instant: a kill at any moment leaves both files readable."""
     last = folder / "last.pt"
-    if last.is_file():
-        os.replace(last, folder / "prev.pt")
-    atomic_write(last, lambda tmp: torch.save(state, tmp))
+
+    def write(tmp: Path) -> None:
+        torch.save(state, tmp)
+        if last.is_file():
+            atomic_write(folder / "prev.pt", lambda prev: _link_or_copy(last, prev))
+
+    atomic_write(last, write)
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    """Hard-link ``src`` as ``dst``; copy it where the file system has no hard links."""
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copyfile(src, dst)
 
 
 def fit(

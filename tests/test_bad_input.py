@@ -108,6 +108,24 @@ def test_a_truncated_checkpoint_falls_back_to_the_previous_one(tmp_path, caplog)
     assert f"checkpoint {last} is unreadable" in caplog.text
 
 
+def test_last_checkpoint_exists_while_the_next_one_is_written(tmp_path, monkeypatch):
+    """A kill during a save (the slow part is writing the new state) still finds ``last.pt``."""
+    folder = tmp_path / "ckpt"
+    save_checkpoint(folder, {"step": 4, "model": {"w": torch.ones(2)}})
+    seen = []
+    real_save = torch.save
+
+    def save_and_look(obj, f):
+        seen.append(torch.load(folder / "last.pt", weights_only=True)["step"])
+        real_save(obj, f)
+
+    monkeypatch.setattr(torch, "save", save_and_look)
+    save_checkpoint(folder, {"step": 8, "model": {"w": torch.zeros(2)}})
+    assert seen == [4]
+    assert torch.load(folder / "last.pt", weights_only=True)["step"] == 8
+    assert torch.load(folder / "prev.pt", weights_only=True)["step"] == 4
+
+
 def image_folder(root: Path, bad: int) -> Path:
     """root/val/<class>/ with 6 readable images and ``bad`` unreadable ones."""
     for c in ("a", "b"):
