@@ -14,7 +14,8 @@ PATH is recognised by what it holds, in this order:
     image folder       image files directly in it: gFID / IS
 
 gFID's reference is --reference (an .npz of mu / sigma, e.g. ADM's VIRTUAL_imagenet256_labeled.npz)
-or the statistics of the tokenizer data's train split, computed once and cached under --cache.
+or the statistics of the tokenizer data's train split, computed once and cached under --cache;
+rFID's originals (the evaluated split's first --num-images images) are cached there too.
 The same checkpoint, options and --seed give the same numbers.
 """
 
@@ -197,6 +198,7 @@ def evaluate_tokenizer_dir(folder: Path, args: argparse.Namespace, out: Path | N
         num_workers=args.num_workers,
         seed=args.seed,
         precision=cfg.precision,
+        reference_cache=Path(args.cache).expanduser(),
     )
     if out is not None and evaluation.preview is not None:
         save_image_grid(evaluation.preview, out / "reconstructions.png", nrow=len(evaluation.preview) // 2)
@@ -435,7 +437,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="generators: options of the generator's sample(), e.g. temperature=1.2",
     )
     p.add_argument("--reference", help="gFID reference statistics: an .npz of mu / sigma (or arr_0 images)")
-    p.add_argument("--cache", default=DEFAULT_CACHE, help=f"reference statistics cache (default: {DEFAULT_CACHE})")
+    p.add_argument(
+        "--cache",
+        default=DEFAULT_CACHE,
+        help=f"Inception statistics cache: gFID's reference and rFID's originals (default: {DEFAULT_CACHE})",
+    )
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     p.add_argument("--num-workers", type=int, default=0)
     p.add_argument("--out", help="keep reconstructions.png / the samples (images.npy, samples.png) in this folder")

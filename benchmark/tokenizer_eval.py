@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
@@ -28,6 +28,9 @@ from benchmark.distributed import ONE_PROCESS, World, rank_batches
 from benchmark.errors import DataError
 from benchmark.metrics import EvalBatch, Metric, build_metrics, compute_all, gather_metrics, protocols
 from benchmark.precision import InferencePrecision
+
+if TYPE_CHECKING:
+    from benchmark.fid import FeatureStats
 
 PREVIEW = 8  # originals (and their reconstructions) kept for the preview grid
 
@@ -80,12 +83,18 @@ def reconstruction_metrics(
     num_workers: int = 0,
     precision: str = "bf16",
     world: World = ONE_PROCESS,
+    rfid_reference: FeatureStats | None = None,
 ) -> tuple[list[Metric], Tensor | None]:
     """``cfg.metrics`` of ``model`` over ``dataset`` in order (the metric objects, after every update),
     and the first (up to) 8 originals over their reconstructions (CPU). With several processes in
     ``world`` (every rank calls it) each evaluates its share of the batches and the metrics are merged:
-    every rank's metrics are those of the whole set; the preview is rank 0's (None on the others)."""
-    metrics = build_metrics(cfg.metrics, model.token_spec, metric_options(cfg, device))
+    every rank's metrics are those of the whole set; the preview is rank 0's (None on the others).
+    ``rfid_reference``: the Inception statistics of ``dataset``'s images, computed before (the originals
+    then do not run through Inception)."""
+    options = metric_options(cfg, device)
+    if rfid_reference is not None:
+        options["rfid"] = {**options["rfid"], "reference": rfid_reference}
+    metrics = build_metrics(cfg.metrics, model.token_spec, options)
     loader = DataLoader(
         dataset,
         batch_sampler=rank_batches(len(dataset), cfg.batch_size, world),  # type: ignore[arg-type]
@@ -114,11 +123,15 @@ def evaluate_tokenizer(
     seed: int = 0,
     precision: str = "bf16",
     world: World = ONE_PROCESS,
+    reference_cache: Path | None = None,
 ) -> TokenizerEvaluation:
     """``cfg.metrics`` of the tokenizer stored in ``folder`` on ``split`` of the dataset ``data``
     (its first ``cfg.num_images`` images), with the protocol record the reports print. ``precision``:
     of encode and decode (benchmark/precision.py); the metrics compute in float32. ``world``: the
-    processes that share the batches (every rank calls it and gets the results; the preview is rank 0's)."""
+    processes that share the batches (every rank calls it and gets the results; the preview is rank 0's).
+    ``reference_cache``: where rFID keeps the Inception statistics of these originals
+    (:func:`benchmark.fid.dataset_reference_stats`, the same images), so the evaluations of every cell
+    that shares the eval split run the originals through Inception once; None: each evaluation does."""
     from benchmark.data import build_dataset
 
     torch.manual_seed(seed)
@@ -129,7 +142,22 @@ def evaluate_tokenizer(
         dataset = Subset(dataset, range(min(cfg.num_images, len(dataset))))
     if len(dataset) == 0:
         raise DataError(f"the {split} split of {dict(data)} holds no images")
-    metrics, preview = reconstruction_metrics(model, dataset, cfg, device, num_workers, precision, world)
+    reference = None
+    if reference_cache is not None and "rfid" in cfg.metrics:
+        from benchmark.fid import dataset_reference_stats, load_inception
+
+        extractor = load_inception(cfg.inception_weights, device=str(device))
+        reference = dataset_reference_stats(
+            data,
+            split,
+            extractor,
+            cache_dir=reference_cache,
+            num_images=cfg.num_images,
+            batch_size=cfg.batch_size,
+            num_workers=num_workers,
+            world=world,
+        )
+    metrics, preview = reconstruction_metrics(model, dataset, cfg, device, num_workers, precision, world, reference)
     histograms = {
         name: counts.tolist() for m in metrics if hasattr(m, "histograms") for name, counts in m.histograms().items()
     }

@@ -275,6 +275,7 @@ def evaluate_tokenizer(ctx: StageContext) -> dict[str, Any]:
         num_workers=ctx.runtime.get("num_workers", 0),
         precision=cfg.precision,
         world=ctx.world,
+        reference_cache=ctx.store.root / "fid_stats",
     )
     if not ctx.world.main:
         return {}

@@ -90,6 +90,8 @@ def test_tokenizer_folder_deterministic_same_as_stage_and_printed(
         "6",
         "--batch-size",
         "4",
+        "--cache",
+        str(tmp_path / "fid_stats"),
     ]
     first = run_json(argv, tmp_path / "a.json")
     printed = capsys.readouterr().out
@@ -107,10 +109,11 @@ def test_tokenizer_folder_deterministic_same_as_stage_and_printed(
     assert f"{metrics['psnr']:.4g}" in printed and "## Protocol" in printed
     assert "6 images of the eval split" in printed and "weights_sha256" in printed
     # The study's evaluate_tokenizer stage gives the same numbers.
+    eval_cfg = {"metrics": ["psnr", "ssim", "codebook_usage", "rfid"], "num_images": 6, "batch_size": 4}
     ctx = StageContext(
         "evaluate_tokenizer",
         "h",
-        {"data": DATA, "eval": {"metrics": ["psnr", "ssim", "codebook_usage"], "num_images": 6, "batch_size": 4}},
+        {"data": DATA, "eval": {**eval_cfg, "inception_weights": str(weights)}},
         {"train_tokenizer": "tok"},
         {"device": "cpu"},
         tmp_path / "stage",
@@ -118,7 +121,36 @@ def test_tokenizer_folder_deterministic_same_as_stage_and_printed(
         logging.getLogger("test"),
     )
     stage = evaluate_tokenizer(ctx)["metrics"]
-    assert stage == {k: metrics[k] for k in stage}
+    assert stage == {k: metrics[k] for k in stage} and "rfid" in stage
+
+
+@pytest.mark.slow
+def test_rfid_originals_run_through_inception_once(
+    runs: Path, weights: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """rFID's originals are the eval split's first images whatever the tokenizer: their statistics are
+    cached (benchmark.fid.dataset_reference_stats), and the rFID is the one computed without the cache."""
+    from benchmark.config import EvalConfig
+    from benchmark.fid import InceptionV3
+    from benchmark.tokenizer_eval import evaluate_tokenizer as evaluate_folder
+
+    seen: list[int] = []
+    call = InceptionV3.__call__
+    monkeypatch.setattr(InceptionV3, "__call__", lambda self, x, memo=False: seen.append(len(x)) or call(self, x, memo))
+    folder, cpu = runs / "train_tokenizer" / "tok", torch.device("cpu")
+    cfg = EvalConfig(metrics=["rfid"], num_images=6, batch_size=4, inception_weights=str(weights))
+    uncached = evaluate_folder(folder, DATA, cfg, cpu)
+    assert sum(seen) == 12  # originals and reconstructions
+    assert uncached.protocol["metric_protocols"][0]["reference"] == "originals of the evaluated batches"
+    cache = tmp_path / "fid_stats"
+    seen.clear()
+    first = evaluate_folder(folder, DATA, cfg, cpu, reference_cache=cache)
+    assert sum(seen) == 12 and len(list(cache.glob("*.npz"))) == 1
+    seen.clear()
+    again = evaluate_folder(folder, DATA, cfg, cpu, reference_cache=cache)
+    assert sum(seen) == 6  # the reconstructions only
+    assert again.metrics == first.metrics and first.metrics["rfid"] == pytest.approx(uncached.metrics["rfid"], rel=1e-9)
+    assert "procedural eval split, 6 images" in again.protocol["metric_protocols"][0]["reference"]
 
 
 def test_tokenizer_split_and_data_overrides(runs: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
