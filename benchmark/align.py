@@ -9,6 +9,7 @@ teacher's width D, ``y`` a frozen teacher's patch features (B, M, D) resampled t
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Mapping
 from typing import Any
@@ -36,11 +37,17 @@ def teacher_entry(spec: Mapping[str, Any], where: str) -> PretrainedEncoder:
     return teacher
 
 
+_FEATURE_DIMS: dict[str, int] = {}  # a teacher spec (JSON) -> its D: a stand-in's is probed once per process
+
+
 def build_teacher(spec: Mapping[str, Any], where: str) -> tuple[PretrainedEncoder, int]:
     """A frozen alignment teacher (a benchmark.encoders entry, a plain object: its weights stay out of
     the model's parameters and checkpoints) and its feature width D."""
     teacher = teacher_entry(spec, where)
-    return teacher, teacher.feature_dim()
+    key = json.dumps(spec, sort_keys=True, default=str)
+    if key not in _FEATURE_DIMS:
+        _FEATURE_DIMS[key] = teacher.feature_dim()
+    return teacher, _FEATURE_DIMS[key]
 
 
 TeacherOptions = nested(teacher_entry)

@@ -24,11 +24,16 @@ def parameter_counts(model: nn.Module) -> dict[str, int]:
     return out
 
 
-def gflops(fn: Callable[[], Any]) -> float:
-    """GFLOPs of one call of ``fn`` (a multiply-add counts as two FLOPs)."""
+def counted(fn: Callable[[], Any]) -> tuple[float, Any]:
+    """GFLOPs of one call of ``fn`` (a multiply-add counts as two FLOPs) and what it returned."""
     with FlopCounterMode(display=False) as counter:
-        fn()
-    return counter.get_total_flops() / 1e9
+        out = fn()
+    return counter.get_total_flops() / 1e9, out
+
+
+def gflops(fn: Callable[[], Any]) -> float:
+    """GFLOPs of one call of ``fn``."""
+    return counted(fn)[0]
 
 
 def tokenizer_cost(tokenizer: nn.Module, image_size: int, device: torch.device) -> dict[str, Any]:
@@ -41,11 +46,11 @@ def tokenizer_cost(tokenizer: nn.Module, image_size: int, device: torch.device) 
     tokenizer.zero_grad(set_to_none=True)
     tokenizer.train(was_training)
     with torch.no_grad():
-        tokens = tokenizer.encode(images)
+        encode, tokens = counted(lambda: tokenizer.encode(images))
         return {
             "params": parameter_counts(tokenizer),
             "train_step_gflops": train,
-            "encode_gflops": gflops(lambda: tokenizer.encode(images)),
+            "encode_gflops": encode,
             "decode_gflops": gflops(lambda: tokenizer.decode(tokens)),
         }
 

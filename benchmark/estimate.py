@@ -70,7 +70,7 @@ def _tokenizer_costs(config: dict[str, Any]) -> tuple[dict[str, float], Any]:
     import torch
 
     from benchmark.checkpoints import build_tokenizer
-    from benchmark.cost import gflops, tokenizer_cost
+    from benchmark.cost import counted, gflops, tokenizer_cost
 
     res = config["data"]["resolution"]
     with torch.device("meta"):
@@ -85,8 +85,7 @@ def _tokenizer_costs(config: dict[str, Any]) -> tuple[dict[str, float], Any]:
                     f"{str(exc).splitlines()[0][:300]}"
                 ) from None
             images = torch.zeros(1, 3, res, res)  # a loss that needs values (a solver's test): count the network
-            encode = gflops(lambda: model.encode(images))
-            tokens = model.encode(images)
+            encode, tokens = counted(lambda: model.encode(images))
             decode = gflops(lambda: model.decode(tokens))
             cost = {
                 "train_step_gflops": 3 * (encode + decode),
