@@ -8,7 +8,28 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
+from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
+
+Shape = tuple[int, ...]
+
+
+def _cpu_attention(query_shape: Shape, key_shape: Shape, value_shape: Shape, *args: Any, **kwargs: Any) -> int:
+    return sdpa_flop_count(query_shape, key_shape, value_shape)
+
+
+def _cpu_attention_backward(
+    grad_out_shape: Shape, query_shape: Shape, key_shape: Shape, value_shape: Shape, *args: Any, **kwargs: Any
+) -> int:
+    return sdpa_backward_flop_count(grad_out_shape, query_shape, key_shape, value_shape)
+
+
+# PyTorch's counter has formulas for the CUDA attention kernels (flash, memory-efficient, cuDNN) but not
+# for the CPU's, whose SDPA it counts as 0 FLOPs: the CPU kernel computes the same attention, counted
+# with PyTorch's own formulas (Q K^T and P V forward; their gradients backward).
+CPU_ATTENTION = {
+    torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _cpu_attention,
+    torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward: _cpu_attention_backward,
+}
 
 
 def parameter_counts(model: nn.Module) -> dict[str, int]:
@@ -26,7 +47,7 @@ def parameter_counts(model: nn.Module) -> dict[str, int]:
 
 def counted(fn: Callable[[], Any]) -> tuple[float, Any]:
     """GFLOPs of one call of ``fn`` (a multiply-add counts as two FLOPs) and what it returned."""
-    with FlopCounterMode(display=False) as counter:
+    with FlopCounterMode(display=False, custom_mapping=CPU_ATTENTION) as counter:
         out = fn()
     return counter.get_total_flops() / 1e9, out
 

@@ -428,3 +428,27 @@ def test_bench_bad_options_are_clear_errors(capsys: pytest.CaptureFixture) -> No
     assert "at least one --tokenizer" in capsys.readouterr().err
     assert bench.main(["--suite", "smoke", "--tokenizer", "titok"]) == 2
     assert "either --suite or" in capsys.readouterr().err
+
+
+def test_cpu_attention_is_counted_as_on_the_meta_device_and_cuda() -> None:
+    """PyTorch's FLOP counter counts the CPU's SDPA kernel as 0 FLOPs; ours counts it as the meta device's
+    (forward: 2 x 2 b h s_q s_k d) and the CUDA flash kernel's backward formula, so a stage's cost on the
+    CPU includes attention and an encode costs the same on the CPU and on the meta device."""
+    from torch.utils.flop_counter import sdpa_backward_flop_count
+
+    from benchmark.cost import gflops, tokenizer_cost
+
+    b, h, s_q, s_k, d = 2, 3, 16, 24, 8
+    q, k = torch.randn(b, h, s_q, d, requires_grad=True), torch.randn(b, h, s_k, d, requires_grad=True)
+    attention = lambda: torch.nn.functional.scaled_dot_product_attention(q, k, k)  # noqa: E731
+    forward = 2 * 2 * b * h * s_q * s_k * d
+    assert round(gflops(attention) * 1e9) == forward
+    assert round(gflops(lambda: attention().sum().backward()) * 1e9) == forward + sdpa_backward_flop_count(
+        (b, h, s_q, d), (b, h, s_q, d), (b, h, s_k, d), (b, h, s_k, d)
+    )
+    torch.manual_seed(0)
+    config = {"data": DATA, "tokenizer": TOKENIZER}
+    cpu = tokenizer_cost(build_tokenizer(config), DATA["resolution"], torch.device("cpu"))
+    with torch.device("meta"):
+        meta = tokenizer_cost(build_tokenizer(config).to("meta"), DATA["resolution"], torch.device("meta"))
+    assert cpu["encode_gflops"] == meta["encode_gflops"] and cpu["decode_gflops"] == meta["decode_gflops"]
