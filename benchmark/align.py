@@ -9,7 +9,6 @@ teacher's width D, ``y`` a frozen teacher's patch features (B, M, D) resampled t
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Mapping
 from typing import Any
@@ -37,17 +36,12 @@ def teacher_entry(spec: Mapping[str, Any], where: str) -> PretrainedEncoder:
     return teacher
 
 
-_FEATURE_DIMS: dict[str, int] = {}  # a teacher spec (JSON) -> its D: a stand-in's is probed once per process
-
-
 def build_teacher(spec: Mapping[str, Any], where: str) -> tuple[PretrainedEncoder, int]:
     """A frozen alignment teacher (a benchmark.encoders entry, a plain object: its weights stay out of
-    the model's parameters and checkpoints) and its feature width D."""
+    the model's parameters and checkpoints) and its feature width D. A stand-in's width comes from a probe
+    that loads it here, so its random weights are drawn at the same point of every build (not cached)."""
     teacher = teacher_entry(spec, where)
-    key = json.dumps(spec, sort_keys=True, default=str)
-    if key not in _FEATURE_DIMS:
-        _FEATURE_DIMS[key] = teacher.feature_dim()
-    return teacher, _FEATURE_DIMS[key]
+    return teacher, teacher.feature_dim()
 
 
 TeacherOptions = nested(teacher_entry)
