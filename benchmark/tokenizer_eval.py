@@ -146,7 +146,7 @@ def evaluate_tokenizer(
     if reference_cache is not None and "rfid" in cfg.metrics:
         from benchmark.fid import dataset_reference_stats, load_inception
 
-        extractor = load_inception(cfg.inception_weights, device=str(device))
+        extractor = load_inception(**metric_options(cfg, device)["rfid"])  # the Inception rFID itself runs
         reference = dataset_reference_stats(
             data,
             split,
