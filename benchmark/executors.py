@@ -97,6 +97,11 @@ def run_stage(store_root: str, kind: str, hash: str, take_lock: bool = False) ->
     with lock as held:
         if not distributed.broadcast_object(held):
             raise StageError(f"{kind} {hash} is already running elsewhere ({store.live_lock(kind, hash)})")
+        done = store.result(kind, hash) if take_lock and world.main else None
+        if distributed.broadcast_object(done is not None):  # another run finished it while this job queued
+            log.info("already finished by another run; nothing to do")
+            distributed.shutdown()
+            return done
         if world.main:
             store.begin(kind, hash)
             log.info(
@@ -343,10 +348,13 @@ class Worker:
         self._error: str | None = None
 
     def take_lock(self) -> bool:
+        """Hold the stage's lock; False when another run holds it, or finished the stage between our
+        look at its state and now (then the next look finds it cached)."""
         held = self._locks.enter_context(self.store.lock(self.stage.kind, self.stage.hash))
-        if not held:
+        if not held or self.store.result(self.stage.kind, self.stage.hash) is not None:
             self._locks.close()
-        return held
+            return False
+        return True
 
     def run_here(self, nprocs: int) -> None:
         try:

@@ -37,6 +37,7 @@ RUNS_ENV = "TOK1D_RUNS"
 MUTABLE = {"stage.json", "result.json", "error.json", "lock.json", "slurm.json", "log.txt"}
 MUTABLE_DIRS = ("ckpt", "tb", "slurm")
 STALE_HEARTBEAT_S = 3600  # a lock from another host without a Slurm job is stale after an hour of silence
+HALF_WRITTEN_LOCK_S = 60  # an unreadable lock younger than this is being written (see RunStore.lock)
 
 
 def default_root(cli: str | None = None) -> Path:
@@ -67,10 +68,10 @@ def write_json(path: Path, data: Any) -> None:
 
 def read_json(path: Path) -> Any:
     """The JSON in ``path``, or None when absent; a file that does not parse is a StoreError naming it."""
-    if not path.is_file():
-        return None
     try:
         return json.loads(path.read_text())
+    except (FileNotFoundError, NotADirectoryError):  # also when removed between a look and the read
+        return None
     except (ValueError, UnicodeDecodeError) as exc:
         raise StoreError(f"{path}: not valid JSON ({type(exc).__name__}: {exc})") from exc
 
@@ -289,7 +290,14 @@ class RunStore:
         """The stage's lock if its holder is alive: same host and pid running, or its Slurm job still
         running, or (another host, no job) a heartbeat within the last hour. A stale lock is removed."""
         path = self.dir(kind, hash) / "lock.json"
-        lock = self._read(path)
+        try:
+            lock = read_json(path)
+        except StoreError:  # only on a file system without hard links (see lock): being written, or left so
+            with contextlib.suppress(FileNotFoundError):
+                if time.time() - path.stat().st_mtime < HALF_WRITTEN_LOCK_S:
+                    return {"lock": str(path), "state": "being written"}
+            path.unlink(missing_ok=True)
+            return None
         if lock is None:
             return None
         if lock_alive(lock, path, self.probe):
@@ -300,26 +308,50 @@ class RunStore:
     @contextlib.contextmanager
     def lock(self, kind: str, hash: str) -> Iterator[bool]:
         """Hold the stage's lock while the body runs; yields False (holding nothing) when a live holder
-        has it. Creation is atomic (O_EXCL), so two processes never both hold it."""
+        has it. The lock file appears with its content in one step (a hard link to a written file, which
+        fails if the lock exists, also on NFS), so no other process ever reads a half-written lock,
+        takes it for corrupt and moves it aside: two processes never both hold it."""
         path = self.dir(kind, hash) / "lock.json"
         path.parent.mkdir(parents=True, exist_ok=True)
         mine = {"host": socket.gethostname(), "pid": os.getpid(), "job_id": slurm_job_id(), "started": time.time()}
-        for _ in range(2):
-            try:
-                fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
-                if self.live_lock(kind, hash) is not None:
-                    yield False
-                    return
-                continue  # the stale lock was removed: try again
-            with os.fdopen(fd, "w") as fh:
-                json.dump(mine, fh)
-            try:
-                yield True
-            finally:
-                path.unlink(missing_ok=True)
+        draft = path.with_name(f".{path.name}.{socket.gethostname()}.{os.getpid()}")
+        draft.write_text(json.dumps(mine))
+        try:
+            held = False
+            for _ in range(2):
+                try:
+                    _create_from(draft, path)
+                except FileExistsError:
+                    if self.live_lock(kind, hash) is not None:
+                        break
+                    continue  # the stale lock was removed: try again
+                held = True
+                break
+        finally:
+            draft.unlink(missing_ok=True)
+        if not held:
+            yield False
             return
-        yield False
+        try:
+            yield True
+        finally:
+            path.unlink(missing_ok=True)
+
+
+def _create_from(draft: Path, path: Path) -> None:
+    """Make ``path`` with ``draft``'s content in one step; FileExistsError if it exists. A file system
+    without hard links gets an exclusive create followed by the write (readers then meet an empty file
+    for an instant, which :meth:`RunStore.live_lock` treats as live)."""
+    try:
+        os.link(draft, path)
+    except FileExistsError:
+        raise
+    except OSError as exc:
+        if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV):
+            raise
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(draft.read_text())
 
 
 def lock_alive(lock: dict[str, Any], path: Path, probe: JobProbe | None) -> bool:
