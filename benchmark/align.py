@@ -23,11 +23,6 @@ from benchmark.options import nested
 
 def teacher_entry(spec: Mapping[str, Any], where: str) -> PretrainedEncoder:
     """The encoder entry a teacher mapping names (checked; nothing loaded); 'none' is refused."""
-    if isinstance(spec, Mapping) and spec.get("pretrain") is not None:  # before the entry checks it as an encoder's
-        raise ConfigError(
-            f"{where}.pretrain: only tokenizer.encoder is pretrained offline (stage pretrain_encoder); "
-            "a teacher is a stand-in or published weights"
-        )
     teacher = build_encoder(spec, where=where)
     if isinstance(teacher, NoEncoder):
         raise ConfigError(
@@ -39,9 +34,17 @@ def teacher_entry(spec: Mapping[str, Any], where: str) -> PretrainedEncoder:
 def build_teacher(spec: Mapping[str, Any], where: str) -> tuple[PretrainedEncoder, int]:
     """A frozen alignment teacher (a benchmark.encoders entry, a plain object: its weights stay out of
     the model's parameters and checkpoints) and its feature width D. A stand-in's width comes from a probe
-    that loads it here, so its random weights are drawn at the same point of every build (not cached)."""
+    that loads it here, so its random weights are drawn at the same point of every build (not cached).
+
+    A stand-in pretrained offline (``pretrain``) gets its ``weights`` from its pretraining stage in the
+    stages that train with it (benchmark/encoder_pretraining.py ``with_pretrained_teachers``). Elsewhere
+    (plan-time estimates; a trained model rebuilt for evaluation or sampling, which never calls its
+    teacher) the width is probed on the same architecture with random weights, and the teacher refuses
+    to give features (:meth:`PretrainedEncoder.model`)."""
     teacher = teacher_entry(spec, where)
-    return teacher, teacher.feature_dim()
+    if teacher.pretrain is None or teacher.weights is not None:
+        return teacher, teacher.feature_dim()
+    return teacher, teacher_entry({k: v for k, v in spec.items() if k != "pretrain"}, where).feature_dim()
 
 
 TeacherOptions = nested(teacher_entry)

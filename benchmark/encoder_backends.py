@@ -106,18 +106,19 @@ class PretrainedEncoder(ABC):
         self.variant = self.variants[size]
         self.model_id = model_id or self.variant.model_id
         self.weights = weights
-        self.stand_in, self.pretrain = stand_in, pretrain
+        self.stand_in, self.pretrain = stand_in, None
         if pretrain is not None:
-            self._check_pretrain(pretrain)
+            self.set_pretrain(pretrain)
         self._model: nn.Module | None = None
 
-    def _check_pretrain(self, pretrain: dict) -> None:
+    def set_pretrain(self, pretrain: dict, encoder: str = "tokenizer.encoder") -> None:
         """``pretrain`` trains a stand-in (published weights are pretrained already) with an objective
-        this family was pretrained with, on a timm ViT (benchmark/encoder_pretraining.py)."""
-        where = "tokenizer.encoder.pretrain"
+        this family was pretrained with, on a timm ViT (benchmark/encoder_pretraining.py); ``encoder``:
+        where the config names this encoder, for the error messages."""
+        where = f"{encoder}.pretrain"
         if self.stand_in is None:
             raise ConfigError(
-                f"{where}: pretrains a random-weight stand-in; set tokenizer.encoder.stand_in, or drop pretrain "
+                f"{where}: pretrains a random-weight stand-in; give this encoder a stand_in, or drop pretrain "
                 f"to use {self.registry_name}'s published weights"
             )
         if self.pretrain_objective is None or self.library != "timm":
@@ -132,6 +133,7 @@ class PretrainedEncoder(ABC):
                 f"('{self.pretrain_objective}')"
             )
         split_options(pretrain, self.pretrain_objective, where)
+        self.pretrain = pretrain
 
     def describe(self) -> str:
         tag = f" pretrained={self.variant.tag}" if self.variant.tag and not self.weights else ""
@@ -144,11 +146,14 @@ class PretrainedEncoder(ABC):
     # -- loading -----------------------------------------------------------------------------
 
     def model(self) -> nn.Module:
-        """The pretrained vision trunk, loaded once, in eval mode with gradients off."""
+        """The pretrained vision trunk, loaded once, in eval mode with gradients off. A stand-in that its
+        offline pretraining has not given weights yet is refused, except on the meta device (plan-time
+        shapes and costs, where the architecture is all there is)."""
         if self._model is None:
-            if self.stand_in is not None and self.pretrain is not None and self.weights is None:
+            shapes_only = torch.empty(0).device.type == "meta"  # under `with torch.device("meta")`
+            if self.stand_in is not None and self.pretrain is not None and self.weights is None and not shapes_only:
                 raise ConfigError(
-                    f"{self.describe()}: its pretraining (stage pretrain_encoder) has not given it weights"
+                    f"{self.describe()}: its offline pretraining (a pretrain_* stage) has not given it weights"
                 )
             stand_in = self.stand_in is not None and self.weights is None
             model = self._build_stand_in() if stand_in else self._load_weights()

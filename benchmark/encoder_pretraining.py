@@ -1,5 +1,7 @@
 """Offline pretraining of a stand-in encoder with its own family's self-supervised objective, on the
-study's images: the ``pretrain_encoder`` stage.
+study's images: the ``pretrain_encoder`` stage, and its twins for the alignment teachers
+(``pretrain_align``, ``pretrain_align_global``, ``pretrain_align_local``, ``pretrain_repa_teacher``:
+benchmark/graph.py ``PRETRAINED``).
 
 At paper scale a tokenizer's encoder starts from published weights (MAE, DINO, DINOv2, ...). At smoke
 and repro scale nothing is downloaded: ``tokenizer.encoder.stand_in`` builds the library's architecture,
@@ -8,7 +10,9 @@ shrunk, with random weights, which carry nothing of what pretraining gives. With
 pretrained with (benchmark/pretraining_objectives.py: MAE's, DINO's) on the cell's training split, and
 saved the way its library saves it (timm's ``save_for_hf`` folder); the tokenizer's initialisation then
 loads it through the same path as a downloaded checkpoint (``tokenizer.encoder.weights``). One
-pretraining serves every cell with the same encoder, data and seed.
+pretraining serves every cell with the same encoder, data and seed. A teacher with ``pretrain`` is
+loaded the same way by the stages that train with it (:func:`with_pretrained_teachers`): a frozen
+teacher of random weights gives features with no semantics to align to.
 
 Each encoder family names its objective (``pretrain_objective``: MAE -> mae; DINO and DINOv2 -> dino, for
 DINOv2 without its iBOT and KoLeo terms). Families trained on what the built-in data lacks (CLIP and
@@ -37,15 +41,32 @@ if TYPE_CHECKING:
 WEIGHTS_FOLDER = "encoder"  # the stage's output: the pretrained stand-in in its library's layout
 
 
-def build_objective(spec: Mapping[str, Any]) -> tuple[Objective, TrainConfig]:
-    """The objective around a fresh random-weight stand-in of the encoder ``spec`` names (a
-    ``tokenizer.encoder`` mapping with ``stand_in`` and ``pretrain``), and its training-loop options."""
+def build_objective(spec: Mapping[str, Any], where: str = "tokenizer.encoder") -> tuple[Objective, TrainConfig]:
+    """The objective around a fresh random-weight stand-in of the encoder ``spec`` names (the mapping at
+    ``where``, with ``stand_in`` and ``pretrain``), and its training-loop options."""
     from benchmark.encoders import build_encoder
 
-    entry = build_encoder({k: v for k, v in spec.items() if k != "weights"})
-    name, train, options = split_options(spec["pretrain"], entry.pretrain_objective, "tokenizer.encoder.pretrain")
+    entry = build_encoder({k: v for k, v in spec.items() if k != "weights"}, where=where)
+    name, train, options = split_options(spec["pretrain"], entry.pretrain_objective, f"{where}.pretrain")
     vit = entry._build_stand_in().train().requires_grad_(True)
     return OBJECTIVES[name](vit, entry.mean, entry.std, **options), train_config(name, train)
+
+
+def with_pretrained_teachers(config: dict[str, Any], ctx: StageContext) -> dict[str, Any]:
+    """``config`` with ``weights`` set, for each alignment teacher pretrained offline, to what its
+    pretraining stage (an input of ``ctx``) saved. The stage's own record keeps the config without them,
+    so a trained model never depends on where the run store lies."""
+    from benchmark.graph import PRETRAINED
+
+    out = {**config}
+    for path, kind in PRETRAINED.items():
+        section, key = path.split(".")
+        if path == "tokenizer.encoder" or kind not in ctx.inputs or key not in (out.get(section) or {}):
+            continue  # the encoder's weights are copied by the tokenizer's initialisation
+        weights = ctx.input_dir(kind) / WEIGHTS_FOLDER
+        out[section] = {**out[section], key: {**out[section][key], "weights": str(weights)}}
+        ctx.log.info("%s: the stand-in pretrained by %s %s (%s)", path, kind, ctx.inputs[kind], weights)
+    return out
 
 
 def pretrain_cost(spec: Mapping[str, Any], resolution: int) -> dict[str, float]:
@@ -61,18 +82,20 @@ def pretrain_cost(spec: Mapping[str, Any], resolution: int) -> dict[str, float]:
 
 
 def pretrain_encoder(ctx: StageContext) -> dict[str, Any]:
-    """The ``pretrain_encoder`` stage: train the cell's stand-in encoder with its objective on the
-    training split and save it (timm ``save_for_hf``) as ``encoder/``, loaded by the tokenizer's
-    initialisation as ``tokenizer.encoder.weights``."""
+    """The ``pretrain_encoder`` stage (and each teacher's twin): train the cell's stand-in at the stage's
+    path (``tokenizer.encoder``, ``tokenizer.align_global``, ...) with its objective on the training split
+    and save it (timm ``save_for_hf``) as ``encoder/``, loaded as that encoder's ``weights``."""
     import time
 
     import timm
 
     from benchmark.data import build_dataset
+    from benchmark.graph import PRETRAINED_PATH
 
-    cfg = ctx.config
+    cfg, where = ctx.config, PRETRAINED_PATH[ctx.kind]
+    spec = cfg[where]
     torch.manual_seed(cfg["seed"])
-    objective, train_cfg = build_objective(cfg["tokenizer.encoder"])
+    objective, train_cfg = build_objective(spec, where)
     dataset = build_dataset(cfg["data"], "train")
 
     def step(batch: tuple[Tensor, ...], i: int) -> tuple[dict[str, Tensor], None]:
@@ -88,8 +111,8 @@ def pretrain_encoder(ctx: StageContext) -> dict[str, Any]:
     reason = objective.eval().collapse(probe)
     if reason:
         raise StageError(
-            f"pretrain_encoder: the {objective.name} pretraining of {cfg['tokenizer.encoder']['init']} collapsed: "
-            f"{reason}; its weights are not saved (change tokenizer.encoder.pretrain or .stand_in)"
+            f"{ctx.kind}: the {objective.name} pretraining of {spec['init']} collapsed: "
+            f"{reason}; its weights are not saved (change {where}.pretrain or .stand_in)"
         )
     timm.models.save_for_hf(objective.vit.cpu().eval(), str(ctx.dir / WEIGHTS_FOLDER), safe_serialization=True)
     return {
@@ -98,5 +121,5 @@ def pretrain_encoder(ctx: StageContext) -> dict[str, Any]:
         "train_images": len(dataset),
         "objective": objective.name,
         "params": sum(p.numel() for p in objective.vit.parameters()),
-        "cost": pretrain_cost(cfg["tokenizer.encoder"], cfg["data"]["resolution"]),
+        "cost": pretrain_cost(spec, cfg["data"]["resolution"]),
     }

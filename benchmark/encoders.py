@@ -219,7 +219,10 @@ def build_encoder(spec: Mapping[str, Any], where: str = "tokenizer.encoder") -> 
     ENCODERS.get(name, where=f"{where}.init")
     kwargs = {k: v for k, v in spec.items() if k != "init"}
     check_options(kwargs, ENCODERS.params(name), where, f"encoder '{name}'")
-    return ENCODERS.build(name, **kwargs)
+    entry = ENCODERS.build(name, **{k: v for k, v in kwargs.items() if k != "pretrain"})
+    if kwargs.get("pretrain") is not None:
+        entry.set_pretrain(kwargs["pretrain"], where)
+    return entry
 
 
 def initialize_encoder(encoder: nn.Module, spec: Mapping[str, Any]) -> LoadReport:

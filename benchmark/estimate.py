@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmark.errors import ConfigError, Tok1dError, WeightsError
-from benchmark.graph import is_released_generator
+from benchmark.graph import PRETRAINED, is_released_generator
 from benchmark.store import atomic_write, read_json
 
 ASSUMED_PEAK_TFLOPS = 989.0  # NVIDIA H100 SXM, dense bf16
@@ -192,11 +192,12 @@ def code_digest() -> str:
 def _estimate_cell(config: dict[str, Any], stages: dict[str, str], out: dict[str, StageCost]) -> None:
     tok, spec = _tokenizer_costs(config)
     data, train = config["data"], config["train"]
-    if "pretrain_encoder" in stages:
-        from benchmark.encoder_pretraining import pretrain_cost
+    for path, kind in PRETRAINED.items():
+        if kind in stages:
+            from benchmark.encoder_pretraining import pretrain_cost
 
-        cost = pretrain_cost(config["tokenizer"]["encoder"], data["resolution"])
-        out[stages["pretrain_encoder"]] = StageCost(cost["train_pflops"])
+            section, key = path.split(".")
+            out[stages[kind]] = StageCost(pretrain_cost(config[section][key], data["resolution"])["train_pflops"])
     if "train_tokenizer" in stages and config["tokenizer"]["name"] == "released":
         out[stages["train_tokenizer"]] = StageCost(0.0, "installed from its release, not trained")
     elif "train_tokenizer" in stages:

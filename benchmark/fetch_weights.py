@@ -58,7 +58,7 @@ def fetch(spec: Mapping[str, Any]) -> str:
     if isinstance(entry, NoEncoder):
         return "random init: nothing to fetch"
     if entry.stand_in is not None:
-        made = "pretrained by its study's pretrain_encoder stage" if entry.pretrain else "random weights"
+        made = "pretrained offline by a stage of its study" if entry.pretrain else "random weights"
         return f"stand-in built here ({made}): nothing to fetch"
     if entry.weights is not None:
         if not Path(entry.weights).expanduser().exists():

@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any
 
 from benchmark.claims import RowRef, Stat, check_row_refs, row_list
 from benchmark.errors import ConfigError
+from benchmark.graph import PRETRAINED
 from benchmark.store import atomic_write, read_json
 
 if TYPE_CHECKING:
@@ -57,7 +58,7 @@ class FigureData:
 
 
 COMMON = {"name", "kind", "title", "rows"}
-TRAINING_STAGES = ("pretrain_encoder", "train_tokenizer", "finetune_tokenizer", "train_generator")
+TRAINING_STAGES = (*PRETRAINED.values(), "train_tokenizer", "finetune_tokenizer", "train_generator")
 KINDS: dict[str, tuple[set[str], set[str]]] = {  # kind -> (required keys, optional keys)
     "line": ({"x", "y"}, {"x_value", "xlabel", "logx", "labels", "all_cells"}),
     "bars": ({"y"}, {"categories", "series", "labels", "logy"}),

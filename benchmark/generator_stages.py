@@ -21,6 +21,7 @@ from torch import Tensor
 from benchmark.base import Generator, TokenSpec
 from benchmark.checkpoints import build_generator, build_tokenizer, load_generator, load_tokenizer, save_weights
 from benchmark.config import EvalConfig, SampleConfig, TrainConfig
+from benchmark.encoder_pretraining import with_pretrained_teachers
 from benchmark.graph import is_released_generator
 from benchmark.image_grid import save_image_grid
 from benchmark.latents import LatentStats, read_space
@@ -86,7 +87,7 @@ def train_generator(ctx: StageContext) -> dict[str, Any]:
     if is_released_generator(cfg):
         return install_released_generator(ctx)
     data = LatentDataset(ctx.input_dir("cache_latents"))
-    model = build_generator(cfg, data.spec, data.num_classes)
+    model = build_generator(with_pretrained_teachers(cfg, ctx), data.spec, data.num_classes)
     if getattr(model, "repa_teacher", None) is not None:  # REPA: the teacher sees the images the tokens came from
         from benchmark.data import build_dataset
 

@@ -6,7 +6,10 @@
 
 ``pretrain_encoder`` trains a stand-in encoder offline with its family's objective when
 ``tokenizer.encoder.pretrain`` is set (benchmark/encoder_pretraining.py); its hash covers the seed, the
-data and ``tokenizer.encoder`` alone, so every cell with the same stand-in shares one pretraining.
+data and ``tokenizer.encoder`` alone, so every cell with the same stand-in shares one pretraining. An
+alignment teacher's stand-in with ``pretrain`` (``tokenizer.align``, ``.align_global``, ``.align_local``,
+``generator.repa_teacher``) gets a stage of its own kind the same way (:data:`PRETRAINED`), read by the
+stages that train with that teacher.
 
 A released generator (``generator.name: released``) is installed, not trained: its train_generator
 stage reads ``train_tokenizer`` (the token space it is used in) instead of a latent cache (the need
@@ -29,6 +32,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from benchmark.errors import ConfigError
+
 
 @dataclass(frozen=True)
 class StageKind:
@@ -50,14 +55,18 @@ class StageKind:
         return {s: _lookup(config, s) for s in self.sections}
 
     def inputs(self, config: dict[str, Any]) -> tuple[str, ...]:
-        """The stage kinds this one reads, with ``tokenizer``, ``latents`` and ``encoder_weights`` resolved
-        for this config (``encoder_weights``: the pretrained stand-in, when there is one)."""
+        """The stage kinds this one reads, with ``tokenizer``, ``latents`` and the pretrained stand-ins
+        resolved for this config (``pretrained_tokenizer``: the tokenizer's encoder and teachers;
+        ``pretrained_teachers``: its teachers alone; ``pretrained_generator``: the REPA teacher; each the
+        stand-ins that ``pretrain``, none otherwise)."""
         resolved = {
-            "tokenizer": "finetune_tokenizer" if has_finetune(config) else "train_tokenizer",
-            "latents": "train_tokenizer" if is_released_generator(config) else "cache_latents",
-            "encoder_weights": "pretrain_encoder" if has_pretrain(config) else None,
+            "tokenizer": ("finetune_tokenizer" if has_finetune(config) else "train_tokenizer",),
+            "latents": ("train_tokenizer" if is_released_generator(config) else "cache_latents",),
+            "pretrained_tokenizer": pretrained_kinds(config, "tokenizer."),
+            "pretrained_teachers": pretrained_kinds(config, "tokenizer.align"),
+            "pretrained_generator": pretrained_kinds(config, "generator."),
         }
-        return tuple(r for n in self.needs if (r := resolved.get(n, n)) is not None)
+        return tuple(r for n in self.needs for r in resolved.get(n, (n,)))
 
 
 def _lookup(config: dict[str, Any], dotted: str) -> Any:
@@ -66,15 +75,43 @@ def _lookup(config: dict[str, Any], dotted: str) -> Any:
     return config
 
 
-def has_pretrain(config: dict[str, Any]) -> bool:
-    """Whether a cell's tokenizer encoder is a stand-in pretrained offline (``tokenizer.encoder.pretrain``)."""
-    encoder = config.get("tokenizer", {}).get("encoder")
+# The encoders a cell may name as stand-ins pretrained offline, and the stage kind that pretrains each.
+PRETRAINED = {
+    "tokenizer.encoder": "pretrain_encoder",
+    "tokenizer.align": "pretrain_align",
+    "tokenizer.align_global": "pretrain_align_global",
+    "tokenizer.align_local": "pretrain_align_local",
+    "generator.repa_teacher": "pretrain_repa_teacher",
+}
+PRETRAINED_PATH = {kind: path for path, kind in PRETRAINED.items()}
+
+
+def has_pretrain(config: dict[str, Any], path: str) -> bool:
+    """Whether the encoder at ``path`` is a stand-in pretrained offline (``<path>.pretrain`` is set)."""
+    section, key = path.split(".")
+    encoder = (config.get(section) or {}).get(key)
     return isinstance(encoder, Mapping) and encoder.get("pretrain") is not None
+
+
+def pretrained_kinds(config: dict[str, Any], prefix: str) -> tuple[str, ...]:
+    """The pretraining stage kinds of the stand-ins under ``prefix`` that this config pretrains."""
+    return tuple(kind for path, kind in PRETRAINED.items() if path.startswith(prefix) and has_pretrain(config, path))
 
 
 def has_finetune(config: dict[str, Any]) -> bool:
     """Whether a cell has a second tokenizer stage (``finetune.tokenizer`` is set)."""
     return bool(config.get("finetune", {}).get("tokenizer"))
+
+
+def check_stage2_teachers(config: dict[str, Any], where: str) -> None:
+    """Stage 2 (``finetune.tokenizer``) trains with stage 1's teachers and their offline pretraining: a
+    teacher that stage 2 names anew may not ask for a pretraining of its own."""
+    for key, spec in ((config.get("finetune") or {}).get("tokenizer") or {}).items():
+        if key.startswith("align") and isinstance(spec, dict) and spec.get("pretrain") is not None:
+            raise ConfigError(
+                f"{where}: finetune.tokenizer.{key}.pretrain: stage 2 trains with stage 1's teachers; "
+                f"pretrain the teacher under tokenizer.{key}"
+            )
 
 
 def is_released_generator(config: dict[str, Any]) -> bool:
@@ -86,12 +123,17 @@ def is_released_generator(config: dict[str, Any]) -> bool:
 STAGES: dict[str, StageKind] = {
     kind.name: kind
     for kind in (
-        StageKind("pretrain_encoder", ("seed", "data", "tokenizer.encoder"), (), trains=True),
-        StageKind("train_tokenizer", ("seed", "data", "tokenizer", "train"), ("encoder_weights",), trains=True),
-        StageKind("finetune_tokenizer", ("seed", "finetune"), ("train_tokenizer",), trains=True),
+        *(StageKind(kind, ("seed", "data", path), (), trains=True) for path, kind in PRETRAINED.items()),
+        StageKind("train_tokenizer", ("seed", "data", "tokenizer", "train"), ("pretrained_tokenizer",), trains=True),
+        StageKind("finetune_tokenizer", ("seed", "finetune"), ("train_tokenizer", "pretrained_teachers"), trains=True),
         StageKind("evaluate_tokenizer", ("data", "eval"), ("tokenizer",)),
         StageKind("cache_latents", (), ("train_tokenizer",)),
-        StageKind("train_generator", ("seed", "generator", "generator_train"), ("latents",), trains=True),
+        StageKind(
+            "train_generator",
+            ("seed", "generator", "generator_train"),
+            ("latents", "pretrained_generator"),
+            trains=True,
+        ),
         StageKind("sample", ("sample",), ("train_generator", "tokenizer"), version=2),
         StageKind("evaluate_generator", ("data", "eval"), ("sample",)),
     )

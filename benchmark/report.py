@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 from benchmark import REPO_ROOT
 from benchmark.claims import MISSING, RowRef, Stat, Value, Verdict, fmt, fmt_stat, judge_all
 from benchmark.errors import Tok1dError
+from benchmark.graph import PRETRAINED
 from benchmark.store import RunStore, atomic_write, default_root, read_json, write_json
 from benchmark.study import Cell, Plan, build_plan, check_study_path, flat_config, sibling_plan
 
@@ -324,7 +325,7 @@ def compute_table(plan: Plan, store: RunStore) -> pd.DataFrame:
     import pandas as pd
 
     rows = []
-    for kind in ("pretrain_encoder", "train_tokenizer", "finetune_tokenizer", "train_generator"):
+    for kind in (*PRETRAINED.values(), "train_tokenizer", "finetune_tokenizer", "train_generator"):
         shared, per_cell = 0.0, 0.0
         for stage in (s for s in plan.stages.values() if s.kind == kind):
             result = store.result(kind, stage.hash) or {}

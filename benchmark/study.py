@@ -47,7 +47,7 @@ from benchmark.config import (
     resolve,
 )
 from benchmark.errors import ConfigError
-from benchmark.graph import STAGES, closure, stage_order
+from benchmark.graph import STAGES, check_stage2_teachers, closure, stage_order
 from benchmark.registry import load_plugins
 
 STUDY_KEYS = {
@@ -310,6 +310,7 @@ def build_plan(
         label = row if len(seeds_of[row]) == 1 else f"{row} [seed {config['seed']}]"
         cell = Cell(label, cell_overrides, config, {}, explicit=explicit, row=row)
         cell.selected = not only or matches(only, cell)
+        check_stage2_teachers(config, f"{path}: cell {label}")
         for kind in closure(wanted, config):
             stage_cfg = STAGES[kind].select(config)
             inputs = {need: cell.stages[need] for need in STAGES[kind].inputs(config)}

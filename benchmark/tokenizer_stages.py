@@ -24,6 +24,7 @@ from torch.utils.data import Dataset, Subset
 from benchmark.base import Tokenizer
 from benchmark.checkpoints import build_tokenizer, load_tokenizer, restore_architecture, save_tokenizer
 from benchmark.config import EvalConfig, TrainConfig
+from benchmark.encoder_pretraining import with_pretrained_teachers
 from benchmark.errors import StageError
 from benchmark.image_grid import save_image_grid
 from benchmark.quantizers import SoftVectorQuantizer, VectorQuantizer
@@ -204,7 +205,7 @@ def train_tokenizer(ctx: StageContext) -> dict[str, Any]:
     """Train the cell's tokenizer (an official release, tokenizer ``released``, is installed instead)."""
     cfg = ctx.config
     torch.manual_seed(cfg["seed"])
-    model = build_tokenizer(cfg)
+    model = build_tokenizer(with_pretrained_teachers(cfg, ctx))
     if cfg["tokenizer"]["name"] == "released":  # converted from its release (tokenizers/released.py), not trained
         from benchmark.release_install import install_release
 
@@ -229,7 +230,7 @@ def finetune_tokenizer(ctx: StageContext) -> dict[str, Any]:
         "tokenizer": {**first["tokenizer"], **ctx.config["finetune"]["tokenizer"]},
     }
     torch.manual_seed(cfg["seed"])
-    model = build_tokenizer(cfg)
+    model = build_tokenizer(with_pretrained_teachers(cfg, ctx))
     restore_architecture(model, first_dir)
     state = load_file(first_dir / "model.safetensors")
     if hasattr(model, "load_stage1"):

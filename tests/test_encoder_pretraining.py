@@ -3,6 +3,7 @@ the pretrain_encoder stage, and the tokenizer initialised from what it saved."""
 
 from __future__ import annotations
 
+import logging
 import math
 
 import pytest
@@ -168,16 +169,57 @@ def test_pretraining_options_are_checked_at_plan_time(write_study):
         plan("{init: dino, stand_in: {img_size: 16}, pretrain: {steps: many}}")
 
 
-def test_a_teacher_is_never_pretrained(write_study):
-    study = write_study("""
+def test_teacher_pretraining_is_checked_at_plan_time_under_the_teachers_own_key(write_study):
+    def plan(tokenizer: str) -> None:
+        build_plan(write_study(f"config: {{tokenizer: {tokenizer}}}\nstages: [train_tokenizer]"), "smoke")
+
+    softvq = "name: softvq, size: tiny, align: "
+    with pytest.raises(
+        ConfigError,
+        match=r"tokenizer\.align\.pretrain: pretrains a random-weight stand-in; give this encoder a stand_in",
+    ):
+        plan(f"{{{softvq}{{init: dinov2, pretrain: {{steps: 4}}}}}}")
+    with pytest.raises(
+        ConfigError, match=r"tokenizer\.align\.pretrain: encoder 'siglip' has no offline pretraining objective"
+    ):
+        plan(f"{{{softvq}{{init: siglip, stand_in: {{image_size: 16}}, pretrain: {{steps: 4}}}}}}")
+    with pytest.raises(ConfigError, match=r"tokenizer\.align\.pretrain\.steps must be int"):
+        plan(f"{{{softvq}{{init: dinov2, stand_in: {{img_size: 16}}, pretrain: {{steps: many}}}}}}")
+    with pytest.raises(
+        ConfigError, match=r"finetune\.tokenizer\.align_local\.pretrain: stage 2 trains with stage 1's teachers"
+    ):
+        build_plan(
+            write_study("""
+            config:
+              tokenizer: {name: selfboottok, size: tiny}
+              finetune: {tokenizer: {stage: 2, align_local: {init: dinov2, stand_in: {img_size: 32}, pretrain: {steps: 4}}}}
+            stages: [finetune_tokenizer]
+        """),
+            "smoke",
+        )
+
+
+def test_a_pretrained_teacher_is_its_own_stage_read_by_the_stages_that_train_with_it(write_study):
+    """SiT's REPA teacher and SoftVQ's alignment teacher, pretrained offline: one stage each, shared by the
+    cells whose teacher, data and seed agree; only the stages that train with the teacher read it."""
+    teacher = "{init: dinov2, stand_in: {img_size: 32, patch_size: 4, embed_dim: 48, depth: 2, num_heads: 2}, pretrain: {steps: 4}}"
+    study = write_study(f"""
         config:
-          tokenizer:
-            name: softvq
-            size: tiny
-            align: {init: dinov2, stand_in: {img_size: 16, patch_size: 4, embed_dim: 32, depth: 1, num_heads: 2}, pretrain: {steps: 4}}
+          tokenizer: {{name: softvq, size: tiny, align: {teacher}}}
+          generator: {{name: sit, size: tiny, repa_teacher: {teacher}, repa_dim: 48, repa_depth: 1}}
+        axes: {{grid: {{tokenizer.num_latent_tokens: [4, 8]}}}}
+        label: "{{tokenizer.num_latent_tokens}}"
+        stages: [evaluate_generator]
     """)
-    with pytest.raises(ConfigError, match=r"tokenizer\.align\.pretrain: only tokenizer\.encoder is pretrained offline"):
-        build_plan(study, "smoke")
+    plan = build_plan(study, "smoke")
+    kinds = {s.kind: s for s in plan.stages.values()}
+    assert len(kinds["pretrain_align"].cells) == 2 and len(kinds["pretrain_repa_teacher"].cells) == 2
+    assert kinds["pretrain_align"].hash != kinds["pretrain_repa_teacher"].hash  # one stage per teacher
+    for stage in plan.stages.values():
+        reads = set(stage.inputs)
+        assert ("pretrain_align" in reads) == (stage.kind == "train_tokenizer"), stage
+        assert ("pretrain_repa_teacher" in reads) == (stage.kind == "train_generator"), stage
+    assert "pretrain_encoder" not in kinds  # the tokenizer's own encoder is not pretrained here
 
 
 @pytest.mark.slow
@@ -220,3 +262,50 @@ def test_cells_share_one_pretraining_and_the_tokenizer_starts_from_its_weights(t
     assert (
         f"from <run store>/pretrain_encoder/{pretrain[0].hash}/encoder (" in init_section and " copied" in init_section
     )
+
+
+@pytest.mark.slow
+def test_a_tokenizer_aligns_to_its_pretrained_teacher_and_is_evaluated_without_it(tmp_path, write_study):
+    """SoftVQ's alignment teacher pretrained offline: the training loads what the pretraining saved (the
+    record keeps the config without the run store's path), a rebuilt model for evaluation needs no teacher
+    weights, and a teacher left without them refuses to give features instead of aligning to noise."""
+    from types import SimpleNamespace
+
+    from benchmark.checkpoints import build_tokenizer
+    from benchmark.encoder_pretraining import with_pretrained_teachers
+
+    stand_in = "{img_size: 16, patch_size: 4, embed_dim: 32, depth: 2, num_heads: 2}"
+    study = write_study(f"""
+        config:
+          tokenizer:
+            name: softvq
+            size: tiny
+            patch_size: 4
+            align: {{init: dinov2, stand_in: {stand_in}, pretrain: {{steps: 6, batch_size: 8, checkpoint_every: 3}}}}
+        stages: [evaluate_tokenizer]
+    """)
+    plan = build_plan(study, "smoke", TINY)
+    (pretrain,) = [s for s in plan.stages.values() if s.kind == "pretrain_align"]
+    runs = tmp_path / "runs"
+    assert main([str(study), "--profile", "smoke", "--runs", str(runs), "--results", str(tmp_path / "r"), *TINY]) == 0
+
+    folder = runs / "pretrain_align" / pretrain.hash
+    assert read_json(folder / "result.json")["objective"] == "dino"
+    (train,) = (runs / "train_tokenizer").iterdir()
+    assert (
+        f"tokenizer.align: the stand-in pretrained by pretrain_align {pretrain.hash}" in (train / "log.txt").read_text()
+    )
+    config = read_json(train / "stage.json")["config"]
+    assert "weights" not in config["tokenizer"]["align"] and config["tokenizer"]["align"]["pretrain"]
+    assert read_json(next((runs / "evaluate_tokenizer").iterdir()) / "result.json")["metrics"]["psnr"] > 0
+
+    ctx = SimpleNamespace(
+        inputs={"pretrain_align": pretrain.hash},
+        input_dir=lambda kind: runs / kind / pretrain.hash,
+        log=logging.getLogger(),
+    )
+    teacher = build_tokenizer(with_pretrained_teachers(config, ctx)).teacher
+    saved = timm.create_model(f"local-dir:{folder / 'encoder'}", pretrained=True)
+    assert torch.equal(teacher.model().blocks[0].attn.qkv.weight, saved.blocks[0].attn.qkv.weight)
+    with pytest.raises(ConfigError, match="its offline pretraining .* has not given it weights"):
+        build_tokenizer(config).teacher.teacher_features(torch.rand(1, 3, 16, 16))

@@ -358,7 +358,7 @@ def test_fetch_weights_lists_distinct_encoders_and_reports_offline_failures(monk
     out = capsys.readouterr().out
     assert "could not fetch: cannot load the weights of dinov2 ViT-S (timm vit_small_patch14_dinov2.lvd142m)" in out
     assert "local weights" in out and "3 of 4 encoder weights available; 1 could not be fetched" in out
-    assert "stand-in built here (pretrained by its study's pretrain_encoder stage): nothing to fetch" in out
+    assert "stand-in built here (pretrained offline by a stage of its study): nothing to fetch" in out
 
 
 # ---------------------------------------------------------------------------------------------

@@ -263,7 +263,7 @@ def test_bad_claims_are_one_error_naming_the_study_file(study, claim, error):
         ("{name: f, kind: tsne, steps: first}", "steps must be last, a number of steps or a list"),
         (
             "{name: f, kind: losses, terms: [ce], stage: sample}",
-            "stage must be one of pretrain_encoder, train_tokenizer",
+            "stage must be one of pretrain_encoder, pretrain_align, pretrain_align_global",
         ),
         ("{name: f, kind: bars, y: rfid, series: [{label: a, study: report_study, rows: ['9']}]}", "unknown row '9'"),
     ],
