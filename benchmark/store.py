@@ -296,13 +296,14 @@ class RunStore:
             with contextlib.suppress(FileNotFoundError):
                 if time.time() - path.stat().st_mtime < HALF_WRITTEN_LOCK_S:
                     return {"lock": str(path), "state": "being written"}
-            path.unlink(missing_ok=True)
+            remove_stale_lock(path, None)
             return None
         if lock is None:
             return None
-        if lock_alive(lock, path, self.probe):
-            return lock
-        path.unlink(missing_ok=True)
+        with contextlib.suppress(FileNotFoundError):  # (its holder let go meanwhile)
+            if lock_alive(lock, path, self.probe):
+                return lock
+        remove_stale_lock(path, lock)
         return None
 
     @contextlib.contextmanager
@@ -336,6 +337,28 @@ class RunStore:
             yield True
         finally:
             path.unlink(missing_ok=True)
+
+
+def remove_stale_lock(path: Path, stale: dict[str, Any] | None) -> None:
+    """Remove the lock at ``path`` only if it is still the one judged stale (``stale``: its content; None:
+    unreadable). Two runs may judge the same dead holder's lock at once: the first removes it and takes
+    the stage, so the second must not remove the first's fresh lock. The lock is moved aside in one step,
+    then compared; another run's lock is put back."""
+    aside = path.with_name(f".{path.name}.stale.{socket.gethostname()}.{os.getpid()}")
+    try:
+        os.replace(path, aside)
+    except FileNotFoundError:
+        return
+    try:
+        try:
+            moved = read_json(aside)
+        except StoreError:
+            moved = None
+        if moved != stale:
+            with contextlib.suppress(FileExistsError):
+                _create_from(aside, path)
+    finally:
+        aside.unlink(missing_ok=True)
 
 
 def _create_from(draft: Path, path: Path) -> None:

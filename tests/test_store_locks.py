@@ -3,6 +3,7 @@ a lock being written never mistaken for a corrupt one, and a stage finished mean
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 import os
 import subprocess
@@ -110,3 +111,24 @@ def test_a_slurm_job_whose_stage_another_run_finished_returns_the_stored_result(
     assert run_stage(str(tmp_path), KIND, HASH, take_lock=True)["step"] == 7
     assert (store.dir(KIND, HASH) / "result.json").stat().st_mtime_ns == before
     assert "already finished by another run" in (store.dir(KIND, HASH) / "log.txt").read_text()
+
+
+def test_a_stale_lock_judged_by_two_runs_does_not_cost_the_first_taker_its_lock(tmp_path):
+    """Runs A and B both find a dead holder's lock. A removes it and takes the stage; B, removing what it
+    judged stale only now, must leave A's fresh lock in place."""
+    from benchmark.store import remove_stale_lock
+
+    store = RunStore(tmp_path)
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    stale = {"host": os.uname().nodename, "pid": dead.pid}
+    path = store.dir(KIND, HASH) / "lock.json"
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps(stale))
+    with store.lock(KIND, HASH) as held:  # A: removes the stale lock, takes its own
+        assert held
+        remove_stale_lock(path, stale)  # B, late
+        assert store.live_lock(KIND, HASH)["pid"] == os.getpid()
+        with store.lock(KIND, HASH) as again:
+            assert not again
+    assert not path.exists() and list(path.parent.iterdir()) == []
