@@ -24,7 +24,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from benchmark.errors import ConfigError, Tok1dError, WeightsError
-from benchmark.pretraining_objectives import PretrainOptions, split_options
+from benchmark.layers import hf_layers
+from benchmark.pretraining_objectives import OBJECTIVES, PretrainOptions, split_options
 from benchmark.weight_transfer import (
     SourceViT,
     activation_name,
@@ -112,19 +113,20 @@ class PretrainedEncoder(ABC):
         self._model: nn.Module | None = None
 
     def set_pretrain(self, pretrain: dict, encoder: str = "tokenizer.encoder") -> None:
-        """``pretrain`` trains a stand-in (published weights are pretrained already) with an objective
-        this family was pretrained with, on a timm ViT (benchmark/encoder_pretraining.py); ``encoder``:
-        where the config names this encoder, for the error messages."""
+        """``pretrain`` trains a stand-in (published weights are pretrained already) with the objective
+        this family was pretrained with, on the library model that objective trains (a timm ViT, I-JEPA's
+        transformers model: benchmark/encoder_pretraining.py); ``encoder``: where the config names this
+        encoder, for the error messages."""
         where = f"{encoder}.pretrain"
         if self.stand_in is None:
             raise ConfigError(
                 f"{where}: pretrains a random-weight stand-in; give this encoder a stand_in, or drop pretrain "
                 f"to use {self.registry_name}'s published weights"
             )
-        if self.pretrain_objective is None or self.library != "timm":
+        if self.pretrain_objective is None or self.library != OBJECTIVES[self.pretrain_objective].library:
             raise ConfigError(
                 f"{where}: encoder '{self.registry_name}' has no offline pretraining objective "
-                f"({self.pretrain_missing}); pretrain mae, dino or dinov2 stand-ins"
+                f"({self.pretrain_missing}); pretrain mae, dino, dinov2 or ijepa stand-ins"
             )
         wanted = pretrain.get("objective", self.pretrain_objective)
         if wanted != self.pretrain_objective:
@@ -461,9 +463,7 @@ class TransformersEncoder(PretrainedEncoder):
         return getattr(model, self.trunk) if self.trunk else model
 
     def _layers(self) -> nn.ModuleList:
-        m = self.model()
-        encoder = getattr(m, "encoder", m)
-        return next(getattr(encoder, a) for a in ("layer", "layers") if hasattr(encoder, a))
+        return hf_layers(self.model())
 
     def _final_norm(self) -> tuple[str, nn.LayerNorm]:
         m = self.model()

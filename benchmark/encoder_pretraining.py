@@ -7,16 +7,17 @@ At paper scale a tokenizer's encoder starts from published weights (MAE, DINO, D
 and repro scale nothing is downloaded: ``tokenizer.encoder.stand_in`` builds the library's architecture,
 shrunk, with random weights, which carry nothing of what pretraining gives. With
 ``tokenizer.encoder.pretrain`` that stand-in is first trained with the objective its family was
-pretrained with (benchmark/pretraining_objectives.py: MAE's, DINO's) on the cell's training split, and
-saved the way its library saves it (timm's ``save_for_hf`` folder); the tokenizer's initialisation then
-loads it through the same path as a downloaded checkpoint (``tokenizer.encoder.weights``). One
-pretraining serves every cell with the same encoder, data and seed. A teacher with ``pretrain`` is
-loaded the same way by the stages that train with it (:func:`with_pretrained_teachers`): a frozen
-teacher of random weights gives features with no semantics to align to.
+pretrained with (benchmark/pretraining_objectives.py: MAE's, DINO's, I-JEPA's) on the cell's training
+split, and saved the way its library saves it (timm's ``save_for_hf`` folder, transformers'
+``save_pretrained`` folder); the tokenizer's initialisation then loads it through the same path as a
+downloaded checkpoint (``tokenizer.encoder.weights``). One pretraining serves every cell with the same
+encoder, data and seed. A teacher with ``pretrain`` is loaded the same way by the stages that train
+with it (:func:`with_pretrained_teachers`): a frozen teacher of random weights gives features with no
+semantics to align to.
 
 Each encoder family names its objective (``pretrain_objective``: MAE -> mae; DINO and DINOv2 -> dino, for
-DINOv2 without its iBOT and KoLeo terms). Families trained on what the built-in data lacks (CLIP and
-SigLIP: captions; Depth-Anything: depth; I-JEPA's objective is not implemented) have none.
+DINOv2 without its iBOT and KoLeo terms; I-JEPA -> ijepa). Families trained on what the built-in data
+lacks (CLIP, SigLIP and SigLIP 2: captions; Depth-Anything: depth) have none.
 
 ``pretrain`` takes the training loop's options (benchmark/config.py ``TrainConfig``: steps, batch_size,
 lr, ...; defaults: the objective's recipe) and the objective's own (``mask_ratio``, ``out_dim``, ...),
@@ -26,10 +27,11 @@ checked by benchmark/pretraining_objectives.py.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from benchmark.config import TrainConfig
 from benchmark.errors import StageError
@@ -52,6 +54,17 @@ def build_objective(spec: Mapping[str, Any], where: str = "tokenizer.encoder") -
     return OBJECTIVES[name](vit, entry.mean, entry.std, **options), train_config(name, train)
 
 
+def save_stand_in(model: nn.Module, library: str, folder: Path) -> None:
+    """The pretrained stand-in saved the way its library saves it, for ``weights: folder`` to load it:
+    a transformers ``save_pretrained`` folder, else (timm) a ``save_for_hf`` one."""
+    if library == "transformers":
+        model.save_pretrained(folder, safe_serialization=True)
+    else:
+        import timm
+
+        timm.models.save_for_hf(model, str(folder), safe_serialization=True)
+
+
 def with_pretrained_teachers(config: dict[str, Any], ctx: StageContext) -> dict[str, Any]:
     """``config`` with ``weights`` set, for each alignment teacher pretrained offline, to what its
     pretraining stage (an input of ``ctx``) saved. The stage's own record keeps the config without them,
@@ -69,14 +82,14 @@ def with_pretrained_teachers(config: dict[str, Any], ctx: StageContext) -> dict[
     return out
 
 
-def pretrain_cost(spec: Mapping[str, Any], resolution: int) -> dict[str, float]:
-    """GFLOPs of one training example (all its views, forward and backward; counted on the meta device)
-    and of the whole pretraining, in PFLOPs."""
+def pretrain_cost(spec: Mapping[str, Any]) -> dict[str, float]:
+    """GFLOPs of one training example (all its views at the stand-in's input size, forward and backward;
+    counted on the meta device) and of the whole pretraining, in PFLOPs."""
     from benchmark.cost import gflops, training_pflops
 
     with torch.device("meta"):
         objective, loop = build_objective(spec)
-        views = [torch.rand(1, 3, resolution, resolution) for _ in range(objective.num_views)]
+        views = [torch.rand(1, 3, *objective.input_size) for _ in range(objective.num_views)]
     cost = {"train_step_gflops": gflops(lambda: sum(objective.loss(views).values()).backward())}
     return {**cost, "train_pflops": training_pflops(cost, loop.steps, loop.batch_size)}
 
@@ -84,12 +97,12 @@ def pretrain_cost(spec: Mapping[str, Any], resolution: int) -> dict[str, float]:
 def pretrain_encoder(ctx: StageContext) -> dict[str, Any]:
     """The ``pretrain_encoder`` stage (and each teacher's twin): train the cell's stand-in at the stage's
     path (``tokenizer.encoder``, ``tokenizer.align_global``, ...) with its objective on the training split
-    and save it (timm ``save_for_hf``) as ``encoder/``, loaded as that encoder's ``weights``."""
+    and save it in its library's layout (:func:`save_stand_in`) as ``encoder/``, loaded as that encoder's
+    ``weights``."""
     import time
 
-    import timm
-
     from benchmark.data import build_dataset
+    from benchmark.encoders import build_encoder
     from benchmark.graph import PRETRAINED_PATH
 
     cfg, where = ctx.config, PRETRAINED_PATH[ctx.kind]
@@ -114,12 +127,12 @@ def pretrain_encoder(ctx: StageContext) -> dict[str, Any]:
             f"{ctx.kind}: the {objective.name} pretraining of {spec['init']} collapsed: "
             f"{reason}; its weights are not saved (change {where}.pretrain or .stand_in)"
         )
-    timm.models.save_for_hf(objective.vit.cpu().eval(), str(ctx.dir / WEIGHTS_FOLDER), safe_serialization=True)
+    save_stand_in(objective.vit.cpu().eval(), build_encoder(spec, where).library, ctx.dir / WEIGHTS_FOLDER)
     return {
         "final_losses": terms,
         "train_seconds": time.perf_counter() - t0,
         "train_images": len(dataset),
         "objective": objective.name,
         "params": sum(p.numel() for p in objective.vit.parameters()),
-        "cost": pretrain_cost(spec, cfg["data"]["resolution"]),
+        "cost": pretrain_cost(spec),
     }

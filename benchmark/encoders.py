@@ -170,6 +170,7 @@ class IJEPA(TransformersEncoder):
     """I-JEPA (Assran et al. 2023) ViT-H/14 (IN-1k or IN-22k), ViT-H/16-448, ViT-g/16, from transformers."""
 
     model_class, default_size = "IJepaModel", "H"
+    pretrain_objective = "ijepa"
     variants = {
         "H": Variant("facebook/ijepa_vith14_1k", 14, 1280, 32, 16, 224),
         "H22k": Variant("facebook/ijepa_vith14_22k", 14, 1280, 32, 16, 224),

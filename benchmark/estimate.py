@@ -197,7 +197,7 @@ def _estimate_cell(config: dict[str, Any], stages: dict[str, str], out: dict[str
             from benchmark.encoder_pretraining import pretrain_cost
 
             section, key = path.split(".")
-            out[stages[kind]] = StageCost(pretrain_cost(config[section][key], data["resolution"])["train_pflops"])
+            out[stages[kind]] = StageCost(pretrain_cost(config[section][key])["train_pflops"])
     if "train_tokenizer" in stages and config["tokenizer"]["name"] == "released":
         out[stages["train_tokenizer"]] = StageCost(0.0, "installed from its release, not trained")
     elif "train_tokenizer" in stages:

@@ -156,3 +156,10 @@ class Frozen(nn.Module):
 
     def forward(self, *args, **kwargs):  # type: ignore[no-untyped-def]
         return self.__dict__["net"](*args, **kwargs)
+
+
+def hf_layers(model: nn.Module) -> nn.ModuleList:
+    """The transformer blocks of a transformers vision model (``encoder.layer``, or ``layers`` where the
+    model holds them itself, as transformers 5's ``IJepaModel``)."""
+    encoder = getattr(model, "encoder", model)
+    return next(getattr(encoder, a) for a in ("layer", "layers") if hasattr(encoder, a))

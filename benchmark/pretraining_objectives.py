@@ -1,5 +1,6 @@
 """The self-supervised objectives that pretrain a stand-in encoder offline (benchmark/encoder_pretraining.py),
-each a module around a timm ViT, whose weights are the ones kept.
+each a module around the stand-in (a timm ViT; I-JEPA's a transformers ``IJepaModel``), whose weights
+are the ones kept.
 
     mae   He et al. 2022 (MAE), Sec. 3: mask a random 75% of the patches, encode the visible ones,
           a light decoder with mask tokens predicts the masked patches' pixels, each patch normalised
@@ -9,6 +10,10 @@ each a module around a timm ViT, whose weights are the ones kept.
           L = sum over pairs (global v for the teacher, any other view v' for the student) of
           H(P_t(v), P_s(v')), P = softmax(g(x) / tau) with the teacher's output centred by an EMA of
           its batch means (tau_t = 0.04, tau_s = 0.1).
+    ijepa Assran et al. 2023 (I-JEPA), Sec. 3: from one context block (85-100% of the image) less M = 4
+          target blocks (15-20% each), a narrow predictor with mask tokens at the targets' positions
+          predicts what an EMA target encoder gives the target blocks' patches (layer-normalised);
+          L = (1 / M) sum over blocks of the mean over the block's patches of ||s_hat - s||^2 (Eq. 1).
 
 Views are drawn per image on the batch's device with kornia (no per-image work in the data loader).
 ``tokenizer.encoder.pretrain`` is checked here (:data:`PretrainOptions`): the training loop's options
@@ -31,7 +36,7 @@ from torch import Tensor, nn
 
 from benchmark.config import TrainConfig
 from benchmark.errors import ConfigError
-from benchmark.layers import patchify
+from benchmark.layers import hf_layers, patchify
 from benchmark.options import check_options, init_params, nested
 
 
@@ -48,10 +53,11 @@ class Normalize(nn.Module):
 
 
 class Objective(nn.Module, ABC):
-    """A self-supervised objective around a timm ViT ``vit`` (the weights that are kept)."""
+    """A self-supervised objective around a stand-in ``vit`` (the weights that are kept)."""
 
     name: ClassVar[str]
     recipe: ClassVar[dict[str, Any]]  # TrainConfig defaults of the source's recipe
+    library: ClassVar[str] = "timm"  # the library of the stand-in it trains (benchmark/encoder_backends.py)
 
     def __init__(self, vit: nn.Module, mean: tuple[float, ...], std: tuple[float, ...]) -> None:
         super().__init__()
@@ -61,6 +67,11 @@ class Objective(nn.Module, ABC):
     def num_views(self) -> int:
         """How many views of each image :meth:`augmentations` makes (known without importing kornia)."""
         return 1
+
+    @property
+    def input_size(self) -> tuple[int, int]:
+        """The stand-in's input size (H, W), at which :meth:`augmentations` gives every view."""
+        return tuple(self.vit.patch_embed.img_size)
 
     @abstractmethod
     def augmentations(self) -> list[nn.Module]:
@@ -138,7 +149,7 @@ class MaskedAutoencoder(Objective):
         """MAE's: a random resized crop (scale ``crop_scale``) and a horizontal flip (Appendix A.1)."""
         import kornia.augmentation as K
 
-        size = tuple(self.vit.patch_embed.img_size)
+        size = self.input_size
         return [K.AugmentationSequential(K.RandomResizedCrop(size, scale=self.crop_scale), K.RandomHorizontalFlip())]
 
     def loss(self, views: list[Tensor]) -> dict[str, Tensor]:
@@ -226,7 +237,7 @@ class SelfDistillation(Objective):
         input size)."""
         import kornia.augmentation as K
 
-        size = tuple(self.vit.patch_embed.img_size)
+        size = self.input_size
 
         def view(scale: tuple[float, float], blur: float, solarize: float) -> nn.Module:
             return K.AugmentationSequential(
@@ -286,7 +297,209 @@ class SelfDistillation(Objective):
         return {"dino": loss / pairs}
 
 
-OBJECTIVES: dict[str, type[Objective]] = {cls.name: cls for cls in (MaskedAutoencoder, SelfDistillation)}
+def block_size(grid: tuple[int, int], scale: tuple[float, float], aspect: tuple[float, float]) -> tuple[int, int]:
+    """A mask block's (height, width) in patches: ``scale`` of the grid's patches and an aspect ratio
+    (height / width) in ``aspect``, each drawn uniformly, rounded and kept inside the grid (I-JEPA Sec. 3,
+    "Targets" and "Context"). Drawn on the CPU once per batch, as the official collator does: every
+    image's block has as many patches."""
+    s, a = torch.rand(2, device="cpu").tolist()
+    area = (scale[0] + s * (scale[1] - scale[0])) * grid[0] * grid[1]
+    ratio = aspect[0] + a * (aspect[1] - aspect[0])
+    height = min(grid[0], max(1, round(math.sqrt(area * ratio))))
+    return height, min(grid[1], max(1, round(math.sqrt(area / ratio))))
+
+
+def block_patches(batch: int, grid: tuple[int, int], size: tuple[int, int], device: torch.device) -> Tensor:
+    """The raster indices (B, h * w) of a block of ``size`` placed uniformly in each image's patch grid."""
+    (rows, cols), (h, w) = grid, size
+    top = torch.randint(0, rows - h + 1, (batch, 1, 1), device=device) + torch.arange(h, device=device)[:, None]
+    left = torch.randint(0, cols - w + 1, (batch, 1, 1), device=device) + torch.arange(w, device=device)
+    return (top * cols + left).flatten(1)
+
+
+def context_without_targets(context: Tensor, targets: Tensor) -> Tensor:
+    """Each image's context block (B, N) bool less its target blocks (B, M, t) indices, so that predicting
+    them is not trivial (I-JEPA Sec. 3, "Context"). Where that leaves no patch, it is less the first target
+    blocks only, as many as leave one (the official collator likewise lets the context overlap the last
+    targets when it finds no room)."""
+    b, m, _ = targets.shape
+    hit = torch.zeros(b, m, context.shape[1], dtype=torch.int32, device=context.device).scatter_(2, targets, 1)
+    covered = torch.cat([torch.zeros_like(hit[:, :1]), hit.cumsum(1)], dim=1) > 0  # by the first 0, 1, ..., M
+    kept = context[:, None] & ~covered
+    return kept[torch.arange(b, device=context.device), kept.any(-1).sum(1) - 1]
+
+
+def sample_masks(
+    batch: int,
+    grid: tuple[int, int],
+    num_targets: int,
+    target_scale: tuple[float, float],
+    target_aspect: tuple[float, float],
+    context_scale: tuple[float, float],
+    device: torch.device,
+) -> tuple[Tensor, Tensor]:
+    """I-JEPA's masks for a batch (Sec. 3): the context's patches (B, k) and the ``num_targets`` target
+    blocks' (B, M, t), raster indices on the patch ``grid``, placed per image on ``device``. The context
+    is one block of aspect 1 less the targets; each image keeps its first k context patches, k the fewest
+    any image has (the official collator's truncation); on the meta device (plan-time cost, shapes only)
+    k is the context block's size."""
+    size = block_size(grid, target_scale, target_aspect)
+    targets = torch.stack([block_patches(batch, grid, size, device) for _ in range(num_targets)], dim=1)
+    block = block_patches(batch, grid, block_size(grid, context_scale, (1.0, 1.0)), device)
+    inside = torch.zeros(batch, grid[0] * grid[1], dtype=torch.bool, device=device).scatter_(1, block, True)
+    context = context_without_targets(inside, targets)
+    keep = block.shape[1] if context.is_meta else int(context.sum(1).min())
+    return context.to(torch.uint8).argsort(dim=1, descending=True, stable=True)[:, :keep], targets
+
+
+def gather_patches(tokens: Tensor, index: Tensor) -> Tensor:
+    """The tokens (B, N, D) at per-image patch indices (B, ...): (B, ..., D)."""
+    rows = torch.arange(tokens.shape[0], device=tokens.device).view(-1, *[1] * (index.ndim - 1))
+    return tokens[rows, index]
+
+
+class JEPAPredictor(nn.Module):
+    """I-JEPA's predictor (Sec. 3, "Prediction"): a narrow ViT of ``depth`` blocks of width ``dim`` on the
+    embedded context tokens and, for each target block, one shared learnable mask token per target patch,
+    every token plus the fixed 2D sin-cos embedding of its patch; the mask tokens' outputs are normalised
+    and projected back to the encoder's ``width``."""
+
+    def __init__(self, width: int, dim: int, depth: int, heads: int, grid: tuple[int, int]) -> None:
+        from timm.layers import build_sincos2d_pos_embed
+        from timm.models.vision_transformer import Block
+
+        super().__init__()
+        self.embed = nn.Linear(width, dim)
+        self.mask_token = nn.Parameter(torch.zeros(dim))
+        self.register_buffer("pos", build_sincos2d_pos_embed(grid, dim), persistent=False)  # (N, dim)
+        self.blocks = nn.Sequential(*(Block(dim, heads, mlp_ratio=4.0) for _ in range(depth)))
+        self.norm = nn.LayerNorm(dim)
+        self.proj = nn.Linear(dim, width)
+        nn.init.normal_(self.mask_token, std=0.02)
+
+    def forward(self, context: Tensor, context_index: Tensor, target_index: Tensor) -> Tensor:
+        """Predicted representations (B, M, t, width) of the target blocks' patches ``target_index``
+        (B, M, t) from the encoded context (B, k, width) at ``context_index`` (B, k). The M blocks are
+        stacked along the batch: each is predicted from the context and its own mask tokens alone."""
+        b, m, t = target_index.shape
+        x = (self.embed(context) + self.pos[context_index]).repeat(m, 1, 1)  # block-major: (M * B, k, dim)
+        queries = (self.mask_token + self.pos[target_index]).transpose(0, 1).flatten(0, 1)  # (M * B, t, dim)
+        out = self.proj(self.norm(self.blocks(torch.cat([x, queries], dim=1))[:, -t:]))
+        return out.unflatten(0, (m, b)).transpose(0, 1)
+
+
+class JointEmbeddingPredictive(Objective):
+    """I-JEPA (Assran et al. 2023): the context encoder (the stand-in ``IJepaModel``) sees the context
+    block's patches; a predictor of ``predictor_depth`` blocks of width ``predictor_dim`` (default: about
+    half the encoder's) predicts, for each of ``num_targets`` target blocks, the layer-normalised output
+    of the target encoder (an EMA of the context encoder, momentum linear from ``momentum`` to 1 over
+    training; Sec. 3 and Appendix A.1) on the whole image at the block's patches; the loss is Eq. 1's
+    squared L2 distance, averaged over the blocks' patches and the blocks."""
+
+    name, library = "ijepa", "transformers"
+    # I-JEPA's recipe (Appendix A.1): AdamW, weight decay 0.04 (its start value), a linear warm-up (15 of 300
+    # epochs: 5% of the default 1000 steps) then a cosine schedule, no gradient clipping
+    recipe: ClassVar[dict[str, Any]] = {
+        "weight_decay": 0.04,
+        "schedule": "cosine",
+        "warmup_steps": 50,
+        "grad_clip": 0.0,
+    }
+
+    def __init__(
+        self,
+        vit: nn.Module,
+        mean: tuple[float, ...],
+        std: tuple[float, ...],
+        momentum: float = 0.996,
+        predictor_dim: int | None = None,
+        predictor_depth: int = 2,
+        predictor_heads: int | None = None,
+        num_targets: int = 4,
+        target_scale: tuple[float, float] = (0.15, 0.2),
+        target_aspect: tuple[float, float] = (0.75, 1.5),
+        context_scale: tuple[float, float] = (0.85, 1.0),
+        crop_scale: tuple[float, float] = (0.3, 1.0),
+    ) -> None:
+        super().__init__(vit, mean, std)
+        cfg = vit.config
+        dim = predictor_dim or 4 * max(4, cfg.hidden_size // 8)  # the sin-cos embedding wants a multiple of 4
+        if dim % 4 or num_targets < 1:
+            raise ConfigError(
+                "pretraining objective 'ijepa': predictor_dim must be a multiple of 4 and num_targets at least 1, "
+                f"got {dim} and {num_targets}"
+            )
+        heads = predictor_heads or next(h for h in range(max(1, dim // 32), 0, -1) if dim % h == 0)
+        self.grid = (cfg.image_size // cfg.patch_size,) * 2
+        self.predictor = JEPAPredictor(cfg.hidden_size, dim, predictor_depth, heads, self.grid)
+        self.target_encoder = copy.deepcopy(vit).requires_grad_(False)
+        self.momentum, self.num_targets, self.crop_scale = momentum, num_targets, crop_scale
+        self.target_scale, self.target_aspect, self.context_scale = target_scale, target_aspect, context_scale
+
+    @property
+    def input_size(self) -> tuple[int, int]:
+        return (self.vit.config.image_size,) * 2
+
+    def augmentations(self) -> list[nn.Module]:
+        """I-JEPA's only augmentation, a random resized crop (scale ``crop_scale``, 0.3-1 in the official
+        configs) to the stand-in's input size: no flips or colour changes, the objective needs no
+        hand-crafted view augmentations (Sec. 1)."""
+        import kornia.augmentation as K
+
+        return [K.RandomResizedCrop(self.input_size, scale=self.crop_scale)]
+
+    def before_step(self, step: int, total: int) -> None:
+        """theta_t <- m theta_t + (1 - m) theta_c, m linear from ``momentum`` to 1 over training (Appendix A.1)."""
+        if step == 0:
+            return
+        m = self.momentum + (1 - self.momentum) * (step - 1) / max(1, total)
+        with torch.no_grad():
+            torch._foreach_lerp_([*self.target_encoder.parameters()], [*self.vit.parameters()], 1 - m)
+
+    @staticmethod
+    def encode(model: nn.Module, x: Tensor, keep: Tensor | None = None) -> Tensor:
+        """``model``'s output (after its final norm) on the patches ``keep`` (B, k) of normalised images
+        (None: all of them): patch and position embeddings, its blocks, its final LayerNorm."""
+        tokens = model.embeddings(x)
+        if keep is not None:
+            tokens = gather_patches(tokens, keep)
+        for layer in hf_layers(model):
+            out = layer(tokens)
+            tokens = out[0] if isinstance(out, tuple) else out  # transformers < 5: (hidden_states, ...)
+        return model.layernorm(tokens)
+
+    def masks(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """The context's patches (B, k) and the target blocks' (B, M, t) for the images ``x`` (Sec. 3)."""
+        return sample_masks(
+            x.shape[0], self.grid, self.num_targets, self.target_scale, self.target_aspect, self.context_scale, x.device
+        )
+
+    def loss(self, views: list[Tensor]) -> dict[str, Tensor]:
+        x = self.normalize(views[0])
+        context_index, target_index = self.masks(x)
+        with torch.no_grad():
+            s = self.encode(self.target_encoder, x)
+            targets = gather_patches(F.layer_norm(s, s.shape[-1:]), target_index)  # (B, M, t, D)
+        predicted = self.predictor(self.encode(self.vit, x, context_index), context_index, target_index)
+        return {"ijepa": (predicted - targets).pow(2).sum(-1).mean()}
+
+    @torch.no_grad()
+    def collapse(self, images: Tensor) -> str | None:
+        """Representation collapse (Sec. 2: a joint-embedding architecture's failure mode, which the EMA
+        target encoder averts): the target encoder's mean-pooled features the same for every image, their
+        spread across images (the mean over dimensions of the std) under 1e-4 of their mean magnitude."""
+        if images.shape[-2:] != self.input_size:
+            images = F.interpolate(images, size=self.input_size, mode="bilinear", antialias=True, align_corners=False)
+        pooled = self.encode(self.target_encoder, self.normalize(images)).mean(1)
+        spread, scale = pooled.std(0).mean().item(), pooled.abs().mean().item()
+        if spread < 1e-4 * scale:
+            return f"the target encoder gives every image the same features (spread {spread:.1e} of {scale:.1e})"
+        return None
+
+
+OBJECTIVES: dict[str, type[Objective]] = {
+    cls.name: cls for cls in (MaskedAutoencoder, SelfDistillation, JointEmbeddingPredictive)
+}
 HARNESS_ARGS = frozenset({"vit", "mean", "std"})
 TRAIN_KEYS = typing.get_type_hints(TrainConfig)
 
