@@ -106,7 +106,7 @@ def pretrain_encoder(ctx: StageContext) -> dict[str, Any]:
     from benchmark.graph import PRETRAINED_PATH
 
     cfg, where = ctx.config, PRETRAINED_PATH[ctx.kind]
-    spec = cfg[where]
+    spec = cfg.get("teacher") or cfg[where]  # a teacher's mapping, whatever role names it (graph.TeacherPretraining)
     torch.manual_seed(cfg["seed"])
     objective, train_cfg = build_objective(spec, where)
     dataset = build_dataset(cfg["data"], "train")

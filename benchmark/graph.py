@@ -8,8 +8,9 @@
 ``tokenizer.encoder.pretrain`` is set (benchmark/encoder_pretraining.py); its hash covers the seed, the
 data and ``tokenizer.encoder`` alone, so every cell with the same stand-in shares one pretraining. An
 alignment teacher's stand-in with ``pretrain`` (``tokenizer.align``, ``.align_global``, ``.align_local``,
-``generator.repa_teacher``) gets a stage of its own kind the same way (:data:`PRETRAINED`), read by the
-stages that train with that teacher.
+``generator.repa_teacher``) gets a stage of its role's kind the same way (:data:`PRETRAINED`), read by the
+stages that train with that teacher; the roles share one folder, so one pretraining serves every role
+with the same teacher (:class:`TeacherPretraining`).
 
 A released generator (``generator.name: released``) is installed, not trained: its train_generator
 stage reads ``train_tokenizer`` (the token space it is used in) instead of a latent cache (the need
@@ -40,7 +41,9 @@ class StageKind:
     """One kind of stage: the config sections and upstream kinds it depends on.
 
     ``gpu``: whether it asks a cluster for GPUs; ``trains``: a training loop (data-parallel, checkpointed,
-    requeued on a time limit); ``version`` is part of the hash (bump it when a body's outputs change).
+    requeued on a time limit); ``version`` is part of the hash (bump it when a body's outputs change);
+    ``folder``: the run store's folder of its stages, which also names them in their hashes (default:
+    ``name``; kinds that share one share their stages).
     """
 
     name: str
@@ -49,6 +52,11 @@ class StageKind:
     version: int = 1
     gpu: bool = True
     trains: bool = False
+    folder: str = ""
+
+    @property
+    def store_name(self) -> str:
+        return self.folder or self.name
 
     def select(self, config: dict[str, Any]) -> dict[str, Any]:
         """The part of a cell's config this stage's hash covers (a dotted section: one nested mapping)."""
@@ -67,6 +75,19 @@ class StageKind:
             "pretrained_generator": pretrained_kinds(config, "generator."),
         }
         return tuple(r for n in self.needs for r in resolved.get(n, (n,)))
+
+
+@dataclass(frozen=True)
+class TeacherPretraining(StageKind):
+    """The offline pretraining of the alignment teacher at ``sections[2]``. The kinds of every teacher role
+    share one folder, and the hash covers the teacher's mapping under the key ``teacher``, not the key that
+    names it: the cells and roles with the same teacher, data and seed share one pretraining (SelfBootTok's
+    global teacher and SiT's REPA teacher are the same DINOv2, say)."""
+
+    folder: str = "pretrain_teacher"
+
+    def select(self, config: dict[str, Any]) -> dict[str, Any]:
+        return {"seed": config["seed"], "data": config["data"], "teacher": _lookup(config, self.sections[2])}
 
 
 def _lookup(config: dict[str, Any], dotted: str) -> Any:
@@ -123,7 +144,12 @@ def is_released_generator(config: dict[str, Any]) -> bool:
 STAGES: dict[str, StageKind] = {
     kind.name: kind
     for kind in (
-        *(StageKind(kind, ("seed", "data", path), (), trains=True) for path, kind in PRETRAINED.items()),
+        StageKind("pretrain_encoder", ("seed", "data", "tokenizer.encoder"), (), trains=True),
+        *(
+            TeacherPretraining(kind, ("seed", "data", path), (), trains=True)
+            for path, kind in PRETRAINED.items()
+            if kind != "pretrain_encoder"
+        ),
         StageKind("train_tokenizer", ("seed", "data", "tokenizer", "train"), ("pretrained_tokenizer",), trains=True),
         StageKind("finetune_tokenizer", ("seed", "finetune"), ("train_tokenizer", "pretrained_teachers"), trains=True),
         StageKind("evaluate_tokenizer", ("data", "eval"), ("tokenizer",)),
@@ -138,6 +164,11 @@ STAGES: dict[str, StageKind] = {
         StageKind("evaluate_generator", ("data", "eval"), ("sample",)),
     )
 }
+
+
+def store_folder(kind: str) -> str:
+    """The run store's folder of a kind's stages."""
+    return STAGES[kind].store_name if kind in STAGES else kind
 
 
 def stage_order(kind: str) -> int:

@@ -21,7 +21,8 @@ from benchmark.store import RunStore, StageStatus, default_root
 from benchmark.study import Plan, build_plan, check_study_path
 
 TRAINING = {
-    **PRETRAINED_PATH,
+    **dict.fromkeys(PRETRAINED_PATH, "teacher"),
+    "pretrain_encoder": "tokenizer.encoder",
     "train_tokenizer": "train",
     "finetune_tokenizer": "finetune",
     "train_generator": "generator_train",
@@ -157,7 +158,7 @@ def print_plan(plan: Plan, store: RunStore, slurm: bool, costs: dict[str, Any]) 
         if cost is not None and status.state != "done":
             total += cost.gpu_hours
         text = cost.describe() if cost is not None else "cost: -"
-        print(f"  {stage.kind:<19} {stage.hash}  {state:<16} {where}; {text}; cells: {', '.join(stage.cells)}")
+        print(f"  {stage.kind:<21} {stage.hash}  {state:<16} {where}; {text}; cells: {', '.join(stage.cells)}")
     print(f"estimated cost of what is to run: {total:.3g} GPU-hours ({estimate_note()})")
 
 

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmark.errors import StoreError
+from benchmark.graph import store_folder
 
 RUNS_ENV = "TOK1D_RUNS"
 # Files a stage keeps changing after it finished (logs, its own records): not part of its outputs.
@@ -145,7 +146,7 @@ class RunStore:
         self.probe = probe
 
     def dir(self, kind: str, hash: str) -> Path:
-        return self.root / kind / hash
+        return self.root / store_folder(kind) / hash
 
     # -- records ------------------------------------------------------------------------------
 

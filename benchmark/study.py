@@ -139,7 +139,12 @@ def hashed_config(config: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def stage_hash(kind: str, config: Mapping[str, Any], inputs: Mapping[str, str]) -> str:
-    payload = {"stage": kind, "version": STAGES[kind].version, "config": hashed_config(config), "inputs": dict(inputs)}
+    payload = {
+        "stage": STAGES[kind].store_name,
+        "version": STAGES[kind].version,
+        "config": hashed_config(config),
+        "inputs": dict(inputs),
+    }
     blob = json.dumps(payload, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
 
@@ -316,7 +321,8 @@ def build_plan(
             inputs = {need: cell.stages[need] for need in STAGES[kind].inputs(config)}
             h = stage_hash(kind, stage_cfg, inputs)
             stage = plan.stages.setdefault(h, Stage(kind, h, stage_cfg, inputs))
-            stage.cells.append(label)
+            if label not in stage.cells:  # (a cell whose two teachers are one: one pretraining)
+                stage.cells.append(label)
             cell.stages[kind] = h
         plan.cells.append(cell)
     if only and not any(c.selected for c in plan.cells):
