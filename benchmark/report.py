@@ -80,6 +80,9 @@ def cell_results(store: RunStore, cell: Cell) -> CellResults:
     init = encoder_init(store, cell)
     if init:
         values["_init"] = init
+    teachers = teacher_sources(store, cell)
+    if teachers:
+        values["_teachers"] = teachers
     values.update({f"config.{k}": v for k, v in flat_config(cell.config).items()})
     return CellResults(cell, values, status)
 
@@ -96,14 +99,36 @@ def encoder_init(store: RunStore, cell: Cell) -> str | None:
     return f"{report['source'].replace(str(store.root), '<run store>')} ({counts})"
 
 
-def init_lines(results: Results) -> list[str]:
-    """One line per encoder initialisation, naming the cells that started from it."""
+def teacher_sources(store: RunStore, cell: Cell) -> str | None:
+    """What a cell's alignment teachers are: published weights, a random-weight stand-in, or a stand-in
+    pretrained offline (its objective and its pretraining's folder, relative to the store)."""
+    parts = []
+    for path, kind in PRETRAINED.items():
+        section, key = path.split(".")
+        spec = (cell.config.get(section) or {}).get(key)
+        if path == "tokenizer.encoder" or not isinstance(spec, dict):
+            continue
+        if kind in cell.stages:
+            folder = store.dir(kind, cell.stages[kind])
+            objective = (store.result(kind, cell.stages[kind]) or {}).get("objective", "not run yet")
+            source = f"stand-in pretrained ({objective}) in <run store>/{folder.relative_to(store.root)}"
+        elif spec.get("stand_in") is not None:
+            source = "random-weight stand-in"
+        else:
+            source = f"published weights (size {spec.get('size', 'default')})"
+        parts.append(f"{path}: {spec.get('init')} {source}")
+    return "; ".join(parts) or None
+
+
+def grouped_lines(results: Results, key: str) -> list[str]:
+    """One line per distinct value of a cell's ``key`` (its encoder initialisation, its teachers), naming
+    the cells that have it."""
     alike: dict[str, list[str]] = {}
     for row in results.rows().values():
         for c in row.cells:
-            if "_init" in c.values:
-                alike.setdefault(c.values["_init"], []).append(c.cell.label)
-    return [f"- {', '.join(labels)}: {init}" for init, labels in alike.items()]
+            if key in c.values:
+                alike.setdefault(c.values[key], []).append(c.cell.label)
+    return [f"- {', '.join(labels)}: {value}" for value, labels in alike.items()]
 
 
 def number(value: Any) -> float | None:
@@ -556,9 +581,12 @@ def write_report(plan: Plan, store: RunStore, out_dir: Path) -> list[Path]:
     protocol = protocol_lines(results)
     if protocol:
         md += ["## Protocol", "", *protocol, ""]
-    inits = init_lines(results)
+    inits = grouped_lines(results, "_init")
     if inits:
         md += ["## Encoder initialisation", "", *inits, ""]
+    teachers = grouped_lines(results, "_teachers")
+    if teachers:
+        md += ["## Alignment teachers", "", *teachers, ""]
     figures = spec.get("figures") or []
     if figures:
         md += ["## Figures", ""]

@@ -323,6 +323,11 @@ def test_a_tokenizer_aligns_to_its_pretrained_teacher_and_is_evaluated_without_i
     config = read_json(train / "stage.json")["config"]
     assert "weights" not in config["tokenizer"]["align"] and config["tokenizer"]["align"]["pretrain"]
     assert read_json(next((runs / "evaluate_tokenizer").iterdir()) / "result.json")["metrics"]["psnr"] > 0
+    md = next((tmp_path / "r").rglob("README.md")).read_text()
+    where = f"<run store>/pretrain_teacher/{pretrain.hash}"
+    assert (
+        f"## Alignment teachers\n\n- base: tokenizer.align: {init} stand-in pretrained ({objective}) in {where}" in md
+    )
 
     ctx = SimpleNamespace(
         inputs={"pretrain_align": pretrain.hash},
