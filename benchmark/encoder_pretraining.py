@@ -69,15 +69,16 @@ def with_pretrained_teachers(config: dict[str, Any], ctx: StageContext) -> dict[
     """``config`` with ``weights`` set, for each alignment teacher pretrained offline, to what its
     pretraining stage (an input of ``ctx``) saved. The stage's own record keeps the config without them,
     so a trained model never depends on where the run store lies."""
-    from benchmark.graph import PRETRAINED
+    from benchmark.graph import PRETRAINED, encoder_at
 
     out = {**config}
     for path, kind in PRETRAINED.items():
-        section, key = path.split(".")
-        if path == "tokenizer.encoder" or kind not in ctx.inputs or key not in (out.get(section) or {}):
+        spec = encoder_at(out, path)
+        if path == "tokenizer.encoder" or kind not in ctx.inputs or spec is None:
             continue  # the encoder's weights are copied by the tokenizer's initialisation
         weights = ctx.input_dir(kind) / WEIGHTS_FOLDER
-        out[section] = {**out[section], key: {**out[section][key], "weights": str(weights)}}
+        section, key = path.split(".")
+        out[section] = {**out[section], key: {**spec, "weights": str(weights)}}
         ctx.log.info("%s: the stand-in pretrained by %s %s (%s)", path, kind, ctx.inputs[kind], weights)
     return out
 
@@ -102,7 +103,6 @@ def pretrain_encoder(ctx: StageContext) -> dict[str, Any]:
     import time
 
     from benchmark.data import build_dataset
-    from benchmark.encoders import build_encoder
     from benchmark.graph import PRETRAINED_PATH
 
     cfg, where = ctx.config, PRETRAINED_PATH[ctx.kind]
@@ -127,7 +127,7 @@ def pretrain_encoder(ctx: StageContext) -> dict[str, Any]:
             f"{ctx.kind}: the {objective.name} pretraining of {spec['init']} collapsed: "
             f"{reason}; its weights are not saved (change {where}.pretrain or .stand_in)"
         )
-    save_stand_in(objective.vit.cpu().eval(), build_encoder(spec, where).library, ctx.dir / WEIGHTS_FOLDER)
+    save_stand_in(objective.vit.cpu().eval(), objective.library, ctx.dir / WEIGHTS_FOLDER)
     return {
         "final_losses": terms,
         "train_seconds": time.perf_counter() - t0,

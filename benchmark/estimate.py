@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmark.errors import ConfigError, Tok1dError, WeightsError
-from benchmark.graph import PRETRAINED, is_released_generator
+from benchmark.graph import PRETRAINED, encoder_at, is_released_generator
 from benchmark.store import atomic_write, read_json
 
 ASSUMED_PEAK_TFLOPS = 989.0  # NVIDIA H100 SXM, dense bf16
@@ -193,11 +193,10 @@ def _estimate_cell(config: dict[str, Any], stages: dict[str, str], out: dict[str
     tok, spec = _tokenizer_costs(config)
     data, train = config["data"], config["train"]
     for path, kind in PRETRAINED.items():
-        if kind in stages:
+        if kind in stages and stages[kind] not in out:  # a teacher shared by cells and roles: counted once
             from benchmark.encoder_pretraining import pretrain_cost
 
-            section, key = path.split(".")
-            out[stages[kind]] = StageCost(pretrain_cost(config[section][key])["train_pflops"])
+            out[stages[kind]] = StageCost(pretrain_cost(encoder_at(config, path))["train_pflops"])
     if "train_tokenizer" in stages and config["tokenizer"]["name"] == "released":
         out[stages["train_tokenizer"]] = StageCost(0.0, "installed from its release, not trained")
     elif "train_tokenizer" in stages:

@@ -107,11 +107,18 @@ PRETRAINED = {
 PRETRAINED_PATH = {kind: path for path, kind in PRETRAINED.items()}
 
 
-def has_pretrain(config: dict[str, Any], path: str) -> bool:
-    """Whether the encoder at ``path`` is a stand-in pretrained offline (``<path>.pretrain`` is set)."""
+def encoder_at(config: dict[str, Any], path: str) -> Mapping[str, Any] | None:
+    """The encoder mapping a config names at ``path`` (``section.key``, e.g. ``tokenizer.align_global``),
+    or None when it names none there."""
     section, key = path.split(".")
     encoder = (config.get(section) or {}).get(key)
-    return isinstance(encoder, Mapping) and encoder.get("pretrain") is not None
+    return encoder if isinstance(encoder, Mapping) else None
+
+
+def has_pretrain(config: dict[str, Any], path: str) -> bool:
+    """Whether the encoder at ``path`` is a stand-in pretrained offline (``<path>.pretrain`` is set)."""
+    encoder = encoder_at(config, path)
+    return encoder is not None and encoder.get("pretrain") is not None
 
 
 def pretrained_kinds(config: dict[str, Any], prefix: str) -> tuple[str, ...]:

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 from benchmark import REPO_ROOT
 from benchmark.claims import MISSING, RowRef, Stat, Value, Verdict, fmt, fmt_stat, judge_all
 from benchmark.errors import Tok1dError
-from benchmark.graph import PRETRAINED
+from benchmark.graph import PRETRAINED, encoder_at
 from benchmark.store import RunStore, atomic_write, default_root, read_json, write_json
 from benchmark.study import Cell, Plan, build_plan, check_study_path, flat_config, sibling_plan
 
@@ -104,9 +104,8 @@ def teacher_sources(store: RunStore, cell: Cell) -> str | None:
     pretrained offline (its objective and its pretraining's folder, relative to the store)."""
     parts = []
     for path, kind in PRETRAINED.items():
-        section, key = path.split(".")
-        spec = (cell.config.get(section) or {}).get(key)
-        if path == "tokenizer.encoder" or not isinstance(spec, dict):
+        spec = encoder_at(cell.config, path)
+        if path == "tokenizer.encoder" or spec is None:
             continue
         if kind in cell.stages:
             folder = store.dir(kind, cell.stages[kind])
