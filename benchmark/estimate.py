@@ -11,10 +11,12 @@ utilisation of an H100's dense bf16 peak. ``run --dry-run`` prints it per stage 
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -65,8 +67,45 @@ def needs_values(exc: BaseException) -> bool:
     return "meta" in text.lower() or "item()" in text or "data-dependent" in text
 
 
-def _tokenizer_costs(config: dict[str, Any]) -> tuple[dict[str, float], Any]:
+class ModelCounts:
+    """The counts a plan check makes (GFLOPs per image of a tokenizer, a generator, a pretraining), each
+    under what builds its model and the code that builds it (:func:`code_digest`). Cells share models (a
+    study that varies the generator builds one tokenizer) and an override that changes no model
+    (``train.steps=...``) builds nothing again. ``path`` (:func:`plan_cache`) keeps the counts across
+    commands, so re-running or re-planning a study starts at once; entries of other code are dropped
+    when it is written. A failed check is not kept: it fails again."""
+
+    def __init__(self, path: Path | None) -> None:
+        self.path, self.code = path, code_digest()
+        known = (read_json(path) or {}) if path is not None else {}
+        self.counts: dict[str, Any] = {k: v for k, v in known.items() if k.startswith(self.code + ":")}
+        self.added = False
+
+    def get(self, kind: str, inputs: Any, count: Callable[[], Any]) -> Any:
+        """The count of the ``kind`` model built from ``inputs`` (JSON-able), made by ``count()`` if new; it
+        comes back as the file gives it back (tuples as lists)."""
+        digest = hashlib.sha256(json.dumps(inputs, sort_keys=True, default=repr).encode()).hexdigest()[:32]
+        key = f"{self.code}:{kind}:{digest}"
+        if key not in self.counts:
+            self.counts[key] = json.loads(json.dumps(count()))
+            self.added = True
+        return self.counts[key]
+
+    def save(self) -> None:
+        if self.path is not None and self.added:
+            atomic_write(self.path, lambda tmp: tmp.write_text(json.dumps(self.counts, sort_keys=True)))
+
+
+def _tokenizer_costs(config: dict[str, Any], counts: ModelCounts) -> tuple[dict[str, Any], Any]:
     """GFLOPs per image of the tokenizer's train step, encode and decode, and its token spec."""
+    from benchmark.base import TokenSpec
+
+    tok = config["tokenizer"]
+    known = counts.get("tokenizer", [tok, config["data"]["resolution"]], lambda: _count_tokenizer(config))
+    return known["cost"], TokenSpec.from_dict(known["spec"])
+
+
+def _count_tokenizer(config: dict[str, Any]) -> dict[str, Any]:
     import torch
 
     from benchmark.checkpoints import build_tokenizer
@@ -93,11 +132,16 @@ def _tokenizer_costs(config: dict[str, Any]) -> tuple[dict[str, float], Any]:
                 "decode_gflops": decode,
                 "note": f"training counted as 3 x (encode + decode); its losses could not be traced ({exc})",
             }
-    return cost, model.token_spec
+    return {"cost": cost, "spec": dataclasses.asdict(model.token_spec)}
 
 
-def _generator_costs(config: dict[str, Any], spec: Any, num_classes: int) -> tuple[float, float]:
+def _generator_costs(config: dict[str, Any], spec: Any, num_classes: int, counts: ModelCounts) -> list[float]:
     """GFLOPs per item of the generator's train step and of one sampling step (one forward pass)."""
+    inputs = [config["generator"], config["sample"].get("options"), dataclasses.asdict(spec), num_classes]
+    return counts.get("generator", inputs, lambda: _count_generator(config, spec, num_classes))
+
+
+def _count_generator(config: dict[str, Any], spec: Any, num_classes: int) -> tuple[float, float]:
     import torch
 
     from benchmark.checkpoints import build_generator
@@ -122,40 +166,26 @@ def estimate_plan(plan: Any, cache: Path | None = None) -> dict[str, StageCost]:
     """Stage hash -> estimated cost of the stages of the selected cells. Building each cell's models on
     the meta device also checks what only a built model can tell (constructor checks, shapes that do
     not fit the resolution): such a config error is raised, naming the cell; anything else only leaves
-    a stage without an estimate ("cost: -").
-
-    ``cache`` (:func:`plan_cache`) keeps each cell's estimate under the digest of its
-    config and of the code that built it (:func:`code_digest`): a cell already checked with the same
-    config and code is not built again, so re-running or re-planning a study starts at once."""
+    a stage without an estimate ("cost: -"). Each model is built once per code (:class:`ModelCounts`,
+    kept in ``cache``)."""
     out: dict[str, StageCost] = {}
-    known = (read_json(cache) or {}) if cache is not None else {}
-    code = code_digest()
-    checked: dict[str, dict[str, list[Any]]] = {}
+    counts = ModelCounts(cache)
     for cell in (c for c in plan.cells if c.selected):
-        key = code + ":" + hashlib.sha256(json.dumps(cell.config, sort_keys=True, default=str).encode()).hexdigest()
-        if key in known:
-            out.update({h: StageCost(*cost) for h, cost in known[key].items()})
-            checked[key] = known[key]
-            continue
         costs: dict[str, StageCost] = {}
         # libraries that copy real weights into a meta model (lpips' heads) warn that the copy is a
         # no-op, which is the point here
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
             try:
-                _estimate_cell(cell.config, cell.stages, costs)
+                _estimate_cell(cell.config, cell.stages, costs, counts)
             except WeightsError:  # weights not fetched yet: the stage that needs them says so when it runs
                 continue
             except Tok1dError as exc:
                 raise type(exc)(f"{plan.path}: cell {cell.label}: {exc}") from None
             except Exception:
-                out.update(costs)  # what could be estimated; built again next time
-                continue
+                pass  # what could be estimated
         out.update(costs)
-        checked[key] = {h: [cost.pflops, cost.note] for h, cost in costs.items()}
-    if cache is not None and set(checked) - set(known):
-        kept = {k: v for k, v in known.items() if k.startswith(code + ":")}  # other code: stale
-        atomic_write(cache, lambda tmp: tmp.write_text(json.dumps({**kept, **checked}, sort_keys=True)))
+    counts.save()
     return out
 
 
@@ -189,14 +219,18 @@ def code_digest() -> str:
     return digest.hexdigest()[:16]
 
 
-def _estimate_cell(config: dict[str, Any], stages: dict[str, str], out: dict[str, StageCost]) -> None:
-    tok, spec = _tokenizer_costs(config)
+def _estimate_cell(
+    config: dict[str, Any], stages: dict[str, str], out: dict[str, StageCost], counts: ModelCounts
+) -> None:
+    tok, spec = _tokenizer_costs(config, counts)
     data, train = config["data"], config["train"]
     for path, kind in PRETRAINED.items():
-        if kind in stages and stages[kind] not in out:  # a teacher shared by cells and roles: counted once
+        if kind in stages and stages[kind] not in out:  # a teacher in several roles: one stage
             from benchmark.encoder_pretraining import pretrain_cost
 
-            out[stages[kind]] = StageCost(pretrain_cost(encoder_at(config, path))["train_pflops"])
+            teacher = encoder_at(config, path)
+            cost = counts.get("pretraining", teacher, lambda teacher=teacher: pretrain_cost(teacher))
+            out[stages[kind]] = StageCost(cost["train_pflops"])
     if "train_tokenizer" in stages and config["tokenizer"]["name"] == "released":
         out[stages["train_tokenizer"]] = StageCost(0.0, "installed from its release, not trained")
     elif "train_tokenizer" in stages:
@@ -206,9 +240,9 @@ def _estimate_cell(config: dict[str, Any], stages: dict[str, str], out: dict[str
     if "finetune_tokenizer" in stages:
         tuned = {**config, "tokenizer": {**config["tokenizer"], **config["finetune"]["tokenizer"]}}
         ft = {**train, **config["finetune"]["train"]}
-        cost, _ = _tokenizer_costs(tuned)
+        tok, _ = _tokenizer_costs(tuned, counts)  # the cell's final tokenizer: what is evaluated and decodes
         out[stages["finetune_tokenizer"]] = StageCost(
-            cost["train_step_gflops"] * ft["steps"] * ft["batch_size"] / 1e6, "network only" if "note" in cost else ""
+            tok["train_step_gflops"] * ft["steps"] * ft["batch_size"] / 1e6, "network only" if "note" in tok else ""
         )
     per_image = tok["encode_gflops"] + tok["decode_gflops"]
     if "evaluate_tokenizer" in stages:
@@ -227,7 +261,7 @@ def _estimate_cell(config: dict[str, Any], stages: dict[str, str], out: dict[str
         return
     classes = data.get("num_classes", 1000) if data.get("name") == "procedural" else 1000
     try:
-        gen_train, gen_forward = _generator_costs(config, spec, classes)
+        gen_train, gen_forward = _generator_costs(config, spec, classes, counts)
     except ConfigError:  # a bad generator option fails the plan, as a bad tokenizer option does
         raise
     except (RuntimeError, ValueError) as exc:  # e.g. a loss that needs teacher features: no estimate

@@ -79,28 +79,34 @@ def test_dry_run_plans_without_running(tmp_path, write_study, capsys):
     assert not (tmp_path / "runs").exists()
 
 
-def test_plan_checks_build_a_cell_once_per_config_and_code(tmp_path, write_study, capsys, monkeypatch):
-    """The models a dry run builds are recorded with their estimates; the same cells with the same code
-    are not built again (the same plan is printed), a changed cell or changed code is."""
+def test_plan_checks_build_a_model_once_per_config_and_code(tmp_path, write_study, capsys, monkeypatch):
+    """The models a dry run builds are recorded with their counts; the same models with the same code are
+    not built again (the same plan is printed), also under an override that changes no model; a changed
+    model or changed code is built again, and a failed check is not recorded."""
     from benchmark import estimate
 
     cache = tmp_path / "cache" / "plan_cache.json"
     monkeypatch.setenv("TOK1D_PLAN_CACHE", str(cache))
+    built: list[dict] = []
+    real = estimate._count_tokenizer
+    monkeypatch.setattr(estimate, "_count_tokenizer", lambda config: built.append(config) or real(config))
     study = write_study(MINI_STUDY)
     assert run_cli(study, tmp_path, "--dry-run") == 0
     first = capsys.readouterr().out
-    assert len(json.loads(cache.read_text())) == 2 and not (tmp_path / "runs").exists()
-    built = []
-    real = estimate._estimate_cell
-    monkeypatch.setattr(estimate, "_estimate_cell", lambda config, *a: built.append(config) or real(config, *a))
+    assert len(built) == 2 and len(json.loads(cache.read_text())) == 2 and not (tmp_path / "runs").exists()
     assert run_cli(study, tmp_path, "--dry-run") == 0
-    assert capsys.readouterr().out == first and built == []
-    assert run_cli(study, tmp_path, "--dry-run", "--only", "tokenizer.num_latent_tokens=8", "train.steps=30") == 0
-    assert [c["tokenizer"]["num_latent_tokens"] for c in built] == [8]  # a changed cell only
+    assert capsys.readouterr().out == first and len(built) == 2
+    assert run_cli(study, tmp_path, "--dry-run", "train.steps=30") == 0  # no model changes: nothing built
+    assert len(built) == 2 and capsys.readouterr().out != first  # the training stages' costs follow the steps
+    assert (
+        run_cli(study, tmp_path, "--dry-run", "--only", "tokenizer.num_latent_tokens=8", "tokenizer.codebook_size=32")
+        == 0
+    )
+    assert [(c["tokenizer"]["num_latent_tokens"], c["tokenizer"]["codebook_size"]) for c in built[2:]] == [(8, 32)]
     assert len(json.loads(cache.read_text())) == 3
     monkeypatch.setattr(estimate, "code_digest", lambda: "changed-code")
     assert run_cli(study, tmp_path, "--dry-run") == 0
-    assert len(built) == 3 and list(json.loads(cache.read_text())) == sorted(json.loads(cache.read_text()))
+    assert len(built) == 5 and list(json.loads(cache.read_text())) == sorted(json.loads(cache.read_text()))
     assert all(k.startswith("changed-code:") for k in json.loads(cache.read_text()))  # stale entries dropped
     capsys.readouterr()
     bad = write_study(MINI_STUDY.replace("patch_size: 4", "patch_size: 5"), name="bad.yaml")
