@@ -36,6 +36,16 @@ def build_tokenizer(config: Mapping[str, Any]) -> Tokenizer:
     return TOKENIZERS.build(config["tokenizer"]["name"], image_size=config["data"]["resolution"], **opts)
 
 
+def latent_2d_tokenizer(spec: Mapping[str, Any]) -> dict[str, Any]:
+    """The tokenizer mapping (``name`` and options) of SelfBootTok's OT target ``tokenizer.latent_2d``,
+    without its ``checkpoint`` or ``train`` options; a frozen encoder needs no discriminator, so
+    ``adversarial`` defaults to None (also when the ``train_latent_2d`` stage trains it)."""
+    opts = {k: v for k, v in spec.items() if k not in ("tokenizer", "checkpoint", "train")}
+    if "adversarial" in TOKENIZERS.params(spec["tokenizer"]):
+        opts.setdefault("adversarial", None)
+    return {"name": spec["tokenizer"], **opts}
+
+
 def build_generator(config: Mapping[str, Any], token_spec: TokenSpec, num_classes: int) -> Generator:
     """The generator named by ``config['generator']`` for a tokenizer's token spec, fresh weights."""
     opts = {k: v for k, v in config["generator"].items() if k != "name"}

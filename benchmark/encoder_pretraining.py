@@ -67,11 +67,18 @@ def save_stand_in(model: nn.Module, library: str, folder: Path) -> None:
 
 def with_pretrained_teachers(config: dict[str, Any], ctx: StageContext) -> dict[str, Any]:
     """``config`` with ``weights`` set, for each alignment teacher pretrained offline, to what its
-    pretraining stage (an input of ``ctx``) saved. The stage's own record keeps the config without them,
-    so a trained model never depends on where the run store lies."""
-    from benchmark.graph import PRETRAINED, encoder_at
+    pretraining stage (an input of ``ctx``) saved, and the OT target's ``checkpoint`` to what its
+    ``train_latent_2d`` stage saved. The stage's own record keeps the config without them, so a trained
+    model never depends on where the run store lies."""
+    from benchmark.graph import LATENT_2D, PRETRAINED, encoder_at
 
     out = {**config}
+    if "train_latent_2d" in ctx.inputs:
+        checkpoint = ctx.input_dir("train_latent_2d") / "model.safetensors"
+        latent_2d = {**encoder_at(out, LATENT_2D), "checkpoint": str(checkpoint)}
+        del latent_2d["train"]
+        out["tokenizer"] = {**out["tokenizer"], "latent_2d": latent_2d}
+        ctx.log.info("%s: the 2D tokenizer trained by train_latent_2d %s", LATENT_2D, ctx.inputs["train_latent_2d"])
     for path, kind in PRETRAINED.items():
         spec = encoder_at(out, path)
         if path == "tokenizer.encoder" or kind not in ctx.inputs or spec is None:

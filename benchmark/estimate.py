@@ -231,6 +231,14 @@ def _estimate_cell(
             teacher = encoder_at(config, path)
             cost = counts.get("pretraining", teacher, lambda teacher=teacher: pretrain_cost(teacher))
             out[stages[kind]] = StageCost(cost["train_pflops"])
+    if "train_latent_2d" in stages:  # SelfBootTok's OT target, trained first
+        from benchmark.checkpoints import latent_2d_tokenizer
+        from benchmark.config import TrainConfig
+
+        ot_target = config["tokenizer"]["latent_2d"]
+        target, _ = _tokenizer_costs({"tokenizer": latent_2d_tokenizer(ot_target), "data": data}, counts)
+        loop = TrainConfig(**ot_target["train"])
+        out[stages["train_latent_2d"]] = StageCost(target["train_step_gflops"] * loop.steps * loop.batch_size / 1e6)
     if "train_tokenizer" in stages and config["tokenizer"]["name"] == "released":
         out[stages["train_tokenizer"]] = StageCost(0.0, "installed from its release, not trained")
     elif "train_tokenizer" in stages:

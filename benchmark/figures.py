@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any
 
 from benchmark.claims import RowRef, Stat, check_row_refs, row_list
 from benchmark.errors import ConfigError
-from benchmark.graph import PRETRAINED
+from benchmark.graph import TRAINING_KINDS
 from benchmark.store import atomic_write, read_json
 
 if TYPE_CHECKING:
@@ -58,7 +58,7 @@ class FigureData:
 
 
 COMMON = {"name", "kind", "title", "rows"}
-TRAINING_STAGES = (*PRETRAINED.values(), "train_tokenizer", "finetune_tokenizer", "train_generator")
+TRAINING_STAGES = TRAINING_KINDS
 KINDS: dict[str, tuple[set[str], set[str]]] = {  # kind -> (required keys, optional keys)
     "line": ({"x", "y"}, {"x_value", "xlabel", "logx", "labels", "all_cells"}),
     "bars": ({"y"}, {"categories", "series", "labels", "logy"}),

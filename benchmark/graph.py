@@ -10,7 +10,9 @@ data and ``tokenizer.encoder`` alone, so every cell with the same stand-in share
 alignment teacher's stand-in with ``pretrain`` (``tokenizer.align``, ``.align_global``, ``.align_local``,
 ``generator.repa_teacher``) gets a stage of its role's kind the same way (:data:`PRETRAINED`), read by the
 stages that train with that teacher; the roles share one folder, so one pretraining serves every role
-with the same teacher (:class:`TeacherPretraining`).
+with the same teacher (:class:`TeacherPretraining`). SelfBootTok's OT target, the 2D tokenizer at
+``tokenizer.latent_2d``, is trained first by a ``train_latent_2d`` stage when its mapping has ``train``
+(hash: seed, data and the mapping), read by the stages that train with it.
 
 A released generator (``generator.name: released``) is installed, not trained: its train_generator
 stage reads ``train_tokenizer`` (the token space it is used in) instead of a latent cache (the need
@@ -66,12 +68,13 @@ class StageKind:
         """The stage kinds this one reads, with ``tokenizer``, ``latents`` and the pretrained stand-ins
         resolved for this config (``pretrained_tokenizer``: the tokenizer's encoder and teachers;
         ``pretrained_teachers``: its teachers alone; ``pretrained_generator``: the REPA teacher; each the
-        stand-ins that ``pretrain``, none otherwise)."""
+        stand-ins that ``pretrain``, none otherwise; the tokenizer's and its teachers' include a trained
+        OT target, ``train_latent_2d``)."""
         resolved = {
             "tokenizer": ("finetune_tokenizer" if has_finetune(config) else "train_tokenizer",),
             "latents": ("train_tokenizer" if is_released_generator(config) else "cache_latents",),
-            "pretrained_tokenizer": pretrained_kinds(config, "tokenizer."),
-            "pretrained_teachers": pretrained_kinds(config, "tokenizer.align"),
+            "pretrained_tokenizer": pretrained_kinds(config, "tokenizer.") + trained_ot_target(config),
+            "pretrained_teachers": pretrained_kinds(config, "tokenizer.align") + trained_ot_target(config),
             "pretrained_generator": pretrained_kinds(config, "generator."),
         }
         return tuple(r for n in self.needs for r in resolved.get(n, (n,)))
@@ -121,6 +124,21 @@ def has_pretrain(config: dict[str, Any], path: str) -> bool:
     return encoder is not None and encoder.get("pretrain") is not None
 
 
+LATENT_2D = "tokenizer.latent_2d"
+
+
+def uses_ot_target(config: dict[str, Any]) -> bool:
+    """Whether a cell's tokenizer aligns to an OT target: a ``tokenizer.latent_2d`` and SelfBootTok's local-2D
+    branch (``branches`` with L2, its default: tokenizers/selfboottok.py builds no target without it)."""
+    return encoder_at(config, LATENT_2D) is not None and "L2" in config["tokenizer"].get("branches", "G+L1+L2")
+
+
+def trained_ot_target(config: dict[str, Any]) -> tuple[str, ...]:
+    """``("train_latent_2d",)`` when a cell trains its OT target first (``tokenizer.latent_2d.train`` is set)."""
+    trains = uses_ot_target(config) and encoder_at(config, LATENT_2D).get("train") is not None
+    return ("train_latent_2d",) if trains else ()
+
+
 def pretrained_kinds(config: dict[str, Any], prefix: str) -> tuple[str, ...]:
     """The pretraining stage kinds of the stand-ins under ``prefix`` that this config pretrains."""
     return tuple(kind for path, kind in PRETRAINED.items() if path.startswith(prefix) and has_pretrain(config, path))
@@ -135,6 +153,11 @@ def check_stage2_teachers(config: dict[str, Any], where: str) -> None:
     """Stage 2 (``finetune.tokenizer``) trains with stage 1's teachers and their offline pretraining: a
     teacher that stage 2 names anew may not ask for a pretraining of its own."""
     for key, spec in ((config.get("finetune") or {}).get("tokenizer") or {}).items():
+        if key == "latent_2d" and isinstance(spec, dict) and spec.get("train") is not None:
+            raise ConfigError(
+                f"{where}: finetune.tokenizer.latent_2d.train: stage 2 trains with stage 1's OT target; "
+                "train it under tokenizer.latent_2d"
+            )
         if key.startswith("align") and isinstance(spec, dict) and spec.get("pretrain") is not None:
             raise ConfigError(
                 f"{where}: finetune.tokenizer.{key}.pretrain: stage 2 trains with stage 1's teachers; "
@@ -157,6 +180,7 @@ STAGES: dict[str, StageKind] = {
             for path, kind in PRETRAINED.items()
             if kind != "pretrain_encoder"
         ),
+        StageKind("train_latent_2d", ("seed", "data", LATENT_2D), (), trains=True),
         StageKind("train_tokenizer", ("seed", "data", "tokenizer", "train"), ("pretrained_tokenizer",), trains=True),
         StageKind("finetune_tokenizer", ("seed", "finetune"), ("train_tokenizer", "pretrained_teachers"), trains=True),
         StageKind("evaluate_tokenizer", ("data", "eval"), ("tokenizer",)),
@@ -171,6 +195,9 @@ STAGES: dict[str, StageKind] = {
         StageKind("evaluate_generator", ("data", "eval"), ("sample",)),
     )
 }
+
+
+TRAINING_KINDS = tuple(name for name, kind in STAGES.items() if kind.trains)  # in dependency order
 
 
 def store_folder(kind: str) -> str:

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 from benchmark import REPO_ROOT
 from benchmark.claims import MISSING, RowRef, Stat, Value, Verdict, fmt, fmt_stat, judge_all
 from benchmark.errors import Tok1dError
-from benchmark.graph import PRETRAINED, encoder_at
+from benchmark.graph import LATENT_2D, PRETRAINED, TRAINING_KINDS, encoder_at, uses_ot_target
 from benchmark.store import RunStore, atomic_write, default_root, read_json, write_json
 from benchmark.study import Cell, Plan, build_plan, check_study_path, flat_config, sibling_plan
 
@@ -116,6 +116,14 @@ def teacher_sources(store: RunStore, cell: Cell) -> str | None:
         else:
             source = f"published weights (size {spec.get('size', 'default')})"
         parts.append(f"{path}: {spec.get('init')} {source}")
+    if uses_ot_target(cell.config):
+        ot_target = encoder_at(cell.config, LATENT_2D)
+        if "train_latent_2d" in cell.stages:
+            folder = store.dir("train_latent_2d", cell.stages["train_latent_2d"]).relative_to(store.root)
+            source = f"trained on the study's data in <run store>/{folder}"
+        else:
+            source = "its checkpoint" if ot_target.get("checkpoint") else "random weights"
+        parts.append(f"{LATENT_2D} (OT target): {ot_target['tokenizer']} {source}")
     return "; ".join(parts) or None
 
 
@@ -349,7 +357,7 @@ def compute_table(plan: Plan, store: RunStore) -> pd.DataFrame:
     import pandas as pd
 
     rows = []
-    for kind in (*PRETRAINED.values(), "train_tokenizer", "finetune_tokenizer", "train_generator"):
+    for kind in TRAINING_KINDS:
         shared, per_cell = 0.0, 0.0
         for stage in (s for s in plan.stages.values() if s.kind == kind):
             result = store.result(kind, stage.hash) or {}

@@ -18,6 +18,7 @@ from benchmark.stage_context import StageContext
 
 BODIES: dict[str, Callable[[StageContext], dict[str, Any]]] = {
     **dict.fromkeys(PRETRAINED.values(), pretrain_encoder),
+    "train_latent_2d": tok.train_latent_2d,
     "train_tokenizer": tok.train_tokenizer,
     "finetune_tokenizer": tok.finetune_tokenizer,
     "evaluate_tokenizer": tok.evaluate_tokenizer,

@@ -16,13 +16,14 @@ import time
 from typing import Any
 
 from benchmark.errors import Tok1dError
-from benchmark.graph import PRETRAINED_PATH, STAGES
+from benchmark.graph import LATENT_2D, PRETRAINED_PATH, STAGES
 from benchmark.store import RunStore, StageStatus, default_root
 from benchmark.study import Plan, build_plan, check_study_path
 
 TRAINING = {
     **dict.fromkeys(PRETRAINED_PATH, "teacher"),
     "pretrain_encoder": "tokenizer.encoder",
+    "train_latent_2d": LATENT_2D,
     "train_tokenizer": "train",
     "finetune_tokenizer": "finetune",
     "train_generator": "generator_train",
@@ -37,7 +38,7 @@ def training_steps(status: StageStatus, store: RunStore) -> str:
     if section is None:
         return ""
     cfg = record.get("config", {}).get(section, {})
-    nested = "pretrain" if status.kind in PRETRAINED_PATH else {"finetune": "train"}.get(section)
+    nested = "pretrain" if status.kind in PRETRAINED_PATH else {"finetune": "train", LATENT_2D: "train"}.get(section)
     total = (cfg.get(nested) or {}).get("steps") if nested else cfg.get("steps")
     done = 0
     log = folder / "losses.csv"

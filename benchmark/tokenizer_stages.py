@@ -1,5 +1,5 @@
-"""Tokenizer stages: train (with a pretrained encoder initialisation), finetune (SelfBootTok's stage
-2, Sec. 3.4) and evaluate (reconstruction metrics, benchmark/tokenizer_eval.py).
+"""Tokenizer stages: train (with a pretrained encoder initialisation), train SelfBootTok's 2D OT target,
+finetune (SelfBootTok's stage 2, Sec. 3.4) and evaluate (reconstruction metrics, benchmark/tokenizer_eval.py).
 
 A training stage leaves, besides its weights: ``losses.csv``; at every checkpoint ``samples/step_<s>.png``
 (originals over reconstructions of fixed training images), ``probe/step_<s>.npz`` (per-code counts, latent
@@ -22,10 +22,17 @@ from torch import Tensor
 from torch.utils.data import Dataset, Subset
 
 from benchmark.base import Tokenizer
-from benchmark.checkpoints import build_tokenizer, load_tokenizer, restore_architecture, save_tokenizer
+from benchmark.checkpoints import (
+    build_tokenizer,
+    latent_2d_tokenizer,
+    load_tokenizer,
+    restore_architecture,
+    save_tokenizer,
+)
 from benchmark.config import EvalConfig, TrainConfig
 from benchmark.encoder_pretraining import with_pretrained_teachers
 from benchmark.errors import StageError
+from benchmark.graph import LATENT_2D
 from benchmark.image_grid import save_image_grid
 from benchmark.quantizers import SoftVectorQuantizer, VectorQuantizer
 from benchmark.stage_context import StageContext
@@ -216,6 +223,18 @@ def train_tokenizer(ctx: StageContext) -> dict[str, Any]:
         else:
             initialize_pretrained(model, ctx)
     return _train(model, ctx, cfg, TrainConfig(**cfg["train"]))
+
+
+def train_latent_2d(ctx: StageContext) -> dict[str, Any]:
+    """SelfBootTok's OT target (Sec. 3.3: the latents of a 2D VAE): train the 2D tokenizer that
+    ``tokenizer.latent_2d`` names, with its own options, on the cell's training split under its ``train``
+    options. Its ``model.safetensors`` becomes the ``latent_2d.checkpoint`` of the stages that train with it
+    (:func:`~benchmark.encoder_pretraining.with_pretrained_teachers`); like the frozen copy they build, it has
+    no discriminator unless the mapping names one."""
+    spec = ctx.config[LATENT_2D]
+    cfg = {"seed": ctx.config["seed"], "data": ctx.config["data"], "tokenizer": latent_2d_tokenizer(spec)}
+    torch.manual_seed(cfg["seed"])
+    return _train(build_tokenizer(cfg), ctx, cfg, TrainConfig(**spec["train"]))
 
 
 def finetune_tokenizer(ctx: StageContext) -> dict[str, Any]:

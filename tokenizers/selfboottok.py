@@ -30,6 +30,7 @@ defaults below are this implementation's choices (every alignment term weighted 
 
 from __future__ import annotations
 
+import typing
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -41,6 +42,8 @@ from torch import Tensor, nn
 
 from benchmark.align import Projector, TeacherOptions, build_teacher, patchwise_similarity_loss
 from benchmark.base import Tokenizer, TokenizerOutput, TokenSpec
+from benchmark.checkpoints import latent_2d_tokenizer
+from benchmark.config import TrainConfig, check_train
 from benchmark.encoders import EncoderOptions
 from benchmark.errors import ConfigError, WeightsError
 from benchmark.layers import Block, Frozen, init_vit_weights, unpatchify
@@ -314,16 +317,24 @@ class CrossAttentionViTDecoder(MaskTokenViTDecoder):
 
 
 def check_latent_2d(spec: Mapping[str, Any], where: str) -> None:
-    """A ``latent_2d`` mapping: a registered tokenizer name, an optional checkpoint path, that
-    tokenizer's own options."""
+    """A ``latent_2d`` mapping: a registered tokenizer name, an optional checkpoint path or an optional
+    ``train`` mapping (a :class:`~benchmark.config.TrainConfig`: the ``train_latent_2d`` stage trains it on
+    the cell's data first), that tokenizer's own options."""
     opts = dict(spec)
-    name, checkpoint = opts.pop("tokenizer", None), opts.pop("checkpoint", None)
+    name, checkpoint, train = opts.pop("tokenizer", None), opts.pop("checkpoint", None), opts.pop("train", None)
     if not isinstance(name, str):
         raise ConfigError(
             f"{where}.tokenizer: expected the name of a registered 2D tokenizer (e.g. vqgan), got {name!r}"
         )
     if checkpoint is not None and not isinstance(checkpoint, str):
         raise ConfigError(f"{where}.checkpoint must be a path or null, got {checkpoint!r}")
+    if train is not None:
+        if checkpoint is not None:
+            raise ConfigError(f"{where}: set checkpoint (trained elsewhere) or train (trained here), not both")
+        if not isinstance(train, Mapping):
+            raise ConfigError(f"{where}.train must be a mapping of training options, got {train!r}")
+        check_options(train, typing.get_type_hints(TrainConfig), f"{where}.train", "the 2D tokenizer's training")
+        check_train(train, f"{where}.train")
     check_options(opts, TOKENIZERS.params(name, where=f"{where}.tokenizer"), where, f"tokenizer '{name}'")
 
 
@@ -339,10 +350,8 @@ def build_latent_2d(spec: Mapping[str, Any], image_size: int) -> Frozen:
     """
     where = "tokenizer.latent_2d"
     check_latent_2d(spec, where)
-    opts = dict(spec)
-    name, checkpoint = opts.pop("tokenizer"), opts.pop("checkpoint", None)
-    if "adversarial" in TOKENIZERS.params(name):  # a frozen encoder needs no discriminator
-        opts.setdefault("adversarial", None)
+    opts, checkpoint = latent_2d_tokenizer(spec), spec.get("checkpoint")
+    name = opts.pop("name")
     model = TOKENIZERS.build(name, image_size=image_size, **opts)
     if not callable(getattr(model, "latent_grid", None)):
         raise ConfigError(f"{where}.tokenizer: '{name}' has no latent_grid(images) method; choose a 2D tokenizer")
@@ -463,7 +472,9 @@ class SelfBootTok(Tokenizer):
         frozen teachers (encoder specs of benchmark/encoders.py, with ``stand_in`` at smoke scale);
         ``local_align_tokens``: "l1" or "l2", the tokens aligned to the local teacher (Eq. 7).
         ``latent_2d``: the frozen 2D tokenizer of the OT term, ``{tokenizer: vqgan, checkpoint: ...,
-        **its options}``; ``ot_epsilon``: Sinkhorn's entropic regularisation, relative to the mean cost.
+        **its options}``, or with ``train: {steps: ..., ...}`` instead of a checkpoint: trained on the
+        cell's data first by the ``train_latent_2d`` stage (the forward refuses to align to it before that
+        stage gave its checkpoint); ``ot_epsilon``: Sinkhorn's entropic regularisation, relative to the mean cost.
         An alignment term whose tokens are absent under ``branches`` is off (so one base config serves
         every Table 3 row). ``stage``: 1, or 2 to train only the local 2D aligner (Sec. 3.4).
         ``encoder``: a pretrained initialisation of the ViT encoder, copied in by the train stage.
@@ -596,6 +607,10 @@ class SelfBootTok(Tokenizer):
             self.projector_local = Projector(dims[self.local_align_group], dim)
         # Eq. 12-13: the frozen 2D latent encoder, and z_L2 -> C when the widths differ.
         self.latent_2d, self.ot_proj, self.ot_epsilon = None, None, ot_epsilon
+        # a 2D tokenizer trained by the train_latent_2d stage, which has not given its checkpoint: never random
+        self.ot_target_pending = (
+            bool(latent_2d) and latent_2d.get("train") is not None and not latent_2d.get("checkpoint")
+        )
         if latent_2d is not None and "local2d" in self.groups:
             self.latent_2d = build_latent_2d(latent_2d, image_size)
             with torch.no_grad():
@@ -697,6 +712,11 @@ class SelfBootTok(Tokenizer):
             sim = patchwise_similarity_loss(self.projector_local(tokens), self.teacher_local.teacher_features(images))
             losses["repa_local"] = self.align_weight * self.repa_local_weight * sim
         if self.latent_2d is not None:  # Eq. 12-13
+            if self.ot_target_pending and images.device.type != "meta":  # meta: plan-time shapes and costs
+                raise ConfigError(
+                    "tokenizer.latent_2d.train: the OT target's training (a train_latent_2d stage) has not "
+                    "given it a checkpoint"
+                )
             with torch.no_grad():
                 grid = self.latent_2d.net.latent_grid(images)
             z_l2 = z_local["local2d"] if self.ot_proj is None else self.ot_proj(z_local["local2d"])
