@@ -92,13 +92,15 @@ def with_pretrained_teachers(config: dict[str, Any], ctx: StageContext) -> dict[
 
 def pretrain_cost(spec: Mapping[str, Any]) -> dict[str, float]:
     """GFLOPs of one training example (all its views at the stand-in's input size, forward and backward;
-    counted on the meta device) and of the whole pretraining, in PFLOPs."""
+    counted on the meta device) and of the whole pretraining, in PFLOPs. Objectives that draw masks (I-JEPA's
+    blocks, whose sizes set the predictor's FLOPs) draw them from a fixed seed: the same plan, the same count."""
     from benchmark.cost import gflops, training_pflops
 
-    with torch.device("meta"):
+    with torch.random.fork_rng(devices=[]), torch.device("meta"):
+        torch.manual_seed(0)
         objective, loop = build_objective(spec)
         views = [torch.rand(1, 3, *objective.input_size) for _ in range(objective.num_views)]
-    cost = {"train_step_gflops": gflops(lambda: sum(objective.loss(views).values()).backward())}
+        cost = {"train_step_gflops": gflops(lambda: sum(objective.loss(views).values()).backward())}
     return {**cost, "train_pflops": training_pflops(cost, loop.steps, loop.batch_size)}
 
 
