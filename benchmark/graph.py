@@ -198,6 +198,9 @@ STAGES: dict[str, StageKind] = {
 
 
 TRAINING_KINDS = tuple(name for name, kind in STAGES.items() if kind.trains)  # in dependency order
+# Training stages that make what a paper takes as published weights (the encoder's and the teachers'
+# stand-ins, SelfBootTok's OT target): a compute comparison of the tokenizers and generators leaves them out.
+PREREQUISITE_KINDS = (*PRETRAINED.values(), "train_latent_2d")
 
 
 def store_folder(kind: str) -> str:

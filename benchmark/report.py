@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 from benchmark import REPO_ROOT
 from benchmark.claims import MISSING, RowRef, Stat, Value, Verdict, fmt, fmt_stat, judge_all
 from benchmark.errors import Tok1dError
-from benchmark.graph import LATENT_2D, PRETRAINED, TRAINING_KINDS, encoder_at, uses_ot_target
+from benchmark.graph import LATENT_2D, PREREQUISITE_KINDS, PRETRAINED, TRAINING_KINDS, encoder_at, uses_ot_target
 from benchmark.store import RunStore, atomic_write, default_root, read_json, write_json
 from benchmark.study import Cell, Plan, build_plan, check_study_path, flat_config, sibling_plan
 
@@ -234,7 +234,7 @@ class Results:
             row = self.row(ref)
             return Value(row.stat(metric), number(row.reference.get(metric)))
         df = self.compute()
-        if df.empty:
+        if df.empty or df.iloc[-1]["stage"] != "total":  # no tokenizer or generator trained yet
             return Value(None)
         total = df.iloc[-1]
         column = {"compute.as_run": "PFLOPs as run", "compute.per_cell": "PFLOPs, one per cell"}
@@ -353,10 +353,12 @@ def empty_column_notes(results: Results, table: dict[str, Any]) -> list[str]:
 
 def compute_table(plan: Plan, store: RunStore) -> pd.DataFrame:
     """Training compute per stage kind: as run (each shared stage once: cells that share a tokenizer,
-    a latent cache or a generator share its training) against every cell training its own."""
+    a latent cache or a generator share its training) against every cell training its own. The total
+    (the last row, which claims read) covers the tokenizers and generators: the prerequisites that stand in
+    for published weights (graph.PREREQUISITE_KINDS) are listed first, marked, and left out of it."""
     import pandas as pd
 
-    rows = []
+    rows, prerequisites = [], []
     for kind in TRAINING_KINDS:
         shared, per_cell = 0.0, 0.0
         for stage in (s for s in plan.stages.values() if s.kind == kind):
@@ -366,7 +368,11 @@ def compute_table(plan: Plan, store: RunStore) -> pd.DataFrame:
                 continue
             shared += pflops
             per_cell += pflops * len(stage.cells)
-        if per_cell:
+        if per_cell and kind in PREREQUISITE_KINDS:
+            prerequisites.append(
+                {"stage": f"{kind} (not in total)", "PFLOPs as run": shared, "PFLOPs, one per cell": per_cell}
+            )
+        elif per_cell:
             rows.append({"stage": kind, "PFLOPs as run": shared, "PFLOPs, one per cell": per_cell})
     if rows:
         total = {
@@ -375,8 +381,8 @@ def compute_table(plan: Plan, store: RunStore) -> pd.DataFrame:
             "PFLOPs, one per cell": sum(r["PFLOPs, one per cell"] for r in rows),
         }
         rows.append(total)
-    df = pd.DataFrame(rows)
-    if rows:
+    df = pd.DataFrame(prerequisites + rows)
+    if not df.empty:
         df["saving (%)"] = 100 * (1 - df["PFLOPs as run"] / df["PFLOPs, one per cell"])
     return df
 

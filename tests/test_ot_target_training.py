@@ -4,6 +4,7 @@ tokenizer aligns to the weights that stage saved."""
 
 from __future__ import annotations
 
+import pandas as pd
 import pytest
 import torch
 from conftest import run_cli
@@ -27,6 +28,7 @@ cells:
   - {{label: G + L1 + L2}}
   - {{label: G + L1 + L2 (no C), set: {{tokenizer.local2d_form: queries, tokenizer.causal: false}}}}
 stages: [evaluate_tokenizer]
+report: {{compute: true}}
 """
 
 
@@ -94,6 +96,11 @@ def test_a_tokenizer_aligns_to_the_ot_target_its_stage_trained(tmp_path, write_s
     # for evaluation, which never aligns, builds without it
     (first,) = (runs / "train_tokenizer").iterdir()
     assert load_tokenizer(first).ot_target_pending
+    # the compute table lists the target's training but leaves it out of the tokenizers' total
+    compute = pd.read_csv(tmp_path / "results" / "mini" / "_smoke" / "compute.csv").set_index("stage")
+    assert compute.loc["train_latent_2d (not in total)", "PFLOPs as run"] > 0
+    trained = compute.loc[["train_tokenizer", "finetune_tokenizer"], "PFLOPs as run"].sum()
+    assert compute.index[-1] == "total" and compute.loc["total", "PFLOPs as run"] == pytest.approx(trained)
     report = (tmp_path / "results" / "mini" / "_smoke" / "README.md").read_text()
     assert (
         f"tokenizer.latent_2d (OT target): vqgan trained on the study's data in <run store>/train_latent_2d/{target.name}"
