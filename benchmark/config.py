@@ -68,6 +68,9 @@ class TrainConfig:
     eval_images: int = field(default=64, metadata=DIAGNOSTIC)
 
 
+TRAIN_KEYS = typing.get_type_hints(TrainConfig)  # option -> type hint, for nested training mappings
+
+
 def check_train(section: Mapping[str, Any], where: str) -> None:
     """Checks across the keys of a ``train`` / ``generator_train`` section."""
     if section.get("probe_images", 0) < 0 or section.get("eval_images", 1) < 1:

@@ -58,7 +58,6 @@ class FigureData:
 
 
 COMMON = {"name", "kind", "title", "rows"}
-TRAINING_STAGES = TRAINING_KINDS
 KINDS: dict[str, tuple[set[str], set[str]]] = {  # kind -> (required keys, optional keys)
     "line": ({"x", "y"}, {"x_value", "xlabel", "logx", "labels", "all_cells"}),
     "bars": ({"y"}, {"categories", "series", "labels", "logy"}),
@@ -102,8 +101,8 @@ def check_figures(plan: Plan, other_rows: Callable[[str], list[str]] | None) -> 
         steps = fig.get("steps", "last")
         if not (steps == "last" or isinstance(steps, int) or (isinstance(steps, list) and steps)):
             raise ConfigError(f"{where} ({fig['name']}): steps must be last, a number of steps or a list of steps")
-        if fig.get("stage", "train_tokenizer") not in TRAINING_STAGES:
-            raise ConfigError(f"{where} ({fig['name']}): stage must be one of {', '.join(TRAINING_STAGES)}")
+        if fig.get("stage", "train_tokenizer") not in TRAINING_KINDS:
+            raise ConfigError(f"{where} ({fig['name']}): stage must be one of {', '.join(TRAINING_KINDS)}")
         if fig.get("series") and isinstance(fig["y"], list):
             raise ConfigError(f"{where} ({fig['name']}): bars with series show one metric: y: <metric>")
         refs = figure_rows(fig) + [

@@ -25,7 +25,6 @@ from __future__ import annotations
 import copy
 import functools
 import math
-import typing
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from typing import Any, ClassVar
@@ -34,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from benchmark.config import TrainConfig
+from benchmark.config import TRAIN_KEYS, TrainConfig
 from benchmark.errors import ConfigError
 from benchmark.layers import hf_layers, patchify
 from benchmark.options import check_options, init_params, nested
@@ -501,7 +500,6 @@ OBJECTIVES: dict[str, type[Objective]] = {
     cls.name: cls for cls in (MaskedAutoencoder, SelfDistillation, JointEmbeddingPredictive)
 }
 HARNESS_ARGS = frozenset({"vit", "mean", "std"})
-TRAIN_KEYS = typing.get_type_hints(TrainConfig)
 
 
 def split_options(spec: Mapping[str, Any], default: str | None, where: str) -> tuple[str, dict, dict]:

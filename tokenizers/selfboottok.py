@@ -30,7 +30,6 @@ defaults below are this implementation's choices (every alignment term weighted 
 
 from __future__ import annotations
 
-import typing
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -43,7 +42,7 @@ from torch import Tensor, nn
 from benchmark.align import Projector, TeacherOptions, build_teacher, patchwise_similarity_loss
 from benchmark.base import Tokenizer, TokenizerOutput, TokenSpec
 from benchmark.checkpoints import latent_2d_tokenizer
-from benchmark.config import TrainConfig, check_train
+from benchmark.config import TRAIN_KEYS, check_train
 from benchmark.encoders import EncoderOptions
 from benchmark.errors import ConfigError, WeightsError
 from benchmark.layers import Block, Frozen, init_vit_weights, unpatchify
@@ -333,7 +332,7 @@ def check_latent_2d(spec: Mapping[str, Any], where: str) -> None:
             raise ConfigError(f"{where}: set checkpoint (trained elsewhere) or train (trained here), not both")
         if not isinstance(train, Mapping):
             raise ConfigError(f"{where}.train must be a mapping of training options, got {train!r}")
-        check_options(train, typing.get_type_hints(TrainConfig), f"{where}.train", "the 2D tokenizer's training")
+        check_options(train, TRAIN_KEYS, f"{where}.train", "the 2D tokenizer's training")
         check_train(train, f"{where}.train")
     check_options(opts, TOKENIZERS.params(name, where=f"{where}.tokenizer"), where, f"tokenizer '{name}'")
 
