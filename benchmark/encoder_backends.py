@@ -126,7 +126,7 @@ class PretrainedEncoder(ABC):
         if self.pretrain_objective is None or self.library != OBJECTIVES[self.pretrain_objective].library:
             raise ConfigError(
                 f"{where}: encoder '{self.registry_name}' has no offline pretraining objective "
-                f"({self.pretrain_missing}); pretrain mae, dino, dinov2 or ijepa stand-ins"
+                f"({self.pretrain_missing}); pretrain mae, dino, dinov2, ijepa or siglip stand-ins"
             )
         wanted = pretrain.get("objective", self.pretrain_objective)
         if wanted != self.pretrain_objective:

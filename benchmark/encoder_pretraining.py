@@ -7,7 +7,7 @@ At paper scale a tokenizer's encoder starts from published weights (MAE, DINO, D
 and repro scale nothing is downloaded: ``tokenizer.encoder.stand_in`` builds the library's architecture,
 shrunk, with random weights, which carry nothing of what pretraining gives. With
 ``tokenizer.encoder.pretrain`` that stand-in is first trained with the objective its family was
-pretrained with (benchmark/pretraining_objectives.py: MAE's, DINO's, I-JEPA's) on the cell's training
+pretrained with (benchmark/pretraining_objectives.py: MAE's, DINO's, I-JEPA's, SigLIP's) on the cell's training
 split, and saved the way its library saves it (timm's ``save_for_hf`` folder, transformers'
 ``save_pretrained`` folder); the tokenizer's initialisation then loads it through the same path as a
 downloaded checkpoint (``tokenizer.encoder.weights``). One pretraining serves every cell with the same
@@ -16,8 +16,10 @@ with it (:func:`with_pretrained_teachers`): a frozen teacher of random weights g
 semantics to align to.
 
 Each encoder family names its objective (``pretrain_objective``: MAE -> mae; DINO and DINOv2 -> dino, for
-DINOv2 without its iBOT and KoLeo terms; I-JEPA -> ijepa). Families trained on what the built-in data
-lacks (CLIP, SigLIP and SigLIP 2: captions; Depth-Anything: depth) have none.
+DINOv2 without its iBOT and KoLeo terms; I-JEPA -> ijepa; SigLIP -> siglip, its sigmoid image-text loss
+with the training split's class names as captions). CLIP (its softmax contrastive loss wants distinct
+captions, a batch of class names repeats them), SigLIP 2 (a transformers image tower and its decoder
+losses) and Depth-Anything (depth labels) have none.
 
 ``pretrain`` takes the training loop's options (benchmark/config.py ``TrainConfig``: steps, batch_size,
 lr, ...; defaults: the objective's recipe) and the objective's own (``mask_ratio``, ``out_dim``, ...),
@@ -26,7 +28,7 @@ checked by benchmark/pretraining_objectives.py.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -43,15 +45,21 @@ if TYPE_CHECKING:
 WEIGHTS_FOLDER = "encoder"  # the stage's output: the pretrained stand-in in its library's layout
 
 
-def build_objective(spec: Mapping[str, Any], where: str = "tokenizer.encoder") -> tuple[Objective, TrainConfig]:
+def build_objective(
+    spec: Mapping[str, Any], where: str = "tokenizer.encoder", class_names: Sequence[str] = ()
+) -> tuple[Objective, TrainConfig]:
     """The objective around a fresh random-weight stand-in of the encoder ``spec`` names (the mapping at
-    ``where``, with ``stand_in`` and ``pretrain``), and its training-loop options."""
+    ``where``, with ``stand_in`` and ``pretrain``), and its training-loop options. ``class_names``: the
+    training split's, the captions of a captioned objective (SigLIP's)."""
     from benchmark.encoders import build_encoder
 
     entry = build_encoder({k: v for k, v in spec.items() if k != "weights"}, where=where)
     name, train, options = split_options(spec["pretrain"], entry.pretrain_objective, f"{where}.pretrain")
+    objective = OBJECTIVES[name]
+    if objective.captioned:
+        options = {**options, "class_names": class_names}
     vit = entry._build_stand_in().train().requires_grad_(True)
-    return OBJECTIVES[name](vit, entry.mean, entry.std, **options), train_config(name, train)
+    return objective(vit, entry.mean, entry.std, **options), train_config(name, train)
 
 
 def save_stand_in(model: nn.Module, library: str, folder: Path) -> None:
@@ -98,9 +106,11 @@ def pretrain_cost(spec: Mapping[str, Any]) -> dict[str, float]:
 
     with torch.random.fork_rng(devices=[]), torch.device("meta"):
         torch.manual_seed(0)
-        objective, loop = build_objective(spec)
+        # a captioned objective's captions are padded to a fixed length: any class name counts the same
+        objective, loop = build_objective(spec, class_names=["class"])
         views = [torch.rand(1, 3, *objective.input_size) for _ in range(objective.num_views)]
-        cost = {"train_step_gflops": gflops(lambda: sum(objective.loss(views).values()).backward())}
+        labels = torch.zeros(1, dtype=torch.long)
+        cost = {"train_step_gflops": gflops(lambda: sum(objective.loss(views, labels).values()).backward())}
     return {**cost, "train_pflops": training_pflops(cost, loop.steps, loop.batch_size)}
 
 
@@ -117,28 +127,34 @@ def pretrain_encoder(ctx: StageContext) -> dict[str, Any]:
     cfg, where = ctx.config, PRETRAINED_PATH[ctx.kind]
     spec = cfg.get("teacher") or cfg[where]  # a teacher's mapping, whatever role names it (graph.TeacherPretraining)
     torch.manual_seed(cfg["seed"])
-    objective, train_cfg = build_objective(spec, where)
     dataset = build_dataset(cfg["data"], "train")
+    objective, train_cfg = build_objective(spec, where, dataset.class_names)
 
     def step(batch: tuple[Tensor, ...], i: int) -> tuple[dict[str, Tensor], None]:
         objective.before_step(i, train_cfg.steps)
-        return objective(batch[0]), None
+        return objective(batch[0], batch[1]), None
 
     t0 = time.perf_counter()
     terms, weights = ctx.fit(objective, step, dataset, train_cfg)
     if not ctx.world.main:
         return {}
     objective.load_state_dict(weights)
-    probe = torch.stack([dataset[i][0] for i in range(min(256, len(dataset)))]).to(ctx.device)
+    items = [dataset[i] for i in range(min(256, len(dataset)))]
+    probe = torch.stack([image for image, _ in items]).to(ctx.device)
+    probe_labels = torch.tensor([label for _, label in items], device=ctx.device)
     reason = objective.eval().collapse(probe)
     if reason:
         raise StageError(
             f"{ctx.kind}: the {objective.name} pretraining of {spec['init']} collapsed: "
             f"{reason}; its weights are not saved (change {where}.pretrain or .stand_in)"
         )
+    probe_metrics = objective.probe_metrics(probe, probe_labels)
+    if probe_metrics:
+        ctx.log.info("on %d training images: %s", len(items), probe_metrics)
     save_stand_in(objective.vit.cpu().eval(), objective.library, ctx.dir / WEIGHTS_FOLDER)
     return {
         "final_losses": terms,
+        "probe": probe_metrics,
         "train_seconds": time.perf_counter() - t0,
         "train_images": len(dataset),
         "objective": objective.name,

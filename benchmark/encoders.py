@@ -115,7 +115,10 @@ class CLIP(OpenClipEncoder):
     """OpenAI CLIP (Radford et al. 2021) image tower ViT-B/16, ViT-L/14, from open_clip (QuickGELU)."""
 
     quick_gelu = True
-    pretrain_missing = "pretrained on image-text pairs: the built-in data has no captions"
+    pretrain_missing = (
+        "its softmax contrastive loss wants distinct captions, and the built-in data's only captions are class "
+        "names that a batch repeats"
+    )
     variants = {
         "B": Variant("ViT-B-16", 16, 768, 12, 12, 224, tag="openai"),
         "L": Variant("ViT-L-14", 14, 1024, 24, 16, 224, tag="openai"),
@@ -184,7 +187,7 @@ class SigLIP(TimmEncoder):
     """SigLIP (Zhai et al. 2023) image tower ViT-B/16, ViT-L/16-256, So400m/14, from timm."""
 
     mean, std = SIGLIP_MEAN, SIGLIP_STD
-    pretrain_missing = "pretrained on image-text pairs: the built-in data has no captions"
+    pretrain_objective = "siglip"  # its sigmoid image-text loss, the class names as captions
     variants = {
         "B": Variant("vit_base_patch16_siglip_224.webli", 16, 768, 12, 12, 224),
         "L": Variant("vit_large_patch16_siglip_256.webli", 16, 1024, 24, 16, 256),
@@ -197,7 +200,7 @@ class SigLIP2(TransformersEncoder):
     """SigLIP 2 (Tschannen et al. 2025) fixed-resolution image tower B/16, L/16-256, So400m/14, from transformers."""
 
     mean, std = SIGLIP_MEAN, SIGLIP_STD
-    pretrain_missing = "pretrained on image-text pairs: the built-in data has no captions"
+    pretrain_missing = "SigLIP 2 adds decoder and self-distillation losses; init siglip pretrains a SigLIP stand-in"
     model_class = "SiglipVisionModel"
     variants = {
         "B": Variant("google/siglip2-base-patch16-224", 16, 768, 12, 12, 224),

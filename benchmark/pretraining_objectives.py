@@ -1,4 +1,4 @@
-"""The self-supervised objectives that pretrain a stand-in encoder offline (benchmark/encoder_pretraining.py),
+"""The objectives that pretrain a stand-in encoder offline (benchmark/encoder_pretraining.py),
 each a module around the stand-in (a timm ViT; I-JEPA's a transformers ``IJepaModel``), whose weights
 are the ones kept.
 
@@ -14,6 +14,10 @@ are the ones kept.
           target blocks (15-20% each), a narrow predictor with mask tokens at the targets' positions
           predicts what an EMA target encoder gives the target blocks' patches (layer-normalised);
           L = (1 / M) sum over blocks of the mean over the block's patches of ||s_hat - s||^2 (Eq. 1).
+    siglip Zhai et al. 2023 (SigLIP), Sec. 3.2: an image tower and a text tower; every image-caption pair
+          of the batch is a binary classification, L = -(1 / |B|) sum_ij log sigmoid(z_ij (t x_i . y_j + b)),
+          z_ij = 1 for a matching pair, else -1. Language-supervised, not self-supervised: the captions
+          are the data's class names in a template, the only text the built-in data has.
 
 Views are drawn per image on the batch's device with kornia (no per-image work in the data loader).
 ``tokenizer.encoder.pretrain`` is checked here (:data:`PretrainOptions`): the training loop's options
@@ -26,7 +30,7 @@ import copy
 import functools
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
 import torch
@@ -37,6 +41,8 @@ from benchmark.config import TRAIN_KEYS, TrainConfig
 from benchmark.errors import ConfigError
 from benchmark.layers import hf_layers, patchify
 from benchmark.options import check_options, init_params, nested
+
+BYTE_PAD = 256  # the padding id after the 256 byte values of a caption (:func:`caption_bytes`)
 
 
 class Normalize(nn.Module):
@@ -57,6 +63,7 @@ class Objective(nn.Module, ABC):
     name: ClassVar[str]
     recipe: ClassVar[dict[str, Any]]  # TrainConfig defaults of the source's recipe
     library: ClassVar[str] = "timm"  # the library of the stand-in it trains (benchmark/encoder_backends.py)
+    captioned: ClassVar[bool] = False  # trained on image-caption pairs: built with the data's class names
 
     def __init__(self, vit: nn.Module, mean: tuple[float, ...], std: tuple[float, ...]) -> None:
         super().__init__()
@@ -90,17 +97,22 @@ class Objective(nn.Module, ABC):
         """Called before each optimisation step (DINO's teacher follows the student here)."""
 
     @abstractmethod
-    def loss(self, views: list[Tensor]) -> dict[str, Tensor]:
-        """The objective's loss terms on the views of a batch."""
+    def loss(self, views: list[Tensor], labels: Tensor | None = None) -> dict[str, Tensor]:
+        """The objective's loss terms on the views of a batch (and its class labels, which only a
+        :attr:`captioned` objective reads)."""
 
     def collapse(self, images: Tensor) -> str | None:
         """Why the trained encoder is degenerate on ``images`` (None: it is not, or the objective cannot
         collapse): checked after training, so that a collapsed pretraining fails loudly."""
         return None
 
-    def forward(self, images: Tensor) -> dict[str, Tensor]:
-        """The objective's loss terms on a batch of images in [0, 1]."""
-        return self.loss(self.views(images))
+    def probe_metrics(self, images: Tensor, labels: Tensor) -> dict[str, float]:
+        """What the trained encoder does on a probe batch, for the stage's record (none by default)."""
+        return {}
+
+    def forward(self, images: Tensor, labels: Tensor | None = None) -> dict[str, Tensor]:
+        """The objective's loss terms on a batch of images in [0, 1] (and its class labels)."""
+        return self.loss(self.views(images), labels)
 
 
 class MaskedAutoencoder(Objective):
@@ -151,7 +163,7 @@ class MaskedAutoencoder(Objective):
         size = self.input_size
         return [K.AugmentationSequential(K.RandomResizedCrop(size, scale=self.crop_scale), K.RandomHorizontalFlip())]
 
-    def loss(self, views: list[Tensor]) -> dict[str, Tensor]:
+    def loss(self, views: list[Tensor], labels: Tensor | None = None) -> dict[str, Tensor]:
         x = self.normalize(views[0])
         tokens, prefix = self.vit._pos_embed(self.vit.patch_embed(x)), self.vit.num_prefix_tokens  # prefix first
         patches = tokens[:, prefix:]
@@ -281,7 +293,7 @@ class SelfDistillation(Objective):
             return f"the teacher gives every image the same prototype (batch-mean entropy {spread:.3f})"
         return None
 
-    def loss(self, views: list[Tensor]) -> dict[str, Tensor]:
+    def loss(self, views: list[Tensor], labels: Tensor | None = None) -> dict[str, Tensor]:
         student = self.head(self._class_token(self.vit, torch.cat(views))).chunk(len(views))
         with torch.no_grad():
             out = self.teacher_head(self._class_token(self.teacher, torch.cat(views[:2])))
@@ -473,7 +485,7 @@ class JointEmbeddingPredictive(Objective):
             x.shape[0], self.grid, self.num_targets, self.target_scale, self.target_aspect, self.context_scale, x.device
         )
 
-    def loss(self, views: list[Tensor]) -> dict[str, Tensor]:
+    def loss(self, views: list[Tensor], labels: Tensor | None = None) -> dict[str, Tensor]:
         x = self.normalize(views[0])
         context_index, target_index = self.masks(x)
         with torch.no_grad():
@@ -496,10 +508,125 @@ class JointEmbeddingPredictive(Objective):
         return None
 
 
+def caption_bytes(captions: Sequence[str], length: int) -> Tensor:
+    """Captions as byte ids (UTF-8, one id per byte, truncated to ``length``), right-padded with id 256 to
+    ``length``: (len(captions), length). Bytes, not a learned vocabulary: no tokenizer file to fetch, and
+    any class name (a word, a WordNet id) is a caption."""
+    ids = torch.full((len(captions), length), BYTE_PAD, dtype=torch.long)
+    for i, caption in enumerate(captions):
+        encoded = list(caption.encode("utf-8"))[:length]
+        ids[i, : len(encoded)] = torch.tensor(encoded, dtype=torch.long)
+    return ids
+
+
+class SigmoidLanguageImage(Objective):
+    """SigLIP (Zhai et al. 2023): the image tower (the stand-in ViT, its MAP head's pooled output) and a
+    text tower (transformers' ``SiglipTextModel``, of the image tower's width: its last position,
+    layer-normalised, through a linear head) trained with the pairwise sigmoid loss (Sec. 3.2,
+    Algorithm 1): for every image-text pair (i, j) of the batch, logit t x_i . y_j + b on l2-normalised
+    embeddings, L = -(1 / |B|) sum_ij log sigmoid(z_ij logit_ij), t = exp(t') and b learned from
+    t' = log 10, b = -10.
+
+    The built-in data's only text is its class names: image i's caption is ``template`` filled with its
+    class name, so a batch holds the same caption several times, and z_ij = 1 when captions i and j are
+    the same (Algorithm 1's diagonal when every caption differs), else -1. Images are only resized to the
+    tower's input size, as in SigLIP's recipe (no crops or colour augmentation)."""
+
+    name = "siglip"
+    captioned = True
+    # SigLIP's recipe (Sec. 4): AdamW with beta2 = 0.95 (its stabilisation), weight decay 1e-4, cosine schedule
+    recipe: ClassVar[dict[str, Any]] = {"beta2": 0.95, "weight_decay": 1e-4, "schedule": "cosine"}
+
+    def __init__(
+        self,
+        vit: nn.Module,
+        mean: tuple[float, ...],
+        std: tuple[float, ...],
+        class_names: Sequence[str] = (),
+        template: str = "a photo of a {}.",
+        context_length: int = 32,
+        text_depth: int | None = None,
+        text_heads: int | None = None,
+    ) -> None:
+        from transformers import SiglipTextConfig, SiglipTextModel
+
+        super().__init__(vit, mean, std)
+        if not class_names or "{}" not in template:
+            raise ConfigError(
+                "pretraining objective 'siglip': needs the dataset's class names (captions) and a template "
+                f"with '{{}}' for the name, got {len(class_names)} names and template {template!r}"
+            )
+        if getattr(vit, "attn_pool", None) is None:
+            raise ConfigError(
+                "pretraining objective 'siglip': the image tower needs SigLIP's MAP head (global_pool='map')"
+            )
+        width = vit.embed_dim
+        self.text = SiglipTextModel(
+            SiglipTextConfig(
+                vocab_size=BYTE_PAD + 1,
+                hidden_size=width,
+                intermediate_size=4 * width,
+                num_hidden_layers=text_depth or len(vit.blocks),
+                num_attention_heads=text_heads or vit.blocks[0].attn.num_heads,
+                max_position_embeddings=context_length,
+                projection_size=width,
+                pad_token_id=BYTE_PAD,
+                bos_token_id=None,
+                eos_token_id=None,
+            )
+        )
+        self.register_buffer("captions", caption_bytes([template.format(n) for n in class_names], context_length))
+        self.logit_scale = nn.Parameter(torch.tensor(math.log(10.0)))  # t'
+        self.logit_bias = nn.Parameter(torch.tensor(-10.0))  # b
+
+    def augmentations(self) -> list[nn.Module]:
+        """A resize to the image tower's input size, no other augmentation (SigLIP's preprocessing)."""
+        import kornia.augmentation as K
+
+        return [K.Resize(self.input_size, antialias=True)]
+
+    def embed_images(self, images: Tensor) -> Tensor:
+        """The image tower's pooled embedding (its MAP head), l2-normalised."""
+        vit = self.vit
+        return F.normalize(vit.forward_head(vit.forward_features(self.normalize(images)), pre_logits=True), dim=-1)
+
+    def embed_captions(self, labels: Tensor) -> Tensor:
+        """The text tower's embedding of each label's caption, l2-normalised."""
+        return F.normalize(self.text(input_ids=self.captions[labels]).pooler_output, dim=-1)
+
+    def loss(self, views: list[Tensor], labels: Tensor | None = None) -> dict[str, Tensor]:
+        if labels is None:
+            raise ValueError("pretraining objective 'siglip' pairs images with their captions: give the labels")
+        logits = self.embed_images(views[0]) @ self.embed_captions(labels).T * self.logit_scale.exp() + self.logit_bias
+        z = 2.0 * (labels[:, None] == labels[None, :]).float() - 1.0
+        return {"siglip": -F.logsigmoid(z * logits).sum() / len(labels)}
+
+    def _resized(self, images: Tensor) -> Tensor:
+        return self.views(images)[0]
+
+    @torch.no_grad()
+    def probe_metrics(self, images: Tensor, labels: Tensor) -> dict[str, float]:
+        """Zero-shot accuracy: how often an image's nearest caption, among every class name's, is its own."""
+        captions = F.normalize(self.text(input_ids=self.captions).pooler_output, dim=-1)
+        nearest = (self.embed_images(self._resized(images)) @ captions.T).argmax(1)
+        return {"zero_shot_accuracy": nearest.eq(labels).float().mean().item()}
+
+    @torch.no_grad()
+    def collapse(self, images: Tensor) -> str | None:
+        """The image tower's embeddings the same for every image (the mean cosine similarity of distinct
+        images above 0.999): the sigmoid loss then cannot tell captions apart."""
+        x = self.embed_images(self._resized(images))
+        n = len(x)
+        similarity = ((x @ x.T).sum() - n) / max(1, n * (n - 1))
+        if similarity.item() > 0.999:
+            return f"the image tower gives every image the same embedding (mean cosine {similarity.item():.4f})"
+        return None
+
+
 OBJECTIVES: dict[str, type[Objective]] = {
-    cls.name: cls for cls in (MaskedAutoencoder, SelfDistillation, JointEmbeddingPredictive)
+    cls.name: cls for cls in (MaskedAutoencoder, SelfDistillation, JointEmbeddingPredictive, SigmoidLanguageImage)
 }
-HARNESS_ARGS = frozenset({"vit", "mean", "std"})
+HARNESS_ARGS = frozenset({"vit", "mean", "std", "class_names"})
 
 
 def split_options(spec: Mapping[str, Any], default: str | None, where: str) -> tuple[str, dict, dict]:

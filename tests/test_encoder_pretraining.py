@@ -158,7 +158,8 @@ def test_pretraining_options_are_checked_at_plan_time(write_study):
     with pytest.raises(ConfigError, match=r"tokenizer\.encoder\.pretrain: pretrains a random-weight stand-in"):
         plan("{init: mae, pretrain: {steps: 10}}")
     with pytest.raises(
-        ConfigError, match=r"encoder 'clip' has no offline pretraining objective \(pretrained on image-text"
+        ConfigError,
+        match=r"encoder 'clip' has no offline pretraining objective \(its softmax contrastive loss wants distinct",
     ):
         plan("{init: clip, stand_in: {image_size: 16}, pretrain: {steps: 10}}")
     with pytest.raises(ConfigError, match=r"pretrain\.objective: 'dino' is not how mae was pretrained"):
@@ -182,9 +183,9 @@ def test_teacher_pretraining_is_checked_at_plan_time_under_the_teachers_own_key(
     ):
         plan(f"{{{softvq}{{init: dinov2, pretrain: {{steps: 4}}}}}}")
     with pytest.raises(
-        ConfigError, match=r"tokenizer\.align\.pretrain: encoder 'siglip' has no offline pretraining objective"
+        ConfigError, match=r"tokenizer\.align\.pretrain: encoder 'clip' has no offline pretraining objective"
     ):
-        plan(f"{{{softvq}{{init: siglip, stand_in: {{image_size: 16}}, pretrain: {{steps: 4}}}}}}")
+        plan(f"{{{softvq}{{init: clip, stand_in: {{image_size: 16}}, pretrain: {{steps: 4}}}}}}")
     with pytest.raises(ConfigError, match=r"tokenizer\.align\.pretrain\.steps must be int"):
         plan(f"{{{softvq}{{init: dinov2, stand_in: {{img_size: 16}}, pretrain: {{steps: many}}}}}}")
     with pytest.raises(
@@ -275,8 +276,9 @@ def test_cells_share_one_pretraining_and_the_tokenizer_starts_from_its_weights(t
     )
 
 
-TEACHERS = {  # a timm stand-in (DINO's objective) and a transformers one (I-JEPA's)
+TEACHERS = {  # timm stand-ins (DINO's objective, SigLIP's on the class names) and a transformers one (I-JEPA's)
     "dinov2": ("dino", "{img_size: 16, patch_size: 4, embed_dim: 32, depth: 2, num_heads: 2}"),
+    "siglip": ("siglip", "{img_size: 16, patch_size: 4, embed_dim: 32, depth: 2, num_heads: 2}"),
     "ijepa": (
         "ijepa",
         "{image_size: 16, patch_size: 4, hidden_size: 32, num_hidden_layers: 2, num_attention_heads: 2, intermediate_size: 64}",
@@ -315,7 +317,9 @@ def test_a_tokenizer_aligns_to_its_pretrained_teacher_and_is_evaluated_without_i
     assert main([str(study), "--profile", "smoke", "--runs", str(runs), "--results", str(tmp_path / "r"), *TINY]) == 0
 
     folder = runs / "pretrain_teacher" / pretrain.hash  # the folder every teacher role shares
-    assert read_json(folder / "result.json")["objective"] == objective
+    result = read_json(folder / "result.json")
+    assert result["objective"] == objective
+    assert ("zero_shot_accuracy" in result["probe"]) == (objective == "siglip")  # images against their class names
     (train,) = (runs / "train_tokenizer").iterdir()
     assert (
         f"tokenizer.align: the stand-in pretrained by pretrain_align {pretrain.hash}" in (train / "log.txt").read_text()

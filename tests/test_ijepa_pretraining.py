@@ -178,6 +178,7 @@ def test_ijepa_pretraining_is_checked_at_plan_time():
     with pytest.raises(ConfigError, match=r"pretrain\.mask_ratio: not an option of pretraining objective 'ijepa'"):
         build_encoder({**spec, "pretrain": {"mask_ratio": 0.5}}, where="tokenizer.align_local")
     with pytest.raises(
-        ConfigError, match=r"encoder 'clip' has no offline pretraining objective .*pretrain mae, dino, dinov2 or ijepa"
+        ConfigError,
+        match=r"encoder 'clip' has no offline pretraining objective .*pretrain mae, dino, dinov2, ijepa or siglip",
     ):
         build_encoder({"init": "clip", "stand_in": {"image_size": 16}, "pretrain": {"steps": 4}})
