@@ -661,6 +661,13 @@ def check_pretrain(spec: Any, where: str) -> None:
             return
         except ConfigError as exc:
             errors.append(str(exc))
+    known = set(TRAIN_KEYS).union(*(init_params(cls, HARNESS_ARGS) for cls in OBJECTIVES.values()))
+    unknown = sorted(k for k in spec if k not in known)
+    if unknown:  # not one objective's: naming the first objective's options would mislead
+        raise ConfigError(
+            f"{where}.{unknown[0]}: not an option of any pretraining objective ({', '.join(OBJECTIVES)}) "
+            "or of the training loop"
+        )
     raise ConfigError(errors[0])
 
 
