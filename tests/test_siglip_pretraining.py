@@ -125,7 +125,10 @@ def test_siglip_pretraining_is_checked_at_plan_time():
     assert "stand-in pretrained (siglip)" in entry.describe()
     costs = [pretrain_cost(spec)["train_pflops"] for _ in range(2)]
     assert costs[0] > 0 and costs[0] == costs[1]
-    with pytest.raises(ConfigError, match=r"pretrain\.class_names: not an option of any pretraining objective \(mae, dino, ijepa, siglip\)"):
+    with pytest.raises(
+        ConfigError,
+        match=r"pretrain\.class_names: not an option of any pretraining objective \(mae, dino, ijepa, siglip\)",
+    ):
         build_encoder({**spec, "pretrain": {"class_names": ["a"]}}, where="tokenizer.align_local")
     with pytest.raises(ConfigError, match=r"'siglip': needs the dataset's class names"):
         objective(names=[])
