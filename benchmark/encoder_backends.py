@@ -14,7 +14,9 @@ is a :class:`~benchmark.errors.WeightsError` naming the model id and how to fetc
 
 from __future__ import annotations
 
+import logging
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, ClassVar
@@ -126,7 +128,7 @@ class PretrainedEncoder(ABC):
         if self.pretrain_objective is None or self.library != OBJECTIVES[self.pretrain_objective].library:
             raise ConfigError(
                 f"{where}: encoder '{self.registry_name}' has no offline pretraining objective "
-                f"({self.pretrain_missing}); pretrain mae, dino, dinov2, ijepa or siglip stand-ins"
+                f"({self.pretrain_missing}); pretrain mae, dino, dinov2, ijepa, siglip or clip stand-ins"
             )
         wanted = pretrain.get("objective", self.pretrain_objective)
         if wanted != self.pretrain_objective:
@@ -363,12 +365,10 @@ class OpenClipEncoder(PretrainedEncoder):
             self.model_id, pretrained=pretrained, force_quick_gelu=self.quick_gelu, require_pretrained=True
         ).visual
 
-    def _stand_in(self, overrides: dict) -> nn.Module:
-        """The image tower of ``model_id``'s open_clip config with ``overrides`` applied to its ``vision_cfg``.
-
-        The text tower, built with the CLIP model but never used here, is shrunk to
-        :data:`TINY_TEXT_TOWER` so that the build stays fast.
-        """
+    def stand_in_config(self, overrides: Mapping[str, Any]) -> dict[str, Any]:
+        """The open_clip model config of the stand-in: ``model_id``'s with ``overrides`` applied to its
+        ``vision_cfg``, its text tower shrunk to :data:`TINY_TEXT_TOWER` (built with the CLIP model but
+        never used as an encoder, so that the build stays fast)."""
         import open_clip
 
         cfg = open_clip.get_model_config(self.model_id)
@@ -384,13 +384,33 @@ class OpenClipEncoder(PretrainedEncoder):
                     f"tokenizer.encoder.stand_in.{key}: not a field of open_clip's vision_cfg; "
                     f"fields: {', '.join(known)}"
                 )
-        return open_clip.create_model(
-            self.model_id,
-            pretrained=None,
-            force_quick_gelu=self.quick_gelu,
-            vision_cfg={**cfg["vision_cfg"], **overrides},
-            text_cfg=dict(TINY_TEXT_TOWER),
-        ).visual
+        return {
+            **cfg,
+            "vision_cfg": {**cfg["vision_cfg"], **overrides},
+            "text_cfg": dict(TINY_TEXT_TOWER),
+            **({"quick_gelu": True} if self.quick_gelu else {}),
+        }
+
+    def _stand_in(self, overrides: dict) -> nn.Module:
+        """The image tower of :meth:`stand_in_config`'s CLIP model, on the default device (open_clip moves
+        what it builds to ``device``: the meta device of a plan check stays there)."""
+        import open_clip
+
+        cfg = self.stand_in_config(overrides)
+        previous = logging.root.manager.disable
+        logging.disable(logging.WARNING)  # open_clip's root-logger warning that it has random weights: the point
+        try:
+            model = open_clip.create_model(
+                self.model_id,
+                pretrained=None,
+                force_quick_gelu=self.quick_gelu,
+                vision_cfg=cfg["vision_cfg"],
+                text_cfg=cfg["text_cfg"],
+                device=torch.get_default_device(),
+            )
+        finally:
+            logging.disable(previous)
+        return model.visual
 
     def source(self) -> SourceViT:
         v = self.model()

@@ -7,19 +7,18 @@ At paper scale a tokenizer's encoder starts from published weights (MAE, DINO, D
 and repro scale nothing is downloaded: ``tokenizer.encoder.stand_in`` builds the library's architecture,
 shrunk, with random weights, which carry nothing of what pretraining gives. With
 ``tokenizer.encoder.pretrain`` that stand-in is first trained with the objective its family was
-pretrained with (benchmark/pretraining_objectives.py: MAE's, DINO's, I-JEPA's, SigLIP's) on the cell's training
+pretrained with (benchmark/pretraining_objectives.py: MAE's, DINO's, I-JEPA's, SigLIP's, CLIP's) on the cell's training
 split, and saved the way its library saves it (timm's ``save_for_hf`` folder, transformers'
-``save_pretrained`` folder); the tokenizer's initialisation then loads it through the same path as a
+``save_pretrained`` folder, open_clip's ``local-dir`` folder); the tokenizer's initialisation then loads it through the same path as a
 downloaded checkpoint (``tokenizer.encoder.weights``). One pretraining serves every cell with the same
 encoder, data and seed. A teacher with ``pretrain`` is loaded the same way by the stages that train
 with it (:func:`with_pretrained_teachers`): a frozen teacher of random weights gives features with no
 semantics to align to.
 
 Each encoder family names its objective (``pretrain_objective``: MAE -> mae; DINO and DINOv2 -> dino, for
-DINOv2 without its iBOT and KoLeo terms; I-JEPA -> ijepa; SigLIP -> siglip, its sigmoid image-text loss
-with the training split's class names as captions). CLIP (its softmax contrastive loss wants distinct
-captions, a batch of class names repeats them), SigLIP 2 (a transformers image tower and its decoder
-losses) and Depth-Anything (depth labels) have none.
+DINOv2 without its iBOT and KoLeo terms; I-JEPA -> ijepa; SigLIP -> siglip and CLIP -> clip, their
+image-text losses with the training split's class names as captions). SigLIP 2 (decoder and
+self-distillation losses besides the sigmoid one) and Depth-Anything (depth labels) have none.
 
 ``pretrain`` takes the training loop's options (benchmark/config.py ``TrainConfig``: steps, batch_size,
 lr, ...; defaults: the objective's recipe) and the objective's own (``mask_ratio``, ``out_dim``, ...),
@@ -29,11 +28,10 @@ checked by benchmark/pretraining_objectives.py.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from benchmark.config import TrainConfig
 from benchmark.errors import StageError
@@ -58,19 +56,10 @@ def build_objective(
     objective = OBJECTIVES[name]
     if objective.captioned:
         options = {**options, "class_names": class_names}
+    if objective.library == "open_clip":  # it builds, and saves, the whole CLIP model around the stand-in
+        options = {**options, "model_cfg": entry.stand_in_config(dict(entry.stand_in))}
     vit = entry._build_stand_in().train().requires_grad_(True)
     return objective(vit, entry.mean, entry.std, **options), train_config(name, train)
-
-
-def save_stand_in(model: nn.Module, library: str, folder: Path) -> None:
-    """The pretrained stand-in saved the way its library saves it, for ``weights: folder`` to load it:
-    a transformers ``save_pretrained`` folder, else (timm) a ``save_for_hf`` one."""
-    if library == "transformers":
-        model.save_pretrained(folder, safe_serialization=True)
-    else:
-        import timm
-
-        timm.models.save_for_hf(model, str(folder), safe_serialization=True)
 
 
 def with_pretrained_teachers(config: dict[str, Any], ctx: StageContext) -> dict[str, Any]:
@@ -117,7 +106,7 @@ def pretrain_cost(spec: Mapping[str, Any]) -> dict[str, float]:
 def pretrain_encoder(ctx: StageContext) -> dict[str, Any]:
     """The ``pretrain_encoder`` stage (and each teacher's twin): train the cell's stand-in at the stage's
     path (``tokenizer.encoder``, ``tokenizer.align_global``, ...) with its objective on the training split
-    and save it in its library's layout (:func:`save_stand_in`) as ``encoder/``, loaded as that encoder's
+    and save it in its library's layout (its :meth:`~benchmark.pretraining_objectives.Objective.save`) as ``encoder/``, loaded as that encoder's
     ``weights``."""
     import time
 
@@ -151,7 +140,7 @@ def pretrain_encoder(ctx: StageContext) -> dict[str, Any]:
     probe_metrics = objective.probe_metrics(probe, probe_labels)
     if probe_metrics:
         ctx.log.info("on %d training images: %s", len(items), probe_metrics)
-    save_stand_in(objective.vit.cpu().eval(), objective.library, ctx.dir / WEIGHTS_FOLDER)
+    objective.save(ctx.dir / WEIGHTS_FOLDER)
     return {
         "final_losses": terms,
         "probe": probe_metrics,

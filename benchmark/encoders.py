@@ -115,10 +115,7 @@ class CLIP(OpenClipEncoder):
     """OpenAI CLIP (Radford et al. 2021) image tower ViT-B/16, ViT-L/14, from open_clip (QuickGELU)."""
 
     quick_gelu = True
-    pretrain_missing = (
-        "its softmax contrastive loss wants distinct captions, and the built-in data's only captions are class "
-        "names that a batch repeats"
-    )
+    pretrain_objective = "clip"  # its contrastive image-text loss, the class names as captions
     variants = {
         "B": Variant("ViT-B-16", 16, 768, 12, 12, 224, tag="openai"),
         "L": Variant("ViT-L-14", 14, 1024, 24, 16, 224, tag="openai"),

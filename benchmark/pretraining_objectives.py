@@ -16,8 +16,12 @@ are the ones kept.
           L = (1 / M) sum over blocks of the mean over the block's patches of ||s_hat - s||^2 (Eq. 1).
     siglip Zhai et al. 2023 (SigLIP), Sec. 3.2: an image tower and a text tower; every image-caption pair
           of the batch is a binary classification, L = -(1 / |B|) sum_ij log sigmoid(z_ij (t x_i . y_j + b)),
-          z_ij = 1 for a matching pair, else -1. Language-supervised, not self-supervised: the captions
-          are the data's class names in a template, the only text the built-in data has.
+          z_ij = 1 for a matching pair, else -1.
+    clip  Radford et al. 2021 (CLIP), Fig. 3: the symmetric cross-entropy of the temperature-scaled cosine
+          similarities of the batch's images and captions, each row's target spread over its matching
+          captions (UniCL, Yang et al. 2022: CLIP's diagonal when every caption differs).
+          siglip and clip are language-supervised, not self-supervised: their captions are the data's
+          class names in a template, the only text the built-in data has.
 
 Views are drawn per image on the batch's device with kornia (no per-image work in the data loader).
 ``tokenizer.encoder.pretrain`` is checked here (:data:`PretrainOptions`): the training loop's options
@@ -31,6 +35,7 @@ import functools
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
@@ -41,8 +46,6 @@ from benchmark.config import TRAIN_KEYS, TrainConfig
 from benchmark.errors import ConfigError
 from benchmark.layers import hf_layers, patchify
 from benchmark.options import check_options, init_params, nested
-
-BYTE_PAD = 256  # the padding id after the 256 byte values of a caption (:func:`caption_bytes`)
 
 
 class Normalize(nn.Module):
@@ -109,6 +112,17 @@ class Objective(nn.Module, ABC):
     def probe_metrics(self, images: Tensor, labels: Tensor) -> dict[str, float]:
         """What the trained encoder does on a probe batch, for the stage's record (none by default)."""
         return {}
+
+    def save(self, folder: Path) -> None:
+        """The stand-in saved the way its library saves it, for ``weights: folder`` to load it: a
+        transformers ``save_pretrained`` folder, else (timm) a ``save_for_hf`` one."""
+        vit = self.vit.cpu().eval()
+        if self.library == "transformers":
+            vit.save_pretrained(folder, safe_serialization=True)
+        else:
+            import timm
+
+            timm.models.save_for_hf(vit, str(folder), safe_serialization=True)
 
     def forward(self, images: Tensor, labels: Tensor | None = None) -> dict[str, Tensor]:
         """The objective's loss terms on a batch of images in [0, 1] (and its class labels)."""
@@ -508,32 +522,89 @@ class JointEmbeddingPredictive(Objective):
         return None
 
 
-def caption_bytes(captions: Sequence[str], length: int) -> Tensor:
-    """Captions as byte ids (UTF-8, one id per byte, truncated to ``length``), right-padded with id 256 to
-    ``length``: (len(captions), length). Bytes, not a learned vocabulary: no tokenizer file to fetch, and
-    any class name (a word, a WordNet id) is a caption."""
-    ids = torch.full((len(captions), length), BYTE_PAD, dtype=torch.long)
+def caption_bytes(captions: Sequence[str], length: int, pad: int, end: int | None = None) -> Tensor:
+    """Captions as byte ids (UTF-8, one id per byte), followed by ``end`` when given (CLIP's end-of-text
+    token), truncated to ``length`` and right-padded with ``pad``: (len(captions), length). Bytes, not a
+    learned vocabulary: no tokenizer file to fetch, and any class name (a word, a WordNet id) is a caption."""
+    ids = torch.full((len(captions), length), pad, dtype=torch.long)
     for i, caption in enumerate(captions):
-        encoded = list(caption.encode("utf-8"))[:length]
+        encoded = list(caption.encode("utf-8"))[: length - (end is not None)] + ([end] if end is not None else [])
         ids[i, : len(encoded)] = torch.tensor(encoded, dtype=torch.long)
     return ids
 
 
-class SigmoidLanguageImage(Objective):
+class CaptionedObjective(Objective):
+    """An image tower and a text tower trained on image-caption pairs. The built-in data's only text is its
+    class names: image i's caption is ``template`` filled with its class name (:attr:`captions`, one row per
+    class, as bytes), so a batch holds the same caption several times and a pair is positive when its
+    captions match. Images are only resized to the tower's input size: SigLIP's preprocessing, and CLIP's
+    random square crop of the resized image is the whole of a square image."""
+
+    captioned = True
+
+    def __init__(
+        self, vit: nn.Module, mean: tuple[float, ...], std: tuple[float, ...], class_names: Sequence[str], template: str
+    ) -> None:
+        super().__init__(vit, mean, std)
+        if not class_names or "{}" not in template:
+            raise ConfigError(
+                f"pretraining objective '{self.name}': needs the dataset's class names (captions) and a template "
+                f"with '{{}}' for the name, got {len(class_names)} names and template {template!r}"
+            )
+        self.texts = [template.format(n) for n in class_names]
+
+    def augmentations(self) -> list[nn.Module]:
+        import kornia.augmentation as K
+
+        return [K.Resize(self.input_size, antialias=True)]
+
+    @abstractmethod
+    def embed_images(self, images: Tensor) -> Tensor:
+        """The image tower's embedding of normalised-to-[0, 1] images at its input size, l2-normalised."""
+
+    @abstractmethod
+    def embed_captions(self, ids: Tensor) -> Tensor:
+        """The text tower's embedding of captions (rows of :attr:`captions`), l2-normalised."""
+
+    def pair_logits(self, views: list[Tensor], labels: Tensor | None) -> tuple[Tensor, Tensor]:
+        """The batch's image-caption logits (B, B) as the objective scales them, and which pairs match."""
+        if labels is None:
+            raise ValueError(f"pretraining objective '{self.name}' pairs images with their captions: give the labels")
+        similarity = self.embed_images(views[0]) @ self.embed_captions(self.captions[labels]).T
+        return self.scaled(similarity), labels[:, None] == labels[None, :]
+
+    @abstractmethod
+    def scaled(self, similarity: Tensor) -> Tensor:
+        """Logits from cosine similarities (the learned temperature, and bias)."""
+
+    @torch.no_grad()
+    def probe_metrics(self, images: Tensor, labels: Tensor) -> dict[str, float]:
+        """Zero-shot accuracy: how often an image's nearest caption, among every class name's, is its own."""
+        nearest = (self.embed_images(self.views(images)[0]) @ self.embed_captions(self.captions).T).argmax(1)
+        return {"zero_shot_accuracy": nearest.eq(labels).float().mean().item()}
+
+    @torch.no_grad()
+    def collapse(self, images: Tensor) -> str | None:
+        """The image tower's embeddings the same for every image (the mean cosine similarity of distinct
+        images above 0.999): no caption can then be told from another."""
+        x = self.embed_images(self.views(images)[0])
+        n = len(x)
+        similarity = ((x @ x.T).sum() - n) / max(1, n * (n - 1))
+        if similarity.item() > 0.999:
+            return f"the image tower gives every image the same embedding (mean cosine {similarity.item():.4f})"
+        return None
+
+
+class SigmoidLanguageImage(CaptionedObjective):
     """SigLIP (Zhai et al. 2023): the image tower (the stand-in ViT, its MAP head's pooled output) and a
     text tower (transformers' ``SiglipTextModel``, of the image tower's width: its last position,
-    layer-normalised, through a linear head) trained with the pairwise sigmoid loss (Sec. 3.2,
-    Algorithm 1): for every image-text pair (i, j) of the batch, logit t x_i . y_j + b on l2-normalised
-    embeddings, L = -(1 / |B|) sum_ij log sigmoid(z_ij logit_ij), t = exp(t') and b learned from
-    t' = log 10, b = -10.
-
-    The built-in data's only text is its class names: image i's caption is ``template`` filled with its
-    class name, so a batch holds the same caption several times, and z_ij = 1 when captions i and j are
-    the same (Algorithm 1's diagonal when every caption differs), else -1. Images are only resized to the
-    tower's input size, as in SigLIP's recipe (no crops or colour augmentation)."""
+    layer-normalised, through a linear head; captions as bytes right-padded with id 256) trained with
+    the pairwise sigmoid loss (Sec. 3.2, Algorithm 1): for every image-caption pair (i, j) of the batch,
+    logit t x_i . y_j + b on l2-normalised embeddings, L = -(1 / |B|) sum_ij log sigmoid(z_ij logit_ij),
+    t = exp(t') and b learned from t' = log 10, b = -10; z_ij = 1 when captions i and j are the same
+    (Algorithm 1's diagonal when every caption differs), else -1."""
 
     name = "siglip"
-    captioned = True
     # SigLIP's recipe (Sec. 4): AdamW with beta2 = 0.95 (its stabilisation), weight decay 1e-4, cosine schedule
     recipe: ClassVar[dict[str, Any]] = {"beta2": 0.95, "weight_decay": 1e-4, "schedule": "cosine"}
 
@@ -550,12 +621,7 @@ class SigmoidLanguageImage(Objective):
     ) -> None:
         from transformers import SiglipTextConfig, SiglipTextModel
 
-        super().__init__(vit, mean, std)
-        if not class_names or "{}" not in template:
-            raise ConfigError(
-                "pretraining objective 'siglip': needs the dataset's class names (captions) and a template "
-                f"with '{{}}' for the name, got {len(class_names)} names and template {template!r}"
-            )
+        super().__init__(vit, mean, std, class_names, template)
         if getattr(vit, "attn_pool", None) is None:
             raise ConfigError(
                 "pretraining objective 'siglip': the image tower needs SigLIP's MAP head (global_pool='map')"
@@ -563,70 +629,124 @@ class SigmoidLanguageImage(Objective):
         width = vit.embed_dim
         self.text = SiglipTextModel(
             SiglipTextConfig(
-                vocab_size=BYTE_PAD + 1,
+                vocab_size=257,  # 256 bytes and the padding
                 hidden_size=width,
                 intermediate_size=4 * width,
                 num_hidden_layers=text_depth or len(vit.blocks),
                 num_attention_heads=text_heads or vit.blocks[0].attn.num_heads,
                 max_position_embeddings=context_length,
                 projection_size=width,
-                pad_token_id=BYTE_PAD,
+                pad_token_id=256,
                 bos_token_id=None,
                 eos_token_id=None,
             )
         )
-        self.register_buffer("captions", caption_bytes([template.format(n) for n in class_names], context_length))
+        self.register_buffer("captions", caption_bytes(self.texts, context_length, pad=256))
         self.logit_scale = nn.Parameter(torch.tensor(math.log(10.0)))  # t'
         self.logit_bias = nn.Parameter(torch.tensor(-10.0))  # b
 
-    def augmentations(self) -> list[nn.Module]:
-        """A resize to the image tower's input size, no other augmentation (SigLIP's preprocessing)."""
-        import kornia.augmentation as K
-
-        return [K.Resize(self.input_size, antialias=True)]
-
     def embed_images(self, images: Tensor) -> Tensor:
-        """The image tower's pooled embedding (its MAP head), l2-normalised."""
         vit = self.vit
         return F.normalize(vit.forward_head(vit.forward_features(self.normalize(images)), pre_logits=True), dim=-1)
 
-    def embed_captions(self, labels: Tensor) -> Tensor:
-        """The text tower's embedding of each label's caption, l2-normalised."""
-        return F.normalize(self.text(input_ids=self.captions[labels]).pooler_output, dim=-1)
+    def embed_captions(self, ids: Tensor) -> Tensor:
+        return F.normalize(self.text(input_ids=ids).pooler_output, dim=-1)
+
+    def scaled(self, similarity: Tensor) -> Tensor:
+        return similarity * self.logit_scale.exp() + self.logit_bias
 
     def loss(self, views: list[Tensor], labels: Tensor | None = None) -> dict[str, Tensor]:
-        if labels is None:
-            raise ValueError("pretraining objective 'siglip' pairs images with their captions: give the labels")
-        logits = self.embed_images(views[0]) @ self.embed_captions(labels).T * self.logit_scale.exp() + self.logit_bias
-        z = 2.0 * (labels[:, None] == labels[None, :]).float() - 1.0
-        return {"siglip": -F.logsigmoid(z * logits).sum() / len(labels)}
+        logits, match = self.pair_logits(views, labels)
+        z = 2.0 * match.float() - 1.0
+        return {"siglip": -F.logsigmoid(z * logits).sum() / len(logits)}
 
-    def _resized(self, images: Tensor) -> Tensor:
-        return self.views(images)[0]
 
-    @torch.no_grad()
-    def probe_metrics(self, images: Tensor, labels: Tensor) -> dict[str, float]:
-        """Zero-shot accuracy: how often an image's nearest caption, among every class name's, is its own."""
-        captions = F.normalize(self.text(input_ids=self.captions).pooler_output, dim=-1)
-        nearest = (self.embed_images(self._resized(images)) @ captions.T).argmax(1)
-        return {"zero_shot_accuracy": nearest.eq(labels).float().mean().item()}
+class ContrastiveLanguageImage(CaptionedObjective):
+    """CLIP (Radford et al. 2021): open_clip's CLIP model, its image tower the stand-in and its text tower
+    (causal, of the image tower's width, depth and heads; captions as bytes, then the end-of-text id 256
+    that it pools at, padded with 0), trained with the symmetric cross-entropy of the scaled cosine
+    similarities (Fig. 3; temperature learned from 0.07, logits scaled by at most 100, Sec. 2.5). A
+    batch of class-name captions repeats them, and CLIP's targets (the diagonal) would push an image
+    away from its own caption on other rows: as UniCL (Yang et al. 2022, Eq. 3-4) does for image-label
+    data, each row's target spreads evenly over the pairs whose captions match, which is CLIP's loss
+    when every caption differs. The saved folder is open_clip's (``open_clip_config.json`` and
+    ``open_clip_model.safetensors`` of the whole model), loaded with ``local-dir:``."""
 
-    @torch.no_grad()
-    def collapse(self, images: Tensor) -> str | None:
-        """The image tower's embeddings the same for every image (the mean cosine similarity of distinct
-        images above 0.999): the sigmoid loss then cannot tell captions apart."""
-        x = self.embed_images(self._resized(images))
-        n = len(x)
-        similarity = ((x @ x.T).sum() - n) / max(1, n * (n - 1))
-        if similarity.item() > 0.999:
-            return f"the image tower gives every image the same embedding (mean cosine {similarity.item():.4f})"
-        return None
+    name, library = "clip", "open_clip"
+    # CLIP's recipe (Sec. 2.5): Adam with decoupled weight decay 0.2, beta2 = 0.98 for its ViTs, cosine schedule
+    recipe: ClassVar[dict[str, Any]] = {"beta2": 0.98, "weight_decay": 0.2, "schedule": "cosine"}
+
+    def __init__(
+        self,
+        vit: nn.Module,
+        mean: tuple[float, ...],
+        std: tuple[float, ...],
+        class_names: Sequence[str] = (),
+        model_cfg: Mapping[str, Any] | None = None,
+        template: str = "a photo of a {}.",
+        context_length: int = 32,
+    ) -> None:
+        import open_clip
+
+        super().__init__(vit, mean, std, class_names, template)
+        if model_cfg is None:
+            raise ConfigError("pretraining objective 'clip': needs the stand-in's open_clip model config")
+        block = vit.transformer.resblocks[0]
+        text_cfg = {
+            "context_length": context_length,
+            "vocab_size": 257,  # 256 bytes and the end of text; 0 (a NUL byte, never in a caption) pads
+            "width": vit.transformer.width,
+            "heads": block.attn.num_heads,
+            "layers": len(vit.transformer.resblocks),
+        }
+        self.model_cfg = {**model_cfg, "text_cfg": text_cfg}
+        cfg = {k: v for k, v in self.model_cfg.items() if k in ("embed_dim", "vision_cfg", "text_cfg", "quick_gelu")}
+        self.clip = open_clip.CLIP(**cfg)
+        self.clip.visual = vit  # the stand-in itself: its weights are the ones kept
+        self.register_buffer("captions", caption_bytes(self.texts, context_length, pad=0, end=256))
+
+    @property
+    def input_size(self) -> tuple[int, int]:
+        return tuple(self.vit.image_size)
+
+    def embed_images(self, images: Tensor) -> Tensor:
+        return F.normalize(self.clip.encode_image(self.normalize(images)), dim=-1)
+
+    def embed_captions(self, ids: Tensor) -> Tensor:
+        return F.normalize(self.clip.encode_text(ids), dim=-1)
+
+    def scaled(self, similarity: Tensor) -> Tensor:
+        return similarity * self.clip.logit_scale.exp().clamp(max=100.0)
+
+    def loss(self, views: list[Tensor], labels: Tensor | None = None) -> dict[str, Tensor]:
+        logits, match = self.pair_logits(views, labels)
+        targets = match.float() / match.sum(1, keepdim=True)  # symmetric: the same targets for both directions
+        per_image = -(targets * F.log_softmax(logits, dim=1)).sum(1).mean()
+        per_caption = -(targets * F.log_softmax(logits.T, dim=1)).sum(1).mean()
+        return {"clip": (per_image + per_caption) / 2}
+
+    def save(self, folder: Path) -> None:
+        """The whole CLIP model as open_clip saves one for ``local-dir:`` (its config and safetensors)."""
+        from open_clip.push_to_hf_hub import HF_CONFIG_NAME, HF_SAFE_WEIGHTS_NAME, save_config_for_hf
+        from safetensors.torch import save_file
+
+        folder.mkdir(parents=True, exist_ok=True)
+        model = self.clip.cpu().eval()
+        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, folder / HF_SAFE_WEIGHTS_NAME)
+        save_config_for_hf(model, folder / HF_CONFIG_NAME, model_config=self.model_cfg)
 
 
 OBJECTIVES: dict[str, type[Objective]] = {
-    cls.name: cls for cls in (MaskedAutoencoder, SelfDistillation, JointEmbeddingPredictive, SigmoidLanguageImage)
+    cls.name: cls
+    for cls in (
+        MaskedAutoencoder,
+        SelfDistillation,
+        JointEmbeddingPredictive,
+        SigmoidLanguageImage,
+        ContrastiveLanguageImage,
+    )
 }
-HARNESS_ARGS = frozenset({"vit", "mean", "std", "class_names"})
+HARNESS_ARGS = frozenset({"vit", "mean", "std", "class_names", "model_cfg"})
 
 
 def split_options(spec: Mapping[str, Any], default: str | None, where: str) -> tuple[str, dict, dict]:

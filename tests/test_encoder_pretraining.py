@@ -159,9 +159,9 @@ def test_pretraining_options_are_checked_at_plan_time(write_study):
         plan("{init: mae, pretrain: {steps: 10}}")
     with pytest.raises(
         ConfigError,
-        match=r"encoder 'clip' has no offline pretraining objective \(its softmax contrastive loss wants distinct",
+        match=r"encoder 'depth_anything_v2' has no offline pretraining objective \(trained on depth maps",
     ):
-        plan("{init: clip, stand_in: {image_size: 16}, pretrain: {steps: 10}}")
+        plan("{init: depth_anything_v2, stand_in: {image_size: 16}, pretrain: {steps: 10}}")
     with pytest.raises(ConfigError, match=r"pretrain\.objective: 'dino' is not how mae was pretrained"):
         plan("{init: mae, stand_in: {img_size: 16}, pretrain: {objective: dino}}")
     with pytest.raises(
@@ -183,9 +183,9 @@ def test_teacher_pretraining_is_checked_at_plan_time_under_the_teachers_own_key(
     ):
         plan(f"{{{softvq}{{init: dinov2, pretrain: {{steps: 4}}}}}}")
     with pytest.raises(
-        ConfigError, match=r"tokenizer\.align\.pretrain: encoder 'clip' has no offline pretraining objective"
+        ConfigError, match=r"tokenizer\.align\.pretrain: encoder 'siglip2' has no offline pretraining objective"
     ):
-        plan(f"{{{softvq}{{init: clip, stand_in: {{image_size: 16}}, pretrain: {{steps: 4}}}}}}")
+        plan(f"{{{softvq}{{init: siglip2, stand_in: {{image_size: 16}}, pretrain: {{steps: 4}}}}}}")
     with pytest.raises(ConfigError, match=r"tokenizer\.align\.pretrain\.steps must be int"):
         plan(f"{{{softvq}{{init: dinov2, stand_in: {{img_size: 16}}, pretrain: {{steps: many}}}}}}")
     with pytest.raises(
@@ -234,10 +234,26 @@ def test_a_pretrained_teacher_is_one_stage_read_by_the_stages_that_train_with_it
     assert not any(s.kind == "pretrain_encoder" for s in plan.stages.values())  # the encoder is not pretrained
 
 
+ENCODER_STAND_INS = {  # timm's (MAE's, DINO's objective) and open_clip's (CLIP's, on the class names)
+    "mae": {"img_size": 16, "patch_size": 4, "embed_dim": 64, "depth": 2, "num_heads": 4},
+    "dino": {"img_size": 16, "patch_size": 4, "embed_dim": 64, "depth": 2, "num_heads": 4},
+    "clip": {"image_size": 16, "patch_size": 4, "width": 64, "layers": 2, "head_width": 16},
+}
+
+
+def first_attention_weight(init: str, folder) -> Tensor:
+    """The first block's attention weight of a saved stand-in, read by its library's own loader."""
+    if init == "clip":
+        import open_clip
+
+        return open_clip.create_model(f"local-dir:{folder}").visual.transformer.resblocks[0].attn.in_proj_weight
+    return timm.create_model(f"local-dir:{folder}", pretrained=True).blocks[0].attn.qkv.weight
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("init", ["mae", "dino"])
+@pytest.mark.parametrize("init", ENCODER_STAND_INS)
 def test_cells_share_one_pretraining_and_the_tokenizer_starts_from_its_weights(tmp_path, write_study, init):
-    stand_in = "{img_size: 16, patch_size: 4, embed_dim: 64, depth: 2, num_heads: 4}"
+    stand_in = "{" + ", ".join(f"{k}: {v}" for k, v in ENCODER_STAND_INS[init].items()) + "}"
     study = write_study(f"""
         config:
           tokenizer:
@@ -259,10 +275,12 @@ def test_cells_share_one_pretraining_and_the_tokenizer_starts_from_its_weights(t
     result = read_json(folder / "result.json")
     assert result["objective"] == init and result["cost"]["train_pflops"] > 0
     assert (folder / "losses.csv").read_text().count("\n") > 1
-    saved = timm.create_model(f"local-dir:{folder / 'encoder'}", pretrained=True)  # the library's own loader
     torch.manual_seed(0)
-    fresh, _ = build_objective({"init": init, "stand_in": STAND_IN | {"embed_dim": 64, "num_heads": 4}, "pretrain": {}})
-    assert not torch.equal(saved.blocks[0].attn.qkv.weight, fresh.vit.blocks[0].attn.qkv.weight)  # it trained
+    fresh, _ = build_objective({"init": init, "stand_in": ENCODER_STAND_INS[init], "pretrain": {}}, class_names=["a"])
+    fresh.save(tmp_path / "fresh")
+    assert not torch.equal(
+        first_attention_weight(init, folder / "encoder"), first_attention_weight(init, tmp_path / "fresh")
+    )
 
     for train in (runs / "train_tokenizer").iterdir():
         report = read_json(train / "init_report.json")

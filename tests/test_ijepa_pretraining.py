@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from conftest import grads_of
 from torch.utils.data import TensorDataset
 
-from benchmark.encoder_pretraining import build_objective, pretrain_cost, save_stand_in
+from benchmark.encoder_pretraining import build_objective, pretrain_cost
 from benchmark.encoders import build_encoder
 from benchmark.errors import ConfigError
 from benchmark.pretraining_objectives import JointEmbeddingPredictive, block_size, context_without_targets, sample_masks
@@ -159,7 +159,7 @@ def test_a_short_pretraining_saves_a_stand_in_that_the_encoder_entry_loads(tmp_p
 
     jepa.load_state_dict(weights)
     folder = tmp_path / "encoder"
-    save_stand_in(jepa.vit.cpu().eval(), "transformers", folder)
+    jepa.save(folder)
     assert (folder / "model.safetensors").is_file() and (folder / "config.json").is_file()
     entry = build_encoder({"init": "ijepa", "stand_in": STAND_IN, "weights": str(folder)})
     with torch.no_grad():
@@ -179,6 +179,6 @@ def test_ijepa_pretraining_is_checked_at_plan_time():
         build_encoder({**spec, "pretrain": {"mask_ratio": 0.5}}, where="tokenizer.align_local")
     with pytest.raises(
         ConfigError,
-        match=r"encoder 'clip' has no offline pretraining objective .*pretrain mae, dino, dinov2, ijepa or siglip",
+        match=r"encoder 'depth_anything_v2' has no offline pretraining objective .*pretrain mae, dino, dinov2, ijepa, siglip or clip",
     ):
-        build_encoder({"init": "clip", "stand_in": {"image_size": 16}, "pretrain": {"steps": 4}})
+        build_encoder({"init": "depth_anything_v2", "stand_in": {"image_size": 16}, "pretrain": {"steps": 4}})
