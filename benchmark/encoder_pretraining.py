@@ -7,10 +7,10 @@ At paper scale a tokenizer's encoder starts from published weights (MAE, DINO, D
 and repro scale nothing is downloaded: ``tokenizer.encoder.stand_in`` builds the library's architecture,
 shrunk, with random weights, which carry nothing of what pretraining gives. With
 ``tokenizer.encoder.pretrain`` that stand-in is first trained with the objective its family was
-pretrained with (benchmark/pretraining_objectives.py: MAE's, DINO's, I-JEPA's, SigLIP's, CLIP's) on the cell's training
-split, and saved the way its library saves it (timm's ``save_for_hf`` folder, transformers'
-``save_pretrained`` folder, open_clip's ``local-dir`` folder); the tokenizer's initialisation then loads it through the same path as a
-downloaded checkpoint (``tokenizer.encoder.weights``). One pretraining serves every cell with the same
+pretrained with (benchmark/pretraining_objectives.py: MAE's, DINO's, I-JEPA's, SigLIP's, CLIP's) on the
+cell's training split, and saved the way its library saves it (timm's ``save_for_hf`` folder,
+transformers' ``save_pretrained`` folder, open_clip's ``local-dir`` folder); the tokenizer's
+initialisation then loads it through the same path as a downloaded checkpoint (``tokenizer.encoder.weights``). One pretraining serves every cell with the same
 encoder, data and seed. A teacher with ``pretrain`` is loaded the same way by the stages that train
 with it (:func:`with_pretrained_teachers`): a frozen teacher of random weights gives features with no
 semantics to align to.
@@ -48,7 +48,7 @@ def build_objective(
 ) -> tuple[Objective, TrainConfig]:
     """The objective around a fresh random-weight stand-in of the encoder ``spec`` names (the mapping at
     ``where``, with ``stand_in`` and ``pretrain``), and its training-loop options. ``class_names``: the
-    training split's, the captions of a captioned objective (SigLIP's)."""
+    training split's, the captions of a captioned objective (SigLIP's, CLIP's)."""
     from benchmark.encoders import build_encoder
 
     entry = build_encoder({k: v for k, v in spec.items() if k != "weights"}, where=where)
@@ -106,8 +106,8 @@ def pretrain_cost(spec: Mapping[str, Any]) -> dict[str, float]:
 def pretrain_encoder(ctx: StageContext) -> dict[str, Any]:
     """The ``pretrain_encoder`` stage (and each teacher's twin): train the cell's stand-in at the stage's
     path (``tokenizer.encoder``, ``tokenizer.align_global``, ...) with its objective on the training split
-    and save it in its library's layout (its :meth:`~benchmark.pretraining_objectives.Objective.save`) as ``encoder/``, loaded as that encoder's
-    ``weights``."""
+    and save it in its library's layout (:meth:`~benchmark.pretraining_objectives.Objective.save`) as
+    ``encoder/``, loaded as that encoder's ``weights``."""
     import time
 
     from benchmark.data import build_dataset
