@@ -1,7 +1,6 @@
-"""The objectives that pretrain a stand-in encoder offline (benchmark/encoder_pretraining.py),
-each a module around the stand-in (a timm ViT; I-JEPA's a transformers ``IJepaModel``; CLIP's open_clip's
-image tower), whose weights
-are the ones kept.
+"""The objectives that pretrain a stand-in encoder offline (benchmark/encoder_pretraining.py), each a
+module around the stand-in (a timm ViT; I-JEPA's a transformers ``IJepaModel``; CLIP's open_clip's image
+tower), whose weights are the ones kept.
 
     mae   He et al. 2022 (MAE), Sec. 3: mask a random 75% of the patches, encode the visible ones,
           a light decoder with mask tokens predicts the masked patches' pixels, each patch normalised
