@@ -122,7 +122,9 @@ def test_list_command_prints_every_kind():
         line.split()[0]: line for line in result.stdout.split("encoders:\n")[1].split("datasets:")[0].splitlines()
     }
     assert encoders["mae"].endswith("Offline stand-in pretraining: mae.")
-    assert encoders["dinov2"].endswith("Offline stand-in pretraining: dino.") and "pretraining" not in encoders["clip"]
+    assert encoders["dinov2"].endswith("Offline stand-in pretraining: dino.")
+    assert encoders["clip"].endswith("Offline stand-in pretraining: clip.")
+    assert "pretraining" not in encoders["depth_anything_v2"]
 
 
 def test_new_generator_file_is_found(tmp_path, monkeypatch):
