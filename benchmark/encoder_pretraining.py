@@ -117,7 +117,8 @@ def pretrain_encoder(ctx: StageContext) -> dict[str, Any]:
     spec = cfg.get("teacher") or cfg[where]  # a teacher's mapping, whatever role names it (graph.TeacherPretraining)
     torch.manual_seed(cfg["seed"])
     dataset = build_dataset(cfg["data"], "train")
-    objective, train_cfg = build_objective(spec, where, dataset.class_names)
+    # a registered dataset need not name its classes: only a captioned objective needs them, and says so
+    objective, train_cfg = build_objective(spec, where, getattr(dataset, "class_names", ()))
 
     def step(batch: tuple[Tensor, ...], i: int) -> tuple[dict[str, Tensor], None]:
         objective.before_step(i, train_cfg.steps)
