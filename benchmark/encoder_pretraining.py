@@ -35,6 +35,7 @@ from torch import Tensor
 
 from benchmark.config import TrainConfig
 from benchmark.errors import StageError
+from benchmark.options import init_parameters
 from benchmark.pretraining_objectives import OBJECTIVES, Objective, split_options, train_config
 
 if TYPE_CHECKING:
@@ -48,16 +49,18 @@ def build_objective(
 ) -> tuple[Objective, TrainConfig]:
     """The objective around a fresh random-weight stand-in of the encoder ``spec`` names (the mapping at
     ``where``, with ``stand_in`` and ``pretrain``), and its training-loop options. ``class_names``: the
-    training split's, the captions of a captioned objective (SigLIP's, CLIP's)."""
+    training split's, the captions of an image-text objective (SigLIP's, CLIP's)."""
     from benchmark.encoders import build_encoder
 
     entry = build_encoder({k: v for k, v in spec.items() if k != "weights"}, where=where)
     name, train, options = split_options(spec["pretrain"], entry.pretrain_objective, f"{where}.pretrain")
     objective = OBJECTIVES[name]
-    if objective.captioned:
-        options = {**options, "class_names": class_names}
-    if objective.library == "open_clip":  # it builds, and saves, the whole CLIP model around the stand-in
-        options = {**options, "model_cfg": entry.stand_in_config(dict(entry.stand_in))}
+    harness = {  # what an objective's constructor may take besides its options, made only when it does
+        "class_names": lambda: class_names,  # the captions of an image-text objective
+        "model_cfg": lambda: entry.stand_in_config(dict(entry.stand_in)),  # CLIP builds and saves the whole model
+    }
+    takes = init_parameters(objective)
+    options = {**options, **{key: make() for key, make in harness.items() if key in takes}}
     vit = entry._build_stand_in().train().requires_grad_(True)
     return objective(vit, entry.mean, entry.std, **options), train_config(name, train)
 
@@ -95,7 +98,7 @@ def pretrain_cost(spec: Mapping[str, Any]) -> dict[str, float]:
 
     with torch.random.fork_rng(devices=[]), torch.device("meta"):
         torch.manual_seed(0)
-        # a captioned objective's captions are padded to a fixed length: any class name counts the same
+        # an image-text objective's captions are padded to a fixed length: any class name counts the same
         objective, loop = build_objective(spec, class_names=["class"])
         views = [torch.rand(1, 3, *objective.input_size) for _ in range(objective.num_views)]
         labels = torch.zeros(1, dtype=torch.long)
@@ -117,7 +120,7 @@ def pretrain_encoder(ctx: StageContext) -> dict[str, Any]:
     spec = cfg.get("teacher") or cfg[where]  # a teacher's mapping, whatever role names it (graph.TeacherPretraining)
     torch.manual_seed(cfg["seed"])
     dataset = build_dataset(cfg["data"], "train")
-    # a registered dataset need not name its classes: only a captioned objective needs them, and says so
+    # a registered dataset need not name its classes: only an image-text objective needs them, and says so
     objective, train_cfg = build_objective(spec, where, getattr(dataset, "class_names", ()))
 
     def step(batch: tuple[Tensor, ...], i: int) -> tuple[dict[str, Tensor], None]:

@@ -66,7 +66,6 @@ class Objective(nn.Module, ABC):
     name: ClassVar[str]
     recipe: ClassVar[dict[str, Any]]  # TrainConfig defaults of the source's recipe
     library: ClassVar[str] = "timm"  # the library of the stand-in it trains (benchmark/encoder_backends.py)
-    captioned: ClassVar[bool] = False  # trained on image-caption pairs: built with the data's class names
 
     def __init__(self, vit: nn.Module, mean: tuple[float, ...], std: tuple[float, ...]) -> None:
         super().__init__()
@@ -101,8 +100,8 @@ class Objective(nn.Module, ABC):
 
     @abstractmethod
     def loss(self, views: list[Tensor], labels: Tensor | None = None) -> dict[str, Tensor]:
-        """The objective's loss terms on the views of a batch (and its class labels, which only a
-        :attr:`captioned` objective reads)."""
+        """The objective's loss terms on the views of a batch (and its class labels, which only an
+        image-caption objective, :class:`CaptionedObjective`, reads)."""
 
     def collapse(self, images: Tensor) -> str | None:
         """Why the trained encoder is degenerate on ``images`` (None: it is not, or the objective cannot
@@ -538,12 +537,20 @@ class CaptionedObjective(Objective):
     class names: image i's caption is ``template`` filled with its class name (:attr:`captions`, one row per
     class, as bytes), so a batch holds the same caption several times and a pair is positive when its
     captions match. Images are only resized to the tower's input size: SigLIP's preprocessing, and CLIP's
-    random square crop of the resized image is the whole of a square image."""
+    random square crop of the resized image is the whole of a square image. Captions are ``context_length``
+    bytes, padded with the class's :attr:`caption_pad` after its :attr:`caption_end` (None: none)."""
 
-    captioned = True
+    caption_pad: ClassVar[int]
+    caption_end: ClassVar[int | None] = None
 
     def __init__(
-        self, vit: nn.Module, mean: tuple[float, ...], std: tuple[float, ...], class_names: Sequence[str], template: str
+        self,
+        vit: nn.Module,
+        mean: tuple[float, ...],
+        std: tuple[float, ...],
+        class_names: Sequence[str] = (),
+        template: str = "a photo of a {}.",
+        context_length: int = 32,
     ) -> None:
         super().__init__(vit, mean, std)
         if not class_names or "{}" not in template:
@@ -551,7 +558,8 @@ class CaptionedObjective(Objective):
                 f"pretraining objective '{self.name}': needs the dataset's class names (captions) and a template "
                 f"with '{{}}' for the name, got {len(class_names)} names and template {template!r}"
             )
-        self.texts = [template.format(n) for n in class_names]
+        texts = [template.format(n) for n in class_names]
+        self.register_buffer("captions", caption_bytes(texts, context_length, self.caption_pad, self.caption_end))
 
     def augmentations(self) -> list[nn.Module]:
         import kornia.augmentation as K
@@ -604,7 +612,7 @@ class SigmoidLanguageImage(CaptionedObjective):
     t = exp(t') and b learned from t' = log 10, b = -10; z_ij = 1 when captions i and j are the same
     (Algorithm 1's diagonal when every caption differs), else -1."""
 
-    name = "siglip"
+    name, caption_pad = "siglip", 256
     # SigLIP's recipe (Sec. 4): AdamW with beta2 = 0.95 (its stabilisation), weight decay 1e-4, cosine schedule
     recipe: ClassVar[dict[str, Any]] = {"beta2": 0.95, "weight_decay": 1e-4, "schedule": "cosine"}
 
@@ -613,15 +621,13 @@ class SigmoidLanguageImage(CaptionedObjective):
         vit: nn.Module,
         mean: tuple[float, ...],
         std: tuple[float, ...],
-        class_names: Sequence[str] = (),
-        template: str = "a photo of a {}.",
-        context_length: int = 32,
         text_depth: int | None = None,
         text_heads: int | None = None,
+        **captions: Any,
     ) -> None:
         from transformers import SiglipTextConfig, SiglipTextModel
 
-        super().__init__(vit, mean, std, class_names, template)
+        super().__init__(vit, mean, std, **captions)
         if getattr(vit, "attn_pool", None) is None:
             raise ConfigError(
                 "pretraining objective 'siglip': the image tower needs SigLIP's MAP head (global_pool='map')"
@@ -634,14 +640,13 @@ class SigmoidLanguageImage(CaptionedObjective):
                 intermediate_size=4 * width,
                 num_hidden_layers=text_depth or len(vit.blocks),
                 num_attention_heads=text_heads or vit.blocks[0].attn.num_heads,
-                max_position_embeddings=context_length,
+                max_position_embeddings=self.captions.shape[1],
                 projection_size=width,
                 pad_token_id=256,
                 bos_token_id=None,
                 eos_token_id=None,
             )
         )
-        self.register_buffer("captions", caption_bytes(self.texts, context_length, pad=256))
         self.logit_scale = nn.Parameter(torch.tensor(math.log(10.0)))  # t'
         self.logit_bias = nn.Parameter(torch.tensor(-10.0))  # b
 
@@ -673,6 +678,7 @@ class ContrastiveLanguageImage(CaptionedObjective):
     ``open_clip_model.safetensors`` of the whole model), loaded with ``local-dir:``."""
 
     name, library = "clip", "open_clip"
+    caption_pad, caption_end = 0, 256
     # CLIP's recipe (Sec. 2.5): Adam with decoupled weight decay 0.2, beta2 = 0.98 for its ViTs, cosine schedule
     recipe: ClassVar[dict[str, Any]] = {"beta2": 0.98, "weight_decay": 0.2, "schedule": "cosine"}
 
@@ -681,19 +687,17 @@ class ContrastiveLanguageImage(CaptionedObjective):
         vit: nn.Module,
         mean: tuple[float, ...],
         std: tuple[float, ...],
-        class_names: Sequence[str] = (),
         model_cfg: Mapping[str, Any] | None = None,
-        template: str = "a photo of a {}.",
-        context_length: int = 32,
+        **captions: Any,
     ) -> None:
         import open_clip
 
-        super().__init__(vit, mean, std, class_names, template)
+        super().__init__(vit, mean, std, **captions)
         if model_cfg is None:
             raise ConfigError("pretraining objective 'clip': needs the stand-in's open_clip model config")
         block = vit.transformer.resblocks[0]
         text_cfg = {
-            "context_length": context_length,
+            "context_length": self.captions.shape[1],
             "vocab_size": 257,  # 256 bytes and the end of text; 0 (a NUL byte, never in a caption) pads
             "width": vit.transformer.width,
             "heads": block.attn.num_heads,
@@ -703,7 +707,6 @@ class ContrastiveLanguageImage(CaptionedObjective):
         cfg = {k: v for k, v in self.model_cfg.items() if k in ("embed_dim", "vision_cfg", "text_cfg", "quick_gelu")}
         self.clip = open_clip.CLIP(**cfg)
         self.clip.visual = vit  # the stand-in itself: its weights are the ones kept
-        self.register_buffer("captions", caption_bytes(self.texts, context_length, pad=0, end=256))
 
     @property
     def input_size(self) -> tuple[int, int]:

@@ -113,8 +113,8 @@ def test_collapse_is_the_same_embedding_for_every_image(init):
     assert "the same embedding" in captioned.collapse(images)
 
 
-def loaded_features(init: str, folder, images):
-    """The saved stand-in's features through the encoder entry, and through the library's own loader."""
+def loaded(init: str, folder):
+    """The saved stand-in as the encoder entry loads it, and as the library's own loader does."""
     entry = build_encoder({"init": init, "stand_in": STAND_INS[init], "weights": str(folder)})
     if init == "clip":
         own = open_clip.create_model(f"local-dir:{folder}").visual
@@ -160,7 +160,7 @@ def test_a_short_pretraining_matches_images_to_their_class_names_and_saves_a_loa
 
     folder = tmp_path / "encoder"
     captioned.save(folder)
-    entry, own = loaded_features(init, folder, images)
+    entry, own = loaded(init, folder)
     with torch.no_grad():
         if init == "clip":
             tokens = captioned.vit.transformer(captioned.vit._embeds(captioned.normalize(images[:4])))
