@@ -13,7 +13,7 @@ import math
 from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -39,6 +39,7 @@ PROCEDURAL_KINDS = (
     "blob",
     "noise",
 )
+WALL_KINDS = ("stripes", "checkerboard", "dots", "noise")  # textures painted on the background wall
 # Per-channel colour ranges (background, foreground) of the procedural images.
 PALETTES = {
     "day": ((0.6, 1.0), (0.0, 0.5)),
@@ -115,9 +116,18 @@ def _coverage(
     return mask.astype(np.float32)
 
 
-def render_procedural(kind: str, rng: np.random.Generator, resolution: int, palette: str) -> np.ndarray:
+def render_procedural(
+    kind: str, rng: np.random.Generator, resolution: int, palette: str
+) -> tuple[np.ndarray, np.ndarray]:
     """One image (resolution, resolution, 3) in [0, 1]: a ``kind`` shape or texture with random colours,
-    position, size, rotation, fill (solid, gradient or noise) and gradient background.
+    position, size, rotation, fill (solid, gradient or noise) and gradient background; and its scene's
+    depth map (resolution, resolution), distances from the camera.
+
+    The scene: the background is a wall, a plane tilted along the colour gradient's direction (depth 2
+    to 3, farther where the gradient ends); a texture (:data:`WALL_KINDS`) is painted on it; any other
+    shape is a flat cut-out in front of it, at depth 0.5 / size (0.77 to 1.43: a shape looks bigger the
+    nearer it is), blended into the wall by the shape's opacity as its colour is (anti-aliased edges;
+    the blob a smooth bump).
 
     The opacity is rendered at 2x and average-pooled, so edges are anti-aliased. Every random draw is
     made whatever the kind and resolution, so one ``rng`` state gives the same picture at any size.
@@ -151,7 +161,11 @@ def render_procedural(kind: str, rng: np.random.Generator, resolution: int, pale
     else:
         t = noise.reshape(resolution, 2, resolution, 2).mean(axis=(1, 3))
     front = fg + (fg2 - fg) * t[..., None]
-    return np.clip(back * (1 - alpha) + front * alpha, 0, 1)
+    image = np.clip(back * (1 - alpha) + front * alpha, 0, 1)
+    depth = 2.0 + _ramp(y, x, bg_angle)
+    if kind not in WALL_KINDS:
+        depth = depth + (0.5 / size - depth) * alpha[..., 0]
+    return image, depth.astype(np.float32)
 
 
 @register_dataset("procedural")
@@ -165,7 +179,12 @@ class ProceduralShapes(Dataset):
     more have dark "night" backgrounds or a wider colour range (half each). As in the thesis, which
     keeps "the same 1,764 validation images" for both configurations, the eval split is the ``day``
     one whatever the subset, so the two configurations are scored on the same images.
+
+    Each image's scene also has a depth map (:meth:`scene`; :class:`DepthPairs`), which a depth objective
+    pretrains Depth-Anything's stand-in on.
     """
+
+    depth_maps: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -202,6 +221,11 @@ class ProceduralShapes(Dataset):
         return self.size
 
     def __getitem__(self, index: int) -> tuple[Tensor, int]:
+        image, label, _ = self.scene(index)
+        return image, label
+
+    def scene(self, index: int) -> tuple[Tensor, int, Tensor]:
+        """Image ``index`` (3, H, W), its label and its scene's depth map (1, H, W) (:func:`render_procedural`)."""
         if not 0 <= index < self.size:
             raise IndexError(f"index {index} out of range for {self.size} procedural images")
         rng = np.random.default_rng([self.seed, SPLITS.index(self.split), index])
@@ -209,8 +233,25 @@ class ProceduralShapes(Dataset):
         if self.subset == "all" and self.split == "train" and index >= self.day_size:
             palette = "night" if rng.random() < 0.5 else "wide_day"
         label = index % self.num_classes
-        image = render_procedural(PROCEDURAL_KINDS[label], rng, self.resolution, palette)
-        return torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))), label
+        image, depth = render_procedural(PROCEDURAL_KINDS[label], rng, self.resolution, palette)
+        return torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))), label, torch.from_numpy(depth[None])
+
+
+class DepthPairs(Dataset):
+    """(image, depth map) pairs of a dataset that renders its scenes' depth (``depth_maps``: the procedural
+    one): the targets of a depth objective (benchmark/pretraining_objectives.py ``RelativeDepth``)."""
+
+    def __init__(self, dataset: Dataset) -> None:
+        if not getattr(dataset, "depth_maps", False):
+            raise ConfigError(f"data: {type(dataset).__name__} has no depth maps (the procedural dataset renders them)")
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
+        image, _, depth = self.dataset.scene(index)
+        return image, depth
 
 
 # ----------------------------------------------------------------------------------------------

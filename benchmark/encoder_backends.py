@@ -128,7 +128,7 @@ class PretrainedEncoder(ABC):
         if self.pretrain_objective is None or self.library != OBJECTIVES[self.pretrain_objective].library:
             raise ConfigError(
                 f"{where}: encoder '{self.registry_name}' has no offline pretraining objective "
-                f"({self.pretrain_missing}); pretrain mae, dino, dinov2, ijepa, siglip or clip stand-ins"
+                f"({self.pretrain_missing}); pretrain mae, dino, dinov2, ijepa, siglip, clip or depth_anything_v2 stand-ins"
             )
         wanted = pretrain.get("objective", self.pretrain_objective)
         if wanted != self.pretrain_objective:

@@ -7,8 +7,8 @@ At paper scale a tokenizer's encoder starts from published weights (MAE, DINO, D
 and repro scale nothing is downloaded: ``tokenizer.encoder.stand_in`` builds the library's architecture,
 shrunk, with random weights, which carry nothing of what pretraining gives. With
 ``tokenizer.encoder.pretrain`` that stand-in is first trained with the objective its family was
-pretrained with (benchmark/pretraining_objectives.py: MAE's, DINO's, I-JEPA's, SigLIP's, CLIP's) on the
-cell's training split, and saved the way its library saves it (timm's ``save_for_hf`` folder,
+pretrained with (benchmark/pretraining_objectives.py: MAE's, DINO's, I-JEPA's, SigLIP's, CLIP's,
+Depth-Anything's) on the cell's training split, and saved the way its library saves it (timm's ``save_for_hf`` folder,
 transformers' ``save_pretrained`` folder, open_clip's ``local-dir`` folder); the tokenizer's
 initialisation then loads it through the same path as a downloaded checkpoint (``tokenizer.encoder.weights``). One pretraining serves every cell with the same
 encoder, data and seed. A teacher with ``pretrain`` is loaded the same way by the stages that train
@@ -17,8 +17,9 @@ semantics to align to.
 
 Each encoder family names its objective (``pretrain_objective``: MAE -> mae; DINO and DINOv2 -> dino, for
 DINOv2 without its iBOT and KoLeo terms; I-JEPA -> ijepa; SigLIP -> siglip and CLIP -> clip, their
-image-text losses with the training split's class names as captions). SigLIP 2 (decoder and
-self-distillation losses besides the sigmoid one) and Depth-Anything (depth labels) have none.
+image-text losses with the training split's class names as captions; Depth-Anything -> depth, its
+relative-depth loss on the built-in scenes' depth maps). SigLIP 2 (decoder and self-distillation losses
+besides the sigmoid one) has none.
 
 ``pretrain`` takes the training loop's options (benchmark/config.py ``TrainConfig``: steps, batch_size,
 lr, ...; defaults: the objective's recipe) and the objective's own (``mask_ratio``, ``out_dim``, ...),
@@ -101,8 +102,8 @@ def pretrain_cost(spec: Mapping[str, Any]) -> dict[str, float]:
         # an image-text objective's captions are padded to a fixed length: any class name counts the same
         objective, loop = build_objective(spec, class_names=["class"])
         views = [torch.rand(1, 3, *objective.input_size) for _ in range(objective.num_views)]
-        labels = torch.zeros(1, dtype=torch.long)
-        cost = {"train_step_gflops": gflops(lambda: sum(objective.loss(views, labels).values()).backward())}
+        targets = torch.ones(1, 1, *objective.input_size) if objective.targets == "depth" else torch.zeros(1).long()
+        cost = {"train_step_gflops": gflops(lambda: sum(objective.loss(views, targets).values()).backward())}
     return {**cost, "train_pflops": training_pflops(cost, loop.steps, loop.batch_size)}
 
 
@@ -113,7 +114,9 @@ def pretrain_encoder(ctx: StageContext) -> dict[str, Any]:
     ``encoder/``, loaded as that encoder's ``weights``."""
     import time
 
-    from benchmark.data import build_dataset
+    from torch.utils.data import default_collate
+
+    from benchmark.data import DepthPairs, build_dataset
     from benchmark.graph import PRETRAINED_PATH
 
     cfg, where = ctx.config, PRETRAINED_PATH[ctx.kind]
@@ -122,6 +125,8 @@ def pretrain_encoder(ctx: StageContext) -> dict[str, Any]:
     dataset = build_dataset(cfg["data"], "train")
     # a registered dataset need not name its classes: only an image-text objective needs them, and says so
     objective, train_cfg = build_objective(spec, where, getattr(dataset, "class_names", ()))
+    if objective.targets == "depth":
+        dataset = DepthPairs(dataset)  # (image, depth map) pairs
 
     def step(batch: tuple[Tensor, ...], i: int) -> tuple[dict[str, Tensor], None]:
         objective.before_step(i, train_cfg.steps)
@@ -133,15 +138,14 @@ def pretrain_encoder(ctx: StageContext) -> dict[str, Any]:
         return {}
     objective.load_state_dict(weights)
     items = [dataset[i] for i in range(min(256, len(dataset)))]
-    probe = torch.stack([image for image, _ in items]).to(ctx.device)
-    probe_labels = torch.tensor([label for _, label in items], device=ctx.device)
+    probe, probe_targets = (batch.to(ctx.device) for batch in default_collate(items))
     reason = objective.eval().collapse(probe)
     if reason:
         raise StageError(
             f"{ctx.kind}: the {objective.name} pretraining of {spec['init']} collapsed: "
             f"{reason}; its weights are not saved (change {where}.pretrain or .stand_in)"
         )
-    probe_metrics = objective.probe_metrics(probe, probe_labels)
+    probe_metrics = objective.probe_metrics(probe, probe_targets)
     if probe_metrics:
         ctx.log.info("on %d training images: %s", len(items), probe_metrics)
     objective.save(ctx.dir / WEIGHTS_FOLDER)

@@ -127,7 +127,7 @@ class DepthAnythingV2(TransformersEncoder):
     """Depth-Anything-V2 (Yang et al. 2024) DINOv2 backbone ViT-S/B/L, from transformers."""
 
     model_class, trunk = "DepthAnythingForDepthEstimation", "backbone"
-    pretrain_missing = "trained on depth maps: the built-in data has none"
+    pretrain_objective = "depth"  # its relative-depth loss, on the built-in scenes' depth maps
     variants = {
         "S": Variant("depth-anything/Depth-Anything-V2-Small-hf", 14, 384, 12, 6, 518),
         "B": Variant("depth-anything/Depth-Anything-V2-Base-hf", 14, 768, 12, 12, 518),

@@ -1,7 +1,8 @@
 """Checks a plan before anything runs or is queued, so that a typo fails ``--dry-run`` on the login
 node, not a Slurm job hours later: every data config (the resolution the tokenizers need, the data
-root, its split folders and one readable image: nothing is listed in full) and every model (built on
-the meta device, which runs its constructor's checks and its forward's shapes; benchmark/estimate.py)."""
+root, its split folders and one readable image: nothing is listed in full; depth maps where a stand-in
+is pretrained on them) and every model (built on the meta device, which runs its constructor's checks
+and its forward's shapes; benchmark/estimate.py)."""
 
 from __future__ import annotations
 
@@ -28,6 +29,27 @@ def check_data(data: dict[str, Any], where: str) -> None:
             raise type(exc)(f"{where}: {exc}") from None
 
 
+def check_depth_data(config: dict[str, Any], where: str) -> None:
+    """A stand-in pretrained on depth maps (Depth-Anything's objective) reads data that renders them."""
+    from benchmark.graph import PRETRAINED, encoder_at
+    from benchmark.pretraining_objectives import OBJECTIVES
+    from benchmark.registry import DATASETS, ENCODERS
+
+    data = config["data"].get("name")
+    for path in PRETRAINED:
+        spec = encoder_at(config, path)
+        if spec is None or spec.get("pretrain") is None or spec.get("init") not in ENCODERS.names():
+            continue  # no pretraining here; an unknown encoder is named when the cell's models are built
+        name = spec["pretrain"].get("objective", ENCODERS.get(spec["init"]).obj.pretrain_objective)
+        objective = OBJECTIVES.get(name)
+        if objective is not None and objective.targets == "depth" and data in DATASETS.names():
+            if not getattr(DATASETS.get(data).obj, "depth_maps", False):
+                raise ConfigError(
+                    f"{where}: {path}.pretrain trains on depth maps, and data '{data}' has none "
+                    "(the procedural dataset renders them); give this encoder published weights instead"
+                )
+
+
 def check_plan(plan: Plan, cache: Path | None = None) -> dict[str, Any]:
     """Check the selected cells' data and models; returns the stages' cost estimates (stage hash ->
     :class:`~benchmark.estimate.StageCost`), a by-product of building the models (a cell checked before
@@ -40,4 +62,5 @@ def check_plan(plan: Plan, cache: Path | None = None) -> dict[str, Any]:
         if key not in seen:
             seen.add(key)
             check_data(cell.config["data"], f"{plan.path}: cell {cell.label}")
+        check_depth_data(cell.config, f"{plan.path}: cell {cell.label}")
     return estimate_plan(plan, cache)

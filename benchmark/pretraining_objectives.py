@@ -1,6 +1,6 @@
 """The objectives that pretrain a stand-in encoder offline (benchmark/encoder_pretraining.py), each a
 module around the stand-in (a timm ViT; I-JEPA's a transformers ``IJepaModel``; CLIP's open_clip's image
-tower), whose weights are the ones kept.
+tower; Depth-Anything's the DINOv2 backbone of a transformers ``DepthAnythingForDepthEstimation``), whose weights are the ones kept.
 
     mae   He et al. 2022 (MAE), Sec. 3: mask a random 75% of the patches, encode the visible ones,
           a light decoder with mask tokens predicts the masked patches' pixels, each patch normalised
@@ -20,6 +20,9 @@ tower), whose weights are the ones kept.
     clip  Radford et al. 2021 (CLIP), Fig. 3: the symmetric cross-entropy of the temperature-scaled cosine
           similarities of the batch's images and captions, each row's target spread over its matching
           captions (UniCL, Yang et al. 2022: CLIP's diagonal when every caption differs).
+    depth Yang et al. 2024 (Depth Anything V2), Sec. 4: a DPT head on the backbone predicts disparity,
+          trained on synthetic images with exact depth (the built-in scenes'); L = L_ssi + 2 L_gm, MiDaS's
+          scale-and-shift-invariant L1 and gradient matching (Ranftl et al. 2022, Eq. 5-6 and 11).
           siglip and clip are language-supervised, not self-supervised: their captions are the data's
           class names in a template, the only text the built-in data has.
 
@@ -66,6 +69,9 @@ class Objective(nn.Module, ABC):
     name: ClassVar[str]
     recipe: ClassVar[dict[str, Any]]  # TrainConfig defaults of the source's recipe
     library: ClassVar[str] = "timm"  # the library of the stand-in it trains (benchmark/encoder_backends.py)
+    # what the training data gives besides each image: "labels" (its class; read by the image-text
+    # objectives only) or "depth" (its scene's depth map: benchmark/data.py DepthPairs)
+    targets: ClassVar[str] = "labels"
 
     def __init__(self, vit: nn.Module, mean: tuple[float, ...], std: tuple[float, ...]) -> None:
         super().__init__()
@@ -99,17 +105,18 @@ class Objective(nn.Module, ABC):
         """Called before each optimisation step (DINO's teacher follows the student here)."""
 
     @abstractmethod
-    def loss(self, views: list[Tensor], labels: Tensor | None = None) -> dict[str, Tensor]:
-        """The objective's loss terms on the views of a batch (and its class labels, which only an
-        image-caption objective, :class:`CaptionedObjective`, reads)."""
+    def loss(self, views: list[Tensor], targets: Tensor | None = None) -> dict[str, Tensor]:
+        """The objective's loss terms on the views of a batch and its :attr:`targets` (class labels, which
+        only an image-caption objective, :class:`CaptionedObjective`, reads; depth maps)."""
 
     def collapse(self, images: Tensor) -> str | None:
         """Why the trained encoder is degenerate on ``images`` (None: it is not, or the objective cannot
         collapse): checked after training, so that a collapsed pretraining fails loudly."""
         return None
 
-    def probe_metrics(self, images: Tensor, labels: Tensor) -> dict[str, float]:
-        """What the trained encoder does on a probe batch, for the stage's record (none by default)."""
+    def probe_metrics(self, images: Tensor, targets: Tensor) -> dict[str, float]:
+        """What the trained encoder does on a probe batch (and its targets), for the stage's record (none by
+        default)."""
         return {}
 
     def save(self, folder: Path) -> None:
@@ -123,9 +130,9 @@ class Objective(nn.Module, ABC):
 
             timm.models.save_for_hf(vit, str(folder), safe_serialization=True)
 
-    def forward(self, images: Tensor, labels: Tensor | None = None) -> dict[str, Tensor]:
-        """The objective's loss terms on a batch of images in [0, 1] (and its class labels)."""
-        return self.loss(self.views(images), labels)
+    def forward(self, images: Tensor, targets: Tensor | None = None) -> dict[str, Tensor]:
+        """The objective's loss terms on a batch of images in [0, 1] and its targets."""
+        return self.loss(self.views(images), targets)
 
 
 class MaskedAutoencoder(Objective):
@@ -521,6 +528,139 @@ class JointEmbeddingPredictive(Objective):
         return None
 
 
+def ssi_normalize(disparity: Tensor) -> Tensor:
+    """MiDaS's scale-and-shift alignment (Ranftl et al. 2022, Eq. 5-6) of disparity maps (B, H, W): each
+    map minus its median t(d), divided by its mean absolute deviation from it s(d)."""
+    flat = disparity.flatten(1)
+    shift = flat.median(1).values
+    scale = (flat - shift[:, None]).abs().mean(1).clamp_min(1e-6)
+    return (disparity - shift[:, None, None]) / scale[:, None, None]
+
+
+def gradient_matching(residual: Tensor, scales: int) -> Tensor:
+    """MiDaS's gradient-matching loss (Eq. 11) on the aligned residual R = d_hat - d_hat* (B, H, W): the mean
+    over pixels of |grad_x R^k| + |grad_y R^k|, summed over ``scales`` scales k (R subsampled by 2^k)."""
+    total = residual.new_zeros(())
+    for k in range(scales):
+        r = residual[:, :: 2**k, :: 2**k]
+        if min(r.shape[-2:]) < 2:
+            break
+        grads = (r[:, :, 1:] - r[:, :, :-1]).abs().sum() + (r[:, 1:] - r[:, :-1]).abs().sum()
+        total = total + grads / r.numel()
+    return total
+
+
+def align_least_squares(prediction: Tensor, target: Tensor) -> Tensor:
+    """``prediction`` (B, H, W) under the per-map scale and shift that fit ``target`` best in the least-squares
+    sense: the alignment of relative depth's evaluation (MiDaS, Sec. 6; Depth Anything)."""
+    p, t = prediction.flatten(1), target.flatten(1)
+    p_c, t_c = p - p.mean(1, keepdim=True), t - t.mean(1, keepdim=True)
+    scale = (p_c * t_c).sum(1) / (p_c * p_c).sum(1).clamp_min(1e-12)
+    return (scale[:, None] * p_c + t.mean(1, keepdim=True)).view_as(prediction)
+
+
+class RelativeDepth(Objective):
+    """Depth Anything V2 (Yang et al. 2024): its DPT head on the DINOv2 backbone (the stand-in; the whole
+    transformers ``DepthAnythingForDepthEstimation`` is trained and saved) predicts relative depth as
+    disparity, trained on synthetic images with exact depth: DA2's teacher stage (Sec. 4), on the built-in
+    scenes' depth maps (benchmark/data.py ``render_procedural``). Both maps are aligned per image by median
+    and mean absolute deviation (:func:`ssi_normalize`); the loss is the scale-and-shift-invariant L1 of
+    the aligned residual plus ``gradient_weight`` times its gradient matching over ``scales`` scales
+    (:func:`gradient_matching`; DA2's weights 1 : 2). Views: a horizontal flip of image and depth
+    together, then the resize to the backbone's input size."""
+
+    name, library, targets = "depth", "transformers", "depth"
+    # Depth Anything trains with AdamW and a decaying schedule, its head at 10x the backbone's rate; here one
+    # rate for both (a stand-in's backbone starts random, not from DINOv2), AdamW's default weight decay
+    recipe: ClassVar[dict[str, Any]] = {"weight_decay": 0.01, "schedule": "cosine"}
+
+    def __init__(
+        self,
+        vit: nn.Module,
+        mean: tuple[float, ...],
+        std: tuple[float, ...],
+        model_cfg: Any = None,
+        gradient_weight: float = 2.0,
+        scales: int = 4,
+    ) -> None:
+        from transformers import DepthAnythingForDepthEstimation
+
+        super().__init__(vit, mean, std)
+        if model_cfg is None or gradient_weight < 0 or scales < 1:
+            raise ConfigError(
+                "pretraining objective 'depth': needs the stand-in's Depth-Anything config, gradient_weight >= 0 "
+                f"and scales >= 1, got gradient_weight {gradient_weight} and scales {scales}"
+            )
+        self.model = DepthAnythingForDepthEstimation(model_cfg)
+        self.model.backbone = vit  # the stand-in itself: its weights are the ones kept
+        self.gradient_weight, self.scales = gradient_weight, scales
+
+    @property
+    def input_size(self) -> tuple[int, int]:
+        return (self.vit.config.image_size,) * 2
+
+    def augmentations(self) -> list[nn.Module]:
+        import kornia.augmentation as K
+
+        return [K.Resize(self.input_size, antialias=True)]
+
+    def predict(self, images: Tensor) -> Tensor:
+        """Disparity maps (B, H', W') of images in [0, 1] at the backbone's input size."""
+        return self.model(pixel_values=self.normalize(images)).predicted_depth
+
+    @staticmethod
+    def disparity(depth: Tensor, size: tuple[int, int]) -> Tensor:
+        """Target disparity 1 / depth (B, *size) of depth maps (B, 1, H, W)."""
+        return 1.0 / F.interpolate(depth, size=size, mode="bilinear", antialias=True, align_corners=False)[:, 0]
+
+    def forward(self, images: Tensor, targets: Tensor | None = None) -> dict[str, Tensor]:
+        if targets is None:
+            raise ValueError("pretraining objective 'depth' learns depth maps: give them as the targets")
+        flip = (torch.rand(len(images), device=images.device) < 0.5).view(-1, 1, 1, 1)
+        images, targets = (torch.where(flip, t.flip(-1), t) for t in (images, targets))
+        return self.loss(self.views(images), targets)
+
+    def loss(self, views: list[Tensor], targets: Tensor | None = None) -> dict[str, Tensor]:
+        predicted = self.predict(views[0])
+        residual = ssi_normalize(predicted) - ssi_normalize(self.disparity(targets, predicted.shape[-2:]))
+        return {
+            "ssi": residual.abs().mean(),
+            "gradient": self.gradient_weight * gradient_matching(residual, self.scales),
+        }
+
+    @torch.no_grad()
+    def probe_metrics(self, images: Tensor, targets: Tensor) -> dict[str, float]:
+        """Relative depth's zero-shot metrics (MiDaS, Sec. 6): the prediction aligned to the true disparity by
+        least squares, then AbsRel (mean |z - z*| / z*) and delta1 (share of pixels with max(z / z*, z* / z)
+        < 1.25) in depth; and AbsRel of the best flat map, the floor a model that learnt nothing reaches."""
+        predicted = self.predict(self.views(images)[0])
+        truth = self.disparity(targets, predicted.shape[-2:])
+        aligned = align_least_squares(predicted, truth).clamp_min(truth.amin().item() / 10)
+        depth, true_depth = 1.0 / aligned, 1.0 / truth
+        ratio = torch.maximum(depth / true_depth, true_depth / depth)
+        flat = 1.0 / truth.flatten(1).mean(1)[:, None, None]
+        return {
+            "abs_rel": ((depth - true_depth).abs() / true_depth).mean().item(),
+            "delta1": (ratio < 1.25).float().mean().item(),
+            "abs_rel_flat": ((flat - true_depth).abs() / true_depth).mean().item(),
+        }
+
+    @torch.no_grad()
+    def collapse(self, images: Tensor) -> str | None:
+        """The head predicts a flat map for every image (a dead final ReLU, say): no depth is left to learn
+        from, and the backbone's features carry nothing of the scenes."""
+        predicted = self.predict(self.views(images)[0]).flatten(1)
+        spread, scale = predicted.std(1).max().item(), predicted.abs().mean().item()
+        if spread <= 1e-6 * max(scale, 1e-12):
+            return f"the head predicts a flat depth map for every image (largest spread {spread:.1e})"
+        return None
+
+    def save(self, folder: Path) -> None:
+        """The whole Depth-Anything model, as transformers saves one (``save_pretrained``): the encoder entry
+        loads it with ``from_pretrained`` and keeps its backbone."""
+        self.model.cpu().eval().save_pretrained(folder, safe_serialization=True)
+
+
 def caption_bytes(captions: Sequence[str], length: int, pad: int, end: int | None = None) -> Tensor:
     """Captions as byte ids (UTF-8, one id per byte), followed by ``end`` when given (CLIP's end-of-text
     token), truncated to ``length`` and right-padded with ``pad``: (len(captions), length). Bytes, not a
@@ -745,6 +885,7 @@ OBJECTIVES: dict[str, type[Objective]] = {
         MaskedAutoencoder,
         SelfDistillation,
         JointEmbeddingPredictive,
+        RelativeDepth,
         SigmoidLanguageImage,
         ContrastiveLanguageImage,
     )
