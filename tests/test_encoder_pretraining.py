@@ -157,11 +157,8 @@ def test_pretraining_options_are_checked_at_plan_time(write_study):
 
     with pytest.raises(ConfigError, match=r"tokenizer\.encoder\.pretrain: pretrains a random-weight stand-in"):
         plan("{init: mae, pretrain: {steps: 10}}")
-    with pytest.raises(
-        ConfigError,
-        match=r"encoder 'depth_anything_v2' has no offline pretraining objective \(trained on depth maps",
-    ):
-        plan("{init: depth_anything_v2, stand_in: {image_size: 16}, pretrain: {steps: 10}}")
+    with pytest.raises(ConfigError, match=r"encoder 'siglip2' has no offline pretraining objective \(SigLIP 2 adds"):
+        plan("{init: siglip2, stand_in: {image_size: 16}, pretrain: {steps: 10}}")
     with pytest.raises(ConfigError, match=r"pretrain\.objective: 'dino' is not how mae was pretrained"):
         plan("{init: mae, stand_in: {img_size: 16}, pretrain: {objective: dino}}")
     with pytest.raises(
@@ -234,11 +231,21 @@ def test_a_pretrained_teacher_is_one_stage_read_by_the_stages_that_train_with_it
     assert not any(s.kind == "pretrain_encoder" for s in plan.stages.values())  # the encoder is not pretrained
 
 
-ENCODER_STAND_INS = {  # timm's (MAE's, DINO's objective) and open_clip's (CLIP's, on the class names)
+ENCODER_STAND_INS = {  # timm's (MAE's, DINO's objective), open_clip's (CLIP's, on the class names) and
+    # transformers' Depth-Anything (its depth objective, on the built-in scenes' depth maps)
     "mae": {"img_size": 16, "patch_size": 4, "embed_dim": 64, "depth": 2, "num_heads": 4},
     "dino": {"img_size": 16, "patch_size": 4, "embed_dim": 64, "depth": 2, "num_heads": 4},
     "clip": {"image_size": 16, "patch_size": 4, "width": 64, "layers": 2, "head_width": 16},
+    "depth_anything_v2": {
+        "image_size": 16,
+        "patch_size": 4,
+        "hidden_size": 64,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "intermediate_size": 256,
+    },
 }
+OBJECTIVE_OF = {"depth_anything_v2": "depth"}  # where an encoder's objective is not named after it
 
 
 def first_attention_weight(init: str, folder) -> Tensor:
@@ -247,6 +254,11 @@ def first_attention_weight(init: str, folder) -> Tensor:
         import open_clip
 
         return open_clip.create_model(f"local-dir:{folder}").visual.transformer.resblocks[0].attn.in_proj_weight
+    if init == "depth_anything_v2":
+        import transformers
+
+        model = transformers.DepthAnythingForDepthEstimation.from_pretrained(folder)
+        return model.backbone.encoder.layer[0].attention.q_proj.weight
     return timm.create_model(f"local-dir:{folder}", pretrained=True).blocks[0].attn.qkv.weight
 
 
@@ -273,7 +285,10 @@ def test_cells_share_one_pretraining_and_the_tokenizer_starts_from_its_weights(t
 
     folder = runs / "pretrain_encoder" / pretrain[0].hash
     result = read_json(folder / "result.json")
-    assert result["objective"] == init and result["cost"]["train_pflops"] > 0
+    objective = OBJECTIVE_OF.get(init, init)
+    assert result["objective"] == objective and result["cost"]["train_pflops"] > 0
+    probe = {"clip": {"zero_shot_accuracy"}, "depth": {"abs_rel", "delta1", "abs_rel_flat"}}.get(objective, set())
+    assert set(result["probe"]) == probe  # measured on the training images (depth: against their depth maps)
     assert (folder / "losses.csv").read_text().count("\n") > 1
     torch.manual_seed(0)
     fresh, _ = build_objective({"init": init, "stand_in": ENCODER_STAND_INS[init], "pretrain": {}}, class_names=["a"])
@@ -284,11 +299,11 @@ def test_cells_share_one_pretraining_and_the_tokenizer_starts_from_its_weights(t
 
     for train in (runs / "train_tokenizer").iterdir():
         report = read_json(train / "init_report.json")
-        assert f"stand-in pretrained ({init})" in report["source"] and str(folder / "encoder") in report["source"]
+        assert f"stand-in pretrained ({objective})" in report["source"] and str(folder / "encoder") in report["source"]
         assert report["counts"]["copied"] > 0
     md = next((tmp_path / "r").rglob("README.md")).read_text()
     init_section = md.split("## Encoder initialisation")[1].split("##")[0]
-    assert f"- 4, 8: {init} ViT" in init_section and f"stand-in pretrained ({init})" in init_section
+    assert f"- 4, 8: {init} ViT" in init_section and f"stand-in pretrained ({objective})" in init_section
     assert (
         f"from <run store>/pretrain_encoder/{pretrain[0].hash}/encoder (" in init_section and " copied" in init_section
     )

@@ -124,7 +124,8 @@ def test_list_command_prints_every_kind():
     assert encoders["mae"].endswith("Offline stand-in pretraining: mae.")
     assert encoders["dinov2"].endswith("Offline stand-in pretraining: dino.")
     assert encoders["clip"].endswith("Offline stand-in pretraining: clip.")
-    assert "pretraining" not in encoders["depth_anything_v2"]
+    assert encoders["depth_anything_v2"].endswith("Offline stand-in pretraining: depth.")
+    assert "pretraining" not in encoders["siglip2"]
 
 
 def test_new_generator_file_is_found(tmp_path, monkeypatch):
