@@ -700,18 +700,6 @@ def write_index(studies: Path, results: Path) -> Path:
     return path
 
 
-def detect_seeds(path: str, profile: str, overrides: list[str], store: RunStore) -> int:
-    """How many seeds the run store holds for a study: N while some stage of seed index N - 1 exists."""
-    n = 1
-    while True:
-        plan = build_plan(path, profile, overrides, seeds=n + 1, check=False)
-        base = {c.row: c.config["seed"] for c in reversed(plan.cells)}
-        newest = [c for c in plan.cells if c.config["seed"] == base[c.row] + n]
-        if not any(store.dir(k, h).is_dir() for c in newest for k, h in c.stages.items()):
-            return n
-        n += 1
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmark.report", description=__doc__.split("\n\n")[0])
     p.add_argument("study", nargs="?", help="a study YAML, e.g. studies/thesis_table2_token_count.yaml")
@@ -726,6 +714,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.study:
             check_study_path(args.study)
             from benchmark.slurm import SlurmQueue, available
+            from benchmark.status import detect_seeds
 
             store = RunStore(default_root(args.runs), probe=SlurmQueue() if available() else None)
             seeds = args.seeds or detect_seeds(args.study, args.profile, args.overrides, store)

@@ -1,4 +1,4 @@
-"""``python -m benchmark.status studies/<study>.yaml [--profile P] [--runs DIR] [--watch [S]]``
+"""``python -m benchmark.status studies/<study>.yaml [--profile P] [--runs DIR] [--seeds N] [--watch [S]]``
 
 Where every stage of a study stands, cells x stages, from the run store and the Slurm queue (no
 ``sacct`` needed): done, not run, pending with Slurm's reason, running (training step k of n and the
@@ -172,6 +172,18 @@ def estimate_note() -> str:
     )
 
 
+def detect_seeds(path: str, profile: str, overrides: list[str], store: RunStore) -> int:
+    """How many seeds the run store holds for a study: N while some stage of seed index N - 1 exists."""
+    n = 1
+    while True:
+        plan = build_plan(path, profile, overrides, seeds=n + 1, check=False)
+        base = {c.row: c.config["seed"] for c in reversed(plan.cells)}
+        newest = [c for c in plan.cells if c.config["seed"] == base[c.row] + n]
+        if not any(store.dir(k, h).is_dir() for c in newest for k, h in c.stages.items()):
+            return n
+        n += 1
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m benchmark.status", description=__doc__.split("\n\n")[1])
     p.add_argument("study")
@@ -179,6 +191,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--profile", default="paper")
     p.add_argument("--only", help="only these cells (as benchmark.run --only)")
     p.add_argument("--runs", help="run store folder (default: $TOK1D_RUNS or ./runs)")
+    p.add_argument("--seeds", type=int, help="seeds per cell, as the run (default: as many as the run store holds)")
     p.add_argument(
         "--watch",
         nargs="?",
@@ -196,9 +209,10 @@ def main(argv: list[str] | None = None) -> int:
         from benchmark.slurm import SlurmQueue, available
 
         check_study_path(args.study)
-        plan = build_plan(args.study, args.profile, args.overrides, args.only)
         probe = SlurmQueue() if available() else None
         store = RunStore(default_root(args.runs), probe=probe)
+        seeds = args.seeds or detect_seeds(args.study, args.profile, args.overrides, store)
+        plan = build_plan(args.study, args.profile, args.overrides, args.only, seeds=seeds)
         while True:
             text, ended = render(plan, store)
             if args.watch:

@@ -502,7 +502,7 @@ def test_report_command_rerenders_from_the_store_and_the_index_lists_every_study
 
 
 @pytest.mark.slow
-def test_study_records_training_diagnostics_and_reports_them(tmp_path, write_study):
+def test_study_records_training_diagnostics_and_reports_them(tmp_path, write_study, capsys):
     """End to end on the tiny smoke scale: probes at every checkpoint whose counts sum to the probe batch's
     tokens, evaluations during training, two seeds, and the report drawn from them."""
     study = write_study(
@@ -535,6 +535,12 @@ claims:
     md = (out / "README.md").read_text()
     assert "Each row ran with 2 seeds" in md and "PSNR rises as tokenizer.num_latent_tokens grows" in md
     assert (out / "recon.png").stat().st_size > 1000
+    from benchmark.status import main as status_main
+
+    capsys.readouterr()
+    assert status_main([str(study), "--profile", "smoke", "--runs", str(tmp_path / "runs"), *TINY, *extra[:3]]) == 0
+    table = capsys.readouterr().out  # both seeds, found in the run store as the report finds them
+    assert "4 [seed 1]" in table and "8 [seed 1]" in table and "missing" not in table
 
     # The probes and evaluations leave training alone: without them, the same seed reaches the same weights.
     assert run_cli(study, tmp_path, "train.probe_images=0", "--only", "4") == 0
