@@ -96,7 +96,17 @@ def encoder_init(store: RunStore, cell: Cell) -> str | None:
     if not report:
         return None
     counts = ", ".join(f"{n} {k}" for k, n in report.get("counts", {}).items() if n)
-    return f"{report['source'].replace(str(store.root), '<run store>')} ({counts})"
+    probe = pretraining_probe(store, cell, "pretrain_encoder")
+    return f"{report['source'].replace(str(store.root), '<run store>')} ({counts}){probe}"
+
+
+def pretraining_probe(store: RunStore, cell: Cell, kind: str) -> str:
+    """What a cell's offline pretraining of ``kind`` measured on the training images (its ``probe``: an
+    image-text objective's zero-shot accuracy, the depth objective's AbsRel and delta1), as a clause."""
+    probe = (store.result(kind, cell.stages[kind]) or {}).get("probe") if kind in cell.stages else None
+    if not probe:
+        return ""
+    return "; on its training images: " + ", ".join(f"{k} {fmt(v)}" for k, v in probe.items())
 
 
 def teacher_sources(store: RunStore, cell: Cell) -> str | None:
@@ -111,6 +121,7 @@ def teacher_sources(store: RunStore, cell: Cell) -> str | None:
             folder = store.dir(kind, cell.stages[kind])
             objective = (store.result(kind, cell.stages[kind]) or {}).get("objective", "not run yet")
             source = f"stand-in pretrained ({objective}) in <run store>/{folder.relative_to(store.root)}"
+            source += pretraining_probe(store, cell, kind)
         elif spec.get("stand_in") is not None:
             source = "random-weight stand-in"
         else:

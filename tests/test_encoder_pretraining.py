@@ -304,6 +304,8 @@ def test_cells_share_one_pretraining_and_the_tokenizer_starts_from_its_weights(t
     md = next((tmp_path / "r").rglob("README.md")).read_text()
     init_section = md.split("## Encoder initialisation")[1].split("##")[0]
     assert f"- 4, 8: {init} ViT" in init_section and f"stand-in pretrained ({objective})" in init_section
+    assert ("; on its training images: " in init_section) == bool(probe)  # what the pretraining measured
+    assert all(f"{key} " in init_section for key in probe)
     assert (
         f"from <run store>/pretrain_encoder/{pretrain[0].hash}/encoder (" in init_section and " copied" in init_section
     )
@@ -365,6 +367,7 @@ def test_a_tokenizer_aligns_to_its_pretrained_teacher_and_is_evaluated_without_i
     assert (
         f"## Alignment teachers\n\n- base: tokenizer.align: {init} stand-in pretrained ({objective}) in {where}" in md
     )
+    assert ("; on its training images: zero_shot_accuracy " in md) == (objective == "siglip")
 
     ctx = SimpleNamespace(
         inputs={"pretrain_align": pretrain.hash},
