@@ -6,6 +6,7 @@ and its forward's shapes; benchmark/estimate.py)."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -38,8 +39,8 @@ def check_depth_data(config: dict[str, Any], where: str) -> None:
     data = config["data"].get("name")
     for path in PRETRAINED:
         spec = encoder_at(config, path)
-        if spec is None or spec.get("pretrain") is None or spec.get("init") not in ENCODERS.names():
-            continue  # no pretraining here; an unknown encoder is named when the cell's models are built
+        if spec is None or not isinstance(spec.get("pretrain"), Mapping) or spec.get("init") not in ENCODERS.names():
+            continue  # no pretraining here; a bad one or an unknown encoder is named when the models are built
         name = spec["pretrain"].get("objective", ENCODERS.get(spec["init"]).obj.pretrain_objective)
         objective = OBJECTIVES.get(name)
         if objective is not None and objective.targets == "depth" and data in DATASETS.names():

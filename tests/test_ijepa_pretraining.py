@@ -179,6 +179,7 @@ def test_ijepa_pretraining_is_checked_at_plan_time():
         build_encoder({**spec, "pretrain": {"mask_ratio": 0.5}}, where="tokenizer.align_local")
     with pytest.raises(
         ConfigError,
-        match=r"encoder 'depth_anything_v2' has no offline pretraining objective .*pretrain mae, dino, dinov2, ijepa, siglip or clip",
+        match=r"encoder 'siglip2' has no offline pretraining objective .*pretrain mae, dino, dinov2, ijepa, siglip, "
+        r"clip or depth_anything_v2 stand-ins",
     ):
-        build_encoder({"init": "depth_anything_v2", "stand_in": {"image_size": 16}, "pretrain": {"steps": 4}})
+        build_encoder({"init": "siglip2", "stand_in": {"image_size": 16}, "pretrain": {"steps": 4}})
