@@ -105,6 +105,17 @@ def test_losses_are_midas_scale_and_shift_invariant_l1_and_gradient_matching():
     assert any(n.startswith("model.neck.") for n in reached)
 
 
+def test_the_head_starts_with_every_pixel_in_its_relus_active_range():
+    """From random weights the head's output is tiny; at a zero last bias some seeds start (or after one AdamW
+    step end) with every pixel below the final ReLU, a dead head that never learns. Its bias starts at 1."""
+    images = torch.rand(8, 3, 16, 16)
+    for seed in range(4):
+        torch.manual_seed(seed)
+        model = build_objective({"init": "depth_anything_v2", "stand_in": STAND_IN, "pretrain": {}})[0]
+        with torch.no_grad():
+            assert (model.predict(images) > 0.5).all()
+
+
 def test_views_flip_image_and_depth_together():
     model = objective()
     images = torch.rand(8, 3, 16, 16)
