@@ -102,7 +102,7 @@ def pretrain_cost(spec: Mapping[str, Any]) -> dict[str, float]:
         # an image-text objective's captions are padded to a fixed length: any class name counts the same
         objective, loop = build_objective(spec, class_names=["class"])
         views = [torch.rand(1, 3, *objective.input_size) for _ in range(objective.num_views)]
-        targets = torch.ones(1, 1, *objective.input_size) if objective.targets == "depth" else torch.zeros(1).long()
+        targets = objective.example_targets(1)
         cost = {"train_step_gflops": gflops(lambda: sum(objective.loss(views, targets).values()).backward())}
     return {**cost, "train_pflops": training_pflops(cost, loop.steps, loop.batch_size)}
 
@@ -116,7 +116,7 @@ def pretrain_encoder(ctx: StageContext) -> dict[str, Any]:
 
     from torch.utils.data import default_collate
 
-    from benchmark.data import DepthPairs, build_dataset
+    from benchmark.data import build_dataset
     from benchmark.graph import PRETRAINED_PATH
 
     cfg, where = ctx.config, PRETRAINED_PATH[ctx.kind]
@@ -125,8 +125,7 @@ def pretrain_encoder(ctx: StageContext) -> dict[str, Any]:
     dataset = build_dataset(cfg["data"], "train")
     # a registered dataset need not name its classes: only an image-text objective needs them, and says so
     objective, train_cfg = build_objective(spec, where, getattr(dataset, "class_names", ()))
-    if objective.targets == "depth":
-        dataset = DepthPairs(dataset)  # (image, depth map) pairs
+    dataset = objective.training_data(dataset)  # (image, label) pairs, or (image, depth map) ones
 
     def step(batch: tuple[Tensor, ...], i: int) -> tuple[dict[str, Tensor], None]:
         objective.before_step(i, train_cfg.steps)

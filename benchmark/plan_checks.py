@@ -6,7 +6,6 @@ and its forward's shapes; benchmark/estimate.py)."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -33,22 +32,24 @@ def check_data(data: dict[str, Any], where: str) -> None:
 def check_depth_data(config: dict[str, Any], where: str) -> None:
     """A stand-in pretrained on depth maps (Depth-Anything's objective) reads data that renders them."""
     from benchmark.graph import PRETRAINED, encoder_at
-    from benchmark.pretraining_objectives import OBJECTIVES
+    from benchmark.pretraining_objectives import OBJECTIVES, split_options
     from benchmark.registry import DATASETS, ENCODERS
 
     data = config["data"].get("name")
     for path in PRETRAINED:
-        spec = encoder_at(config, path)
-        if spec is None or not isinstance(spec.get("pretrain"), Mapping) or spec.get("init") not in ENCODERS.names():
-            continue  # no pretraining here; a bad one or an unknown encoder is named when the models are built
-        name = spec["pretrain"].get("objective", ENCODERS.get(spec["init"]).obj.pretrain_objective)
-        objective = OBJECTIVES.get(name)
-        if objective is not None and objective.targets == "depth" and data in DATASETS.names():
-            if not getattr(DATASETS.get(data).obj, "depth_maps", False):
-                raise ConfigError(
-                    f"{where}: {path}.pretrain trains on depth maps, and data '{data}' has none "
-                    "(the procedural dataset renders them); give this encoder published weights instead"
-                )
+        spec = encoder_at(config, path) or {}
+        if spec.get("pretrain") is None or spec.get("init") not in ENCODERS.names():
+            continue  # no pretraining here; an unknown encoder is named by the model checks
+        default = ENCODERS.get(spec["init"]).obj.pretrain_objective
+        if default is None:
+            continue  # the encoder entry says it has no objective
+        name = split_options(spec["pretrain"], default, f"{path}.pretrain")[0]  # the objective, as the stage builds it
+        dataset = DATASETS.get(data).obj if data in DATASETS.names() else None
+        if OBJECTIVES[name].targets == "depth" and dataset is not None and not getattr(dataset, "depth_maps", False):
+            raise ConfigError(
+                f"{where}: {path}.pretrain trains on depth maps, and data '{data}' has none "
+                "(the procedural dataset renders them); give this encoder published weights instead"
+            )
 
 
 def check_plan(plan: Plan, cache: Path | None = None) -> dict[str, Any]:

@@ -44,6 +44,7 @@ from typing import Any, ClassVar
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.data import Dataset
 
 from benchmark.config import TRAIN_KEYS, TrainConfig
 from benchmark.errors import ConfigError
@@ -69,8 +70,8 @@ class Objective(nn.Module, ABC):
     name: ClassVar[str]
     recipe: ClassVar[dict[str, Any]]  # TrainConfig defaults of the source's recipe
     library: ClassVar[str] = "timm"  # the library of the stand-in it trains (benchmark/encoder_backends.py)
-    # what the training data gives besides each image: "labels" (its class; read by the image-text
-    # objectives only) or "depth" (its scene's depth map: benchmark/data.py DepthPairs)
+    # what the training data gives besides each image (:meth:`training_data`): "labels" (its class; read by
+    # the image-text objectives only) or "depth" (its scene's depth map: benchmark/data.py DepthPairs)
     targets: ClassVar[str] = "labels"
 
     def __init__(self, vit: nn.Module, mean: tuple[float, ...], std: tuple[float, ...]) -> None:
@@ -84,13 +85,27 @@ class Objective(nn.Module, ABC):
 
     @property
     def input_size(self) -> tuple[int, int]:
-        """The stand-in's input size (H, W), at which :meth:`augmentations` gives every view."""
+        """The stand-in's input size (H, W), at which :meth:`augmentations` gives every view: its config's
+        (transformers) or its patch embedding's (timm)."""
+        if self.library == "transformers":
+            return (self.vit.config.image_size,) * 2
         return tuple(self.vit.patch_embed.img_size)
 
-    @abstractmethod
     def augmentations(self) -> list[nn.Module]:
         """One kornia augmentation pipeline per view: each draws its own random parameters per image, on
-        the batch's device (no per-image work in the data loader)."""
+        the batch's device (no per-image work in the data loader). By default one view, only resized to
+        the input size (the image-text objectives' preprocessing; the depth objective's)."""
+        import kornia.augmentation as K
+
+        return [K.Resize(self.input_size, antialias=True)]
+
+    def training_data(self, dataset: Dataset) -> Dataset:
+        """The (image, target) pairs it trains on, from the training split's (image, label) ones."""
+        return dataset
+
+    def example_targets(self, n: int) -> Tensor:
+        """Targets of ``n`` images, of the shape the loss takes (for counting its FLOPs)."""
+        return torch.zeros(n, dtype=torch.long)
 
     @functools.cached_property
     def _pipelines(self) -> list[nn.Module]:  # built once, outside the module's state
@@ -467,10 +482,6 @@ class JointEmbeddingPredictive(Objective):
         self.momentum, self.num_targets, self.crop_scale = momentum, num_targets, crop_scale
         self.target_scale, self.target_aspect, self.context_scale = target_scale, target_aspect, context_scale
 
-    @property
-    def input_size(self) -> tuple[int, int]:
-        return (self.vit.config.image_size,) * 2
-
     def augmentations(self) -> list[nn.Module]:
         """I-JEPA's only augmentation, a random resized crop (scale ``crop_scale``, 0.3-1 in the official
         configs) to the stand-in's input size: no flips or colour changes, the objective needs no
@@ -600,14 +611,13 @@ class RelativeDepth(Objective):
         nn.init.constant_(self.model.head.conv3.bias, 1.0)
         self.gradient_weight, self.scales = gradient_weight, scales
 
-    @property
-    def input_size(self) -> tuple[int, int]:
-        return (self.vit.config.image_size,) * 2
+    def training_data(self, dataset: Dataset) -> Dataset:
+        from benchmark.data import DepthPairs
 
-    def augmentations(self) -> list[nn.Module]:
-        import kornia.augmentation as K
+        return DepthPairs(dataset)
 
-        return [K.Resize(self.input_size, antialias=True)]
+    def example_targets(self, n: int) -> Tensor:
+        return torch.ones(n, 1, *self.input_size)
 
     def predict(self, images: Tensor) -> Tensor:
         """Disparity maps (B, H', W') of images in [0, 1] at the backbone's input size."""
@@ -705,11 +715,6 @@ class CaptionedObjective(Objective):
             )
         texts = [template.format(n) for n in class_names]
         self.register_buffer("captions", caption_bytes(texts, context_length, self.caption_pad, self.caption_end))
-
-    def augmentations(self) -> list[nn.Module]:
-        import kornia.augmentation as K
-
-        return [K.Resize(self.input_size, antialias=True)]
 
     @abstractmethod
     def embed_images(self, images: Tensor) -> Tensor:

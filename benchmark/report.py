@@ -77,39 +77,41 @@ def cell_results(store: RunStore, cell: Cell) -> CellResults:
         values.update({f"{kind}.final_loss_{k}": v for k, v in result.get("final_losses", {}).items()})
         if "protocol" in result:
             values.setdefault("_protocols", {})[kind] = result["protocol"]
-    init = encoder_init(store, cell)
+    done = dict(results)  # kind -> result of the cell's finished stages
+    init = encoder_init(store, cell, done)
     if init:
         values["_init"] = init
-    teachers = teacher_sources(store, cell)
+    teachers = teacher_sources(store, cell, done)
     if teachers:
         values["_teachers"] = teachers
     values.update({f"config.{k}": v for k, v in flat_config(cell.config).items()})
     return CellResults(cell, values, status)
 
 
-def encoder_init(store: RunStore, cell: Cell) -> str | None:
+def encoder_init(store: RunStore, cell: Cell, done: dict[str, dict[str, Any]]) -> str | None:
     """Where a cell's tokenizer encoder started (its training's ``init_report.json``): the source, with
-    run-store paths relative to the store, and how many parameters were copied, adapted or new."""
+    run-store paths relative to the store, and how many parameters were copied, adapted or new; ``done``:
+    the cell's finished stages' results, by kind."""
     if "train_tokenizer" not in cell.stages:
         return None
     report = read_json(store.dir("train_tokenizer", cell.stages["train_tokenizer"]) / "init_report.json")
     if not report:
         return None
     counts = ", ".join(f"{n} {k}" for k, n in report.get("counts", {}).items() if n)
-    probe = pretraining_probe(store, cell, "pretrain_encoder")
+    probe = pretraining_probe(done.get("pretrain_encoder", {}))
     return f"{report['source'].replace(str(store.root), '<run store>')} ({counts}){probe}"
 
 
-def pretraining_probe(store: RunStore, cell: Cell, kind: str) -> str:
-    """What a cell's offline pretraining of ``kind`` measured on the training images (its ``probe``: an
-    image-text objective's zero-shot accuracy, the depth objective's AbsRel and delta1), as a clause."""
-    probe = (store.result(kind, cell.stages[kind]) or {}).get("probe") if kind in cell.stages else None
+def pretraining_probe(result: dict[str, Any]) -> str:
+    """What an offline pretraining (its stage's ``result``) measured on the training images (its ``probe``:
+    an image-text objective's zero-shot accuracy, the depth objective's AbsRel and delta1), as a clause."""
+    probe = result.get("probe")
     if not probe:
         return ""
     return "; on its training images: " + ", ".join(f"{k} {fmt(v)}" for k, v in probe.items())
 
 
-def teacher_sources(store: RunStore, cell: Cell) -> str | None:
+def teacher_sources(store: RunStore, cell: Cell, done: dict[str, dict[str, Any]]) -> str | None:
     """What a cell's alignment teachers are: published weights, a random-weight stand-in, or a stand-in
     pretrained offline (its objective and its pretraining's folder, relative to the store)."""
     parts = []
@@ -119,9 +121,10 @@ def teacher_sources(store: RunStore, cell: Cell) -> str | None:
             continue
         if kind in cell.stages:
             folder = store.dir(kind, cell.stages[kind])
-            objective = (store.result(kind, cell.stages[kind]) or {}).get("objective", "not run yet")
+            result = done.get(kind, {})
+            objective = result.get("objective", "not run yet")
             source = f"stand-in pretrained ({objective}) in <run store>/{folder.relative_to(store.root)}"
-            source += pretraining_probe(store, cell, kind)
+            source += pretraining_probe(result)
         elif spec.get("stand_in") is not None:
             source = "random-weight stand-in"
         else:
