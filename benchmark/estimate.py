@@ -1,6 +1,6 @@
 """What a study will cost before anything runs: each stage's model FLOPs, counted by
 ``torch.utils.flop_counter`` on models built on the meta device (shapes only: no memory, no weights
-read, milliseconds even at paper scale), times the images it will process, in GPU-hours at a stated
+read; a second or so per model, more at paper scale), times the images it will process, in GPU-hours at a stated
 utilisation of an H100's dense bf16 peak. ``run --dry-run`` prints it per stage and for the study.
 
     training           train_step FLOPs per image (forward + backward) x steps x batch
@@ -12,23 +12,17 @@ utilisation of an H100's dense bf16 peak. ``run --dry-run`` prints it per stage 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
-import os
 import warnings
-from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from benchmark.errors import ConfigError, Tok1dError, WeightsError
 from benchmark.graph import PRETRAINED, encoder_at, is_released_generator
-from benchmark.store import atomic_write, read_json
+from benchmark.model_counts import ModelCounts
 
 ASSUMED_PEAK_TFLOPS = 989.0  # NVIDIA H100 SXM, dense bf16
 ASSUMED_UTILISATION = 0.4
 INCEPTION_GFLOPS = 5.7  # Inception-v3 at 299 px, forward
-PLAN_CACHE_ENV = "TOK1D_PLAN_CACHE"
 
 
 @dataclass
@@ -65,35 +59,6 @@ def needs_values(exc: BaseException) -> bool:
     dependent branch), not from shapes that do not fit."""
     text = str(exc)
     return "meta" in text.lower() or "item()" in text or "data-dependent" in text
-
-
-class ModelCounts:
-    """The counts a plan check makes (GFLOPs per image of a tokenizer, a generator, a pretraining), each
-    under what builds its model and the code that builds it (:func:`code_digest`). Cells share models (a
-    study that varies the generator builds one tokenizer) and an override that changes no model
-    (``train.steps=...``) builds nothing again. ``path`` (:func:`plan_cache`) keeps the counts across
-    commands, so re-running or re-planning a study starts at once; entries of other code are dropped
-    when it is written. A failed check is not kept: it fails again."""
-
-    def __init__(self, path: Path | None) -> None:
-        self.path, self.code = path, code_digest()
-        known = (read_json(path) or {}) if path is not None else {}
-        self.counts: dict[str, Any] = {k: v for k, v in known.items() if k.startswith(self.code + ":")}
-        self.added = False
-
-    def get(self, kind: str, inputs: Any, count: Callable[[], Any]) -> Any:
-        """The count of the ``kind`` model built from ``inputs`` (JSON-able), made by ``count()`` if new; it
-        comes back as the file gives it back (tuples as lists)."""
-        digest = hashlib.sha256(json.dumps(inputs, sort_keys=True, default=repr).encode()).hexdigest()[:32]
-        key = f"{self.code}:{kind}:{digest}"
-        if key not in self.counts:
-            self.counts[key] = json.loads(json.dumps(count()))
-            self.added = True
-        return self.counts[key]
-
-    def save(self) -> None:
-        if self.path is not None and self.added:
-            atomic_write(self.path, lambda tmp: tmp.write_text(json.dumps(self.counts, sort_keys=True)))
 
 
 def _tokenizer_costs(config: dict[str, Any], counts: ModelCounts) -> tuple[dict[str, Any], Any]:
@@ -162,14 +127,14 @@ def _count_generator(config: dict[str, Any], spec: Any, num_classes: int) -> tup
     return train, train / 3  # a sampling step is one forward: a third of forward + backward
 
 
-def estimate_plan(plan: Any, cache: Path | None = None) -> dict[str, StageCost]:
+def estimate_plan(plan: Any, counts: ModelCounts | None = None) -> dict[str, StageCost]:
     """Stage hash -> estimated cost of the stages of the selected cells. Building each cell's models on
     the meta device also checks what only a built model can tell (constructor checks, shapes that do
     not fit the resolution): such a config error is raised, naming the cell; anything else only leaves
-    a stage without an estimate ("cost: -"). Each model is built once per code (:class:`ModelCounts`,
-    kept in ``cache``)."""
+    a stage without an estimate ("cost: -"). A model ``counts`` knows is not built again
+    (benchmark/model_counts.py; None: every model is built)."""
     out: dict[str, StageCost] = {}
-    counts = ModelCounts(cache)
+    counts = ModelCounts(None) if counts is None else counts
     for cell in (c for c in plan.cells if c.selected):
         costs: dict[str, StageCost] = {}
         # libraries that copy real weights into a meta model (lpips' heads) warn that the copy is a
@@ -187,36 +152,6 @@ def estimate_plan(plan: Any, cache: Path | None = None) -> dict[str, StageCost]:
         out.update(costs)
     counts.save()
     return out
-
-
-def plan_cache() -> Path | None:
-    """The file where plan checks keep the cells they built: ``$TOK1D_PLAN_CACHE`` (empty: no cache), else
-    ``$XDG_CACHE_HOME/tok1d/plan_cache.json`` (``~/.cache``). Outside the run store: a dry run writes
-    nothing there."""
-    given = os.environ.get(PLAN_CACHE_ENV)
-    if given is not None:
-        return Path(given).expanduser() if given else None
-    return Path(os.environ.get("XDG_CACHE_HOME") or "~/.cache").expanduser() / "tok1d" / "plan_cache.json"
-
-
-def code_digest() -> str:
-    """SHA-256 (16 hex digits) of what builds a model: the harness's and the plugins' source files and the
-    versions of the model libraries."""
-    from importlib import metadata
-
-    from benchmark.registry import plugin_dirs
-
-    digest = hashlib.sha256()
-    for package in ("torch", "timm", "transformers", "open_clip_torch", "lpips"):
-        try:
-            digest.update(f"{package}=={metadata.version(package)};".encode())
-        except metadata.PackageNotFoundError:
-            digest.update(f"{package}: none;".encode())
-    for folder in [Path(__file__).parent, *plugin_dirs()]:  # plugin_dirs: the built-in ones first
-        for path in sorted(Path(folder).glob("*.py")):
-            digest.update(f"{path}\n".encode())
-            digest.update(path.read_bytes())
-    return digest.hexdigest()[:16]
 
 
 def _estimate_cell(

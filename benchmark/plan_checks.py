@@ -6,11 +6,13 @@ and its forward's shapes; benchmark/estimate.py)."""
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from benchmark.errors import ConfigError, Tok1dError
 from benchmark.study import Plan
+
+if TYPE_CHECKING:
+    from benchmark.model_counts import ModelCounts
 
 
 def check_data(data: dict[str, Any], where: str) -> None:
@@ -52,10 +54,10 @@ def check_depth_data(config: dict[str, Any], where: str) -> None:
             )
 
 
-def check_plan(plan: Plan, cache: Path | None = None) -> dict[str, Any]:
+def check_plan(plan: Plan, counts: ModelCounts | None = None) -> dict[str, Any]:
     """Check the selected cells' data and models; returns the stages' cost estimates (stage hash ->
-    :class:`~benchmark.estimate.StageCost`), a by-product of building the models (a cell checked before
-    with the same config and code, as ``cache`` records, is not built again)."""
+    :class:`~benchmark.estimate.StageCost`), a by-product of building the models (a model ``counts``
+    knows, counted before with the same code, is not built again)."""
     from benchmark.estimate import estimate_plan
 
     seen: set[str] = set()
@@ -65,4 +67,4 @@ def check_plan(plan: Plan, cache: Path | None = None) -> dict[str, Any]:
             seen.add(key)
             check_data(cell.config["data"], f"{plan.path}: cell {cell.label}")
         check_depth_data(cell.config, f"{plan.path}: cell {cell.label}")
-    return estimate_plan(plan, cache)
+    return estimate_plan(plan, counts)

@@ -13,7 +13,6 @@ import sys
 from pathlib import Path
 
 from benchmark.errors import Tok1dError
-from benchmark.estimate import plan_cache
 from benchmark.store import RunStore, default_root
 from benchmark.study import Plan, build_plan, check_study_path
 
@@ -82,9 +81,10 @@ def main(argv: list[str] | None = None) -> int:
 
         slurm = launcher_is_slurm(launcher)
         store = RunStore(default_root(args.runs), probe=_probe() if slurm else None)
+        from benchmark.model_counts import ModelCounts
         from benchmark.plan_checks import check_plan
 
-        costs = check_plan(plan, plan_cache())  # data and models, before anything runs or is queued
+        costs = check_plan(plan, ModelCounts.default())  # data and models, before anything runs or is queued
         if args.dry_run:
             from benchmark.status import print_plan
 

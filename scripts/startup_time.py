@@ -9,8 +9,10 @@ issue 13: at most 1.5). ``report`` renders the study's report from an empty run 
 ``not run``) into the same folder each time: what re-rendering a study's report does once its plots are
 drawn (a plot is redrawn only when its data, spec or drawing code changed, benchmark/figures.py);
 ``report (first render)`` renders into a new folder each time, drawing every plot. ``run --dry-run``
-plans with one plan cache (benchmark.estimate.plan_cache: from the second repeat on, no model is built
-again), ``run --dry-run (first)`` with a new one each time (every cell's models built on the meta device).
+plans with one plan cache (benchmark.model_counts.plan_cache: from the second repeat on, no model is built
+again), ``run --dry-run (first)`` with a new one each time (a built-in study's models are counted in the
+shipped studies/model_counts.json), ``run --dry-run (no counts kept)`` with neither (every cell's models
+built on the meta device).
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ def commands(study: str, runs: Path, results: Path) -> dict[str, list[str]]:
         "report (first render)": [py, "-c", REPORT, study, str(runs), str(results) + "-{repeat}"],
         "run --dry-run": [py, "-m", "benchmark.run", study, *store, "--dry-run"],
         "run --dry-run (first)": [py, "-m", "benchmark.run", study, *store, "--dry-run"],
+        "run --dry-run (no counts kept)": [py, "-m", "benchmark.run", study, *store, "--dry-run"],
     }
 
 
@@ -62,7 +65,8 @@ def main(argv: list[str] | None = None) -> int:
             for name, cmd in cmds.items():
                 cmd = [part.replace("{repeat}", str(repeat)) for part in cmd]
                 cache = Path(tmp) / (f"plan_cache-{repeat}.json" if name.endswith("(first)") else "plan_cache.json")
-                env = {**os.environ, "PYTHONWARNINGS": "ignore", "TOK1D_PLAN_CACHE": str(cache)}
+                kept = "" if name.endswith("(no counts kept)") else str(cache)
+                env = {**os.environ, "PYTHONWARNINGS": "ignore", "TOK1D_PLAN_CACHE": kept}
                 t0 = time.perf_counter()
                 done = subprocess.run(cmd, capture_output=True, env=env)
                 seconds[name].append(time.perf_counter() - t0)

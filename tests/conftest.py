@@ -161,8 +161,9 @@ def weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(autouse=True)
 def no_plan_cache(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Plan checks build every cell's models in every test (benchmark.estimate.plan_cache: disabled), so
-    that no test depends on what an earlier one checked; the cache's own test turns it on."""
+    """Plan checks build every cell's models in every test (benchmark.model_counts.plan_cache: disabled, and
+    with it the shipped counts), so that no test depends on what an earlier one checked; the caches' own
+    tests turn them on."""
     monkeypatch.setenv("TOK1D_PLAN_CACHE", "")
 
 
