@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import sys
 
-from benchmark import REPO_ROOT
 from benchmark.registry import ALL, load_plugins
-
-STUDIES = REPO_ROOT / "studies"
+from benchmark.study import profile_names, study_files
 
 
 def studies() -> list[tuple[str, str]]:
@@ -16,7 +14,7 @@ def studies() -> list[tuple[str, str]]:
     from benchmark.config import load_yaml
 
     out = []
-    for path in sorted(STUDIES.glob("*.yaml")):
+    for path in study_files():
         title = str(load_yaml(path).get("title", ""))
         alias = f" (same as {path.resolve().name})" if path.is_symlink() else ""
         out.append((f"studies/{path.name}", title + alias))
@@ -40,8 +38,7 @@ def main() -> int:
     print("studies (python -m benchmark.run <study> [--profile P]):")
     for path, title in rows:
         print(f"  {path:<{width}}  {title}")
-    profiles = sorted(p.stem for p in (STUDIES / "profiles").glob("*.yaml"))
-    print(f"profiles (--profile): {', '.join(profiles)}")
+    print(f"profiles (--profile): {', '.join(profile_names())}")
     return 0
 
 

@@ -36,7 +36,7 @@ from benchmark.store import atomic_write, read_json
 PLAN_CACHE_ENV = "TOK1D_PLAN_CACHE"
 SHIPPED_COUNTS = REPO_ROOT / "studies" / "model_counts.json"
 # Besides the plugin files: the modules that register components (registry.BUILTIN_MODULES) and count FLOPs.
-COUNTING_MODULES = ("estimate", "cost", "checkpoints", "encoder_pretraining")
+COUNTING_MODULES = ("benchmark.estimate", "benchmark.cost", "benchmark.checkpoints", "benchmark.encoder_pretraining")
 MODEL_LIBRARIES = ("torch", "timm", "transformers", "open_clip_torch", "lpips")
 
 
@@ -64,7 +64,7 @@ def imported_harness_modules(text: str) -> set[str]:
             names.add(plain)
             continue
         names.add(module)
-        for name in re.findall(r"\w+", imported.split("#")[0] if "(" not in imported else imported):
+        for name in re.findall(r"\w+", re.sub(r"#[^\n]*", "", imported)):
             names.add(f"{module}.{name}")  # ``from benchmark import x``: x may be a module
     return names
 
@@ -74,21 +74,21 @@ def model_code_files(plugin_folders: Iterable[Path] | None = None) -> list[Path]
     harness modules they import, transitively (sorted)."""
     from benchmark.registry import BUILTIN_MODULES, plugin_dirs
 
-    harness = REPO_ROOT / "benchmark"
+    def source(module: str) -> Path:
+        return REPO_ROOT.joinpath(*module.split(".")).with_suffix(".py")
+
     folders = plugin_dirs() if plugin_folders is None else list(plugin_folders)
     todo = [path for folder in folders for path in sorted(Path(folder).glob("*.py"))]
-    todo += [harness / f"{name.split('.')[-1]}.py" for name in BUILTIN_MODULES]
-    todo += [harness / f"{name}.py" for name in COUNTING_MODULES]
+    todo += [source(module) for module in (*BUILTIN_MODULES, *COUNTING_MODULES)]
     seen: set[Path] = set()
     while todo:
         path = todo.pop()
         if path in seen:
             continue
         seen.add(path)
-        for module in imported_harness_modules(path.read_text()):
-            source = REPO_ROOT.joinpath(*module.split(".")).with_suffix(".py")
-            if source.is_file() and source != Path(__file__):  # how counts are kept does not change them
-                todo.append(source)
+        imported = (source(module) for module in imported_harness_modules(path.read_text()))
+        # how counts are kept does not change them
+        todo += [file for file in imported if file.is_file() and file != Path(__file__)]
     return sorted(seen)
 
 
@@ -113,27 +113,26 @@ def file_hashes(files: Iterable[Path]) -> dict[str, str]:
     return {_name(path): hashlib.sha256(path.read_bytes()).hexdigest()[:16] for path in files}
 
 
-def files_digest(files: Iterable[Path]) -> str:
-    """SHA-256 (16 hex digits) of the files' names and bytes."""
-    return hashlib.sha256(json.dumps(file_hashes(files), sort_keys=True).encode()).hexdigest()[:16]
-
-
-def stale_files(known: dict[str, Any]) -> list[str]:
-    """The files a count file was made from that changed or went since."""
+def stale_files(known: dict[str, Any], current: dict[str, str] | None = None) -> list[str]:
+    """The files a count file was made from that changed or went since; ``current``: hashes already taken
+    (:func:`file_hashes`), the others are read."""
     files = known.get("files") or {}
     if not files:
         return ["(no files)"]
-    return sorted(
-        name
-        for name, digest in files.items()
-        if not (REPO_ROOT / name).is_file() or file_hashes([REPO_ROOT / name])[name] != digest
-    )
+    current = dict(current or {})
+    for name in files.keys() - current.keys():
+        path = REPO_ROOT / name
+        if path.is_file():
+            current.update(file_hashes([path]))
+    return sorted(name for name, digest in files.items() if current.get(name) != digest)
 
 
-def code_digest() -> str:
-    """What a count in the user's file depends on: :func:`model_code_files` and the model libraries' versions."""
+def code_digest(hashes: dict[str, str] | None = None) -> str:
+    """What a count in the user's file depends on: :func:`model_code_files` (``hashes``: their
+    :func:`file_hashes`, if taken already) and the model libraries' versions."""
+    hashes = file_hashes(model_code_files()) if hashes is None else hashes
     versions = ";".join(f"{k}=={v}" for k, v in sorted(library_versions().items()))
-    return hashlib.sha256(f"{files_digest(model_code_files())};{versions}".encode()).hexdigest()[:16]
+    return hashlib.sha256(f"{json.dumps(hashes, sort_keys=True)};{versions}".encode()).hexdigest()[:16]
 
 
 def plan_cache() -> Path | None:
@@ -164,12 +163,14 @@ class ModelCounts:
 
     def __init__(self, path: Path | None, shipped: Path | None = None, strict: bool = False) -> None:
         self.path, self.strict, self.added = path, strict, False
-        self.code = code_digest()
+        kept = path is not None or shipped is not None  # counts made for this plan only need no code digest
+        hashes = file_hashes(model_code_files()) if kept else {}
+        self.code = code_digest(hashes) if kept else "this-plan"
         self.counts: dict[str, Any] = {}
         self.needs_weights: set[str] = set()
         if shipped is not None:
             known = read_shipped(shipped)
-            if not stale_files(known):
+            if not stale_files(known, hashes):
                 self.counts.update({f"{self.code}:{k}": v for k, v in known["counts"].items()})
                 self.needs_weights.update(f"{self.code}:{k}" for k in known["needs_weights"])
         self.shipped_keys = set(self.counts)

@@ -28,7 +28,7 @@ from benchmark.claims import MISSING, RowRef, Stat, Value, Verdict, fmt, fmt_sta
 from benchmark.errors import Tok1dError
 from benchmark.graph import LATENT_2D, PREREQUISITE_KINDS, PRETRAINED, TRAINING_KINDS, encoder_at, uses_ot_target
 from benchmark.store import RunStore, atomic_write, default_root, read_json, write_json
-from benchmark.study import Cell, Plan, build_plan, check_study_path, flat_config, sibling_plan
+from benchmark.study import STUDY_DIR, Cell, Plan, build_plan, check_study_path, flat_config, sibling_plan, study_files
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -662,7 +662,7 @@ def index_rows(studies: Path, results: Path) -> list[dict[str, str]]:
     from benchmark.config import load_yaml
 
     rows = []
-    for path in sorted(p for p in studies.glob("*.yaml") if not p.is_symlink()):
+    for path in study_files(studies, aliases=False):
         spec, folder = load_yaml(path), results / path.stem
         report = spec.get("report") or {}
         shows = f"{len(report.get('tables') or [])} table(s), {len(report.get('figures') or [])} figure(s)"
@@ -735,7 +735,7 @@ def main(argv: list[str] | None = None) -> int:
             plan = build_plan(args.study, args.profile, args.overrides, seeds=seeds)
             print(f"results: {write_report(plan, store, results_dir(Path(args.results), plan))[0]}")
         if args.index:
-            study_dir = Path(args.study).parent if args.study else REPO_ROOT / "studies"
+            study_dir = Path(args.study).parent if args.study else STUDY_DIR
             print(f"index: {write_index(study_dir, Path(args.results))}")
         if not (args.study or args.index):
             p.error("give a study, --index, or both")

@@ -1,12 +1,11 @@
 """``python -m benchmark.shipped_counts [--refresh]``: the model counts shipped with the repo
 (``studies/model_counts.json``, read by benchmark/model_counts.py): every model of the built-in studies at
-the smoke, repro and paper profiles. Without ``--refresh``: which plans miss a count under the current code
+every profile (smoke, repro, paper). Without ``--refresh``: which plans miss a count under the current code
 (exit code 1 if any). With it: count them all again (6 min on 2 cores) and write the file."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
 from pathlib import Path
 
 from benchmark import REPO_ROOT
@@ -14,26 +13,19 @@ from benchmark.errors import Tok1dError
 from benchmark.model_counts import SHIPPED_COUNTS, ModelCounts, file_hashes, library_versions, model_code_files
 from benchmark.registry import BUILTIN_PLUGIN_DIRS
 from benchmark.store import atomic_write
+from benchmark.study import build_plan, profile_names, study_files
 
 REFRESH_COMMAND = "python -m benchmark.shipped_counts --refresh"
-SHIPPED_PROFILES = ("smoke", "repro", "paper")
 
 
-def builtin_studies() -> list[Path]:
-    """The repo's study files, each once (an alias that links to another study is skipped)."""
-    studies = sorted((REPO_ROOT / "studies").glob("*.yaml"))
-    return [path for path in studies if not path.is_symlink()]
-
-
-def count_builtin_studies(counts: ModelCounts, profiles: Iterable[str] = SHIPPED_PROFILES) -> list[str]:
-    """Estimate every built-in study at each profile with ``counts``; one line per plan that fails (with
-    ``strict=True``: per plan with a model that has no shipped count)."""
+def count_builtin_studies(counts: ModelCounts) -> list[str]:
+    """Estimate every built-in study (an alias of another once) at every profile with ``counts``; one line
+    per plan that fails (with ``strict=True``: per plan with a model that has no shipped count)."""
     from benchmark.estimate import estimate_plan
-    from benchmark.study import build_plan
 
     failures = []
-    for study in builtin_studies():
-        for profile in profiles:
+    for study in study_files(aliases=False):
+        for profile in profile_names():
             try:
                 estimate_plan(build_plan(study, profile), counts)
             except Tok1dError as exc:
@@ -50,7 +42,7 @@ def refresh(path: Path = SHIPPED_COUNTS) -> list[str]:
     shipped = {
         "about": (
             "GFLOPs per image of every model of the built-in studies at the profiles "
-            f"{', '.join(SHIPPED_PROFILES)} (read by benchmark/model_counts.py); written by {REFRESH_COMMAND}"
+            f"{', '.join(profile_names())} (read by benchmark/model_counts.py); written by {REFRESH_COMMAND}"
         ),
         "files": files,
         "libraries": library_versions(),

@@ -63,7 +63,18 @@ STUDY_KEYS = {
     "report",
     "claims",
 }
-PROFILE_DIR = REPO_ROOT / "studies" / "profiles"
+STUDY_DIR = REPO_ROOT / "studies"
+PROFILE_DIR = STUDY_DIR / "profiles"
+
+
+def study_files(folder: Path = STUDY_DIR, aliases: bool = True) -> list[Path]:
+    """The study YAMLs of a folder, sorted; ``aliases=False`` leaves out those that link to another study."""
+    return [path for path in sorted(folder.glob("*.yaml")) if aliases or not path.is_symlink()]
+
+
+def profile_names() -> list[str]:
+    """The profiles ``--profile`` takes (studies/profiles/*.yaml)."""
+    return sorted(path.stem for path in PROFILE_DIR.glob("*.yaml"))
 
 
 @dataclass
@@ -224,8 +235,7 @@ def profile_chain(profile: str) -> tuple[Path, dict[str, Any], list[str]]:
     the profile it ``inherits`` (e.g. repro inherits smoke's per-study shrinking), then its own."""
     profile_file = PROFILE_DIR / f"{profile}.yaml"
     if not profile_file.is_file():
-        known = sorted(p.stem for p in PROFILE_DIR.glob("*.yaml"))
-        raise ConfigError(f"--profile {profile}: no file {profile_file}; known profiles: {', '.join(known)}")
+        raise ConfigError(f"--profile {profile}: no file {profile_file}; known profiles: {', '.join(profile_names())}")
     body = dict(load_yaml(profile_file))
     parent = body.pop("inherits", None)
     if parent is None:

@@ -8,7 +8,6 @@ from benchmark import REPO_ROOT, estimate, model_counts
 from benchmark.model_counts import (
     SHIPPED_COUNTS,
     ModelCounts,
-    files_digest,
     imported_harness_modules,
     library_versions,
     model_code_files,
@@ -81,10 +80,10 @@ def test_counts_depend_on_the_code_that_builds_models(tmp_path, monkeypatch) -> 
     )
     source = tmp_path / "model.py"
     source.write_text("x = 1\n")
-    before = files_digest([source])
-    assert files_digest([source]) == before
+    before = model_counts.file_hashes([source])
+    assert model_counts.file_hashes([source]) == before
     source.write_text("x = 2\n")
-    assert files_digest([source]) != before
+    assert model_counts.file_hashes([source]) != before
 
     monkeypatch.setattr(model_counts, "REPO_ROOT", tmp_path)
     known = {"files": model_counts.file_hashes([source]), "libraries": {"torch": "0.1"}}

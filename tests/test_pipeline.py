@@ -104,7 +104,7 @@ def test_plan_checks_build_a_model_once_per_config_and_code(tmp_path, write_stud
     )
     assert [(c["tokenizer"]["num_latent_tokens"], c["tokenizer"]["codebook_size"]) for c in built[2:]] == [(8, 32)]
     assert len(json.loads(cache.read_text())) == 3
-    monkeypatch.setattr(model_counts, "code_digest", lambda: "changed-code")
+    monkeypatch.setattr(model_counts, "code_digest", lambda hashes=None: "changed-code")
     assert run_cli(study, tmp_path, "--dry-run") == 0
     assert len(built) == 5 and list(json.loads(cache.read_text())) == sorted(json.loads(cache.read_text()))
     assert all(k.startswith("changed-code:") for k in json.loads(cache.read_text()))  # stale entries dropped

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import REPO, TINY, run_cli
+from conftest import TINY, run_cli
 from safetensors.torch import load_file
 
 from benchmark.claims import judge_all
@@ -39,10 +39,10 @@ from benchmark.image_grid import save_image_grid
 from benchmark.registry import TOKENIZERS
 from benchmark.report import Results, build_table, empty_column_notes, main, protocol_lines, write_index, write_report
 from benchmark.store import RunStore, write_json
-from benchmark.study import build_plan
+from benchmark.study import build_plan, study_files
 from benchmark.tokenizer_stages import codebook_probe
 
-STUDIES = sorted(p for p in (REPO / "studies").glob("*.yaml") if not p.is_symlink())
+STUDIES = study_files(aliases=False)
 
 STUDY = """
 title: Report study
