@@ -119,11 +119,8 @@ def stale_files(known: dict[str, Any], current: dict[str, str] | None = None) ->
     files = known.get("files") or {}
     if not files:
         return ["(no files)"]
-    current = dict(current or {})
-    for name in files.keys() - current.keys():
-        path = REPO_ROOT / name
-        if path.is_file():
-            current.update(file_hashes([path]))
+    unread = (REPO_ROOT / name for name in files.keys() - (current or {}).keys())
+    current = {**(current or {}), **file_hashes(path for path in unread if path.is_file())}
     return sorted(name for name, digest in files.items() if current.get(name) != digest)
 
 
