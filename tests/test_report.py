@@ -20,6 +20,7 @@ from safetensors.torch import load_file
 from benchmark.claims import judge_all
 from benchmark.errors import ConfigError
 from benchmark.figures import (
+    TSNE_CACHE,
     FigureData,
     collect_bars,
     collect_codebook_heatmap,
@@ -423,6 +424,27 @@ def test_training_figures_read_losses_probes_and_evaluations_over_seeds(study, t
     curves = collect_training_curves(results, {"name": "c", "y": ["psnr"], "rows": ["16", "32"]})
     assert curves.table.groupby("step")["value"].mean().tolist() == [1.5, 2.5, 3.5]
     assert any(note.startswith("32: no evaluations during training stored") for note in curves.notes)
+
+
+def test_tsne_maps_are_kept_in_the_run_store_and_not_refitted(study, tmp_path, monkeypatch):
+    import sklearn.manifold
+
+    plan = build_plan(study, "smoke")
+    store = RunStore(tmp_path / "runs")
+    write_training(eval_dirs(plan, store, "16")["train_tokenizer"], [10, 20, 30], 0)
+    fig = {"name": "t", "rows": ["16"], "steps": 2}
+    first = collect_tsne(Results(plan, store), fig)
+    assert len(list((store.root / TSNE_CACHE).glob("*.npy"))) == 2  # one map per checkpoint shown
+
+    def refit(*args, **kwargs):
+        raise AssertionError("a cached t-SNE map was fitted again")
+
+    monkeypatch.setattr(sklearn.manifold, "TSNE", refit)
+    again = collect_tsne(Results(plan, store), fig)
+    pd.testing.assert_frame_equal(first.table, again.table)
+    write_training(eval_dirs(plan, store, "16")["train_tokenizer"], [10], 1)  # new data at step 10: refit
+    with pytest.raises(AssertionError, match="fitted again"):
+        collect_tsne(Results(plan, store), fig)
 
 
 def test_finetuned_cells_continue_their_training_series(write_study, tmp_path):
