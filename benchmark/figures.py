@@ -400,11 +400,12 @@ def tsne_input(path: Path, quantizer: str | None) -> tuple[str, np.ndarray, np.n
 
 
 TSNE_CACHE = "_report_cache/tsne"  # under the run store: t-SNE maps by their input's digest
+TSNE_OPTIONS = {"n_components": 2, "init": "pca", "random_state": 0, "max_iter": 500}
 
 
 def tsne_map(points: np.ndarray, perplexity: float, cache: Path) -> np.ndarray:
     """The 2D t-SNE (scikit-learn; PCA start, seed 0, 500 iterations, one thread) of ``points`` (n, d), kept
-    in ``cache`` under the SHA-256 of the points, the perplexity and scikit-learn's version: a fit costs
+    in ``cache`` under the SHA-256 of the points, the options and scikit-learn's version: a fit costs
     ~1.3 s per checkpoint on the CPU (thesis Table 4's report: 6 fits, 8 s), so a report re-rendered
     from an unchanged store neither refits nor imports scikit-learn."""
     from importlib.metadata import version
@@ -412,7 +413,7 @@ def tsne_map(points: np.ndarray, perplexity: float, cache: Path) -> np.ndarray:
     import numpy as np
 
     digest = hashlib.sha256(np.ascontiguousarray(points, dtype=np.float64).tobytes())
-    digest.update(repr((points.shape, perplexity, version("scikit-learn"))).encode())
+    digest.update(repr((points.shape, perplexity, sorted(TSNE_OPTIONS.items()), version("scikit-learn"))).encode())
     path = cache / f"{digest.hexdigest()[:32]}.npy"
     try:
         xy = np.load(path)
@@ -424,7 +425,7 @@ def tsne_map(points: np.ndarray, perplexity: float, cache: Path) -> np.ndarray:
     from threadpoolctl import threadpool_limits
 
     with threadpool_limits(1):  # one thread: several contend badly on a shared CPU (measured 5x)
-        xy = TSNE(2, perplexity=perplexity, init="pca", random_state=0, max_iter=500).fit_transform(points)
+        xy = TSNE(perplexity=perplexity, **TSNE_OPTIONS).fit_transform(points)
 
     def save(tmp: Path) -> None:
         with tmp.open("wb") as fh:
