@@ -60,6 +60,8 @@ class Stat:
     def of(values: list[float]) -> Stat | None:
         if not values:
             return None
+        if min(values) == max(values):  # e.g. a model's FLOPs over seeds: no float residue of a spread
+            return Stat(values[0], 0.0, len(values))
         mean = sum(values) / len(values)
         var = sum((v - mean) ** 2 for v in values) / (len(values) - 1) if len(values) > 1 else 0.0
         return Stat(mean, math.sqrt(var), len(values))
@@ -344,7 +346,7 @@ def fmt_stat(s: Stat | None) -> str:
         return "-"
     if s.n == 1:
         return fmt(s.mean)
-    if s.std == 0 or not math.isfinite(s.std):
+    if not math.isfinite(s.std) or s.std <= 1e-9 * abs(s.mean):  # no spread beyond float rounding
         return f"{fmt(s.mean)} ± 0"
     places = max(0, 1 - math.floor(math.log10(s.std)))
     return f"{s.mean:.{places}f} ± {s.std:.{places}f}"

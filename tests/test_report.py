@@ -17,7 +17,7 @@ import torch
 from conftest import TINY, run_cli
 from safetensors.torch import load_file
 
-from benchmark.claims import judge_all
+from benchmark.claims import Stat, fmt_stat, judge_all
 from benchmark.errors import ConfigError
 from benchmark.figures import (
     TSNE_CACHE,
@@ -607,3 +607,11 @@ def test_the_commit_of_a_report_is_dirty_with_code_changes_not_with_rendered_res
     assert report.git_commit() == clean
     (tmp_path / "code.py").write_text("x = 2\n")
     assert report.git_commit() == clean + "+dirty"
+
+
+def test_a_value_equal_on_every_seed_shows_no_spread():
+    flops = 0.011091712  # a model's GFLOPs per image, the same on every seed
+    assert Stat.of([flops] * 3) == Stat(flops, 0.0, 3)
+    assert fmt_stat(Stat.of([flops] * 3)) == "0.01109 ± 0"
+    assert fmt_stat(Stat(flops, 2e-18, 3)) == "0.01109 ± 0"  # float rounding is not a spread
+    assert fmt_stat(Stat.of([296.4, 288.3, 304.5])) == "296.4 ± 8.1"
