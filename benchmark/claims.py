@@ -30,6 +30,7 @@ tables' reference rows) where it reports them, which checks that each claim says
 from __future__ import annotations
 
 import math
+import statistics
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -60,11 +61,10 @@ class Stat:
     def of(values: list[float]) -> Stat | None:
         if not values:
             return None
-        if min(values) == max(values):  # e.g. a model's FLOPs over seeds: no float residue of a spread
-            return Stat(values[0], 0.0, len(values))
-        mean = sum(values) / len(values)
-        var = sum((v - mean) ** 2 for v in values) / (len(values) - 1) if len(values) > 1 else 0.0
-        return Stat(mean, math.sqrt(var), len(values))
+        # statistics computes in exact fractions: a value equal on every seed (a model's FLOPs) keeps its
+        # digits and a spread of exactly 0, not a float residue
+        spread = statistics.stdev(values) if len(values) > 1 else 0.0
+        return Stat(float(statistics.mean(values)), float(spread), len(values))
 
 
 @dataclass(frozen=True)
