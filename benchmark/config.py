@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import inspect
 import typing
 from collections.abc import Mapping
@@ -254,13 +255,18 @@ class Layer:
     values: dict[str, Any]
 
 
+# PyYAML's safe loader, in libyaml's C build where PyYAML has it (the same documents and errors; ~8x faster, and
+# every command reads its study, the profiles and, for reports that draw on them, the sibling studies).
+SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
 def load_yaml(path: str | Path) -> dict[str, Any]:
     """A YAML mapping from ``path``; missing files and malformed YAML name the file."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: no such file")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.load(path.read_text(), Loader=SAFE_LOADER)
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: malformed YAML: {exc}") from exc
     if data is None:
@@ -359,10 +365,16 @@ def merge_layers(
 # Validation
 
 
+@functools.cache
+def schema_hints(schema: type) -> dict[str, Any]:
+    """A config section's dataclass fields and their type hints (read once: every layer is validated)."""
+    return typing.get_type_hints(schema, include_extras=True)
+
+
 def section_schema(config: Mapping[str, Any], section: str, origin: Mapping[str, str]) -> dict[str, Any]:
     """Key -> type hint for one section of a merged config."""
     if section in SCHEMAS:
-        return typing.get_type_hints(SCHEMAS[section], include_extras=True)
+        return dict(schema_hints(SCHEMAS[section]))
     registry = REGISTRY_SECTIONS[section]
     name = config[section].get("name")
     where = f"{origin.get(section + '.name', 'config')}: {section}.name"

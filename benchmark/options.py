@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import collections.abc
 import difflib
+import functools
 import inspect
 import types
 import typing
@@ -40,6 +41,13 @@ def init_parameters(cls: type, harness: set[str] | frozenset[str] = frozenset())
     """The user-settable constructor parameters of ``cls`` (those not in ``harness``), with their type
     hints as annotations. A constructor that passes ``**kwargs`` on to its base class also accepts the
     base's."""
+    return dict(_init_parameters(cls, frozenset(harness)))
+
+
+@functools.cache
+def _init_parameters(cls: type, harness: frozenset[str]) -> dict[str, inspect.Parameter]:
+    """:func:`init_parameters`, read once per class: planning checks every layer of every cell against
+    it, and ``typing.get_type_hints`` is most of a plan's validation time."""
     out: dict[str, inspect.Parameter] = {}
     for klass in cls.__mro__:
         init = klass.__dict__.get("__init__")
