@@ -19,7 +19,7 @@ from safetensors.torch import load_file
 
 from benchmark.claims import Stat, fmt_stat, judge_all
 from benchmark.errors import ConfigError
-from benchmark.figures import (
+from benchmark.figure_data import (
     TSNE_CACHE,
     FigureData,
     collect_bars,
@@ -30,12 +30,10 @@ from benchmark.figures import (
     collect_samples,
     collect_training_curves,
     collect_tsne,
-    compact,
-    draw_line,
-    draw_tsne,
     read_png,
     split_grid,
 )
+from benchmark.figures import compact, draw_line, draw_tsne
 from benchmark.image_grid import save_image_grid
 from benchmark.registry import TOKENIZERS
 from benchmark.report import Results, build_table, empty_column_notes, main, protocol_lines, write_index, write_report
