@@ -24,7 +24,19 @@ import yaml
 from omegaconf import OmegaConf
 
 from benchmark.errors import ConfigError
-from benchmark.options import check_value, hint_name, nested, type_ok, unknown_key
+from benchmark.options import (
+    Decay,
+    NonNegativeFloat,
+    NonNegativeInt,
+    PositiveFloat,
+    PositiveInt,
+    UnitInterval,
+    check_value,
+    hint_name,
+    nested,
+    type_ok,
+    unknown_key,
+)
 from benchmark.registry import DATASETS, GENERATORS, TOKENIZERS, Registry
 
 # Field metadata of options that only add diagnostics to a stage's outputs: at their default value they
@@ -48,36 +60,35 @@ class TrainConfig:
     eval-split images with ``eval_metrics`` (metrics over training, SelfBootTok paper Fig. 5).
     """
 
-    steps: int = 1000
-    batch_size: int = 32
-    lr: float = 1e-4
-    weight_decay: float = 1e-4
-    beta1: float = 0.9
-    beta2: float = 0.99
-    warmup_steps: int = 0
+    steps: PositiveInt = 1000
+    batch_size: PositiveInt = 32
+    lr: PositiveFloat = 1e-4
+    weight_decay: NonNegativeFloat = 1e-4
+    beta1: Decay = 0.9
+    beta2: Decay = 0.99
+    warmup_steps: NonNegativeInt = 0
     schedule: str = "constant"
-    min_lr_ratio: float = 0.1
-    grad_clip: float = 1.0
-    checkpoint_every: int = 200
-    log_every: int = 10
+    min_lr_ratio: UnitInterval = 0.1
+    grad_clip: NonNegativeFloat = 1.0  # 0: no clipping
+    checkpoint_every: PositiveInt = 200
+    log_every: PositiveInt = 10
     precision: str = "bf16"
-    ema_decay: float = 0.0
-    disc_lr: float | None = None
-    probe_images: int = field(default=8, metadata=DIAGNOSTIC)
-    eval_every: int = field(default=0, metadata=DIAGNOSTIC)
+    ema_decay: Decay = 0.0  # 0: no average
+    disc_lr: PositiveFloat | None = None
+    probe_images: NonNegativeInt = field(default=8, metadata=DIAGNOSTIC)
+    eval_every: NonNegativeInt = field(default=0, metadata=DIAGNOSTIC)
     eval_metrics: list[str] = field(default_factory=lambda: ["psnr", "ssim"], metadata=DIAGNOSTIC)
-    eval_images: int = field(default=64, metadata=DIAGNOSTIC)
+    eval_images: PositiveInt = field(default=64, metadata=DIAGNOSTIC)
 
 
-TRAIN_KEYS = typing.get_type_hints(TrainConfig)  # option -> type hint, for nested training mappings
+TRAIN_KEYS = typing.get_type_hints(TrainConfig, include_extras=True)  # option -> hint, for nested training mappings
 
 
 def check_train(section: Mapping[str, Any], where: str) -> None:
-    """Checks across the keys of a ``train`` / ``generator_train`` section."""
-    if section.get("probe_images", 0) < 0 or section.get("eval_images", 1) < 1:
-        raise ConfigError(f"{where}: probe_images must be >= 0 and eval_images >= 1")
+    """Checks across the keys of a ``train`` / ``generator_train`` section (each key's own range is in
+    :class:`TrainConfig`'s type hints)."""
     every, checkpoint = section.get("eval_every", 0), section.get("checkpoint_every", 1)
-    if every < 0 or (every and every % checkpoint):
+    if every and every % checkpoint:
         raise ConfigError(
             f"{where}: eval_every ({every}) must be 0 (off) or a multiple of checkpoint_every ({checkpoint}): "
             "checkpoints are evaluated"
@@ -93,8 +104,8 @@ class EvalConfig:
     ``precision``: how the tokenizer encodes and decodes on a GPU (``bf16`` autocast, or ``fp32``);
     the metrics themselves always compute in float32."""
 
-    batch_size: int = 64
-    num_images: int | None = None
+    batch_size: PositiveInt = 64
+    num_images: PositiveInt | None = None
     metrics: list[str] = field(default_factory=lambda: ["psnr", "ssim", "codebook_usage"])
     generation_metrics: list[str] = field(default_factory=lambda: ["gfid", "inception_score"])
     inception_weights: str | None = None
@@ -121,10 +132,10 @@ class SampleConfig:
     (keyword arguments of its ``sample``, e.g. MaskGIT's temperature, SiT's sampler / method /
     guidance_interval); ``precision``: sampling and decoding on a GPU, ``bf16`` autocast or ``fp32``."""
 
-    num_images: int = 50000
-    batch_size: int = 125
-    cfg_scale: float = 1.0
-    steps: int | None = None
+    num_images: PositiveInt = 50000
+    batch_size: PositiveInt = 125
+    cfg_scale: NonNegativeFloat = 1.0
+    steps: PositiveInt | None = None
     seed: int = 0
     options: dict = field(default_factory=dict)
     precision: str = "bf16"
@@ -136,7 +147,7 @@ class RuntimeConfig:
     DistributedDataParallel (needed only by models with parameters some steps leave unused)."""
 
     device: str = "auto"
-    num_workers: int = 0
+    num_workers: NonNegativeInt = 0
     compile: bool = False
     find_unused_parameters: bool = False
 
@@ -158,7 +169,7 @@ def check_stage_resources(value: Any, where: str) -> None:
     """``launcher.stages``: ``{<stage kind>: {<resource option>: value}}`` (launcher options per kind)."""
     from benchmark.graph import STAGES
 
-    hints = typing.get_type_hints(LauncherConfig)
+    hints = schema_hints(LauncherConfig)
     for kind, options in value.items():
         if kind not in STAGES:
             raise unknown_key(f"launcher.stages.{kind}", list(STAGES), where)
@@ -190,15 +201,15 @@ class LauncherConfig:
     partition: str | None = None
     account: str | None = None
     qos: str | None = None
-    nodes: int = 1
-    gpus_per_node: int = 1
-    tasks_per_node: int | None = None
-    cpus_per_task: int = 8
-    mem_gb: int = 64
-    timeout_min: int = 2880
-    max_num_timeout: int = 3
-    array_parallelism: int = 64
-    parallel: int = 1
+    nodes: PositiveInt = 1
+    gpus_per_node: NonNegativeInt = 1
+    tasks_per_node: PositiveInt | None = None
+    cpus_per_task: PositiveInt = 8
+    mem_gb: NonNegativeInt = 64  # 0: Slurm's --mem=0, all of a node's memory
+    timeout_min: PositiveInt = 2880
+    max_num_timeout: NonNegativeInt = 3
+    array_parallelism: PositiveInt = 64
+    parallel: PositiveInt = 1
     fail_fast: bool = False
     stages: nested(check_stage_resources) = field(default_factory=dict)  # type: ignore[valid-type]
 
@@ -409,8 +420,6 @@ def validate(config: Mapping[str, Any], origin: Mapping[str, str]) -> None:
                 _check_overrides(config, dotted, item, where)
             if dotted == "sample.options" and item:
                 _check_sampler_options(config, item, where)
-            if dotted == "launcher.parallel" and item < 1:
-                raise ConfigError(f"{where}: launcher.parallel must be >= 1, got {item}")
             if dotted in CHOICES and item not in CHOICES[dotted]:
                 raise ConfigError(f"{where}: {dotted} must be one of {', '.join(CHOICES[dotted])}, got {item!r}")
         if SCHEMAS.get(top) is TrainConfig:

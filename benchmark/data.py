@@ -22,6 +22,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from benchmark.errors import ConfigError, DataError
+from benchmark.options import PositiveInt
 from benchmark.registry import DATASETS, register_dataset
 
 SPLITS = ("train", "eval")
@@ -190,10 +191,10 @@ class ProceduralShapes(Dataset):
         self,
         split: str,
         *,
-        resolution: int = 32,
-        num_classes: int = 8,
-        train_size: int = 2048,
-        eval_size: int = 256,
+        resolution: PositiveInt = 32,
+        num_classes: PositiveInt = 8,
+        train_size: PositiveInt = 2048,
+        eval_size: PositiveInt = 256,
         seed: int = 0,
         subset: str = "day",
     ) -> None:
@@ -374,10 +375,10 @@ class ImageFolderDataset(_ImageFiles):
         split: str,
         *,
         root: str | None = None,
-        resolution: int = 256,
+        resolution: PositiveInt = 256,
         train_dir: str = "train",
         eval_dir: str = "val",
-        max_images: int | None = None,
+        max_images: PositiveInt | None = None,
         on_bad_image: str = "error",
     ) -> None:
         _check_positive("data.resolution", resolution)
@@ -402,10 +403,10 @@ class ImageFolderDataset(_ImageFiles):
         split: str,
         *,
         root: str | None = None,
-        resolution: int = 256,
+        resolution: PositiveInt = 256,
         train_dir: str = "train",
         eval_dir: str = "val",
-        max_images: int | None = None,
+        max_images: PositiveInt | None = None,
         on_bad_image: str = "error",
     ) -> None:
         """The split folder exists and its first class folder holds a readable image."""
@@ -430,11 +431,11 @@ class BDD100K(_ImageFiles):
         split: str,
         *,
         root: str | None = None,
-        resolution: int = 256,
+        resolution: PositiveInt = 256,
         train_dir: str = "train",
         eval_dir: str = "val",
         subset: str = "day",
-        max_images: int | None = None,
+        max_images: PositiveInt | None = None,
         on_bad_image: str = "error",
     ) -> None:
         _check_choice("data.subset", subset, SUBSETS)
@@ -461,11 +462,11 @@ class BDD100K(_ImageFiles):
         split: str,
         *,
         root: str | None = None,
-        resolution: int = 256,
+        resolution: PositiveInt = 256,
         train_dir: str = "train",
         eval_dir: str = "val",
         subset: str = "day",
-        max_images: int | None = None,
+        max_images: PositiveInt | None = None,
         on_bad_image: str = "error",
     ) -> None:
         """The frame folder exists and holds a readable frame; subset ``day`` needs its labels file."""

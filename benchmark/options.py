@@ -6,7 +6,9 @@ config merger, the registries, the shared objectives, the encoders and the plugi
 A nested option mapping (``tokenizer.perceptual``, ``tokenizer.encoder``, ``tokenizer.latent_2d``,
 ...) declares its own check in the constructor's type hint, ``Annotated[dict, Checked(fn)]``, so
 that one walk over a config's type hints validates every nested option at plan time, with the same
-code the constructor runs later.
+code the constructor runs later. A number's range is in its hint the same way, ``Annotated[int,
+Bounds(minimum=1)]`` (named: :data:`PositiveInt`, :data:`Decay`, ...): ``train.lr=-1`` or
+``tokenizer.codebook_size=0`` fails the plan, naming the key and the range, instead of a stage.
 """
 
 from __future__ import annotations
@@ -30,6 +32,43 @@ class Checked:
     (raising :class:`ConfigError` naming ``where`` and the key at fault)."""
 
     check: Callable[[Any, str], None]
+
+
+@dataclass(frozen=True)
+class Bounds:
+    """Type-hint metadata: the range of a number, ``Annotated[int, Bounds(minimum=1)]`` (JSON Schema's
+    names: ``minimum`` / ``maximum`` inclusive, ``exclusive_minimum`` / ``exclusive_maximum`` strict)."""
+
+    minimum: float | None = None
+    exclusive_minimum: float | None = None
+    maximum: float | None = None
+    exclusive_maximum: float | None = None
+
+    def holds(self, value: float) -> bool:
+        return (
+            (self.minimum is None or value >= self.minimum)
+            and (self.exclusive_minimum is None or value > self.exclusive_minimum)
+            and (self.maximum is None or value <= self.maximum)
+            and (self.exclusive_maximum is None or value < self.exclusive_maximum)
+        )
+
+    def __str__(self) -> str:
+        bounds = (
+            (">=", self.minimum),
+            (">", self.exclusive_minimum),
+            ("<=", self.maximum),
+            ("<", self.exclusive_maximum),
+        )
+        return " and ".join(f"{op} {bound:g}" for op, bound in bounds if bound is not None)
+
+
+# The ranges of the options that have one (a count of steps or images, a learning rate, a decay).
+PositiveInt = Annotated[int, Bounds(minimum=1)]
+NonNegativeInt = Annotated[int, Bounds(minimum=0)]
+PositiveFloat = Annotated[float, Bounds(exclusive_minimum=0)]
+NonNegativeFloat = Annotated[float, Bounds(minimum=0)]
+UnitInterval = Annotated[float, Bounds(minimum=0, maximum=1)]
+Decay = Annotated[float, Bounds(minimum=0, exclusive_maximum=1)]  # an EMA decay, Adam's betas
 
 
 def nested(check: Callable[[Any, str], None]) -> Any:
@@ -94,23 +133,28 @@ def check_options(
 
 
 def check_value(value: Any, hint: Any, where: str) -> None:
-    """``value`` must fit ``hint``; a fitting nested mapping runs its :class:`Checked` validators."""
+    """``value`` must fit ``hint`` and the :class:`Bounds` of the member it fits; a fitting nested mapping
+    runs its :class:`Checked` validators."""
     if not type_ok(value, hint):
         raise ConfigError(f"{where} must be {hint_name(hint)}, got {value!r}")
-    for check in checks_for(value, hint):
-        check(value, where)
+    for meta in metadata_for(value, hint):
+        if isinstance(meta, Bounds) and not meta.holds(value):
+            raise ConfigError(f"{where} must be {meta}, got {value!r}")
+        if isinstance(meta, Checked):
+            meta.check(value, where)
 
 
-def checks_for(value: Any, hint: Any) -> list[Callable[[Any, str], None]]:
-    """The :class:`Checked` validators of the member of ``hint`` that ``value`` fits."""
+def metadata_for(value: Any, hint: Any) -> tuple[Any, ...]:
+    """The ``Annotated`` metadata (:class:`Checked`, :class:`Bounds`) of the member of ``hint`` that
+    ``value`` fits."""
     origin = typing.get_origin(hint)
     if origin is Annotated:
-        return [m.check for m in hint.__metadata__ if isinstance(m, Checked)]
+        return hint.__metadata__
     if origin in (typing.Union, types.UnionType):
         for member in typing.get_args(hint):
             if type_ok(value, member):
-                return checks_for(value, member)
-    return []
+                return metadata_for(value, member)
+    return ()
 
 
 def type_ok(value: Any, hint: Any) -> bool:

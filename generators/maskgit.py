@@ -26,6 +26,7 @@ from torch import Tensor, nn
 from benchmark.base import Generator, TokenSpec
 from benchmark.errors import ConfigError
 from benchmark.layers import Transformer, init_vit_weights
+from benchmark.options import UnitInterval
 from benchmark.registry import register_generator
 from benchmark.vit import vit_size
 
@@ -110,9 +111,9 @@ class MaskGIT(MaskedIdGenerator):
         token_spec: TokenSpec,
         num_classes: int,
         size: str = "B",
-        label_dropout: float = 0.1,
+        label_dropout: UnitInterval = 0.1,
         mask_schedule: str = "arccos",
-        label_smoothing: float = 0.1,
+        label_smoothing: UnitInterval = 0.1,
     ) -> None:
         super().__init__()
         self.init_ids("MaskGIT", token_spec, num_classes, label_dropout, label_smoothing)

@@ -50,6 +50,7 @@ from benchmark.align import Projector, TeacherOptions, build_teacher, patchwise_
 from benchmark.base import Generator, TokenSpec
 from benchmark.errors import ConfigError
 from benchmark.layers import Attention, Mlp
+from benchmark.options import NonNegativeFloat, NonNegativeInt, UnitInterval
 from benchmark.registry import register_generator
 
 # (width, depth, heads) as in DiT / SiT; "tiny" is the smoke-scale model.
@@ -318,16 +319,16 @@ class SiT(Generator):
         token_spec: TokenSpec,
         num_classes: int,
         size: str = "B",
-        label_dropout: float = 0.1,
+        label_dropout: UnitInterval = 0.1,
         path_type: str = "linear",
         prediction: str = "velocity",
-        repa_depth: int = 0,
-        repa_dim: int = 0,
-        repa_weight: float = 0.5,
+        repa_depth: NonNegativeInt = 0,
+        repa_dim: NonNegativeInt = 0,
+        repa_weight: NonNegativeFloat = 0.5,
         repa_projector_dim: int = 2048,
         repa_teacher: TeacherOptions | None = None,
         reg: bool = False,
-        reg_weight: float = 0.03,
+        reg_weight: NonNegativeFloat = 0.03,
     ) -> None:
         """``repa_depth`` (1-based) picks the block whose output REPA aligns with ``repa_dim``-dim
         teacher features, through a 3-layer SiLU MLP of hidden width ``repa_projector_dim`` (REPA's 2048).

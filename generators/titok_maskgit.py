@@ -43,6 +43,7 @@ from torch import Tensor, nn
 from benchmark.base import TokenSpec
 from benchmark.errors import ConfigError
 from benchmark.layers import Block, Transformer, init_vit_weights
+from benchmark.options import NonNegativeFloat, UnitInterval
 from benchmark.registry import register_generator
 
 from .maskgit import MaskedIdGenerator, gumbel_noise
@@ -62,9 +63,9 @@ class TiTokMaskGIT(MaskedIdGenerator):
         num_classes: int,
         width: int,
         heads: int,
-        label_dropout: float = 0.1,
-        label_smoothing: float = 0.1,
-        unmasked_weight: float = 0.1,
+        label_dropout: UnitInterval = 0.1,
+        label_smoothing: UnitInterval = 0.1,
+        unmasked_weight: NonNegativeFloat = 0.1,
     ) -> None:
         super().__init__()
         self.init_ids("TiTok's MaskGIT", token_spec, num_classes, label_dropout, label_smoothing)

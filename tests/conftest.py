@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import os
 import textwrap
+import typing
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 # Idle OpenMP threads sleep instead of spinning: on a loaded 2-core machine spinning threads made
 # small CPU ops up to 60x slower (measured).
@@ -17,6 +19,7 @@ from torch import Tensor, nn
 from torch_fidelity import feature_extractor_inceptionv3 as tf_inception
 
 from benchmark import fid, inception_tf
+from benchmark.options import Bounds
 from benchmark.registry import load_plugins
 
 REPO = Path(__file__).resolve().parent.parent
@@ -34,6 +37,23 @@ TINY = [
     "data.eval_size=32",
     "data.resolution=16",
 ]
+
+
+def plain_type(hint: Any) -> Any:
+    """A type hint without its ``Annotated`` metadata (``PositiveInt`` -> ``int``)."""
+    return typing.get_args(hint)[0] if typing.get_origin(hint) is typing.Annotated else hint
+
+
+def outside_ranges(params: dict[str, Any]) -> Iterator[tuple[str, float, Bounds]]:
+    """(option, a value just outside its range, the range) for each option whose type hint has a range."""
+    for key, hint in params.items():
+        for bounds in (m for m in getattr(hint, "__metadata__", ()) if isinstance(m, Bounds)):
+            if bounds.minimum is not None:
+                yield key, bounds.minimum - 1, bounds
+            elif bounds.exclusive_minimum is not None:
+                yield key, bounds.exclusive_minimum, bounds
+            elif bounds.maximum is not None:
+                yield key, bounds.maximum + 1, bounds
 
 
 def grads_of(model, loss) -> set[str]:

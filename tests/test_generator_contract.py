@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import re
 
 import pytest
 import torch
+from conftest import outside_ranges, plain_type
 from torch.utils.data import TensorDataset
 
 from benchmark.config import TrainConfig, validate
@@ -77,9 +79,13 @@ def test_a_bad_option_is_named_by_its_key(name):
     validate({"generator": {"name": name, **GENERATORS.get(name).obj.tiny}}, where)
     with pytest.raises(ConfigError, match=r"unknown key 'generator\.no_such_option'"):
         validate({"generator": {"name": name, "no_such_option": 1}}, where)
-    typed, hint = next((k, hint) for k, hint in GENERATORS.params(name).items() if hint in (float, int))
+    params = GENERATORS.params(name)
+    typed, hint = next((k, plain_type(h)) for k, h in params.items() if plain_type(h) in (float, int))
     with pytest.raises(ConfigError, match=rf"generator\.{typed} must be {hint.__name__}"):
         validate({"generator": {"name": name, typed: "much"}}, where)
+    for key, value, bounds in outside_ranges(params):  # a dropout above 1, a negative loss weight
+        with pytest.raises(ConfigError, match=rf"generator\.{key} must be {re.escape(str(bounds))}, got"):
+            validate({"generator": {"name": name, **GENERATORS.get(name).obj.tiny, key: value}}, where)
 
 
 @pytest.mark.parametrize("name", NAMES)

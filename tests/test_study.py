@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from benchmark.errors import ConfigError
+from benchmark.options import Bounds
 from benchmark.study import build_plan, expand_axes, hashed_config
 
 REPO_STUDY = "studies/thesis_table2_token_count.yaml"
@@ -132,6 +133,49 @@ def test_bad_cell_value_names_the_cell(write_study):
 def test_bad_override_names_the_command_line(override, pattern):
     with pytest.raises(ConfigError, match=pattern):
         build_plan(REPO_STUDY, "smoke", [override])
+
+
+@pytest.mark.parametrize(
+    "override, pattern",
+    [
+        ("train.lr=-1", r"command line: train\.lr must be > 0, got -1$"),
+        ("train.batch_size=0", r"command line: train\.batch_size must be >= 1, got 0$"),
+        ("generator_train.steps=-5", r"command line: generator_train\.steps must be >= 1, got -5$"),
+        ("train.ema_decay=1", r"command line: train\.ema_decay must be >= 0 and < 1, got 1$"),
+        ("train.disc_lr=0", r"command line: train\.disc_lr must be > 0, got 0$"),
+        ("eval.num_images=0", r"command line: eval\.num_images must be >= 1, got 0$"),
+        ("sample.steps=0", r"command line: sample\.steps must be >= 1, got 0$"),
+        ("launcher.parallel=0", r"command line: launcher\.parallel must be >= 1, got 0$"),
+        ("tokenizer.codebook_size=0", r"command line: tokenizer\.codebook_size must be >= 1, got 0$"),
+        ("data.train_size=0", r"command line: data\.train_size must be >= 1, got 0$"),
+        ("generator.label_dropout=1.5", r"command line: generator\.label_dropout must be >= 0 and <= 1, got 1\.5$"),
+    ],
+)
+def test_an_option_out_of_its_range_fails_the_plan(override, pattern):
+    """A value of the right type outside its option's range (a count below 1, a learning rate <= 0, a decay
+    of 1) is caught when the study is planned, before anything runs, naming the key and the range."""
+    with pytest.raises(ConfigError, match=pattern):
+        build_plan(REPO_STUDY, "smoke", [override])
+
+
+def test_ranges_hold_in_study_files_and_nested_training_options(write_study):
+    """The range of an option is checked wherever it is set: in a study file (the error names it) and in the
+    nested training mappings (an encoder's offline pretraining; SelfBootTok's OT target trained by the
+    train_latent_2d stage)."""
+    with pytest.raises(ConfigError, match=r"mini\.yaml: config: train\.warmup_steps must be >= 0, got -10"):
+        build_plan(write_study("config: {train: {warmup_steps: -10}}"), "smoke")
+    with pytest.raises(ConfigError, match=r"tokenizer\.encoder\.pretrain\.lr must be > 0, got 0"):
+        build_plan("studies/thesis_table3_mae_init.yaml", "smoke", ["tokenizer.encoder.pretrain.lr=0"])
+    with pytest.raises(ConfigError, match=r"tokenizer\.latent_2d\.train\.batch_size must be >= 1, got 0"):
+        build_plan("studies/paper_table2_local_aligner.yaml", "repro", ["tokenizer.latent_2d.train.batch_size=0"])
+    assert build_plan(REPO_STUDY, "smoke", ["train.warmup_steps=0", "train.grad_clip=0", "eval.num_images=null"])
+
+
+def test_bounds_read_as_they_check():
+    assert Bounds(minimum=1).holds(1) and not Bounds(minimum=1).holds(0)
+    assert Bounds(exclusive_minimum=0).holds(1e-9) and not Bounds(exclusive_minimum=0).holds(0)
+    assert not Bounds(minimum=0, exclusive_maximum=1).holds(1)
+    assert str(Bounds(minimum=0, exclusive_maximum=1)) == ">= 0 and < 1"
 
 
 def test_profile_errors(tmp_path):

@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import re
 
 import pytest
 import torch
+from conftest import outside_ranges, plain_type
 from torch.utils.data import TensorDataset
 
 from benchmark.config import TrainConfig, validate
@@ -70,9 +72,13 @@ def test_a_bad_option_is_named_by_its_key(name):
     validate({"tokenizer": {"name": name, **tiny}}, where)  # the tiny options are valid config
     with pytest.raises(ConfigError, match=r"unknown key 'tokenizer\.no_such_option'"):
         validate({"tokenizer": {"name": name, **tiny, "no_such_option": 1}}, where)
-    typed = next(k for k, hint in TOKENIZERS.params(name).items() if hint is int)
+    params = TOKENIZERS.params(name)
+    typed = next(k for k, hint in params.items() if plain_type(hint) is int)
     with pytest.raises(ConfigError, match=rf"tokenizer\.{typed} must be int"):
         validate({"tokenizer": {"name": name, typed: "many"}}, where)
+    for key, value, bounds in outside_ranges(params):  # a codebook of 0 codes, a negative loss weight
+        with pytest.raises(ConfigError, match=rf"tokenizer\.{key} must be {re.escape(str(bounds))}, got"):
+            validate({"tokenizer": {"name": name, **tiny, key: value}}, where)
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -33,7 +33,7 @@ from torch import Tensor, nn
 from benchmark.base import Tokenizer, TokenizerOutput, TokenSpec
 from benchmark.errors import ConfigError
 from benchmark.objectives import AdversarialOptions, PerceptualOptions, PixelObjective, build_adversary
-from benchmark.options import check_options, init_params, nested
+from benchmark.options import NonNegativeFloat, PositiveInt, check_options, init_params, nested
 from benchmark.quantizers import VectorQuantizer, scale_vq_losses
 from benchmark.registry import register_tokenizer
 
@@ -201,15 +201,15 @@ class MaskGITVQGAN(Tokenizer):
         *,
         image_size: int = 256,
         size: str = "base",
-        ch: int | None = None,
+        ch: PositiveInt | None = None,
         ch_mult: list[int] | None = None,
-        num_res_blocks: int | None = None,
-        embed_dim: int | None = None,
-        codebook_size: int = 1024,
-        commitment: float = 0.25,
+        num_res_blocks: PositiveInt | None = None,
+        embed_dim: PositiveInt | None = None,
+        codebook_size: PositiveInt = 1024,
+        commitment: NonNegativeFloat = 0.25,
         recon_loss: str = "l2",
-        recon_weight: float = 1.0,
-        quantizer_weight: float = 1.0,
+        recon_weight: NonNegativeFloat = 1.0,
+        quantizer_weight: NonNegativeFloat = 1.0,
         perceptual: PerceptualOptions | None = None,
         adversarial: AdversarialOptions | None = None,
     ) -> None:

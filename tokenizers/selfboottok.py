@@ -47,7 +47,7 @@ from benchmark.encoders import EncoderOptions
 from benchmark.errors import ConfigError, WeightsError
 from benchmark.layers import Block, Frozen, init_vit_weights, unpatchify
 from benchmark.objectives import AdversarialOptions, PerceptualOptions, PixelObjective, build_adversary
-from benchmark.options import check_options, nested
+from benchmark.options import NonNegativeFloat, PositiveFloat, PositiveInt, check_options, nested
 from benchmark.ot import ot_loss
 from benchmark.quantizers import SoftVectorQuantizer, kl_to_uniform
 from benchmark.registry import TOKENIZERS, register_tokenizer
@@ -410,11 +410,11 @@ class SelfBootTok(Tokenizer):
         *,
         image_size: int = 256,
         size: str = "B",
-        patch_size: int = 16,
-        num_latent_tokens: int = 64,
-        token_size: int = 32,
-        codebook_size: int = 8192,
-        tau: float = 0.07,
+        patch_size: PositiveInt = 16,
+        num_latent_tokens: PositiveInt = 64,
+        token_size: PositiveInt = 32,
+        codebook_size: PositiveInt = 8192,
+        tau: PositiveFloat = 0.07,
         l2_norm: bool = True,
         shared_codebook: bool = False,
         branches: str = "G+L1+L2",
@@ -422,25 +422,25 @@ class SelfBootTok(Tokenizer):
         local1d_dim: int | None = None,
         local2d_size: str | None = None,
         local2d_form: str = "autoregressive",
-        num_local_tokens: int | None = None,
+        num_local_tokens: PositiveInt | None = None,
         causal: bool = True,
         fusion: str = "soft_residual",
         alpha: float = 0.5,
         beta: float = 0.25,
         recon_loss: str = "l2",
-        recon_weight: float = 1.0,
+        recon_weight: NonNegativeFloat = 1.0,
         perceptual: PerceptualOptions | None = None,
         adversarial: AdversarialOptions | None = None,
-        kl_weight: float = 1e-4,
-        align_weight: float = 1.0,
+        kl_weight: NonNegativeFloat = 1e-4,
+        align_weight: NonNegativeFloat = 1.0,
         align_global: TeacherOptions | None = None,
-        repa_global_weight: float = 1.0,
+        repa_global_weight: NonNegativeFloat = 1.0,
         align_local: TeacherOptions | None = None,
-        repa_local_weight: float = 1.0,
+        repa_local_weight: NonNegativeFloat = 1.0,
         local_align_tokens: str = "l1",
         latent_2d: Latent2DOptions | None = None,
-        ot_weight: float = 1.0,
-        ot_epsilon: float = 0.05,
+        ot_weight: NonNegativeFloat = 1.0,
+        ot_epsilon: PositiveFloat = 0.05,
         stage: int = 1,
         encoder: EncoderOptions | None = None,
     ) -> None:

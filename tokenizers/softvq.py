@@ -32,6 +32,7 @@ from benchmark.encoders import EncoderOptions
 from benchmark.errors import ConfigError
 from benchmark.layers import init_vit_weights
 from benchmark.objectives import AdversarialOptions, PerceptualOptions, PixelObjective, build_adversary
+from benchmark.options import NonNegativeFloat, PositiveFloat, PositiveInt
 from benchmark.quantizers import SIMILARITIES, SoftVectorQuantizer, entropy_regularizer, kl_to_uniform
 from benchmark.registry import register_tokenizer
 from benchmark.vit import SIZES, LatentViTEncoder, MaskTokenViTDecoder, vit_size
@@ -75,20 +76,20 @@ class SoftVQVAE(Tokenizer):
         image_size: int = 256,
         size: str = "B",
         decoder_size: str | None = None,
-        patch_size: int = 16,
-        num_latent_tokens: int = 64,
-        token_size: int = 32,
-        codebook_size: int = 8192,
-        num_codebooks: int = 1,
-        tau: float = 0.07,
+        patch_size: PositiveInt = 16,
+        num_latent_tokens: PositiveInt = 64,
+        token_size: PositiveInt = 32,
+        codebook_size: PositiveInt = 8192,
+        num_codebooks: PositiveInt = 1,
+        tau: PositiveFloat = 0.07,
         l2_norm: bool = True,
         recon_loss: str = "l2",
-        recon_weight: float = 1.0,
+        recon_weight: NonNegativeFloat = 1.0,
         perceptual: PerceptualOptions | None = None,
-        kl_weight: float = 0.0,
-        entropy_weight: float = 0.01,
+        kl_weight: NonNegativeFloat = 0.0,
+        entropy_weight: NonNegativeFloat = 0.01,
         align: TeacherOptions | None = None,
-        align_weight: float = 0.1,
+        align_weight: NonNegativeFloat = 0.1,
         adversarial: AdversarialOptions | None = None,
         encoder: EncoderOptions | None = None,
         similarity: str = "distance",

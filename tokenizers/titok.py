@@ -34,6 +34,7 @@ from benchmark.encoders import EncoderOptions
 from benchmark.errors import ConfigError
 from benchmark.layers import init_vit_weights
 from benchmark.objectives import AdversarialOptions, PerceptualOptions, PixelObjective, build_adversary
+from benchmark.options import NonNegativeFloat, PositiveFloat, PositiveInt
 from benchmark.quantizers import DiagonalGaussian, VectorQuantizer, scale_vq_losses
 from benchmark.registry import register_tokenizer
 from benchmark.vit import LatentViTEncoder, MaskTokenViTDecoder, vit_size
@@ -67,24 +68,24 @@ class TiTok(Tokenizer):
         image_size: int = 256,
         size: str = "B",
         decoder_size: str | None = None,
-        patch_size: int = 16,
-        num_latent_tokens: int = 32,
-        codebook_size: int = 4096,
-        token_size: int = 12,
+        patch_size: PositiveInt = 16,
+        num_latent_tokens: PositiveInt = 32,
+        codebook_size: PositiveInt = 4096,
+        token_size: PositiveInt = 12,
         l2_norm: bool = True,
-        commitment: float = 0.25,
+        commitment: NonNegativeFloat = 0.25,
         recon_loss: str = "l2",
-        recon_weight: float = 1.0,
-        quantizer_weight: float = 1.0,
+        recon_weight: NonNegativeFloat = 1.0,
+        quantizer_weight: NonNegativeFloat = 1.0,
         perceptual: PerceptualOptions | None = None,
-        entropy_weight: float = 0.0,
-        entropy_temperature: float = 0.01,
+        entropy_weight: NonNegativeFloat = 0.0,
+        entropy_temperature: PositiveFloat = 0.01,
         adversarial: AdversarialOptions | None = None,
         encoder: EncoderOptions | None = None,
         pixel_range: tuple[float, float] = (-1.0, 1.0),
         conv_out: bool = False,
         bottleneck: str = "vq",
-        kl_weight: float = 1e-6,
+        kl_weight: NonNegativeFloat = 1e-6,
         sample_posterior: bool = False,
         legacy: bool = False,
         pixel_vqgan: PixelVQGANOptions | None = None,

@@ -29,6 +29,7 @@ from torch import Tensor, nn
 from benchmark.base import Tokenizer, TokenizerOutput, TokenSpec
 from benchmark.errors import ConfigError
 from benchmark.objectives import AdversarialOptions, PerceptualOptions, PixelObjective, build_adversary
+from benchmark.options import NonNegativeFloat, PositiveFloat, PositiveInt
 from benchmark.quantizers import DiagonalGaussian, VectorQuantizer, scale_vq_losses
 from benchmark.registry import register_tokenizer
 
@@ -185,21 +186,21 @@ class VQGAN(Tokenizer):
         image_size: int = 256,
         size: str = "base",
         bottleneck: str = "vq",
-        codebook_size: int = 1024,
-        embed_dim: int | None = None,
-        commitment: float = 0.25,
+        codebook_size: PositiveInt = 1024,
+        embed_dim: PositiveInt | None = None,
+        commitment: NonNegativeFloat = 0.25,
         l2_norm: bool = False,
-        entropy_weight: float = 0.0,
-        entropy_temperature: float = 0.01,
-        kl_weight: float = 1e-6,
+        entropy_weight: NonNegativeFloat = 0.0,
+        entropy_temperature: PositiveFloat = 0.01,
+        kl_weight: NonNegativeFloat = 1e-6,
         recon_loss: str = "l2",
-        recon_weight: float = 1.0,
-        quantizer_weight: float = 1.0,
+        recon_weight: NonNegativeFloat = 1.0,
+        quantizer_weight: NonNegativeFloat = 1.0,
         perceptual: PerceptualOptions | None = None,
         adversarial: AdversarialOptions | None = VQGAN_ADVERSARIAL,
-        ch: int | None = None,
+        ch: PositiveInt | None = None,
         ch_mult: list[int] | None = None,
-        num_res_blocks: int | None = None,
+        num_res_blocks: PositiveInt | None = None,
         vq_norms_first: bool = False,
     ) -> None:
         """``size``: tiny or base (see the module docstring). ``bottleneck``: ``vq`` (hard VQ with the
