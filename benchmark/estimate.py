@@ -40,7 +40,7 @@ class StageCost:
         return f"~{self.gpu_hours:.3g} GPU-h ({self.pflops:.3g} PFLOP{'; ' + self.note if self.note else ''})"
 
 
-def _images(data: dict[str, Any], split: str, limit: int | None = None) -> int | None:
+def split_images(data: dict[str, Any], split: str, limit: int | None = None) -> int | None:
     """How many images a split holds, when that is known without reading the data (procedural data,
     ``max_images``, an evaluation limit); None otherwise."""
     if limit is not None:
@@ -190,11 +190,11 @@ def _estimate_cell(
         )
     per_image = tok["encode_gflops"] + tok["decode_gflops"]
     if "evaluate_tokenizer" in stages:
-        n = _images(data, "eval", config["eval"].get("num_images"))
+        n = split_images(data, "eval", config["eval"].get("num_images"))
         out[stages["evaluate_tokenizer"]] = (
             StageCost(per_image * n / 1e6) if n is not None else StageCost(0.0, f"{per_image:.3g} GFLOP per eval image")
         )
-    n_train = _images(data, "train")
+    n_train = split_images(data, "train")
     if "cache_latents" in stages:
         out[stages["cache_latents"]] = (
             StageCost(tok["encode_gflops"] * n_train / 1e6)

@@ -1,7 +1,7 @@
 """Checks a plan before anything runs or is queued, so that a typo fails ``--dry-run`` on the login
 node, not a Slurm job hours later: every data config (the resolution the tokenizers need, the data
 root, its split folders and one readable image: nothing is listed in full; depth maps where a stand-in
-is pretrained on them) and every model (built on the meta device, which runs its constructor's checks
+is pretrained on them; training batches no larger than the training split) and every model (built on the meta device, which runs its constructor's checks
 and its forward's shapes; benchmark/estimate.py)."""
 
 from __future__ import annotations
@@ -54,6 +54,32 @@ def check_depth_data(config: dict[str, Any], where: str) -> None:
             )
 
 
+def check_batches(config: dict[str, Any], stages: dict[str, str], where: str) -> None:
+    """Each training stage's batch fits in the training split it samples (tokenizer training, its second
+    stage, the generator's training on the split's cached latents), where the split's size is known
+    without listing it (the procedural data, ``data.max_images``): the batch sampler would refuse it
+    only when the stage starts, after the stages before it ran."""
+    from benchmark.estimate import split_images
+
+    images = split_images(config["data"], "train")
+    if images is None:
+        return
+    batches = {
+        "train_tokenizer": ("train.batch_size", config["train"]["batch_size"]),
+        "finetune_tokenizer": (
+            "finetune.train.batch_size",
+            (config["finetune"].get("train") or {}).get("batch_size", config["train"]["batch_size"]),
+        ),
+        "train_generator": ("generator_train.batch_size", config["generator_train"]["batch_size"]),
+    }
+    for kind, (key, batch) in batches.items():
+        if kind in stages and batch > images:
+            raise ConfigError(
+                f"{where}: {key} {batch} exceeds the {images} images of the training split "
+                f"(data.name: {config['data'].get('name')}); use a smaller batch or more training images"
+            )
+
+
 def check_plan(plan: Plan, counts: ModelCounts | None = None) -> dict[str, Any]:
     """Check the selected cells' data and models; returns the stages' cost estimates (stage hash ->
     :class:`~benchmark.estimate.StageCost`), a by-product of building the models (a model ``counts``
@@ -67,4 +93,5 @@ def check_plan(plan: Plan, counts: ModelCounts | None = None) -> dict[str, Any]:
             seen.add(key)
             check_data(cell.config["data"], f"{plan.path}: cell {cell.label}")
         check_depth_data(cell.config, f"{plan.path}: cell {cell.label}")
+        check_batches(cell.config, cell.stages, f"{plan.path}: cell {cell.label}")
     return estimate_plan(plan, counts)

@@ -1,7 +1,7 @@
 """Bad input gets one clear line, caught at plan time where it can be, and loses nothing already computed:
 a dataset switch without a resolution, a resolution too small for a loss network, a missing data root,
-a corrupt result record, a truncated checkpoint, unreadable images, garbage or misshapen .npz files for
-``benchmark.evaluate``, and a full disk."""
+a training batch larger than the training split, a corrupt result record, a truncated checkpoint,
+unreadable images, garbage or misshapen .npz files for ``benchmark.evaluate``, and a full disk."""
 
 from __future__ import annotations
 
@@ -68,6 +68,17 @@ def test_a_constructor_check_fails_the_dry_run(tmp_path, write_study, capsys):
     study = write_study(MINI_STUDY)
     assert run_cli(study, tmp_path, "--dry-run", "tokenizer.patch_size=5") == 2
     assert "tokenizer.patch_size 5 does not divide the image size 16" in one_line_error(capsys)
+
+
+def test_a_batch_larger_than_the_training_split_fails_the_dry_run(tmp_path, write_study, capsys):
+    """The batch sampler refuses a batch larger than the training split only when training starts; the
+    dry run (the procedural split's size is known without rendering it) refuses it first."""
+    study = write_study(MINI_STUDY)
+    assert run_cli(study, tmp_path, "--dry-run", "data.train_size=64", "train.batch_size=65") == 2
+    err = one_line_error(capsys)
+    assert "mini.yaml: cell 4: train.batch_size 65 exceeds the 64 images of the training split" in err
+    assert run_cli(study, tmp_path, "--dry-run", "data.train_size=64", "train.batch_size=64") == 0
+    assert not (tmp_path / "runs").exists()
 
 
 def test_a_corrupt_result_is_moved_aside_and_the_stage_runs_again(tmp_path, write_study, capsys):
