@@ -1,7 +1,7 @@
 """Checks a plan before anything runs or is queued, so that a typo fails ``--dry-run`` on the login
 node, not a Slurm job hours later: every data config (the resolution the tokenizers need, the data
 root, its split folders and one readable image: nothing is listed in full; depth maps where a stand-in
-is pretrained on them; training batches no larger than the training split) and every model (built on the meta device, which runs its constructor's checks
+is pretrained on them; training batches no larger than the training split, in equal shards over their processes) and every model (built on the meta device, which runs its constructor's checks
 and its forward's shapes; benchmark/estimate.py)."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from benchmark.errors import ConfigError, Tok1dError
-from benchmark.study import Plan
+from benchmark.study import Cell, Plan
 
 if TYPE_CHECKING:
     from benchmark.model_counts import ModelCounts
@@ -54,36 +54,48 @@ def check_depth_data(config: dict[str, Any], where: str) -> None:
             )
 
 
-def check_batches(config: dict[str, Any], stages: dict[str, str], where: str) -> None:
-    """Each training stage's batch fits in the training split it samples (tokenizer training, its second
-    stage, the generator's training on the split's cached latents), where the split's size is known
-    without listing it (the procedural data, ``data.max_images``): the batch sampler would refuse it
-    only when the stage starts, after the stages before it ran."""
-    from benchmark.estimate import split_images
+def training_batches(config: dict[str, Any], stages: dict[str, str]) -> list[tuple[str, str, int]]:
+    """(stage kind, option, global batch) of a cell's training stages: tokenizer training, its second stage
+    and the generator's training on the training split's cached latents."""
+    finetune = (config["finetune"].get("train") or {}).get("batch_size", config["train"]["batch_size"])
+    batches = (
+        ("train_tokenizer", "train.batch_size", config["train"]["batch_size"]),
+        ("finetune_tokenizer", "finetune.train.batch_size", finetune),
+        ("train_generator", "generator_train.batch_size", config["generator_train"]["batch_size"]),
+    )
+    return [b for b in batches if b[0] in stages]
 
-    images = split_images(config["data"], "train")
-    if images is None:
-        return
-    batches = {
-        "train_tokenizer": ("train.batch_size", config["train"]["batch_size"]),
-        "finetune_tokenizer": (
-            "finetune.train.batch_size",
-            (config["finetune"].get("train") or {}).get("batch_size", config["train"]["batch_size"]),
-        ),
-        "train_generator": ("generator_train.batch_size", config["generator_train"]["batch_size"]),
-    }
-    for kind, (key, batch) in batches.items():
-        if kind in stages and batch > images:
+
+def check_batches(plan: Plan, cell: Cell, slurm: bool, where: str) -> None:
+    """Each training stage's global batch fits in the training split, where its size is known without
+    listing it (the procedural data, ``data.max_images``), and splits into equal shards over the
+    stage's data-parallel processes (``launcher``: nodes x tasks per node, on Slurm or here). The
+    batch sampler would refuse either only when the stage starts, after the stages before it ran (on
+    Slurm: once the job is scheduled)."""
+    from benchmark.estimate import split_images
+    from benchmark.executors import processes
+
+    images = split_images(cell.config["data"], "train")
+    for kind, key, batch in training_batches(cell.config, cell.stages):
+        if images is not None and batch > images:
             raise ConfigError(
                 f"{where}: {key} {batch} exceeds the {images} images of the training split "
-                f"(data.name: {config['data'].get('name')}); use a smaller batch or more training images"
+                f"(data.name: {cell.config['data'].get('name')}); use a smaller batch or more training images"
+            )
+        nodes, per_node = processes(plan.stages[cell.stages[kind]], cell.config["launcher"], slurm)
+        if batch % (nodes * per_node):
+            raise ConfigError(
+                f"{where}: {key} {batch} (the global batch) does not split into {nodes * per_node} equal "
+                f"shards, one per data-parallel process of {kind} ({nodes} node(s) x {per_node}); use a "
+                f"multiple of {nodes * per_node}"
             )
 
 
-def check_plan(plan: Plan, counts: ModelCounts | None = None) -> dict[str, Any]:
-    """Check the selected cells' data and models; returns the stages' cost estimates (stage hash ->
-    :class:`~benchmark.estimate.StageCost`), a by-product of building the models (a model ``counts``
-    knows, counted before with the same code, is not built again)."""
+def check_plan(plan: Plan, counts: ModelCounts | None = None, slurm: bool = False) -> dict[str, Any]:
+    """Check the selected cells' data, training batches (``slurm``: whether the stages run there) and
+    models; returns the stages' cost estimates (stage hash -> :class:`~benchmark.estimate.StageCost`), a
+    by-product of building the models (a model ``counts`` knows, counted before with the same code, is
+    not built again)."""
     from benchmark.estimate import estimate_plan
 
     seen: set[str] = set()
@@ -93,5 +105,5 @@ def check_plan(plan: Plan, counts: ModelCounts | None = None) -> dict[str, Any]:
             seen.add(key)
             check_data(cell.config["data"], f"{plan.path}: cell {cell.label}")
         check_depth_data(cell.config, f"{plan.path}: cell {cell.label}")
-        check_batches(cell.config, cell.stages, f"{plan.path}: cell {cell.label}")
+        check_batches(plan, cell, slurm, f"{plan.path}: cell {cell.label}")
     return estimate_plan(plan, counts)

@@ -70,14 +70,24 @@ def test_a_constructor_check_fails_the_dry_run(tmp_path, write_study, capsys):
     assert "tokenizer.patch_size 5 does not divide the image size 16" in one_line_error(capsys)
 
 
-def test_a_batch_larger_than_the_training_split_fails_the_dry_run(tmp_path, write_study, capsys):
-    """The batch sampler refuses a batch larger than the training split only when training starts; the
-    dry run (the procedural split's size is known without rendering it) refuses it first."""
+def test_a_batch_that_the_training_stage_would_refuse_fails_the_dry_run(tmp_path, write_study, capsys):
+    """The batch sampler refuses a batch larger than the training split, or one that does not split into
+    equal shards over the stage's data-parallel processes, only when training starts; the dry run (the
+    procedural split's size is known without rendering it) refuses both first."""
     study = write_study(MINI_STUDY)
     assert run_cli(study, tmp_path, "--dry-run", "data.train_size=64", "train.batch_size=65") == 2
     err = one_line_error(capsys)
     assert "mini.yaml: cell 4: train.batch_size 65 exceeds the 64 images of the training split" in err
     assert run_cli(study, tmp_path, "--dry-run", "data.train_size=64", "train.batch_size=64") == 0
+    capsys.readouterr()
+    assert (
+        run_cli(study, tmp_path, "--dry-run", "launcher.name=local", "launcher.tasks_per_node=3", "train.batch_size=8")
+        == 2
+    )
+    err = one_line_error(capsys)
+    assert (
+        "train.batch_size 8 (the global batch) does not split into 3 equal shards" in err and "train_tokenizer" in err
+    )
     assert not (tmp_path / "runs").exists()
 
 
