@@ -125,6 +125,11 @@ class FinetuneConfig:
     train: dict = field(default_factory=dict)
 
 
+def finetune_train(config: Mapping[str, Any]) -> dict[str, Any]:
+    """The training options of the second stage: ``train`` with ``finetune.train`` over it."""
+    return {**config["train"], **(config["finetune"].get("train") or {})}
+
+
 @dataclass
 class SampleConfig:
     """Generation for gFID: ``num_images`` samples with balanced class labels (image i has class

@@ -22,7 +22,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from benchmark.errors import ConfigError, DataError
-from benchmark.options import PositiveInt
+from benchmark.options import PositiveInt, check_value
 from benchmark.registry import DATASETS, register_dataset
 
 SPLITS = ("train", "eval")
@@ -52,11 +52,6 @@ PALETTES = {
 def _check_choice(key: str, value: str, choices: tuple[str, ...]) -> None:
     if value not in choices:
         raise ConfigError(f"{key}: '{value}' is not one of {', '.join(choices)}")
-
-
-def _check_positive(key: str, value: int | None) -> None:
-    if value is not None and value < 1:
-        raise ConfigError(f"{key}: must be at least 1, got {value}")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -207,8 +202,8 @@ class ProceduralShapes(Dataset):
                 f"data.num_classes: {num_classes} is outside 1..{len(PROCEDURAL_KINDS)} "
                 f"(kinds: {', '.join(PROCEDURAL_KINDS)})"
             )
-        _check_positive("data.train_size", train_size)
-        _check_positive("data.eval_size", eval_size)
+        check_value(train_size, PositiveInt | None, "data.train_size")
+        check_value(eval_size, PositiveInt | None, "data.eval_size")
         self.split, self.resolution, self.seed, self.subset = split, resolution, seed, subset
         self.num_classes = num_classes
         self.class_names = list(PROCEDURAL_KINDS[:num_classes])
@@ -381,8 +376,8 @@ class ImageFolderDataset(_ImageFiles):
         max_images: PositiveInt | None = None,
         on_bad_image: str = "error",
     ) -> None:
-        _check_positive("data.resolution", resolution)
-        _check_positive("data.max_images", max_images)
+        check_value(resolution, PositiveInt | None, "data.resolution")
+        check_value(max_images, PositiveInt | None, "data.max_images")
         layout = "root/<split_dir>/<class>/*.jpg"
         folder = _split_folder(_data_root(root, layout), split, train_dir, eval_dir)
         classes = sorted(p for p in folder.iterdir() if p.is_dir())
@@ -410,8 +405,8 @@ class ImageFolderDataset(_ImageFiles):
         on_bad_image: str = "error",
     ) -> None:
         """The split folder exists and its first class folder holds a readable image."""
-        _check_positive("data.resolution", resolution)
-        _check_positive("data.max_images", max_images)
+        check_value(resolution, PositiveInt | None, "data.resolution")
+        check_value(max_images, PositiveInt | None, "data.max_images")
         _check_choice("data.on_bad_image", on_bad_image, ("error", "skip"))
         folder = _split_folder(_data_root(root, "root/<split_dir>/<class>/*.jpg"), split, train_dir, eval_dir)
         _first_image((p for p in sorted(folder.iterdir()) if p.is_dir()), folder)
@@ -439,8 +434,8 @@ class BDD100K(_ImageFiles):
         on_bad_image: str = "error",
     ) -> None:
         _check_choice("data.subset", subset, SUBSETS)
-        _check_positive("data.resolution", resolution)
-        _check_positive("data.max_images", max_images)
+        check_value(resolution, PositiveInt | None, "data.resolution")
+        check_value(max_images, PositiveInt | None, "data.max_images")
         base = _data_root(root, "root/images/<split_dir>/*.jpg")
         folder = _split_folder(base / "images", split, train_dir, eval_dir)
         frames = list_images(folder)
@@ -471,7 +466,7 @@ class BDD100K(_ImageFiles):
     ) -> None:
         """The frame folder exists and holds a readable frame; subset ``day`` needs its labels file."""
         _check_choice("data.subset", subset, SUBSETS)
-        _check_positive("data.resolution", resolution)
+        check_value(resolution, PositiveInt | None, "data.resolution")
         _check_choice("data.on_bad_image", on_bad_image, ("error", "skip"))
         base = _data_root(root, "root/images/<split_dir>/*.jpg")
         folder = _split_folder(base / "images", split, train_dir, eval_dir)

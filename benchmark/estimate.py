@@ -16,6 +16,7 @@ import warnings
 from dataclasses import dataclass
 from typing import Any
 
+from benchmark.config import finetune_train
 from benchmark.errors import ConfigError, Tok1dError, WeightsError
 from benchmark.graph import PRETRAINED, encoder_at, is_released_generator
 from benchmark.model_counts import ModelCounts
@@ -183,7 +184,7 @@ def _estimate_cell(
         )
     if "finetune_tokenizer" in stages:
         tuned = {**config, "tokenizer": {**config["tokenizer"], **config["finetune"]["tokenizer"]}}
-        ft = {**train, **config["finetune"]["train"]}
+        ft = finetune_train(config)
         tok, _ = _tokenizer_costs(tuned, counts)  # the cell's final tokenizer: what is evaluated and decodes
         out[stages["finetune_tokenizer"]] = StageCost(
             tok["train_step_gflops"] * ft["steps"] * ft["batch_size"] / 1e6, "network only" if "note" in tok else ""

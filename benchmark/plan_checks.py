@@ -1,13 +1,14 @@
 """Checks a plan before anything runs or is queued, so that a typo fails ``--dry-run`` on the login
 node, not a Slurm job hours later: every data config (the resolution the tokenizers need, the data
 root, its split folders and one readable image: nothing is listed in full; depth maps where a stand-in
-is pretrained on them; training batches no larger than the training split, in equal shards over their processes) and every model (built on the meta device, which runs its constructor's checks
-and its forward's shapes; benchmark/estimate.py)."""
+is pretrained on them; training batches the batch sampler will take) and every model (built on the meta
+device, which runs its constructor's checks and its forward's shapes; benchmark/estimate.py)."""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from benchmark.config import finetune_train
 from benchmark.errors import ConfigError, Tok1dError
 from benchmark.study import Cell, Plan
 
@@ -57,38 +58,31 @@ def check_depth_data(config: dict[str, Any], where: str) -> None:
 def training_batches(config: dict[str, Any], stages: dict[str, str]) -> list[tuple[str, str, int]]:
     """(stage kind, option, global batch) of a cell's training stages: tokenizer training, its second stage
     and the generator's training on the training split's cached latents."""
-    finetune = (config["finetune"].get("train") or {}).get("batch_size", config["train"]["batch_size"])
     batches = (
         ("train_tokenizer", "train.batch_size", config["train"]["batch_size"]),
-        ("finetune_tokenizer", "finetune.train.batch_size", finetune),
+        ("finetune_tokenizer", "finetune.train.batch_size", finetune_train(config)["batch_size"]),
         ("train_generator", "generator_train.batch_size", config["generator_train"]["batch_size"]),
     )
     return [b for b in batches if b[0] in stages]
 
 
 def check_batches(plan: Plan, cell: Cell, slurm: bool, where: str) -> None:
-    """Each training stage's global batch fits in the training split, where its size is known without
-    listing it (the procedural data, ``data.max_images``), and splits into equal shards over the
-    stage's data-parallel processes (``launcher``: nodes x tasks per node, on Slurm or here). The
-    batch sampler would refuse either only when the stage starts, after the stages before it ran (on
-    Slurm: once the job is scheduled)."""
+    """Each training stage's global batch passes the batch sampler's check (:func:`benchmark.train.check_batch`)
+    against the training split, where its size is known without listing it (the procedural data,
+    ``data.max_images``), and the stage's data-parallel processes (nodes x tasks per node, on Slurm or
+    here). The sampler would refuse the batch only when the stage starts, after the stages before it ran
+    (on Slurm: once the job is scheduled)."""
     from benchmark.estimate import split_images
     from benchmark.executors import processes
+    from benchmark.train import check_batch
 
     images = split_images(cell.config["data"], "train")
     for kind, key, batch in training_batches(cell.config, cell.stages):
-        if images is not None and batch > images:
-            raise ConfigError(
-                f"{where}: {key} {batch} exceeds the {images} images of the training split "
-                f"(data.name: {cell.config['data'].get('name')}); use a smaller batch or more training images"
-            )
         nodes, per_node = processes(plan.stages[cell.stages[kind]], cell.config["launcher"], slurm)
-        if batch % (nodes * per_node):
-            raise ConfigError(
-                f"{where}: {key} {batch} (the global batch) does not split into {nodes * per_node} equal "
-                f"shards, one per data-parallel process of {kind} ({nodes} node(s) x {per_node}); use a "
-                f"multiple of {nodes * per_node}"
-            )
+        try:
+            check_batch(key, batch, images, nodes * per_node)
+        except ConfigError as exc:
+            raise ConfigError(f"{where}: {kind} on {nodes} node(s) x {per_node} process(es): {exc}") from None
 
 
 def check_plan(plan: Plan, counts: ModelCounts | None = None, slurm: bool = False) -> dict[str, Any]:

@@ -84,9 +84,8 @@ def main(argv: list[str] | None = None) -> int:
         from benchmark.model_counts import ModelCounts
         from benchmark.plan_checks import check_plan
 
-        costs = check_plan(
-            plan, ModelCounts.default(), slurm
-        )  # data, batches and models, before anything runs or is queued
+        # data, training batches and models, before anything runs or is queued
+        costs = check_plan(plan, ModelCounts.default(), slurm)
         if args.dry_run:
             from benchmark.status import print_plan
 

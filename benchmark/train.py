@@ -58,6 +58,22 @@ class Preempted(Exception):
         self.step = step
 
 
+def check_batch(key: str, batch_size: int, images: int | None, world: int) -> None:
+    """A global batch (option ``key``) the batch sampler can draw: no larger than the training set (of
+    ``images``; None: unknown) and in ``world`` equal shards, one per data-parallel process. Checked when
+    a training stage starts and, before anything runs, by the dry run (benchmark/plan_checks.py)."""
+    if images is not None and batch_size > images:
+        raise ConfigError(
+            f"{key} {batch_size} exceeds the training set's {images} images; use a smaller batch or more "
+            "training images"
+        )
+    if batch_size % world:
+        raise ConfigError(
+            f"{key} {batch_size} (the global batch) does not split into {world} equal shards, one per "
+            f"data-parallel process; use a multiple of {world}"
+        )
+
+
 class StepBatchSampler(Sampler[list[int]]):
     """Batches for steps ``start..total-1``; the batch of step s depends only on (seed, s).
 
@@ -69,13 +85,7 @@ class StepBatchSampler(Sampler[list[int]]):
     def __init__(
         self, size: int, batch_size: int, seed: int, start: int, total: int, rank: int = 0, world: int = 1
     ) -> None:
-        if batch_size > size:
-            raise ConfigError(f"train.batch_size {batch_size} exceeds the training set's {size} images")
-        if batch_size % world:
-            raise ConfigError(
-                f"train.batch_size {batch_size} (the global batch) does not split into {world} "
-                f"equal shards, one per process; use a multiple of {world}"
-            )
+        check_batch("train.batch_size", batch_size, size, world)
         self.size, self.batch_size, self.seed = size, batch_size, seed
         self.start, self.total = start, total
         self.per_epoch = size // batch_size

@@ -77,7 +77,10 @@ def test_a_batch_that_the_training_stage_would_refuse_fails_the_dry_run(tmp_path
     study = write_study(MINI_STUDY)
     assert run_cli(study, tmp_path, "--dry-run", "data.train_size=64", "train.batch_size=65") == 2
     err = one_line_error(capsys)
-    assert "mini.yaml: cell 4: train.batch_size 65 exceeds the 64 images of the training split" in err
+    assert (
+        "mini.yaml: cell 4: train_tokenizer" in err
+        and "train.batch_size 65 exceeds the training set's 64 images" in err
+    )
     assert run_cli(study, tmp_path, "--dry-run", "data.train_size=64", "train.batch_size=64") == 0
     capsys.readouterr()
     assert (
