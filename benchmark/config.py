@@ -130,6 +130,11 @@ def finetune_train(config: Mapping[str, Any]) -> dict[str, Any]:
     return {**config["train"], **(config["finetune"].get("train") or {})}
 
 
+def latent_2d_loop(config: Mapping[str, Any]) -> TrainConfig:
+    """The training options of the ``train_latent_2d`` stage (SelfBootTok's OT target): ``tokenizer.latent_2d.train``."""
+    return TrainConfig(**config["tokenizer"]["latent_2d"]["train"])
+
+
 @dataclass
 class SampleConfig:
     """Generation for gFID: ``num_images`` samples with balanced class labels (image i has class

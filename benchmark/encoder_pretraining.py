@@ -45,16 +45,29 @@ if TYPE_CHECKING:
 WEIGHTS_FOLDER = "encoder"  # the stage's output: the pretrained stand-in in its library's layout
 
 
+def _pretraining(spec: Mapping[str, Any], where: str) -> tuple[Any, str, dict[str, Any], dict[str, Any]]:
+    """The encoder entry ``spec`` names (nothing built) and its ``pretrain``'s objective name, training-loop
+    options and objective options, checked."""
+    from benchmark.encoders import build_encoder
+
+    entry = build_encoder({k: v for k, v in spec.items() if k != "weights"}, where=where)
+    return entry, *split_options(spec["pretrain"], entry.pretrain_objective, f"{where}.pretrain")
+
+
+def pretrain_loop(spec: Mapping[str, Any], where: str) -> TrainConfig:
+    """The training-loop options of the pretraining of the encoder ``spec`` at ``where``: its objective's
+    recipe under the options given (nothing built; the dry run checks its batch)."""
+    _, name, train, _ = _pretraining(spec, where)
+    return train_config(name, train)
+
+
 def build_objective(
     spec: Mapping[str, Any], where: str = "tokenizer.encoder", class_names: Sequence[str] = ()
 ) -> tuple[Objective, TrainConfig]:
     """The objective around a fresh random-weight stand-in of the encoder ``spec`` names (the mapping at
     ``where``, with ``stand_in`` and ``pretrain``), and its training-loop options. ``class_names``: the
     training split's, the captions of an image-text objective (SigLIP's, CLIP's)."""
-    from benchmark.encoders import build_encoder
-
-    entry = build_encoder({k: v for k, v in spec.items() if k != "weights"}, where=where)
-    name, train, options = split_options(spec["pretrain"], entry.pretrain_objective, f"{where}.pretrain")
+    entry, name, train, options = _pretraining(spec, where)
     objective = OBJECTIVES[name]
     harness = {  # what an objective's constructor may take besides its options, made only when it does
         "class_names": lambda: class_names,  # the captions of an image-text objective

@@ -169,12 +169,12 @@ def _estimate_cell(
             out[stages[kind]] = StageCost(cost["train_pflops"])
     if "train_latent_2d" in stages:  # SelfBootTok's OT target, trained first
         from benchmark.checkpoints import latent_2d_tokenizer
-        from benchmark.config import TrainConfig
+        from benchmark.config import latent_2d_loop
         from benchmark.cost import training_pflops
 
         ot_target = config["tokenizer"]["latent_2d"]
         target, _ = _tokenizer_costs({"tokenizer": latent_2d_tokenizer(ot_target), "data": data}, counts)
-        loop = TrainConfig(**ot_target["train"])
+        loop = latent_2d_loop(config)
         out[stages["train_latent_2d"]] = StageCost(training_pflops(target, loop.steps, loop.batch_size))
     if "train_tokenizer" in stages and config["tokenizer"]["name"] == "released":
         out[stages["train_tokenizer"]] = StageCost(0.0, "installed from its release, not trained")

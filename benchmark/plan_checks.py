@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from benchmark.config import finetune_train
+from benchmark.config import finetune_train, latent_2d_loop
 from benchmark.errors import ConfigError, Tok1dError
 from benchmark.study import Cell, Plan
 
@@ -56,14 +56,27 @@ def check_depth_data(config: dict[str, Any], where: str) -> None:
 
 
 def training_batches(config: dict[str, Any], stages: dict[str, str]) -> list[tuple[str, str, int]]:
-    """(stage kind, option, global batch) of a cell's training stages: tokenizer training, its second stage
-    and the generator's training on the training split's cached latents."""
-    batches = (
-        ("train_tokenizer", "train.batch_size", config["train"]["batch_size"]),
-        ("finetune_tokenizer", "finetune.train.batch_size", finetune_train(config)["batch_size"]),
-        ("train_generator", "generator_train.batch_size", config["generator_train"]["batch_size"]),
-    )
-    return [b for b in batches if b[0] in stages]
+    """(stage kind, option, global batch) of a cell's training stages: the pretraining of its stand-in
+    encoders and teachers, the training of its OT target, tokenizer training, its second stage and the
+    generator's training on the training split's cached latents."""
+    from benchmark.encoder_pretraining import pretrain_loop
+    from benchmark.graph import LATENT_2D, PRETRAINED, encoder_at
+
+    batches = [
+        (
+            kind,
+            f"{path}.pretrain.batch_size",
+            lambda path=path: pretrain_loop(encoder_at(config, path), path).batch_size,
+        )
+        for path, kind in PRETRAINED.items()
+    ]
+    batches += [
+        ("train_latent_2d", f"{LATENT_2D}.train.batch_size", lambda: latent_2d_loop(config).batch_size),
+        ("train_tokenizer", "train.batch_size", lambda: config["train"]["batch_size"]),
+        ("finetune_tokenizer", "finetune.train.batch_size", lambda: finetune_train(config)["batch_size"]),
+        ("train_generator", "generator_train.batch_size", lambda: config["generator_train"]["batch_size"]),
+    ]
+    return [(kind, key, batch()) for kind, key, batch in batches if kind in stages]
 
 
 def check_batches(plan: Plan, cell: Cell, slurm: bool, where: str) -> None:

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import MINI_STUDY, run_cli
+from conftest import MINI_STUDY, REPO, run_cli
 from PIL import Image
 
 from benchmark import evaluate
@@ -91,6 +91,26 @@ def test_a_batch_that_the_training_stage_would_refuse_fails_the_dry_run(tmp_path
     assert (
         "train.batch_size 8 (the global batch) does not split into 3 equal shards" in err and "train_tokenizer" in err
     )
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize(
+    ("option", "stage"),
+    [
+        ("generator.repa_teacher.pretrain.batch_size", "pretrain_repa_teacher"),
+        ("tokenizer.latent_2d.train.batch_size", "train_latent_2d"),
+    ],
+)
+def test_a_prerequisite_stage_batch_larger_than_the_split_fails_the_dry_run(tmp_path, capsys, option, stage):
+    """The stages before the tokenizer's (a teacher's pretraining, the OT target's training) go through
+    the same batch sampler, so the dry run checks their batches too (paper Fig. 6 at repro: 1024 images)."""
+    from benchmark.run import main
+
+    study = REPO / "studies" / "paper_fig6_scaling.yaml"
+    args = [str(study), "--profile", "repro", "--runs", str(tmp_path / "runs"), "--dry-run"]
+    assert main([*args, f"{option}=1025"]) == 2
+    err = one_line_error(capsys)
+    assert f"{stage} on 1 node(s)" in err and f"{option} 1025 exceeds the training set's 1024 images" in err
     assert not (tmp_path / "runs").exists()
 
 

@@ -309,6 +309,36 @@ def test_stage2_trains_only_the_local2d_aligner():
         assert model.decode(tokens).shape == x.shape
 
 
+@pytest.mark.parametrize("shared_codebook", [False, True])
+def test_stage2_all_but_encoder_trains_what_reads_the_global_tokens_and_keeps_them(shared_codebook):
+    """Sec. 4.1's reading of stage 2: the decoder, the local branches and their codebooks train; the
+    encoder and the codebook of Z_G (the shared one, when there is one) do not, so Z_G is stage 1's."""
+    stage1 = tiny(shared_codebook=shared_codebook)
+    state = {k: v.clone() for k, v in stage1.state_dict().items()}
+    x = images(2, seed=9)
+    with torch.no_grad():
+        tokens = stage1.encode(x)
+    model = tiny(stage=2, local2d_size="10M", stage2_train="all_but_encoder", shared_codebook=shared_codebook)
+    model.load_stage1(state)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    frozen_prefixes = ("encoder.", "quantizers.global.", "quantizers.shared.", "projector_global.")
+    assert not any(n.startswith(frozen_prefixes) for n in trainable)
+    for prefix in ("local2d.", "local1d.", "decoder."):
+        assert any(n.startswith(prefix) for n in trainable), prefix
+    assert any(n.startswith("quantizers.local") for n in trainable) != shared_codebook
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+    for step in range(2):
+        optimizer.zero_grad(set_to_none=True)
+        sum(model(images(4, seed=step)).losses.values()).backward()
+        optimizer.step()
+    for name, p in model.named_parameters():
+        if name.startswith(frozen_prefixes):
+            assert torch.equal(p.detach(), state[name]), name
+    assert not torch.equal(model.decoder.head.weight.detach(), state["decoder.head.weight"])
+    with torch.no_grad():
+        assert torch.equal(model.encode(x), tokens)
+
+
 @pytest.mark.parametrize("form", ["autoregressive", "queries"])
 @pytest.mark.parametrize("preset", ["10M", "100M", "200M", "400M", "600M"])
 def test_local2d_presets_have_their_parameter_count(preset: str, form: str):
@@ -453,6 +483,7 @@ def test_smoke_training_lowers_the_reconstruction_loss():
         ({"num_local_tokens": 8}, "tokenizer.num_local_tokens"),
         ({"stage": 3}, "tokenizer.stage"),
         ({"stage": 2, "branches": "G+L1"}, "tokenizer.stage"),
+        ({"stage2_train": "decoder"}, "tokenizer.stage2_train"),
         ({"align_global": {"init": "none"}}, "tokenizer.align_global.init"),
         ({"latent_2d": {"tokenizer": "vqgann"}}, "tokenizer.latent_2d.tokenizer"),
         ({"latent_2d": {"tokenizer": "vqgan", "no_such_option": 1}}, "tokenizer.latent_2d.no_such_option"),

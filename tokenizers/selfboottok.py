@@ -21,8 +21,9 @@ the OT term come from the encoder of a frozen, registered 2D tokenizer (``latent
 width C differs from the token width, a learned linear map takes z_L2 to C before the cost.
 
 Two-stage local scaling (Sec. 3.4): stage 1 trains everything with a small local 2D aligner; stage 2
-loads the stage-1 weights (:meth:`SelfBootTok.load_stage1`), enlarges the aligner and trains only it
-(:meth:`SelfBootTok.freeze_for_stage2`), so the generator trained on stage-1 global tokens is reused.
+loads the stage-1 weights (:meth:`SelfBootTok.load_stage1`), enlarges the aligner and trains it alone
+(Sec. 3.4) or with everything else downstream of Z_G (Sec. 4.1; :meth:`SelfBootTok.freeze_for_stage2`),
+so the generator trained on stage-1 global tokens is reused.
 
 The paper gives no values for the loss weights, the fusion coefficients or the KL weight; the
 defaults below are this implementation's choices (every alignment term weighted 1, KL 1e-4).
@@ -72,6 +73,9 @@ LOCAL_ALIGN_TOKENS = {"l1": "local1d", "l2": "local2d"}
 # size, so that a scaling curve keeps all five points at CPU scale. It keeps the paper's parameter ratios
 # (1 : 10 : 20 : 40 : 60, measured at 16 tokens of width 8: 27k, 0.25M, 0.57M, 1.0M, 1.6M parameters) and
 # its shape: width grows up to the 400M aligner, then the 600M one is deeper at the same width.
+# What stage 2 trains (Sec. 3.4 / Sec. 4.1): the enlarged aligner alone, or all that reads Z_G.
+STAGE2_TRAIN = ("aligner", "all_but_encoder")
+
 LOCAL2D_SIZES: dict[str, tuple[int, int, int]] = {
     "tiny": (64, 2, 4),
     "10M": (320, 8, 5),
@@ -442,6 +446,7 @@ class SelfBootTok(Tokenizer):
         ot_weight: NonNegativeFloat = 1.0,
         ot_epsilon: PositiveFloat = 0.05,
         stage: int = 1,
+        stage2_train: str = "aligner",
         encoder: EncoderOptions | None = None,
     ) -> None:
         """Options (paper symbols in brackets):
@@ -475,7 +480,11 @@ class SelfBootTok(Tokenizer):
         cell's data first by the ``train_latent_2d`` stage (the forward refuses to align to it before that
         stage gave its checkpoint); ``ot_epsilon``: Sinkhorn's entropic regularisation, relative to the mean cost.
         An alignment term whose tokens are absent under ``branches`` is off (so one base config serves
-        every Table 3 row). ``stage``: 1, or 2 to train only the local 2D aligner (Sec. 3.4).
+        every Table 3 row). ``stage``: 1, or 2 for the two-stage local scaling; ``stage2_train``: what
+        stage 2 trains, "aligner" (Sec. 3.4: "fine-tune it while freezing the remaining components") or
+        "all_but_encoder" (Sec. 4.1: "train the tokenizer pipeline ... keeping the ViT encoder frozen":
+        everything downstream of Z_G, with the encoder and the codebook of Z_G frozen). Either keeps the
+        global tokens, so the generator trained on stage 1's serves every aligner size.
         ``encoder``: a pretrained initialisation of the ViT encoder, copied in by the train stage.
         """
         super().__init__()
@@ -498,6 +507,10 @@ class SelfBootTok(Tokenizer):
             raise ConfigError(f"tokenizer.local_align_tokens: '{local_align_tokens}' is not l1 or l2")
         if stage not in (1, 2):
             raise ConfigError(f"tokenizer.stage: {stage} is not 1 or 2")
+        if stage2_train not in STAGE2_TRAIN:
+            raise ConfigError(
+                f"tokenizer.stage2_train: unknown choice '{stage2_train}'; choose from {', '.join(STAGE2_TRAIN)}"
+            )
         if codebook_size < 2:
             raise ConfigError(f"tokenizer.codebook_size: {codebook_size} codes; soft VQ needs at least 2")
         if tau <= 0:
@@ -625,7 +638,7 @@ class SelfBootTok(Tokenizer):
         )
         self.encoder_init = encoder
         self.token_spec = TokenSpec("continuous", (num_latent_tokens,), dim=token_size)
-        self.stage = stage
+        self.stage, self.stage2_train = stage, stage2_train
         if stage == 2:
             self.freeze_for_stage2()
 
@@ -735,12 +748,20 @@ class SelfBootTok(Tokenizer):
         return sorted((set(own) | set(state_dict)) - set(take))
 
     def freeze_for_stage2(self) -> None:
-        """Stage 2: gradients off everywhere except the local 2D aligner (encoder, codebooks, local 1D
-        MLP, decoder, projectors stay as stage 1 left them). The adversary's discriminator keeps
-        training: it is driven by its own optimiser and must keep up with the improving decoder output."""
+        """Stage 2: gradients off for what makes Z_G (encoder, the codebook of Z_G and its projector) and,
+        with ``stage2_train: aligner``, everything else but the local 2D aligner too (the local 1D MLP,
+        the local codebooks, the decoder and the projectors stay as stage 1 left them). The adversary's
+        discriminator keeps training: it is driven by its own optimiser and must keep up with the
+        improving decoder output."""
         if self.local2d is None:
             raise ConfigError("tokenizer.stage: stage 2 scales the local 2D aligner; it needs branches G+L1+L2")
         self.requires_grad_(False)
-        self.local2d.requires_grad_(True)
+        trained: list[nn.Module | None] = [self.local2d]
+        if self.stage2_train == "all_but_encoder":
+            locals_ = [q for g, q in self.quantizers.items() if g not in ("global", "shared")]
+            trained += [self.local1d, self.local1d_fuse, self.decoder, self.projector_local, self.ot_proj, *locals_]
+        for module in trained:
+            if module is not None:
+                module.requires_grad_(True)
         if self.adversary is not None:
             self.adversary.requires_grad_(True)
