@@ -521,6 +521,18 @@ def check_dataset(data_cfg: Mapping[str, Any], split: str) -> None:
         check(split, **cfg)
 
 
+def split_images(data: dict[str, Any], split: str, limit: int | None = None) -> int | None:
+    """How many images a split holds, when that is known without reading the data (procedural data,
+    ``max_images``, an evaluation limit); None otherwise."""
+    if limit is not None:
+        return limit
+    if data.get("max_images") is not None:
+        return int(data["max_images"])
+    if data.get("name") == "procedural":
+        return len(ProceduralShapes(split, **{k: v for k, v in data.items() if k != "name"}))
+    return None
+
+
 def _first_image(folders: Iterator[Path], where: Path) -> None:
     """The first image file found in ``folders`` decodes (a DataError names it otherwise)."""
     for folder in folders:

@@ -41,20 +41,6 @@ class StageCost:
         return f"~{self.gpu_hours:.3g} GPU-h ({self.pflops:.3g} PFLOP{'; ' + self.note if self.note else ''})"
 
 
-def split_images(data: dict[str, Any], split: str, limit: int | None = None) -> int | None:
-    """How many images a split holds, when that is known without reading the data (procedural data,
-    ``max_images``, an evaluation limit); None otherwise."""
-    if limit is not None:
-        return limit
-    if data.get("max_images") is not None:
-        return int(data["max_images"])
-    if data.get("name") == "procedural":
-        from benchmark.data import ProceduralShapes
-
-        return len(ProceduralShapes(split, **{k: v for k, v in data.items() if k != "name"}))
-    return None
-
-
 def needs_values(exc: BaseException) -> bool:
     """Whether a meta-device failure comes from an op that needs real values (``.item()``, a data-
     dependent branch), not from shapes that do not fit."""
@@ -189,6 +175,8 @@ def _estimate_cell(
         out[stages["finetune_tokenizer"]] = StageCost(
             tok["train_step_gflops"] * ft["steps"] * ft["batch_size"] / 1e6, "network only" if "note" in tok else ""
         )
+    from benchmark.data import split_images
+
     per_image = tok["encode_gflops"] + tok["decode_gflops"]
     if "evaluate_tokenizer" in stages:
         n = split_images(data, "eval", config["eval"].get("num_images"))

@@ -63,20 +63,19 @@ def training_batches(config: dict[str, Any], stages: dict[str, str]) -> list[tup
     from benchmark.graph import LATENT_2D, PRETRAINED, encoder_at
 
     batches = [
-        (
-            kind,
-            f"{path}.pretrain.batch_size",
-            lambda path=path: pretrain_loop(encoder_at(config, path), path).batch_size,
-        )
+        (kind, f"{path}.pretrain.batch_size", pretrain_loop(encoder_at(config, path), path).batch_size)
         for path, kind in PRETRAINED.items()
+        if kind in stages
     ]
-    batches += [
-        ("train_latent_2d", f"{LATENT_2D}.train.batch_size", lambda: latent_2d_loop(config).batch_size),
-        ("train_tokenizer", "train.batch_size", lambda: config["train"]["batch_size"]),
-        ("finetune_tokenizer", "finetune.train.batch_size", lambda: finetune_train(config)["batch_size"]),
-        ("train_generator", "generator_train.batch_size", lambda: config["generator_train"]["batch_size"]),
-    ]
-    return [(kind, key, batch()) for kind, key, batch in batches if kind in stages]
+    if "train_latent_2d" in stages:
+        batches.append(("train_latent_2d", f"{LATENT_2D}.train.batch_size", latent_2d_loop(config).batch_size))
+    if "train_tokenizer" in stages:
+        batches.append(("train_tokenizer", "train.batch_size", config["train"]["batch_size"]))
+    if "finetune_tokenizer" in stages:
+        batches.append(("finetune_tokenizer", "finetune.train.batch_size", finetune_train(config)["batch_size"]))
+    if "train_generator" in stages:
+        batches.append(("train_generator", "generator_train.batch_size", config["generator_train"]["batch_size"]))
+    return batches
 
 
 def check_batches(plan: Plan, cell: Cell, slurm: bool, where: str) -> None:
@@ -85,7 +84,7 @@ def check_batches(plan: Plan, cell: Cell, slurm: bool, where: str) -> None:
     ``data.max_images``), and the stage's data-parallel processes (nodes x tasks per node, on Slurm or
     here). The sampler would refuse the batch only when the stage starts, after the stages before it ran
     (on Slurm: once the job is scheduled)."""
-    from benchmark.estimate import split_images
+    from benchmark.data import split_images
     from benchmark.executors import processes
     from benchmark.train import check_batch
 

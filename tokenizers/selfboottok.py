@@ -65,6 +65,8 @@ BRANCHES: dict[str, tuple[str, ...]] = {
 FUSIONS = ("soft_residual", "concat")
 LOCAL2D_FORMS = ("autoregressive", "queries")
 LOCAL_ALIGN_TOKENS = {"l1": "local1d", "l2": "local2d"}
+# What stage 2 trains (Sec. 3.4 / Sec. 4.1): the enlarged aligner alone, or all that reads Z_G.
+STAGE2_TRAIN = ("aligner", "all_but_encoder")
 
 # (width, depth, heads) of the local 2D aligner, named by its parameter count at the paper's
 # K_g = N_l = 64 tokens of width 32 (Sec. 3.4 / Fig. 6 scales it from 10M to 600M); "tiny" is smoke scale.
@@ -73,9 +75,6 @@ LOCAL_ALIGN_TOKENS = {"l1": "local1d", "l2": "local2d"}
 # size, so that a scaling curve keeps all five points at CPU scale. It keeps the paper's parameter ratios
 # (1 : 10 : 20 : 40 : 60, measured at 16 tokens of width 8: 27k, 0.25M, 0.57M, 1.0M, 1.6M parameters) and
 # its shape: width grows up to the 400M aligner, then the 600M one is deeper at the same width.
-# What stage 2 trains (Sec. 3.4 / Sec. 4.1): the enlarged aligner alone, or all that reads Z_G.
-STAGE2_TRAIN = ("aligner", "all_but_encoder")
-
 LOCAL2D_SIZES: dict[str, tuple[int, int, int]] = {
     "tiny": (64, 2, 4),
     "10M": (320, 8, 5),
