@@ -309,6 +309,39 @@ def test_stage2_trains_only_the_local2d_aligner():
         assert model.decode(tokens).shape == x.shape
 
 
+TEACHERS = {"align_global": DINOV2, "align_local": IJEPA, "latent_2d": VQGAN}
+
+
+@pytest.mark.parametrize("stage2_train", ["aligner", "all_but_encoder"])
+def test_stage2_runs_the_trainer_step_with_its_gan_term_and_only_the_terms_that_train(stage2_train):
+    """Stage 2 with the discriminator active: the adaptive GAN weight is measured at the last trained layer
+    (the aligner's output when the decoder is frozen; before, autograd failed on the frozen decoder head),
+    and the REPA terms whose inputs are all frozen are constants, left out with their teachers."""
+    from benchmark.tokenizer_stages import tokenizer_step
+
+    options = {**TEACHERS, "adversarial": {"kind": "stylegan", "start": 0, "width": 8}}
+    model = tiny(stage=2, stage2_train=stage2_train, **options)
+    trained_head = model.local2d.head if stage2_train == "aligner" else model.decoder.head
+    assert model.last_layer() is trained_head.weight
+    assert tiny(**options).last_layer() is not None and tiny(**options).last_layer().requires_grad
+    losses, pair = tokenizer_step(model)((images(4, seed=1),), 0)
+    assert pair is not None and losses["adversarial"].requires_grad
+    assert "repa_global" not in losses  # the encoder and the global projector are frozen
+    assert ("repa_local" in losses) == (stage2_train == "all_but_encoder")  # L1 and its projector train or not
+    assert "ot" in losses and "recon" in losses
+    sum(losses.values()).backward()
+    assert trained_head.weight.grad is not None and trained_head.weight.grad.abs().sum() > 0
+    assert all(p.grad is None for p in model.encoder.parameters())
+    assert {"repa_global", "repa_local", "ot"} <= tiny(**TEACHERS)(images(2)).losses.keys()  # stage 1: all
+    assert "repa_global" not in tiny(**TEACHERS, repa_global_weight=0.0)(images(2)).losses  # weight 0
+
+
+def test_stage2_refuses_a_stage1_checkpoint_that_differs_beyond_the_aligner():
+    state = tiny().state_dict()  # z_L1 of width 2 d = 16
+    with pytest.raises(WeightsError, match=r"beyond its local 2D aligner: .*'local1d\.2\.weight'"):
+        tiny(stage=2, local2d_size="10M", local1d_dim=24).load_stage1(state)
+
+
 @pytest.mark.parametrize("shared_codebook", [False, True])
 def test_stage2_all_but_encoder_trains_what_reads_the_global_tokens_and_keeps_them(shared_codebook):
     """Sec. 4.1's reading of stage 2: the decoder, the local branches and their codebooks train; the

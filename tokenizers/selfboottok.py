@@ -129,6 +129,11 @@ class CrossAttentionBlock(Block):
         return x + self.mlp(self.norm2(x))
 
 
+def trains(*modules: nn.Module | None) -> bool:
+    """Whether any parameter of ``modules`` takes gradients: a loss term reading only frozen ones is a constant."""
+    return any(p.requires_grad for m in modules if m is not None for p in m.parameters())
+
+
 # ---------------------------------------------------------------------------------------------
 # The local 2D aligner (Eq. 9) and the decoder (Eq. 10)
 
@@ -150,14 +155,16 @@ def cached_block(
     keys / values of the m tokens before them (``cache``, each (B, heads, m, W / heads)) and to their
     own; ``mask``: SDPA's boolean (n, m + n) mask, None: every key. Returns the block's output and the
     cache with the new keys / values appended: one step of KV-cached decoding."""
+    if block.post_norm:
+        raise ValueError("KV-cached decoding is written for pre-norm blocks")
     attn = block.attn
     b, n, d = x.shape
     q, k, v = attn.qkv(block.norm1(x)).view(b, n, 3, attn.num_heads, d // attn.num_heads).permute(2, 0, 3, 1, 4)
     if cache is not None:
         k, v = torch.cat([cache[0], k], dim=2), torch.cat([cache[1], v], dim=2)
     y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-    x = x + attn.proj(y.transpose(1, 2).reshape(b, n, d))
-    return x + block.mlp(block.norm2(x)), (k, v)
+    x = x + block.ls1(attn.proj(y.transpose(1, 2).reshape(b, n, d)))
+    return x + block.ls2(block.mlp(block.norm2(x))), (k, v)
 
 
 class Local2DAligner(nn.Module):
@@ -637,7 +644,7 @@ class SelfBootTok(Tokenizer):
         )
         self.encoder_init = encoder
         self.token_spec = TokenSpec("continuous", (num_latent_tokens,), dim=token_size)
-        self.stage, self.stage2_train = stage, stage2_train
+        self.stage2_train = stage2_train
         if stage == 2:
             self.freeze_for_stage2()
 
@@ -657,7 +664,11 @@ class SelfBootTok(Tokenizer):
         return (z, *self.quantize("global", z))
 
     def local_tokens(self, zq_global: Tensor) -> tuple[dict[str, Tensor], dict[str, Tensor], dict[str, Tensor]]:
-        """Eq. 8-9 then Eq. 2-3: the local tokens bootstrapped from Z_G, as (z, Z, q) per local group."""
+        """Eq. 8-9 then Eq. 2-3: the local tokens bootstrapped from Z_G, as (z, Z, q) per local group.
+
+        The MLP and the aligner read the soft-quantised Z_G where the paper writes z_G ("z_L1 = MLP(z_G)"):
+        decoding has only Z_G (what the generator models and :meth:`decode` receives), so training
+        bootstraps the locals from the same input that inference gives them."""
         z: dict[str, Tensor] = {}
         if self.local1d is not None:
             z["local1d"] = self.local1d(zq_global)
@@ -699,7 +710,11 @@ class SelfBootTok(Tokenizer):
         return {g: self.quantize_module(g).codebook_size for g in self.groups}
 
     def last_layer(self) -> Tensor:
-        return self.decoder.head.weight
+        """Where the adaptive GAN weight compares the two losses' gradients: the decoder's output layer, or,
+        in a stage 2 that freezes the decoder (``stage2_train: aligner``), the output layer of the local 2D
+        aligner, the last trained layer both losses still reach (through the frozen decoder)."""
+        head = self.decoder.head.weight
+        return head if head.requires_grad else self.local2d.head.weight
 
     # -- training ---------------------------------------------------------------------------------
 
@@ -713,16 +728,27 @@ class SelfBootTok(Tokenizer):
         if self.kl_weight > 0:
             probs = [q_global, *q_local.values()]
             losses["kl"] = self.kl_weight * sum(kl_to_uniform(p) for p in probs)
-        if self.teacher_global is not None:  # Eq. 6
+        # A term whose inputs are all frozen (stage 2) or whose weight is 0 is a constant: its teacher is not run.
+        if (
+            self.teacher_global is not None
+            and self.repa_global_weight > 0
+            and trains(self.encoder, self.projector_global)
+        ):
+            # Eq. 6
             sim = patchwise_similarity_loss(
                 self.projector_global(z_global), self.teacher_global.teacher_features(images)
             )
             losses["repa_global"] = self.align_weight * self.repa_global_weight * sim
-        if self.teacher_local is not None:  # Eq. 7
+        local_source = self.local1d if self.local_align_group == "local1d" else self.local2d
+        if (
+            self.teacher_local is not None
+            and self.repa_local_weight > 0
+            and trains(self.encoder, self.quantize_module("global"), local_source, self.projector_local)
+        ):  # Eq. 7
             tokens = z_local[self.local_align_group]
             sim = patchwise_similarity_loss(self.projector_local(tokens), self.teacher_local.teacher_features(images))
             losses["repa_local"] = self.align_weight * self.repa_local_weight * sim
-        if self.latent_2d is not None:  # Eq. 12-13
+        if self.latent_2d is not None and self.ot_weight > 0:  # Eq. 12-13
             if self.ot_target_pending and images.device.type != "meta":  # meta: plan-time shapes and costs
                 raise ConfigError(
                     "tokenizer.latent_2d.train: the OT target's training (a train_latent_2d stage) has not "
@@ -737,17 +763,26 @@ class SelfBootTok(Tokenizer):
     # -- two-stage local scaling (Sec. 3.4) -------------------------------------------------------
 
     def load_stage1(self, state_dict: Mapping[str, Tensor]) -> list[str]:
-        """Copy every tensor of a stage-1 checkpoint whose key and shape match this model's (all but a
-        resized local 2D aligner). Returns the keys not copied, sorted: this model's keys that keep
-        their initialisation and the checkpoint's keys that found no place (e.g. blocks of a deeper
-        stage-1 aligner)."""
+        """Copy every tensor of a stage-1 checkpoint whose key and shape match this model's: all of them but
+        a resized local 2D aligner's (and a discriminator's that only one side has). Returns the keys not
+        copied, sorted: this model's keys that keep their initialisation and the checkpoint's keys that
+        found no place (e.g. blocks of a deeper stage-1 aligner). Any other key that does not fit (a
+        finetune that changed ``fusion``, ``num_local_tokens``, ...) is an error, not a fresh module."""
         own = self.state_dict()
         take = {k: v for k, v in state_dict.items() if k in own and own[k].shape == v.shape}
+        skipped = sorted((set(own) | set(state_dict)) - set(take))
+        misfits = [k for k in skipped if not k.startswith(("local2d.", "adversary."))]
+        if misfits:
+            raise WeightsError(
+                f"the stage-1 checkpoint does not fit this tokenizer beyond its local 2D aligner: {misfits[:4]}",
+                "stage 2 may change only tokenizer.local2d_size (and stage, stage2_train) of stage 1's tokenizer",
+            )
         self.load_state_dict(take, strict=False)
-        return sorted((set(own) | set(state_dict)) - set(take))
+        return skipped
 
     def freeze_for_stage2(self) -> None:
-        """Stage 2: gradients off for what makes Z_G (encoder, the codebook of Z_G and its projector) and,
+        """Stage 2: gradients off for what makes Z_G (the encoder and the codebook of Z_G), for the global
+        REPA projector and,
         with ``stage2_train: aligner``, everything else but the local 2D aligner too (the local 1D MLP,
         the local codebooks, the decoder and the projectors stay as stage 1 left them). The adversary's
         discriminator keeps training: it is driven by its own optimiser and must keep up with the

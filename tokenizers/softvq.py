@@ -189,7 +189,7 @@ class SoftVQVAE(Tokenizer):
         """The soft-quantised tokens Z and the most probable code of each token, argmax_k q(k|z):
         {"codes": (B, K)}. With G codebooks the ids index their concatenation (group g's code k is
         g * codebook_size + k), so usage statistics never merge codes of different groups."""
-        tokens, q = self._quantize(images)[:2]
+        tokens, q = self._quantize(images)
         ids = q.argmax(-1)
         groups = self.quantizer.num_codebooks
         group = torch.arange(groups, device=ids.device).repeat_interleave(ids.shape[1] // groups)
