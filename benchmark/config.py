@@ -84,9 +84,16 @@ class TrainConfig:
 TRAIN_KEYS = typing.get_type_hints(TrainConfig, include_extras=True)  # option -> hint, for nested training mappings
 
 
+# The values a training section's string options take (TrainConfig's types cannot say it).
+TRAIN_CHOICES = {"schedule": ("constant", "cosine"), "precision": ("bf16", "fp32")}
+
+
 def check_train(section: Mapping[str, Any], where: str) -> None:
-    """Checks across the keys of a ``train`` / ``generator_train`` section (each key's own range is in
-    :class:`TrainConfig`'s type hints)."""
+    """Checks of a ``train`` / ``generator_train`` section beyond each key's type (which is in
+    :class:`TrainConfig`'s type hints): the string options' values and the keys that depend on one another."""
+    for key, allowed in TRAIN_CHOICES.items():
+        if key in section and section[key] not in allowed:
+            raise ConfigError(f"{where}.{key} must be one of {', '.join(allowed)}, got {section[key]!r}")
     every, checkpoint = section.get("eval_every", 0), section.get("checkpoint_every", 1)
     if every and every % checkpoint:
         raise ConfigError(
@@ -244,10 +251,11 @@ TOP_LEVEL: dict[str, Any] = {"seed": int, "plugins": list[str]}
 # (``sample.options`` are keyword arguments of the generator's ``sample``).
 DEPENDENT_OPTIONS: dict[str, tuple[str, ...]] = {"generator": ("sample.options",)}
 CHOICES = {
-    "train.schedule": ("constant", "cosine"),
-    "train.precision": ("bf16", "fp32"),
-    "generator_train.schedule": ("constant", "cosine"),
-    "generator_train.precision": ("bf16", "fp32"),
+    **{
+        f"{section}.{key}": allowed
+        for section in ("train", "generator_train")
+        for key, allowed in TRAIN_CHOICES.items()
+    },
     "launcher.name": ("auto", "local", "slurm"),
     "eval.precision": ("bf16", "fp32"),
     "sample.precision": ("bf16", "fp32"),
@@ -467,6 +475,8 @@ def _check_overrides(config: Mapping[str, Any], dotted: str, overrides: Mapping[
         if key == "name" or key not in schema:
             raise unknown_key(f"{dotted}.{key}", [k for k in schema if k != "name"], where)
         check_value(value, schema[key], f"{where}: {dotted}.{key}")
+    if target == "train":
+        check_train(overrides, f"{where}: {dotted}")
 
 
 def _check_sampler_options(config: Mapping[str, Any], options: Mapping[str, Any], where: str) -> None:

@@ -97,6 +97,15 @@ def mean_over_ranks(values: torch.Tensor) -> torch.Tensor:
     return values / world().size
 
 
+def min_over_ranks(values: torch.Tensor) -> torch.Tensor:
+    """The element-wise minimum of ``values`` over ranks (every rank gets it)."""
+    if world().size == 1:
+        return values
+    values = values.clone()
+    dist.all_reduce(values, op=dist.ReduceOp.MIN)
+    return values
+
+
 def gather_objects(obj: Any) -> list[Any]:
     """Every rank's ``obj``, in rank order (every rank gets the list)."""
     if world().size == 1:

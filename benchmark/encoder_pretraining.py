@@ -145,7 +145,7 @@ def pretrain_encoder(ctx: StageContext) -> dict[str, Any]:
         return objective(batch[0], batch[1]), None
 
     t0 = time.perf_counter()
-    terms, weights = ctx.fit(objective, step, dataset, train_cfg)
+    terms, weights = ctx.fit(objective, step, dataset, train_cfg, batch_key=f"{where}.pretrain.batch_size")
     if not ctx.world.main:
         return {}
     objective.load_state_dict(weights)

@@ -180,9 +180,10 @@ class LeCAM(nn.Module):
 
     @torch.no_grad()
     def update(self, real_logits: Tensor, fake_logits: Tensor) -> None:
-        decay = self.decay if self.num_updates > 0 else 0.0
-        self.ema_real.lerp_(real_logits.float().mean(), 1.0 - decay)
-        self.ema_fake.lerp_(fake_logits.float().mean(), 1.0 - decay)
+        # 1 - decay, or 1 at the first update; a device tensor, not a Python branch: no host sync
+        weight = torch.where(self.num_updates > 0, 1.0 - self.decay, 1.0)
+        self.ema_real.lerp_(real_logits.float().mean(), weight)
+        self.ema_fake.lerp_(fake_logits.float().mean(), weight)
         self.num_updates += 1
 
     def loss(self, real_logits: Tensor, fake_logits: Tensor) -> Tensor:

@@ -93,8 +93,9 @@ def train_generator(ctx: StageContext) -> dict[str, Any]:
 
         data = LatentDataset(ctx.input_dir("cache_latents"), build_dataset(data.meta["data"], "train"))
 
+    train_cfg = TrainConfig(**cfg["generator_train"])
     t0 = time.perf_counter()
-    terms, weights = ctx.fit(model, generator_step(model), data, TrainConfig(**cfg["generator_train"]))
+    terms, weights = ctx.fit(model, generator_step(model), data, train_cfg, batch_key="generator_train.batch_size")
     seconds = time.perf_counter() - t0
     if not ctx.world.main:
         return {}
@@ -102,7 +103,6 @@ def train_generator(ctx: StageContext) -> dict[str, Any]:
     tokens, label = data[0][:2]
     model.train()
     cost = generator_cost(model, tokens[None].to(ctx.device), label[None].to(ctx.device))
-    train_cfg = TrainConfig(**cfg["generator_train"])
     cost["train_pflops"] = training_pflops(cost, train_cfg.steps, train_cfg.batch_size)
     return {"final_losses": terms, "train_seconds": seconds, "train_items": len(data), "cost": cost}
 

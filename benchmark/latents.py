@@ -122,9 +122,10 @@ def write_cache(
     if not world.main:
         return meta
     if spec.kind == "continuous":  # normalised in place, one chunk at a time: the set need not fit in memory
+        stats = LatentStats(mean, std)
         for start in range(0, n, batch_size):
             chunk = torch.from_numpy(np.array(tokens[start : start + batch_size])).double()
-            tokens[start : start + batch_size] = ((chunk - mean) / std).float().numpy()
+            tokens[start : start + batch_size] = stats.normalize(chunk).float().numpy()
     tokens.flush()
     del tokens, labels
     tmp_tokens.replace(folder / "tokens.npy")
@@ -153,7 +154,7 @@ class LatentDataset(Dataset):
         self.meta = json.loads((folder / "latents.json").read_text())
         self.tokens = np.load(folder / "tokens.npy", mmap_mode="r")
         self.labels = np.load(folder / "labels.npy", mmap_mode="r")
-        self.spec, self.num_classes, self._stats = read_space(folder)
+        self.spec, self.num_classes, _ = read_space(folder)
         self.images = images
         if images is not None and len(images) != len(self.labels):  # type: ignore[arg-type]
             raise ValueError(f"{folder}: {len(self.labels)} cached items but {len(images)} images")  # type: ignore[arg-type]
@@ -164,6 +165,3 @@ class LatentDataset(Dataset):
     def __getitem__(self, i: int) -> tuple[Tensor, ...]:
         item = (torch.from_numpy(np.array(self.tokens[i])), torch.tensor(int(self.labels[i])))
         return item if self.images is None else (*item, self.images[i][0])
-
-    def stats(self) -> LatentStats:
-        return self._stats

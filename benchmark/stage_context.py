@@ -46,7 +46,8 @@ class StageContext:
         self, model: torch.nn.Module, step_fn: StepFn, dataset: Dataset, cfg: TrainConfig, **extra: Any
     ) -> tuple[dict[str, float], dict[str, torch.Tensor]]:
         """``benchmark.train.fit`` in this stage: its seed, folder, device, data workers, log, ``runtime.compile``
-        and ``runtime.find_unused_parameters``; ``extra``: the adversary and the checkpoint callback."""
+        and ``runtime.find_unused_parameters``; ``extra``: the adversary, the checkpoint callback and the batch
+        size's option (``batch_key``)."""
         from benchmark.train import fit
 
         return fit(

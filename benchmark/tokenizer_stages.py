@@ -133,7 +133,8 @@ def checkpoint_recorder(
 ) -> Callable[[int], None]:
     """What the trainer calls at each checkpoint step (rank 0): the preview grid; the codebook probe on
     the first ``probe_images`` images of ``eval_set`` (``probe/step_<step>.npz``); every ``eval_every``
-    steps, ``eval_metrics`` of the checkpoint's weights on its first ``eval_images`` images
+    steps, ``eval_metrics`` of the checkpoint's weights (those the stage keeps: the EMA's when
+    ``train.ema_decay`` > 0, as :func:`benchmark.train.fit` hands them) on its first ``eval_images`` images
     (``train_eval/step_<step>.json``). The random state is left as it was: resumed and uninterrupted
     training reach the same weights."""
     from benchmark.metrics import compute_all
@@ -150,11 +151,12 @@ def checkpoint_recorder(
     eval_cfg = EvalConfig(batch_size=64, metrics=train_cfg.eval_metrics)
 
     def record(step: int) -> None:
-        save_preview(step)
         device = next(model.parameters()).device
         was_training = model.training
         model.eval()
+        # the preview and the probe may sample (a KL posterior): on a forked RNG, so training draws as unrecorded
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            save_preview(step)
             if probe is not None:
                 arrays = codebook_probe(model, probe.to(device))
                 atomic_write(folder / "probe" / f"step_{step:07d}.npz", lambda tmp: _save_npz(tmp, arrays))
@@ -174,7 +176,10 @@ def _save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
         np.savez(fh, **arrays)
 
 
-def _train(model: Tokenizer, ctx: StageContext, cfg: dict[str, Any], train_cfg: TrainConfig) -> dict[str, Any]:
+def _train(
+    model: Tokenizer, ctx: StageContext, cfg: dict[str, Any], train_cfg: TrainConfig, section: str = "train"
+) -> dict[str, Any]:
+    """Train a tokenizer under ``train_cfg`` (the options of the config's ``section``), save and measure it."""
     from benchmark.cost import tokenizer_cost, training_pflops
     from benchmark.data import build_dataset
 
@@ -190,6 +195,7 @@ def _train(model: Tokenizer, ctx: StageContext, cfg: dict[str, Any], train_cfg: 
         train_cfg,
         adversary=getattr(model, "adversary", None),
         on_checkpoint=checkpoint_recorder(model, ctx.dir, preview, eval_set, train_cfg),
+        batch_key=f"{section}.batch_size",
     )
     seconds = time.perf_counter() - t0
     if not ctx.world.main:
@@ -218,10 +224,9 @@ def train_tokenizer(ctx: StageContext) -> dict[str, Any]:
 
         return install_release(model, ctx.dir, cfg["data"], ctx.device) if ctx.world.main else {}
     if getattr(model, "encoder_init", None):
-        if (ctx.dir / "init_report.json").is_file():  # resuming: the checkpoint holds the weights
-            restore_architecture(model, ctx.dir)
-        else:
-            initialize_pretrained(model, ctx)
+        # on every attempt: a resumed run's checkpoint then overwrites the weights, and an attempt that failed
+        # before its first checkpoint starts again from the pretrained encoder, not from random weights
+        initialize_pretrained(model, ctx)
     return _train(model, ctx, cfg, TrainConfig(**cfg["train"]))
 
 
@@ -234,7 +239,7 @@ def train_latent_2d(ctx: StageContext) -> dict[str, Any]:
     spec = ctx.config[LATENT_2D]
     cfg = {"seed": ctx.config["seed"], "data": ctx.config["data"], "tokenizer": latent_2d_tokenizer(spec)}
     torch.manual_seed(cfg["seed"])
-    return _train(build_tokenizer(cfg), ctx, cfg, TrainConfig(**spec["train"]))
+    return _train(build_tokenizer(cfg), ctx, cfg, TrainConfig(**spec["train"]), f"{LATENT_2D}.train")
 
 
 def finetune_tokenizer(ctx: StageContext) -> dict[str, Any]:
@@ -261,7 +266,7 @@ def finetune_tokenizer(ctx: StageContext) -> dict[str, Any]:
         first_dir / "init_report.json"
     ).is_file() and ctx.world.main:  # the finetuned folder restores the same architecture
         write_json(ctx.dir / "init_report.json", read_json(first_dir / "init_report.json"))
-    result = _train(model, ctx, cfg, TrainConfig(**{**base_train, **ctx.config["finetune"]["train"]}))
+    result = _train(model, ctx, cfg, TrainConfig(**{**base_train, **ctx.config["finetune"]["train"]}), "finetune.train")
     if ctx.world.main:
         _check_same_tokens(load_tokenizer(first_dir, ctx.device), model, cfg)
     return result

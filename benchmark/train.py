@@ -1,7 +1,7 @@
 """One training loop for every model (nanoGPT-style: everything visible in :func:`fit` and one
 optimisation step in :class:`TrainStep`, which ``benchmark.bench`` times as it is).
 
-AdamW (fused kernel on GPU and CPU, no weight decay on norms / biases / embeddings), linear warm-up then a
+AdamW (fused kernel on GPU and CPU, no weight decay on tensors below 2D: norms, biases), linear warm-up then a
 constant or cosine learning rate, gradient clipping, bf16 autocast on GPU, EMA weights,
 generator / discriminator alternation for adversarial tokenizers (from the discriminator's start
 step), a deterministic batch order that depends only on (seed, step), loss terms logged to CSV (and
@@ -34,6 +34,7 @@ import threading
 import time
 import zipfile
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import torch
@@ -83,9 +84,17 @@ class StepBatchSampler(Sampler[list[int]]):
     """
 
     def __init__(
-        self, size: int, batch_size: int, seed: int, start: int, total: int, rank: int = 0, world: int = 1
+        self,
+        size: int,
+        batch_size: int,
+        seed: int,
+        start: int,
+        total: int,
+        rank: int = 0,
+        world: int = 1,
+        key: str = "train.batch_size",
     ) -> None:
-        check_batch("train.batch_size", batch_size, size, world)
+        check_batch(key, batch_size, size, world)
         self.size, self.batch_size, self.seed = size, batch_size, seed
         self.start, self.total = start, total
         self.per_epoch = size // batch_size
@@ -165,6 +174,20 @@ class EMA:
     def load_state_dict(self, state: dict[str, Tensor]) -> None:
         for name, value in state.items():
             self.shadow[name].copy_(value)
+
+    @contextmanager
+    def swapped_in(self) -> Iterator[None]:
+        """The averaged weights in the trained tensors for the duration (to look at a checkpoint as the
+        stage would keep it), the trained ones restored exactly after."""
+        shadows, trained = self._pairs
+        live = [t.clone() for t in trained]
+        with torch.no_grad():
+            torch._foreach_copy_(trained, shadows)
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                torch._foreach_copy_(trained, live)
 
     def averaged_state(self, model: nn.Module) -> dict[str, Tensor]:
         """``model.state_dict()`` with the averaged tensors in place of the trained ones."""
@@ -284,8 +307,7 @@ class TrainStep:
         with self.autocast:
             losses, pair = self.forward(batch, step)
         loss = sum(losses.values())
-        bad = ~torch.isfinite(loss.detach())
-        self.first_bad = torch.where(bad & (self.first_bad < 0), step, self.first_bad)
+        finite = torch.isfinite(loss.detach())
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if self.cfg.grad_clip > 0:
@@ -297,47 +319,55 @@ class TrainStep:
             with self.autocast:
                 disc = (self.disc if active else adversary.discriminator_loss)(pair[0], pair[1].detach(), step)
             losses.update({f"d_{k}": v for k, v in disc.items()})
+            finite = finite & torch.isfinite(sum(disc.values()).detach())
             self.disc_optimizer.zero_grad(set_to_none=True)
             if active:
                 sum(disc.values()).backward()
                 if self.cfg.grad_clip > 0:
                     nn.utils.clip_grad_norm_(adversary.parameters(), self.cfg.grad_clip)
                 self.disc_optimizer.step()
+        self.first_bad = torch.where(~finite & (self.first_bad < 0), step, self.first_bad)
         if self.ema is not None:
             self.ema.update(step)
         return loss, losses
 
     def check_finite(self, losses: dict[str, Tensor], ckpt: Path) -> None:
-        """Raise (one host sync) if any step so far had a non-finite loss, naming that step."""
-        first = int(self.first_bad.item())
-        if first >= 0:
+        """Raise (one host sync; a collective) if any step so far had a non-finite loss (the generator's or
+        the discriminator's) on any rank, naming the first such step on every rank alike."""
+        never = torch.iinfo(torch.long).max
+        first = int(distributed.min_over_ranks(torch.where(self.first_bad < 0, never, self.first_bad)).item())
+        if first != never:
             values = {k: float(v.detach()) for k, v in losses.items()}
             where = f"last checkpoint: {ckpt}" if ckpt.is_file() else "no checkpoint was written before it"
             raise StageError(f"non-finite loss at step {first} (terms at the latest step: {values}); {where}")
 
     def state_dict(self, step: int) -> dict[str, object]:
-        """Everything a resume needs; every rank's RNG state (a collective: all ranks call it)."""
+        """Everything a resume needs; every rank's RNG states, the CPU's and its GPU's (a collective: all
+        ranks call it)."""
         state: dict[str, object] = {
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "rng": distributed.gather_objects(torch.get_rng_state()),
             "step": step,
         }
+        if self.device.type == "cuda":
+            state["cuda_rng"] = distributed.gather_objects(torch.cuda.get_rng_state(self.device))
         if self.disc_optimizer is not None:
             state["disc_optimizer"] = self.disc_optimizer.state_dict()
         if self.ema is not None:
             state["ema"] = self.ema.state_dict()
         return state
 
-    def load_state_dict(self, state: dict[str, object]) -> list[Tensor] | Tensor:
-        """Restore from :meth:`state_dict`; returns the saved RNG state(s) for the caller to apply."""
+    def load_state_dict(self, state: dict[str, object]) -> tuple[list[Tensor] | Tensor, list[Tensor] | None]:
+        """Restore from :meth:`state_dict`; returns the saved RNG states, (CPU, GPU or None), for the caller
+        to apply once the data loader has drawn its seed and the ranks have been seeded."""
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         if self.disc_optimizer is not None:
             self.disc_optimizer.load_state_dict(state["disc_optimizer"])
         if self.ema is not None:
             self.ema.load_state_dict(state["ema"])
-        return state["rng"]
+        return state["rng"], state.get("cuda_rng")
 
 
 CHECKPOINT_ERRORS = (RuntimeError, OSError, EOFError, ValueError, KeyError, pickle.UnpicklingError, zipfile.BadZipFile)
@@ -401,10 +431,12 @@ def fit(
     adversary: nn.Module | None = None,
     on_checkpoint: Callable[[int], None] | None = None,
     find_unused_parameters: bool = False,
+    batch_key: str = "train.batch_size",
 ) -> tuple[dict[str, float], dict[str, Tensor]]:
     """Train ``model`` for ``cfg.steps`` steps of :class:`TrainStep`, resuming from the last readable
     checkpoint in ``run_dir/ckpt/``. Returns the last logged terms (averaged over ranks) and the
-    weights to keep (the EMA weights when ``cfg.ema_decay`` > 0)."""
+    weights to keep (the EMA weights when ``cfg.ema_decay`` > 0). ``batch_key``: the option that sets
+    ``cfg.batch_size``, named when it does not fit the data."""
     log = log or logging.getLogger(__name__)
     world = distributed.world()
     trainer = TrainStep(model, step_fn, cfg, device, adversary, compile, find_unused_parameters)
@@ -422,7 +454,16 @@ def fit(
         log_path.unlink(missing_ok=True)  # rows of an attempt that never reached a checkpoint
     if world.size > 1:  # ranks draw their own noise (the same stream on every rank would correlate them)
         torch.manual_seed(seed * 1_000_003 + world.rank)
-    sampler = StepBatchSampler(len(dataset), cfg.batch_size, seed, step, cfg.steps, world.rank, world.size)  # type: ignore[arg-type]
+    sampler = StepBatchSampler(
+        len(dataset),  # type: ignore[arg-type]
+        cfg.batch_size,
+        seed,
+        step,
+        cfg.steps,
+        world.rank,
+        world.size,
+        batch_key,
+    )
     loader = DataLoader(
         dataset,
         batch_sampler=sampler,
@@ -432,12 +473,15 @@ def fit(
     )
     batches = iter(loader)  # draws the loader's base seed from the global RNG, as a fresh run does
     if rng is not None:
-        ranks = rng if isinstance(rng, list) else [rng]
+        cpu, cuda = rng
+        ranks = cpu if isinstance(cpu, list) else [cpu]
         if len(ranks) != world.size:
             log.warning(
                 "checkpoint from %d process(es), resuming on %d: random draws will differ", len(ranks), world.size
             )
         torch.set_rng_state(ranks[world.rank % len(ranks)])
+        if cuda is not None and device.type == "cuda":  # SiT's noise, MaskGIT's masks draw from it
+            torch.cuda.set_rng_state(cuda[world.rank % len(cuda)], device)
 
     terms: dict[str, float] = {}
     new_log = not log_path.is_file()
@@ -481,8 +525,9 @@ def fit(
                 state = trainer.state_dict(step)
                 if world.main:
                     save_checkpoint(ckpt_dir, state)
-                    if on_checkpoint is not None:
-                        on_checkpoint(step)
+                    if on_checkpoint is not None:  # sees the weights the stage keeps: the EMA's if any
+                        with trainer.ema.swapped_in() if trainer.ema is not None else nullcontext():
+                            on_checkpoint(step)
                 distributed.barrier()
             if stop and not last:
                 raise Preempted(step)

@@ -46,6 +46,26 @@ def test_study_initialises_from_mae_and_records_the_load_report(tmp_path, write_
     assert eps == {1e-6}  # the source's LayerNorm eps survives the reload
 
 
+def test_an_attempt_that_failed_before_its_first_checkpoint_is_retried_from_the_pretrained_encoder(
+    tmp_path, write_study, mae_dir
+):
+    """A failed attempt leaves its stage folder with init_report.json but no checkpoint: the retry must copy
+    the pretrained weights again, not train a random encoder under a report that says "copied"."""
+    folder, _ = mae_dir
+    study = write_study(f"""
+        config:
+          tokenizer: {{name: titok, size: tiny, patch_size: 4, num_latent_tokens: 4, encoder: {{init: mae, weights: "{folder}"}}}}
+    """)
+    runs = tmp_path / "runs"
+    train = build_plan(study, "smoke", list(TINY)).cells[0].stages["train_tokenizer"]
+    stale = runs / "train_tokenizer" / train
+    stale.mkdir(parents=True)
+    (stale / "init_report.json").write_text("{}")  # what the failed attempt wrote before it failed
+    assert main([str(study), "--profile", "smoke", "--runs", str(runs), "--results", str(tmp_path / "res"), *TINY]) == 0
+    assert "encoder initialisation" in (stale / "log.txt").read_text()
+    assert read_json(stale / "init_report.json")["counts"]["copied"] > 0
+
+
 def test_encoder_spec_is_validated_before_anything_runs(write_study):
     study = write_study("config: {tokenizer: {name: titok, encoder: {init: dinov3}}}")
     with pytest.raises(ConfigError, match=r"tokenizer\.encoder\.init: unknown encoder 'dinov3'.*dinov2"):
