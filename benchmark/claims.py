@@ -15,7 +15,9 @@ of the kinds below says what the source claims::
 A row is a row label of this study or ``{study: <another study>, row: <label>}``. ``source`` says where
 the source makes the claim ("thesis, Table 2"), ``says`` in its words; ``better: lower | higher`` gives the
 direction of a metric this module does not know; ``tolerance`` of ``about`` defaults to a quarter of it, and
-``source_value`` is the source's own measurement of an ``about`` value that no table holds.
+``source_value`` is the source's own measurement of an ``about`` value (or ratio) that no table holds. An
+``about`` claim holds when our value lies within the tolerance of it, is within noise when it lies within
+the tolerance plus our value's spread over seeds, and does not hold otherwise.
 
 Judging. Each claim is a list of comparisons of two values, the one expected lower and the one expected
 higher (an axis claim compares neighbours along the axis, separately for each value of the other axes).
@@ -194,8 +196,11 @@ def check_claims(plan: Plan, other_rows: Callable[[str], list[str]] | None) -> N
         if kind == "about" and not refs and metric not in STUDY_VALUES:
             raise ConfigError(f"{where}: about needs a row (or ratio: [row, row]) for metric {metric}")
         check_row_refs(refs, rows, other_rows, plan.study, where)
-        if kind == "about" and not isinstance(claim["about"], (int, float)):
-            raise ConfigError(f"{where}: about must be a number, got {claim['about']!r}")
+        for key in ("about", "tolerance", "source_value"):
+            if key in claim and (isinstance(claim[key], bool) or not isinstance(claim[key], (int, float))):
+                raise ConfigError(f"{where}: {key} must be a number, got {claim[key]!r}")
+        if kind != "about" and ({"tolerance", "source_value"} & set(claim)):
+            raise ConfigError(f"{where}: tolerance and source_value belong to an about claim")
 
 
 def check_row_refs(
@@ -243,11 +248,13 @@ def claim_rows(claim: Mapping[str, Any], kind: str) -> list[RowRef]:
 def axis_series(plan: Plan, axis: str) -> list[list[str]]:
     """The rows along ``axis`` (in the axis's order), one series per combination of the other axes."""
     order = axis_values(plan.spec, axis) or []
+    zipped = (plan.spec.get("axes") or {}).get("zip") or {}
+    along = set(zipped) if axis in zipped else {axis}  # a zip axis's keys advance together: one axis
     series: dict[tuple[Any, ...], dict[int, str]] = {}
     for cell in plan.cells:
         if cell.explicit or axis not in cell.overrides:
             continue
-        others = tuple(sorted((k, str(v)) for k, v in cell.overrides.items() if k not in (axis, "seed")))
+        others = tuple(sorted((k, str(v)) for k, v in cell.overrides.items() if k not in along and k != "seed"))
         series.setdefault(others, {})[order.index(cell.overrides[axis])] = cell.row
     return [[rows[i] for i in sorted(rows)] for rows in series.values()]
 
@@ -310,7 +317,7 @@ def about_value(claim: Mapping[str, Any], measure: Measure) -> tuple[Value, str]
             ours = Stat(ratio, abs(ratio) * rel, min(a.ours.n, b.ours.n))
         source = a.source / b.source if a.source is not None and b.source else None
         names = row_list(claim["ratio"])
-        return Value(ours, source), f"{names[0]} / {names[1]}"
+        return Value(ours, claim.get("source_value", source)), f"{names[0]} / {names[1]}"
     ref = row_ref(claim["row"]) if "row" in claim else None
     value = measure(ref, metric)
     return Value(value.ours, claim.get("source_value", value.source)), str(ref) if ref else metric

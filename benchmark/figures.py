@@ -35,7 +35,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from benchmark.claims import RowRef, check_row_refs, row_list
+from benchmark.claims import RowRef, axis_values, check_row_refs, row_list, table_metrics
 from benchmark.errors import ConfigError
 from benchmark.figure_data import COLLECT, FigureData, as_list, figure_rows
 from benchmark.graph import TRAINING_KINDS
@@ -84,6 +84,19 @@ def check_figures(plan: Plan, other_rows: Callable[[str], list[str]] | None) -> 
             raise ConfigError(f"{where} ({fig['name']}): stage must be one of {', '.join(TRAINING_KINDS)}")
         if fig.get("series") and isinstance(fig["y"], list):
             raise ConfigError(f"{where} ({fig['name']}): bars with series show one metric: y: <metric>")
+        if any(not isinstance(s, dict) or "rows" not in s for s in fig.get("series") or []):
+            raise ConfigError(f"{where} ({fig['name']}): each of series must be a mapping with rows (and a label)")
+        if kind == "line":
+            if axis_values(plan.spec, fig["x"]) is None:
+                raise ConfigError(
+                    f"{where} ({fig['name']}): x: {fig['x']} is not an axis of the study (axes.grid / axes.zip)"
+                )
+            unknown_metrics = [m for m in as_list(fig["y"]) if m not in table_metrics(plan.spec)]
+            if unknown_metrics:
+                raise ConfigError(
+                    f"{where} ({fig['name']}): y: {', '.join(unknown_metrics)} not among the study's table columns: "
+                    f"{', '.join(sorted(table_metrics(plan.spec)))}"
+                )
         refs = figure_rows(fig) + [
             RowRef(r.label, r.study or s.get("study")) for s in fig.get("series") or [] for r in row_list(s["rows"])
         ]

@@ -278,7 +278,7 @@ def build_table(results: Results, table: dict[str, Any]) -> tuple[pd.DataFrame, 
     ref = table.get("reference") or {}
     ref_label = ref.get("label", "paper")
     ref_cols: dict[str, str] = ref.get("columns") or {}
-    seeds = results.plan.seeds > 1
+    seeds = results.plan.seeds_per_row > 1
     rows = list(results.rows().values())
     literature = ref.get("literature") or []
     ref_values = {k: [r.reference.get(k) for r in rows] + [lit.get(k) for lit in literature] for k in ref_cols}
@@ -482,14 +482,13 @@ def claim_lines(plan: Plan, verdicts: list[Verdict]) -> list[str]:
     lines = ["## Claims of the source", ""]
     if not verdicts:
         return lines + ["The study declares no claims.", ""]
-    counts = {v: sum(x.verdict == v for x in verdicts) for v in ("holds", "within noise", "does not hold")}
-    missing = len(verdicts) - sum(counts.values())
+    counts = claim_counts(verdicts)
     lines += [
         f"{counts['holds']} of {len(verdicts)} claims hold on our numbers; {counts['within noise']} within "
-        f"noise, {counts['does not hold']} do not hold, {missing} not measured.",
+        f"noise, {counts['does not hold']} do not hold, {counts['not measured']} not measured.",
         "",
     ]
-    if plan.seeds == 1:
+    if plan.seeds_per_row == 1:
         lines += [
             "One seed per row: the spread is not measured, so every difference counts (`--seeds N` runs "
             "each cell with N seeds; a difference within the seeds' spread then reads *within noise*).",
@@ -574,8 +573,8 @@ def write_report(plan: Plan, store: RunStore, out_dir: Path) -> list[Path]:
             "built-in data), not comparable with the source's; their directions are what the claims check.**",
             "",
         ]
-    if plan.seeds > 1:
-        md += [f"Each row ran with {plan.seeds} seeds: mean ± sample standard deviation over the seeds.", ""]
+    if plan.seeds_per_row > 1:
+        md += [f"Each row ran with {plan.seeds_per_row} seeds: mean ± sample standard deviation over the seeds.", ""]
     for table in tables:
         numbers, texts = build_table(results, table)
         csv_path = out_dir / f"{table['name']}.csv"
@@ -633,7 +632,7 @@ def write_report(plan: Plan, store: RunStore, out_dir: Path) -> list[Path]:
         "title": plan.spec.get("title", plan.study),
         "source": plan.spec.get("source", ""),
         "profile": plan.profile,
-        "seeds": plan.seeds,
+        "seeds": plan.seeds_per_row,
         "overrides": plan.overrides,
         "rendered": datetime.datetime.now().isoformat(timespec="seconds"),
         "commit": git_commit(),

@@ -103,10 +103,11 @@ def failure_details(status: StageStatus) -> list[str]:
 
 
 def render(plan: Plan, store: RunStore) -> tuple[str, bool]:
-    """The status table and details; whether every stage has ended (done, failed or not started)."""
+    """The status table and details of the cells ``--only`` selected (all by default); whether every
+    stage of theirs has ended (done, failed or not started)."""
     kinds = [k for k in STAGES if any(k in c.stages for c in plan.cells)]
     statuses: dict[str, StageStatus] = {}
-    for stage in plan.ordered_stages(selected=False):
+    for stage in plan.ordered_stages():
         statuses[stage.hash] = store.status(stage.kind, stage.hash)
     rows = [["cell", *kinds]]
     for cell in (c for c in plan.cells if c.selected):
@@ -135,8 +136,9 @@ def print_plan(plan: Plan, store: RunStore, slurm: bool, costs: dict[str, Any]) 
     from benchmark.executors import processes
 
     launcher = plan.cells[0].config["launcher"]
+    selected = [c for c in plan.cells if c.selected]
     print(
-        f"study {plan.study} [{plan.profile}]: {len(plan.cells)} cells, {len(plan.stages)} stages, "
+        f"study {plan.study} [{plan.profile}]: {len(selected)} cells, {len(plan.ordered_stages())} stages, "
         f"{'Slurm' if slurm else 'this machine'}"
     )
     total = 0.0
@@ -173,7 +175,11 @@ def estimate_note() -> str:
 
 
 def detect_seeds(path: str, profile: str, overrides: list[str], store: RunStore) -> int:
-    """How many seeds the run store holds for a study: N while some stage of seed index N - 1 exists."""
+    """How many seeds the run store holds for a study: N while some stage of seed index N - 1 exists (1 for a
+    study that lists its seeds on a ``seed`` axis: those are its cells)."""
+    axes = build_plan(path, profile, overrides, check=False).spec.get("axes") or {}
+    if any("seed" in (axes.get(kind) or {}) for kind in ("grid", "zip")):
+        return 1
     n = 1
     while True:
         plan = build_plan(path, profile, overrides, seeds=n + 1, check=False)

@@ -3,7 +3,7 @@
 A study YAML holds::
 
     title: ...                 # shown above the tables
-    source: ...                # which table / figure of which seed it reproduces
+    source: ...                # which table / figure of which source it reproduces
     config: {...}              # the base config (paper scale)
     profiles: {smoke: {..., cells: {<label>: {...}}}}  # per-profile adjustments (and per cell)
     axes:
@@ -117,6 +117,11 @@ class Plan:
     seeds: int = 1
 
     @property
+    def seeds_per_row(self) -> int:
+        """How many seeds a row runs with (``seeds``, the ``--seeds`` count, or a ``seed`` axis's values)."""
+        return max(collections.Counter(c.row for c in self.cells).values(), default=1)
+
+    @property
     def rows(self) -> list[str]:
         """The row labels, in the study's order (one per row, whatever its number of seeds)."""
         return list(dict.fromkeys(c.row for c in self.cells))
@@ -180,14 +185,15 @@ def expand_axes(axes: Mapping[str, Any], where: str) -> list[dict[str, Any]]:
     return [dict(kv for d in combo for kv in d.items()) for combo in itertools.product(*factors)]
 
 
-def cell_label(template: str | None, overrides: Mapping[str, Any], config: Mapping[str, Any]) -> str:
+def cell_label(template: str | None, overrides: Mapping[str, Any], config: Mapping[str, Any], where: str) -> str:
+    """A row's label: the study's ``label`` template filled from the cell's config, or its axis values."""
     if template is None:
         return ", ".join(f"{k}={v}" for k, v in overrides.items()) or "base"
     values = {k.replace(".", "_"): v for k, v in flat_config(config).items()}
     try:
         return template.replace(".", "_").format(**values)
     except (KeyError, IndexError) as exc:
-        raise ConfigError(f"label '{template}' names {exc}, which the cell's config does not have") from exc
+        raise ConfigError(f"{where}: label '{template}' names {exc}, which the cell's config does not have") from exc
 
 
 def flat_config(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -285,6 +291,11 @@ def build_plan(
     if seeds < 1:
         raise ConfigError(f"--seeds {seeds}: give at least one seed")
     cli = Layer("command line", nest(parse_overrides(overrides or []), "command line"))
+    unknown = sorted(set(spec.get("profiles") or {}) - set(profile_names()))
+    if unknown:
+        raise ConfigError(
+            f"{path}: profiles: no profile named {', '.join(unknown)}; profiles: {', '.join(profile_names())}"
+        )
     profiled, chain = profile_layers(spec, path, profile)
     base = [
         Layer("defaults", defaults()),
@@ -309,7 +320,9 @@ def build_plan(
         cell_layer = Layer(source, nest(cell_overrides, source))
         merged, _ = merge_layers([cell_layer, cli], start=merged_base)
         config = resolve(merged, source)
-        row = label or cell_label(spec.get("label"), {k: v for k, v in cell_overrides.items() if k != "seed"}, config)
+        row = label or cell_label(
+            spec.get("label"), {k: v for k, v in cell_overrides.items() if k != "seed"}, config, source
+        )
         extra = profile_cell_layers(spec, path, chain, row)
         if extra:
             merged, _ = merge_layers([cell_layer, *extra, cli], start=merged_base)
@@ -320,7 +333,8 @@ def build_plan(
     for row, _, config, _ in runs:
         seeds_of[row].add(config["seed"])
     wanted = spec.get("stages") or ["evaluate_tokenizer"]
-    plan = Plan(path.stem, path, profile, spec, [], {}, list(overrides or []), seeds)
+    # a study file that links to another (studies/table3_ablation.yaml) is that study: its results and index row
+    plan = Plan(path.resolve().stem, path, profile, spec, [], {}, list(overrides or []), seeds)
     for row, cell_overrides, config, explicit in runs:
         label = row if len(seeds_of[row]) == 1 else f"{row} [seed {config['seed']}]"
         cell = Cell(label, cell_overrides, config, {}, explicit=explicit, row=row)
@@ -346,7 +360,31 @@ def build_plan(
         rows = None if overrides else other_rows(plan)
         check_claims(plan, rows)
         check_figures(plan, rows)
+        if not overrides:
+            check_row_labels(plan)
     return plan
+
+
+def check_row_labels(plan: Plan) -> None:
+    """The rows a study's profile blocks (``profiles.<name>.cells.<row>``) and reference numbers
+    (``report.tables[i].reference.rows.<row>``) name must be rows of the study: a misspelt one would
+    silently apply nothing, or show as "not reported"."""
+    named = [
+        (f"profiles.{name}.cells", label)
+        for name, block in (plan.spec.get("profiles") or {}).items()
+        for label in ((block or {}).get("cells") or {})
+    ]
+    for i, table in enumerate((plan.spec.get("report") or {}).get("tables") or []):
+        named += [
+            (f"report.tables[{i}].reference.rows", str(r)) for r in ((table.get("reference") or {}).get("rows") or {})
+        ]
+    for where, label in named:
+        if label not in plan.rows:
+            close = difflib.get_close_matches(label, plan.rows, n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise ConfigError(
+                f"{plan.path}: {where}: '{label}' is not a row of the study{hint}; rows: {', '.join(plan.rows)}"
+            )
 
 
 def other_rows(plan: Plan) -> Callable[[str], list[str]]:

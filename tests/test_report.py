@@ -17,7 +17,7 @@ import torch
 from conftest import TINY, run_cli
 from safetensors.torch import load_file
 
-from benchmark.claims import Stat, fmt_stat, judge_all
+from benchmark.claims import Stat, axis_series, fmt_stat, judge_all
 from benchmark.errors import ConfigError
 from benchmark.figure_data import (
     TSNE_CACHE,
@@ -190,6 +190,64 @@ def test_seed_axis_groups_cells_into_rows(write_study):
     assert [c.label for c in plan.cells] == ["tokenizer.codebook_size=8 [seed 3]", "tokenizer.codebook_size=8 [seed 5]"]
 
 
+def test_a_seed_axis_is_the_rows_seeds_in_the_report(write_study, tmp_path):
+    study = write_study(
+        STUDY.replace(
+            "grid:\n    tokenizer.num_latent_tokens", "grid:\n    seed: [3, 4]\n    tokenizer.num_latent_tokens"
+        ),
+        name="seeded.yaml",
+    )
+    plan = build_plan(study, "smoke")
+    assert plan.seeds == 1 and plan.seeds_per_row == 2 and len(plan.cells) == 9  # Big dataset: one seed
+    store = RunStore(tmp_path / "runs")
+    finish(
+        store, plan, {f"{k} [seed {s}]": {"rfid": 100.0 + s, "psnr": 1.0} for k in (16, 32, 64, 128) for s in (3, 4)}
+    )
+    numbers, texts = table_of(Results(plan, store))
+    assert numbers.iloc[0]["rFID (ours) std"] == pytest.approx(0.7071, abs=1e-4) and numbers["seeds"].tolist()[0] == 2
+    assert main([str(study), "--profile", "smoke", "--runs", str(tmp_path / "runs"), "--results", str(tmp_path)]) == 0
+    report = (tmp_path / "seeded" / "_smoke" / "README.md").read_text()
+    assert (
+        "Each row ran with 2 seeds" in report
+        and "not run" not in report.split("## Claims")[0].split("| 16")[1].split("\n")[0]
+    )
+
+
+def test_a_claim_along_a_zip_axis_compares_the_cells_along_it(write_study):
+    study = write_study(
+        STUDY.replace(
+            "grid:\n    tokenizer.num_latent_tokens: [16, 32, 64, 128]",
+            "zip:\n    tokenizer.num_latent_tokens: [16, 32, 64, 128]\n    train.steps: [5, 6, 7, 8]",
+        ),
+        name="zipped.yaml",
+    )
+    plan = build_plan(study, "smoke")
+    assert axis_series(plan, "tokenizer.num_latent_tokens") == [["16", "32", "64", "128"]]
+
+
+@pytest.mark.parametrize(
+    "old, new, error",
+    [
+        ("claims:", "profiles: {reproo: {}}\nclaims:", r"profiles: no profile named reproo; profiles: .*repro"),
+        (
+            "claims:",
+            "profiles: {smoke: {cells: {Big datset: {}}}}\nclaims:",
+            r"profiles.smoke.cells: 'Big datset' is not a row of the study \(did you mean 'Big dataset'\?\)",
+        ),
+        ('"128": {rfid: 81.41', '"256": {rfid: 81.41', r"report.tables\[0\].reference.rows: '256' is not a row"),
+        (
+            'label: "{tokenizer.num_latent_tokens}"',
+            'label: "{tokenizer.num_tokens}"',
+            r"cell \{'tokenizer.num_latent_tokens': 16\}: label '\{tokenizer.num_tokens\}' names",
+        ),
+    ],
+)
+def test_misspelt_profiles_rows_and_labels_are_one_error_naming_the_study_file(write_study, old, new, error):
+    assert old in STUDY
+    with pytest.raises(ConfigError, match=r"typo\.yaml: " + error):
+        build_plan(write_study(STUDY.replace(old, new), name="typo.yaml"), "smoke")
+
+
 def judged(plan, store) -> dict[str, tuple[str, str]]:
     results = Results(plan, store)
     return {v.text: (v.verdict, v.source_verdict) for v in judge_all(plan, results.value, {})}
@@ -243,6 +301,8 @@ def test_every_claim_holds_on_the_sources_own_numbers(path, tmp_path):
         ("{metric: codebook_usage, order: ['16', '32']}", "say whether lower or higher codebook_usage is better"),
         ("{metric: psnr, order: ['16']}", "at least two rows"),
         ("{metric: psnr, better_than: '16', row: '32', typo: 1}", r"unknown keys \['typo'\]"),
+        ("{metric: rfid, ratio: ['128', '16'], about: 0.5, source_value: '0.5'}", "source_value must be a number"),
+        ("{metric: psnr, order: ['16', '32'], tolerance: 1}", "tolerance and source_value belong to an about claim"),
     ],
 )
 def test_bad_claims_are_one_error_naming_the_study_file(study, claim, error):
@@ -265,6 +325,9 @@ def test_bad_claims_are_one_error_naming_the_study_file(study, claim, error):
             "stage must be one of pretrain_encoder, pretrain_align, pretrain_align_global",
         ),
         ("{name: f, kind: bars, y: rfid, series: [{label: a, study: report_study, rows: ['9']}]}", "unknown row '9'"),
+        ("{name: f, kind: bars, y: rfid, series: [{label: a}]}", "each of series must be a mapping with rows"),
+        ("{name: f, x: tokenizer.size, y: rfid}", "x: tokenizer.size is not an axis of the study"),
+        ("{name: f, x: tokenizer.num_latent_tokens, y: [rfid, fid]}", "y: fid not among the study's table columns"),
     ],
 )
 def test_bad_figures_are_one_error_naming_the_study_file(study, figure, error):
