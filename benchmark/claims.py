@@ -94,7 +94,8 @@ Measure = Callable[[RowRef | None, str], Value]
 
 @dataclass
 class Verdict:
-    """A claim judged: its text, the values behind it, the verdict on ours and on the source's numbers."""
+    """A claim judged: its text, the values behind it, the verdict on ours and on the source's numbers, and
+    the fewest seeds behind one of our values (None while one is missing)."""
 
     claim: dict[str, Any]
     text: str
@@ -102,6 +103,11 @@ class Verdict:
     source: str
     verdict: str
     source_verdict: str
+    seeds: int | None = None
+
+
+def fewest_seeds(stats: list[Stat | None]) -> int | None:
+    return None if not stats or any(s is None for s in stats) else min(s.n for s in stats if s is not None)
 
 
 def row_ref(value: Any) -> RowRef:
@@ -399,6 +405,7 @@ def judge(claim: Mapping[str, Any], plan: Plan, measure: Measure, names: Mapping
             f"{name}: {fmt_source(value.source)}",
             judge_about(value.ours, target, tol),
             source,
+            None if claim["metric"] in STUDY_VALUES else fewest_seeds([value.ours]),  # the study's: no seeds
         )
     values, pairs = comparisons(claim, plan, measure)
 
@@ -412,6 +419,7 @@ def judge(claim: Mapping[str, Any], plan: Plan, measure: Measure, names: Mapping
         "; ".join(f"{k}: {fmt_source(v.source)}" for k, v in values.items()),
         combine([judge_pair(values[a].ours, values[b].ours) for a, b in pairs]),
         combine([judge_pair(source(a), source(b)) for a, b in pairs]),
+        fewest_seeds([v.ours for v in values.values()]),
     )
 
 

@@ -494,6 +494,13 @@ def claim_lines(plan: Plan, verdicts: list[Verdict]) -> list[str]:
             "each cell with N seeds; a difference within the seeds' spread then reads *within noise*).",
             "",
         ]
+    short = [v.text for v in verdicts if v.seeds is not None and v.seeds < plan.seeds_per_row]
+    if short and plan.seeds_per_row > 1:
+        lines += [
+            f"Not every seed has finished: these claims read a value of fewer than {plan.seeds_per_row} seeds (one "
+            f"seed has no spread, so its differences all count): {'; '.join(short)}.",
+            "",
+        ]
     label = reference_rows(plan.spec)[0]
     table = pd.DataFrame(
         [

@@ -179,6 +179,13 @@ def test_seeds_give_mean_and_std_and_distinct_stages(study, tmp_path):
     # the report command finds the seeds the store holds
     assert main([str(study), "--profile", "smoke", "--runs", str(tmp_path / "runs"), "--results", str(tmp_path)]) == 0
     assert "Each row ran with 3 seeds" in (tmp_path / "report_study" / "_smoke" / "README.md").read_text()
+    # every row measured, 32 on one seed only: the claims that read it say so
+    finish(store, plan, {f"{k} [seed {s}]": {"psnr": 1.0, "rfid": 1.0} for k in (64, 128) for s in range(3)})
+    assert main([str(study), "--profile", "smoke", "--runs", str(tmp_path / "runs"), "--results", str(tmp_path)]) == 0
+    readme = (tmp_path / "report_study" / "_smoke" / "README.md").read_text()
+    partial = next(line for line in readme.splitlines() if line.startswith("Not every seed has finished"))
+    assert "fewer than 3 seeds" in partial and "rFID falls as tokenizer.num_latent_tokens grows" in partial
+    assert "psnr: 128 better than 16" not in partial  # both rows on 3 seeds
 
 
 def test_seed_axis_groups_cells_into_rows(write_study):
