@@ -439,8 +439,22 @@ class StageJob:
                 raise
             if int(os.environ.get("RANK", "0")) == 0:
                 job = read_json(store.dir(kind, hash) / "slurm.json") or {}
-                store.record_job(kind, hash, {**job, "requeues": restarts + 1})
-                subprocess.run(["scontrol", "requeue", slurm_job_id() or ""], check=False)
+                store.record_job(kind, hash, {**job, "requeues": restarts + 1})  # before Slurm stops this job
+                requeue = subprocess.run(
+                    ["scontrol", "requeue", slurm_job_id() or ""], capture_output=True, text=True, check=False
+                )
+                if requeue.returncode != 0:  # e.g. JobRequeue=0 on this cluster: say so instead of vanishing
+                    store.record_job(kind, hash, job)
+                    store.fail(
+                        kind,
+                        hash,
+                        StageError(
+                            f"stopped at the time limit (step {exc.step}) and Slurm refused to requeue the job: "
+                            f"{requeue.stderr.strip() or requeue.returncode}; resume with --retry-failed"
+                        ),
+                        "timeout",
+                    )
+                    raise
             time.sleep(60)  # Slurm stops this job on requeue
             raise
 

@@ -35,6 +35,7 @@ class SlurmQueue:
 
     def __init__(self) -> None:
         self._jobs: dict[str, dict[str, Any]] | None = None
+        self._failed: str | None = None  # why the last squeue gave no answer
 
     def refresh(self) -> None:
         self._jobs = None
@@ -43,6 +44,9 @@ class SlurmQueue:
         if self._jobs is None:
             self._jobs = {}
             out = _run(["squeue", "-h", "-r", "-t", "all", "-o", SQUEUE_FORMAT])
+            self._failed = None
+            if out is None or out.returncode != 0:
+                self._failed = "squeue did not answer" if out is None else (out.stderr.strip() or "squeue failed")
             for line in out.stdout.splitlines() if out and out.returncode == 0 else []:
                 parts = line.strip().split("|")
                 if len(parts) == 6:
@@ -58,8 +62,13 @@ class SlurmQueue:
 
     def __call__(self, job_id: str) -> dict[str, Any] | None:
         """State, reason, elapsed time of a job (``A_i`` for an array task); exit code and restarts of
-        a job that ended; None when Slurm no longer knows it."""
-        info = self.jobs().get(str(job_id))
+        a job that ended; None when Slurm no longer knows it. When squeue gives no answer (a busy or
+        restarting slurmctld) every job is ``UNKNOWN``, which counts as alive: nothing is marked ended or
+        lost, and no lock is taken for stale, on a failed look."""
+        jobs = self.jobs()
+        if self._failed is not None:
+            return {"state": "UNKNOWN", "reason": f"squeue failed: {self._failed}"}
+        info = jobs.get(str(job_id))
         if info is None:
             return None
         if "exit_code" not in info:
@@ -97,9 +106,10 @@ REJECTIONS = (
         "this partition has no GPUs of that kind; set launcher.gpus_per_node=0 on a CPU cluster",
     ),
     (r"Memory specification|mem", "launcher.mem_gb", "lower launcher.mem_gb to what the nodes have"),
+    # "Invalid account or account/partition combination": the account, before the partition is tried
+    (r"account", "launcher.account", "set launcher.account to one you may charge"),
     (r"partition", "launcher.partition", "set launcher.partition to one that `sinfo` lists"),
     (r"time limit|TimeLimit", "launcher.timeout_min", "lower launcher.timeout_min to the partition's limit"),
-    (r"account", "launcher.account", "set launcher.account to one you may charge"),
     (r"qos|QOS", "launcher.qos", "set launcher.qos to one you may use"),
     (r"array", "launcher.array_parallelism", "the cluster refused the job array"),
     (
@@ -137,7 +147,7 @@ def check_resources(params: dict[str, Any], what: str) -> None:
 
 def rejection(exc: BaseException, what: str) -> ConfigError:
     """One line for an sbatch rejection: sbatch's own message and the option to change."""
-    text = " ".join(str(getattr(exc, attr, "") or "") for attr in ("stderr", "output", "stdout")) or str(exc)
+    text = " ".join(str(getattr(exc, attr, "") or "") for attr in ("stderr", "output", "stdout"))
     text = text if text.strip() else str(exc)
     lines = [ln.strip() for ln in text.splitlines() if "error" in ln.lower()] or [text.strip().splitlines()[-1]]
     message = "; ".join(dict.fromkeys(ln.replace("sbatch: error: ", "") for ln in lines))[:300]

@@ -35,7 +35,7 @@ from benchmark.graph import store_folder
 
 RUNS_ENV = "TOK1D_RUNS"
 # Files a stage keeps changing after it finished (logs, its own records): not part of its outputs.
-MUTABLE = {"stage.json", "result.json", "error.json", "lock.json", "slurm.json", "log.txt"}
+MUTABLE = {"stage.json", "result.json", "error.json", "lock.json", "slurm.json", "log.txt", "worker.txt"}
 MUTABLE_DIRS = ("ckpt", "tb", "slurm")
 STALE_HEARTBEAT_S = 3600  # a lock from another host without a Slurm job is stale after an hour of silence
 HALF_WRITTEN_LOCK_S = 60  # an unreadable lock younger than this is being written (see RunStore.lock)
@@ -125,6 +125,7 @@ class StageStatus:
 # "exit_code", "restarts", ...}, or None when the scheduler no longer knows the job.
 JobProbe = Callable[[str], "dict[str, Any] | None"]
 LIVE_JOB_STATES = {
+    "UNKNOWN",  # the scheduler gave no answer (benchmark.slurm.SlurmQueue): assume the job still lives
     "PENDING",
     "RUNNING",
     "CONFIGURING",
@@ -247,7 +248,9 @@ class RunStore:
                 "stderr_tail": stderr_tail(job),
             }
             write_json(self.dir(kind, hash) / "error.json", error)
-        write_json(self.dir(kind, hash) / "slurm.json", {**job, "ended": True})
+        current = self.job(kind, hash) or {}
+        if current.get("job_id") == job["job_id"]:  # not a newer submission recorded meanwhile
+            write_json(self.dir(kind, hash) / "slurm.json", {**current, "ended": True})
         return error
 
     # -- life cycle ---------------------------------------------------------------------------
@@ -315,7 +318,13 @@ class RunStore:
         takes it for corrupt and moves it aside: two processes never both hold it."""
         path = self.dir(kind, hash) / "lock.json"
         path.parent.mkdir(parents=True, exist_ok=True)
-        mine = {"host": socket.gethostname(), "pid": os.getpid(), "job_id": slurm_job_id(), "started": time.time()}
+        mine = {
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "job_id": slurm_job_id(),
+            "restart": slurm_restart(),
+            "started": time.time(),
+        }
         draft = path.with_name(f".{path.name}.{socket.gethostname()}.{os.getpid()}")
         draft.write_text(json.dumps(mine))
         try:
@@ -379,13 +388,22 @@ def _create_from(draft: Path, path: Path) -> None:
 
 
 def lock_alive(lock: dict[str, Any], path: Path, probe: JobProbe | None) -> bool:
-    """Whether a lock's holder still runs (see :meth:`RunStore.live_lock`)."""
+    """Whether a lock's holder still runs (see :meth:`RunStore.live_lock`). A lock of this very Slurm job
+    from an earlier start (a requeued job: its restart count differs) is stale: that start was killed."""
+    job_id = slurm_job_id()
+    if job_id and lock.get("job_id") == job_id and lock.get("restart") != slurm_restart():
+        return False
     if lock.get("job_id") and probe is not None:
         queue = probe(str(lock["job_id"]))
         return queue is not None and queue.get("state") in LIVE_JOB_STATES
     if lock.get("host") == socket.gethostname():
         return pid_alive(int(lock.get("pid", 0)))
     return time.time() - path.stat().st_mtime < STALE_HEARTBEAT_S
+
+
+def slurm_restart() -> str:
+    """How many times Slurm has requeued this job (0 outside Slurm)."""
+    return os.environ.get("SLURM_RESTART_COUNT", "0")
 
 
 def slurm_job_id() -> str | None:
