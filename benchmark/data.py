@@ -10,7 +10,7 @@ from __future__ import annotations
 import inspect
 import json
 import math
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, ClassVar
@@ -519,6 +519,27 @@ def check_dataset(data_cfg: Mapping[str, Any], split: str) -> None:
         cls(split, **cfg)
     else:
         check(split, **cfg)
+
+
+def dataset_labels(dataset: Dataset) -> list[int] | None:
+    """Every image's label, known without reading an image (an image folder's sample list, the procedural
+    split's i mod C); None for a dataset that does not list them."""
+    if isinstance(dataset, ProceduralShapes):
+        return [i % dataset.num_classes for i in range(len(dataset))]
+    samples = getattr(dataset, "samples", None)
+    return [int(label) for _, label in samples] if isinstance(samples, list) else None
+
+
+def across_classes_order(labels: Sequence[int]) -> list[int]:
+    """The indices with the classes taken in turn: each class's first image (in index order), then each
+    class's second, and so on. The first n of them spread over the classes as evenly as the split allows,
+    whatever order it lists them in; a split already listed that way (label i mod C) keeps its order."""
+    seen: dict[int, int] = {}
+    rank = []
+    for label in labels:
+        rank.append(seen.get(label, 0))
+        seen[label] = rank[-1] + 1
+    return sorted(range(len(labels)), key=lambda i: (rank[i], i))
 
 
 def split_images(data: dict[str, Any], split: str, limit: int | None = None) -> int | None:

@@ -27,6 +27,7 @@ import importlib.metadata
 import json
 import math
 import os
+import sys
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
@@ -40,7 +41,7 @@ from torch.utils.data import DataLoader, Subset
 
 from benchmark import distributed, inception_tf
 from benchmark.base import TokenSpec
-from benchmark.data import IMAGE_SUFFIXES, build_dataset, list_images, open_rgb
+from benchmark.data import IMAGE_SUFFIXES, across_classes_order, build_dataset, dataset_labels, list_images, open_rgb
 from benchmark.distributed import ONE_PROCESS, World, rank_batches
 from benchmark.errors import ConfigError, DataError, WeightsError
 from benchmark.metrics import EvalBatch, Metric
@@ -466,7 +467,9 @@ def load_stats_npz(path: str | os.PathLike, extractor: InceptionV3 | None = None
         raise DataError(f"reference statistics file {path} does not exist")
     try:
         with np.load(path, allow_pickle=False) as npz:
-            arrays = {k: npz[k] for k in npz.files if k in ("mu", "sigma", "n", "source", "arr_0")}
+            # an ADM reference batch also holds ~10k images (arr_0, ~2 GB): read only when it has no statistics
+            wanted = ("mu", "sigma", "n", "source") if "mu" in npz.files else ("arr_0",)
+            arrays = {k: npz[k] for k in npz.files if k in wanted}
     except (OSError, ValueError, EOFError) as exc:
         raise DataError(f"cannot read {path} as an .npz: {type(exc).__name__}: {exc}") from exc
     if "mu" in arrays or "sigma" in arrays:
@@ -498,13 +501,17 @@ def dataset_reference_stats(
     batch_size: int = 64,
     num_workers: int = 0,
     world: World = ONE_PROCESS,
+    across_classes: bool = False,
 ) -> FeatureStats:
-    """Statistics of the first ``num_images`` (at most; all if None) images of a dataset split, computed once.
+    """Statistics of ``num_images`` (at most; all if None) images of a dataset split, computed once: the
+    first ones, or (``across_classes``, gFID's reference for class-balanced samples) the classes taken in
+    turn (:func:`benchmark.data.across_classes`), since a split listed class by class (an image folder)
+    would give its first classes only.
 
     Cached as ``cache_dir/<key>.npz``, the key hashing the dataset config, split, resolution, image
-    count, weights hash and Inception precision; the file is written atomically. With several processes
-    in ``world`` (every rank calls it), rank 0's look at the cache decides for all, the ranks share the
-    batches and rank 0 alone writes the file.
+    count, choice of images, weights hash and Inception precision; the file is written atomically; an
+    unreadable one is computed again. With several processes in ``world`` (every rank calls it), rank 0's
+    look at the cache decides for all, the ranks share the batches and rank 0 alone writes the file.
     """
     key = {
         "data": dict(data_cfg),
@@ -515,17 +522,25 @@ def dataset_reference_stats(
         "precision": extractor.precision,
         "feature": POOL,
         "quantisation": QUANTISATION,
+        **({"images": "classes in turn"} if across_classes and num_images is not None else {}),
     }
     text = json.dumps(key, sort_keys=True, default=str)
     path = Path(cache_dir).expanduser() / f"{hashlib.sha256(text.encode()).hexdigest()[:16]}.npz"
-    cached = load_stats_npz(path) if world.main and path.is_file() else None
+    cached = None
+    if world.main and path.is_file():
+        try:
+            cached = load_stats_npz(path)
+        except DataError as exc:  # a truncated cache file: computed again (and rewritten) below
+            print(f"tok1d: {exc}; computing the reference statistics again", file=sys.stderr)
     if world.size > 1:  # one decision for all ranks, though another job may write the file meanwhile
         cached = distributed.broadcast_object(cached)
     if cached is not None:
         return cached
     dataset = build_dataset(data_cfg, split)
     if num_images is not None:
-        dataset = Subset(dataset, range(min(num_images, len(dataset))))
+        count = min(num_images, len(dataset))
+        labels = dataset_labels(dataset) if across_classes else None
+        dataset = Subset(dataset, across_classes_order(labels)[:count] if labels else range(count))
     loader = DataLoader(dataset, batch_sampler=rank_batches(len(dataset), batch_size, world), num_workers=num_workers)
     source = f"{data_cfg.get('name')} {split} split, {len(dataset)} images, {text}"
     stats = stats_from_images((images for images, _ in loader), extractor, source, world)
@@ -790,6 +805,7 @@ def generation_metrics(
                 batch_size=batch_size,
                 num_workers=num_workers,
                 world=world,
+                across_classes=True,
             )
         )
         results["gfid"] = stats_fid(features.stats("generated images"), reference)

@@ -49,7 +49,7 @@ class TokenizerEvaluation:
 def metric_options(cfg: EvalConfig, device: torch.device) -> dict[str, dict[str, Any]]:
     """Options the metrics that run a network (Inception, LPIPS) take from the eval config."""
     inception = {"weights": cfg.inception_weights, "device": str(device)}
-    return {"rfid": inception, "inception_score": inception, "gfid": inception, "lpips": {"device": str(device)}}
+    return {"rfid": inception, "inception_score": inception, "lpips": {"device": str(device)}}
 
 
 def evaluate_batch(

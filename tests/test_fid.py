@@ -23,7 +23,7 @@ from torch import Tensor
 from benchmark import fid, inception_tf
 from benchmark.base import TokenSpec
 from benchmark.config import EvalConfig
-from benchmark.data import build_dataset
+from benchmark.data import across_classes_order, build_dataset, dataset_labels
 from benchmark.errors import ConfigError, DataError
 from benchmark.fid import (
     URL_INCEPTION_V3,
@@ -344,6 +344,41 @@ def test_dataset_reference_stats_cached(
     monkeypatch.setattr(InceptionV3, "__call__", lambda self, x: pytest.fail("cache not used"))
     again = dataset_reference_stats(PROCEDURAL, "eval", extractor, cache_dir=cache, num_images=2)
     assert again.digest() == stats.digest() and again.n == 2
+
+
+def test_gfid_reference_takes_the_classes_in_turn_from_a_split_listed_class_by_class(
+    tmp_path: Path, extractor: InceptionV3, images: Tensor
+) -> None:
+    """An image folder lists its images class by class: the first n would be the first classes only, while
+    the generated images spread over every class. The reference takes each class's first image, then each
+    class's second, ...; the procedural split (label i mod C) keeps its first n."""
+
+    for c, name in enumerate(("cat", "dog")):
+        (tmp_path / "data" / "train" / name).mkdir(parents=True)
+        for i in range(3):
+            array = (images[3 * c + i].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+            Image.fromarray(array).save(tmp_path / "data" / "train" / name / f"{i}.png")
+    folder = {"name": "imagefolder", "root": str(tmp_path / "data"), "resolution": 32}
+    dataset = build_dataset(folder, "train")
+    assert dataset_labels(dataset) == [0, 0, 0, 1, 1, 1] and across_classes_order([0, 0, 0, 1, 1, 1]) == [
+        0,
+        3,
+        1,
+        4,
+        2,
+        5,
+    ]
+    assert across_classes_order(dataset_labels(build_dataset(PROCEDURAL, "eval"))) == list(range(N_IMAGES))
+    cache = tmp_path / "fid_stats"
+    spread = dataset_reference_stats(folder, "train", extractor, cache_dir=cache, num_images=2, across_classes=True)
+    first = dataset_reference_stats(folder, "train", extractor, cache_dir=cache, num_images=2)
+    one_of_each = stats_from_images([torch.stack([dataset[0][0], dataset[3][0]])], extractor)
+    assert spread.digest() == one_of_each.digest() != first.digest()
+    assert len(list(cache.glob("*.npz"))) == 2  # cached apart
+    for path in cache.glob("*.npz"):
+        path.write_bytes(b"truncated")  # an unreadable cache file is computed again
+    again = dataset_reference_stats(folder, "train", extractor, cache_dir=cache, num_images=2, across_classes=True)
+    assert again.digest() == spread.digest()
 
 
 # ----------------------------------------------------------------------------------------------
