@@ -228,6 +228,27 @@ class LocalExecutor:
             pending.sort(key=lambda s: -longest[s.hash])  # stable: the study's order among equals
         bar = tqdm(total=len(pending), desc=f"{plan.study} [{plan.profile}]", unit="stage", dynamic_ncols=True)
         running: dict[str, Worker] = {}
+        try:
+            self._loop(plan, store, pending, running, out, broken, bar)
+        except BaseException:  # Ctrl-C, a full disk: no stage keeps running unwatched, no lock is left behind
+            for worker in running.values():
+                worker.stop()
+            raise
+        finally:
+            bar.close()
+        return out
+
+    def _loop(
+        self,
+        plan: Plan,
+        store: RunStore,
+        pending: list[Stage],
+        running: dict[str, Worker],
+        out: Outcome,
+        broken: dict[str, str],
+        bar: Any,
+    ) -> None:
+        """Start stages as their inputs settle, up to ``parallel`` at a time, until none is left."""
         told: set[str] = set()
         while pending or running:
             waiting = {s.hash for s in pending}
@@ -265,8 +286,6 @@ class LocalExecutor:
                 time.sleep(0.2 if running else WAIT_POLL_S)
                 if store.probe is not None and hasattr(store.probe, "refresh"):
                     store.probe.refresh()
-        bar.close()
-        return out
 
     def _decide(
         self, plan: Plan, store: RunStore, stage: Stage, broken: dict[str, str], out: Outcome, told: set[str]
@@ -305,6 +324,7 @@ class LocalExecutor:
         if not worker.take_lock():
             return None
         store.plan(stage.kind, stage.hash, stage_record(plan, stage))
+        store.begin(stage.kind, stage.hash)  # a stale error must not stand for this attempt's
         _, nprocs = processes(stage, plan.cells[0].config["launcher"], slurm=False)
         if self.parallel == 1:
             worker.run_here(nprocs)
@@ -377,6 +397,30 @@ class Worker:
             self._proc = subprocess.Popen(
                 [sys.executable, "-c", WORKER_MAIN, *args], env=env, stdout=out, stderr=subprocess.STDOUT
             )
+        # the lock names the process that runs the stage: should this one die, the stage's lock lives on
+        # while the child runs, and no later run starts the stage a second time beside it
+        self.store.hand_lock(self.stage.kind, self.stage.hash, self._proc.pid)
+
+    def stop(self) -> None:
+        """Stop a child process that runs the stage (the executor is being interrupted), record that and
+        release the lock."""
+        try:
+            if self._proc is not None and self._proc.poll() is None:
+                self._proc.terminate()
+                try:
+                    self._proc.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    self._proc.kill()
+                    self._proc.wait()
+                if self.store.error(self.stage.kind, self.stage.hash) is None:
+                    self.store.fail(
+                        self.stage.kind,
+                        self.stage.hash,
+                        StageError("stopped: the run that started it was interrupted"),
+                        "cancelled",
+                    )
+        finally:
+            self._locks.close()
 
     def poll(self) -> bool:
         return self._proc is None or self._proc.poll() is not None

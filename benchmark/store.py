@@ -290,6 +290,13 @@ class RunStore:
 
     # -- locks --------------------------------------------------------------------------------
 
+    def hand_lock(self, kind: str, hash: str, pid: int) -> None:
+        """Name ``pid`` (a child process on this host that runs the stage) as the lock's holder; the lock
+        stays where it is (its file is replaced in one step), and whoever took it still releases it."""
+        path = self.dir(kind, hash) / "lock.json"
+        lock = read_json(path) or {}
+        write_json(path, {**lock, "host": socket.gethostname(), "pid": pid, "taken_by": lock.get("pid")})
+
     def live_lock(self, kind: str, hash: str) -> dict[str, Any] | None:
         """The stage's lock if its holder is alive: same host and pid running, or its Slurm job still
         running, or (another host, no job) a heartbeat within the last hour. A stale lock is removed."""
@@ -396,8 +403,8 @@ def lock_alive(lock: dict[str, Any], path: Path, probe: JobProbe | None) -> bool
     if lock.get("job_id") and probe is not None:
         queue = probe(str(lock["job_id"]))
         return queue is not None and queue.get("state") in LIVE_JOB_STATES
-    if lock.get("host") == socket.gethostname():
-        return pid_alive(int(lock.get("pid", 0)))
+    if lock.get("host") == socket.gethostname():  # the process running the stage or the one that took the lock
+        return any(pid_alive(int(lock[key])) for key in ("pid", "taken_by") if lock.get(key))
     return time.time() - path.stat().st_mtime < STALE_HEARTBEAT_S
 
 

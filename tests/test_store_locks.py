@@ -132,3 +132,38 @@ def test_a_stale_lock_judged_by_two_runs_does_not_cost_the_first_taker_its_lock(
         with store.lock(KIND, HASH) as again:
             assert not again
     assert not path.exists() and list(path.parent.iterdir()) == []
+
+
+def test_a_lock_handed_to_the_child_running_the_stage_lives_while_either_process_does(tmp_path):
+    """The local executor names its worker process in the lock: if the executor dies, the stage's lock
+    stays alive while the worker runs (no later run starts it a second time); once both are gone it is stale."""
+    store = RunStore(tmp_path)
+    stage = Stage(KIND, HASH, {}, {})
+    worker = Worker(stage, store)
+    assert worker.take_lock()
+    child = subprocess.Popen(["sleep", "30"])
+    store.hand_lock(KIND, HASH, child.pid)
+    lock = store.live_lock(KIND, HASH)
+    assert lock["pid"] == child.pid and lock["taken_by"] == os.getpid()
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    path = store.dir(KIND, HASH) / "lock.json"
+    path.write_text(json.dumps({**lock, "taken_by": dead.pid}))  # the executor is gone, the child runs
+    assert store.live_lock(KIND, HASH) is not None
+    child.kill()
+    child.wait()
+    assert store.live_lock(KIND, HASH) is None  # both gone: stale, removed
+    worker.wait()
+
+
+def test_an_interrupted_executor_stops_its_workers_and_records_why(tmp_path):
+    store = RunStore(tmp_path)
+    store.dir(KIND, HASH).mkdir(parents=True)
+    worker = Worker(Stage(KIND, HASH, {}, {}), store)
+    assert worker.take_lock()
+    worker._proc = subprocess.Popen(["sleep", "30"])
+    worker.stop()
+    assert worker._proc.poll() is not None  # terminated
+    error = store.error(KIND, HASH)
+    assert error["kind"] == "cancelled" and "interrupted" in error["error"]
+    assert store.live_lock(KIND, HASH) is None
