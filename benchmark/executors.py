@@ -633,7 +633,15 @@ class SlurmExecutor:
                     out.skipped[stage.hash] = reason
                     broken[stage.hash] = reason
                 elif status.state in ("running", "queued"):
-                    jobs[stage.hash] = out.in_flight[stage.hash] = str((status.job or status.lock or {}).get("job_id"))
+                    # the job that holds the lock runs it (an older job record may name an ended job)
+                    holder = (status.lock if status.state == "running" else None) or status.job or {}
+                    if holder.get("job_id"):
+                        jobs[stage.hash] = out.in_flight[stage.hash] = str(holder["job_id"])
+                    else:  # a local run has it: no Slurm job can wait on that, so its dependents wait here
+                        broken[stage.hash] = (
+                            f"needs {stage.kind} {stage.hash}, which a local run ({holder.get('host')}, pid "
+                            f"{holder.get('pid')}) is running; run again once it has finished"
+                        )
                 elif (
                     status.state == "failed"
                     and status.error.get("kind") != "dependency"

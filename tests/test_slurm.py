@@ -182,3 +182,20 @@ def test_gpu_request_on_a_cpu_cluster_is_one_line(tmp_path, write_study, capsys)
     assert main(args(study, tmp_path, "launcher.name=slurm", "launcher.mem_gb=1", "launcher.cpus_per_task=1")) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "sbatch rejected" in err and "launcher.gpus_per_node" in err
+
+
+def test_a_stage_a_local_run_holds_is_not_made_a_slurm_dependency(tmp_path, write_study, capsys):
+    """A stage that a local run is running has no job for Slurm to wait on: its dependents are held back
+    with the reason (before, they were submitted with ``afterok:None``)."""
+    from benchmark.study import build_plan
+
+    study = write_study(MINI_STUDY)
+    plan = build_plan(study, "smoke", [*TINY, *SLURM], only="4")
+    train = next(c for c in plan.cells if c.selected).stages["train_tokenizer"]
+    store = RunStore(tmp_path / "runs")
+    with store.lock("train_tokenizer", train) as held:
+        assert held
+        assert main(args(study, tmp_path, *SLURM, "--only", "4")) == 1
+    out = capsys.readouterr()
+    assert "which a local run" in out.err and "is running; run again once it has finished" in out.err
+    assert "Slurm jobs" not in out.out and not list((tmp_path / "runs" / "slurm").glob("*"))
