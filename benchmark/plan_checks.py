@@ -97,6 +97,22 @@ def check_batches(plan: Plan, cell: Cell, slurm: bool, where: str) -> None:
             raise ConfigError(f"{where}: {kind} on {nodes} node(s) x {per_node} process(es): {exc}") from None
 
 
+def check_one_launcher(plan: Plan) -> None:
+    """The study is launched once, with the first cell's ``launcher``: a cell (or profile cell block) that
+    sets other launcher options would have them silently ignored. Per-stage resources go in
+    ``launcher.stages.<kind>``, which every cell shares."""
+    first = plan.cells[0]
+    for cell in plan.cells[1:]:
+        if cell.config["launcher"] != first.config["launcher"]:
+            ours, theirs = cell.config["launcher"], first.config["launcher"]
+            keys = sorted(k for k in set(ours) | set(theirs) if ours.get(k) != theirs.get(k))
+            raise ConfigError(
+                f"{plan.path}: cell {cell.label}: launcher.{keys[0]} differs from cell {first.label}'s "
+                f"({ours.get(keys[0])!r} vs {theirs.get(keys[0])!r}); a study runs with one launcher: set it in "
+                "the study's config or on the command line (per-stage resources: launcher.stages.<kind>)"
+            )
+
+
 def check_plan(plan: Plan, counts: ModelCounts | None = None, slurm: bool = False) -> dict[str, Any]:
     """Check the selected cells' data, training batches (``slurm``: whether the stages run there) and
     models; returns the stages' cost estimates (stage hash -> :class:`~benchmark.estimate.StageCost`), a
@@ -104,6 +120,7 @@ def check_plan(plan: Plan, counts: ModelCounts | None = None, slurm: bool = Fals
     not built again)."""
     from benchmark.estimate import estimate_plan
 
+    check_one_launcher(plan)
     seen: set[str] = set()
     for cell in (c for c in plan.cells if c.selected):
         key = repr(sorted(cell.config["data"].items()))

@@ -70,6 +70,16 @@ def test_a_constructor_check_fails_the_dry_run(tmp_path, write_study, capsys):
     assert "tokenizer.patch_size 5 does not divide the image size 16" in one_line_error(capsys)
 
 
+def test_a_cell_with_its_own_launcher_options_fails_the_dry_run(tmp_path, write_study, capsys):
+    """The study is launched once, with one launcher: a cell's own would be ignored, so it is an error."""
+    study = write_study(
+        MINI_STUDY + "cells:\n  - {label: long, set: {tokenizer.num_latent_tokens: 16, launcher.timeout_min: 600}}\n"
+    )
+    assert run_cli(study, tmp_path, "--dry-run") == 2
+    err = capsys.readouterr().err
+    assert "cell long: launcher.timeout_min differs from cell 4's (600 vs" in err and "launcher.stages.<kind>" in err
+
+
 def test_a_batch_that_the_training_stage_would_refuse_fails_the_dry_run(tmp_path, write_study, capsys):
     """The batch sampler refuses a batch larger than the training split, or one that does not split into
     equal shards over the stage's data-parallel processes, only when training starts; the dry run (the
