@@ -199,7 +199,9 @@ class InceptionV3:
         )
         self.model = model.to(self.device, memory_format=torch.channels_last)
         self._memo: OrderedDict[str, tuple[Tensor, Tensor | None]] = OrderedDict()
-        self._last: tuple[Tensor, int, tuple[Tensor, Tensor | None]] | None = None
+        # the last two batches seen (by identity and version): an evaluation's originals and reconstructions,
+        # which several metrics (rFID, Inception Score) ask for in turn, each go through the network once
+        self._recent: list[tuple[Tensor, int, tuple[Tensor, Tensor | None]]] = []
 
     @property
     def precision(self) -> str:
@@ -211,9 +213,9 @@ class InceptionV3:
     def __call__(self, images: Tensor, memo: bool = False) -> tuple[Tensor, Tensor | None]:
         """Features of ``images``; with ``memo`` (images several evaluations share, such as an eval split's
         originals), looked up by content first (hashing copies the batch to the host)."""
-        last = self._last
-        if last is not None and last[0] is images and last[1] == images._version:
-            return last[2]
+        for seen, version, result in self._recent:
+            if seen is images and version == images._version:
+                return result
         x = to_uint8(images)
         key = f"{tuple(x.shape)} {hashlib.sha1(x.cpu().contiguous().numpy()).hexdigest()}" if memo else ""
         if key in self._memo:
@@ -222,7 +224,7 @@ class InceptionV3:
         with exact_float32(self.device):
             out = self.model(x.to(self.device))
         result = (out[0], out[1] if self.no_logits is None else None)
-        self._last = (images, images._version, result)
+        self._recent = [(images, images._version, result), *self._recent[:1]]
         if not memo:
             return result
         self._memo[key] = result
@@ -392,10 +394,12 @@ def inception_score(logits: Tensor, splits: int = IS_SPLITS) -> tuple[float, flo
 
     torch-fidelity's computation: images shuffled with seed 2020 into ``splits`` groups, float64.
     """
-    if logits.ndim != 2 or logits.shape[0] < splits:
-        raise ValueError(
-            f"the Inception Score over {splits} splits needs at least {splits} images, "
-            f"got logits of shape {tuple(logits.shape)}"
+    if logits.ndim != 2:
+        raise ValueError(f"Inception logits must be (N, classes), got {tuple(logits.shape)}")
+    if logits.shape[0] < splits:
+        raise ConfigError(
+            f"the Inception Score over {splits} splits needs at least {splits} images, got {logits.shape[0]}: "
+            "evaluate more images (eval.num_images, sample.num_images) or drop inception_score from the metrics"
         )
     from torch_fidelity.metric_isc import KEY_METRIC_ISC_MEAN, KEY_METRIC_ISC_STD, isc_features_to_metric
 

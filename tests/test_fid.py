@@ -230,6 +230,11 @@ def run_metrics(weights: Path, images: Tensor, recons: Tensor, sizes: list[int])
     return results
 
 
+def test_too_few_images_for_the_inception_score_is_one_config_error() -> None:
+    with pytest.raises(ConfigError, match="needs at least 10 images, got 5: evaluate more images"):
+        inception_score(torch.randn(5, 1008))
+
+
 def test_streaming_metrics_deterministic_and_match_gfid_api(
     weights: Path, extractor: InceptionV3, images: Tensor, features: dict[float, tuple[Tensor, Tensor]]
 ) -> None:
@@ -263,6 +268,20 @@ def test_features_are_memoised_by_content(extractor: InceptionV3, images: Tensor
     extractor(recons)  # modified in place: computed again
     handle.remove()
     assert calls == [2, 1, 1, 2, 2, 2]
+
+
+def test_an_evaluations_originals_and_reconstructions_each_go_through_the_network_once(
+    extractor: InceptionV3, images: Tensor
+) -> None:
+    """Metrics ask for the two batches in turn (the Inception Score the reconstructions, rFID the originals
+    then the reconstructions): each is computed once, whatever the metrics' order."""
+    originals, recons = images[0:2].clone(), images[2:4].clone()
+    calls: list[int] = []
+    handle = extractor.model.register_forward_pre_hook(lambda module, args: calls.append(len(args[0])))
+    for batch in (recons, originals, recons, originals):
+        extractor(batch)
+    handle.remove()
+    assert calls == [2, 2]
 
 
 def test_rfid_reference_count_must_match(weights: Path, images: Tensor) -> None:
