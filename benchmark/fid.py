@@ -509,7 +509,7 @@ def dataset_reference_stats(
 ) -> FeatureStats:
     """Statistics of ``num_images`` (at most; all if None) images of a dataset split, computed once: the
     first ones, or (``across_classes``, gFID's reference for class-balanced samples) the classes taken in
-    turn (:func:`benchmark.data.across_classes`), since a split listed class by class (an image folder)
+    turn (:func:`benchmark.data.across_classes_order`), since a split listed class by class (an image folder)
     would give its first classes only.
 
     Cached as ``cache_dir/<key>.npz``, the key hashing the dataset config, split, resolution, image

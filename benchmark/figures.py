@@ -91,11 +91,12 @@ def check_figures(plan: Plan, other_rows: Callable[[str], list[str]] | None) -> 
                 raise ConfigError(
                     f"{where} ({fig['name']}): x: {fig['x']} is not an axis of the study (axes.grid / axes.zip)"
                 )
-            unknown_metrics = [m for m in as_list(fig["y"]) if m not in table_metrics(plan.spec)]
+            columns = table_metrics(plan.spec)
+            unknown_metrics = [m for m in as_list(fig["y"]) if m not in columns]
             if unknown_metrics:
                 raise ConfigError(
                     f"{where} ({fig['name']}): y: {', '.join(unknown_metrics)} not among the study's table columns: "
-                    f"{', '.join(sorted(table_metrics(plan.spec)))}"
+                    f"{', '.join(sorted(columns))}"
                 )
         refs = figure_rows(fig) + [
             RowRef(r.label, r.study or s.get("study")) for s in fig.get("series") or [] for r in row_list(s["rows"])

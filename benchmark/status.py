@@ -18,7 +18,7 @@ from typing import Any
 from benchmark.errors import Tok1dError
 from benchmark.graph import LATENT_2D, PRETRAINED_PATH, STAGES
 from benchmark.store import RunStore, StageStatus, default_root
-from benchmark.study import Plan, build_plan, check_study_path
+from benchmark.study import Plan, build_plan, check_study_path, load_study
 
 TRAINING = {
     **dict.fromkeys(PRETRAINED_PATH, "teacher"),
@@ -177,7 +177,7 @@ def estimate_note() -> str:
 def detect_seeds(path: str, profile: str, overrides: list[str], store: RunStore) -> int:
     """How many seeds the run store holds for a study: N while some stage of seed index N - 1 exists (1 for a
     study that lists its seeds on a ``seed`` axis: those are its cells)."""
-    axes = build_plan(path, profile, overrides, check=False).spec.get("axes") or {}
+    axes = load_study(path).get("axes") or {}
     if any("seed" in (axes.get(kind) or {}) for kind in ("grid", "zip")):
         return 1
     n = 1

@@ -645,6 +645,7 @@ class SelfBootTok(Tokenizer):
         self.encoder_init = encoder
         self.token_spec = TokenSpec("continuous", (num_latent_tokens,), dim=token_size)
         self.stage2_train = stage2_train
+        self.constant_terms: set[str] = set()  # REPA terms whose inputs stage 2 froze (freeze_for_stage2)
         if stage == 2:
             self.freeze_for_stage2()
 
@@ -728,23 +729,15 @@ class SelfBootTok(Tokenizer):
         if self.kl_weight > 0:
             probs = [q_global, *q_local.values()]
             losses["kl"] = self.kl_weight * sum(kl_to_uniform(p) for p in probs)
-        # A term whose inputs are all frozen (stage 2) or whose weight is 0 is a constant: its teacher is not run.
-        if (
-            self.teacher_global is not None
-            and self.repa_global_weight > 0
-            and trains(self.encoder, self.projector_global)
-        ):
+        # A term weighted 0, or whose inputs stage 2 froze, is a constant: its teacher is not run.
+        if self.teacher_global is not None and self.repa_global_weight > 0 and "repa_global" not in self.constant_terms:
             # Eq. 6
             sim = patchwise_similarity_loss(
                 self.projector_global(z_global), self.teacher_global.teacher_features(images)
             )
             losses["repa_global"] = self.align_weight * self.repa_global_weight * sim
-        local_source = self.local1d if self.local_align_group == "local1d" else self.local2d
-        if (
-            self.teacher_local is not None
-            and self.repa_local_weight > 0
-            and trains(self.encoder, self.quantize_module("global"), local_source, self.projector_local)
-        ):  # Eq. 7
+        if self.teacher_local is not None and self.repa_local_weight > 0 and "repa_local" not in self.constant_terms:
+            # Eq. 7
             tokens = z_local[self.local_align_group]
             sim = patchwise_similarity_loss(self.projector_local(tokens), self.teacher_local.teacher_features(images))
             losses["repa_local"] = self.align_weight * self.repa_local_weight * sim
@@ -782,11 +775,10 @@ class SelfBootTok(Tokenizer):
 
     def freeze_for_stage2(self) -> None:
         """Stage 2: gradients off for what makes Z_G (the encoder and the codebook of Z_G), for the global
-        REPA projector and,
-        with ``stage2_train: aligner``, everything else but the local 2D aligner too (the local 1D MLP,
-        the local codebooks, the decoder and the projectors stay as stage 1 left them). The adversary's
-        discriminator keeps training: it is driven by its own optimiser and must keep up with the
-        improving decoder output."""
+        REPA projector and, with ``stage2_train: aligner``, everything else but the local 2D aligner too (the
+        local 1D MLP, the local codebooks, the decoder and the projectors stay as stage 1 left them). The
+        adversary's discriminator keeps training: it is driven by its own optimiser and must keep up with
+        the improving decoder output. The REPA terms left with no trained input are ``constant_terms``."""
         if self.local2d is None:
             raise ConfigError("tokenizer.stage: stage 2 scales the local 2D aligner; it needs branches G+L1+L2")
         self.requires_grad_(False)
@@ -799,3 +791,9 @@ class SelfBootTok(Tokenizer):
                 module.requires_grad_(True)
         if self.adversary is not None:
             self.adversary.requires_grad_(True)
+        local_source = self.local1d if self.local_align_group == "local1d" else self.local2d
+        inputs = {
+            "repa_global": (self.encoder, self.projector_global),
+            "repa_local": (self.encoder, self.quantize_module("global"), local_source, self.projector_local),
+        }
+        self.constant_terms = {term for term, modules in inputs.items() if not trains(*modules)}
