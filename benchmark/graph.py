@@ -118,19 +118,47 @@ def encoder_at(config: dict[str, Any], path: str) -> Mapping[str, Any] | None:
     return encoder if isinstance(encoder, Mapping) else None
 
 
+# The weights that scale the loss term each tokenizer teacher (and the OT target) serves. A config that sets
+# one of them to 0 leaves the term out, and the tokenizer builds no teacher or target for it
+# (tokenizers/softvq.py, tokenizers/selfboottok.py), so nothing pretrains or trains it. Every plugin's
+# default for these weights is positive: an unset weight means the term is used. (SiT's REPA teacher also
+# gives REG its class token, whatever ``generator.repa_weight``: it is always built.)
+TERM_WEIGHTS: dict[str, tuple[str, ...]] = {
+    "tokenizer.align": ("tokenizer.align_weight",),
+    "tokenizer.align_global": ("tokenizer.align_weight", "tokenizer.repa_global_weight"),
+    "tokenizer.align_local": ("tokenizer.align_weight", "tokenizer.repa_local_weight"),
+    "tokenizer.latent_2d": ("tokenizer.align_weight", "tokenizer.ot_weight"),
+}
+
+
+def weighted_out(config: dict[str, Any], path: str) -> bool:
+    """Whether a config weights the term of the teacher (or OT target) at ``path`` 0 (:data:`TERM_WEIGHTS`)."""
+    for dotted in TERM_WEIGHTS.get(path, ()):
+        section, key = dotted.split(".")
+        if (config.get(section) or {}).get(key, 1) == 0:
+            return True
+    return False
+
+
 def has_pretrain(config: dict[str, Any], path: str) -> bool:
-    """Whether the encoder at ``path`` is a stand-in pretrained offline (``<path>.pretrain`` is set)."""
+    """Whether the encoder at ``path`` is a stand-in pretrained offline (``<path>.pretrain`` is set) for a
+    term the config uses (a teacher whose term is weighted 0 is not pretrained)."""
     encoder = encoder_at(config, path)
-    return encoder is not None and encoder.get("pretrain") is not None
+    return encoder is not None and encoder.get("pretrain") is not None and not weighted_out(config, path)
 
 
 LATENT_2D = "tokenizer.latent_2d"
 
 
 def uses_ot_target(config: dict[str, Any]) -> bool:
-    """Whether a cell's tokenizer aligns to an OT target: a ``tokenizer.latent_2d`` and SelfBootTok's local-2D
-    branch (``branches`` with L2, its default: tokenizers/selfboottok.py builds no target without it)."""
-    return encoder_at(config, LATENT_2D) is not None and "L2" in config["tokenizer"].get("branches", "G+L1+L2")
+    """Whether a cell's tokenizer aligns to an OT target: a ``tokenizer.latent_2d``, SelfBootTok's local-2D
+    branch (``branches`` with L2, its default: tokenizers/selfboottok.py builds no target without it) and an
+    OT term not weighted 0."""
+    return (
+        encoder_at(config, LATENT_2D) is not None
+        and "L2" in config["tokenizer"].get("branches", "G+L1+L2")
+        and not weighted_out(config, LATENT_2D)
+    )
 
 
 def trained_ot_target(config: dict[str, Any]) -> tuple[str, ...]:

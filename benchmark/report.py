@@ -26,7 +26,15 @@ from typing import TYPE_CHECKING, Any
 from benchmark import REPO_ROOT
 from benchmark.claims import MISSING, RowRef, Stat, Value, Verdict, fmt, fmt_stat, judge_all
 from benchmark.errors import Tok1dError
-from benchmark.graph import LATENT_2D, PREREQUISITE_KINDS, PRETRAINED, TRAINING_KINDS, encoder_at, uses_ot_target
+from benchmark.graph import (
+    LATENT_2D,
+    PREREQUISITE_KINDS,
+    PRETRAINED,
+    TRAINING_KINDS,
+    encoder_at,
+    uses_ot_target,
+    weighted_out,
+)
 from benchmark.store import RunStore, atomic_write, default_root, read_json, write_json
 from benchmark.study import STUDY_DIR, Cell, Plan, build_plan, check_study_path, flat_config, sibling_plan, study_files
 
@@ -119,7 +127,9 @@ def teacher_sources(store: RunStore, cell: Cell, done: dict[str, dict[str, Any]]
         spec = encoder_at(cell.config, path)
         if path == "tokenizer.encoder" or spec is None:
             continue
-        if kind in cell.stages:
+        if weighted_out(cell.config, path):
+            source = "not used: its term is weighted 0"
+        elif kind in cell.stages:
             folder = store.dir(kind, cell.stages[kind])
             result = done.get(kind, {})
             objective = result.get("objective", "not run yet")

@@ -15,12 +15,14 @@ from conftest import TINY
 from torch import Tensor
 from torch.utils.data import TensorDataset
 
+from benchmark.checkpoints import build_tokenizer
 from benchmark.encoder_pretraining import build_objective
 from benchmark.errors import ConfigError
 from benchmark.layers import patchify
 from benchmark.pretraining_objectives import MaskedAutoencoder, SelfDistillation
+from benchmark.report import teacher_sources
 from benchmark.run import main
-from benchmark.store import read_json
+from benchmark.store import RunStore, read_json
 from benchmark.study import build_plan
 from benchmark.train import fit
 
@@ -197,6 +199,35 @@ def test_teacher_pretraining_is_checked_at_plan_time_under_the_teachers_own_key(
         """),
             "smoke",
         )
+
+
+def test_a_teacher_whose_term_is_weighted_0_is_neither_pretrained_nor_built(tmp_path, write_study):
+    """SelfBootTok's local REPA term (or the whole alignment) weighted 0: its teacher is not pretrained, not
+    read, not built (no projector either), and the report says it is not used; the global one still is."""
+    teacher = "{init: dinov2, stand_in: {img_size: 32, patch_size: 4, embed_dim: 48, depth: 2, num_heads: 2}, pretrain: {steps: 4}}"
+    study = write_study(f"""
+        config:
+          tokenizer: {{name: selfboottok, size: tiny, branches: G+L1, align_global: {teacher},
+                       align_local: {teacher.replace("dinov2", "ijepa")}}}
+        cells:
+          - {{label: used}}
+          - {{label: local off, set: {{tokenizer.repa_local_weight: 0}}}}
+          - {{label: all off, set: {{tokenizer.align_weight: 0.0}}}}
+        stages: [train_tokenizer]
+    """)
+    plan = build_plan(study, "smoke")
+    kinds = {c.label: {k for k in c.stages if k.startswith("pretrain_")} for c in plan.cells}
+    assert kinds == {
+        "used": {"pretrain_align_global", "pretrain_align_local"},
+        "local off": {"pretrain_align_global"},
+        "all off": set(),
+    }
+    for cell in plan.cells:
+        model = build_tokenizer(cell.config)
+        assert (model.teacher_local is not None) == (cell.label == "used")
+        assert (model.projector_local is not None) == (cell.label == "used")
+        assert (model.teacher_global is not None) == (cell.label != "all off")
+    assert "not used: its term is weighted 0" in teacher_sources(RunStore(tmp_path / "runs"), plan.cells[1], {})
 
 
 @pytest.mark.parametrize("repa_steps", [4, 5])

@@ -43,6 +43,20 @@ def test_the_ot_target_is_one_stage_read_by_the_stages_that_align_to_it(write_st
     assert not any(s.kind == "train_latent_2d" for s in untrained.stages.values())
 
 
+def test_an_ot_term_weighted_0_trains_and_builds_no_target(write_study):
+    study = STUDY.replace(
+        "  - {label: G, set: {tokenizer.branches: G}}\n", "  - {label: no OT, set: {tokenizer.ot_weight: 0}}\n"
+    )
+    plan = build_plan(write_study(study), "smoke")
+    (target,) = [s for s in plan.stages.values() if s.kind == "train_latent_2d"]
+    assert "no OT" not in target.cells
+    models = {cell.label: build_tokenizer(cell.config) for cell in plan.cells}
+    for label, model in models.items():
+        aligns = label != "no OT"
+        assert (model.latent_2d is not None) == aligns and model.ot_target_pending == aligns
+    assert "ot" not in models["no OT"](torch.rand(2, 3, 32, 32)).losses
+
+
 def test_the_ot_target_training_is_checked_at_plan_time(write_study):
     def plan(target: str, finetune: str = "{stage: 2}") -> None:
         build_plan(

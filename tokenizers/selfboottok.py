@@ -614,22 +614,22 @@ class SelfBootTok(Tokenizer):
             repa_local_weight,
             ot_weight,
         )
+        # A term weighted 0 gets no teacher, projector or OT target (nor their pretraining: benchmark/graph.py).
         self.teacher_global = self.projector_global = None
-        if align_global is not None:
+        if align_global is not None and align_weight * repa_global_weight > 0:
             self.teacher_global, dim = build_teacher(align_global, "tokenizer.align_global")
             self.projector_global = Projector(token_size, dim)
         self.local_align_group = LOCAL_ALIGN_TOKENS[local_align_tokens]
         self.teacher_local = self.projector_local = None
-        if align_local is not None and self.local_align_group in self.groups:
+        if align_local is not None and self.local_align_group in self.groups and align_weight * repa_local_weight > 0:
             self.teacher_local, dim = build_teacher(align_local, "tokenizer.align_local")
             self.projector_local = Projector(dims[self.local_align_group], dim)
         # Eq. 12-13: the frozen 2D latent encoder, and z_L2 -> C when the widths differ.
         self.latent_2d, self.ot_proj, self.ot_epsilon = None, None, ot_epsilon
+        uses_ot = latent_2d is not None and "local2d" in self.groups and align_weight * ot_weight > 0
         # a 2D tokenizer trained by the train_latent_2d stage, which has not given its checkpoint: never random
-        self.ot_target_pending = (
-            bool(latent_2d) and latent_2d.get("train") is not None and not latent_2d.get("checkpoint")
-        )
-        if latent_2d is not None and "local2d" in self.groups:
+        self.ot_target_pending = uses_ot and latent_2d.get("train") is not None and not latent_2d.get("checkpoint")
+        if uses_ot:
             self.latent_2d = build_latent_2d(latent_2d, image_size)
             with torch.no_grad():
                 channels = self.latent_2d.net.latent_grid(torch.zeros(1, 3, image_size, image_size)).shape[-1]
@@ -729,19 +729,19 @@ class SelfBootTok(Tokenizer):
         if self.kl_weight > 0:
             probs = [q_global, *q_local.values()]
             losses["kl"] = self.kl_weight * sum(kl_to_uniform(p) for p in probs)
-        # A term weighted 0, or whose inputs stage 2 froze, is a constant: its teacher is not run.
-        if self.teacher_global is not None and self.repa_global_weight > 0 and "repa_global" not in self.constant_terms:
+        # A term whose inputs stage 2 froze is a constant: its teacher is not run (one weighted 0 has none).
+        if self.teacher_global is not None and "repa_global" not in self.constant_terms:
             # Eq. 6
             sim = patchwise_similarity_loss(
                 self.projector_global(z_global), self.teacher_global.teacher_features(images)
             )
             losses["repa_global"] = self.align_weight * self.repa_global_weight * sim
-        if self.teacher_local is not None and self.repa_local_weight > 0 and "repa_local" not in self.constant_terms:
+        if self.teacher_local is not None and "repa_local" not in self.constant_terms:
             # Eq. 7
             tokens = z_local[self.local_align_group]
             sim = patchwise_similarity_loss(self.projector_local(tokens), self.teacher_local.teacher_features(images))
             losses["repa_local"] = self.align_weight * self.repa_local_weight * sim
-        if self.latent_2d is not None and self.ot_weight > 0:  # Eq. 12-13
+        if self.latent_2d is not None:  # Eq. 12-13
             if self.ot_target_pending and images.device.type != "meta":  # meta: plan-time shapes and costs
                 raise ConfigError(
                     "tokenizer.latent_2d.train: the OT target's training (a train_latent_2d stage) has not "
