@@ -483,7 +483,10 @@ def _check_sampler_options(config: Mapping[str, Any], options: Mapping[str, Any]
     """``sample.options`` must be keyword-only arguments of the generator's ``sample`` (a generator whose
     sampler takes ``**options``, a released one, checks them when it is built: benchmark/estimate.py)."""
     name = config.get("generator", {}).get("name")
-    signature = inspect.signature(GENERATORS.get(name, where=f"{where}: generator.name").obj.sample).parameters
+    generator = GENERATORS.get(name, where=f"{where}: generator.name").obj
+    if hasattr(generator, "check_sampler_choices"):  # values that only make sense together (generators/sit.py)
+        generator.check_sampler_choices(options, where)
+    signature = inspect.signature(generator.sample).parameters
     if any(prm.kind == prm.VAR_KEYWORD for prm in signature.values()):
         return
     params = {p: prm for p, prm in signature.items() if prm.kind == prm.KEYWORD_ONLY}

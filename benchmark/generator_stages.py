@@ -153,7 +153,13 @@ def sample(ctx: StageContext) -> dict[str, Any]:
     spec, num_classes, stats = generator_space(ctx.input_dir("train_generator"), trained, ctx.store)
     generator = load_generator(ctx.input_dir("train_generator"), spec, num_classes, ctx.device)
     tokenizer = load_tokenizer(ctx.tokenizer_dir(), ctx.device)
-    precision = InferencePrecision(ctx.device, cfg.precision)
+    # a generator may need float32 whatever sample.precision says (SiT predicting noise or a score)
+    needs = getattr(generator, "sample_precision", None)
+    if needs and needs != cfg.precision:
+        ctx.log.info(
+            "sampling in %s, not sample.precision %s: %s", needs, cfg.precision, generator.sample_precision_why
+        )
+    precision = InferencePrecision(ctx.device, needs or cfg.precision)
     labels = balanced_labels(cfg.num_images, num_classes)
     one = labels[:1].to(ctx.device)
     options = {"cfg_scale": cfg.cfg_scale, "steps": cfg.steps, **cfg.options}

@@ -36,7 +36,8 @@ class PixelObjective(nn.Module):
         self.recon_loss, self.recon_weight = recon_loss, recon_weight
         opts = dict(perceptual or {})
         check_perceptual(opts, "tokenizer.perceptual")
-        self.perceptual_weight = float(opts.pop("weight", 1.0)) if perceptual else 0.0
+        # ``perceptual: {}`` is the term at its defaults (weight 1), not no term: None is no term
+        self.perceptual_weight = float(opts.pop("weight", 1.0)) if perceptual is not None else 0.0
         self.perceptual = PerceptualLoss(**opts) if self.perceptual_weight > 0 else None
 
     def forward(self, images: Tensor, recon: Tensor) -> dict[str, Tensor]:
@@ -48,8 +49,9 @@ class PixelObjective(nn.Module):
 
 
 def build_adversary(spec: Mapping[str, Any] | None, image_size: int) -> Adversary | None:
-    """The tokenizer's adversary from its ``adversarial`` config, or None when absent / weight 0."""
-    if not spec:
+    """The tokenizer's adversary from its ``adversarial`` config (``{}``: every default), or None when
+    absent / weight 0."""
+    if spec is None:
         return None
     opts = dict(spec)
     check_adversarial(opts, "tokenizer.adversarial")

@@ -131,8 +131,9 @@ class MaskGIT(MaskedIdGenerator):
         for weight in (self.token_embed.weight, self.class_embed.weight, self.pos_embed):
             nn.init.trunc_normal_(weight, std=0.02)
 
-    def logits(self, tokens: Tensor, labels: Tensor) -> Tensor:
-        """p(x_i | x_visible, c) as logits: tokens (B, N) with [MASK] ids, labels (B,) -> (B, N, V)."""
+    def forward(self, tokens: Tensor, labels: Tensor) -> Tensor:
+        """p(x_i | x_visible, c) as logits: tokens (B, N) with [MASK] ids, labels (B,) -> (B, N, V). The
+        training loss and the sampler call the module itself, so ``compile()`` compiles what they run."""
         x = torch.cat([self.class_embed(labels)[:, None], self.token_embed(tokens)], dim=1) + self.pos_embed
         return self.head(self.norm(self.transformer(x))[:, 1:])
 
@@ -147,7 +148,7 @@ class MaskGIT(MaskedIdGenerator):
         # The n lowest of N random scores are masked: each n-subset is equally likely.
         rank = torch.rand(b, n, device=tokens.device).argsort(dim=1).argsort(dim=1)
         masked = rank < num_masked[:, None]
-        logits = self.logits(torch.where(masked, self.mask_id, tokens), labels)
+        logits = self(torch.where(masked, self.mask_id, tokens), labels)
         # the mean over masked positions, without indexing by the mask (a host sync and dynamic shapes)
         ce = F.cross_entropy(
             logits.float().transpose(1, 2), tokens, label_smoothing=self.label_smoothing, reduction="none"
@@ -158,9 +159,9 @@ class MaskGIT(MaskedIdGenerator):
     def _guided_logits(self, tokens: Tensor, labels: Tensor, scale: float) -> Tensor:
         """l_uncond + s * (l_cond - l_uncond); both branches run as one batch of 2B (none at s = 1)."""
         if scale == 1.0:
-            return self.logits(tokens, labels).float()
+            return self(tokens, labels).float()
         null = torch.full_like(labels, self.null_class)
-        cond, uncond = self.logits(tokens.repeat(2, 1), torch.cat([labels, null])).float().chunk(2)
+        cond, uncond = self(tokens.repeat(2, 1), torch.cat([labels, null])).float().chunk(2)
         return uncond + scale * (cond - uncond)
 
     @torch.no_grad()
@@ -178,7 +179,8 @@ class MaskGIT(MaskedIdGenerator):
     ) -> Iterator[Tensor]:
         """Confidence-based iterative decoding; yields the (B, N) token state after each of T steps.
 
-        Step i: s_i = cfg_scale ("constant") or 1 + (cfg_scale - 1)(i + 1)/T ("linear"); draw
+        Step i (from 0): s_i = cfg_scale ("constant") or 1 + (cfg_scale - 1) i/T ("linear": no guidance at
+        the first step, as TiTok's and MUSE's ``generate``, which raise the scale after each step); draw
         x ~ softmax(l / temperature) at masked positions (Gumbel-max); confidence = log p(x) +
         g_i * Gumbel with g_i = gumbel_temperature * (1 - (i + 1)/T), +inf where already known;
         the ``masked_counts`` n_i least confident positions (at least one before the last step) are
@@ -194,7 +196,7 @@ class MaskGIT(MaskedIdGenerator):
         tokens = torch.full((labels.shape[0], self.num_tokens), self.mask_id, dtype=torch.long, device=device)
         for i, keep_masked in enumerate(counts):
             progress = (i + 1) / steps
-            scale = cfg_scale if cfg_schedule == "constant" else 1 + (cfg_scale - 1) * progress
+            scale = cfg_scale if cfg_schedule == "constant" else 1 + (cfg_scale - 1) * i / steps
             log_probs = F.log_softmax(self._guided_logits(tokens, labels, scale) / temperature, dim=-1)
             sampled = (log_probs + gumbel_noise(log_probs.shape, generator, device)).argmax(dim=-1)
             masked = tokens == self.mask_id

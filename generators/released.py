@@ -106,6 +106,10 @@ class ReleasedGenerator(Generator):
                 f"{self.folder_config['generator']['name']} sampler ({', '.join(known)})"
             )
 
+    def compile(self, *args: Any, **kwargs: Any) -> None:
+        """Compile the released network, which its sampler and loss call (this wrapper itself is never called)."""
+        self.model.compile(*args, **kwargs)
+
     def loss(self, tokens: Tensor, labels: Tensor) -> dict[str, Tensor]:
         """The released generator's training loss (fine-tuning a release)."""
         return self.model.loss(tokens, labels)

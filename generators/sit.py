@@ -39,8 +39,9 @@ Where a formula divides by alpha(1) = 0 or sigma(0) = 0, the time range stops sh
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from itertools import pairwise
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -364,6 +365,11 @@ class SiT(Generator):
         self.label_dropout = label_dropout
         self.interpolant = Interpolant(path_type)
         self.prediction = prediction
+        # The velocity of a noise or score prediction divides by alpha(t), down to alpha(1 - EPS) = 1e-3: in
+        # bf16 (relative rounding 2^-9) a perfect eps-hat near t = 1 gives velocity errors of the velocity's
+        # own size. Such models sample in float32 (SiT's sampler does), whatever ``sample.precision`` says.
+        self.sample_precision = None if prediction == "velocity" else "fp32"
+        self.sample_precision_why = f"generator.prediction {prediction}: its velocity divides by alpha(t) >= 1e-3"
         self.repa_depth, self.repa_dim, self.repa_weight = repa_depth, repa_dim, repa_weight
         if reg and repa_dim <= 0:
             raise ConfigError(
@@ -563,6 +569,25 @@ class SiT(Generator):
 
         return velocity_fn
 
+    @staticmethod
+    def check_sampler_choices(options: Mapping[str, Any], where: str = "config") -> None:
+        """``sample.options``' sampler and method, checked at plan time (benchmark/config.py) and here: a
+        known sampler, a known ODE method, and none for the SDE, which is Euler-Maruyama."""
+        sampler, method = options.get("sampler", "ode"), options.get("method")
+        if sampler not in SAMPLERS:
+            raise ConfigError(
+                f"{where}: sample.options.sampler: unknown sampler '{sampler}'; choose from {', '.join(SAMPLERS)}"
+            )
+        if method is not None and method not in METHODS:
+            raise ConfigError(
+                f"{where}: sample.options.method: unknown method '{method}'; choose from {', '.join(METHODS)}"
+            )
+        if sampler == "sde" and method not in (None, "euler"):
+            raise ConfigError(
+                f"{where}: sample.options.method: {method} is an ODE method; the SDE sampler is Euler-Maruyama "
+                "(drop the method, or set it to euler)"
+            )
+
     @torch.no_grad()
     def sample(
         self,
@@ -572,17 +597,16 @@ class SiT(Generator):
         generator: torch.Generator | None = None,
         *,
         sampler: str = "ode",
-        method: str = "heun",
+        method: str | None = None,
         guidance_interval: tuple[float, float] = (0.0, 1.0),
         diffusion_norm: float = 1.0,
         cls_cfg_scale: float | None = None,
     ) -> Tensor:
         """Tokens (B, N, C) for ``labels`` (B,): eps ~ N(0, I) at t = 1 (drawn with ``generator``),
-        integrated to t = 0 by the ODE (``method`` euler / heun, 50 steps by default) or the SDE
-        (Euler-Maruyama, 250 steps by default). With REG a class token (B, D) is drawn from noise after
+        integrated to t = 0 by the ODE (``method`` euler / heun, default heun, 50 steps by default) or the
+        SDE (Euler-Maruyama, 250 steps by default; it takes no other ``method``). With REG a class token (B, D) is drawn from noise after
         the tokens' noise, integrated with them (guided by ``cls_cfg_scale``) and discarded."""
-        if sampler not in SAMPLERS:
-            raise ConfigError(f"sample.options.sampler: unknown sampler '{sampler}'; choose from {', '.join(SAMPLERS)}")
+        self.check_sampler_choices({"sampler": sampler, "method": method})
         steps = steps or DEFAULT_STEPS[sampler]
         dtype = self.x_embedder.weight.dtype
         x1 = _randn((labels.shape[0], self.num_tokens, self.token_dim), labels.device, generator).to(dtype)
@@ -590,7 +614,7 @@ class SiT(Generator):
         state = self.join_state(x1, cls1)
         velocity_fn = self.guided_velocity(labels, cfg_scale, tuple(guidance_interval), cls_cfg_scale)
         if sampler == "ode":
-            state = ode_sample(velocity_fn, state, steps, method, t_max=self.t_max, t_min=self.t_min)
+            state = ode_sample(velocity_fn, state, steps, method or "heun", t_max=self.t_max, t_min=self.t_min)
         else:
             state = sde_sample(velocity_fn, self.interpolant, state, steps, diffusion_norm, generator, t_max=self.t_max)
         return self.split_state(state)[0]

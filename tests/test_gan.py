@@ -314,3 +314,16 @@ def test_toy_discriminator_separates_real_from_fixed_fakes() -> None:
 def test_adversary_config_errors_name_the_option(kwargs: dict, option: str) -> None:
     with pytest.raises(ConfigError, match=option.replace(".", r"\.")):
         Adversary(**{"image_size": 32, **kwargs})
+
+
+def test_empty_options_are_the_terms_at_their_defaults_and_none_is_no_term() -> None:
+    """``adversarial: {}`` / ``perceptual: {}`` switch the term on with every default (as SoftVQ's docstring
+    says); only an absent (None) mapping or weight 0 leaves it out."""
+    from benchmark.objectives import PixelObjective, build_adversary
+
+    assert isinstance(build_adversary({}, 32), Adversary)
+    assert build_adversary(None, 32) is None and build_adversary({"weight": 0}, 32) is None
+    pixel = PixelObjective("l2", 1.0, {"weights": "random"})
+    assert pixel.perceptual is not None and pixel.perceptual_weight == 1.0
+    assert PixelObjective("l2", 1.0, None).perceptual is None
+    assert set(pixel(torch.rand(1, 3, 32, 32), torch.rand(1, 3, 32, 32))) == {"recon", "perceptual"}

@@ -103,7 +103,7 @@ def test_cfg_scale_zero_is_unconditional_and_one_is_conditional():
     labels = torch.tensor([0, 1, 2, 3])
     null = torch.full_like(labels, model.null_class)
     tokens = torch.randint(0, 33, (4, 16), generator=torch.Generator().manual_seed(0))
-    cond, uncond = model.logits(tokens, labels), model.logits(tokens, null)
+    cond, uncond = model(tokens, labels), model(tokens, null)
     assert not torch.allclose(cond, uncond, atol=1e-4)  # the class embedding matters
     assert torch.allclose(model._guided_logits(tokens, labels, 0.0), uncond, atol=1e-5)
     assert torch.equal(model._guided_logits(tokens, labels, 1.0), cond)
@@ -116,6 +116,27 @@ def test_cfg_scale_zero_is_unconditional_and_one_is_conditional():
     conditional = draw(labels, 1.0)
     assert torch.equal(draw(labels, 1.0, cfg_schedule="linear"), conditional)  # s_i = 1 throughout
     assert not torch.equal(draw(labels, 4.0), conditional)
+
+
+def test_linear_guidance_starts_unguided_and_rises_each_step(monkeypatch):
+    """cfg_schedule linear: s_i = 1 + (s - 1) i / T, as TiTok's generate (scale raised after each step)."""
+    model = tiny_maskgit().eval()
+    scales: list[float] = []
+    guided = model._guided_logits
+    monkeypatch.setattr(model, "_guided_logits", lambda t, y, scale: scales.append(scale) or guided(t, y, scale))
+    model.sample(torch.tensor([0, 1]), cfg_scale=5.0, steps=8, cfg_schedule="linear")
+    assert scales == pytest.approx([1.0, 1.5, 2.0, 2.5, 3.0, 3.5, 4.0, 4.5])
+
+
+def test_compile_compiles_what_the_loss_and_the_sampler_run():
+    from torch._dynamo.testing import CompileCounter
+
+    model, counter = tiny_maskgit().eval(), CompileCounter()
+    model.compile(backend=counter)
+    model.sample(torch.tensor([0, 1]), steps=2)
+    assert counter.frame_count >= 1
+    model.train().loss(torch.randint(0, 32, (2, 16)), torch.tensor([0, 1]))
+    assert counter.op_count > 0
 
 
 def test_loss_is_finite_and_reaches_every_parameter():
@@ -132,15 +153,14 @@ def test_loss_is_finite_and_reaches_every_parameter():
 def test_loss_masks_random_positions_and_scores_only_those():
     model = tiny_maskgit(label_dropout=1.0)
     seen = {}
-    plain = model.logits
 
-    def spy(tokens, labels):
+    def spy(module, args, out):
+        tokens, labels = args
         seen["tokens"], seen["labels"] = tokens, labels
-        out = plain(tokens, labels)
         # Garbage at unmasked positions must not change the loss.
         return torch.where((tokens == model.mask_id)[..., None], out, 1e3 * torch.randn_like(out))
 
-    model.logits = spy
+    hook = model.register_forward_hook(spy)
     tokens = torch.randint(0, 32, (64, 16), generator=torch.Generator().manual_seed(0))
     labels = torch.randint(0, 4, (64,))
     torch.manual_seed(1)
@@ -150,10 +170,10 @@ def test_loss_masks_random_positions_and_scores_only_those():
     assert masked.sum(1).unique().numel() > 4  # r ~ U(0, 1) gives varied counts
     assert torch.equal(seen["tokens"][~masked], tokens[~masked])
     assert (seen["labels"] == model.null_class).all()  # label dropout 1.0 in training mode
-    model.logits = plain
+    hook.remove()
     torch.manual_seed(1)
     assert torch.allclose(model.loss(tokens, labels)["ce"], ce)
-    model.logits = spy
+    model.register_forward_hook(spy)
     model.eval().loss(tokens, labels)
     assert torch.equal(seen["labels"], labels)  # no label dropout in eval mode
 
@@ -198,7 +218,7 @@ def test_registry_builds_and_rejects_bad_config():
     grid = GENERATORS.build(
         "maskgit", token_spec=TokenSpec("discrete", (4, 4), vocab_size=8, generated=6), num_classes=2, size="tiny"
     )
-    assert grid.logits(torch.zeros(3, 6, dtype=torch.long), torch.zeros(3, dtype=torch.long)).shape == (3, 6, 8)
+    assert grid(torch.zeros(3, 6, dtype=torch.long), torch.zeros(3, dtype=torch.long)).shape == (3, 6, 8)
     with pytest.raises(ConfigError, match="discrete.*continuous"):
         GENERATORS.build("maskgit", token_spec=TokenSpec("continuous", (16,), dim=8), num_classes=10)
     with pytest.raises(ConfigError, match="generator.size"):

@@ -485,3 +485,39 @@ def test_bad_sampler_raises_config_error():
         model.sample(torch.tensor([0]), sampler="dpm")
     with pytest.raises(ConfigError, match=r"sample\.options\.method"):
         model.sample(torch.tensor([0]), steps=2, method="rk4")
+
+
+@pytest.mark.parametrize("prediction", ["velocity", "noise", "score"])
+def test_noise_and_score_models_sample_in_float32(prediction):
+    """A noise model's velocity divides by alpha(t), down to 1e-3 near t = 1: a perfect eps-hat rounded to
+    bf16 there gives velocity errors of the velocity's own size, so such models ask the sample stage
+    for float32 (``sample_precision``); velocity models sample at ``sample.precision``."""
+    model = tiny_sit(prediction=prediction)
+    assert model.sample_precision == (None if prediction == "velocity" else "fp32")
+    torch.manual_seed(0)
+    x0, eps, t = torch.randn(4096), torch.randn(4096), torch.tensor(1 - 1e-3)
+    path = model.interpolant
+    x, v = path.x_t(x0, eps, t), path.velocity(x0, eps, t)
+    error = (path.velocity_from_noise(eps.bfloat16().float(), x, t) - v).std()
+    assert error > 0.3 * v.std()  # why: bf16's rounding alone breaks the conversion
+    assert (path.velocity_from_noise(eps, x, t) - v).std() < 1e-3
+
+
+@pytest.mark.parametrize(
+    "overrides, pattern",
+    [
+        (["sample.options.sampler=sde"], r"command line: sample\.options\.method: heun is an ODE method"),
+        (["sample.options.method=rk4"], r"command line: sample\.options\.method: unknown method 'rk4'"),
+        (["sample.options.sampler=dpm"], r"command line: sample\.options\.sampler: unknown sampler 'dpm'"),
+    ],
+)
+def test_sampler_choices_fail_the_plan(overrides, pattern):
+    """Paper Table 3 samples with the Heun ODE: switching to the SDE without dropping the method, or an
+    unknown sampler or method, is caught when the study is planned, not after the generator trained."""
+    from benchmark.study import build_plan
+
+    with pytest.raises(ConfigError, match=pattern):
+        build_plan("studies/paper_table3_ablation.yaml", "smoke", overrides)
+    build_plan(
+        "studies/paper_table3_ablation.yaml", "smoke", ["sample.options.sampler=sde", "sample.options.method=euler"]
+    )

@@ -167,6 +167,17 @@ def cached_block(
     return x + block.ls2(block.mlp(block.norm2(x))), (k, v)
 
 
+def check_local2d_form(form: str, causal: bool) -> None:
+    """A known aligner form (:data:`LOCAL2D_FORMS`), and no ``causal: false`` for the autoregressive one."""
+    if form not in LOCAL2D_FORMS:
+        raise ConfigError(f"tokenizer.local2d_form: unknown form '{form}'; choose from {', '.join(LOCAL2D_FORMS)}")
+    if form == "autoregressive" and not causal:
+        raise ConfigError(
+            "tokenizer.causal: the autoregressive local 2D aligner (Eq. 9) is causal by construction; "
+            "causal: false needs tokenizer.local2d_form: queries"
+        )
+
+
 class Local2DAligner(nn.Module):
     """Eq. 9, p(z_L2 | z_G) = prod_i p(t_i | z_G, t_<i): transformer blocks over [Linear(Z_G) + global
     positions; N_l local inputs], read out (norm, linear) at the local positions as t_i of width d.
@@ -208,10 +219,7 @@ class Local2DAligner(nn.Module):
         causal: bool = True,
     ) -> None:
         super().__init__()
-        if form not in LOCAL2D_FORMS:
-            raise ValueError(f"unknown local 2D aligner form '{form}'; choose from {', '.join(LOCAL2D_FORMS)}")
-        if form == "autoregressive" and not causal:
-            raise ValueError("the autoregressive local 2D aligner is causal by construction")
+        check_local2d_form(form, causal)
         self.num_global, self.num_local = num_global, num_local
         self.embed = nn.Linear(token_size, width)
         self.global_positions = nn.Parameter(torch.zeros(1, num_global, width))
@@ -500,15 +508,7 @@ class SelfBootTok(Tokenizer):
             raise ConfigError(f"tokenizer.branches: unknown branches '{branches}'; choose from {', '.join(BRANCHES)}")
         if fusion not in FUSIONS:
             raise ConfigError(f"tokenizer.fusion: unknown fusion '{fusion}'; choose from {', '.join(FUSIONS)}")
-        if local2d_form not in LOCAL2D_FORMS:
-            raise ConfigError(
-                f"tokenizer.local2d_form: unknown form '{local2d_form}'; choose from {', '.join(LOCAL2D_FORMS)}"
-            )
-        if local2d_form == "autoregressive" and not causal:
-            raise ConfigError(
-                "tokenizer.causal: the autoregressive local 2D aligner (Eq. 9) is causal by construction; "
-                "causal: false needs tokenizer.local2d_form: queries"
-            )
+        check_local2d_form(local2d_form, causal)
         if local_align_tokens not in LOCAL_ALIGN_TOKENS:
             raise ConfigError(f"tokenizer.local_align_tokens: '{local_align_tokens}' is not l1 or l2")
         if stage not in (1, 2):
