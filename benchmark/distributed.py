@@ -13,6 +13,7 @@ combined in batch or rank order, so the result does not depend on the number of 
 
 from __future__ import annotations
 
+import datetime
 import os
 import socket
 from collections.abc import Callable
@@ -23,6 +24,8 @@ from typing import Any, TypeVar
 import numpy as np
 import torch
 import torch.distributed as dist
+
+from benchmark.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -50,12 +53,28 @@ def world() -> World:
 
 def device(name: str = "auto") -> torch.device:
     """The device of this process: ``auto`` is this rank's GPU (``cuda:<local rank>``) when CUDA is
-    available, else the CPU; an explicit name is taken as given."""
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)) % torch.cuda.device_count())
+    available, else the CPU. An explicit ``cuda`` is this rank's GPU too; an explicit index (``cuda:1``) is
+    taken as given, and refused when several processes share the node (they would all use that one GPU)."""
+    local_rank, local_size = int(os.environ.get("LOCAL_RANK", 0)), int(os.environ.get("LOCAL_WORLD_SIZE", 1))
+    if name == "auto" and not torch.cuda.is_available():
         return torch.device("cpu")
-    return torch.device(name)
+    dev = torch.device("cuda" if name == "auto" else name)
+    if dev.type != "cuda":
+        return dev
+    if dev.index is None:
+        return torch.device("cuda", local_rank % max(1, torch.cuda.device_count()))
+    if local_size > 1:
+        raise ConfigError(
+            f"runtime.device: {name} puts all {local_size} processes of a node on one GPU; "
+            "use cuda (or auto): each process takes the GPU of its local rank"
+        )
+    return dev
+
+
+# How long a collective waits for the other ranks. Rank 0 alone runs the checkpoint callbacks (a preview, the
+# codebook probe, ``train.eval_every``'s metrics over ``eval_images``) while the others wait at a barrier:
+# NCCL's default of 10 minutes would abort a job whose evaluation is longer.
+COLLECTIVE_TIMEOUT = datetime.timedelta(hours=2)
 
 
 def init(device_name: str = "auto") -> World:
@@ -65,7 +84,7 @@ def init(device_name: str = "auto") -> World:
         dev = device(device_name)
         if dev.type == "cuda":
             torch.cuda.set_device(dev)
-        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
+        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo", timeout=COLLECTIVE_TIMEOUT)
     return world()
 
 
@@ -133,6 +152,12 @@ def rank_batches(n: int, batch_size: int, world: World) -> list[range]:
     return [range(start, min(start + batch_size, n)) for start in range(0, n, batch_size)[world.rank :: world.size]]
 
 
+def batch_seed(seed: int, batch: int) -> int:
+    """The seed of batch ``batch``'s random draws (a sampler's noise, a VAE posterior's sample) in a stage
+    that cuts a set into batches: the same draws whichever rank gets the batch."""
+    return seed * 1_000_003 + batch
+
+
 def interleave(per_rank: list[list[T]]) -> list[T]:
     """Per-batch items gathered from every rank (rank order, each rank's batches of :func:`rank_batches` in
     order) back in batch order."""
@@ -140,14 +165,67 @@ def interleave(per_rank: list[list[T]]) -> list[T]:
     return [per_rank[b % size][b // size] for b in range(sum(len(items) for items in per_rank))]
 
 
-def shared_array(path: Path, dtype: np.dtype | type, shape: tuple[int, ...], world: World) -> np.memmap:
-    """A memory-mapped ``.npy`` file into which every rank writes its own rows: rank 0 creates it, then
-    every rank opens it for writing."""
-    if world.main:
-        np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=shape).flush()
-    if world.size > 1:
+def one_node(world: World) -> bool:
+    """Whether every rank of ``world`` runs on this node (``LOCAL_WORLD_SIZE``, set by submitit, torchrun and
+    :func:`spawn`, is the world size)."""
+    return int(os.environ.get("LOCAL_WORLD_SIZE", world.size)) >= world.size
+
+
+class SharedRows:
+    """An (N, ...) ``.npy`` array that the ranks fill batch by batch (the batches of :func:`rank_batches`),
+    finished by rank 0 (:meth:`finish`).
+
+    On one node every rank writes its rows into the same memory-mapped file: they share one page cache.
+    Across nodes a shared file system need not keep a page written on two nodes coherent (NFS flushes whole
+    pages, and a batch's rows rarely end on a page boundary), so each rank writes its rows into a file of its
+    own, which rank 0 reads once every rank has closed it and copies into place."""
+
+    def __init__(self, path: Path, dtype: np.dtype | type, shape: tuple[int, ...], batch_size: int, world: World):
+        self.path, self.shape, self.batch_size, self.world = path, shape, batch_size, world
+        self.sharded = world.size > 1 and not one_node(world)
+        if self.sharded:  # this rank's rows, in the order of its batches
+            self.offset, rows = {}, 0
+            for batch in rank_batches(shape[0], batch_size, world):
+                self.offset[batch.start], rows = rows, rows + len(batch)
+            self.array = np.lib.format.open_memmap(
+                self._shard(world.rank), mode="w+", dtype=dtype, shape=(rows, *shape[1:])
+            )
+            return
+        if world.main:
+            np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=shape).flush()
         barrier()
-    return np.lib.format.open_memmap(path, mode="r+")
+        self.array = np.lib.format.open_memmap(path, mode="r+")
+
+    def _shard(self, rank: int) -> Path:
+        return self.path.with_name(f"{self.path.stem}.rank{rank}.npy")
+
+    def write(self, rows: range, values: np.ndarray) -> None:
+        """The rows ``rows`` (one of this rank's batches)."""
+        start = self.offset[rows.start] if self.sharded else rows.start
+        self.array[start : start + len(rows)] = values
+
+    def finish(self) -> np.memmap | None:
+        """Once every rank wrote its rows (a collective): the whole array, writable, on rank 0; None on the
+        others."""
+        self.array.flush()
+        if not self.sharded:
+            barrier()
+            return self.array if self.world.main else None
+        dtype = self.array.dtype
+        del self.array  # closed before the barrier: rank 0 then reads what this rank wrote
+        barrier()
+        if not self.world.main:
+            return None
+        out = np.lib.format.open_memmap(self.path, mode="w+", dtype=dtype, shape=self.shape)
+        for rank in range(self.world.size):
+            shard = np.load(self._shard(rank), mmap_mode="r")
+            offset = 0
+            for batch in rank_batches(self.shape[0], self.batch_size, World(rank, self.world.size)):
+                out[batch.start : batch.stop] = shard[offset : offset + len(batch)]
+                offset += len(batch)
+            del shard
+            self._shard(rank).unlink()
+        return out
 
 
 def free_port() -> int:

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from benchmark import distributed
 from benchmark.errors import ConfigError
 from benchmark.options import check_options, init_params, nested
 
@@ -180,10 +181,14 @@ class LeCAM(nn.Module):
 
     @torch.no_grad()
     def update(self, real_logits: Tensor, fake_logits: Tensor) -> None:
+        """Move the averages towards this step's mean logits, those of the global batch: with several
+        processes the means are averaged over the ranks (equal shards), so every rank keeps the same
+        averages (the generator's DDP would otherwise overwrite them with rank 0's, its shard's alone)."""
+        real, fake = distributed.mean_over_ranks(torch.stack([real_logits.float().mean(), fake_logits.float().mean()]))
         # 1 - decay, or 1 at the first update; a device tensor, not a Python branch: no host sync
         weight = torch.where(self.num_updates > 0, 1.0 - self.decay, 1.0)
-        self.ema_real.lerp_(real_logits.float().mean(), weight)
-        self.ema_fake.lerp_(fake_logits.float().mean(), weight)
+        self.ema_real.lerp_(real, weight)
+        self.ema_fake.lerp_(fake, weight)
         self.num_updates += 1
 
     def loss(self, real_logits: Tensor, fake_logits: Tensor) -> Tensor:
@@ -256,10 +261,13 @@ def consistency_loss(
 def adaptive_weight(nll: Tensor, g_loss: Tensor, last_layer: Tensor, max_weight: float = 1e4) -> Tensor:
     """VQGAN's adaptive weight (Esser et al. 2021, eq. 7): ||grad_W L_rec|| / (||grad_W L_GAN|| + 1e-4),
 
-    W the decoder's last layer, clamped to [0, max_weight] and detached.
+    W the decoder's last layer, clamped to [0, max_weight] and detached. With several processes the two
+    gradients are those of the global batch (averaged over the ranks' equal shards, as DDP averages the
+    parameters' gradients), so every rank weighs the terms alike and the step does not depend on the
+    number of processes (every rank reaches this at the same steps).
     """
-    nll_grad = torch.autograd.grad(nll, last_layer, retain_graph=True)[0]
-    g_grad = torch.autograd.grad(g_loss, last_layer, retain_graph=True)[0]
+    nll_grad = distributed.mean_over_ranks(torch.autograd.grad(nll, last_layer, retain_graph=True)[0])
+    g_grad = distributed.mean_over_ranks(torch.autograd.grad(g_loss, last_layer, retain_graph=True)[0])
     weight = nll_grad.float().norm() / (g_grad.float().norm() + 1e-4)
     return weight.clamp(0.0, max_weight).detach()
 

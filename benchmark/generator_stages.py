@@ -48,6 +48,7 @@ def cache_latents(ctx: StageContext) -> dict[str, Any]:
         num_workers=ctx.runtime.get("num_workers", 0),
         data=data,
         world=ctx.world,
+        seed=read_json(folder / "stage.json")["config"]["seed"],  # the tokenizer's cell seed
     )
     if not ctx.world.main:
         return {}
@@ -142,7 +143,7 @@ def sample(ctx: StageContext) -> dict[str, Any]:
 
     Batch b draws its noise from a generator seeded with (seed, b), so the images do not depend on
     how batches are shared out: with several processes, rank r generates batches b = r mod world
-    into the same memory-mapped file."""
+    into the same memory-mapped file (across nodes, a file of its own that rank 0 joins)."""
     from benchmark import distributed
     from benchmark.cost import gflops
     from benchmark.latents import unflat_tokens
@@ -173,21 +174,20 @@ def sample(ctx: StageContext) -> dict[str, Any]:
         generator.compile()
     res = read_json(ctx.tokenizer_dir() / "tokenizer.json")["data"]["resolution"]
     tmp = ctx.dir / "images.tmp.npy"
-    images = distributed.shared_array(tmp, np.uint8, (cfg.num_images, res, res, 3), ctx.world)
+    rows_out = distributed.SharedRows(tmp, np.uint8, (cfg.num_images, res, res, 3), cfg.batch_size, ctx.world)
     t0 = time.perf_counter()
     for rows in distributed.rank_batches(cfg.num_images, cfg.batch_size, ctx.world):
         y = labels[rows.start : rows.stop].to(ctx.device)
-        rng = torch.Generator(device=ctx.device).manual_seed(cfg.seed * 1_000_003 + rows.start // cfg.batch_size)
+        rng = torch.Generator(device=ctx.device).manual_seed(
+            distributed.batch_seed(cfg.seed, rows.start // cfg.batch_size)
+        )
         with precision():
             seq = generator.sample(y, generator=rng, **options)
             out = tokenizer.decode(unflat_tokens(stats.denormalize(seq), spec))
-        images[rows.start : rows.stop] = (
-            (out.float().clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).cpu().numpy()
-        )
+        rows_out.write(rows, (out.float().clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).cpu().numpy())
     seconds = time.perf_counter() - t0
-    images.flush()
-    distributed.barrier()
-    if not ctx.world.main:
+    images = rows_out.finish()
+    if images is None:  # not rank 0
         return {}
     first = torch.from_numpy(np.array(images[:16])).permute(0, 3, 1, 2) / 255
     del images

@@ -10,8 +10,9 @@ leading tokens are kept (SelfBootTok's encoder already returns only its global t
 latents are normalised per token position and channel: x' = (x - mean[t, c]) / std[t, c]. The
 tokenizer encodes under the inference precision (bf16 autocast on CUDA, benchmark/precision.py), recorded
 in ``latents.json``; latents are stored as float32 whatever the autocast dtype. Several processes
-share the batches (batch b on rank b mod size) and write them into the same memory-mapped files; the
-statistics are merged from every rank's float64 sums.
+share the batches (batch b on rank b mod size) and write them into the same memory-mapped files (across
+nodes, files of their own that rank 0 joins: benchmark/distributed.py ``SharedRows``); the statistics are
+merged from every rank's float64 sums.
 """
 
 from __future__ import annotations
@@ -78,41 +79,45 @@ def write_cache(
     data: dict | None = None,
     precision: str = "bf16",
     world: World = ONE_PROCESS,
+    seed: int = 0,
 ) -> dict:
     """Encode ``dataset`` once into ``folder`` (memory-mapped arrays written in place, then renamed);
     ``data`` (its config) is recorded so that item i's image can be found again (REPA teachers).
     ``precision``: of the encoder (benchmark/precision.py). With several processes in ``world`` (every
-    rank calls it) each encodes its share of the batches; rank 0 alone finishes the files. Returns
-    what ``latents.json`` holds (on every rank)."""
+    rank calls it) each encodes its share of the batches; rank 0 alone finishes the files. Batch b's random
+    draws (a tokenizer that samples its tokens) are seeded with (``seed``, b), whichever rank encodes it.
+    Returns what ``latents.json`` holds (on every rank)."""
     spec = tokenizer.token_spec
     n = len(dataset)  # type: ignore[arg-type]
     shape = (n, spec.num_generated) if spec.kind == "discrete" else (n, spec.num_generated, spec.dim)
     dtype = np.int64 if spec.kind == "discrete" else np.float32
     folder.mkdir(parents=True, exist_ok=True)
     tmp_tokens, tmp_labels = folder / "tokens.tmp.npy", folder / "labels.tmp.npy"
-    tokens = distributed.shared_array(tmp_tokens, dtype, shape, world)
-    labels = distributed.shared_array(tmp_labels, np.int64, (n,), world)
+    token_rows = distributed.SharedRows(tmp_tokens, dtype, shape, batch_size, world)
+    label_rows = distributed.SharedRows(tmp_labels, np.int64, (n,), batch_size, world)
     batches = distributed.rank_batches(n, batch_size, world)
     loader = DataLoader(dataset, batch_sampler=batches, num_workers=num_workers, pin_memory=device.type == "cuda")
     inference = InferencePrecision(device, precision)
     sums = [0.0, 0.0]  # float64 sums of x and x^2 for the per-token statistics of continuous latents
-    for rows, (images, y) in zip(batches, loader):
+    top_label = -1
+    for rows, (images, y) in zip(batches, loader, strict=True):
+        torch.manual_seed(distributed.batch_seed(seed, rows.start // batch_size))
         with inference():
             encoded = tokenizer.encode(images.to(device, non_blocking=True))
         seq = flat_tokens(encoded if spec.kind == "discrete" else encoded.float(), spec).cpu()
-        tokens[rows.start : rows.stop] = seq.numpy().astype(dtype)
-        labels[rows.start : rows.stop] = y.numpy()
+        token_rows.write(rows, seq.numpy().astype(dtype))
+        label_rows.write(rows, y.numpy())
+        top_label = max(top_label, int(y.max()))
         if spec.kind == "continuous":
             sums = [sums[0] + seq.double().sum(0), sums[1] + seq.double().pow(2).sum(0)]
-    tokens.flush()
-    labels.flush()
-    per_rank = distributed.gather_objects(sums) if world.size > 1 else [sums]  # once every rank's rows are written
-    total, total_sq = (sum(parts) for parts in zip(*per_rank))
+    tokens, labels = token_rows.finish(), label_rows.finish()  # every rank's rows written
+    per_rank = distributed.gather_objects((sums, top_label)) if world.size > 1 else [(sums, top_label)]
+    total, total_sq = (sum(parts) for parts in zip(*(part for part, _ in per_rank)))
     meta = {
         "token_spec": dataclasses.asdict(spec),
         "num_items": n,
         "data": data,
-        "num_classes": int(getattr(dataset, "num_classes", int(labels.max()) + 1)),
+        "num_classes": int(getattr(dataset, "num_classes", max(top for _, top in per_rank) + 1)),
         "precision": inference.describe(),
     }
     if spec.kind == "continuous":
@@ -127,6 +132,7 @@ def write_cache(
             chunk = torch.from_numpy(np.array(tokens[start : start + batch_size])).double()
             tokens[start : start + batch_size] = stats.normalize(chunk).float().numpy()
     tokens.flush()
+    labels.flush()
     del tokens, labels
     tmp_tokens.replace(folder / "tokens.npy")
     tmp_labels.replace(folder / "labels.npy")

@@ -97,6 +97,24 @@ def check_batches(plan: Plan, cell: Cell, slurm: bool, where: str) -> None:
             raise ConfigError(f"{where}: {kind} on {nodes} node(s) x {per_node} process(es): {exc}") from None
 
 
+def check_device(plan: Plan, cell: Cell, slurm: bool, where: str) -> None:
+    """``runtime.device`` with a GPU index (``cuda:1``) for a stage that runs several processes on a node:
+    they would all use that GPU (benchmark/distributed.py :func:`~benchmark.distributed.device`)."""
+    from benchmark.executors import processes
+
+    name = str(cell.config.get("runtime", {}).get("device", "auto"))
+    if ":" not in name:
+        return
+    for hash_ in cell.stages.values():
+        stage = plan.stages[hash_]
+        _, per_node = processes(stage, cell.config["launcher"], slurm)
+        if per_node > 1:
+            raise ConfigError(
+                f"{where}: runtime.device: {name} would put the {per_node} processes per node of {stage.kind} on "
+                "one GPU; use cuda (or auto): each process takes the GPU of its local rank"
+            )
+
+
 def check_one_launcher(plan: Plan) -> None:
     """The study is launched once, with the first cell's ``launcher``: a cell (or profile cell block) that
     sets other launcher options would have them silently ignored. Per-stage resources go in
@@ -129,4 +147,5 @@ def check_plan(plan: Plan, counts: ModelCounts | None = None, slurm: bool = Fals
             check_data(cell.config["data"], f"{plan.path}: cell {cell.label}")
         check_depth_data(cell.config, f"{plan.path}: cell {cell.label}")
         check_batches(plan, cell, slurm, f"{plan.path}: cell {cell.label}")
+        check_device(plan, cell, slurm, f"{plan.path}: cell {cell.label}")
     return estimate_plan(plan, counts)

@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from benchmark.base import Tokenizer
 from benchmark.checkpoints import load_tokenizer
 from benchmark.config import EvalConfig
-from benchmark.distributed import ONE_PROCESS, World, rank_batches
+from benchmark.distributed import ONE_PROCESS, World, batch_seed, rank_batches
 from benchmark.errors import DataError
 from benchmark.metrics import EvalBatch, Metric, build_metrics, compute_all, gather_metrics, protocols
 from benchmark.precision import InferencePrecision
@@ -84,26 +84,32 @@ def reconstruction_metrics(
     precision: str = "bf16",
     world: World = ONE_PROCESS,
     rfid_reference: FeatureStats | None = None,
+    seed: int | None = None,
 ) -> tuple[list[Metric], Tensor | None]:
     """``cfg.metrics`` of ``model`` over ``dataset`` in order (the metric objects, after every update),
     and the first (up to) 8 originals over their reconstructions (CPU). With several processes in
     ``world`` (every rank calls it) each evaluates its share of the batches and the metrics are merged:
     every rank's metrics are those of the whole set; the preview is rank 0's (None on the others).
     ``rfid_reference``: the Inception statistics of ``dataset``'s images, computed before (the originals
-    then do not run through Inception)."""
+    then do not run through Inception). ``seed``: batch b's random draws (a tokenizer that samples its
+    tokens, e.g. a VAE's posterior) are seeded with (seed, b), whichever rank evaluates it; None: they
+    continue the caller's random stream."""
     options = metric_options(cfg, device)
     if rfid_reference is not None:
         options["rfid"] = {**options["rfid"], "reference": rfid_reference}
     metrics = build_metrics(cfg.metrics, model.token_spec, options)
+    batches = rank_batches(len(dataset), cfg.batch_size, world)
     loader = DataLoader(
         dataset,
-        batch_sampler=rank_batches(len(dataset), cfg.batch_size, world),  # type: ignore[arg-type]
+        batch_sampler=batches,  # type: ignore[arg-type]
         num_workers=num_workers,
         pin_memory=device.type == "cuda",
     )
     inference = InferencePrecision(device, precision)
     preview = None
-    for images, labels in loader:
+    for rows, (images, labels) in zip(batches, loader, strict=True):
+        if seed is not None:
+            torch.manual_seed(batch_seed(seed, rows.start // cfg.batch_size))
         recons = evaluate_batch(model, images.to(device, non_blocking=True), labels, metrics, inference)
         if preview is None and world.main:  # rank 0's first batch is batch 0
             preview = torch.cat([images[:PREVIEW], recons[:PREVIEW].cpu()])
@@ -157,7 +163,9 @@ def evaluate_tokenizer(
             num_workers=num_workers,
             world=world,
         )
-    metrics, preview = reconstruction_metrics(model, dataset, cfg, device, num_workers, precision, world, reference)
+    metrics, preview = reconstruction_metrics(
+        model, dataset, cfg, device, num_workers, precision, world, reference, seed=seed
+    )
     histograms = {
         name: counts.tolist() for m in metrics if hasattr(m, "histograms") for name, counts in m.histograms().items()
     }

@@ -113,6 +113,34 @@ class StepBatchSampler(Sampler[list[int]]):
             yield perm[j * self.batch_size : (j + 1) * self.batch_size][self.shard].tolist()
 
 
+def restore_rng(
+    rng: tuple[object, object],
+    world: distributed.World,
+    seed: int,
+    step: int,
+    device: torch.device,
+    log: logging.Logger,
+) -> None:
+    """Give this rank the CPU (and CUDA) random state its rank saved in the checkpoint, so that a resumed run
+    draws what the uninterrupted one would have. A checkpoint from another number of processes has no
+    state for this rank (reusing one would give two ranks the same draws): each rank is reseeded from the
+    seed, its rank and the step instead."""
+    cpu, cuda = rng
+    ranks = cpu if isinstance(cpu, list) else [cpu]
+    if len(ranks) == world.size:
+        torch.set_rng_state(ranks[world.rank])
+        if cuda is not None and device.type == "cuda":  # SiT's noise, MaskGIT's masks draw from it
+            torch.cuda.set_rng_state(cuda[world.rank], device)
+        return
+    log.warning(
+        "checkpoint from %d process(es), resuming on %d: random draws will differ (each rank reseeded from the "
+        "seed, its rank and the step)",
+        len(ranks),
+        world.size,
+    )
+    torch.manual_seed((seed * 1_000_003 + step) * 1_000_003 + world.rank)
+
+
 def learning_rate(cfg: TrainConfig, step: int) -> float:
     """Linear warm-up from 0 over ``warmup_steps``, then constant or cosine down to ``min_lr_ratio``."""
     if step < cfg.warmup_steps:
@@ -473,15 +501,7 @@ def fit(
     )
     batches = iter(loader)  # draws the loader's base seed from the global RNG, as a fresh run does
     if rng is not None:
-        cpu, cuda = rng
-        ranks = cpu if isinstance(cpu, list) else [cpu]
-        if len(ranks) != world.size:
-            log.warning(
-                "checkpoint from %d process(es), resuming on %d: random draws will differ", len(ranks), world.size
-            )
-        torch.set_rng_state(ranks[world.rank % len(ranks)])
-        if cuda is not None and device.type == "cuda":  # SiT's noise, MaskGIT's masks draw from it
-            torch.cuda.set_rng_state(cuda[world.rank % len(cuda)], device)
+        restore_rng(rng, world, seed, step, device, log)
 
     terms: dict[str, float] = {}
     new_log = not log_path.is_file()

@@ -18,7 +18,7 @@ from PIL import Image
 
 from benchmark import evaluate
 from benchmark.data import build_dataset
-from benchmark.errors import DataError, StoreError
+from benchmark.errors import ConfigError, DataError, StoreError
 from benchmark.store import RunStore, atomic_write, write_json
 from benchmark.train import load_checkpoint, save_checkpoint
 
@@ -78,6 +78,24 @@ def test_a_cell_with_its_own_launcher_options_fails_the_dry_run(tmp_path, write_
     assert run_cli(study, tmp_path, "--dry-run") == 2
     err = capsys.readouterr().err
     assert "cell long: launcher.timeout_min differs from cell 4's (600 vs" in err and "launcher.stages.<kind>" in err
+
+
+def test_one_gpu_index_for_several_processes_per_node_fails_the_dry_run(tmp_path, write_study, capsys, monkeypatch):
+    """``runtime.device: cuda:1`` would put every process of a node on GPU 1: refused at plan time for a
+    stage with several processes per node, and by the process itself; ``cuda`` is each local rank's GPU."""
+    from benchmark import distributed
+
+    study = write_study(MINI_STUDY)
+    extra = ("runtime.device=cuda:1", "launcher.name=local", "train.batch_size=8")
+    assert run_cli(study, tmp_path, "--dry-run", *extra, "launcher.stages={train_tokenizer: {tasks_per_node: 2}}") == 2
+    err = one_line_error(capsys)
+    assert "runtime.device: cuda:1 would put the 2 processes per node of train_tokenizer on one GPU" in err
+    assert run_cli(study, tmp_path, "--dry-run", *extra) == 0
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    assert distributed.device("cuda").type == "cuda" and distributed.device("cpu").type == "cpu"
+    with pytest.raises(ConfigError, match=r"runtime\.device: cuda:1 puts all 2 processes of a node on one GPU"):
+        distributed.device("cuda:1")
 
 
 def test_a_batch_that_the_training_stage_would_refuse_fails_the_dry_run(tmp_path, write_study, capsys):

@@ -183,7 +183,8 @@ def test_two_processes_evaluate_a_tokenizer_like_one(tmp_path, write_study, weig
 CACHE = """
 title: latent caches with two processes
 config:
-  tokenizer: {name: titok, size: tiny, patch_size: 4, num_latent_tokens: 4, codebook_size: 16, token_size: 4}
+  tokenizer: {name: titok, size: tiny, patch_size: 4, num_latent_tokens: 4, codebook_size: 16, token_size: 4,
+              sample_posterior: true}
 axes:
   grid:
     tokenizer.bottleneck: [vq, kl]
@@ -193,8 +194,9 @@ stages: [cache_latents]
 
 
 def test_two_processes_cache_the_same_latents_as_one(tmp_path, write_study, single_threaded):
-    """Discrete ids (vq) and normalised continuous latents (kl) of 150 training images, encoded in batches
-    of 64 (rank 0: batches 0 and 2, rank 1: batch 1), with the same per-token statistics."""
+    """Discrete ids (vq) and normalised continuous latents (kl, drawn from the posterior: batch b's draws
+    seeded by b) of 150 training images, encoded in batches of 64 (rank 0: batches 0 and 2, rank 1:
+    batch 1), with the same per-token statistics."""
     pairs = one_then_two(write_study(CACHE), tmp_path, ["cache_latents"], "runtime.device=cpu", "data.train_size=150")
     kinds = set()
     for one, two in pairs:
@@ -210,6 +212,80 @@ def test_two_processes_cache_the_same_latents_as_one(tmp_path, write_study, sing
         for key in ("mean", "std"):
             np.testing.assert_allclose(meta_two[key], meta[key], rtol=1e-6, atol=1e-7)
     assert kinds == {"discrete", "continuous"}
+
+
+def gan_statistics(folder: str) -> None:
+    """Each of two ranks holds half of a batch of logits and of a reconstruction; rank r saves its LeCAM
+    averages and its adaptive weight."""
+    from benchmark.gan import LeCAM, adaptive_weight
+
+    world = distributed.init("cpu")
+    real, fake, recon, target, layer = gan_batch()
+    half = slice(4 * world.rank, 4 * world.rank + 4)
+    lecam = LeCAM()
+    lecam.update(real[half], fake[half])
+    lecam.update(real[half] + 1, fake[half] - 1)
+    nll, g_loss = gan_losses(recon[half], target[half], layer)
+    weight = adaptive_weight(nll, g_loss, layer)
+    save_file({"ema": torch.stack([lecam.ema_real, lecam.ema_fake]), "weight": weight}, f"{folder}/{world.rank}.st")
+    distributed.shutdown()
+
+
+def gan_batch() -> tuple[torch.Tensor, ...]:
+    g = torch.Generator().manual_seed(0)
+    real, fake = torch.randn(8, 5, generator=g) + 1, torch.randn(8, 5, generator=g) - 1
+    recon, target = torch.randn(8, 3, generator=g), torch.randn(8, 6, generator=g)
+    return real, fake, recon, target, torch.randn(6, 3, generator=g).requires_grad_(True)
+
+
+def gan_losses(recon: torch.Tensor, target: torch.Tensor, layer: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    out = recon @ layer.t()
+    return (out - target).pow(2).mean(), -out.tanh().mean()
+
+
+def test_two_processes_keep_the_global_batchs_lecam_averages_and_adaptive_weight(tmp_path):
+    """LeCAM's averages and the adaptive GAN weight of two ranks, each on half the batch, are those of one
+    process on the whole batch, on both ranks (each rank's own halves would differ, and the generator's
+    DDP would then overwrite the averages with rank 0's)."""
+    from benchmark.gan import LeCAM, adaptive_weight
+
+    distributed.spawn(gan_statistics, (str(tmp_path),), nprocs=2)
+    real, fake, recon, target, layer = gan_batch()
+    lecam = LeCAM()
+    lecam.update(real, fake)
+    lecam.update(real + 1, fake - 1)
+    weight = adaptive_weight(*gan_losses(recon, target, layer), layer)
+    for rank in (0, 1):
+        saved = load_file(str(tmp_path / f"{rank}.st"))
+        torch.testing.assert_close(saved["ema"], torch.stack([lecam.ema_real, lecam.ema_fake]))
+        torch.testing.assert_close(saved["weight"], weight)
+
+
+def fill_rows(folder: str, local_world_size: str) -> None:
+    """Each rank writes row i = [i, i] of its batches (10 rows in batches of 3) into one SharedRows, as on
+    one node or (LOCAL_WORLD_SIZE 1) as on two nodes; rank 0 keeps the result."""
+    import os
+
+    os.environ["LOCAL_WORLD_SIZE"] = local_world_size
+    world = distributed.init("cpu")
+    rows = distributed.SharedRows(Path(folder) / "rows.npy", np.int64, (10, 2), 3, world)
+    for batch in distributed.rank_batches(10, 3, world):
+        rows.write(batch, np.repeat(np.arange(batch.start, batch.stop)[:, None], 2, axis=1))
+    out = rows.finish()
+    assert (out is None) != world.main
+    if world.main:
+        np.save(Path(folder) / "result.npy", np.array(out))
+    distributed.shutdown()
+
+
+@pytest.mark.parametrize("nodes", [1, 2])
+def test_rows_written_by_every_rank_come_together_on_one_node_and_across_nodes(tmp_path, nodes):
+    """Across nodes each rank writes a file of its own (a shared file system need not keep the pages two
+    nodes wrote coherent) that rank 0 joins and removes; on one node they share one memory-mapped file."""
+    distributed.spawn(fill_rows, (str(tmp_path), str(2 // nodes)), nprocs=2)
+    expected = np.repeat(np.arange(10)[:, None], 2, axis=1)
+    assert np.array_equal(np.load(tmp_path / "result.npy"), expected)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["result.npy", "rows.npy"]
 
 
 def test_the_global_batch_must_split_into_equal_shards():

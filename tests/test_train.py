@@ -107,3 +107,32 @@ def test_checkpoint_callbacks_see_the_ema_weights_and_training_goes_on_with_its_
 def test_the_batch_size_error_names_the_stages_option():
     with pytest.raises(ConfigError, match="generator_train.batch_size 64 exceeds"):
         StepBatchSampler(10, 64, 0, 0, 5, key="generator_train.batch_size")
+
+
+def test_a_resume_on_another_number_of_processes_gives_every_rank_its_own_draws(caplog):
+    """A checkpoint's per-rank random states are restored rank by rank when the world size is the same;
+    from a one-process checkpoint, two ranks are reseeded apart (reusing its one state would give both the
+    same noise for the rest of training), and the log says so."""
+    import logging
+
+    from benchmark.distributed import World
+    from benchmark.train import restore_rng
+
+    log, cpu = logging.getLogger("test"), torch.device("cpu")
+    saved = [torch.manual_seed(1).get_state(), torch.manual_seed(2).get_state()]
+
+    def seeded(seed: int) -> torch.Tensor:
+        torch.manual_seed(seed)
+        return torch.rand(4)
+
+    def draws(rng: tuple, world: World) -> torch.Tensor:
+        torch.manual_seed(99)
+        restore_rng(rng, world, seed=0, step=4, device=cpu, log=log)
+        return torch.rand(4)
+
+    assert torch.equal(draws((saved, None), World(1, 2)), seeded(2))
+    one = (saved[0], None)  # a single-process checkpoint's state
+    with caplog.at_level(logging.WARNING):
+        rank0, rank1 = draws(one, World(0, 2)), draws(one, World(1, 2))
+    assert not torch.equal(rank0, rank1) and "resuming on 2" in caplog.text
+    assert torch.equal(draws(one, World(0, 1)), seeded(1))
