@@ -212,6 +212,8 @@ class LauncherConfig:
     ``array_parallelism``: how many tasks of one job array run at once. ``parallel`` (local): how many
     independent stages run at once on this machine, each in its own process with ``cores / parallel``
     CPU threads (small models on a CPU train faster side by side than one after another on every core).
+    ``fail_fast`` (or ``--fail-fast``): stop the study at its first failing stage; locally nothing more
+    starts, on Slurm the job that fails cancels the study's other jobs.
     """
 
     name: str = "auto"

@@ -30,7 +30,7 @@ from benchmark.config import stage_resources
 from benchmark.errors import StageError
 from benchmark.graph import STAGES, stage_order
 from benchmark.registry import load_plugins
-from benchmark.store import RunStore, StageStatus, read_json, slurm_job_id
+from benchmark.store import RunStore, StageStatus, read_json, slurm_job_id, write_json
 from benchmark.study import Plan, Stage
 
 WAIT_POLL_S = 2.0
@@ -453,8 +453,9 @@ class StageJob:
     environment from submitit. On SIGUSR2 (sent before the time limit, or on preemption) training
     checkpoints at its next log step and the job requeues itself, up to ``max_num_timeout`` times."""
 
-    def __init__(self, max_num_timeout: int) -> None:
+    def __init__(self, max_num_timeout: int, fail_fast: str | None = None) -> None:
         self.max_num_timeout = max_num_timeout
+        self.fail_fast = fail_fast  # the file listing the study's jobs, which a failure cancels (--fail-fast)
 
     def __call__(self, store_root: str, kind: str, hash: str) -> dict[str, Any]:
         from benchmark.train import STOP_REQUESTED, Preempted
@@ -467,40 +468,66 @@ class StageJob:
         try:
             return run_stage(store_root, kind, hash, take_lock=True)
         except Preempted as exc:
-            restarts = int(os.environ.get("SLURM_RESTART_COUNT", "0"))
-            store = RunStore(store_root)
-            if restarts >= self.max_num_timeout:
-                if int(os.environ.get("RANK", "0")) == 0:
-                    store.fail(
-                        kind,
-                        hash,
-                        StageError(
-                            f"stopped at the time limit {restarts + 1} times (step "
-                            f"{exc.step}); launcher.max_num_timeout is {self.max_num_timeout}"
-                        ),
-                        "timeout",
-                    )
-                raise
-            if int(os.environ.get("RANK", "0")) == 0:
-                job = read_json(store.dir(kind, hash) / "slurm.json") or {}
-                store.record_job(kind, hash, {**job, "requeues": restarts + 1})  # before Slurm stops this job
-                requeue = subprocess.run(
-                    ["scontrol", "requeue", slurm_job_id() or ""], capture_output=True, text=True, check=False
-                )
-                if requeue.returncode != 0:  # e.g. JobRequeue=0 on this cluster: say so instead of vanishing
-                    store.record_job(kind, hash, job)
-                    store.fail(
-                        kind,
-                        hash,
-                        StageError(
-                            f"stopped at the time limit (step {exc.step}) and Slurm refused to requeue the job: "
-                            f"{requeue.stderr.strip() or requeue.returncode}; resume with --retry-failed"
-                        ),
-                        "timeout",
-                    )
-                    raise
-            time.sleep(60)  # Slurm stops this job on requeue
+            self._requeue_or_fail(store_root, kind, hash, exc)
             raise
+        except Exception:
+            if self.fail_fast and int(os.environ.get("RANK", "0")) == 0:
+                cancel_study(Path(self.fail_fast), RunStore(store_root).dir(kind, hash) / "log.txt")
+            raise
+
+    def _requeue_or_fail(self, store_root: str, kind: str, hash: str, exc: Any) -> None:
+        """A stage stopped at the time-limit signal (the caller re-raises): requeue this job, which resumes
+        from its checkpoint, or record the stage as timed out after ``max_num_timeout`` requeues or when
+        Slurm refuses to requeue."""
+        restarts = int(os.environ.get("SLURM_RESTART_COUNT", "0"))
+        store, main = RunStore(store_root), int(os.environ.get("RANK", "0")) == 0
+        if restarts >= self.max_num_timeout:
+            if main:
+                store.fail(
+                    kind,
+                    hash,
+                    StageError(
+                        f"stopped at the time limit {restarts + 1} times (step "
+                        f"{exc.step}); launcher.max_num_timeout is {self.max_num_timeout}"
+                    ),
+                    "timeout",
+                )
+            return
+        if main:
+            job = read_json(store.dir(kind, hash) / "slurm.json") or {}
+            store.record_job(kind, hash, {**job, "requeues": restarts + 1})  # before Slurm stops this job
+            requeue = subprocess.run(
+                ["scontrol", "requeue", slurm_job_id() or ""], capture_output=True, text=True, check=False
+            )
+            if requeue.returncode != 0:  # e.g. JobRequeue=0 on this cluster: say so instead of vanishing
+                store.record_job(kind, hash, job)
+                store.fail(
+                    kind,
+                    hash,
+                    StageError(
+                        f"stopped at the time limit (step {exc.step}) and Slurm refused to requeue the job: "
+                        f"{requeue.stderr.strip() or requeue.returncode}; resume with --retry-failed"
+                    ),
+                    "timeout",
+                )
+                return
+        time.sleep(60)  # Slurm stops this job on requeue
+
+
+def cancel_study(jobs_file: Path, log: Path) -> None:
+    """``--fail-fast`` on Slurm: a stage failed in this job, so cancel the study's other jobs that
+    ``jobs_file`` lists (what the submitting run queued or found in flight; their dependents are cancelled
+    by Slurm, ``kill-on-invalid-dep``), and say so in the failed stage's log."""
+    own = slurm_job_id()
+    others = [j for j in (read_json(jobs_file) or {}).get("jobs", []) if j != own]
+    if not others:
+        return
+    done = subprocess.run(["scancel", *others], capture_output=True, text=True, check=False)
+    note = f"--fail-fast: this stage failed, so the study's other jobs were cancelled: {', '.join(others)}"
+    if done.returncode != 0:
+        note += f" (scancel: {done.stderr.strip() or done.returncode})"
+    with open(log, "a") as fh:
+        fh.write(note + "\n")
 
 
 @contextlib.contextmanager
@@ -531,7 +558,8 @@ class SlurmExecutor:
 
     Done stages are never submitted; a stage whose job is queued or running is not submitted again; a
     failed one only with ``retry``. A stage waiting on a failed one is skipped, and Slurm cancels a
-    job whose dependency failed (``kill-on-invalid-dep``).
+    job whose dependency failed (``kill-on-invalid-dep``). With ``fail_fast`` a job whose stage fails
+    cancels the study's other jobs too (:func:`cancel_study`).
     """
 
     def __init__(
@@ -539,6 +567,7 @@ class SlurmExecutor:
         launcher: dict[str, Any],
         retry: str | None = None,
         submit: Callable[[Submission, Path], list[str]] | None = None,
+        fail_fast: bool = False,
     ) -> None:
         from benchmark import slurm
 
@@ -548,8 +577,9 @@ class SlurmExecutor:
             raise ConfigError(
                 "launcher.name=slurm: no 'sbatch' on PATH; run on a Slurm login node or use launcher.name=local"
             )
-        self.launcher, self.retry = launcher, retry
+        self.launcher, self.retry, self.fail_fast = launcher, retry, fail_fast
         self.submit = submit or self._submit
+        self.jobs_file: Path | None = None  # with fail_fast, the study's job ids, for the job that fails
 
     def parameters(self, sub: Submission) -> dict[str, Any]:
         """submitit parameters of a submission: resources, name, dependency, requeue signal."""
@@ -581,7 +611,7 @@ class SlurmExecutor:
 
         executor = submitit.AutoExecutor(folder=folder / "%j", cluster="slurm")
         executor.update_parameters(**self.parameters(sub))
-        job = StageJob(self.launcher.get("max_num_timeout", 3))
+        job = StageJob(self.launcher.get("max_num_timeout", 3), str(self.jobs_file) if self.jobs_file else None)
         args = [(str(folder.parent), s.kind, s.hash) for s in sub.stages]
         from benchmark import slurm
 
@@ -620,6 +650,9 @@ class SlurmExecutor:
 
         out = Outcome()
         folder = store.root / "slurm"
+        if self.fail_fast:  # written once everything is queued; a job that fails earlier cancels nothing
+            folder.mkdir(parents=True, exist_ok=True)
+            self.jobs_file = folder / f"fail_fast-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.json"
         with submission_lock(store.root):
             broken: dict[str, str] = {}
             jobs: dict[str, str] = {}  # stage hash -> job id of the job that will produce it
@@ -678,6 +711,8 @@ class SlurmExecutor:
                             },
                         )
                         jobs[stage.hash] = out.submitted[stage.hash] = job_id
+        if self.jobs_file is not None:
+            write_json(self.jobs_file, {"jobs": sorted({*out.submitted.values(), *out.in_flight.values()})})
         return out
 
 

@@ -94,7 +94,8 @@ def main(argv: list[str] | None = None) -> int:
         from benchmark.executors import LocalExecutor, SlurmExecutor
 
         if slurm:
-            outcome = SlurmExecutor(launcher, args.retry_failed).execute(plan, store)
+            fail_fast = args.fail_fast or launcher["fail_fast"]
+            outcome = SlurmExecutor(launcher, args.retry_failed, fail_fast=fail_fast).execute(plan, store)
         else:
             executor = LocalExecutor(
                 args.fail_fast or launcher["fail_fast"],

@@ -2,7 +2,9 @@
 array size limit, and sbatch's rejections turned into one line naming the option to change.
 
 Job states come from ``squeue -t all`` (finished jobs stay there for ``MinJobAge`` seconds, 300 by
-default) and ``scontrol show job`` (exit code, restarts); a job that Slurm no longer knows is None.
+default) and ``scontrol show job`` (exit code, restarts); a job that Slurm no longer knows is None, and how
+it ended is then read from ``sacct`` where accounting runs, else from slurmstepd's lines in its stderr
+(:func:`forgotten_job`).
 """
 
 from __future__ import annotations
@@ -60,6 +62,10 @@ class SlurmQueue:
                     }
         return self._jobs
 
+    def forgotten(self, job_id: str, stderr: str) -> dict[str, Any] | None:
+        """How a job this snapshot does not list ended (:func:`forgotten_job`)."""
+        return forgotten_job(job_id, stderr)
+
     def __call__(self, job_id: str) -> dict[str, Any] | None:
         """State, reason, elapsed time of a job (``A_i`` for an array task); exit code and restarts of
         a job that ended; None when Slurm no longer knows it. When squeue gives no answer (a busy or
@@ -74,6 +80,33 @@ class SlurmQueue:
         if "exit_code" not in info:
             info.update(job_details(str(job_id)))
         return info
+
+
+# What slurmstepd writes into a job's stderr when it ends the job, in the order they are tried (the time
+# limit, a preemption and a node failure are cancellations "DUE TO" a cause; a plain one is scancel's).
+STEPD_ENDINGS = (
+    (re.compile(r"\*\*\* (?:JOB|STEP) \S+ ON \S+ CANCELLED AT \S+ DUE TO TIME LIMIT"), "TIMEOUT"),
+    (re.compile(r"\*\*\* (?:JOB|STEP) \S+ ON \S+ CANCELLED AT \S+ DUE TO PREEMPTION"), "PREEMPTED"),
+    (re.compile(r"\*\*\* (?:JOB|STEP) \S+ ON \S+ CANCELLED AT \S+ DUE TO NODE FAIL"), "NODE_FAIL"),
+    (re.compile(r"oom[-_ ]kill|Exceeded (?:job|step) memory limit|OUT_OF_MEMORY", re.IGNORECASE), "OUT_OF_MEMORY"),
+    (re.compile(r"\*\*\* (?:JOB|STEP) \S+ ON \S+ CANCELLED AT"), "CANCELLED"),
+)
+
+
+def forgotten_job(job_id: str, stderr: str) -> dict[str, Any] | None:
+    """How a job that ``squeue`` no longer lists ended (Slurm forgets an ended job after ``MinJobAge``):
+    from ``sacct`` where the cluster keeps accounting, else from what slurmstepd wrote into the job's
+    ``stderr`` (a time limit, a preemption, a node failure, the OOM killer, a cancellation), with the
+    line that says so as the reason; None when neither tells."""
+    out = _run(["sacct", "-j", job_id, "-X", "-n", "-P", "-o", "State,ExitCode"])
+    if out is not None and out.returncode == 0 and out.stdout.strip():
+        state, _, exit_code = out.stdout.strip().splitlines()[0].partition("|")
+        return {"state": state.split()[0], "reason": "sacct", "exit_code": exit_code or None}
+    for line in reversed(stderr.splitlines()):
+        for pattern, state in STEPD_ENDINGS:
+            if pattern.search(line):
+                return {"state": state, "reason": line.strip()[-200:], "exit_code": None}
+    return None
 
 
 def job_details(job_id: str) -> dict[str, Any]:

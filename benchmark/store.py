@@ -217,6 +217,8 @@ class RunStore:
     ) -> dict[str, Any] | None:
         """A Slurm job of this stage ended without a result: keep (or write) its error record with the
         kind Slurm gives (timeout, cancelled, oom, failed) or ``lost`` when Slurm forgot the job."""
+        if queue is None and hasattr(self.probe, "forgotten"):  # Slurm forgot it: sacct, or slurmstepd's lines
+            queue = self.probe.forgotten(job["job_id"], stderr_tail(job, lines=200))
         state = (queue or {}).get("state")
         if state == "COMPLETED" and error is None:
             return None  # finished between our reads; the next look sees its result
@@ -235,7 +237,7 @@ class RunStore:
             if state == "CANCELLED" and "Dependency" in str((queue or {}).get("reason")):
                 failure = "dependency"  # Slurm dropped it because a stage it needs failed: never ran
             message = (
-                f"Slurm job {job['job_id']} ended {state or 'and is no longer known to Slurm'}"
+                f"Slurm job {job['job_id']} ended {state or 'and is no longer known to Slurm (nor to sacct)'}"
                 f"{' (' + queue['reason'] + ')' if queue and queue.get('reason') not in (None, 'None') else ''}"
                 " without a result"
             )

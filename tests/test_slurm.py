@@ -117,6 +117,32 @@ def test_failing_cell_is_loud_and_only_retried_when_asked(tmp_path, write_study,
     wait_for_jobs(study, tmp_path, *SLURM)
 
 
+def test_fail_fast_on_slurm_cancels_the_studys_other_jobs(tmp_path, write_study, capsys):
+    """With fail_fast (--fail-fast) the job whose stage fails (a non-finite loss at step 0) cancels the study's other
+    jobs: the healthy cell's long training is cancelled, not left to run; the failed stage's log says so."""
+    study = write_study(
+        """
+        config: {tokenizer: {name: titok, size: tiny, patch_size: 4}}
+        axes: {grid: {tokenizer.recon_weight: [1.0, 1.0e+39]}}
+        label: "w {tokenizer.recon_weight}"
+        """
+    )
+    extra = [*SLURM, "train.steps=20000", "launcher.fail_fast=true"]
+    assert main(args(study, tmp_path, *extra)) == 0
+    capsys.readouterr()
+    store = wait_for_jobs(study, tmp_path, *extra, timeout=180)
+    states = {}
+    for folder in (tmp_path / "runs" / "train_tokenizer").iterdir():
+        status = store.status("train_tokenizer", folder.name)
+        states[status.error["kind"]] = folder
+    assert set(states) == {"failed", "cancelled"}, states
+    assert (
+        "--fail-fast: this stage failed, so the study's other jobs were cancelled"
+        in (states["failed"] / "log.txt").read_text()
+    )
+    assert not (states["cancelled"] / "result.json").exists()
+
+
 def test_cancelled_job_shows_cancelled_and_is_not_resubmitted(tmp_path, write_study, capsys):
     study = write_study("config: {tokenizer: {name: titok, size: tiny, patch_size: 4, num_latent_tokens: 4}}")
     extra = [*SLURM, "train.steps=5000"]

@@ -46,6 +46,46 @@ def test_a_job_slurm_forgot_is_lost_once_squeue_answers(tmp_path, monkeypatch):
     assert status.state == "failed" and status.error["kind"] == "lost" and store.job(KIND, HASH)["ended"]
 
 
+@pytest.mark.parametrize(
+    "line, kind",
+    [
+        ("slurmstepd: error: *** JOB 41 ON node1 CANCELLED AT 2026-12-07T10:00:00 DUE TO TIME LIMIT ***", "timeout"),
+        (
+            "slurmstepd: error: Detected 1 oom_kill event in StepId=41.0. Some of the step tasks have been OOM Killed.",
+            "oom",
+        ),
+        ("slurmstepd: error: *** JOB 41 ON node1 CANCELLED AT 2026-12-07T10:00:00 DUE TO PREEMPTION ***", "cancelled"),
+        ("slurmstepd: error: *** JOB 41 ON node1 CANCELLED AT 2026-12-07T10:00:00 ***", "cancelled"),
+        ("Traceback (most recent call last): ...", "lost"),
+    ],
+)
+def test_how_a_forgotten_job_ended_is_read_from_slurmstepds_lines(tmp_path, monkeypatch, line, kind):
+    """Slurm forgets an ended job after MinJobAge and sacct needs accounting: the error record then takes
+    its kind (and the line as its reason) from what slurmstepd wrote into the job's stderr."""
+    monkeypatch.setattr(slurm, "_run", answer(1, stderr="sacct: error: Slurm accounting storage is disabled"))
+    monkeypatch.setattr(SlurmQueue, "jobs", lambda self: {})  # squeue answers: the job is gone
+    store = RunStore(tmp_path, probe=SlurmQueue())
+    submitted(store)
+    stderr = tmp_path / "41_0_log.err"
+    stderr.write_text(f"step 1200/5000\n{line}\n")
+    store.record_job(KIND, HASH, {"job_id": "41", "stderr": str(stderr)})
+    status = store.status(KIND, HASH)
+    assert status.state == "failed" and status.error["kind"] == kind
+    assert ("no longer known" in status.error["error"]) == (kind == "lost")
+
+
+def test_sacct_answers_for_a_forgotten_job_where_accounting_runs(tmp_path, monkeypatch):
+    def run(args, timeout=30):
+        out = "TIMEOUT|0:0\n" if args[0] == "sacct" else ""
+        return subprocess.CompletedProcess(args, 0, out, "")
+
+    monkeypatch.setattr(slurm, "_run", run)
+    store = RunStore(tmp_path, probe=SlurmQueue())
+    submitted(store)
+    status = store.status(KIND, HASH)
+    assert status.error["kind"] == "timeout" and "ended TIMEOUT (sacct)" in status.error["error"]
+
+
 def test_a_newer_submission_is_not_marked_ended_by_a_look_at_the_old_one(tmp_path, monkeypatch):
     monkeypatch.setattr(slurm, "_run", answer(0, stdout=""))
     store = RunStore(tmp_path, probe=SlurmQueue())

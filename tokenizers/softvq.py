@@ -11,7 +11,10 @@ No straight-through estimator: the reconstruction loss trains the encoder and th
 Eq. 3. The tokens a generator models are Z itself, (B, K, token_size).
 
 Defaults follow SoftVQ's released training code (LlamaGen-style loss module): an L2 pixel loss and the
-quantiser's entropy term with weight 0.01 (its ``entropy_loss_ratio``); no separate KL term. The paper
+quantiser's entropy term with weight 0.01 (its ``entropy_loss_ratio``); no separate KL term. Two scales
+differ from that code: its pixel MSE is taken on images in [-1, 1], 4x ours on [0, 1] against the same
+perceptual term (``recon_weight: 4.0`` is its balance), and its entropy term sharpens the code logits
+with temperature 0.01 where ours reads Eq. 2's q at ``tau``. The paper
 recipe adds ``perceptual: {weight: 1.0, net: vgg}``, ``align: {init: dinov2, size: B}`` with
 ``align_weight: 0.1`` (SoftVQ's REPA weight) and ``adversarial: {}`` (:data:`SOFTVQ_ADVERSARIAL`).
 Those need pretrained weights or cost a discriminator, so a study turns them on.
@@ -38,8 +41,10 @@ from benchmark.registry import register_tokenizer
 from benchmark.vit import SIZES, LatentViTEncoder, MaskTokenViTDecoder, vit_size
 
 # SoftVQ's discriminator setup (SelfBootTok Sec. 4.1): a StyleGAN-like discriminator with LeCAM and
-# consistency regularisation; hinge loss, adaptive weight, GAN weight 0.2 and LeCAM 0.001 as in SoftVQ's
-# configs; consistency weight 4.0 is our choice (bCR itself uses 10). `adversarial` overrides any key.
+# consistency regularisation; hinge loss, GAN weight 0.2, LeCAM 0.001 and consistency 4.0 as in SoftVQ's
+# configs/softvq-l-64.yaml (whose disc_start is 20000: a study sets `start`). The adaptive weight is this
+# harness's choice, not SoftVQ's: its train_tokenizer.py trains with the fixed weight (--disc-adaptive-weight
+# defaults to False); `adversarial: {adaptive: false}` is its setting. `adversarial` overrides any key.
 SOFTVQ_ADVERSARIAL: dict = {
     "kind": "stylegan",
     "weight": 0.2,
