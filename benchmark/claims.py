@@ -2,7 +2,8 @@
 and judged against the measured numbers at the end of every report (holds / does not hold / within noise).
 
 One claim is one mapping; ``metric`` is a column key of one of the study's report tables (or, with
-``report.compute``, one of ``compute.as_run``, ``compute.per_cell``, ``compute.saving``), and exactly one
+``report.compute``, one of ``compute.as_run``, ``compute.per_cell``, ``compute.saving``,
+``compute.generator_saving``), and exactly one
 of the kinds below says what the source claims::
 
     {metric: rfid, decreases_with: tokenizer.num_latent_tokens}   # along an axis of the study, in its order
@@ -10,7 +11,7 @@ of the kinds below says what the source claims::
     {metric: rfid, order: [G + L1 + L2, G + L1, SoftVQ]}          # rows from best to worst
     {metric: rfid, row: Big dataset, better_than: "64"}          # row(s) better than a row, a list, or all
     {metric: train_generator.train_pflops, ratio: [A, B], about: 0.6, tolerance: 0.1}   # A / B
-    {metric: compute.saving, about: 40, tolerance: 10}           # a value of the study (or of ``row``)
+    {metric: compute.generator_saving, about: 40, tolerance: 10}  # a value of the study (or of ``row``)
 
 A row is a row label of this study or ``{study: <another study>, row: <label>}``. ``source`` says where
 the source makes the claim ("thesis, Table 2"), ``says`` in its words; ``better: lower | higher`` gives the
@@ -47,7 +48,7 @@ KEYS = {"metric", "source", "says", "better", "row", "ratio", "tolerance", "sour
 # Direction of the metrics the studies compare; ``better:`` gives it for any other.
 LOWER_IS_BETTER = {"rfid", "gfid", "lpips", "loss"}
 HIGHER_IS_BETTER = {"psnr", "ssim", "is_mean"}
-STUDY_VALUES = ("compute.as_run", "compute.per_cell", "compute.saving")
+STUDY_VALUES = ("compute.as_run", "compute.per_cell", "compute.saving", "compute.generator_saving")
 HOLDS, FAILS, NOISE, MISSING = "holds", "does not hold", "within noise", "not measured"
 
 
@@ -339,9 +340,12 @@ def judge_about(value: Stat | None, target: float, tolerance: float) -> str:
 
 
 def fmt(x: float | None) -> str:
-    """A number with four significant digits and no exponent for ordinary magnitudes."""
+    """A number with four significant digits and no exponent for ordinary magnitudes; a whole number (a
+    parameter count) with all its digits."""
     if x is None or (isinstance(x, float) and math.isnan(x)):
         return "-"
+    if float(x).is_integer() and abs(x) < 1e15:
+        return f"{x:.0f}"
     if x != 0 and (abs(x) >= 1e5 or abs(x) < 1e-3):
         return f"{x:.3e}"
     return f"{x:.4g}" if abs(x) < 1e4 else f"{x:.0f}"

@@ -240,9 +240,9 @@ def parse_softvq(config: Mapping[str, Any], where: str) -> dict[str, Any]:
             _choice(_get(config, f"{side}_model", where), SOFTVQ_VITS, where, f"{side}_model")
             for side in ("encoder", "decoder")
         ]
-    for key, default, expected in (
-        ("enc_type", "vit", "vit"),
-        ("dec_type", "vit", "vit"),
+    for key, default, expected in (  # defaults: SoftVQ's ModelArgs (modelling/tokenizer.py)
+        ("enc_type", "cnn", "vit"),
+        ("dec_type", "cnn", "vit"),
         ("use_rope", False, False),
         ("use_ape", True, True),
         ("dec_cls_token", True, True),
@@ -260,7 +260,7 @@ def parse_softvq(config: Mapping[str, Any], where: str) -> dict[str, Any]:
         "token_size": _get(config, "codebook_embed_dim", where),
         "codebook_size": _get(config, "codebook_size", where),
         "num_codebooks": config.get("num_codebooks", 1),
-        "tau": float(config.get("tau", 0.07)),
+        "tau": float(config.get("tau", 0.1)),  # ModelArgs' default (its configs set 0.07)
         "l2_norm": bool(config.get("codebook_l2_norm", True)),
         "similarity": "cosine",
         "ln_pre": False,
@@ -777,8 +777,9 @@ def to_tok1d(release: Release, model: nn.Module) -> dict[str, Tensor]:
     ]
     if any(problems):
         raise CheckpointError(
-            f"{release.where}: the {release.format} release does not fit the model its config describes "
-            f"({model_section(release.config)['name']}): " + "; ".join(p for p in problems if p)
+            f"{release.files.get('weights', release.where)}: the {release.format} release's weights do not fit "
+            f"the model its config ({release.where}) describes ({model_section(release.config)['name']}): "
+            + "; ".join(p for p in problems if p)
         )
     state = {
         key: TRANSFORMS[transform][0]([official[n] for n in names]).to(expected[key].dtype).contiguous()
@@ -894,6 +895,8 @@ def softvq_stand_in(k: int, token_size: int = 32, groups: int = 4) -> StandIn:
             "dec_patch_size": image_size // 8,
             "image_size": image_size,
             "tau": 0.07,
+            "enc_type": "vit",
+            "dec_type": "vit",
             "encoder_model": "vit_large_patch14_dinov2.lvd142m",
             "decoder_model": "vit_large_patch14_dinov2.lvd142m",
             "tok1d_parity_vit": SOFTVQ_TINY,

@@ -361,8 +361,9 @@ class _ImageFiles(Dataset):
 class ImageFolderDataset(_ImageFiles):
     """Images in ImageNet layout, root/<split_dir>/<class>/*.jpg, resized and centre-cropped.
 
-    Classes are the sorted sub-folders of the split folder; ``max_images`` keeps the first images in
-    (class, file name) order.
+    Classes are the sorted sub-folders of the split folder; ``max_images`` keeps each class's first images
+    in file-name order, the classes taken in turn (:func:`across_classes_order`), listed in (class, file
+    name) order: a limited split still holds every class, as the labels a generator samples do.
     """
 
     def __init__(
@@ -389,7 +390,10 @@ class ImageFolderDataset(_ImageFiles):
         self.folder, self.resolution = folder, resolution
         self.class_names = [cls.name for cls in classes]
         self.num_classes = len(classes)
-        self.samples = samples[:max_images]
+        if max_images is not None and max_images < len(samples):  # every class's first images, not the first classes
+            keep = sorted(across_classes_order([label for _, label in samples])[:max_images])
+            samples = [samples[i] for i in keep]
+        self.samples = samples
         self._keep_readable(on_bad_image)
 
     @classmethod
@@ -418,7 +422,8 @@ class BDD100K(_ImageFiles):
 
     ``day`` (the thesis's configuration 1) keeps the frames whose ``attributes.timeofday`` is
     ``daytime`` in root/labels/bdd100k_labels_images_<split>.json, where <split> is the last part of
-    the split folder; ``all`` (configuration 2) keeps every frame. Unlabelled: every label is 0.
+    the split folder; ``all`` (configuration 2) keeps every training frame and the same daytime eval
+    frames. Unlabelled: every label is 0.
     """
 
     def __init__(
@@ -439,7 +444,9 @@ class BDD100K(_ImageFiles):
         base = _data_root(root, "root/images/<split_dir>/*.jpg")
         folder = _split_folder(base / "images", split, train_dir, eval_dir)
         frames = list_images(folder)
-        if subset == "day":
+        # The thesis's configuration 2 adds frames to training only, keeping "the same 1,764 validation
+        # images": its eval split is the daytime one whatever the subset (as ProceduralShapes').
+        if subset == "day" or split == "eval":
             labels = base / "labels" / f"bdd100k_labels_images_{folder.name}.json"
             daytime = self._daytime_names(labels)
             frames = [f for f in frames if f.name in daytime]
@@ -470,7 +477,9 @@ class BDD100K(_ImageFiles):
         _check_choice("data.on_bad_image", on_bad_image, ("error", "skip"))
         base = _data_root(root, "root/images/<split_dir>/*.jpg")
         folder = _split_folder(base / "images", split, train_dir, eval_dir)
-        if subset == "day" and not (base / "labels" / f"bdd100k_labels_images_{folder.name}.json").is_file():
+        if (subset == "day" or split == "eval") and not (
+            base / "labels" / f"bdd100k_labels_images_{folder.name}.json"
+        ).is_file():
             raise DataError(
                 f"subset 'day' needs the labels file {base / 'labels'}/bdd100k_labels_images_"
                 f"{folder.name}.json, which does not exist (or set data.subset=all)"

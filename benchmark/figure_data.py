@@ -426,13 +426,14 @@ def collect_training_curves(results: Results, fig: dict[str, Any]) -> FigureData
     """Metrics of each row's checkpoints over training (``train.eval_every``), every seed."""
     import pandas as pd
 
-    records, notes = [], []
+    records, notes, evaluated = [], [], set()
     for row in selected_rows(results, fig):
         before = len(records)
         for c in row.cells:
             for folder, offset in training_dirs(results, c.cell):
                 for step, path in step_files(folder, "train_eval", ".json").items():
                     metrics = (read_json(path) or {}).get("metrics", {})
+                    evaluated |= set(metrics)
                     records += [
                         dict(
                             row=display(row, results),
@@ -448,6 +449,13 @@ def collect_training_curves(results: Results, fig: dict[str, Any]) -> FigureData
             notes.append(
                 f"{display(row, results)}: no evaluations during training stored (train.eval_every is "
                 f"{row.cells[0].cell.config['train'].get('eval_every', 0)}; {row.status})"
+            )
+    found = {r["metric"] for r in records}
+    for y in as_list(fig["y"]):
+        if evaluated and y not in found:  # asked for, but no checkpoint evaluation computed it
+            notes.append(
+                f"{y}: not among the metrics evaluated during training ({', '.join(sorted(evaluated))}; "
+                "train.eval_metrics)"
             )
     return FigureData(pd.DataFrame(records, columns=["row", "seed", "metric", "step", "value"]), notes=notes)
 

@@ -261,8 +261,13 @@ class Results:
         if df.empty or df.iloc[-1]["stage"] != "total":  # no tokenizer or generator trained yet
             return Value(None)
         total = df.iloc[-1]
-        column = {"compute.as_run": "PFLOPs as run", "compute.per_cell": "PFLOPs, one per cell"}
-        return Value(Stat(float(total[column.get(metric, "saving (%)")])))
+        column = {
+            "compute.as_run": AS_RUN,
+            "compute.per_cell": PER_CELL,
+            "compute.saving": "saving (%)",
+            "compute.generator_saving": "saving, generator once (%)",
+        }
+        return Value(Stat(float(total[column[metric]])))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -312,6 +317,7 @@ def build_table(results: Results, table: dict[str, Any]) -> tuple[pd.DataFrame, 
     for row in rows:
         num: dict[str, Any] = {label_col: row.label}
         text: dict[str, Any] = {label_col: row.label}
+        ok = sum(c.status == "ok" for c in row.cells)
         for key, who in order:
             name = header(key, who)
             if who == "source":
@@ -323,11 +329,14 @@ def build_table(results: Results, table: dict[str, Any]) -> tuple[pd.DataFrame, 
                 text[name] = "-" if num[name] is None else str(num[name])
             else:
                 num[name], text[name] = stat.mean, fmt_stat(stat)
+                if seeds and stat.n < ok:  # a seed without the value (not computed, or not a number)
+                    text[name] += f" (n={stat.n})"
             if seeds:
-                num[f"{name} std"] = stat.std if stat else None
+                num[f"{name} std"] = stat.std if stat and stat.n > 1 else None
+                num[f"{name} n"] = stat.n if stat else 0
         if seeds:
-            num["seeds"] = sum(c.status == "ok" for c in row.cells)
-            text["seeds"] = str(num["seeds"])
+            num["seeds"] = ok
+            text["seeds"] = str(ok)
         num["status"] = text["status"] = row.status
         numbers.append(num)
         texts.append(text)
@@ -375,11 +384,19 @@ def empty_column_notes(results: Results, table: dict[str, Any]) -> list[str]:
     return notes
 
 
+# The training stages downstream of the tokens: what a study that trains its generator once for several
+# tokenizers (SelfBootTok's Fig. 4 / Sec. 4.2) would otherwise train again for each.
+GENERATOR_KINDS = ("train_generator",)
+AS_RUN, PER_CELL, GENERATOR_PER_CELL = "PFLOPs as run", "PFLOPs, one per cell", "PFLOPs, a generator per cell"
+
+
 def compute_table(plan: Plan, store: RunStore) -> pd.DataFrame:
     """Training compute per stage kind: as run (each shared stage once: cells that share a tokenizer,
-    a latent cache or a generator share its training) against every cell training its own. The total
-    (the last row, which claims read) covers the tokenizers and generators: the prerequisites that stand in
-    for published weights (graph.PREREQUISITE_KINDS) are listed first, marked, and left out of it."""
+    a latent cache or a generator share its training) against every cell training its own, and against
+    the tokenizers as run with a generator trained for each cell (what training the generator once saves,
+    SelfBootTok Sec. 4.2: the tokenizers' training is the same either way). The total (the last row,
+    which claims read) covers the tokenizers and generators: the prerequisites that stand in for published
+    weights (graph.PREREQUISITE_KINDS) are listed first, marked, and left out of it."""
     import pandas as pd
 
     rows, prerequisites = [], []
@@ -392,22 +409,19 @@ def compute_table(plan: Plan, store: RunStore) -> pd.DataFrame:
                 continue
             shared += pflops
             per_cell += pflops * len(stage.cells)
-        if per_cell and kind in PREREQUISITE_KINDS:
-            prerequisites.append(
-                {"stage": f"{kind} (not in total)", "PFLOPs as run": shared, "PFLOPs, one per cell": per_cell}
-            )
-        elif per_cell:
-            rows.append({"stage": kind, "PFLOPs as run": shared, "PFLOPs, one per cell": per_cell})
+        if not per_cell:
+            continue
+        row = {"stage": kind, AS_RUN: shared, PER_CELL: per_cell}
+        if kind in PREREQUISITE_KINDS:
+            prerequisites.append({**row, "stage": f"{kind} (not in total)", GENERATOR_PER_CELL: shared})
+        else:
+            rows.append({**row, GENERATOR_PER_CELL: per_cell if kind in GENERATOR_KINDS else shared})
     if rows:
-        total = {
-            "stage": "total",
-            "PFLOPs as run": sum(r["PFLOPs as run"] for r in rows),
-            "PFLOPs, one per cell": sum(r["PFLOPs, one per cell"] for r in rows),
-        }
-        rows.append(total)
+        rows.append({"stage": "total", **{c: sum(r[c] for r in rows) for c in (AS_RUN, PER_CELL, GENERATOR_PER_CELL)}})
     df = pd.DataFrame(prerequisites + rows)
     if not df.empty:
-        df["saving (%)"] = 100 * (1 - df["PFLOPs as run"] / df["PFLOPs, one per cell"])
+        df["saving (%)"] = 100 * (1 - df[AS_RUN] / df[PER_CELL])
+        df["saving, generator once (%)"] = 100 * (1 - df[AS_RUN] / df[GENERATOR_PER_CELL])
     return df
 
 
@@ -562,9 +576,10 @@ def git_commit() -> str:
 
 
 def results_date(plan: Plan, store: RunStore) -> str | None:
-    """When the newest finished stage of the study finished (its result record's time), ISO date."""
+    """When the newest finished stage of the study finished (the time its result record holds, kept when a
+    run store is copied; else the record's file time), ISO date."""
     times = [
-        path.stat().st_mtime
+        (store.result(stage.kind, stage.hash) or {}).get("_finished") or path.stat().st_mtime
         for stage in plan.stages.values()
         if (path := store.dir(stage.kind, stage.hash) / "result.json").is_file()
     ]
@@ -612,8 +627,9 @@ def write_report(plan: Plan, store: RunStore, out_dir: Path) -> list[Path]:
             "## Training compute",
             "",
             "GFLOPs per training image (torch.utils.flop_counter) x images "
-            "seen, summed over the study's stages: as run, where cells share stages by hash, and if "
-            "every cell trained its own.",
+            "seen, summed over the study's stages: as run, where cells share stages by hash; if "
+            "every cell trained its own; and with the tokenizers as run but a generator trained for each cell "
+            "(the saving of training the generator once).",
             "",
             markdown(shown) if not df.empty else "(no training stage has finished)",
             "",

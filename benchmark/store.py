@@ -270,7 +270,7 @@ class RunStore:
 
     def finish(self, kind: str, hash: str, result: dict[str, Any]) -> None:
         d = self.dir(kind, hash)
-        write_json(d / "result.json", {**result, "_files": output_files(d)})
+        write_json(d / "result.json", {**result, "_files": output_files(d), "_finished": time.time()})
         (d / "error.json").unlink(missing_ok=True)
 
     def fail(self, kind: str, hash: str, exc: BaseException, failure: str = "failed") -> dict[str, Any]:

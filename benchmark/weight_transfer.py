@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -373,6 +374,15 @@ def apply_source(encoder: nn.Module, src: SourceViT, encoder_name: str, strict: 
     pos, how["positional_embedding"] = _positional(src, encoder.positional_embedding, grid)
     tensors["positional_embedding"] = pos
     sources = {**src.sources, "positional_embedding": src.pos_sources}
+    # A target with LayerScale (ls1 / ls2, e.g. SoftVQ's layout) multiplies each residual branch by its own
+    # gamma: the copied branches already carry the source's (folded into attn.proj / mlp.2, or none), so the
+    # target's gammas of the copied blocks are 1, not their initial 1e-5, or every copied block would be
+    # an identity.
+    for name, param in encoder.named_parameters():
+        block = re.fullmatch(r"transformer\.(\d+)\.ls[12]\.gamma", name)
+        if block and int(block.group(1)) < src.depth:
+            tensors[name] = torch.ones_like(param)
+            how[name] = "1: the source's LayerScale (if any) is folded into attn.proj / mlp.2"
     taken: set[str] = set()
     with torch.no_grad():
         for name, param in encoder.named_parameters():

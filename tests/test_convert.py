@@ -149,6 +149,7 @@ def softvq_release() -> tuple[dict, dict[str, tuple[int, ...]]]:
     p, k, e, groups, n = 4, 8, 16, 4, 32
     config = {"codebook_embed_dim": e, "codebook_l2_norm": True, "codebook_size": n, "num_codebooks": groups}
     config.update(num_latent_tokens=k, enc_patch_size=p, dec_patch_size=p, image_size=SIZE, tau=0.07)
+    config.update(enc_type="vit", dec_type="vit")  # ModelArgs' default is a CNN: a release names its ViTs
     config.update(encoder_model="vit_small_patch14_dinov2.lvd142m", decoder_model="vit_small_patch14_dinov2.lvd142m")
     config.update(tok1d_parity_vit={"embed_dim": d, "depth": depth, "num_heads": VIT[2]}, repa_layer_indices=[8])
     g = SIZE // p
@@ -620,7 +621,8 @@ def test_unmatched_extra_and_misshaped_keys_are_one_error(tmp_path):
     with pytest.raises(CheckpointError) as err:
         convert.convert(fmt, src)
     message = str(err.value)
-    assert str(src / "config.json") in message and "\n" not in message
+    weights = next(p for p in src.iterdir() if p.suffix in (".safetensors", ".bin", ".pt"))
+    assert message.startswith(f"{weights}: ") and str(src / "config.json") in message and "\n" not in message
     assert "missing keys: decoder.conv_out.bias, encoder.ln_post.weight" in message
     assert "unexpected keys: decoder.extra_head.weight" in message
     assert "encoder.conv_out.weight [16, 64, 3, 3] (expected [16, 64, 1, 1])" in message

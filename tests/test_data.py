@@ -145,10 +145,18 @@ def test_load_image_matches_resize_then_center_crop(tmp_path: Path):
 
 
 def test_imagefolder_eval_split_and_max_images(imagenet: Path):
+    """``max_images`` keeps each class's first images (classes in turn), not the first classes' images."""
     ds = ImageFolderDataset("eval", root=str(imagenet), resolution=8, max_images=4)
-    assert ds.folder == imagenet / "val" and len(ds) == 4
-    assert [p.name for p, _ in ds.samples] == ["0.JPG", "1.png", "2.jpeg", "0.JPG"]
-    assert ds[3][1] == 1
+    assert ds.folder == imagenet / "val" and len(ds) == 4 and ds.num_classes == 2
+    assert [(p.parent.name, p.name) for p, _ in ds.samples] == [
+        ("apple", "0.JPG"),
+        ("apple", "1.png"),
+        ("zebra", "0.JPG"),
+        ("zebra", "1.png"),
+    ]
+    assert [label for _, label in ds.samples] == [0, 0, 1, 1]
+    three = ImageFolderDataset("eval", root=str(imagenet), max_images=3)
+    assert [label for _, label in three.samples] == [0, 0, 1]
 
 
 def test_imagefolder_converts_to_rgb(tmp_path: Path):
@@ -215,11 +223,15 @@ def test_bdd100k_day_keeps_daytime_frames(bdd: Path):
     assert image[2].mean() > 0.7 and image[0].mean() < 0.45
 
 
-def test_bdd100k_all_keeps_every_frame(bdd: Path):
-    ds = BDD100K("eval", root=str(bdd), resolution=8, subset="all")
-    assert ds.folder == bdd / "images" / "val"
+def test_bdd100k_all_keeps_every_training_frame_and_the_same_eval_frames(bdd: Path):
+    """Configuration 2 adds night and dawn frames to training and keeps "the same 1,764 validation
+    images" (thesis Sec. 4.1.1): its eval split is the daytime one."""
+    ds = BDD100K("train", root=str(bdd), resolution=8, subset="all")
+    assert ds.folder == bdd / "images" / "train"
     assert [p.name for p, _ in ds.samples] == ["a.jpg", "b.jpg", "c.jpg", "d.jpg"]
-    assert len(BDD100K("eval", root=str(bdd), subset="all", max_images=3)) == 3
+    assert len(BDD100K("train", root=str(bdd), subset="all", max_images=3)) == 3
+    day, everything = (BDD100K("eval", root=str(bdd), subset=s) for s in ("day", "all"))
+    assert [p.name for p, _ in everything.samples] == [p.name for p, _ in day.samples] == ["a.jpg", "c.jpg"]
 
 
 def test_bdd100k_day_needs_the_labels_file(bdd: Path):

@@ -213,6 +213,26 @@ def test_entry_loads_every_block_and_matches_source_activations(name, tmp_path):
             x = expected
 
 
+@pytest.mark.parametrize("name", ["dinov2", "mae"])
+def test_a_target_with_layer_scale_computes_the_source_blocks(name, tmp_path):
+    """SoftVQ's layout has LayerScale (initialised 1e-5): the copied blocks carry the source's own scale
+    (DINOv2's folded in, MAE's none), so the target's gammas are set to 1, else each block is ~an identity."""
+    case = CASES[name](tmp_path)
+    encoder = TOKENIZERS.build(
+        "softvq", image_size=32, size="tiny", patch_size=16, num_latent_tokens=4, layer_scale=1e-5
+    ).encoder
+    report = initialize_encoder(encoder, case.spec)
+    statuses = {r.target: r.status for r in report.rows if r.target}
+    assert statuses["transformer.0.ls1.gamma"] == "adapted"
+    torch.manual_seed(1)
+    x = torch.randn(2, 5, WIDTH)
+    with torch.no_grad():
+        for ours, theirs in zip(encoder.transformer, case.blocks, strict=True):
+            expected = case.run_block(theirs.eval(), x)
+            torch.testing.assert_close(ours(x), expected, rtol=1e-4, atol=1e-4)
+            x = expected
+
+
 def test_patch_resample_and_pos_interpolation_agree_with_timm(tmp_path):
     """DINOv2 14 px patches, grid 2 -> a 16 px / grid 4 tokenizer, against timm's own loader adaptation."""
     case = CASES["dinov2"](tmp_path)

@@ -218,6 +218,15 @@ def test_stage_two_reuses_stage_one_tokens_and_generator(tmp_path, write_study):
     assert compute.loc["train_tokenizer", "saving (%)"] == pytest.approx(50.0)
     assert compute.loc["finetune_tokenizer", "saving (%)"] == pytest.approx(0.0)
     assert compute.loc["total", "PFLOPs as run"] > 0
+    # Training the generator once saves one generator's training (the tokenizers train the same either
+    # way): the total with a generator per cell is the tokenizers as run plus two generators.
+    as_run = compute["PFLOPs as run"]
+    generator = as_run["train_generator"]
+    assert compute.loc["total", "PFLOPs, a generator per cell"] == pytest.approx(as_run["total"] + generator)
+    assert compute.loc["total", "saving, generator once (%)"] == pytest.approx(
+        100 * generator / (as_run["total"] + generator)
+    )
+    assert compute.loc["train_tokenizer", "saving, generator once (%)"] == pytest.approx(0.0)
 
 
 def test_adversarial_tokenizer_training_resumes_to_identical_weights(tmp_path):

@@ -176,6 +176,11 @@ def test_seeds_give_mean_and_std_and_distinct_stages(study, tmp_path):
     assert numbers.iloc[0]["PSNR"] == pytest.approx(11.0) and numbers.iloc[0]["PSNR std"] == pytest.approx(1.0)
     assert texts.iloc[0]["PSNR"] == "11.0 ± 1.0" and numbers["seeds"].tolist()[:2] == [3, 1]
     assert texts.iloc[1]["status"].startswith("1/3 seeds ok; seed 1: not run")
+    assert numbers.iloc[1]["PSNR std"] is None or pd.isna(numbers.iloc[1]["PSNR std"])  # one seed: no spread
+    # a seed whose metric is missing (or not a number) is counted out of the mean, and the cell says so
+    finish(store, plan, {"32 [seed 1]": {"psnr": float("nan"), "rfid": 1.0, "codebook_usage": 1.0}})
+    numbers, texts = table_of(Results(plan, store))
+    assert texts.iloc[1]["PSNR"] == "20 (n=1)" and numbers.iloc[1]["PSNR n"] == 1 and numbers["seeds"][1] == 2
     # the report command finds the seeds the store holds
     assert main([str(study), "--profile", "smoke", "--runs", str(tmp_path / "runs"), "--results", str(tmp_path)]) == 0
     assert "Each row ran with 3 seeds" in (tmp_path / "report_study" / "_smoke" / "README.md").read_text()
@@ -529,9 +534,11 @@ def test_finetuned_cells_continue_their_training_series(write_study, tmp_path):
     dirs = eval_dirs(plan, store, "base")
     write_training(dirs["train_tokenizer"], [10, 30], 0)
     write_training(dirs["finetune_tokenizer"], [5], 0)
-    data = collect_training_curves(Results(plan, store), {"name": "c", "y": ["psnr"]})
+    data = collect_training_curves(Results(plan, store), {"name": "c", "y": ["psnr", "rfid"]})
     first = plan.cells[0].config["train"]["steps"]  # the second stage starts after the first
     assert data.table["step"].tolist() == [10, 30, first + 5]
+    # a metric the figure asks for that no checkpoint evaluation computed is named, not silently left out
+    assert any(n.startswith("rfid: not among the metrics evaluated during training") for n in data.notes)
 
 
 @pytest.mark.parametrize("name", TOKENIZERS.names())
@@ -683,3 +690,11 @@ def test_a_value_equal_on_every_seed_shows_no_spread():
     assert fmt_stat(Stat.of([flops] * 3)) == "0.01109 ± 0"
     assert fmt_stat(Stat(flops, 2e-18, 3)) == "0.01109 ± 0"  # float rounding is not a spread
     assert fmt_stat(Stat.of([296.4, 288.3, 304.5])) == "296.4 ± 8.1"
+
+
+def test_whole_numbers_keep_their_digits():
+    """A parameter count (equal on every seed) prints in full, not as 2.538e+05; other magnitudes as before."""
+    from benchmark.claims import Stat, fmt, fmt_stat
+
+    assert fmt(253768.0) == "253768" and fmt_stat(Stat(253768.0, 0.0, 3)) == "253768 ± 0"
+    assert fmt(2.5e-4) == "2.500e-04" and fmt(123456.7) == "1.235e+05" and fmt(17.861) == "17.86"
