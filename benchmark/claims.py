@@ -352,8 +352,9 @@ def fmt(x: float | None) -> str:
 
 
 def fmt_source(x: float | None) -> str:
-    """A number of the source as it prints it (up to six significant digits)."""
-    return "-" if x is None else f"{x:.6g}"
+    """A number of the source as it prints it: as its study file gives it (config.SourceFloat), else to six
+    significant digits."""
+    return "-" if x is None else getattr(x, "text", None) or f"{x:.6g}"
 
 
 def fmt_stat(s: Stat | None) -> str:

@@ -291,13 +291,38 @@ class Layer:
 SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
-def load_yaml(path: str | Path) -> dict[str, Any]:
-    """A YAML mapping from ``path``; missing files and malformed YAML name the file."""
+class SourceFloat(float):
+    """A number as a study file prints it: a float that keeps its ``text`` (a source's 100.70 keeps its last
+    zero in the report, where the float alone would print 100.7)."""
+
+    text: str
+
+    def __new__(cls, value: float, text: str) -> SourceFloat:
+        number = super().__new__(cls, value)
+        number.text = text
+        return number
+
+    def __reduce__(self) -> tuple[Any, ...]:  # float's own would drop ``text``
+        return SourceFloat, (float(self), self.text)
+
+
+class DigitsLoader(SAFE_LOADER):  # type: ignore[misc, valid-type]
+    """The safe loader, with floats as :class:`SourceFloat`."""
+
+
+DigitsLoader.add_constructor(
+    "tag:yaml.org,2002:float", lambda loader, node: SourceFloat(loader.construct_yaml_float(node), node.value)
+)
+
+
+def load_yaml(path: str | Path, keep_digits: bool = False) -> dict[str, Any]:
+    """A YAML mapping from ``path``; missing files and malformed YAML name the file. ``keep_digits``: floats
+    as :class:`SourceFloat`, which keep the digits the file gives them."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: no such file")
     try:
-        data = yaml.load(path.read_text(), Loader=SAFE_LOADER)
+        data = yaml.load(path.read_text(), Loader=DigitsLoader if keep_digits else SAFE_LOADER)
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: malformed YAML: {exc}") from exc
     if data is None:

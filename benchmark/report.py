@@ -277,10 +277,8 @@ class Results:
 def decimals(values: list[Any]) -> int:
     """The decimals a column of the source's numbers is printed with (the most any of them has, so
     that 40.40 next to 42.35 keeps its last zero)."""
-    found = [
-        len(repr(v).split(".")[1]) for v in values if isinstance(v, float) and "." in repr(v) and "e" not in repr(v)
-    ]
-    return max(found, default=0)
+    texts = [getattr(v, "text", repr(v)) for v in values if isinstance(v, float)]
+    return max((len(t.split(".")[1]) for t in texts if "." in t and "e" not in t.lower()), default=0)
 
 
 def build_table(results: Results, table: dict[str, Any]) -> tuple[pd.DataFrame, pd.DataFrame]:

@@ -222,8 +222,12 @@ def check_study_path(path: str) -> None:
 
 
 def load_study(path: str | Path) -> dict[str, Any]:
+    """A study file, checked at the top level. The numbers of its ``report`` and ``claims`` (the source's)
+    keep the digits the file prints them with (config.SourceFloat); the rest are plain."""
     path = Path(path)
     spec = load_yaml(path)
+    with_digits = load_yaml(path, keep_digits=True)
+    spec.update({key: with_digits[key] for key in ("report", "claims") if key in spec})
     unknown = set(spec) - STUDY_KEYS
     if unknown:
         raise ConfigError(f"{path}: unknown top-level keys {sorted(unknown)}; allowed: {sorted(STUDY_KEYS)}")

@@ -698,3 +698,27 @@ def test_whole_numbers_keep_their_digits():
 
     assert fmt(253768.0) == "253768" and fmt_stat(Stat(253768.0, 0.0, 3)) == "253768 ± 0"
     assert fmt(2.5e-4) == "2.500e-04" and fmt(123456.7) == "1.235e+05" and fmt(17.861) == "17.86"
+
+
+def test_the_sources_trailing_zeros_survive_the_yaml(tmp_path):
+    """The thesis prints MaskGIT's gFID as 100.70 and the paper G + L1's as 1.70: a study file's report and
+    claims keep the digits it writes (a column whose every value ends in 0 too), its config plain floats."""
+    import pickle
+
+    from benchmark.claims import fmt_source
+    from benchmark.config import SourceFloat
+    from benchmark.report import decimals
+    from benchmark.study import load_study
+
+    path = tmp_path / "s.yaml"
+    path.write_text(
+        "config: {train: {lr: 1.0e-4}}\n"
+        "report: {tables: [{name: t, reference: {rows: {a: {gfid: 100.70}}}}]}\n"
+        "claims: [{metric: gfid, about: 1.70, source_value: 1.70}]\n"
+    )
+    spec = load_study(path)
+    gfid = spec["report"]["tables"][0]["reference"]["rows"]["a"]["gfid"]
+    assert isinstance(gfid, SourceFloat) and gfid == 100.7 and decimals([gfid]) == 2
+    assert fmt_source(spec["claims"][0]["source_value"]) == "1.70" and fmt_source(2.5) == "2.5"
+    assert type(spec["config"]["train"]["lr"]) is float  # configs (hashed, built into models) stay plain
+    assert pickle.loads(pickle.dumps(gfid)).text == "100.70"
