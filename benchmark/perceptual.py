@@ -128,9 +128,10 @@ class PerceptualLoss(nn.Module):
     gets no parameters and no state-dict entries from it, and it always runs in eval mode.
     """
 
-    def __init__(self, *, net: str = "vgg", weights: str | None = None) -> None:
+    def __init__(self, *, net: str = "vgg", weights: str | None = None, where: str = "tokenizer.perceptual") -> None:
         super().__init__()
-        check_perceptual({"net": net}, "tokenizer.perceptual")
+        check_perceptual({"net": net}, where)
+        self.where = where  # the option that asked for it, named by its errors
         import lpips  # only when a perceptual loss is built: plugin loading registers the metric cheaply
 
         # built on the meta device (a shapes-only model for plan-time checks and cost estimates): no file read
@@ -147,17 +148,21 @@ class PerceptualLoss(nn.Module):
         """Per-image LPIPS distance (B,) between images x, y in [0, 1] of shape (B, 3, H, W), in float32
         or wider (also under autocast)."""
         if min(x.shape[-2:]) < MIN_SIZE[self.net_name]:
-            raise ConfigError(
-                f"tokenizer.perceptual.net: LPIPS '{self.net_name}' needs images of at least "
-                f"{MIN_SIZE[self.net_name]} px, got {tuple(x.shape[-2:])}; use a larger data.resolution "
-                f"or net: {min(MIN_SIZE, key=MIN_SIZE.get)}"
-            )
+            raise ConfigError(too_small(self.net_name, tuple(x.shape[-2:]), self.where))
         d = self.lpips(x, y, normalize=True).flatten()
         return d.to(torch.promote_types(d.dtype, torch.float32))
 
     def forward(self, x: Tensor, y: Tensor) -> Tensor:
         """The mean LPIPS distance over the batch (a scalar)."""
         return self.distance(x, y).mean()
+
+
+def too_small(net: str, size: tuple[int, ...], where: str) -> str:
+    """The error for images smaller than LPIPS' ``net`` takes, naming the option that asked for it."""
+    need = f"LPIPS '{net}' needs images of at least {MIN_SIZE[net]} px, got {size}; use a larger data.resolution"
+    if where == "tokenizer.perceptual":
+        return f"{where}.net: {need} or net: {min(MIN_SIZE, key=MIN_SIZE.get)}"
+    return f"{where}: {need} or leave lpips out"
 
 
 @register_metric("lpips")
@@ -171,7 +176,7 @@ class LPIPSMetric(PerImageMean):
     ) -> None:
         super().__init__(token_spec)
         self.device = torch.device(device)
-        self.loss = PerceptualLoss(net=net, weights=weights).to(self.device)
+        self.loss = PerceptualLoss(net=net, weights=weights, where="eval.metrics: lpips").to(self.device)
 
     def per_image(self, images: Tensor, recons: Tensor) -> Tensor:
         return self.loss.distance(recons.to(self.device), images.to(self.device))

@@ -32,6 +32,16 @@ def check_data(data: dict[str, Any], where: str) -> None:
             raise type(exc)(f"{where}: {exc}") from None
 
 
+def check_eval_lpips(config: dict[str, Any], where: str) -> None:
+    """``eval.metrics`` with lpips needs images as large as its VGG takes: refused here, not once the
+    tokenizer has trained and its evaluation starts."""
+    from benchmark.perceptual import MIN_SIZE, too_small
+
+    size = config["data"].get("resolution")
+    if "lpips" in (config.get("eval") or {}).get("metrics", []) and size is not None and size < MIN_SIZE["vgg"]:
+        raise ConfigError(f"{where}: {too_small('vgg', (size, size), 'eval.metrics: lpips')}")
+
+
 def check_depth_data(config: dict[str, Any], where: str) -> None:
     """A stand-in pretrained on depth maps (Depth-Anything's objective) reads data that renders them."""
     from benchmark.graph import PRETRAINED, encoder_at
@@ -146,6 +156,7 @@ def check_plan(plan: Plan, counts: ModelCounts | None = None, slurm: bool = Fals
             seen.add(key)
             check_data(cell.config["data"], f"{plan.path}: cell {cell.label}")
         check_depth_data(cell.config, f"{plan.path}: cell {cell.label}")
+        check_eval_lpips(cell.config, f"{plan.path}: cell {cell.label}")
         check_batches(plan, cell, slurm, f"{plan.path}: cell {cell.label}")
         check_device(plan, cell, slurm, f"{plan.path}: cell {cell.label}")
     return estimate_plan(plan, counts)

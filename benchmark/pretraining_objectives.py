@@ -46,6 +46,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
+from benchmark import distributed
 from benchmark.config import TRAIN_KEYS, TrainConfig
 from benchmark.errors import ConfigError
 from benchmark.layers import hf_layers, patchify
@@ -333,7 +334,10 @@ class SelfDistillation(Objective):
         with torch.no_grad():
             out = self.teacher_head(self._class_token(self.teacher, torch.cat(views[:2])))
             targets = F.softmax((out - self.center) / self.teacher_temp, dim=-1).chunk(2)
-            self.center.mul_(self.center_momentum).add_(out.mean(0, keepdim=True), alpha=1 - self.center_momentum)
+            # the batch mean over every rank's views (DINO's update_center all-reduces it): each rank then
+            # keeps the same centre, which the objective's DDP would otherwise overwrite with rank 0's
+            batch_mean = distributed.mean_over_ranks(out.mean(0, keepdim=True))
+            self.center.mul_(self.center_momentum).add_(batch_mean, alpha=1 - self.center_momentum)
         loss, pairs = student[0].new_zeros(()), 0
         for i, target in enumerate(targets):
             for j, s in enumerate(student):

@@ -60,8 +60,20 @@ def test_a_resolution_too_small_for_the_loss_network_fails_the_dry_run(tmp_path,
     lpips = "tokenizer.perceptual={weight: 1.0, net: alex, weights: random}"
     assert run_cli(study, tmp_path, "--dry-run", lpips) == 2
     err = one_line_error(capsys)
-    assert "LPIPS 'alex' needs images of at least 31 px" in err and "data.resolution" in err
+    assert "tokenizer.perceptual.net: LPIPS 'alex' needs images of at least 31 px" in err and "data.resolution" in err
     assert not (tmp_path / "runs").exists()
+    # the evaluation's LPIPS (VGG, 16 px) is named as the evaluation's, before anything trains
+    image_folder(tmp_path / "data", bad=0)
+    data = f"{{name: imagefolder, root: {tmp_path / 'data'}, train_dir: val, eval_dir: val, resolution: 8}}"
+    small = write_study(IMAGE_STUDY.format(data=data), name="small.yaml")
+    from benchmark.run import main
+
+    assert (
+        main([str(small), "--profile", "smoke", "--dry-run", "--runs", str(tmp_path / "r"), "eval.metrics=[lpips]"])
+        == 2
+    )
+    err = one_line_error(capsys)
+    assert "eval.metrics: lpips: LPIPS 'vgg' needs images of at least 16 px, got (8, 8)" in err
 
 
 def test_a_constructor_check_fails_the_dry_run(tmp_path, write_study, capsys):

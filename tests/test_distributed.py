@@ -288,6 +288,36 @@ def test_rows_written_by_every_rank_come_together_on_one_node_and_across_nodes(t
     assert sorted(p.name for p in tmp_path.iterdir()) == ["result.npy", "rows.npy"]
 
 
+def dino_center(folder: str) -> None:
+    """Each of two ranks runs DINO's loss on half of the same two views; rank r saves its centre."""
+    world = distributed.init("cpu")
+    dino, views = dino_and_views()
+    half = slice(2 * world.rank, 2 * world.rank + 2)
+    dino.loss([v[half] for v in views])
+    save_file({"center": dino.center}, f"{folder}/{world.rank}.st")
+    distributed.shutdown()
+
+
+def dino_and_views() -> tuple[torch.nn.Module, list[torch.Tensor]]:
+    from benchmark.encoder_pretraining import build_objective
+
+    torch.manual_seed(0)
+    stand_in = {"img_size": 16, "patch_size": 4, "embed_dim": 32, "depth": 2, "num_heads": 2}
+    dino, _ = build_objective({"init": "dino", "stand_in": stand_in, "pretrain": {"out_dim": 32}})
+    g = torch.Generator().manual_seed(1)
+    return dino, [torch.rand(4, 3, 16, 16, generator=g) for _ in range(2)]
+
+
+def test_two_processes_keep_dinos_centre_of_the_global_batch(tmp_path):
+    """DINO's teacher centre moves towards the mean output over every rank's views (official update_center
+    all-reduces it), the same on both ranks as one process on the whole batch."""
+    distributed.spawn(dino_center, (str(tmp_path),), nprocs=2)
+    dino, views = dino_and_views()
+    dino.loss(views)
+    for rank in (0, 1):
+        torch.testing.assert_close(load_file(str(tmp_path / f"{rank}.st"))["center"], dino.center)
+
+
 def test_the_global_batch_must_split_into_equal_shards():
     from benchmark.errors import ConfigError
     from benchmark.train import StepBatchSampler
