@@ -269,15 +269,31 @@ def open_rgb(path: Path) -> Image.Image:
         raise DataError(f"cannot read image {path}: {type(exc).__name__}: {exc}") from exc
 
 
-def load_image(path: Path, resolution: int) -> Tensor:
-    """ADM / TiTok preprocessing: RGB, shorter side resized to ``resolution`` (bicubic, antialiased),
-    centre crop to ``resolution`` x ``resolution``; a float32 tensor (3, H, W) in [0, 1]."""
+CROPS = ("torchvision", "adm")
+
+
+def load_image(path: Path, resolution: int, crop: str = "torchvision") -> Tensor:
+    """An image file, RGB, as a float32 tensor (3, H, W) in [0, 1], ``resolution`` x ``resolution``:
+
+    ``torchvision`` (TiTok's eval_transform): shorter side resized to ``resolution`` (bicubic, antialiased),
+    centre crop. ``adm`` (ADM's ``center_crop_arr``, which SoftVQ and ADM's FID reference batches use):
+    halved with a box filter while the shorter side is at least twice ``resolution``, resized (bicubic,
+    sides rounded) so the shorter is ``resolution``, centre crop at the floor of half the margin. The two
+    differ by up to a pixel's shift of the crop on some sizes."""
     from torchvision.transforms import InterpolationMode
     from torchvision.transforms.v2 import functional as TF
 
     img = open_rgb(path)
-    img = TF.resize(img, [resolution], interpolation=InterpolationMode.BICUBIC, antialias=True)
-    img = TF.center_crop(img, [resolution, resolution])
+    if crop == "adm":
+        while min(img.size) >= 2 * resolution:
+            img = img.resize(tuple(side // 2 for side in img.size), resample=Image.BOX)
+        scale = resolution / min(img.size)
+        img = img.resize(tuple(round(side * scale) for side in img.size), resample=Image.BICUBIC)
+        left, top = (img.size[0] - resolution) // 2, (img.size[1] - resolution) // 2
+        img = img.crop((left, top, left + resolution, top + resolution))
+    else:
+        img = TF.resize(img, [resolution], interpolation=InterpolationMode.BICUBIC, antialias=True)
+        img = TF.center_crop(img, [resolution, resolution])
     return TF.to_dtype(TF.pil_to_tensor(img), torch.float32, scale=True)
 
 
@@ -328,11 +344,13 @@ class _ImageFiles(Dataset):
 
     ``on_bad_image``: ``error`` (an unreadable image fails the stage with one error listing every
     unreadable file of the split) or ``skip`` (they are found when the dataset is built, left out, and
-    listed in ``skipped``; that check decodes every image once).
+    listed in ``skipped``; that check decodes every image once). ``crop``: :func:`load_image`'s
+    preprocessing, ``torchvision`` (TiTok's) or ``adm`` (ADM's and SoftVQ's).
     """
 
     samples: list[tuple[Path, int]]
     resolution: int
+    crop: str = "torchvision"
     on_bad_image: str = "error"
     skipped: list[str]
 
@@ -352,7 +370,7 @@ class _ImageFiles(Dataset):
     def __getitem__(self, index: int) -> tuple[Tensor, int]:
         path, label = self.samples[index]
         try:
-            return load_image(path, self.resolution), label
+            return load_image(path, self.resolution, self.crop), label
         except DataError:
             raise bad_images_error(unreadable([p for p, _ in self.samples]), len(self.samples)) from None
 
@@ -376,6 +394,7 @@ class ImageFolderDataset(_ImageFiles):
         eval_dir: str = "val",
         max_images: PositiveInt | None = None,
         on_bad_image: str = "error",
+        crop: str = "torchvision",
     ) -> None:
         check_value(resolution, PositiveInt | None, "data.resolution")
         check_value(max_images, PositiveInt | None, "data.max_images")
@@ -394,6 +413,8 @@ class ImageFolderDataset(_ImageFiles):
             keep = sorted(across_classes_order([label for _, label in samples])[:max_images])
             samples = [samples[i] for i in keep]
         self.samples = samples
+        _check_choice("data.crop", crop, CROPS)
+        self.crop = crop
         self._keep_readable(on_bad_image)
 
     @classmethod
@@ -407,11 +428,13 @@ class ImageFolderDataset(_ImageFiles):
         eval_dir: str = "val",
         max_images: PositiveInt | None = None,
         on_bad_image: str = "error",
+        crop: str = "torchvision",
     ) -> None:
         """The split folder exists and its first class folder holds a readable image."""
         check_value(resolution, PositiveInt | None, "data.resolution")
         check_value(max_images, PositiveInt | None, "data.max_images")
         _check_choice("data.on_bad_image", on_bad_image, ("error", "skip"))
+        _check_choice("data.crop", crop, CROPS)
         folder = _split_folder(_data_root(root, "root/<split_dir>/<class>/*.jpg"), split, train_dir, eval_dir)
         _first_image((p for p in sorted(folder.iterdir()) if p.is_dir()), folder)
 
@@ -437,6 +460,7 @@ class BDD100K(_ImageFiles):
         subset: str = "day",
         max_images: PositiveInt | None = None,
         on_bad_image: str = "error",
+        crop: str = "torchvision",
     ) -> None:
         _check_choice("data.subset", subset, SUBSETS)
         check_value(resolution, PositiveInt | None, "data.resolution")
@@ -456,6 +480,8 @@ class BDD100K(_ImageFiles):
         self.num_classes = 1
         self.class_names = ["frame"]
         self.samples = [(f, 0) for f in frames[:max_images]]
+        _check_choice("data.crop", crop, CROPS)
+        self.crop = crop
         self._keep_readable(on_bad_image)
 
     @classmethod
@@ -470,11 +496,13 @@ class BDD100K(_ImageFiles):
         subset: str = "day",
         max_images: PositiveInt | None = None,
         on_bad_image: str = "error",
+        crop: str = "torchvision",
     ) -> None:
         """The frame folder exists and holds a readable frame; subset ``day`` needs its labels file."""
         _check_choice("data.subset", subset, SUBSETS)
         check_value(resolution, PositiveInt | None, "data.resolution")
         _check_choice("data.on_bad_image", on_bad_image, ("error", "skip"))
+        _check_choice("data.crop", crop, CROPS)
         base = _data_root(root, "root/images/<split_dir>/*.jpg")
         folder = _split_folder(base / "images", split, train_dir, eval_dir)
         if (subset == "day" or split == "eval") and not (

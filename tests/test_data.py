@@ -144,6 +144,38 @@ def test_load_image_matches_resize_then_center_crop(tmp_path: Path):
     assert torch.allclose(load_image(path, 20), expected, atol=1 / 255)
 
 
+def adm_center_crop_arr(pil_image: Image.Image, image_size: int) -> np.ndarray:
+    """ADM's guided_diffusion/image_datasets.py center_crop_arr, verbatim in behaviour (the reference)."""
+    while min(*pil_image.size) >= 2 * image_size:
+        pil_image = pil_image.resize(tuple(x // 2 for x in pil_image.size), resample=Image.BOX)
+    scale = image_size / min(*pil_image.size)
+    pil_image = pil_image.resize(tuple(round(x * scale) for x in pil_image.size), resample=Image.BICUBIC)
+    arr = np.array(pil_image)
+    crop_y, crop_x = (arr.shape[0] - image_size) // 2, (arr.shape[1] - image_size) // 2
+    return arr[crop_y : crop_y + image_size, crop_x : crop_x + image_size]
+
+
+@pytest.mark.parametrize("size", [(500, 375), (500, 334), (800, 600), (77, 131)])
+def test_adm_crop_is_adms_center_crop_arr(tmp_path: Path, size: tuple[int, int]):
+    """``data.crop: adm`` reproduces ADM's preprocessing (SoftVQ's, and ADM's FID reference batches') pixel
+    for pixel; the default is TiTok's torchvision resize and crop, which differs on some sizes."""
+    path = tmp_path / "a.png"
+    array = np.random.default_rng(0).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+    Image.fromarray(array).save(path)
+    expected = torch.from_numpy(adm_center_crop_arr(Image.fromarray(array), 64)).permute(2, 0, 1).float() / 255
+    torch.testing.assert_close(load_image(path, 64, "adm"), expected, rtol=0, atol=1e-6)  # the same 8-bit pixels
+    ds = ImageFolderDataset("train", root=str(write_classes(tmp_path, array)), resolution=64, crop="adm")
+    torch.testing.assert_close(ds[0][0], expected, rtol=0, atol=1e-6)
+    with pytest.raises(ConfigError, match="data.crop"):
+        ImageFolderDataset("train", root=str(tmp_path / "folder"), resolution=64, crop="pil")
+
+
+def write_classes(root: Path, array: np.ndarray) -> Path:
+    (root / "folder" / "train" / "a").mkdir(parents=True, exist_ok=True)
+    Image.fromarray(array).save(root / "folder" / "train" / "a" / "0.png")
+    return root / "folder"
+
+
 def test_imagefolder_eval_split_and_max_images(imagenet: Path):
     """``max_images`` keeps each class's first images (classes in turn), not the first classes' images."""
     ds = ImageFolderDataset("eval", root=str(imagenet), resolution=8, max_images=4)
