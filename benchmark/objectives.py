@@ -28,12 +28,20 @@ class PixelObjective(nn.Module):
     """Reconstruction (L1 or L2) and LPIPS perceptual terms, already weighted."""
 
     def __init__(
-        self, recon_loss: str = "l2", recon_weight: float = 1.0, perceptual: PerceptualOptions | None = None
+        self,
+        recon_loss: str = "l2",
+        recon_weight: float = 1.0,
+        perceptual: PerceptualOptions | None = None,
+        pixel_range: tuple[float, float] = (0.0, 1.0),
     ) -> None:
+        """``pixel_range``: the range the reconstruction distance is taken in (images and reconstructions
+        arrive in [0, 1]): code that trains on [-1, 1] images, as SoftVQ's, weighs its MSE 4x (L1 2x)
+        against the same perceptual term."""
         super().__init__()
         if recon_loss not in ("l1", "l2"):
             raise ConfigError(f"tokenizer.recon_loss: '{recon_loss}' is not l1 or l2")
         self.recon_loss, self.recon_weight = recon_loss, recon_weight
+        self.pixel_scale = pixel_range[1] - pixel_range[0]
         opts = dict(perceptual or {})
         check_perceptual(opts, "tokenizer.perceptual")
         # ``perceptual: {}`` is the term at its defaults (weight 1), not no term: None is no term
@@ -42,7 +50,10 @@ class PixelObjective(nn.Module):
 
     def forward(self, images: Tensor, recon: Tensor) -> dict[str, Tensor]:
         dist = F.l1_loss if self.recon_loss == "l1" else F.mse_loss
-        losses = {"recon": self.recon_weight * dist(recon.float(), images.float())}
+        x, y = recon.float(), images.float()
+        if self.pixel_scale != 1.0:  # the offset of the range cancels in the difference
+            x, y = x * self.pixel_scale, y * self.pixel_scale
+        losses = {"recon": self.recon_weight * dist(x, y)}
         if self.perceptual is not None:
             losses["perceptual"] = self.perceptual_weight * self.perceptual(recon.float(), images.float())
         return losses

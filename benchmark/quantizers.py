@@ -151,8 +151,9 @@ class SoftVectorQuantizer(nn.Module):
     def codebooks(self) -> Tensor:
         return F.normalize(self.embedding, dim=-1) if self.l2_norm else self.embedding
 
-    def probabilities(self, z: Tensor) -> Tensor:
-        """Eq. 2 for tokens z (B, N, dim): code distributions (B, N, K)."""
+    def logits(self, z: Tensor) -> Tensor:
+        """Eq. 2's logits before the temperature for tokens z (B, N, dim): -||z - c_k|| (or, ``cosine``,
+        ẑ · sg[ê_k]), (B, N, K), each token against its segment's codebook."""
         b, n, d = z.shape
         if n % self.num_codebooks:
             raise ValueError(f"{n} tokens do not split evenly over {self.num_codebooks} codebooks")
@@ -161,12 +162,14 @@ class SoftVectorQuantizer(nn.Module):
         seg = z.reshape(b, self.num_codebooks, n // self.num_codebooks, d).transpose(0, 1)
         if self.similarity == "cosine":
             logits = torch.einsum("gbnd,gkd->gbnk", seg.float(), self.codebooks().detach().float())
-            probs = F.softmax(logits / self.tau, dim=-1)
         else:
             codes = self.codebooks()[:, None].expand(-1, b, -1, -1)
-            dist = torch.cdist(seg.float(), codes.float())  # (G, B, N/G, K), Euclidean
-            probs = F.softmax(-dist / self.tau, dim=-1)
-        return probs.transpose(0, 1).reshape(b, n, self.codebook_size)
+            logits = -torch.cdist(seg.float(), codes.float())  # (G, B, N/G, K), Euclidean
+        return logits.transpose(0, 1).reshape(b, n, self.codebook_size)
+
+    def probabilities(self, z: Tensor) -> Tensor:
+        """Eq. 2 for tokens z (B, N, dim): code distributions (B, N, K)."""
+        return F.softmax(self.logits(z) / self.tau, dim=-1)
 
     def quantize(self, probs: Tensor) -> Tensor:
         """Eq. 3: the probability-weighted sum of each segment's codes."""

@@ -155,12 +155,19 @@ def hashed_config(config: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def stage_hash(kind: str, config: Mapping[str, Any], inputs: Mapping[str, str]) -> str:
+    """The hash of a stage: its kind's folder and version, its hashed config, its inputs' hashes and the
+    versions of the methods it names above 1 (benchmark/method_versions.py)."""
+    from benchmark.method_versions import method_versions
+
     payload = {
         "stage": STAGES[kind].store_name,
         "version": STAGES[kind].version,
         "config": hashed_config(config),
         "inputs": dict(inputs),
     }
+    versions = method_versions(config)
+    if versions:  # absent while every method is at version 1: those stages keep their hashes
+        payload["methods"] = versions
     blob = json.dumps(payload, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
 

@@ -525,3 +525,11 @@ def test_smoke_training_lowers_the_reconstruction_loss():
 def test_bad_config_raises_a_config_error_naming_the_key(options, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         tiny(**options)
+
+
+def test_the_discriminator_is_softvqs_with_the_adaptive_weight():
+    """Sec. 4.1's "setup similar to SoftVQ" (StyleGAN-like D, LeCAM, consistency), with the adaptive weight
+    this implementation keeps; SoftVQ itself trains with a fixed one (tokenizers/softvq.py)."""
+    adversary = tiny(adversarial={"start": 0}).adversary
+    assert adversary.adaptive and adversary.weight == 0.2 and adversary.lecam_weight == 0.001
+    assert type(adversary.discriminator).__name__ == "StyleGANDiscriminator"

@@ -36,6 +36,23 @@ def images(n: int = 4, seed: int = 0) -> torch.Tensor:
     return torch.rand(n, 3, IMAGE, IMAGE, generator=torch.Generator().manual_seed(seed))
 
 
+def test_the_entropy_term_is_softvqs_compute_entropy_loss_on_the_logits():
+    """SoftVQ's compute_entropy_loss (its modelling/quantizers/softvq.py): on the code logits divided by
+    0.01, the mean per-token entropy minus the entropy of the mean, per codebook group."""
+    model = tiny_softvq(entropy_weight=1.0)
+    x = images(3)
+    z = model.encoder(x * 2 - 1)
+    logits = model.quantizer.logits(z)
+    b, n, k = logits.shape
+    expected = []
+    for group in logits.reshape(b, model.quantizer.num_codebooks, -1, k).transpose(0, 1):
+        flat = group.reshape(-1, k) / 0.01
+        probs, log_probs = F.softmax(flat, -1), F.log_softmax(flat, -1)
+        avg = probs.mean(0)
+        expected.append(-(probs * log_probs).sum(-1).mean() + (avg * torch.log(avg)).sum())
+    torch.testing.assert_close(model(x).losses["entropy"], torch.stack(expected).mean(), rtol=1e-4, atol=1e-4)
+
+
 def test_encode_decode_follow_the_continuous_token_spec():
     model = tiny_softvq()
     spec = model.token_spec
@@ -49,7 +66,9 @@ def test_encode_decode_follow_the_continuous_token_spec():
     assert set(fwd.losses) == {"recon", "entropy"}  # defaults: L2 pixel loss + SoftVQ's entropy term
     assert torch.equal(fwd.tokens, tokens) and not fwd.tokens.requires_grad
     assert torch.allclose(fwd.recon.clamp(0, 1), out, atol=1e-6)
-    assert torch.allclose(fwd.losses["recon"], F.mse_loss(fwd.recon, x))
+    # SoftVQ's training code takes its MSE on images in [-1, 1]: 4x the MSE on [0, 1]
+    assert torch.allclose(fwd.losses["recon"], F.mse_loss(fwd.recon * 2 - 1, x * 2 - 1))
+    assert torch.allclose(fwd.losses["recon"], 4 * F.mse_loss(fwd.recon, x))
     ids = model.code_ids(x)["codes"]
     assert ids.shape == (3, 8) and ids.dtype == torch.long and 0 <= ids.min() and ids.max() < 64
     assert model.codebook_sizes() == {"codes": 64}
@@ -131,14 +150,15 @@ def test_loss_weights_scale_their_terms():
     assert 0 <= base["kl"] <= torch.log(torch.tensor(64.0))
     assert "entropy" not in tiny_softvq(entropy_weight=0.0)(x).losses
     l1 = tiny_softvq(recon_loss="l1")(x)
-    assert torch.allclose(l1.losses["recon"], F.l1_loss(l1.recon, x))
+    assert torch.allclose(l1.losses["recon"], 2 * F.l1_loss(l1.recon, x))  # on [-1, 1], as SoftVQ trains
 
 
 def test_adversarial_step_with_stylegan_lecam_and_consistency():
     model = tiny_softvq(adversarial={"start": 0})
     adv = model.adversary
     assert isinstance(adv.discriminator, StyleGANDiscriminator)
-    assert adv.lecam_weight > 0 and adv.consistency_weight > 0 and adv.adaptive
+    # SoftVQ's recipe: a fixed GAN weight (its --disc-adaptive-weight defaults to False)
+    assert adv.lecam_weight > 0 and adv.consistency_weight > 0 and not adv.adaptive and adv.weight == 0.2
     disc_ids = {id(p) for p in adv.parameters()}
     g_params = [p for p in model.parameters() if id(p) not in disc_ids]
     g_opt, d_opt = torch.optim.Adam(g_params, lr=1e-4), torch.optim.Adam(adv.parameters(), lr=1e-4)

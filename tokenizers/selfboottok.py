@@ -56,6 +56,10 @@ from benchmark.vit import LatentViTEncoder, MaskTokenViTDecoder, vit_size
 
 from .softvq import SOFTVQ_ADVERSARIAL
 
+# Sec. 4.1: "a setup similar to SoftVQ" for the discriminator, with the adaptive GAN weight (Esser et al.
+# 2021, eq. 7), this implementation's choice: the paper does not say, and SoftVQ trains with a fixed weight.
+SELFBOOTTOK_ADVERSARIAL: dict = {**SOFTVQ_ADVERSARIAL, "adaptive": True}
+
 # Token groups of each ablation (Table 3): G, G + L1, G + L1 + L2.
 BRANCHES: dict[str, tuple[str, ...]] = {
     "G": ("global",),
@@ -483,8 +487,8 @@ class SelfBootTok(Tokenizer):
         "C"); the autoregressive form is causal by construction (``causal: false`` needs "queries").
         ``fusion``: Eq. 11, "soft_residual" with ``alpha``, ``beta`` (renormalised over the present
         groups) or "concat". ``perceptual`` [lambda1 = its ``weight``]: options of PixelObjective.
-        ``adversarial`` [lambda2 = its ``weight``]: None for no GAN, else overrides of SoftVQ's setup
-        (StyleGAN discriminator, LeCAM, consistency). ``kl_weight`` [lambda4]: KL of every codebook's
+        ``adversarial`` [lambda2 = its ``weight``]: None for no GAN, else overrides of
+        :data:`SELFBOOTTOK_ADVERSARIAL` (SoftVQ's StyleGAN discriminator, LeCAM, consistency; adaptive weight). ``kl_weight`` [lambda4]: KL of every codebook's
         posterior to a uniform prior. ``align_weight`` [lambda3] scales ``repa_global_weight`` [mu1],
         ``repa_local_weight`` [mu2] and ``ot_weight`` [mu3]. ``align_global`` / ``align_local``:
         frozen teachers (encoder specs of benchmark/encoders.py, with ``stand_in`` at smoke scale);
@@ -640,7 +644,7 @@ class SelfBootTok(Tokenizer):
         self.pixel = PixelObjective(recon_loss, recon_weight, perceptual)
         self.kl_weight = kl_weight
         self.adversary = (
-            None if adversarial is None else build_adversary({**SOFTVQ_ADVERSARIAL, **adversarial}, image_size)
+            None if adversarial is None else build_adversary({**SELFBOOTTOK_ADVERSARIAL, **adversarial}, image_size)
         )
         self.encoder_init = encoder
         self.token_spec = TokenSpec("continuous", (num_latent_tokens,), dim=token_size)

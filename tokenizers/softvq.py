@@ -11,10 +11,9 @@ No straight-through estimator: the reconstruction loss trains the encoder and th
 Eq. 3. The tokens a generator models are Z itself, (B, K, token_size).
 
 Defaults follow SoftVQ's released training code (LlamaGen-style loss module): an L2 pixel loss and the
-quantiser's entropy term with weight 0.01 (its ``entropy_loss_ratio``); no separate KL term. Two scales
-differ from that code: its pixel MSE is taken on images in [-1, 1], 4x ours on [0, 1] against the same
-perceptual term (``recon_weight: 4.0`` is its balance), and its entropy term sharpens the code logits
-with temperature 0.01 where ours reads Eq. 2's q at ``tau``. The paper
+quantiser's entropy term with weight 0.01 (its ``entropy_loss_ratio``) on the code logits at temperature
+0.01 (its ``compute_entropy_loss``); no separate KL term; the pixel loss taken on images in [-1, 1], as
+its training code normalises them (4x the MSE on [0, 1], against the same perceptual term). The paper
 recipe adds ``perceptual: {weight: 1.0, net: vgg}``, ``align: {init: dinov2, size: B}`` with
 ``align_weight: 0.1`` (SoftVQ's REPA weight) and ``adversarial: {}`` (:data:`SOFTVQ_ADVERSARIAL`).
 Those need pretrained weights or cost a discriminator, so a study turns them on.
@@ -41,15 +40,14 @@ from benchmark.registry import register_tokenizer
 from benchmark.vit import SIZES, LatentViTEncoder, MaskTokenViTDecoder, vit_size
 
 # SoftVQ's discriminator setup (SelfBootTok Sec. 4.1): a StyleGAN-like discriminator with LeCAM and
-# consistency regularisation; hinge loss, GAN weight 0.2, LeCAM 0.001 and consistency 4.0 as in SoftVQ's
-# configs/softvq-l-64.yaml (whose disc_start is 20000: a study sets `start`). The adaptive weight is this
-# harness's choice, not SoftVQ's: its train_tokenizer.py trains with the fixed weight (--disc-adaptive-weight
-# defaults to False); `adversarial: {adaptive: false}` is its setting. `adversarial` overrides any key.
+# consistency regularisation; hinge loss, a fixed GAN weight 0.2 (its train_tokenizer.py's
+# --disc-adaptive-weight defaults to False), LeCAM 0.001 and consistency 4.0 as in SoftVQ's
+# configs/softvq-l-64.yaml (whose disc_start is 20000: a study sets `start`). `adversarial` overrides any key.
 SOFTVQ_ADVERSARIAL: dict = {
     "kind": "stylegan",
     "weight": 0.2,
     "loss": "hinge",
-    "adaptive": True,
+    "adaptive": False,
     "lecam_weight": 0.001,
     "consistency_weight": 4.0,
 }
@@ -58,6 +56,10 @@ SOFTVQ_ADVERSARIAL: dict = {
 @register_tokenizer("softvq")
 class SoftVQVAE(Tokenizer):
     """SoftVQ-VAE: 1D ViT encoder, soft vector quantisation of the K latent tokens, 1D ViT decoder."""
+
+    # 2: the pixel loss on [-1, 1], the entropy at temperature 0.01 and a fixed GAN weight, as SoftVQ's
+    # training code (benchmark/method_versions.py: stages trained before are not reused)
+    version = 2
 
     tiny = {
         "image_size": 32,
@@ -93,6 +95,7 @@ class SoftVQVAE(Tokenizer):
         perceptual: PerceptualOptions | None = None,
         kl_weight: NonNegativeFloat = 0.0,
         entropy_weight: NonNegativeFloat = 0.01,
+        entropy_temperature: PositiveFloat = 0.01,
         align: TeacherOptions | None = None,
         align_weight: NonNegativeFloat = 0.1,
         adversarial: AdversarialOptions | None = None,
@@ -106,7 +109,8 @@ class SoftVQVAE(Tokenizer):
         encoder when None). ``num_codebooks`` splits the K tokens into that many consecutive groups,
         each with its own codebook. ``kl_weight`` (λ4): KL of Eq. 2's posterior to a uniform prior;
         off by default because SoftVQ's released quantiser regularises q only through the entropy
-        term (``entropy_weight``, its ``entropy_loss_ratio`` 0.01). ``align``: a frozen teacher for the
+        term (``entropy_weight``, its ``entropy_loss_ratio`` 0.01), taken on the code logits sharpened by
+        ``entropy_temperature`` (its ``compute_entropy_loss``: 0.01), not on q. ``align``: a frozen teacher for the
         REPA term, an encoder spec of benchmark/encoders.py (``{init: dinov2, size: B}``, or with
         ``stand_in`` at smoke scale). ``adversarial``: None for no GAN, else overrides of
         :data:`SOFTVQ_ADVERSARIAL` (options of benchmark.gan.Adversary). ``encoder``: a pretrained
@@ -160,8 +164,9 @@ class SoftVQVAE(Tokenizer):
         self.decoder = MaskTokenViTDecoder(width=dec_width, depth=dec_depth, heads=dec_heads, **shape)
         self.encoder.apply(init_vit_weights)
         self.decoder.apply(init_vit_weights)
-        self.pixel = PixelObjective(recon_loss, recon_weight, perceptual)
-        self.kl_weight, self.entropy_weight = kl_weight, entropy_weight
+        # SoftVQ's train_tokenizer.py normalises images to [-1, 1] and takes its pixel loss there
+        self.pixel = PixelObjective(recon_loss, recon_weight, perceptual, pixel_range=(-1.0, 1.0))
+        self.kl_weight, self.entropy_weight, self.entropy_temperature = kl_weight, entropy_weight, entropy_temperature
         self.teacher, self.projector, self.align_weight = None, None, align_weight
         if align is not None and align_weight > 0:
             self.teacher, dim = build_teacher(align, "tokenizer.align")
@@ -208,21 +213,25 @@ class SoftVQVAE(Tokenizer):
         return self.decoder.head.weight
 
     def codebook_entropy(self, probs: Tensor) -> Tensor:
-        """SoftVQ's codebook-usage term on Eq. 2's posterior, per codebook group, averaged over groups:
-        E[H(q)] - H(E[q]) (benchmark.quantizers.entropy_regularizer)."""
+        """SoftVQ's codebook-usage term on code distributions ``probs``, per codebook group, averaged over
+        groups: E[H(p)] - H(E[p]) (benchmark.quantizers.entropy_regularizer)."""
         b, _, k = probs.shape
         groups = probs.reshape(b, self.quantizer.num_codebooks, -1, k).transpose(0, 1)
         return torch.stack([entropy_regularizer(g) for g in groups]).mean()
 
     def forward(self, images: Tensor) -> TokenizerOutput:
         """Eq. 4 without the adversarial term (the trainer adds it): recon, perceptual, kl, entropy, repa."""
-        tokens, probs = self._quantize(images)
+        z = self.encoder(self._to_model_range(images))
+        logits = self.quantizer.logits(z)
+        probs = torch.softmax(logits / self.quantizer.tau, dim=-1)  # Eq. 2
+        tokens = self.quantizer.quantize(probs).to(z.dtype)  # Eq. 3
         recon = self._decode_latents(tokens)
         losses = self.pixel(images, recon)
         if self.kl_weight > 0:
             losses["kl"] = self.kl_weight * kl_to_uniform(probs)
-        if self.entropy_weight > 0:
-            losses["entropy"] = self.entropy_weight * self.codebook_entropy(probs)
+        if self.entropy_weight > 0:  # SoftVQ's compute_entropy_loss: the logits at its own temperature
+            sharp = torch.softmax(logits / self.entropy_temperature, dim=-1)
+            losses["entropy"] = self.entropy_weight * self.codebook_entropy(sharp)
         if self.teacher is not None:
             features = self.teacher.teacher_features(images)
             losses["repa"] = self.align_weight * patchwise_similarity_loss(self.projector(tokens), features)
