@@ -290,6 +290,10 @@ def check_values(options: Mapping[str, Any], where: str) -> None:
             raise ConfigError(f"{where}.{name}: must be a number >= 0, got {value!r}")
         if name in ("width", "num_layers") and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
             raise ConfigError(f"{where}.{name}: must be an integer >= 1, got {value!r}")
+        if name == "lecam_decay" and (
+            isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1
+        ):
+            raise ConfigError(f"{where}.{name}: must be a number >= 0 and < 1, got {value!r}")
 
 
 def check_adversarial(spec: Mapping[str, Any], where: str) -> None:
@@ -319,10 +323,13 @@ class Adversary(nn.Module):
         adaptive: bool = True,
         loss: str = "hinge",
         lecam_weight: float = 0.0,
+        lecam_decay: float = 0.99,
         consistency_weight: float = 0.0,
         width: int = 64,
         num_layers: int = 3,
     ) -> None:
+        """``lecam_decay``: the decay of LeCAM's averages (its authors' 0.99; TiTok's and SoftVQ's training
+        code use 0.999)."""
         super().__init__()
         key = "tokenizer.adversarial"
         check_values(
@@ -332,6 +339,7 @@ class Adversary(nn.Module):
                 "weight": weight,
                 "start": start,
                 "lecam_weight": lecam_weight,
+                "lecam_decay": lecam_decay,
                 "consistency_weight": consistency_weight,
                 "width": width,
                 "num_layers": num_layers,
@@ -356,7 +364,7 @@ class Adversary(nn.Module):
             if kind == "patchgan"
             else StyleGANDiscriminator(image_size, width)
         )
-        self.lecam = LeCAM()
+        self.lecam = LeCAM(lecam_decay)
         self.d_loss, self.g_loss = D_LOSSES[loss], G_LOSSES[loss]
 
     def active(self, step: int) -> bool:

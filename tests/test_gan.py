@@ -327,3 +327,11 @@ def test_empty_options_are_the_terms_at_their_defaults_and_none_is_no_term() -> 
     assert pixel.perceptual is not None and pixel.perceptual_weight == 1.0
     assert PixelObjective("l2", 1.0, None).perceptual is None
     assert set(pixel(torch.rand(1, 3, 32, 32), torch.rand(1, 3, 32, 32))) == {"recon", "perceptual"}
+
+
+def test_lecam_decay_is_an_option_checked_by_range() -> None:
+    """TiTok's and SoftVQ's training code let LeCAM's averages decay at 0.999; its authors' 0.99 is the default."""
+    assert Adversary(image_size=32, width=8).lecam.decay == 0.99
+    assert Adversary(image_size=32, width=8, lecam_decay=0.999).lecam.decay == 0.999
+    with pytest.raises(ConfigError, match=r"tokenizer\.adversarial\.lecam_decay: must be a number >= 0 and < 1"):
+        Adversary(image_size=32, width=8, lecam_decay=1.0)

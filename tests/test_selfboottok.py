@@ -532,4 +532,5 @@ def test_the_discriminator_is_softvqs_with_the_adaptive_weight():
     this implementation keeps; SoftVQ itself trains with a fixed one (tokenizers/softvq.py)."""
     adversary = tiny(adversarial={"start": 0}).adversary
     assert adversary.adaptive and adversary.weight == 0.2 and adversary.lecam_weight == 0.001
+    assert adversary.lecam.decay == 0.99
     assert type(adversary.discriminator).__name__ == "StyleGANDiscriminator"

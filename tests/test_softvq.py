@@ -159,6 +159,7 @@ def test_adversarial_step_with_stylegan_lecam_and_consistency():
     assert isinstance(adv.discriminator, StyleGANDiscriminator)
     # SoftVQ's recipe: a fixed GAN weight (its --disc-adaptive-weight defaults to False)
     assert adv.lecam_weight > 0 and adv.consistency_weight > 0 and not adv.adaptive and adv.weight == 0.2
+    assert adv.lecam.decay == 0.999  # its LeCAM_EMA(decay=0.999)
     disc_ids = {id(p) for p in adv.parameters()}
     g_params = [p for p in model.parameters() if id(p) not in disc_ids]
     g_opt, d_opt = torch.optim.Adam(g_params, lr=1e-4), torch.optim.Adam(adv.parameters(), lr=1e-4)

@@ -57,8 +57,9 @@ from benchmark.vit import LatentViTEncoder, MaskTokenViTDecoder, vit_size
 from .softvq import SOFTVQ_ADVERSARIAL
 
 # Sec. 4.1: "a setup similar to SoftVQ" for the discriminator, with the adaptive GAN weight (Esser et al.
-# 2021, eq. 7), this implementation's choice: the paper does not say, and SoftVQ trains with a fixed weight.
-SELFBOOTTOK_ADVERSARIAL: dict = {**SOFTVQ_ADVERSARIAL, "adaptive": True}
+# 2021, eq. 7) and LeCAM's averages decaying 0.99 (its authors'), this implementation's choices: the paper
+# does not say, and SoftVQ trains with a fixed weight and 0.999.
+SELFBOOTTOK_ADVERSARIAL: dict = {**SOFTVQ_ADVERSARIAL, "adaptive": True, "lecam_decay": 0.99}
 
 # Token groups of each ablation (Table 3): G, G + L1, G + L1 + L2.
 BRANCHES: dict[str, tuple[str, ...]] = {

@@ -41,7 +41,7 @@ from benchmark.vit import SIZES, LatentViTEncoder, MaskTokenViTDecoder, vit_size
 
 # SoftVQ's discriminator setup (SelfBootTok Sec. 4.1): a StyleGAN-like discriminator with LeCAM and
 # consistency regularisation; hinge loss, a fixed GAN weight 0.2 (its train_tokenizer.py's
-# --disc-adaptive-weight defaults to False), LeCAM 0.001 and consistency 4.0 as in SoftVQ's
+# --disc-adaptive-weight defaults to False), LeCAM 0.001 (averages decaying 0.999) and consistency 4.0 as in SoftVQ's
 # configs/softvq-l-64.yaml (whose disc_start is 20000: a study sets `start`). `adversarial` overrides any key.
 SOFTVQ_ADVERSARIAL: dict = {
     "kind": "stylegan",
@@ -49,6 +49,7 @@ SOFTVQ_ADVERSARIAL: dict = {
     "loss": "hinge",
     "adaptive": False,
     "lecam_weight": 0.001,
+    "lecam_decay": 0.999,  # its LeCAM_EMA(decay=0.999)
     "consistency_weight": 4.0,
 }
 
@@ -57,7 +58,7 @@ SOFTVQ_ADVERSARIAL: dict = {
 class SoftVQVAE(Tokenizer):
     """SoftVQ-VAE: 1D ViT encoder, soft vector quantisation of the K latent tokens, 1D ViT decoder."""
 
-    # 2: the pixel loss on [-1, 1], the entropy at temperature 0.01 and a fixed GAN weight, as SoftVQ's
+    # 2: the pixel loss on [-1, 1], the entropy at temperature 0.01, a fixed GAN weight and LeCAM's 0.999, as SoftVQ's
     # training code (benchmark/method_versions.py: stages trained before are not reused)
     version = 2
 
