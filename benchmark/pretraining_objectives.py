@@ -135,10 +135,15 @@ class Objective(nn.Module, ABC):
         default)."""
         return {}
 
+    @property
+    def kept(self) -> nn.Module:
+        """The network an objective's authors publish: the trained ViT (DINO's: its EMA teacher)."""
+        return self.vit
+
     def save(self, folder: Path) -> None:
         """The stand-in saved the way its library saves it, for ``weights: folder`` to load it: a
         transformers ``save_pretrained`` folder, else (timm) a ``save_for_hf`` one."""
-        vit = self.vit.cpu().eval()
+        vit = self.kept.cpu().eval()
         if self.library == "transformers":
             vit.save_pretrained(folder, safe_serialization=True)
         else:
@@ -244,6 +249,8 @@ class SelfDistillation(Objective):
     is an EMA of the student (momentum cosine from ``momentum`` to 1 over training)."""
 
     name = "dino"
+    # 2: the teacher is what is saved, as DINO publishes and evaluates it (benchmark/method_versions.py)
+    version = 2
     # DINO's recipe (Sec. 4 / Appendix): AdamW, weight decay 0.04, cosine schedule, gradient clipping 3.0
     recipe: ClassVar[dict[str, Any]] = {"weight_decay": 0.04, "schedule": "cosine", "grad_clip": 3.0}
 
@@ -308,6 +315,12 @@ class SelfDistillation(Objective):
         student = [*self.vit.parameters(), *self.head.parameters()]
         with torch.no_grad():
             torch._foreach_lerp_(teacher, student, 1 - m)
+
+    @property
+    def kept(self) -> nn.Module:
+        """The EMA teacher: DINO's released weights and its evaluations (eval_linear.py, eval_knn.py:
+        ``--checkpoint_key teacher``) are the teacher's, which outperforms the student (Sec. 3.1)."""
+        return self.teacher
 
     def _class_token(self, vit: nn.Module, images: Tensor) -> Tensor:
         return vit.forward_features(self.normalize(images))[:, 0]

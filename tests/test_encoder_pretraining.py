@@ -414,3 +414,21 @@ def test_a_tokenizer_aligns_to_its_pretrained_teacher_and_is_evaluated_without_i
     assert (folder / "losses.csv").read_text().count("\n") > 1  # it trained
     with pytest.raises(ConfigError, match="its offline pretraining .* has not given it weights"):
         build_tokenizer(config).teacher.teacher_features(torch.rand(1, 3, 16, 16))
+
+
+def test_dino_saves_its_teacher_as_dino_publishes_it(tmp_path):
+    """DINO's released weights and evaluations are the EMA teacher's (``--checkpoint_key teacher``): the
+    saved stand-in is the teacher, not the student it follows."""
+    from safetensors.torch import load_file
+
+    dino = objective("dino", out_dim=32)
+    with torch.no_grad():
+        for p in dino.vit.parameters():
+            p.add_(torch.randn_like(p))  # a trained student, ahead of its teacher
+    dino.before_step(1, 4)
+    dino.save(tmp_path / "dino")
+    saved = load_file(tmp_path / "dino" / "model.safetensors")
+    teacher, student = dino.teacher.state_dict(), dino.vit.state_dict()
+    assert saved.keys() == teacher.keys()
+    assert all(torch.equal(saved[k], teacher[k]) for k in saved)
+    assert not all(torch.equal(saved[k], student[k]) for k in saved)
