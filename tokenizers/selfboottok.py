@@ -56,10 +56,9 @@ from benchmark.vit import LatentViTEncoder, MaskTokenViTDecoder, vit_size
 
 from .softvq import SOFTVQ_ADVERSARIAL
 
-# Sec. 4.1: "a setup similar to SoftVQ" for the discriminator, with the adaptive GAN weight (Esser et al.
-# 2021, eq. 7) and LeCAM's averages decaying 0.99 (its authors'), this implementation's choices: the paper
-# does not say, and SoftVQ trains with a fixed weight and 0.999.
-SELFBOOTTOK_ADVERSARIAL: dict = {**SOFTVQ_ADVERSARIAL, "adaptive": True, "lecam_decay": 0.99}
+# Sec. 4.1: "a setup similar to SoftVQ" for the discriminator: SoftVQ's (StyleGAN-like D, hinge loss, a fixed
+# GAN weight, LeCAM 0.001 decaying 0.999, consistency regularisation), the weight and start the study's.
+SELFBOOTTOK_ADVERSARIAL: dict = dict(SOFTVQ_ADVERSARIAL)
 
 # Token groups of each ablation (Table 3): G, G + L1, G + L1 + L2.
 BRANCHES: dict[str, tuple[str, ...]] = {
@@ -407,6 +406,10 @@ def build_latent_2d(spec: Mapping[str, Any], image_size: int) -> Frozen:
 class SelfBootTok(Tokenizer):
     """SelfBootTok: global tokens from a ViT, local 1D / 2D tokens bootstrapped from them, soft VQ, OT."""
 
+    # 2: SoftVQ's discriminator setup as it trains it (a fixed GAN weight, LeCAM decaying 0.999) and the pixel
+    # loss on [-1, 1], as its training code (benchmark/method_versions.py)
+    version = 2
+
     tiny = {
         "image_size": 32,
         "size": "tiny",
@@ -489,7 +492,7 @@ class SelfBootTok(Tokenizer):
         ``fusion``: Eq. 11, "soft_residual" with ``alpha``, ``beta`` (renormalised over the present
         groups) or "concat". ``perceptual`` [lambda1 = its ``weight``]: options of PixelObjective.
         ``adversarial`` [lambda2 = its ``weight``]: None for no GAN, else overrides of
-        :data:`SELFBOOTTOK_ADVERSARIAL` (SoftVQ's StyleGAN discriminator, LeCAM, consistency; adaptive weight). ``kl_weight`` [lambda4]: KL of every codebook's
+        :data:`SELFBOOTTOK_ADVERSARIAL` (SoftVQ's StyleGAN discriminator, LeCAM, consistency, fixed weight). ``kl_weight`` [lambda4]: KL of every codebook's
         posterior to a uniform prior. ``align_weight`` [lambda3] scales ``repa_global_weight`` [mu1],
         ``repa_local_weight`` [mu2] and ``ot_weight`` [mu3]. ``align_global`` / ``align_local``:
         frozen teachers (encoder specs of benchmark/encoders.py, with ``stand_in`` at smoke scale);
@@ -642,7 +645,8 @@ class SelfBootTok(Tokenizer):
         self.apply(init_vit_weights)
 
         # Eq. 4's pixel terms and the adversary (which the trainer drives).
-        self.pixel = PixelObjective(recon_loss, recon_weight, perceptual)
+        # on images in [-1, 1], the range the model works in, as SoftVQ's training code (the baseline it builds on)
+        self.pixel = PixelObjective(recon_loss, recon_weight, perceptual, pixel_range=(-1.0, 1.0))
         self.kl_weight = kl_weight
         self.adversary = (
             None if adversarial is None else build_adversary({**SELFBOOTTOK_ADVERSARIAL, **adversarial}, image_size)
