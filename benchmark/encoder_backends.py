@@ -215,15 +215,14 @@ class PretrainedEncoder(ABC):
         """Frozen patch features (B, N, D), N = (resolution / patch)^2, for images in [0, 1] (B, 3, H, W);
         with ``class_token``, also the class token (B, D) of the same pass (REG's entangled token).
 
-        Images are resized (bicubic, antialiased) to :meth:`teacher_size` and normalised with the model's
-        mean / std; the model runs in eval mode without gradient. On meta images (a shapes-only
+        Images are resized (bicubic, antialiased) to the model's input resolution and normalised with
+        its mean / std; the model runs in eval mode without gradient. On meta images (a shapes-only
         model for plan-time estimates) the features are meta tensors of the right shape: nothing is
         loaded, and the teacher's own compute is not counted.
         """
         if images.device.type == "meta" and self.stand_in is None:
             v, b = self.variant, images.shape[0]
-            side = self.teacher_size(images.shape[-1], v.resolution) // v.patch_size
-            patches = torch.zeros(b, side**2, self.feature_dim(), device="meta")
+            patches = torch.zeros(b, (v.resolution // v.patch_size) ** 2, self.feature_dim(), device="meta")
             return (patches, torch.zeros(b, self.feature_dim(), device="meta")) if class_token else patches
         model = self.model()
         ref = next(model.parameters())
@@ -234,7 +233,7 @@ class PretrainedEncoder(ABC):
         block = depth - 1 if self.layer is None else self.layer - 1
         if not 0 <= block < depth:
             raise ConfigError(f"tokenizer.encoder.layer: {self.layer} is outside 1..{depth} for {self.describe()}")
-        res = self.teacher_size(images.shape[-1], self.resolution())
+        res = self.resolution()
         x = images.to(ref.dtype)
         if x.shape[-2:] != (res, res):
             x = F.interpolate(x, size=(res, res), mode="bicubic", antialias=True, align_corners=False)
@@ -249,14 +248,6 @@ class PretrainedEncoder(ABC):
                 "with one, e.g. dinov2"
             )
         return patches, cls
-
-    @staticmethod
-    def teacher_size(image_size: int, native: int) -> int:
-        """The side the teacher sees: REPA's 224 px per 256 px of image (Yu et al. 2025's code; SoftVQ's
-        DINOv2 at 256 px with 16-px patches gives the same 16 x 16 features), not DINOv2's or Depth-Anything's
-        native 518 (37 x 37 features, 5x the compute); a model built for less than 224 px (a stand-in) at
-        its own resolution."""
-        return 224 * max(1, image_size // 256) if native >= 224 else native
 
     @abstractmethod
     def source_depth(self) -> int:

@@ -310,21 +310,6 @@ def test_teacher_features_shape_no_grad_deterministic(name, tmp_path):
     assert not torch.allclose(feats, final.teacher_features(images))
 
 
-def test_teachers_see_repas_224_px_per_256_not_dinov2s_518():
-    """REPA's teachers see 224 px per 256 px of image (16 x 16 DINOv2 features, as SoftVQ's 16-px patches at
-    256 px give too), not DINOv2's native 518 (37 x 37, 5x the compute); stand-ins built for less, their own."""
-    from benchmark.encoder_backends import PretrainedEncoder
-
-    assert [PretrainedEncoder.teacher_size(i, n) for i, n in ((256, 518), (512, 518), (256, 224), (32, 32))] == [
-        224,
-        448,
-        224,
-        32,
-    ]
-    teacher = build_encoder({"init": "dinov2", "size": "B"})  # shapes on meta images: nothing is loaded
-    assert teacher.teacher_features(torch.zeros(2, 3, 256, 256, device="meta")).shape == (2, 256, 768)
-
-
 def test_teacher_features_match_library_forward(tmp_path):
     case = CASES["dinov2"](tmp_path)
     teacher = build_encoder(case.spec)

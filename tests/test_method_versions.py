@@ -24,6 +24,11 @@ stages: [evaluate_generator]
 """
 
 
+def bump(monkeypatch, method: type) -> None:
+    """The next version of ``method`` (a class), for this test."""
+    monkeypatch.setattr(method, "version", getattr(method, "version", 1) + 1, raising=False)
+
+
 def hashes(plan) -> dict[tuple[str, str], str]:
     return {(c.label, kind): h for c in plan.cells for kind, h in c.stages.items()}
 
@@ -31,7 +36,7 @@ def hashes(plan) -> dict[tuple[str, str], str]:
 def test_a_bumped_method_changes_its_stages_and_their_downstream_only(write_study, monkeypatch):
     study = write_study(TWO_TOKENIZERS)
     before = hashes(build_plan(study, "smoke"))
-    monkeypatch.setattr(TOKENIZERS.get("vqgan").obj, "version", 2, raising=False)
+    bump(monkeypatch, TOKENIZERS.get("vqgan").obj)
     after = hashes(build_plan(study, "smoke"))
     changed = {key for key in before if before[key] != after[key]}
     assert changed == {
@@ -42,12 +47,12 @@ def test_a_bumped_method_changes_its_stages_and_their_downstream_only(write_stud
 def test_an_encoder_entry_or_its_pretraining_objective_bumped(write_study, monkeypatch):
     study = write_study(TWO_TOKENIZERS)
     before = hashes(build_plan(study, "smoke"))
-    monkeypatch.setattr(OBJECTIVES["dino"], "version", 2, raising=False)
+    bump(monkeypatch, OBJECTIVES["dino"])
     after = hashes(build_plan(study, "smoke"))
     assert before[("dino init", "pretrain_encoder")] != after[("dino init", "pretrain_encoder")]
     assert before[("titok", "train_tokenizer")] == after[("titok", "train_tokenizer")]
-    monkeypatch.setattr(OBJECTIVES["dino"], "version", 1)
-    monkeypatch.setattr(ENCODERS.get("dino").obj, "version", 3, raising=False)
+    monkeypatch.undo()
+    bump(monkeypatch, ENCODERS.get("dino").obj)
     third = hashes(build_plan(study, "smoke"))
     assert third[("dino init", "train_tokenizer")] not in (
         before[("dino init", "train_tokenizer")],
@@ -63,5 +68,5 @@ def test_the_index_marks_a_report_whose_stages_changed(write_study, monkeypatch)
     assert (
         stale_note(study, record) == "" and stale_note(study, {k: v for k, v in record.items() if k != "stages"}) == ""
     )
-    monkeypatch.setattr(TOKENIZERS.get("titok").obj, "version", 2, raising=False)
+    bump(monkeypatch, TOKENIZERS.get("titok").obj)
     assert stale_note(study, record) == f"; stale: 4 of {len(record['stages'])} stages changed since (rerun)"
