@@ -119,6 +119,9 @@ class Generator(nn.Module, ABC):
     # (besides token_spec and num_classes) and the token spec it is built for.
     tiny: ClassVar[dict[str, Any]] = {}
     tiny_token_spec: ClassVar[TokenSpec | None] = None
+    # The precision its sampler needs whatever ``sample.precision`` says (None: any), and why.
+    sample_precision: str | None = None
+    sample_precision_why: str = ""
 
     @abstractmethod
     def loss(self, tokens: Tensor, labels: Tensor) -> dict[str, Tensor]:

@@ -306,6 +306,17 @@ class SourceFloat(float):
         return SourceFloat, (float(self), self.text)
 
 
+def plain_floats(node: Any) -> Any:
+    """``node`` (a loaded YAML value) with every :class:`SourceFloat` a plain float."""
+    if isinstance(node, SourceFloat):
+        return float(node)
+    if isinstance(node, dict):
+        return {key: plain_floats(value) for key, value in node.items()}
+    if isinstance(node, list):
+        return [plain_floats(value) for value in node]
+    return node
+
+
 class DigitsLoader(SAFE_LOADER):  # type: ignore[misc, valid-type]
     """The safe loader, with floats as :class:`SourceFloat`."""
 

@@ -152,10 +152,11 @@ def rank_batches(n: int, batch_size: int, world: World) -> list[range]:
     return [range(start, min(start + batch_size, n)) for start in range(0, n, batch_size)[world.rank :: world.size]]
 
 
-def batch_seed(seed: int, batch: int) -> int:
-    """The seed of batch ``batch``'s random draws (a sampler's noise, a VAE posterior's sample) in a stage
-    that cuts a set into batches: the same draws whichever rank gets the batch."""
-    return seed * 1_000_003 + batch
+def derived_seed(seed: int, index: int) -> int:
+    """The seed of the ``index``-th stream drawn from ``seed``: batch b's draws (a sampler's noise, a VAE
+    posterior's sample) in a stage that cuts a set into batches, the same whichever rank gets the batch;
+    rank r's in training."""
+    return seed * 1_000_003 + index
 
 
 def interleave(per_rank: list[list[T]]) -> list[T]:

@@ -155,7 +155,7 @@ def sample(ctx: StageContext) -> dict[str, Any]:
     generator = load_generator(ctx.input_dir("train_generator"), spec, num_classes, ctx.device)
     tokenizer = load_tokenizer(ctx.tokenizer_dir(), ctx.device)
     # a generator may need float32 whatever sample.precision says (SiT predicting noise or a score)
-    needs = getattr(generator, "sample_precision", None)
+    needs = generator.sample_precision
     if needs and needs != cfg.precision:
         ctx.log.info(
             "sampling in %s, not sample.precision %s: %s", needs, cfg.precision, generator.sample_precision_why
@@ -179,7 +179,7 @@ def sample(ctx: StageContext) -> dict[str, Any]:
     for rows in distributed.rank_batches(cfg.num_images, cfg.batch_size, ctx.world):
         y = labels[rows.start : rows.stop].to(ctx.device)
         rng = torch.Generator(device=ctx.device).manual_seed(
-            distributed.batch_seed(cfg.seed, rows.start // cfg.batch_size)
+            distributed.derived_seed(cfg.seed, rows.start // cfg.batch_size)
         )
         with precision():
             seq = generator.sample(y, generator=rng, **options)

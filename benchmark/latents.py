@@ -101,7 +101,7 @@ def write_cache(
     sums = [0.0, 0.0]  # float64 sums of x and x^2 for the per-token statistics of continuous latents
     top_label = -1
     for rows, (images, y) in zip(batches, loader, strict=True):
-        torch.manual_seed(distributed.batch_seed(seed, rows.start // batch_size))
+        torch.manual_seed(distributed.derived_seed(seed, rows.start // batch_size))
         with inference():
             encoded = tokenizer.encode(images.to(device, non_blocking=True))
         seq = flat_tokens(encoded if spec.kind == "discrete" else encoded.float(), spec).cpu()

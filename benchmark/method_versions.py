@@ -15,11 +15,22 @@ from typing import Any
 
 from benchmark.registry import ENCODERS, GENERATORS, TOKENIZERS, Registry
 
+# The config sections that name a registered method, and the key that names it (an OT target's tokenizer
+# under ``latent_2d``).
+NAMED_BY: dict[str, tuple[Registry, str]] = {
+    "tokenizer": (TOKENIZERS, "name"),
+    "generator": (GENERATORS, "name"),
+    "latent_2d": (TOKENIZERS, "tokenizer"),
+}
 
-def _version(registry: Registry, name: Any) -> tuple[str, int] | None:
-    if not isinstance(name, str) or name not in registry.names():
-        return None  # an unknown name is the config checks' to report
-    return f"{registry.kind}:{name}", int(getattr(registry.get(name).obj, "version", 1))
+
+def _method(registry: Registry, name: Any) -> type | None:
+    """The class a registry entry names; None for an unknown name (the config checks report it)."""
+    return registry.get(name).obj if isinstance(name, str) and name in registry.names() else None
+
+
+def _version(kind: str, name: Any, method: type | None) -> tuple[str, int] | None:
+    return None if method is None else (f"{kind}:{name}", int(getattr(method, "version", 1)))
 
 
 def method_versions(config: Mapping[str, Any]) -> dict[str, int]:
@@ -32,18 +43,15 @@ def method_versions(config: Mapping[str, Any]) -> dict[str, int]:
 
     def visit(node: Any, key: str) -> None:
         if isinstance(node, Mapping):
-            if key == "tokenizer":
-                found.append(_version(TOKENIZERS, node.get("name")))
-            if key == "generator":
-                found.append(_version(GENERATORS, node.get("name")))
-            if key == "latent_2d":
-                found.append(_version(TOKENIZERS, node.get("tokenizer")))
-            if isinstance(node.get("init"), str):
-                found.append(_version(ENCODERS, node["init"]))
-                entry = ENCODERS.get(node["init"]).obj if node["init"] in ENCODERS.names() else None
-                objective = getattr(entry, "pretrain_objective", None)
+            if key in NAMED_BY:
+                registry, field = NAMED_BY[key]
+                found.append(_version(registry.kind, node.get(field), _method(registry, node.get(field))))
+            entry = _method(ENCODERS, node.get("init"))
+            if entry is not None:
+                found.append(_version(ENCODERS.kind, node["init"], entry))
+                objective = entry.pretrain_objective
                 if node.get("pretrain") is not None and objective in OBJECTIVES:
-                    found.append((f"objective:{objective}", int(getattr(OBJECTIVES[objective], "version", 1))))
+                    found.append(_version("objective", objective, OBJECTIVES[objective]))
             for child_key, child in node.items():
                 visit(child, str(child_key))
         elif isinstance(node, list):

@@ -167,9 +167,10 @@ class SoftVectorQuantizer(nn.Module):
             logits = -torch.cdist(seg.float(), codes.float())  # (G, B, N/G, K), Euclidean
         return logits.transpose(0, 1).reshape(b, n, self.codebook_size)
 
-    def probabilities(self, z: Tensor) -> Tensor:
-        """Eq. 2 for tokens z (B, N, dim): code distributions (B, N, K)."""
-        return F.softmax(self.logits(z) / self.tau, dim=-1)
+    def from_logits(self, logits: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+        """Eq. 2-3 from :meth:`logits`: (soft-quantised tokens Z in ``dtype``, code probabilities q)."""
+        probs = F.softmax(logits / self.tau, dim=-1)
+        return self.quantize(probs).to(dtype), probs
 
     def quantize(self, probs: Tensor) -> Tensor:
         """Eq. 3: the probability-weighted sum of each segment's codes."""
@@ -180,8 +181,7 @@ class SoftVectorQuantizer(nn.Module):
 
     def forward(self, z: Tensor) -> tuple[Tensor, Tensor]:
         """Tokens z (B, N, dim) -> (soft-quantised tokens Z, code probabilities q)."""
-        probs = self.probabilities(z)
-        return self.quantize(probs).to(z.dtype), probs
+        return self.from_logits(self.logits(z), z.dtype)
 
 
 class DiagonalGaussian:

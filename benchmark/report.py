@@ -577,7 +577,7 @@ def results_date(plan: Plan, store: RunStore) -> str | None:
     """When the newest finished stage of the study finished (the time its result record holds, kept when a
     run store is copied; else the record's file time), ISO date."""
     times = [
-        (store.result(stage.kind, stage.hash) or {}).get("_finished") or path.stat().st_mtime
+        (read_json(path) or {}).get("_finished") or path.stat().st_mtime
         for stage in plan.stages.values()
         if (path := store.dir(stage.kind, stage.hash) / "result.json").is_file()
     ]

@@ -44,6 +44,7 @@ from benchmark.config import (
     merge_layers,
     nest,
     parse_overrides,
+    plain_floats,
     resolve,
 )
 from benchmark.errors import ConfigError
@@ -232,9 +233,8 @@ def load_study(path: str | Path) -> dict[str, Any]:
     """A study file, checked at the top level. The numbers of its ``report`` and ``claims`` (the source's)
     keep the digits the file prints them with (config.SourceFloat); the rest are plain."""
     path = Path(path)
-    spec = load_yaml(path)
-    with_digits = load_yaml(path, keep_digits=True)
-    spec.update({key: with_digits[key] for key in ("report", "claims") if key in spec})
+    spec = load_yaml(path, keep_digits=True)  # read once; only the source's numbers keep their text
+    spec = {key: value if key in ("report", "claims") else plain_floats(value) for key, value in spec.items()}
     unknown = set(spec) - STUDY_KEYS
     if unknown:
         raise ConfigError(f"{path}: unknown top-level keys {sorted(unknown)}; allowed: {sorted(STUDY_KEYS)}")

@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from benchmark.base import Tokenizer
 from benchmark.checkpoints import load_tokenizer
 from benchmark.config import EvalConfig
-from benchmark.distributed import ONE_PROCESS, World, batch_seed, rank_batches
+from benchmark.distributed import ONE_PROCESS, World, derived_seed, rank_batches
 from benchmark.errors import DataError
 from benchmark.metrics import EvalBatch, Metric, build_metrics, compute_all, gather_metrics, protocols
 from benchmark.precision import InferencePrecision
@@ -109,7 +109,7 @@ def reconstruction_metrics(
     preview = None
     for rows, (images, labels) in zip(batches, loader, strict=True):
         if seed is not None:
-            torch.manual_seed(batch_seed(seed, rows.start // cfg.batch_size))
+            torch.manual_seed(derived_seed(seed, rows.start // cfg.batch_size))
         recons = evaluate_batch(model, images.to(device, non_blocking=True), labels, metrics, inference)
         if preview is None and world.main:  # rank 0's first batch is batch 0
             preview = torch.cat([images[:PREVIEW], recons[:PREVIEW].cpu()])

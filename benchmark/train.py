@@ -108,7 +108,7 @@ class StepBatchSampler(Sampler[list[int]]):
         for step in range(self.start, self.total):
             epoch, j = divmod(step, self.per_epoch)
             if epoch != perm_epoch:
-                gen = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+                gen = torch.Generator().manual_seed(distributed.derived_seed(self.seed, epoch))
                 perm, perm_epoch = torch.randperm(self.size, generator=gen), epoch
             yield perm[j * self.batch_size : (j + 1) * self.batch_size][self.shard].tolist()
 
@@ -138,7 +138,7 @@ def restore_rng(
         len(ranks),
         world.size,
     )
-    torch.manual_seed((seed * 1_000_003 + step) * 1_000_003 + world.rank)
+    torch.manual_seed(distributed.derived_seed(distributed.derived_seed(seed, step), world.rank))
 
 
 def learning_rate(cfg: TrainConfig, step: int) -> float:
@@ -481,7 +481,7 @@ def fit(
     elif world.main:
         log_path.unlink(missing_ok=True)  # rows of an attempt that never reached a checkpoint
     if world.size > 1:  # ranks draw their own noise (the same stream on every rank would correlate them)
-        torch.manual_seed(seed * 1_000_003 + world.rank)
+        torch.manual_seed(distributed.derived_seed(seed, world.rank))
     sampler = StepBatchSampler(
         len(dataset),  # type: ignore[arg-type]
         cfg.batch_size,

@@ -117,7 +117,7 @@ def test_cosine_soft_vq_is_softvq_releases_quantiser():
     through Eq. 3, as in SoftVQ's quantiser (logits on ``embedding.detach()``)."""
     q = SoftVectorQuantizer(codebook_size=6, dim=4, tau=0.1, num_codebooks=2, similarity="cosine")
     z = torch.randn(3, 4, 4, generator=torch.Generator().manual_seed(1), requires_grad=True)
-    probs = q.probabilities(z)
+    _, probs = q(z)
     codes = F.normalize(q.embedding, dim=-1)  # (2, 6, 4): codebook g for tokens 2g, 2g + 1
     zn = F.normalize(z, dim=-1).reshape(3, 2, 2, 4)
     cosine = torch.einsum("bgnd,gkd->bgnk", zn, codes).reshape(3, 4, 6)

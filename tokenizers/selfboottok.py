@@ -56,10 +56,6 @@ from benchmark.vit import LatentViTEncoder, MaskTokenViTDecoder, vit_size
 
 from .softvq import SOFTVQ_ADVERSARIAL
 
-# Sec. 4.1: "a setup similar to SoftVQ" for the discriminator: SoftVQ's (StyleGAN-like D, hinge loss, a fixed
-# GAN weight, LeCAM 0.001 decaying 0.999, consistency regularisation), the weight and start the study's.
-SELFBOOTTOK_ADVERSARIAL: dict = dict(SOFTVQ_ADVERSARIAL)
-
 # Token groups of each ablation (Table 3): G, G + L1, G + L1 + L2.
 BRANCHES: dict[str, tuple[str, ...]] = {
     "G": ("global",),
@@ -492,7 +488,8 @@ class SelfBootTok(Tokenizer):
         ``fusion``: Eq. 11, "soft_residual" with ``alpha``, ``beta`` (renormalised over the present
         groups) or "concat". ``perceptual`` [lambda1 = its ``weight``]: options of PixelObjective.
         ``adversarial`` [lambda2 = its ``weight``]: None for no GAN, else overrides of
-        :data:`SELFBOOTTOK_ADVERSARIAL` (SoftVQ's StyleGAN discriminator, LeCAM, consistency, fixed weight). ``kl_weight`` [lambda4]: KL of every codebook's
+        SoftVQ's setup, Sec. 4.1's "similar to SoftVQ" (tokenizers/softvq.py ``SOFTVQ_ADVERSARIAL``: StyleGAN
+        discriminator, LeCAM, consistency, a fixed weight). ``kl_weight`` [lambda4]: KL of every codebook's
         posterior to a uniform prior. ``align_weight`` [lambda3] scales ``repa_global_weight`` [mu1],
         ``repa_local_weight`` [mu2] and ``ot_weight`` [mu3]. ``align_global`` / ``align_local``:
         frozen teachers (encoder specs of benchmark/encoders.py, with ``stand_in`` at smoke scale);
@@ -649,7 +646,7 @@ class SelfBootTok(Tokenizer):
         self.pixel = PixelObjective(recon_loss, recon_weight, perceptual, pixel_range=(-1.0, 1.0))
         self.kl_weight = kl_weight
         self.adversary = (
-            None if adversarial is None else build_adversary({**SELFBOOTTOK_ADVERSARIAL, **adversarial}, image_size)
+            None if adversarial is None else build_adversary({**SOFTVQ_ADVERSARIAL, **adversarial}, image_size)
         )
         self.encoder_init = encoder
         self.token_spec = TokenSpec("continuous", (num_latent_tokens,), dim=token_size)

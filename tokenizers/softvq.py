@@ -224,8 +224,7 @@ class SoftVQVAE(Tokenizer):
         """Eq. 4 without the adversarial term (the trainer adds it): recon, perceptual, kl, entropy, repa."""
         z = self.encoder(self._to_model_range(images))
         logits = self.quantizer.logits(z)
-        probs = torch.softmax(logits / self.quantizer.tau, dim=-1)  # Eq. 2
-        tokens = self.quantizer.quantize(probs).to(z.dtype)  # Eq. 3
+        tokens, probs = self.quantizer.from_logits(logits, z.dtype)  # Eq. 2-3
         recon = self._decode_latents(tokens)
         losses = self.pixel(images, recon)
         if self.kl_weight > 0:
