@@ -49,7 +49,7 @@ def method_versions(config: Mapping[str, Any]) -> dict[str, int]:
             entry = _method(ENCODERS, node.get("init"))
             if entry is not None:
                 found.append(_version(ENCODERS.kind, node["init"], entry))
-                objective = entry.pretrain_objective
+                objective = getattr(entry, "pretrain_objective", None)  # none: "none" has no pretraining
                 if node.get("pretrain") is not None and objective in OBJECTIVES:
                     found.append(_version("objective", objective, OBJECTIVES[objective]))
             for child_key, child in node.items():
