@@ -3,7 +3,8 @@
 Both end in :func:`run_stage`, which reads the stage's record from the run store, so a job needs
 nothing but the store's path. What to do with each stage is decided from the store's state
 (benchmark/store.py): done stages are never run again, a stage running elsewhere is waited for (here)
-or not submitted twice (Slurm), and a failed stage is not retried unless asked (``retry``); the stages
+or not submitted twice (Slurm), and a failed stage is not retried unless asked (``retry``; a stage
+stopped or never run, ``NOT_A_FAILURE``, runs again); the stages
 that need a failed one are skipped and every other cell goes on (``fail_fast`` stops at the first
 failure).
 """
@@ -168,10 +169,18 @@ def processes(stage: Stage, launcher: dict[str, Any], slurm: bool) -> tuple[int,
     return (res["nodes"] if slurm else 1), per_node
 
 
-def retry_wanted(retry: str | None, plan: Plan, stage: Stage) -> bool:
-    """``--retry-failed [FILTER]``: every failed stage, or those of the cells FILTER matches."""
+# Ends that were not the stage's fault: a job Slurm never ran because an input failed, a stage stopped by
+# Ctrl-C, scancel or --fail-fast. The next run runs them again without --retry-failed.
+NOT_A_FAILURE = ("dependency", "cancelled")
+
+
+def retry_wanted(retry: str | None, plan: Plan, stage: Stage, status: StageStatus) -> bool:
+    """Whether a failed stage runs again: when it did not fail by itself (``NOT_A_FAILURE``), and with
+    ``--retry-failed [FILTER]``: every failed stage, or those of the cells FILTER matches."""
     from benchmark.study import matches
 
+    if (status.error or {}).get("kind") in NOT_A_FAILURE:
+        return True
     if retry is None:
         return False
     return retry == "" or any(matches(retry, c) for c in plan.cells if stage.hash in c.stages.values())
@@ -311,7 +320,7 @@ class LocalExecutor:
         if status.state == "done":
             out.cached.append(stage.hash)
             return "settled"
-        if status.state == "failed" and not retry_wanted(self.retry, plan, stage):
+        if status.state == "failed" and not retry_wanted(self.retry, plan, stage, status):
             out.failed[stage.hash] = describe_failure(status) + " (earlier run; --retry-failed to run it again)"
             broken[stage.hash] = f"needs {stage.kind} {stage.hash}, which failed"
             return "settled"
@@ -557,7 +566,7 @@ class SlurmExecutor:
     resources as job arrays, split at the cluster's MaxArraySize), chained with ``afterok``.
 
     Done stages are never submitted; a stage whose job is queued or running is not submitted again; a
-    failed one only with ``retry``. A stage waiting on a failed one is skipped, and Slurm cancels a
+    failed one only with ``retry`` (a cancelled one or one never run: always). A stage waiting on a failed one is skipped, and Slurm cancels a
     job whose dependency failed (``kill-on-invalid-dep``). With ``fail_fast`` a job whose stage fails
     cancels the study's other jobs too (:func:`cancel_study`).
     """
@@ -675,11 +684,7 @@ class SlurmExecutor:
                             f"needs {stage.kind} {stage.hash}, which a local run ({holder.get('host')}, pid "
                             f"{holder.get('pid')}) is running; run again once it has finished"
                         )
-                elif (
-                    status.state == "failed"
-                    and status.error.get("kind") != "dependency"
-                    and not retry_wanted(self.retry, plan, stage)
-                ):
+                elif status.state == "failed" and not retry_wanted(self.retry, plan, stage, status):
                     out.failed[stage.hash] = describe_failure(status) + " (--retry-failed to submit it again)"
                     broken[stage.hash] = f"needs {stage.kind} {stage.hash}, which failed"
                 else:

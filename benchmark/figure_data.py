@@ -189,8 +189,11 @@ def collect_reconstructions(results: Results, fig: dict[str, Any]) -> FigureData
     for panel, (label, row, tiles) in enumerate(panels):
         for column, tile in enumerate(tiles):
             data.images[(str(panel), column)] = tile
-            records.append(dict(panel=panel, label=label, row=row, column=column, mean_pixel=float(tile.mean())))
-    data.table = pd.DataFrame(records, columns=["panel", "label", "row", "column", "mean_pixel"])
+            title = f"eval image {column}" if label == "original" else ""  # the preview: the split's first images
+            records.append(
+                dict(panel=panel, label=label, row=row, column=column, title=title, mean_pixel=float(tile.mean()))
+            )
+    data.table = pd.DataFrame(records, columns=["panel", "label", "row", "column", "title", "mean_pixel"])
     return data
 
 
@@ -216,10 +219,11 @@ def collect_samples(results: Results, fig: dict[str, Any]) -> FigureData:
                     label=display(row, results),
                     column=i,
                     cls=int(labels[i]),
+                    title=f"class {int(labels[i])}",
                     mean_pixel=float(images[i].mean()),
                 )
             )
-    data.table = pd.DataFrame(records, columns=["panel", "label", "column", "cls", "mean_pixel"])
+    data.table = pd.DataFrame(records, columns=["panel", "label", "column", "cls", "title", "mean_pixel"])
     return data
 
 

@@ -48,7 +48,7 @@ if TYPE_CHECKING:
 
 COMMON = {"name", "kind", "title", "rows"}
 KINDS: dict[str, tuple[set[str], set[str]]] = {  # kind -> (required keys, optional keys)
-    "line": ({"x", "y"}, {"x_value", "xlabel", "logx", "labels", "all_cells"}),
+    "line": ({"x", "y"}, {"x_value", "xlabel", "logx", "logy", "labels", "all_cells"}),
     "bars": ({"y"}, {"categories", "series", "labels", "logy"}),
     "reconstructions": (set(), {"images"}),
     "samples": (set(), {"images"}),
@@ -179,6 +179,8 @@ def draw_line(data: FigureData, fig: dict[str, Any]) -> Any:
         )
         ax.set_xlabel(fig.get("xlabel", fig["x"]))
         ax.set_ylabel(label_of(fig, y))
+        if fig.get("logy"):  # the source's values and ours orders of magnitude apart (FID: 0.66 vs 300)
+            ax.set_yscale("log")
         ax.grid(alpha=0.3)
         if len(part):
             ax.legend(fontsize=8)
@@ -235,17 +237,15 @@ def draw_images(data: FigureData, fig: dict[str, Any]) -> Any:
         ax.set_yticks([])
         for side in ax.spines.values():
             side.set_visible(False)
-    classes = (
-        dict(zip(zip(data.table["panel"], data.table["column"]), data.table["cls"])) if "cls" in data.table else {}
-    )
+    titles = dict(zip(zip(data.table["panel"], data.table["column"]), data.table["title"]))
     for r, (panel, label) in enumerate(panels):
         axes[r][0].set_ylabel(label, rotation=0, ha="right", va="center", fontsize=8)
         for c in range(cols):
             image = data.images.get((str(panel), c))
             if image is not None:
                 axes[r][c].imshow(image)
-            if (panel, c) in classes:
-                axes[r][c].set_title(f"class {classes[(panel, c)]}", fontsize=7)
+            if titles.get((panel, c)):  # column labels: a sample's class, an original's place in the eval split
+                axes[r][c].set_title(titles[(panel, c)], fontsize=7)
     return figure
 
 

@@ -364,22 +364,24 @@ def empty_column_notes(results: Results, table: dict[str, Any]) -> list[str]:
     ran = "; ".join(
         f"eval.{part}: {', '.join(evaluation.get(part) or []) or 'none'}" for part in ("metrics", "generation_metrics")
     )
-    reasons = sorted(
-        {
-            m["unavailable"]
-            for c in done
-            for protocol in c.values.get("_protocols", {}).values()
-            for m in protocol.get("metric_protocols", [])
-            if m.get("unavailable")
-        }
-    )
+    reasons = {
+        (m["metric"], m["unavailable"])
+        for c in done
+        for protocol in c.values.get("_protocols", {}).values()
+        for m in protocol.get("metric_protocols", [])
+        if m.get("unavailable")
+    }
     notes = []
     for key, name in (table.get("columns") or {}).items():
         if any(c.values.get(key) is not None for c in done):
             continue
         notes.append(f"{name}: empty in every finished row (the evaluations ran {ran})")
-        notes += [f"{name}: {reason}" for reason in reasons]
+        notes += [f"{name}: {why}" for metric, why in sorted(reasons) if key in METRIC_COLUMNS.get(metric, (metric,))]
     return notes
+
+
+# The result columns of a metric whose columns are not named after it (the others: the metric's name).
+METRIC_COLUMNS = {"inception_score": ("is_mean", "is_std")}
 
 
 # The training stages downstream of the tokens: what a study that trains its generator once for several
@@ -697,7 +699,11 @@ def index_rows(studies: Path, results: Path) -> list[dict[str, str]]:
     for path in study_files(studies, aliases=False):
         spec, folder = load_yaml(path), results / path.stem
         report = spec.get("report") or {}
-        shows = f"{len(report.get('tables') or [])} table(s), {len(report.get('figures') or [])} figure(s)"
+        shows = "; ".join(
+            f"{kind}: " + ", ".join(f"`{item['name']}`" for item in report[kind])
+            for kind in ("tables", "figures")
+            if report.get(kind)
+        )
         base = {"study": f"`{path.stem}`", "renders": f"{spec.get('title', path.stem)} ({shows})"}
         records = [read_json(p) for p in sorted(folder.glob("report.json")) + sorted(folder.glob("_*/report.json"))]
         if not records:

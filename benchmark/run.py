@@ -110,6 +110,13 @@ def main(argv: list[str] | None = None) -> int:
     except Tok1dError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(
+            "interrupted: the stages this run started were stopped and recorded as cancelled; finished stages "
+            "are kept and the same command resumes from their last checkpoints",
+            file=sys.stderr,
+        )
+        return 130
     print(summary(outcome))
     if outcome.submitted or outcome.in_flight:
         jobs = sorted({*outcome.submitted.values(), *outcome.in_flight.values()})

@@ -257,3 +257,17 @@ def test_a_full_disk_leaves_the_previous_record_and_says_so(tmp_path, monkeypatc
         atomic_write(path, full)
     assert json.loads(path.read_text()) == {"ok": 1}
     assert [p.name for p in tmp_path.iterdir()] == ["result.json"]  # no temporary file left behind
+
+
+def test_ctrl_c_during_a_run_is_one_line_that_says_how_to_resume(tmp_path, write_study, capsys, monkeypatch):
+    from benchmark.executors import LocalExecutor
+
+    def interrupted(self, plan, store):  # Ctrl-C while the stages run
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(LocalExecutor, "execute", interrupted)
+    assert run_cli(write_study(MINI_STUDY), tmp_path) == 130
+    err = capsys.readouterr().err
+    assert err.startswith("interrupted: ") and err.count("\n") == 1 and "Traceback" not in err, err
+    assert "recorded as cancelled" in err and "same command resumes" in err
+    assert not (tmp_path / "results").exists()  # no report of a half run is written

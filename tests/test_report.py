@@ -161,6 +161,18 @@ def test_a_column_empty_in_every_finished_row_says_what_the_evaluations_ran(stud
         f"CB usage (%): empty in every finished row (the evaluations ran eval.metrics: {ran}; "
         f"eval.generation_metrics: {', '.join(plan.cells[0].config['eval']['generation_metrics']) or 'none'})"
     ]
+    # a metric's reason for having no value goes under its own columns only
+    store = RunStore(tmp_path / "runs2")
+    for cell in plan.cells[:1]:
+        for kind, h in cell.stages.items():
+            store.dir(kind, h).mkdir(parents=True, exist_ok=True)
+            no_is = {"metric": "inception_score", "unavailable": "the weights have no classifier"}
+            result = {"metrics": {"psnr": 12.0, "rfid": 300.0}, "protocol": {"metric_protocols": [no_is]}}
+            store.finish(kind, h, result if kind == "evaluate_tokenizer" else {})
+    table = {"columns": {"codebook_usage": "CB usage (%)", "is_mean": "IS"}}
+    notes = empty_column_notes(Results(plan, store), table)
+    assert [n.split(":")[0] for n in notes] == ["CB usage (%)", "IS", "IS"]
+    assert notes[-1] == "IS: the weights have no classifier"
 
 
 def test_seeds_give_mean_and_std_and_distinct_stages(study, tmp_path):
@@ -369,6 +381,8 @@ def test_line_figure_draws_the_sources_numbers_on_real_value_ticks(study, tmp_pa
     axis = figure.axes[0].xaxis
     assert [t.get_text() for t in axis.get_ticklabels()] == ["16", "32", "64", "128"]
     assert axis.get_scale() == "log" and list(axis.get_ticklocs()) == [16, 32, 64, 128]
+    assert figure.axes[0].get_yscale() == "linear"
+    assert draw_line(data, {**fig, "logy": True}).axes[0].get_yscale() == "log"  # ours and the source's far apart
 
 
 def test_tick_labels_stay_short_and_tsne_panels_wrap_into_a_grid():
@@ -436,6 +450,8 @@ def test_reconstruction_grid_shows_originals_once_above_each_rows_reconstruction
     data = collect_reconstructions(Results(plan, store), {"name": "r", "kind": "reconstructions", "images": 3})
     assert data.table.drop_duplicates("panel")["label"].tolist() == ["original", "16", "32"]
     assert data.table.groupby("panel").size().tolist() == [3, 3, 3]
+    titles = data.table.groupby("panel")["title"].apply(list).tolist()  # the originals' columns are labelled
+    assert titles == [["eval image 0", "eval image 1", "eval image 2"], [""] * 3, [""] * 3]
     assert len(data.notes) == 3 and "64: no stored reconstructions (not run)" in data.notes
 
 
@@ -452,6 +468,7 @@ def test_sample_grid_reads_the_stored_images_with_their_classes(tmp_path, write_
     np.save(folder / "labels.npy", np.array([0, 1, 2, 0, 1]))
     data = collect_samples(Results(plan, store), {"name": "s", "kind": "samples", "images": 4})
     assert data.table["cls"].tolist() == [0, 1, 2, 0] and np.array_equal(data.images[("0", 3)], images[3])
+    assert data.table["title"].tolist() == ["class 0", "class 1", "class 2", "class 0"]
 
 
 def write_training(folder: Path, steps: list[int], seed: int, codes: int = 16, tokens: int = 6) -> None:
@@ -596,6 +613,7 @@ def test_report_command_rerenders_from_the_store_and_the_index_lists_every_study
     line = next(x for x in index.splitlines() if "report_study" in x)
     assert "[smoke](report_study/_smoke/README.md)" in line and "4/5 cells done, 1 not run" in line
     assert "1/4 (1 within noise)" in line
+    assert "(tables: `t`; figures: `k`)" in line  # what the study renders, by name
 
 
 @pytest.mark.slow
