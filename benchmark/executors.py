@@ -4,7 +4,7 @@ Both end in :func:`run_stage`, which reads the stage's record from the run store
 nothing but the store's path. What to do with each stage is decided from the store's state
 (benchmark/store.py): done stages are never run again, a stage running elsewhere is waited for (here)
 or not submitted twice (Slurm), and a failed stage is not retried unless asked (``retry``; a stage
-stopped or never run, ``NOT_A_FAILURE``, runs again); the stages
+interrupted or never run, ``NOT_A_FAILURE``, runs again); the stages
 that need a failed one are skipped and every other cell goes on (``fail_fast`` stops at the first
 failure).
 """
@@ -66,11 +66,11 @@ def stage_logger(store: RunStore, kind: str, hash: str) -> logging.Logger:
 
 
 def failure_kind(exc: BaseException) -> str:
-    """The kind recorded with a failure: oom, cancelled or failed."""
+    """The kind recorded with a failure: oom, interrupted (Ctrl-C) or failed."""
     if isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError":
         return "oom"
     if isinstance(exc, KeyboardInterrupt):
-        return "cancelled"
+        return "interrupted"
     return "failed"
 
 
@@ -169,9 +169,10 @@ def processes(stage: Stage, launcher: dict[str, Any], slurm: bool) -> tuple[int,
     return (res["nodes"] if slurm else 1), per_node
 
 
-# Ends that were not the stage's fault: a job Slurm never ran because an input failed, a stage stopped by
-# Ctrl-C, scancel or --fail-fast. The next run runs them again without --retry-failed.
-NOT_A_FAILURE = ("dependency", "cancelled")
+# Ends that were not the stage's fault and that nobody chose: a job Slurm never ran because an input
+# failed, a local run stopped by Ctrl-C. The next run runs them again without --retry-failed (a job
+# cancelled on purpose, by scancel or --fail-fast, is not resubmitted unless asked).
+NOT_A_FAILURE = ("dependency", "interrupted")
 
 
 def retry_wanted(retry: str | None, plan: Plan, stage: Stage, status: StageStatus) -> bool:
@@ -426,7 +427,7 @@ class Worker:
                         self.stage.kind,
                         self.stage.hash,
                         StageError("stopped: the run that started it was interrupted"),
-                        "cancelled",
+                        "interrupted",
                     )
         finally:
             self._locks.close()
@@ -566,7 +567,7 @@ class SlurmExecutor:
     resources as job arrays, split at the cluster's MaxArraySize), chained with ``afterok``.
 
     Done stages are never submitted; a stage whose job is queued or running is not submitted again; a
-    failed one only with ``retry`` (a cancelled one or one never run: always). A stage waiting on a failed one is skipped, and Slurm cancels a
+    failed one only with ``retry`` (one never run: always). A stage waiting on a failed one is skipped, and Slurm cancels a
     job whose dependency failed (``kill-on-invalid-dep``). With ``fail_fast`` a job whose stage fails
     cancels the study's other jobs too (:func:`cancel_study`).
     """

@@ -112,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         print(
-            "interrupted: the stages this run started were stopped and recorded as cancelled; finished stages "
+            "interrupted: the stages this run started were stopped and recorded as interrupted; finished stages "
             "are kept and the same command resumes from their last checkpoints",
             file=sys.stderr,
         )

@@ -269,5 +269,5 @@ def test_ctrl_c_during_a_run_is_one_line_that_says_how_to_resume(tmp_path, write
     assert run_cli(write_study(MINI_STUDY), tmp_path) == 130
     err = capsys.readouterr().err
     assert err.startswith("interrupted: ") and err.count("\n") == 1 and "Traceback" not in err, err
-    assert "recorded as cancelled" in err and "same command resumes" in err
+    assert "recorded as interrupted" in err and "same command resumes" in err
     assert not (tmp_path / "results").exists()  # no report of a half run is written

@@ -68,9 +68,9 @@ def test_failing_cell_is_reported_and_the_others_finish(tmp_path, write_study, c
     assert "0 ran" in again.out and "earlier run; --retry-failed" in again.err
     assert run_cli(study, tmp_path, "--retry-failed", "1e+39") == 1
     assert "1 FAILED" in capsys.readouterr().out and "1 ran" not in again.out
-    # a stage stopped rather than failed (Ctrl-C, scancel) runs again without being asked
+    # a stage stopped by Ctrl-C runs again without being asked
     (record,) = (tmp_path / "runs" / "train_tokenizer").glob("*/error.json")
-    record.write_text(json.dumps({**json.loads(record.read_text()), "kind": "cancelled"}))
+    record.write_text(json.dumps({**json.loads(record.read_text()), "kind": "interrupted"}))
     assert run_cli(study, tmp_path) == 1
     again = capsys.readouterr()
     assert "1 FAILED" in again.out and "earlier run" not in again.err

@@ -165,5 +165,5 @@ def test_an_interrupted_executor_stops_its_workers_and_records_why(tmp_path):
     worker.stop()
     assert worker._proc.poll() is not None  # terminated
     error = store.error(KIND, HASH)
-    assert error["kind"] == "cancelled" and "interrupted" in error["error"]
+    assert error["kind"] == "interrupted" and "interrupted" in error["error"]
     assert store.live_lock(KIND, HASH) is None
