@@ -84,10 +84,12 @@ class ReleasedGenerator(Generator):
                 f"generator: the release models {_describe(modelled)}; the cell's tokenizer gives "
                 f"{_describe(token_spec)} (use the tokenizer release it was trained on)"
             )
-        if num_classes > self.folder_config["num_classes"]:
+        trained_on = self.folder_config["num_classes"]
+        if num_classes > trained_on or (num_classes != trained_on and not stand_in):
+            # a release's label k is its data set's class k: fewer classes would name other classes
             raise ConfigError(
-                f"generator: the release is conditioned on {self.folder_config['num_classes']} classes; "
-                f"the data has {num_classes}"
+                f"generator: the release is conditioned on {trained_on} classes; the data has {num_classes} "
+                "(use the data set it was trained on, or generator.stand_in: true for a pipeline check)"
             )
         self.token_spec = token_spec
         self.num_classes = num_classes

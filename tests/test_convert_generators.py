@@ -597,7 +597,8 @@ def test_released_generator_is_installed_not_trained_and_samples_as_released(tmp
 
 def test_released_generator_mismatches_fail_the_plan(tmp_path, write_study, capsys):
     """A release that models other tokens than the cell's tokenizer gives, or a sampler option its sampler
-    does not have, is one line at plan time; a release with fewer classes than the data is refused."""
+    does not have, is one line at plan time; a release with fewer classes than the data is refused, and one
+    with more unless it is a stand-in."""
     study = released_study(write_study, generator="titok-b64-generator")
     assert run_cli(study, tmp_path, "data.resolution=32", "--dry-run") == 2
     err = capsys.readouterr().err
@@ -612,6 +613,11 @@ def test_released_generator_mismatches_fail_the_plan(tmp_path, write_study, caps
     spec = TokenSpec("discrete", (N,), vocab_size=V)
     with pytest.raises(ConfigError, match="the release is conditioned on 5 classes; the data has 8"):
         GENERATORS.build("released", token_spec=spec, num_classes=8, format=FORMAT, source=str(folder))
+    with pytest.raises(ConfigError, match="conditioned on 5 classes; the data has 3 .*stand_in"):  # others' classes
+        GENERATORS.build("released", token_spec=spec, num_classes=3, format=FORMAT, source=str(folder))
+    assert (
+        GENERATORS.build("released", token_spec=spec, num_classes=5, format=FORMAT, source=str(folder)).num_classes == 5
+    )
     with pytest.raises(ConfigError, match="generator: titok-l32 is a tokenizer release, not a generator"):
         GENERATORS.build("released", token_spec=spec, num_classes=8, release="titok-l32", stand_in=True)
     with pytest.raises(CheckpointError, match="not a converted generator folder"):
