@@ -82,6 +82,9 @@ def check_figures(plan: Plan, other_rows: Callable[[str], list[str]] | None) -> 
             raise ConfigError(f"{where} ({fig['name']}): steps must be last, a number of steps or a list of steps")
         if fig.get("stage", "train_tokenizer") not in TRAINING_KINDS:
             raise ConfigError(f"{where} ({fig['name']}): stage must be one of {', '.join(TRAINING_KINDS)}")
+        logy = fig.get("logy", False)
+        if not (isinstance(logy, bool) or (isinstance(logy, list) and all(isinstance(m, str) for m in logy))):
+            raise ConfigError(f"{where} ({fig['name']}): logy must be true / false or a list of metrics")
         if fig.get("series") and isinstance(fig["y"], list):
             raise ConfigError(f"{where} ({fig['name']}): bars with series show one metric: y: <metric>")
         if any(not isinstance(s, dict) or "rows" not in s for s in fig.get("series") or []):
@@ -151,6 +154,13 @@ def label_of(fig: dict[str, Any], metric: str) -> str:
     return (fig.get("labels") or {}).get(metric, metric)
 
 
+def log_y(fig: dict[str, Any], metric: str) -> bool:
+    """``logy: true`` (every panel) or ``logy: [metrics]``: a log scale where the source's values and ours
+    lie orders of magnitude apart (FID: 0.66 beside 300)."""
+    logy = fig.get("logy", False)
+    return logy is True or (isinstance(logy, list) and metric in logy)
+
+
 def draw_line(data: FigureData, fig: dict[str, Any]) -> Any:
     ys = as_list(fig["y"])
     figure, axes = subplots(1, len(ys), figsize=(4.2 * len(ys), 3.4))
@@ -179,7 +189,7 @@ def draw_line(data: FigureData, fig: dict[str, Any]) -> Any:
         )
         ax.set_xlabel(fig.get("xlabel", fig["x"]))
         ax.set_ylabel(label_of(fig, y))
-        if fig.get("logy"):  # the source's values and ours orders of magnitude apart (FID: 0.66 vs 300)
+        if log_y(fig, y):
             ax.set_yscale("log")
         ax.grid(alpha=0.3)
         if len(part):
@@ -212,13 +222,13 @@ def draw_bars(data: FigureData, fig: dict[str, Any]) -> Any:
         ax.set_xticks(range(len(categories)), categories)
         slant_long(ax, categories)
         ax.set_ylabel(label_of(fig, metric))
-        if fig.get("logy"):
+        if log_y(fig, metric):
             ax.set_yscale("log")
         ax.grid(axis="y", alpha=0.3)
         if groups:  # above the bars, in two columns: headroom of one legend row per two series
             rows = math.ceil(len(groups) / 2)
             bottom, top = ax.get_ylim()
-            if fig.get("logy"):
+            if log_y(fig, metric):
                 ax.set_ylim(bottom, top * (top / bottom) ** (0.12 * rows))
             else:
                 ax.set_ylim(bottom, top + (top - bottom) * 0.12 * rows)
@@ -263,7 +273,7 @@ def draw_series(data: FigureData, fig: dict[str, Any], panel: str, x: str = "ste
                 ax.fill_between(stats[x], stats["mean"] - spread, stats["mean"] + spread, alpha=0.2)
         ax.set_xlabel("training step")
         ax.set_ylabel(label_of(fig, name))
-        if fig.get("logy"):
+        if log_y(fig, name):
             ax.set_yscale("log")
         ax.grid(alpha=0.3)
         if len(df[df[panel] == name]):

@@ -352,6 +352,7 @@ def test_bad_claims_are_one_error_naming_the_study_file(study, claim, error):
         ("{name: f, kind: bars, y: rfid, series: [{label: a}]}", "each of series must be a mapping with rows"),
         ("{name: f, x: tokenizer.size, y: rfid}", "x: tokenizer.size is not an axis of the study"),
         ("{name: f, x: tokenizer.num_latent_tokens, y: [rfid, fid]}", "y: fid not among the study's table columns"),
+        ("{name: f, kind: bars, y: rfid, logy: 10}", "logy must be true / false or a list of metrics"),
     ],
 )
 def test_bad_figures_are_one_error_naming_the_study_file(study, figure, error):
@@ -383,6 +384,7 @@ def test_line_figure_draws_the_sources_numbers_on_real_value_ticks(study, tmp_pa
     assert axis.get_scale() == "log" and list(axis.get_ticklocs()) == [16, 32, 64, 128]
     assert figure.axes[0].get_yscale() == "linear"
     assert draw_line(data, {**fig, "logy": True}).axes[0].get_yscale() == "log"  # ours and the source's far apart
+    assert [ax.get_yscale() for ax in draw_line(data, {**fig, "logy": ["psnr"]}).axes] == ["linear", "log"]
 
 
 def test_tick_labels_stay_short_and_tsne_panels_wrap_into_a_grid():
