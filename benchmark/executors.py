@@ -567,8 +567,8 @@ class SlurmExecutor:
     resources as job arrays, split at the cluster's MaxArraySize), chained with ``afterok``.
 
     Done stages are never submitted; a stage whose job is queued or running is not submitted again; a
-    failed one only with ``retry`` (one never run: always). A stage waiting on a failed one is skipped, and Slurm cancels a
-    job whose dependency failed (``kill-on-invalid-dep``). With ``fail_fast`` a job whose stage fails
+    failed one only with ``retry`` (one never run: always). A stage waiting on a failed one is skipped,
+    and Slurm cancels a job whose dependency failed (``kill-on-invalid-dep``). With ``fail_fast`` a job whose stage fails
     cancels the study's other jobs too (:func:`cancel_study`).
     """
 

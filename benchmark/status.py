@@ -3,7 +3,8 @@
 Where every stage of a study stands, cells x stages, from the run store and the Slurm queue (no
 ``sacct`` needed): done, not run, pending with Slurm's reason, running (training step k of n and the
 time it has run), requeued, and failed / timeout / cancelled / interrupted / oom / lost with the exit
-code, the last lines of its stderr and its log. Local runs in progress in another terminal show as running too.
+code, the last lines of its stderr and its log. Local runs in progress in another terminal show as
+running too.
 ``--watch`` refreshes the view until every stage has ended. Also ``benchmark.run --dry-run``'s plan.
 """
 
