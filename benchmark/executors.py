@@ -169,18 +169,12 @@ def processes(stage: Stage, launcher: dict[str, Any], slurm: bool) -> tuple[int,
     return (res["nodes"] if slurm else 1), per_node
 
 
-# Ends that were not the stage's fault and that nobody chose: a job Slurm never ran because an input
-# failed, a local run stopped by Ctrl-C. The next run runs them again without --retry-failed (a job
-# cancelled on purpose, by scancel or --fail-fast, is not resubmitted unless asked).
-NOT_A_FAILURE = ("dependency", "interrupted")
-
-
 def retry_wanted(retry: str | None, plan: Plan, stage: Stage, status: StageStatus) -> bool:
     """Whether a failed stage runs again: when it did not fail by itself (``NOT_A_FAILURE``), and with
     ``--retry-failed [FILTER]``: every failed stage, or those of the cells FILTER matches."""
     from benchmark.study import matches
 
-    if (status.error or {}).get("kind") in NOT_A_FAILURE:
+    if status.resumes:
         return True
     if retry is None:
         return False

@@ -437,7 +437,7 @@ def failure_lines(plan: Plan, store: RunStore) -> list[str]:
     lines: list[str] = []
     for stage in plan.ordered_stages(selected=False):
         status = store.status(stage.kind, stage.hash)
-        if status.state == "failed" and (status.error or {}).get("kind") != "dependency":
+        if status.state == "failed" and not status.resumes:
             lines += [f"cells {', '.join(stage.cells)}:", *failure_details(status), ""]
     return lines
 

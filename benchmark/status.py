@@ -80,7 +80,8 @@ def describe(status: StageStatus, store: RunStore) -> str:
     if error.get("kind") == "dependency":
         return "skipped (a stage it needs failed)"
     code = f", exit {error['exit_code']}" if error.get("exit_code") not in (None, "") else ""
-    return f"{error.get('kind', 'failed').upper()}{code}{again}"
+    resumes = ", resumes on the next run" if status.resumes else ""
+    return f"{error.get('kind', 'failed').upper()}{code}{again}{resumes}"
 
 
 def failure_details(status: StageStatus) -> list[str]:
@@ -118,14 +119,15 @@ def render(plan: Plan, store: RunStore) -> tuple[str, bool]:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = [f"study {plan.study} [{plan.profile}], run store {store.root}", ""]
     lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip() for r in rows]
-    failed = [s for s in statuses.values() if s.state == "failed" and (s.error or {}).get("kind") != "dependency"]
+    failed = [s for s in statuses.values() if s.state == "failed" and not s.resumes]
     if failed:
         lines += ["", "failures:"]
         for status in failed:
             lines += failure_details(status)
     counts: dict[str, int] = {}
     for s in statuses.values():
-        counts[s.state] = counts.get(s.state, 0) + 1
+        state = (s.error or {})["kind"] if s.resumes else s.state  # interrupted / dependency: not failed
+        counts[state] = counts.get(state, 0) + 1
     lines += ["", "stages: " + ", ".join(f"{v} {k}" for k, v in sorted(counts.items()))]
     return "\n".join(lines), not any(s.state in ("running", "queued") for s in statuses.values())
 
@@ -146,7 +148,7 @@ def print_plan(plan: Plan, store: RunStore, slurm: bool, costs: dict[str, Any]) 
     for stage in plan.ordered_stages():
         status = store.status(stage.kind, stage.hash)
         state = {"done": "cached", "missing": "to run"}.get(status.state, describe(status, store))
-        if status.state == "failed":
+        if status.state == "failed" and not status.resumes:
             state += " (not retried without --retry-failed)"
         res = stage_resources(launcher, stage.kind)
         nodes, per_node = processes(stage, launcher, slurm)

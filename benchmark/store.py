@@ -102,6 +102,12 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
+# Ends that were not the stage's fault and that nobody chose: a job Slurm never ran because an input
+# failed, a local run stopped by Ctrl-C. The next run runs them again without --retry-failed (a job
+# cancelled on purpose, by scancel or --fail-fast, is not resubmitted unless asked).
+NOT_A_FAILURE = ("dependency", "interrupted")
+
+
 @dataclass
 class StageStatus:
     """What the store knows of one stage.
@@ -119,6 +125,11 @@ class StageStatus:
     job: dict[str, Any] | None = None
     queue: dict[str, Any] | None = None  # what the scheduler says of ``job`` (state, reason, ...)
     notes: list[str] = field(default_factory=list)
+
+    @property
+    def resumes(self) -> bool:
+        """An error record the next run retries by itself (``NOT_A_FAILURE``)."""
+        return self.state == "failed" and (self.error or {}).get("kind") in NOT_A_FAILURE
 
 
 # A probe of the scheduler: job id -> {"state": PENDING | RUNNING | COMPLETED | FAILED | ..., "reason",

@@ -71,6 +71,14 @@ def test_failing_cell_is_reported_and_the_others_finish(tmp_path, write_study, c
     # a stage stopped by Ctrl-C runs again without being asked
     (record,) = (tmp_path / "runs" / "train_tokenizer").glob("*/error.json")
     record.write_text(json.dumps({**json.loads(record.read_text()), "kind": "interrupted"}))
+    from benchmark.status import main as status_main
+
+    assert status_main([str(study), "--profile", "smoke", "--runs", str(tmp_path / "runs"), *TINY]) == 0
+    table = capsys.readouterr().out  # an interrupted stage is no failure: it resumes by itself
+    assert "INTERRUPTED, resumes on the next run" in table and "failures:" not in table
+    assert "1 interrupted" in table and "failed" not in table.split("stages: ")[1]
+    assert run_cli(study, tmp_path, "--dry-run") == 0
+    assert "retry-failed" not in capsys.readouterr().out
     assert run_cli(study, tmp_path) == 1
     again = capsys.readouterr()
     assert "1 FAILED" in again.out and "earlier run" not in again.err
