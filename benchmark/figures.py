@@ -105,6 +105,14 @@ def check_figures(plan: Plan, other_rows: Callable[[str], list[str]] | None) -> 
             RowRef(r.label, r.study or s.get("study")) for s in fig.get("series") or [] for r in row_list(s["rows"])
         ]
         check_row_refs(refs, rows, other_rows, plan.study, f"{where} ({fig['name']})")
+        if kind == "samples" and other_rows is not None:
+            own = [r.label for r in figure_rows(fig) if r.study is None] if figure_rows(fig) else plan.rows
+            bare = [r for r in own if not any("sample" in c.stages for c in plan.cells if c.row == r)]
+            if bare:
+                raise ConfigError(
+                    f"{where} ({fig['name']}): rows {', '.join(bare)} generate no samples; add evaluate_generator "
+                    "(or sample) to the study's stages, or to theirs in row_stages"
+                )
 
 
 # ---------------------------------------------------------------------------------------------

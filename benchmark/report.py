@@ -292,7 +292,8 @@ def build_table(results: Results, table: dict[str, Any]) -> tuple[pd.DataFrame, 
     ref_label = ref.get("label", "paper")
     ref_cols: dict[str, str] = ref.get("columns") or {}
     seeds = results.plan.seeds_per_row > 1
-    rows = list(results.rows().values())
+    shown = [str(r) for r in table.get("rows") or []]  # a table of some rows only (thesis Table 3's Fig. 9 rows)
+    rows = [row for row in results.rows().values() if not shown or row.label in shown]
     literature = ref.get("literature") or []
     ref_values = {k: [r.reference.get(k) for r in rows] + [lit.get(k) for lit in literature] for k in ref_cols}
     digits = {k: decimals(v) for k, v in ref_values.items()}
@@ -735,13 +736,18 @@ def index_rows(studies: Path, results: Path) -> list[dict[str, str]]:
 def stale_note(path: Path, record: dict[str, Any]) -> str:
     """``; stale: ...`` when stages a committed report was rendered from are no longer the study's (a method
     version was bumped since, or the study changed): those results predate the code, and a rerun
-    recomputes them. Empty when they are current, or the record predates this check."""
+    recomputes them; ``; ... added since`` when the study has gained stages (a row's generation) that the
+    results lack. Empty when they are current, or the record predates this check."""
     if "stages" not in record:
         return ""
     plan = build_plan(path, record["profile"], record["overrides"], seeds=record.get("plan_seeds", record["seeds"]))
     current = {s.hash for s in plan.ordered_stages()}
     gone = [h for h in record["stages"] if h not in current]
-    return f"; stale: {len(gone)} of {len(record['stages'])} stages changed since (rerun)" if gone else ""
+    new = current - set(record["stages"])
+    note = f"; stale: {len(gone)} of {len(record['stages'])} stages changed since (rerun)" if gone else ""
+    if new and len(new) > len(gone):  # stages the study gained (e.g. a figure's), beyond the changed ones
+        note += f"; {len(new) - len(gone)} stages added since, not in these results (rerun)"
+    return note
 
 
 def write_index(studies: Path, results: Path) -> Path:
@@ -756,7 +762,8 @@ def write_index(studies: Path, results: Path) -> Path:
         "its report); do not edit by hand. A study's results are in `<study>/` (paper profile) or "
         "`<study>/_<profile>/`; *results dated* is when the newest of its stages finished, *commit* the "
         "code the report was rendered with; *stale* counts the stages of the report that the study no longer "
-        "has (a method's version was bumped since: benchmark/method_versions.py), which a rerun recomputes.",
+        "has (a method's version was bumped since: benchmark/method_versions.py), which a rerun recomputes; "
+        "*added* the stages the study has gained since (a figure's), which a rerun adds.",
         "",
         markdown(pd.DataFrame(rows)),
         "",

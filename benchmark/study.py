@@ -12,6 +12,7 @@ A study YAML holds::
     cells: [{label: Big dataset, set: {data.subset: all}}]    # extra explicit cells
     label: "{tokenizer.num_latent_tokens}"                   # a cell's row label
     stages: [evaluate_tokenizer]                              # what each cell needs (deps follow)
+    row_stages: {Big dataset: [evaluate_generator]}           # what some rows need besides
     report: {tables: [...], figures: [...]}                   # benchmark/report.py, benchmark/figures.py
     claims: [{metric: rfid, decreases_with: tokenizer.num_latent_tokens}]   # benchmark/claims.py
 
@@ -61,6 +62,7 @@ STUDY_KEYS = {
     "cells",
     "label",
     "stages",
+    "row_stages",
     "report",
     "claims",
 }
@@ -241,9 +243,15 @@ def load_study(path: str | Path) -> dict[str, Any]:
     for key in ("config", "profiles", "axes", "report"):
         if not isinstance(spec.get(key) or {}, dict):
             raise ConfigError(f"{path}: '{key}' must be a mapping, got {type(spec[key]).__name__}")
-    for kind in spec.get("stages", []):
+    row_stages = spec.get("row_stages") or {}
+    if not isinstance(row_stages, dict) or not all(isinstance(v, list) for v in row_stages.values()):
+        raise ConfigError(f"{path}: row_stages must map row labels to lists of stages, e.g. {{'64': [sample]}}")
+    spec["row_stages"] = {str(row): kinds for row, kinds in row_stages.items()}  # 64: as the row "64"
+    named = [("stages", kind) for kind in spec.get("stages", [])]
+    named += [(f"row_stages.{row}", kind) for row, kinds in row_stages.items() for kind in kinds]
+    for where, kind in named:
         if kind not in STAGES:
-            raise ConfigError(f"{path}: stages: unknown stage '{kind}'; known: {', '.join(STAGES)}")
+            raise ConfigError(f"{path}: {where}: unknown stage '{kind}'; known: {', '.join(STAGES)}")
     return spec
 
 
@@ -351,7 +359,7 @@ def build_plan(
         cell = Cell(label, cell_overrides, config, {}, explicit=explicit, row=row)
         cell.selected = not only or matches(only, cell)
         check_stage2_teachers(config, f"{path}: cell {label}")
-        for kind in closure(wanted, config):
+        for kind in closure([*wanted, *(spec.get("row_stages") or {}).get(row, [])], config):
             stage_cfg = STAGES[kind].select(config)
             inputs = {need: cell.stages[need] for need in STAGES[kind].inputs(config)}
             h = stage_hash(kind, stage_cfg, inputs)
@@ -377,18 +385,20 @@ def build_plan(
 
 
 def check_row_labels(plan: Plan) -> None:
-    """The rows a study's profile blocks (``profiles.<name>.cells.<row>``) and reference numbers
-    (``report.tables[i].reference.rows.<row>``) name must be rows of the study: a misspelt one would
-    silently apply nothing, or show as "not reported"."""
+    """The rows a study's profile blocks (``profiles.<name>.cells.<row>``), ``row_stages``, tables
+    (``report.tables[i].rows``) and reference numbers (``report.tables[i].reference.rows.<row>``) name
+    must be rows of the study: a misspelt one would silently apply nothing, or show as "not reported"."""
     named = [
         (f"profiles.{name}.cells", label)
         for name, block in (plan.spec.get("profiles") or {}).items()
         for label in ((block or {}).get("cells") or {})
     ]
+    named += [("row_stages", str(label)) for label in plan.spec.get("row_stages") or {}]
     for i, table in enumerate((plan.spec.get("report") or {}).get("tables") or []):
         named += [
             (f"report.tables[{i}].reference.rows", str(r)) for r in ((table.get("reference") or {}).get("rows") or {})
         ]
+        named += [(f"report.tables[{i}].rows", str(r)) for r in table.get("rows") or []]
     for where, label in named:
         if label not in plan.rows:
             close = difflib.get_close_matches(label, plan.rows, n=1)

@@ -70,3 +70,6 @@ def test_the_index_marks_a_report_whose_stages_changed(write_study, monkeypatch)
     )
     bump(monkeypatch, TOKENIZERS.get("titok").obj)
     assert stale_note(study, record) == f"; stale: 4 of {len(record['stages'])} stages changed since (rerun)"
+    monkeypatch.undo()
+    gained = write_study(MINI_STUDY.replace("stages: [evaluate_tokenizer]", 'row_stages: {"8": [sample]}'))
+    assert stale_note(gained, record) == "; 3 stages added since, not in these results (rerun)"  # cache, train, sample

@@ -259,6 +259,18 @@ def test_a_claim_along_a_zip_axis_compares_the_cells_along_it(write_study):
             r"profiles.smoke.cells: 'Big datset' is not a row of the study \(did you mean 'Big dataset'\?\)",
         ),
         ('"128": {rfid: 81.41', '"256": {rfid: 81.41', r"report.tables\[0\].reference.rows: '256' is not a row"),
+        ("claims:", 'row_stages: {"265": [sample]}\nclaims:', r"row_stages: '265' is not a row of the study"),
+        ("claims:", 'row_stages: {"16": [sampel]}\nclaims:', r"row_stages.16: unknown stage 'sampel'"),
+        (
+            "  figures:",
+            '    - {name: u, rows: ["25"], columns: {psnr: PSNR}}\n  figures:',
+            r"report.tables\[1\].rows: '25' is not",
+        ),
+        (
+            "  figures:",
+            "  figures:\n    - {name: s, kind: samples, rows: [Big dataset]}",
+            r"report.figures\[0\] \(s\): rows Big dataset generate no samples; add evaluate_generator",
+        ),
         (
             'label: "{tokenizer.num_latent_tokens}"',
             'label: "{tokenizer.num_tokens}"',
@@ -270,6 +282,21 @@ def test_misspelt_profiles_rows_and_labels_are_one_error_naming_the_study_file(w
     assert old in STUDY
     with pytest.raises(ConfigError, match=r"typo\.yaml: " + error):
         build_plan(write_study(STUDY.replace(old, new), name="typo.yaml"), "smoke")
+
+
+def test_row_stages_give_some_rows_generation_and_a_table_may_show_those_rows_only(write_study, tmp_path):
+    """Thesis Fig. 9: two rows of a reconstruction study also generate; a table of theirs shows them alone."""
+    extra = "row_stages: {64: [evaluate_generator]}\nclaims:"  # an unquoted 64 names the row "64"
+    table = '    - {name: gen, row_label: K, rows: ["64"], columns: {gfid: gFID}}\n  figures:'
+    figure = '    - {name: s, kind: samples, rows: ["64"]}\nclaims:'
+    text = STUDY.replace("claims:", figure, 1).replace("claims:", extra, 1).replace("  figures:", table, 1)
+    plan = build_plan(write_study(text, name="rows.yaml"), "smoke")
+    generates = {c.label for c in plan.cells if "sample" in c.stages}
+    assert generates == {"64"} and {"train_generator", "evaluate_generator"} <= set(plan.cells[2].stages)
+    assert plan.cells[4].stages["train_tokenizer"] != plan.cells[2].stages["train_tokenizer"]  # Big dataset
+    results = Results(plan, RunStore(tmp_path / "runs"))
+    _, texts = build_table(results, plan.spec["report"]["tables"][1])
+    assert texts["K"].tolist() == ["64"]
 
 
 def judged(plan, store) -> dict[str, tuple[str, str]]:
