@@ -67,6 +67,32 @@ def test_base_preset_is_tamings_f16_model():
         assert model.latent_grid(torch.rand(1, 3, 32, 32)).shape == (1, 4, 256)
 
 
+def group_norms(model: torch.nn.Module) -> set[tuple[int, int]]:
+    """(groups, channels) of every GroupNorm of ``model``."""
+    return {(m.num_groups, m.num_channels) for m in model.modules() if isinstance(m, torch.nn.GroupNorm)}
+
+
+def test_group_norm_keeps_colour_at_the_tiny_width_and_tamings_groups_elsewhere():
+    """One channel per group is instance norm: a per-image colour offset of a feature map is normalised away.
+    The tiny preset keeps 4 channels per group; the base preset and a converted release's narrow widths
+    keep taming's GroupNorm(32, C)."""
+    assert group_norms(tiny_vqgan()) == group_norms(tiny_vqgan(bottleneck="kl")) == {(4, 16), (8, 32)}
+    base = TOKENIZERS.build("vqgan", size="base", adversarial=None)
+    assert group_norms(base) == {(32, c) for c in (128, 256, 512)}
+    release = TOKENIZERS.build("vqgan", image_size=32, size="base", ch=32, ch_mult=[1, 2, 2], adversarial=None)
+    assert group_norms(release) == {(32, 32), (32, 64)}  # taming_stand_in's widths, as taming builds them
+
+    torch.manual_seed(0)
+    pattern = torch.randn(1, 16, 8, 8)
+    pink, teal = (pattern + torch.randn(1, 16, 1, 1) for _ in range(2))  # the same map in two colours
+    per_channel = tiny_vqgan(size="base", ch=16).decoder.norm_out  # gcd(32, 16): 16 groups of one channel
+    grouped = tiny_vqgan().decoder.norm_out
+    assert (per_channel.num_groups, grouped.num_groups) == (16, 4)
+    with torch.no_grad():
+        assert torch.allclose(per_channel(pink), per_channel(teal), atol=1e-4)  # the colour is gone
+        assert (grouped(pink) - grouped(teal)).abs().mean() > 0.1  # it survives
+
+
 def test_default_adversary_is_a_hinge_patchgan_and_overrides_merge():
     model = tiny_vqgan(adversarial={"weight": 0.3})
     adv = model.adversary
