@@ -106,7 +106,8 @@ def check_figures(plan: Plan, other_rows: Callable[[str], list[str]] | None) -> 
         ]
         check_row_refs(refs, rows, other_rows, plan.study, f"{where} ({fig['name']})")
         if kind == "samples" and other_rows is not None:
-            own = [r.label for r in figure_rows(fig) if r.study is None] if figure_rows(fig) else plan.rows
+            named = figure_rows(fig)
+            own = [r.label for r in named if r.study is None] if named else plan.rows
             bare = [r for r in own if not any("sample" in c.stages for c in plan.cells if c.row == r)]
             if bare:
                 raise ConfigError(

@@ -438,7 +438,7 @@ def failure_lines(plan: Plan, store: RunStore) -> list[str]:
     lines: list[str] = []
     for stage in plan.ordered_stages(selected=False):
         status = store.status(stage.kind, stage.hash)
-        if status.state == "failed" and not status.resumes:
+        if status.failed_by_itself:
             lines += [f"cells {', '.join(stage.cells)}:", *failure_details(status), ""]
     return lines
 
@@ -745,7 +745,7 @@ def stale_note(path: Path, record: dict[str, Any]) -> str:
     gone = [h for h in record["stages"] if h not in current]
     new = current - set(record["stages"])
     note = f"; stale: {len(gone)} of {len(record['stages'])} stages changed since (rerun)" if gone else ""
-    if new and len(new) > len(gone):  # stages the study gained (e.g. a figure's), beyond the changed ones
+    if len(new) > len(gone):  # stages the study gained (e.g. a figure's), beyond the changed ones
         note += f"; {len(new) - len(gone)} stages added since, not in these results (rerun)"
     return note
 

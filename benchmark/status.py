@@ -119,7 +119,7 @@ def render(plan: Plan, store: RunStore) -> tuple[str, bool]:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = [f"study {plan.study} [{plan.profile}], run store {store.root}", ""]
     lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip() for r in rows]
-    failed = [s for s in statuses.values() if s.state == "failed" and not s.resumes]
+    failed = [s for s in statuses.values() if s.failed_by_itself]
     if failed:
         lines += ["", "failures:"]
         for status in failed:
@@ -148,7 +148,7 @@ def print_plan(plan: Plan, store: RunStore, slurm: bool, costs: dict[str, Any]) 
     for stage in plan.ordered_stages():
         status = store.status(stage.kind, stage.hash)
         state = {"done": "cached", "missing": "to run"}.get(status.state, describe(status, store))
-        if status.state == "failed" and not status.resumes:
+        if status.failed_by_itself:
             state += " (not retried without --retry-failed)"
         res = stage_resources(launcher, stage.kind)
         nodes, per_node = processes(stage, launcher, slurm)

@@ -131,6 +131,11 @@ class StageStatus:
         """An error record the next run retries by itself (``NOT_A_FAILURE``)."""
         return self.state == "failed" and (self.error or {}).get("kind") in NOT_A_FAILURE
 
+    @property
+    def failed_by_itself(self) -> bool:
+        """A failure the next run leaves alone unless ``--retry-failed`` asks (not ``NOT_A_FAILURE``)."""
+        return self.state == "failed" and not self.resumes
+
 
 # A probe of the scheduler: job id -> {"state": PENDING | RUNNING | COMPLETED | FAILED | ..., "reason",
 # "exit_code", "restarts", ...}, or None when the scheduler no longer knows the job.

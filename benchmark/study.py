@@ -359,7 +359,7 @@ def build_plan(
         cell = Cell(label, cell_overrides, config, {}, explicit=explicit, row=row)
         cell.selected = not only or matches(only, cell)
         check_stage2_teachers(config, f"{path}: cell {label}")
-        for kind in closure([*wanted, *(spec.get("row_stages") or {}).get(row, [])], config):
+        for kind in closure([*wanted, *spec["row_stages"].get(row, [])], config):
             stage_cfg = STAGES[kind].select(config)
             inputs = {need: cell.stages[need] for need in STAGES[kind].inputs(config)}
             h = stage_hash(kind, stage_cfg, inputs)
@@ -393,7 +393,7 @@ def check_row_labels(plan: Plan) -> None:
         for name, block in (plan.spec.get("profiles") or {}).items()
         for label in ((block or {}).get("cells") or {})
     ]
-    named += [("row_stages", str(label)) for label in plan.spec.get("row_stages") or {}]
+    named += [("row_stages", label) for label in plan.spec["row_stages"]]
     for i, table in enumerate((plan.spec.get("report") or {}).get("tables") or []):
         named += [
             (f"report.tables[{i}].reference.rows", str(r)) for r in ((table.get("reference") or {}).get("rows") or {})

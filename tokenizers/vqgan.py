@@ -22,7 +22,6 @@ exposes its continuous 2D latents through :meth:`VQGAN.latent_grid` (SelfBootTok
 
 from __future__ import annotations
 
-import functools
 import math
 
 import torch.nn.functional as F
@@ -56,15 +55,16 @@ def normalize(channels: int, min_group_channels: int = 1) -> nn.GroupNorm:
     image's colour (measured on the built-in data, tiny KL VQGAN, 300 steps: a colour error of 0.011 per
     pixel with gcd(32, C) groups against 0.038 with 4 channels per group, the originals' being 0.077;
     PSNR 15.9 -> 18.4 dB)."""
+    if min_group_channels == 1:
+        return nn.GroupNorm(math.gcd(32, channels), channels, eps=1e-6)
     fits = [g for g in range(1, 33) if channels % g == 0 and channels // g >= min_group_channels]
-    groups = max(fits, default=1) if min_group_channels > 1 else math.gcd(32, channels)
-    return nn.GroupNorm(groups, channels, eps=1e-6)
+    return nn.GroupNorm(max(fits, default=1), channels, eps=1e-6)
 
 
 class ResnetBlock(nn.Module):
     """h = conv(SiLU(GN(conv(SiLU(GN(x)))))); out = shortcut(x) + h (1x1 shortcut when widths differ)."""
 
-    def __init__(self, in_channels: int, out_channels: int, group_channels: int = 1) -> None:
+    def __init__(self, in_channels: int, out_channels: int, group_channels: int) -> None:
         super().__init__()
         self.norm1 = normalize(in_channels, group_channels)
         self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1)
@@ -81,7 +81,7 @@ class ResnetBlock(nn.Module):
 class AttnBlock(nn.Module):
     """Single-head self-attention over the H x W positions: x + proj(softmax(QK^T / sqrt(C)) V), via SDPA."""
 
-    def __init__(self, channels: int, group_channels: int = 1) -> None:
+    def __init__(self, channels: int, group_channels: int) -> None:
         super().__init__()
         self.norm = normalize(channels, group_channels)
         self.qkv = nn.Conv2d(channels, 3 * channels, 1)
@@ -128,8 +128,11 @@ def level(in_channels: int, out_channels: int, num_blocks: int, attention: bool,
 
 def middle(channels: int, group_channels: int) -> nn.Sequential:
     """taming's mid block: ResNet, attention, ResNet."""
-    block = functools.partial(ResnetBlock, channels, channels, group_channels)
-    return nn.Sequential(block(), AttnBlock(channels, group_channels), block())
+    return nn.Sequential(
+        ResnetBlock(channels, channels, group_channels),
+        AttnBlock(channels, group_channels),
+        ResnetBlock(channels, channels, group_channels),
+    )
 
 
 class Encoder(nn.Module):
@@ -138,7 +141,7 @@ class Encoder(nn.Module):
     ``group_channels``: :func:`normalize`'s ``min_group_channels``."""
 
     def __init__(
-        self, ch: int, ch_mult: tuple[int, ...], num_res_blocks: int, out_channels: int, group_channels: int = 1
+        self, ch: int, ch_mult: tuple[int, ...], num_res_blocks: int, out_channels: int, group_channels: int
     ) -> None:
         super().__init__()
         self.conv_in = nn.Conv2d(3, ch, 3, padding=1)
@@ -164,7 +167,7 @@ class Decoder(nn.Module):
     :func:`normalize`'s ``min_group_channels``."""
 
     def __init__(
-        self, ch: int, ch_mult: tuple[int, ...], num_res_blocks: int, in_channels: int, group_channels: int = 1
+        self, ch: int, ch_mult: tuple[int, ...], num_res_blocks: int, in_channels: int, group_channels: int
     ) -> None:
         super().__init__()
         widths = [ch * m for m in ch_mult]
